@@ -1,0 +1,67 @@
+"""Load a pipeline (textloc-tiny, a tiny random one, or any diffusers id/path) and call it."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+TINY_MODEL_NAME = "textloc-tiny"
+TINY_MODEL_DIR = Path(__file__).parent / "tiny" / "weights"
+RANDOM_PREFIX = "tiny-random-"
+
+
+def load_pipeline(
+    model: str = TINY_MODEL_NAME,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    **from_pretrained_kwargs: Any,
+) -> DiffusionPipeline:
+    """Load a text-to-image pipeline by name.
+
+    ``model`` is ``"textloc-tiny"`` (the embedded model, no download), ``"tiny-random-<arch>"``
+    (a random-init pipeline from :func:`textloc.testing.tiny_pipeline`), or anything that
+    ``DiffusionPipeline.from_pretrained`` accepts (a hub id or a local folder).
+    """
+    if model == TINY_MODEL_NAME:
+        if not (TINY_MODEL_DIR / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"textloc-tiny weights are missing from {TINY_MODEL_DIR}; reinstall textloc, or "
+                "retrain them with `python -m textloc.tiny.train`."
+            )
+        pipe = DiffusionPipeline.from_pretrained(TINY_MODEL_DIR, torch_dtype=dtype, **from_pretrained_kwargs)
+    elif model.startswith(RANDOM_PREFIX):
+        from textloc.testing import tiny_pipeline
+
+        pipe = tiny_pipeline(model[len(RANDOM_PREFIX):])
+        if dtype is not None:
+            pipe.to(dtype=dtype)
+    else:
+        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **from_pretrained_kwargs)
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
+    """Add the keyword arguments a pipeline needs to run offline and reproducibly.
+
+    IF and PixArt clean captions with optional packages (bs4, ftfy) unless told not to, and
+    PixArt/Sana snap the size to a resolution bin; both are switched off where the pipeline
+    accepts the argument, unless the caller set them.
+    """
+    accepted = inspect.signature(pipe.__call__).parameters
+    defaults = {"clean_caption": False, "use_resolution_binning": False}
+    for key, value in defaults.items():
+        if key in accepted:
+            kwargs.setdefault(key, value)
+    return kwargs
+
+
+def generator(pipe: DiffusionPipeline, seed: int) -> torch.Generator:
+    """A generator seeded on the CPU, so the same seed gives the same noise on every device."""
+    return torch.Generator("cpu").manual_seed(seed)
