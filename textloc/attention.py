@@ -1,0 +1,199 @@
+"""Find the attention layers of a diffusion pipeline's denoiser, name them and say what kind they are.
+
+Kinds, by how the text reaches the layer:
+
+- ``cross``: queries from the image, keys/values from the text only (attn2 of U-Nets, PixArt, Sana).
+- ``added_kv``: the text gets its own K/V projections (``add_k_proj``/``add_v_proj``) whose output is
+  concatenated with the image K/V inside one attention (DeepFloyd IF).
+- ``joint``: text and image are two streams with their own projections attending jointly
+  (SD3, FLUX double-stream blocks); the text stream is rewritten by every block.
+- ``single``: text and image tokens are concatenated before one shared set of projections
+  (FLUX single-stream blocks); the text tokens come first.
+- ``self``: no text at all. Listed for completeness; never patched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import torch
+
+Kind = Literal["cross", "added_kv", "joint", "single", "self"]
+TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single")
+KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
+
+# The projections whose outputs are a layer's text keys and values, per kind.
+TEXT_KV_PROJECTIONS: dict[Kind, tuple[str, str]] = {
+    "cross": ("to_k", "to_v"),
+    "added_kv": ("add_k_proj", "add_v_proj"),
+    "joint": ("add_k_proj", "add_v_proj"),
+    "single": ("to_k", "to_v"),
+}
+
+# named_modules() follows registration order; a U-Net registers up_blocks before mid_block but runs
+# the mid block first. These ranks put top-level children in the order the forward pass visits them.
+_FORWARD_RANK = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+
+LayerSelector = Union[str, int, "AttentionLayer", Sequence[Union[str, int, "AttentionLayer"]]]
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention module of the denoiser.
+
+    ``name`` is its full module path inside the denoiser, ``index`` its forward order among the
+    text-conditioned layers (``None`` for ``self`` layers), ``num_text_kv_params`` the parameters of
+    the projections that make its text keys and values.
+    """
+
+    name: str
+    kind: Kind
+    index: int | None
+    num_heads: int
+    num_text_kv_params: int
+    module: torch.nn.Module = field(repr=False, compare=False)
+
+    @property
+    def text_kv_projections(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The (key, value) projection modules whose outputs carry this layer's text."""
+        if self.kind == "self":
+            raise ValueError(f"{self.name} is a self-attention layer: it has no text keys or values.")
+        key_name, value_name = TEXT_KV_PROJECTIONS[self.kind]
+        key, value = getattr(self.module, key_name, None), getattr(self.module, value_name, None)
+        if key is None or value is None:
+            raise ValueError(
+                f"{self.name} has no {key_name}/{value_name} (fused QKV projections?); call "
+                "`pipe.unfuse_qkv_projections()` (or the denoiser's) before patching."
+            )
+        return key, value
+
+
+def denoiser(pipe_or_model: object) -> torch.nn.Module:
+    """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``), or the model itself."""
+    if isinstance(pipe_or_model, torch.nn.Module):
+        return pipe_or_model
+    for attribute in ("transformer", "unet"):
+        model = getattr(pipe_or_model, attribute, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    raise ValueError(
+        f"Unsupported pipeline class {type(pipe_or_model).__name__}: textloc needs a text-to-image "
+        "pipeline with a `unet` (SD 1.x/2.x, SDXL, DeepFloyd IF) or a `transformer` (SD3, FLUX, "
+        "PixArt, Sana)."
+    )
+
+
+def _is_attention(module: torch.nn.Module) -> bool:
+    # Every diffusers attention module (Attention, FluxAttention, ...) carries a processor.
+    return hasattr(module, "processor") and hasattr(module, "set_processor") and hasattr(module, "to_q")
+
+
+def _kind(module: torch.nn.Module) -> Kind:
+    has_added_kv = getattr(module, "add_k_proj", None) is not None
+    if has_added_kv:
+        # SD3/FLUX joint attention declares whether its text stream has an output; IF's leaves it None.
+        return "joint" if getattr(module, "context_pre_only", None) is not None else "added_kv"
+    if getattr(module, "is_cross_attention", False):
+        return "cross"
+    if getattr(module, "pre_only", False):
+        return "single"  # FLUX single-stream: pre_only, no separate text projections
+    return "self"
+
+
+def _num_heads(module: torch.nn.Module) -> int:
+    return int(getattr(module, "heads", None) or getattr(module, "num_heads", 1))
+
+
+def _forward_sort_key(item: tuple[int, str]) -> tuple[int, int]:
+    position, name = item
+    return _FORWARD_RANK.get(name.split(".", 1)[0], 1), position
+
+
+def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None = None) -> list[AttentionLayer]:
+    """Every attention module of the denoiser in forward order, with full names and kinds.
+
+    ``kind`` filters by one kind or several; ``None`` lists them all, ``self`` layers included.
+    """
+    model = denoiser(pipe_or_model)
+    found = [(position, name, module) for position, (name, module) in enumerate(model.named_modules()) if _is_attention(module)]
+    found.sort(key=lambda item: _forward_sort_key(item[:2]))
+    wanted = None if kind is None else ({kind} if isinstance(kind, str) else set(kind))
+    for requested in wanted or ():
+        if requested not in KINDS:
+            raise ValueError(f"Unknown layer kind {requested!r}; kinds are {', '.join(KINDS)}.")
+
+    layers, index = [], 0
+    for _, name, module in found:
+        layer_kind = _kind(module)
+        if layer_kind == "self":
+            params, layer_index = 0, None
+        else:
+            key_name, value_name = TEXT_KV_PROJECTIONS[layer_kind]
+            params = sum(p.numel() for attr in (key_name, value_name) for p in getattr(module, attr).parameters())
+            layer_index, index = index, index + 1
+        layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module), params, module)
+        if wanted is None or layer_kind in wanted:
+            layers.append(layer)
+    return layers
+
+
+def select_layers(pipe_or_model: object, selector: LayerSelector = "all") -> list[AttentionLayer]:
+    """Resolve a layer selector to text-conditioned layers, in forward order, without repeats.
+
+    A selector is ``"all"``, a full module name, a glob (``up_blocks.0.*attn2``), a forward index
+    among the text-conditioned layers, an :class:`AttentionLayer`, or a list of these. A name or
+    glob that matches nothing, an index out of range, or a ``self`` layer raise ``ValueError``.
+    """
+    every = attention_layers(pipe_or_model)
+    text_layers = [layer for layer in every if layer.kind != "self"]
+    if isinstance(selector, str) and selector == "all":
+        return text_layers
+    items = [selector] if isinstance(selector, (str, int, AttentionLayer)) else list(selector)
+    if not items:
+        raise ValueError("Empty layer selection: name at least one layer, a glob, an index or 'all'.")
+
+    by_name = {layer.name: layer for layer in every}
+    chosen: dict[str, AttentionLayer] = {}
+    for item in items:
+        for layer in _resolve_one(item, every, text_layers, by_name):
+            if layer.kind == "self":
+                raise ValueError(
+                    f"{layer.name} is a self-attention layer and carries no text; choose among the "
+                    f"text-conditioned layers, e.g. {_nearest(layer.name, text_layers)}."
+                )
+            chosen[layer.name] = layer
+    return sorted(chosen.values(), key=lambda layer: layer.index)
+
+
+def _resolve_one(item, every, text_layers, by_name) -> list[AttentionLayer]:
+    if isinstance(item, AttentionLayer):
+        item = item.name
+    if isinstance(item, bool) or not isinstance(item, (str, int)):
+        raise ValueError(f"A layer selector is a name, a glob or an index, not {type(item).__name__}.")
+    if isinstance(item, int):
+        if not -len(text_layers) <= item < len(text_layers):
+            raise ValueError(f"Layer index {item} is out of range: this model has {len(text_layers)} text-conditioned layers (0–{len(text_layers) - 1}).")
+        return [text_layers[item]]
+    if item in by_name:
+        return [by_name[item]]
+    if any(char in item for char in "*?["):
+        matches = [layer for layer in text_layers if fnmatch.fnmatchcase(layer.name, item)]
+        if matches:
+            return matches
+        raise ValueError(f"No text-conditioned layer matches {item!r}; some layers: {_nearest(item, text_layers)}.")
+    raise ValueError(f"Unknown layer {item!r}. Closest real layers: {_nearest(item, text_layers)}.")
+
+
+def _nearest(name: str, layers: list[AttentionLayer], count: int = 3) -> str:
+    names = [layer.name for layer in layers]
+    close = difflib.get_close_matches(name, names, n=count, cutoff=0.0) or names[:count]
+    return ", ".join(close)
+
+
+def denoiser_parameter_count(pipe_or_model: object) -> int:
+    """All parameters of the denoiser, the denominator of a layer set's parameter share."""
+    return sum(p.numel() for p in denoiser(pipe_or_model).parameters())
