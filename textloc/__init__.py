@@ -1,6 +1,21 @@
 """textloc: find and use the attention layers that render text in diffusion models."""
 
+from textloc import attention
+from textloc.attention import AttentionLayer, attention_layers, select_layers
+from textloc.patching import RowPatch, TextCache, patch, record, run_with_cache, run_with_patches
 from textloc.pipelines import load_pipeline
 
-__all__ = ["load_pipeline"]
+__all__ = [
+    "AttentionLayer",
+    "RowPatch",
+    "TextCache",
+    "attention",
+    "attention_layers",
+    "load_pipeline",
+    "patch",
+    "record",
+    "run_with_cache",
+    "run_with_patches",
+    "select_layers",
+]
 __version__ = "0.1.0"

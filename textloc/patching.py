@@ -178,10 +178,15 @@ class _Call:
     text_len: int | None
 
 
+class _StopRun(Exception):
+    """Raised by the denoiser hook to end a generation once what was wanted is recorded."""
+
+
 class _RunState:
-    def __init__(self, pipe: Any, concat_cfg: bool | None):
+    def __init__(self, pipe: Any, concat_cfg: bool | None, stop_at_step: int | None = None):
         self.pipe = pipe
         self.concat_cfg = concat_cfg  # None: detect it from the pipeline at the first call
+        self.stop_at_step = stop_at_step
         self.schedule: torch.Tensor | None = None
         self.num_steps = 0
         self.step = -1
@@ -202,6 +207,8 @@ class _RunState:
         t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
         if t != self.last_timestep:
             self.step, self.calls_in_step, self.last_timestep = self.step + 1, 0, t
+            if self.step == self.stop_at_step:
+                raise _StopRun
         else:
             self.calls_in_step += 1
 
@@ -243,6 +250,10 @@ class _DenoiserHook(ModelHook):
 # Per-layer hooks
 
 
+# diffusers turns text masks into additive biases with this value (PixArt, Sana).
+_MASKED_BIAS = -10000.0
+
+
 @dataclass
 class _Source:
     """Where one patch reads from in the call now running: a batch row, or rows of a cache entry."""
@@ -254,13 +265,44 @@ class _Source:
     def values(self, role: str, text: torch.Tensor) -> torch.Tensor:
         if self.entry is None:
             return text[self.batch_index : self.batch_index + 1]
-        cached = self.entry.key if role == "key" else self.entry.value
-        return cached[self.rows].to(text.device, text.dtype)
+        cached = (self.entry.key if role == "key" else self.entry.value)[self.rows]
+        if cached.shape[1] != text.shape[1]:
+            if self.entry.mask is None:
+                raise ValueError(
+                    f"The source has {cached.shape[1]} text tokens and this run {text.shape[1]}; record "
+                    "the source with the same text length (max_sequence_length)."
+                )
+            cached = _fit_tokens(cached, text.shape[1], dim=1, fill=0.0)
+        return cached.to(text.device, text.dtype)
 
     def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
         if self.entry is None:
             return mask[self.batch_index : self.batch_index + 1]
-        return None if self.entry.mask is None else self.entry.mask[self.rows].to(mask.device, mask.dtype)
+        if self.entry.mask is None:
+            return None
+        cached = self.entry.mask[self.rows]
+        length = mask.shape[-1]
+        if cached.shape[-1] > length and _attends(cached[..., length:]).any():
+            raise ValueError(
+                f"The source prompt needs {int(_attends(cached).sum(-1).max())} text tokens but this run "
+                f"keeps {length}; raise max_sequence_length."
+            )
+        masked = False if cached.dtype == torch.bool else _MASKED_BIAS
+        return _fit_tokens(cached, length, dim=-1, fill=masked).to(mask.device, mask.dtype)
+
+
+def _attends(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask > _MASKED_BIAS / 2
+
+
+def _fit_tokens(tensor: torch.Tensor, length: int, dim: int, fill: float | bool) -> torch.Tensor:
+    """Cut or pad a text axis to ``length``; what is cut or padded is masked out by the caller."""
+    size = tensor.shape[dim]
+    if size >= length:
+        return tensor.narrow(dim, 0, length)
+    pad_shape = list(tensor.shape)
+    pad_shape[dim] = length - size
+    return torch.cat([tensor, tensor.new_full(pad_shape, fill)], dim=dim)
 
 
 class _LayerHooks:
@@ -384,9 +426,10 @@ def _hooked(
     patches: Sequence[RowPatch] = (),
     recorder: TextCache | None = None,
     concat_cfg: bool | None = None,
+    stop_at_step: int | None = None,
 ) -> Iterator[_RunState]:
     model = denoiser(pipe)
-    state = _RunState(pipe, concat_cfg)
+    state = _RunState(pipe, concat_cfg, stop_at_step)
     fingerprint = model_id(pipe)
     caches = {id(p.source): p.source for p in patches if isinstance(p.source, TextCache)}
 
@@ -443,20 +486,34 @@ def run_with_cache(pipe: Any, prompt: str | list[str], layers: LayerSelector = "
     Returns ``(pipeline output, TextCache)``. The cache stays on the device that produced it
     unless ``cache_device`` says otherwise. ``generate_kwargs`` go to the pipeline call.
     """
+    return _record(pipe, prompt, layers, cache_device, first_step_only=False, **generate_kwargs)
+
+
+def record(pipe: Any, prompt: str | list[str], layers: LayerSelector = "all", cache_device: torch.device | str | None = None, **generate_kwargs: Any) -> TextCache:
+    """The text K/V of ``layers`` while generating ``prompt`` (see :func:`run_with_cache`).
+
+    When every layer is step-independent (``cross``, ``added_kv``) the generation stops after its
+    first denoiser step: that step already holds everything the cache can contain.
+    """
+    selected = select_layers(pipe, layers)
+    first_step_only = all(layer.kind in STEP_INDEPENDENT_KINDS for layer in selected)
+    generate_kwargs.setdefault("output_type", "latent" if hasattr(pipe, "vae") else "pt")
+    return _record(pipe, prompt, selected, cache_device, first_step_only, **generate_kwargs)[1]
+
+
+def _record(pipe, prompt, layers, cache_device, first_step_only: bool, **generate_kwargs) -> tuple[Any, TextCache]:
     selected = select_layers(pipe, layers)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     cache = TextCache(model_id(pipe), prompts, 0, {layer.name: layer.kind for layer in selected})
     kwargs = call_kwargs(pipe, **generate_kwargs)
-    with _hooked(pipe, selected, recorder=cache, concat_cfg=_cfg_layout(pipe, kwargs)) as state:
-        output = pipe(prompt=prompts if len(prompts) > 1 else prompts[0], **kwargs)
+    output = None
+    with _hooked(pipe, selected, recorder=cache, concat_cfg=_cfg_layout(pipe, kwargs), stop_at_step=1 if first_step_only else None) as state:
+        try:
+            output = pipe(prompt=prompts if len(prompts) > 1 else prompts[0], **kwargs)
+        except _StopRun:
+            pass
     cache.num_steps = state.num_steps
     return output, cache.to(cache_device) if cache_device is not None else cache
-
-
-def record(pipe: Any, prompt: str | list[str], layers: LayerSelector = "all", cache_device: torch.device | str | None = None, **generate_kwargs: Any) -> TextCache:
-    """The text K/V of ``layers`` while generating ``prompt``: see :func:`run_with_cache`."""
-    generate_kwargs.setdefault("output_type", "latent" if hasattr(pipe, "vae") else "pt")
-    return run_with_cache(pipe, prompt, layers, cache_device, **generate_kwargs)[1]
 
 
 @contextlib.contextmanager
@@ -467,6 +524,7 @@ def patch(
     steps: StepWindow = None,
     heads: Sequence[int] | None = None,
     branch: BranchChoice = "cond",
+    **text_kwargs: Any,
 ) -> Iterator[None]:
     """Inside this context, ``layers`` receive the text signal of ``source`` instead of the prompt's.
 
@@ -475,6 +533,8 @@ def patch(
     one short forward pass encodes it); ``joint`` and ``single`` layers need a cache recorded with
     the same generation settings (``tl.record(pipe, source, layers, **same_kwargs)``), or
     :func:`run_with_patches`, which generates the source alongside in one batch.
+    With a prompt source, ``text_kwargs`` are the pipeline arguments that shape its text
+    encoding (``max_sequence_length``, ``negative_prompt``, ...): give the ones the patched call uses.
     ``steps``, ``heads`` and ``branch`` are as in :class:`RowPatch`. On exit, normal or not, the
     hooks are removed and the pipeline is exactly as before.
     """
@@ -488,7 +548,9 @@ def patch(
                 "using the same generation settings, then `tl.patch(pipe, layers, cache)`; or use "
                 "`tl.run_with_patches`, which generates the source in the same batch."
             )
-        source = record(pipe, source, selected, num_inference_steps=1)
+        source = record(pipe, source, selected, **text_kwargs)
+    elif text_kwargs:
+        raise TypeError(f"Unexpected arguments {sorted(text_kwargs)}: they only apply to a prompt source.")
     elif not isinstance(source, TextCache):
         raise TypeError(f"source is a prompt (str) or a TextCache, not {type(source).__name__}.")
     row_patch = RowPatch(tuple(layer.name for layer in selected), source, steps=steps, heads=None if heads is None else tuple(heads), branch=branch)

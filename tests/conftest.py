@@ -1,0 +1,41 @@
+"""Shared fixtures: one tiny random pipeline per architecture, built once per test session."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from textloc.testing import ARCHITECTURES, tiny_call_kwargs, tiny_pipeline
+
+# One thread: tiny models gain nothing from two, and two threads crawl when the cores are shared.
+torch.set_num_threads(1)
+
+PROMPT = 'A sign that says "HELLO".'
+OTHER = 'A sign that says "WORLD".'
+THIRD = 'A red sign that says "LAMP".'
+
+
+@functools.lru_cache(maxsize=None)
+def _pipeline(arch: str):
+    return tiny_pipeline(arch)
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def pipe(arch):
+    return _pipeline(arch)
+
+
+def seeded(pipe, seed: int = 0, **overrides):
+    """The tiny call kwargs with a fresh generator, so every run starts from the same noise."""
+    return {**tiny_call_kwargs(pipe), "generator": torch.Generator("cpu").manual_seed(seed), **overrides}
+
+
+def generate(pipe, prompt: str = PROMPT, seed: int = 0, **overrides) -> torch.Tensor:
+    return torch.as_tensor(pipe(prompt, **seeded(pipe, seed, **overrides)).images)

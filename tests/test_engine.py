@@ -1,0 +1,239 @@
+"""The engine's promises, checked on a tiny random pipeline of every architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import textloc as tl
+from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
+from textloc.attention import attention_layers, select_layers
+from textloc.patching import RowPatch, record, run_with_patches
+
+EXPECTED_KINDS = {
+    "sd15": {"cross"},
+    "sdxl": {"cross"},
+    "sd3": {"joint"},
+    "flux": {"joint", "single"},
+    "deepfloyd-if": {"added_kv"},
+    "pixart-alpha": {"cross"},
+    "pixart-sigma": {"cross"},
+    "sana": {"cross"},
+}
+# Batching changes the order of floating-point reductions a little; a wrong patch moves the
+# images of these tiny models by 1e-3 or more.
+BATCH_TOLERANCE = 1e-4
+
+
+def text_layers(pipe):
+    return attention_layers(pipe, kind=("cross", "added_kv", "joint", "single"))
+
+
+def cache_of(pipe, prompt, layers="all", **overrides):
+    return record(pipe, prompt, layers, **seeded(pipe, **overrides))
+
+
+def test_discovery_finds_the_right_kinds(arch, pipe):
+    layers = text_layers(pipe)
+    assert {layer.kind for layer in layers} == EXPECTED_KINDS[arch]
+    assert [layer.index for layer in layers] == list(range(len(layers)))
+    assert all(layer.num_text_kv_params > 0 for layer in layers)
+    everything = attention_layers(pipe)
+    assert all(layer.index is None for layer in everything if layer.kind == "self")
+
+
+def test_discovery_follows_forward_order(pipe):
+    called = []
+    handles = [
+        layer.module.register_forward_pre_hook(lambda module, args, name=layer.name: called.append(name))
+        for layer in text_layers(pipe)
+    ]
+    try:
+        generate(pipe, guidance_scale=1.0)
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = [layer.name for layer in text_layers(pipe)]
+    assert called[: len(names)] == names
+
+
+def test_patching_with_own_prompt_is_bit_identical(arch, pipe):
+    plain = generate(pipe)
+    with tl.patch(pipe, "all", cache_of(pipe, PROMPT)):
+        assert torch.equal(generate(pipe), plain)
+    if EXPECTED_KINDS[arch] <= {"cross", "added_kv"}:  # injection straight from a prompt
+        with tl.patch(pipe, "all", PROMPT, **tiny_kwargs(pipe)):
+            assert torch.equal(generate(pipe), plain)
+
+
+def test_patching_one_layer_changes_the_image_and_only_that_layer(arch, pipe):
+    layers = text_layers(pipe)
+    target = layers[len(layers) // 2]
+    plain = generate(pipe)
+    with tl.patch(pipe, target.name, cache_of(pipe, OTHER)):
+        patched = generate(pipe)
+        inside = cache_of(pipe, PROMPT)  # what every layer saw during a patched run
+    assert not torch.allclose(patched, plain, atol=1e-5)
+    unpatched = cache_of(pipe, PROMPT)
+    changed = {(name, step) for (name, step, branch), entry in unpatched.entries.items() if not torch.equal(entry.key, inside.entries[name, step, branch].key)}
+    if EXPECTED_KINDS[arch] <= {"cross", "added_kv"}:
+        # Text reaches these layers straight from the encoder: the others' inputs are untouched.
+        assert {name for name, _ in changed} == {target.name}
+    else:
+        # Joint layers pass the text stream on: in the first step the layers before the patched
+        # one see exactly what they saw unpatched (later steps see a different image).
+        first_step = {name for name, step in changed if step == 0}
+        earlier = {layer.name for layer in layers if layer.index < target.index}
+        assert target.name in first_step and not first_step & earlier
+
+
+def test_step_window_leaves_earlier_steps_identical(pipe):
+    outputs: dict[str, list[torch.Tensor]] = {}
+
+    def run(key, context=None):
+        calls = outputs.setdefault(key, [])
+        handle = tl.attention.denoiser(pipe).register_forward_hook(lambda m, a, k, out: calls.append((out[0] if isinstance(out, tuple) else out.sample).clone()), with_kwargs=True)
+        try:
+            if context is None:
+                return generate(pipe)
+            with context:
+                return generate(pipe)
+        finally:
+            handle.remove()
+
+    other = cache_of(pipe, OTHER)
+    plain = run("plain")
+    late = run("late", tl.patch(pipe, "all", other, steps=(0.5, None)))
+    assert torch.equal(outputs["late"][0], outputs["plain"][0])  # step 0 of 2: before the window
+    assert not torch.equal(late, plain)
+    early = run("early", tl.patch(pipe, "all", other, steps=(0, 1)))
+    assert not torch.equal(outputs["early"][0], outputs["plain"][0])
+    assert not torch.equal(early, late)
+
+
+def test_exit_restores_the_pipeline_even_after_an_exception(pipe):
+    plain = generate(pipe)
+    processors = {layer.name: layer.module.processor for layer in attention_layers(pipe)}
+    forwards = {name: module.forward for name, module in tl.attention.denoiser(pipe).named_modules()}
+    with pytest.raises(RuntimeError, match="boom"):
+        with tl.patch(pipe, "all", cache_of(pipe, OTHER)):
+            raise RuntimeError("boom")
+    assert torch.equal(generate(pipe), plain)
+    assert {layer.name: layer.module.processor for layer in attention_layers(pipe)} == processors
+    after = {name: module.forward for name, module in tl.attention.denoiser(pipe).named_modules()}
+    assert all(after[name] == forward for name, forward in forwards.items())
+
+
+def test_batched_plan_equals_separate_patched_runs(arch, pipe):
+    layers = text_layers(pipe)
+    first, last = layers[0].name, layers[-1].name
+    prompts = [PROMPT, PROMPT, OTHER, THIRD]
+    plan = [RowPatch((first,), source=2, row=0), RowPatch((last,), source=3, row=1)]
+    batched = torch.as_tensor(run_with_patches(pipe, prompts, plan, **tiny_kwargs(pipe)).images)
+    for row, (layer, source) in enumerate([(first, OTHER), (last, THIRD)]):
+        with tl.patch(pipe, layer, cache_of(pipe, source)):
+            separate = generate(pipe)[0]
+        torch.testing.assert_close(batched[row], separate, atol=BATCH_TOLERANCE, rtol=0)
+    torch.testing.assert_close(batched[2], generate(pipe, OTHER)[0], atol=BATCH_TOLERANCE, rtol=0)
+
+
+def tiny_kwargs(pipe):
+    kwargs = seeded(pipe)
+    del kwargs["generator"]  # run_with_patches seeds every row itself
+    return kwargs
+
+
+def test_head_subset_patches_only_those_heads(pipe):
+    layer = text_layers(pipe)[-1]
+    other = cache_of(pipe, OTHER)
+    with tl.patch(pipe, layer.name, other):
+        every_head = generate(pipe)
+    with tl.patch(pipe, layer.name, other, heads=range(layer.num_heads)):
+        assert torch.equal(generate(pipe), every_head)
+    with tl.patch(pipe, layer.name, other, heads=[0]):
+        one_head = generate(pipe)
+    assert not torch.equal(one_head, every_head)
+    assert not torch.equal(one_head, generate(pipe))
+
+
+def test_branch_choice_patches_that_half_only(pipe):
+    # A different negative prompt makes the source's uncond half differ from the run's.
+    other = cache_of(pipe, OTHER, negative_prompt="blurry text")
+    images = {"none": generate(pipe)}
+    for branch in ("cond", "uncond", "both"):
+        with tl.patch(pipe, "all", other, branch=branch):
+            images[branch] = generate(pipe)
+    distinct = [images[name] for name in ("none", "cond", "uncond", "both")]
+    assert all(not torch.equal(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1 :])
+
+
+def test_cache_stores_step_independent_layers_once(arch, pipe):
+    cache = cache_of(pipe, PROMPT)
+    for layer in text_layers(pipe):
+        steps = {step for (name, step, branch) in cache.entries if name == layer.name}
+        assert steps == ({None} if layer.kind in ("cross", "added_kv") else {0, 1})
+    assert cache.nbytes > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_unknown_layer_names_the_closest_real_ones(pipe):
+    real = text_layers(pipe)[0].name
+    with pytest.raises(ValueError, match="Closest real layers") as error:
+        select_layers(pipe, real + "x")
+    assert real in str(error.value)
+    with pytest.raises(ValueError, match="No text-conditioned layer matches"):
+        select_layers(pipe, "nothing.*.attn9")
+    with pytest.raises(ValueError, match="out of range"):
+        select_layers(pipe, 999)
+    with pytest.raises(ValueError, match="Empty layer selection"):
+        select_layers(pipe, [])
+
+
+def test_self_layer_cannot_be_patched():
+    pipe = _pipeline("sdxl")
+    self_layer = next(layer for layer in attention_layers(pipe) if layer.kind == "self")
+    with pytest.raises(ValueError, match="self-attention"):
+        with tl.patch(pipe, self_layer.name, PROMPT):
+            pass
+
+
+def test_cache_from_another_model_or_step_count_is_refused():
+    sd15, sdxl = _pipeline("sd15"), _pipeline("sdxl")
+    with pytest.raises(ValueError, match="holds no layer|not recorded at|another model"):
+        with tl.patch(sdxl, "all", cache_of(sd15, OTHER)):
+            generate(sdxl)
+    sd3 = _pipeline("sd3")
+    three_steps = cache_of(sd3, OTHER, num_inference_steps=3)
+    with pytest.raises(ValueError, match="recorded over 3 steps but the run has 2"):
+        with tl.patch(sd3, "all", three_steps):
+            generate(sd3)
+
+
+def test_prompt_source_on_joint_layers_asks_for_a_cache():
+    with pytest.raises(ValueError, match="tl.record"):
+        with tl.patch(_pipeline("flux"), "all", OTHER):
+            pass
+
+
+def test_unsupported_pipeline_is_a_clear_error():
+    class NotAPipeline:
+        pass
+
+    with pytest.raises(ValueError, match="Unsupported pipeline class NotAPipeline"):
+        attention_layers(NotAPipeline())
+
+
+def test_bad_heads_steps_and_branch_are_refused():
+    pipe = _pipeline("sdxl")
+    layer = text_layers(pipe)[0]
+    for kwargs, message in [
+        ({"heads": [layer.num_heads]}, "do not exist"),
+        ({"steps": (0.5, 1.5)}, r"lies in \[0, 1\]"),
+        ({"branch": "neg"}, "branch must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            with tl.patch(pipe, layer.name, PROMPT, **kwargs):
+                pass

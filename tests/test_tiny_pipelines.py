@@ -1,0 +1,136 @@
+"""The tiny random pipelines that every other test runs on: offline, deterministic, right layout."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from textloc.testing import ARCHITECTURES, IMAGE_SIZE, tiny_call_kwargs, tiny_pipeline
+
+PROMPT = 'A sign that says "HELLO".'
+OTHER_PROMPT = 'A sign that says "WORLD".'
+
+# Which attention modules of the denoiser the attention engine patches, and how many each tiny
+# model must have, as (pattern on the module name, processor class prefix, minimum count).
+ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
+    "sd15": [(r".*attn2", "AttnProcessor", 4)],
+    "sdxl": [(r".*attn2", "AttnProcessor", 4), (r".*transformer_blocks\.1\.attn2", "AttnProcessor", 1)],
+    "sd3": [(r"transformer_blocks\.\d+\.attn", "JointAttnProcessor", 3)],
+    "flux": [
+        (r"transformer_blocks\.\d+\.attn", "FluxAttnProcessor", 2),
+        (r"single_transformer_blocks\.\d+\.attn", "FluxAttnProcessor", 2),
+    ],
+    "deepfloyd-if": [(r".*attentions\.\d+", "AttnAddedKVProcessor", 3)],
+    "pixart-alpha": [(r"transformer_blocks\.\d+\.attn2", "AttnProcessor", 2)],
+    "pixart-sigma": [(r"transformer_blocks\.\d+\.attn2", "AttnProcessor", 2)],
+    "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Models this small gain nothing from intra-op threads, and on a busy 2-core machine the
+    # second thread makes a U-Net step 10-100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def pipe(arch: str) -> DiffusionPipeline:
+    return tiny_pipeline(arch)
+
+
+def generate(pipe: DiffusionPipeline, prompt: str = PROMPT, seed: int = 0) -> np.ndarray:
+    return pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), **tiny_call_kwargs(pipe)).images
+
+
+def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
+    return pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+
+
+def test_unknown_architecture_is_an_error_that_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="sd15.*sana"):
+        tiny_pipeline("sd16")
+    with pytest.raises(ValueError, match="sd15.*sana"):
+        tiny_call_kwargs("sd16")
+
+
+def test_generates_a_finite_image_of_the_small_size(pipe: DiffusionPipeline) -> None:
+    image = generate(pipe)
+    assert image.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+    assert np.isfinite(image).all()
+    assert image.min() >= 0 and image.max() <= 1
+
+
+def test_same_seed_gives_the_same_image_and_another_prompt_another(pipe: DiffusionPipeline) -> None:
+    first = generate(pipe)
+    assert np.array_equal(first, generate(pipe))
+    assert not np.array_equal(first, generate(pipe, OTHER_PROMPT))
+
+
+def test_every_step_runs_a_conditional_and_an_unconditional_branch(pipe: DiffusionPipeline) -> None:
+    samples_seen: list[int] = []
+
+    def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        latents = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+        samples_seen.append(latents.shape[0])
+
+    handle = denoiser(pipe).register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        generate(pipe)
+    finally:
+        handle.remove()
+    # 2 steps x (cond + uncond): batched for most pipelines, two passes for FLUX's true CFG.
+    assert sum(samples_seen) == 2 * 2
+
+
+def test_build_is_seeded_and_leaves_the_global_rng_alone(arch: str) -> None:
+    rng_before = torch.get_rng_state()
+    first, again, other = tiny_pipeline(arch), tiny_pipeline(arch), tiny_pipeline(arch, seed=1)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+    def weights(pipe: DiffusionPipeline) -> dict[str, torch.Tensor]:
+        return {
+            f"{component}.{key}": value
+            for component, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module)
+            for key, value in module.state_dict().items()
+        }
+
+    first_weights, again_weights, other_weights = weights(first), weights(again), weights(other)
+    assert first_weights.keys() == again_weights.keys() == other_weights.keys()
+    assert all(torch.equal(first_weights[key], again_weights[key]) for key in first_weights)
+    assert not all(torch.equal(first_weights[key], other_weights[key]) for key in first_weights)
+
+
+def test_components_are_in_eval_mode_with_no_progress_bar(pipe: DiffusionPipeline) -> None:
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            assert not any(module.training for module in component.modules()), name
+    assert pipe._progress_bar_config.get("disable") is True
+
+
+def test_attention_layout_is_what_the_engine_patches(arch: str, pipe: DiffusionPipeline) -> None:
+    attention = {
+        name: module for name, module in denoiser(pipe).named_modules() if hasattr(module, "processor")
+    }
+    assert all(module.heads >= 2 for module in attention.values())
+    for pattern, processor_prefix, minimum in ATTENTION_LAYOUT[arch]:
+        matching = [
+            name
+            for name, module in attention.items()
+            if re.fullmatch(pattern, name) and type(module.processor).__name__.startswith(processor_prefix)
+        ]
+        assert len(matching) >= minimum, (pattern, sorted(attention))

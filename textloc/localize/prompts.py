@@ -1,0 +1,218 @@
+"""Prompt pairs for localization: same template, different quoted text.
+
+A pair's source prompt renders one text, its target prompt another; patching a layer with the
+target's text signal should turn the source image's text into the target's. Target texts come
+from a seeded derangement of the source texts, so no pair ever asks for the text it already has.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence, TypeVar
+
+T = TypeVar("T")
+
+SIMPLE_TEMPLATE = 'A sign that says "{}".'
+# Scenes in the spirit of CreativeBench/GlyphDraw: the quoted text sits on an object in a scene.
+SCENE_TEMPLATES = (
+    'Little panda holding a sign that says "{}".',
+    'A wooden signpost in a forest that reads "{}".',
+    'A coffee cup with the word "{}" printed on it.',
+    'A neon sign glowing "{}" above a bar door at night.',
+    'A chalkboard in a classroom with "{}" written on it.',
+    'A red t-shirt with "{}" printed across the chest.',
+    'A birthday cake decorated with the word "{}" in icing.',
+    'A street banner that says "{}" hanging between two buildings.',
+)
+DEFAULT_TEMPLATES = (SIMPLE_TEMPLATE, *SCENE_TEMPLATES)
+
+EXAMPLE_PROMPT = 'A sign that says "HELLO".'
+# The first straight-quoted or curly-quoted span.
+_QUOTED = re.compile(r'"([^"]*)"|“([^”]*)”')
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A source and a target prompt that differ only in their quoted text."""
+
+    source: str
+    target: str
+    source_text: str
+    target_text: str
+    template: str
+
+    def __post_init__(self) -> None:
+        if self.source_text.casefold() == self.target_text.casefold():
+            # OCR scores compare case-insensitively, so such a pair could never show an effect.
+            raise ValueError(
+                f"source and target text are the same ({self.source_text!r}); a pair needs two texts"
+            )
+        for prompt, text in ((self.source, self.source_text), (self.target, self.target_text)):
+            if quoted_text(prompt) != text:
+                raise ValueError(f"prompt {prompt!r} does not quote {text!r}")
+
+    @classmethod
+    def from_template(cls, template: str, source_text: str, target_text: str) -> PromptPair:
+        """The pair that fills ``template``'s ``{}`` with each text."""
+        return cls(
+            source=fill(template, source_text),
+            target=fill(template, target_text),
+            source_text=source_text,
+            target_text=target_text,
+            template=template,
+        )
+
+
+def fill(template: str, text: str) -> str:
+    """``template`` with its ``{}`` replaced by ``text`` (no other brace is interpreted)."""
+    if "{}" not in template:
+        raise ValueError(f"template {template!r} has no {{}} where the text goes, e.g. {SIMPLE_TEMPLATE!r}")
+    return template.replace("{}", text, 1)
+
+
+def _quoted_match(prompt: str) -> re.Match[str]:
+    match = _QUOTED.search(prompt)
+    if match is None or not (match.group(1) or match.group(2)):
+        raise ValueError(
+            f"prompt {prompt!r} has no quoted text to render; put the text in double quotes, "
+            f"e.g. {EXAMPLE_PROMPT!r}"
+        )
+    return match
+
+
+def quoted_text(prompt: str) -> str:
+    """The text inside the first pair of double quotes (straight or curly) of ``prompt``."""
+    match = _quoted_match(prompt)
+    return match.group(1) if match.group(1) is not None else match.group(2)
+
+
+def as_template(prompt: str) -> str:
+    """``prompt`` with its quoted text replaced by ``{}``, quotes kept."""
+    match = _quoted_match(prompt)
+    group = 1 if match.group(1) is not None else 2
+    return prompt[: match.start(group)] + "{}" + prompt[match.end(group) :]
+
+
+def _distinct(texts: Sequence[str]) -> list[str]:
+    """Texts without case-insensitive repeats, first spelling kept; at least two required."""
+    seen: dict[str, str] = {}
+    for text in texts:
+        seen.setdefault(text.casefold(), text)
+    if len(seen) < 2:
+        raise ValueError(f"prompt pairs need at least 2 distinct texts, got {list(seen.values())}")
+    return list(seen.values())
+
+
+def _derangement(items: Sequence[T], rng: random.Random) -> list[T]:
+    """A uniformly drawn permutation of distinct ``items`` that moves every item."""
+    while True:  # about e ~ 2.7 draws on average
+        shuffled = list(items)
+        rng.shuffle(shuffled)
+        if all(a != b for a, b in zip(items, shuffled)):
+            return shuffled
+
+
+def make_pairs(
+    words: Sequence[str],
+    n: int | None = None,
+    templates: Sequence[str] | None = None,
+    seed: int = 0,
+) -> list[PromptPair]:
+    """``n`` prompt pairs (default: one per distinct word) from a seeded derangement of ``words``.
+
+    Words are taken in a seeded random order; each is paired with a different word (compared
+    case-insensitively). With ``n`` above the number of words, further rounds draw fresh
+    orders and derangements. Templates (default :data:`DEFAULT_TEMPLATES`; each holds ``{}``
+    inside quotes) are cycled in a seeded random order. Same arguments, same pairs.
+    """
+    distinct = _distinct(words)
+    templates = list(DEFAULT_TEMPLATES if templates is None else templates)
+    if not templates:
+        raise ValueError("templates is empty")
+    n = len(distinct) if n is None else n
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(seed)
+    rng.shuffle(templates)
+    pairs: list[PromptPair] = []
+    while len(pairs) < n:
+        sources = list(distinct)
+        rng.shuffle(sources)
+        for source, target in zip(sources, _derangement(sources, rng)):
+            if len(pairs) == n:
+                break
+            pairs.append(PromptPair.from_template(templates[len(pairs) % len(templates)], source, target))
+    return pairs
+
+
+def pairs_from_prompts(prompts: Sequence[str], seed: int = 0) -> list[PromptPair]:
+    """One pair per prompt: the prompt as source, and as target the same prompt with its quoted
+    text swapped for another prompt's (a seeded derangement over the distinct quoted texts)."""
+    texts = [quoted_text(prompt) for prompt in prompts]
+    distinct = _distinct(texts)
+    replacement = dict(zip((t.casefold() for t in distinct), _derangement(distinct, random.Random(seed))))
+    pairs = []
+    for prompt, text in zip(prompts, texts):
+        template, new_text = as_template(prompt), replacement[text.casefold()]
+        pairs.append(PromptPair(prompt, fill(template, new_text), text, new_text, template))
+    return pairs
+
+
+def load_words(path: str | Path) -> list[str]:
+    """Words or phrases from a text file, one per line; blank lines and ``#`` comments skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+# GlyphControl's SimpleBench files, most frequent words first: all_unigram_<bucket>_100.txt
+SIMPLEBENCH_BUCKETS = ("top_1000", "1000_10000", "10000_100000", "100000_plus")
+CREATIVEBENCH_FILE = "GlyphDraw_origin_remove_render_words.txt"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Words by frequency bucket and the templates to render them in."""
+
+    name: str
+    words: dict[str, list[str]]
+    templates: list[str]
+
+    def all_words(self) -> list[str]:
+        """Every word, buckets in order from most to least frequent."""
+        return [word for bucket in self.words.values() for word in bucket]
+
+    def pairs(self, n: int | None = None, seed: int = 0, bucket: str | None = None) -> list[PromptPair]:
+        """:func:`make_pairs` over this benchmark's words (or one bucket's) and templates."""
+        if bucket is not None and bucket not in self.words:
+            raise ValueError(f"unknown bucket {bucket!r}; buckets: {', '.join(self.words)}")
+        chosen = self.all_words() if bucket is None else self.words[bucket]
+        return make_pairs(chosen, n=n, templates=self.templates, seed=seed)
+
+
+def load_glyphcontrol(root: str | Path, bench: Literal["simple", "creative"] = "simple") -> Benchmark:
+    """GlyphControl's SimpleBench or CreativeBench from its prompt files under ``root``.
+
+    ``root`` holds ``SimpleBench/all_unigram_<bucket>_100.txt`` (one word per line, four
+    frequency buckets) and, for ``bench="creative"``, ``CreativeBench/GlyphDraw_origin_remove_
+    render_words.txt`` (one template per line, ``""`` where the word goes). Both benches use the
+    SimpleBench words: SimpleBench in ``A sign that says "{}".``, CreativeBench in its templates.
+    """
+    root = Path(root)
+    if bench not in ("simple", "creative"):
+        raise ValueError(f"bench must be 'simple' or 'creative', got {bench!r}")
+    words = {}
+    for bucket in SIMPLEBENCH_BUCKETS:
+        path = root / "SimpleBench" / f"all_unigram_{bucket}_100.txt"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"SimpleBench word list {path} is missing; root must be the folder holding "
+                "GlyphControl's SimpleBench/ and CreativeBench/"
+            )
+        words[bucket] = load_words(path)
+    if bench == "simple":
+        return Benchmark("SimpleBench", words, [SIMPLE_TEMPLATE])
+    lines = load_words(root / "CreativeBench" / CREATIVEBENCH_FILE)
+    return Benchmark("CreativeBench", words, [line.replace('""', '"{}"', 1) for line in lines])
