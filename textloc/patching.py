@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import inspect
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -116,7 +116,9 @@ class RowPatch:
     ``source`` is another row of the same batch (an ``int``) or a :class:`TextCache`
     (``source_row`` picks its row). ``row=None`` patches every row. ``steps`` is a window
     ``(start, stop)`` of step indices or fractions of the schedule (stop exclusive, ``None`` open);
-    ``heads`` a subset of attention heads; ``branch`` the CFG half.
+    ``heads`` a subset of attention heads; ``branch`` the CFG half. ``strength`` blends the row's
+    own K/V toward the source's (1 replaces them); a tensor strength that requires grad receives
+    the gradient of whatever is computed from the run, which is how attribution patching works.
     """
 
     layers: tuple[str, ...]
@@ -126,6 +128,7 @@ class RowPatch:
     steps: StepWindow = None
     heads: tuple[int, ...] | None = None
     branch: BranchChoice = "cond"
+    strength: float | torch.Tensor = 1.0
 
     def branches(self) -> tuple[Branch, ...]:
         return ("cond", "uncond") if self.branch == "both" else (self.branch,)
@@ -246,6 +249,45 @@ class _DenoiserHook(ModelHook):
         return args, kwargs
 
 
+class _GradientHook(ModelHook):
+    """Runs the denoiser with autograd on at chosen steps and hands each prediction to a callback.
+
+    Pipelines run under ``torch.no_grad``; this turns grad back on inside the denoiser only, with
+    its parameters frozen so that gradients reach patch strengths and nothing else. The pipeline
+    gets a detached prediction and goes on as usual.
+    """
+
+    def __init__(self, state: _RunState, grad_steps: frozenset[int], on_output):
+        super().__init__()
+        self.state, self.grad_steps, self.on_output = state, grad_steps, on_output
+
+    def new_forward(self, module, *args, **kwargs):
+        call = self.state.call
+        if call.step not in self.grad_steps:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            if self.on_output is not None:
+                self.on_output(call, _prediction(output))
+            return output
+        frozen = [p for p in module.parameters() if p.requires_grad]
+        try:
+            for parameter in frozen:
+                parameter.requires_grad_(False)
+            with torch.enable_grad():
+                output = self.fn_ref.original_forward(*args, **kwargs)
+                self.on_output(call, _prediction(output))
+        finally:
+            for parameter in frozen:
+                parameter.requires_grad_(True)
+        if isinstance(output, tuple):
+            return tuple(item.detach() if torch.is_tensor(item) else item for item in output)
+        output.sample = output.sample.detach()
+        return output
+
+
+def _prediction(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output.sample
+
+
 # --------------------------------------------------------------------------------------------
 # Per-layer hooks
 
@@ -350,6 +392,9 @@ class _LayerHooks:
         for patch, targets, source in writes:
             index = torch.tensor(targets, device=output.device)
             values = source.values(role, source_text).expand(len(targets), -1, -1)
+            if not (isinstance(patch.strength, float) and patch.strength == 1.0):
+                own = source_text[index]
+                values = own + patch.strength * (values - own)
             if patch.heads is None:
                 text[index] = values
             else:
@@ -427,6 +472,8 @@ def _hooked(
     recorder: TextCache | None = None,
     concat_cfg: bool | None = None,
     stop_at_step: int | None = None,
+    grad_steps: frozenset[int] = frozenset(),
+    on_output=None,
 ) -> Iterator[_RunState]:
     model = denoiser(pipe)
     state = _RunState(pipe, concat_cfg, stop_at_step)
@@ -453,6 +500,9 @@ def _hooked(
 
     tag = f"{_HOOK_PREFIX}_{id(state)}"
     try:
+        if grad_steps or on_output is not None:
+            register(model, _GradientHook(state, grad_steps, on_output), f"{tag}_gradient")
+        # Registered last, so outermost: it must know the step before the gradient hook runs.
         register(model, _DenoiserHook(state), f"{tag}_denoiser")
         for layer in layers:
             layer_patches = [p for p in patches if layer.name in p.layers]
@@ -564,6 +614,10 @@ def run_with_patches(
     prompts: Sequence[str],
     patches: Sequence[RowPatch],
     seed: int | Sequence[int] = 0,
+    *,
+    on_output: Callable[[Any, torch.Tensor], None] | None = None,
+    grad_steps: Collection[int] = (),
+    stop_at_step: int | None = None,
     **generate_kwargs: Any,
 ) -> Any:
     """One batched generation in which each row may carry its own patch.
@@ -572,6 +626,11 @@ def run_with_patches(
     computes in the same batch, at the same step and branch. All rows start from the same noise
     (one seed, or one seed per row), so a sweep over L layers — rows 0..L-1 patched from a source
     row L — is one generation and equals L separate patched runs.
+
+    ``on_output(call, prediction)`` sees the denoiser's prediction at every call (``call.step``,
+    ``call.branch_rows``); at ``grad_steps`` the prediction carries autograd history back to any
+    tensor ``strength`` of the patches. ``stop_at_step`` ends the generation when that step would
+    begin (the return value is then ``None``).
     """
     prompts = list(prompts)
     seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
@@ -588,6 +647,15 @@ def run_with_patches(
     kwargs = call_kwargs(pipe, **generate_kwargs)
     if "num_images_per_prompt" in kwargs and kwargs["num_images_per_prompt"] != 1:
         raise ValueError("run_with_patches addresses rows by prompt: repeat a prompt instead of num_images_per_prompt.")
+    if grad_steps and on_output is None:
+        raise ValueError("grad_steps without on_output: nothing would use the gradients.")
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    with _hooked(pipe, selected, patches, concat_cfg=_cfg_layout(pipe, kwargs)):
-        return pipe(prompt=prompts, generator=generators, **kwargs)
+    hooks = _hooked(
+        pipe, selected, patches, concat_cfg=_cfg_layout(pipe, kwargs), stop_at_step=stop_at_step,
+        grad_steps=frozenset(grad_steps), on_output=on_output,
+    )
+    with hooks:
+        try:
+            return pipe(prompt=prompts, generator=generators, **kwargs)
+        except _StopRun:
+            return None
