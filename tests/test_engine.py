@@ -237,3 +237,29 @@ def test_bad_heads_steps_and_branch_are_refused():
         with pytest.raises(ValueError, match=message):
             with tl.patch(pipe, layer.name, PROMPT, **kwargs):
                 pass
+
+
+def test_strength_blends_and_carries_gradients(pipe):
+    layer = text_layers(pipe)[-1].name
+    prompts = [PROMPT, OTHER]
+
+    def row0(strength, **extra):
+        plan = [RowPatch((layer,), source=1, row=0, strength=strength)]
+        return torch.as_tensor(run_with_patches(pipe, prompts, plan, **tiny_kwargs(pipe), **extra).images[0])
+
+    plain = torch.as_tensor(run_with_patches(pipe, prompts, [], **tiny_kwargs(pipe)).images[0])
+    torch.testing.assert_close(row0(0.0), plain, atol=BATCH_TOLERANCE, rtol=0)
+    assert not torch.allclose(row0(0.5), row0(1.0), atol=1e-5)
+
+    alpha = torch.zeros((), requires_grad=True)
+    gradients = []
+
+    def on_output(call, prediction):
+        if prediction.requires_grad and "cond" in call.branch_rows:
+            patched, source = (prediction[i] for i in call.branch_rows["cond"])
+            gradients.append(torch.autograd.grad(((patched - source.detach()) ** 2).sum(), alpha)[0])
+
+    plan = [RowPatch((layer,), source=1, row=0, strength=alpha)]
+    assert run_with_patches(pipe, prompts, plan, on_output=on_output, grad_steps=[0], stop_at_step=1, **tiny_kwargs(pipe)) is None
+    assert len(gradients) == 1 and gradients[0] != 0
+    assert all(not p.requires_grad or p.grad is None for p in tl.attention.denoiser(pipe).parameters())
