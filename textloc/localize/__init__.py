@@ -1,0 +1,18 @@
+"""Localization: find the attention layers that render the text in a model's images."""
+
+from textloc.localize.core import METHODS, SELECTIONS, localize, spearman
+from textloc.localize.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
+from textloc.localize.report import Localization
+
+__all__ = [
+    "METHODS",
+    "SELECTIONS",
+    "Localization",
+    "PromptPair",
+    "load_glyphcontrol",
+    "load_words",
+    "localize",
+    "make_pairs",
+    "pairs_from_prompts",
+    "spearman",
+]

@@ -1,0 +1,312 @@
+"""``localize``: which attention layers render the text of a model's images."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from textloc.attention import AttentionLayer, LayerSelector, denoiser_parameter_count, select_layers
+from textloc.localize.attribution import attribution_scores
+from textloc.localize.prompts import PromptPair
+from textloc.localize.report import Localization, ProgressLog
+from textloc.localize.scoring import SceneJudge, mean_metrics, score_images
+from textloc.localize.sweep import PatchSettings, generate_patched
+from textloc.ocr import OCR, get_ocr
+from textloc.patching import BranchChoice, StepWindow
+
+Method = Literal["activation", "attribution", "screen+exact", "both"]
+Selection = Literal["cumulative", "greedy"]
+METHODS: tuple[str, ...] = ("activation", "attribution", "screen+exact", "both")
+SELECTIONS: tuple[str, ...] = ("cumulative", "greedy")
+# Arguments localize sets itself on every generation.
+_RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
+
+
+def localize(
+    pipe: Any,
+    pairs: Sequence[PromptPair],
+    layers: LayerSelector = "all",
+    method: Method = "activation",
+    *,
+    selection: Selection = "cumulative",
+    threshold: float = 0.8,
+    held_out: float = 0.25,
+    top_k: int | None = None,
+    grad_steps: Sequence[float] = (0.25,),
+    steps: StepWindow = None,
+    heads: Sequence[int] | None = None,
+    branch: BranchChoice = "cond",
+    seed: int = 0,
+    max_batch: int = 16,
+    ocr: str | OCR = "rapidocr",
+    scene_judge: SceneJudge | None = None,
+    out: str | None = None,
+    model_name: str | None = None,
+    progress: bool = True,
+    **generate_kwargs: Any,
+) -> Localization:
+    """Find the smallest set of attention layers whose patch makes the model render the target text.
+
+    For each prompt pair (source and target differ only in the quoted text), the source prompt is
+    generated while candidate layers receive the target prompt's text signal, from the same noise;
+    the OCR tells whether the image now shows the target text and the pixels whether the scene
+    stayed the source's. ``method``:
+
+    - ``"activation"``: the exact sweep, every layer patched alone (batched: one generation holds
+      many layers), ranked by how often the target text appears;
+    - ``"attribution"``: the fast screen, every layer ranked at once by attribution patching;
+    - ``"screen+exact"``: the screen, then the exact sweep on its ``top_k`` layers;
+    - ``"both"``: screen and full sweep, reporting their rank agreement and time ratio.
+
+    Then layers are added in rank order (``selection="cumulative"``) or best-first
+    (``"greedy"``) until the target text is read at ``threshold`` times the rate of the target
+    prompt generated directly. The last ``held_out`` fraction of the pairs is kept out of all
+    choices and scores the chosen set. ``steps``/``heads``/``branch`` restrict the patch as in
+    :func:`textloc.patch`; ``grad_steps`` are the fractions of the schedule where attribution takes
+    its gradients. With ``out``, every finished pair is logged there and a rerun with the same
+    settings resumes; the report files are written at the end. ``generate_kwargs`` go to the
+    pipeline (steps, guidance, size).
+    """
+    pairs = _check_pairs(pairs)
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if selection not in SELECTIONS:
+        raise ValueError(f"Unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}.")
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold is a share of the directly prompted rate, in (0, 1]; got {threshold}.")
+    reserved = sorted(set(generate_kwargs) & set(_RESERVED))
+    if reserved:
+        raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")
+    candidates = select_layers(pipe, layers)
+    reader = get_ocr(ocr)
+    settings = PatchSettings(steps, None if heads is None else tuple(heads), branch)
+    n_held = int(round(held_out * len(pairs))) if len(pairs) > 1 else 0
+    choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
+    model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
+    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress)
+    recorded = {
+        "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
+        "method": method, "selection": selection, "threshold": threshold, "held_out": held_out, "top_k": top_k,
+        "grad_steps": list(grad_steps), "steps": steps, "heads": settings.heads, "branch": branch, "seed": seed,
+        "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
+    }
+    run.log = ProgressLog(out, recorded)
+
+    attribution = None
+    if method != "activation":
+        with run.timed("attribution"):
+            attribution = run.attribution(choose_on, candidates, grad_steps)
+    swept = candidates
+    if method == "screen+exact":
+        k = top_k or max(4, len(candidates) // 4)
+        swept = sorted(candidates, key=lambda layer: -attribution[layer.name])[:k]
+    exact, baselines = {}, None
+    if method != "attribution":
+        with run.timed("sweep"):
+            exact, baselines = run.sweep(choose_on, swept)
+
+    ranked = _rank(candidates, exact, attribution)
+    with run.timed("selection"):
+        sets, chosen, reached, set_baselines = run.select(choose_on, ranked, selection, threshold)
+    baselines = baselines or set_baselines
+    held_result, examples = None, []
+    if chosen:
+        with run.timed("held_out"):
+            held_result, examples = run.evaluate(held or choose_on, chosen)
+
+    total = denoiser_parameter_count(pipe)
+    rank_of = {layer.name: position + 1 for position, layer in enumerate(ranked)}
+    layer_rows = [
+        {
+            "name": layer.name, "kind": layer.kind, "index": layer.index, "num_text_kv_params": layer.num_text_kv_params,
+            "param_share": layer.num_text_kv_params / total, "rank": rank_of[layer.name],
+            "exact": exact.get(layer.name), "attribution": None if attribution is None else attribution[layer.name],
+        }
+        for layer in candidates
+    ]
+    result = Localization(
+        model=model,
+        settings={**{k: v for k, v in recorded.items() if k != "pairs"}, "held_out_pairs": len(held), "choice_pairs": len(choose_on)},
+        layers=layer_rows, baselines=baselines, sets=sets, selected=chosen, reached=reached,
+        held_out=held_result, agreement=_agreement(exact, attribution, run.timings) if method == "both" else None,
+        timings=run.timings,
+    )
+    if out is not None:
+        result.save(out, examples)
+    return result
+
+
+def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("No prompt pairs: localization needs at least one source/target pair.")
+    for pair in pairs:
+        if not isinstance(pair, PromptPair):
+            raise TypeError(f"Pairs are PromptPair objects (see textloc.localize.make_pairs), not {type(pair).__name__}.")
+    return pairs
+
+
+def _rank(candidates: list[AttentionLayer], exact: dict[str, dict], attribution: dict[str, float] | None) -> list[AttentionLayer]:
+    """Best first: exact target rate (then F1, then scene kept), else the attribution score."""
+
+    def key(layer: AttentionLayer) -> tuple:
+        means = exact.get(layer.name)
+        exact_key = (-means["target_hit"], -means["target_f1"], -means["ssim"]) if means else (1.0, 1.0, 1.0)
+        return (*exact_key, -(attribution or {}).get(layer.name, 0.0), layer.index)
+
+    return sorted(candidates, key=key)
+
+
+def _agreement(exact: dict[str, dict], attribution: dict[str, float] | None, timings: dict[str, float]) -> dict[str, float] | None:
+    names = [name for name in exact if attribution and name in attribution]
+    if len(names) < 3:
+        return None
+    exact_scores = [exact[name]["target_hit"] + 1e-3 * exact[name]["target_f1"] for name in names]
+    return {
+        "spearman": spearman(exact_scores, [attribution[name] for name in names]),
+        "time_ratio": timings["sweep"] / timings["attribution"],
+        "layers": float(len(names)),
+    }
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation with average ranks for ties."""
+    ranks_a, ranks_b = _average_ranks(np.asarray(a, float)), _average_ranks(np.asarray(b, float))
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = values.argsort(kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    for value in np.unique(values):
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+class _Run:
+    """One localization's shared state: the pipeline, the scorer, the log, the timings."""
+
+    def __init__(self, pipe, ocr: OCR, judge: SceneJudge | None, settings: PatchSettings, seed: int, max_batch: int, generate_kwargs: dict, progress: bool):
+        self.pipe, self.ocr, self.judge, self.settings = pipe, ocr, judge, settings
+        self.seed, self.max_batch, self.generate_kwargs, self.progress = seed, max_batch, generate_kwargs, progress
+        self.timings: dict[str, float] = {}
+        self.log: ProgressLog | None = None
+
+    @contextmanager
+    def timed(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _pairs(self, pairs: Sequence[PromptPair], stage: str) -> Any:
+        return tqdm(list(enumerate(pairs)), desc=stage, disable=not self.progress, leave=False)
+
+    def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> tuple[dict, dict, list[dict], Any]:
+        images = generate_patched(self.pipe, pair, layer_sets, self.settings, self.seed, self.max_batch, self.generate_kwargs)
+        rows = score_images([images.source, images.target, *images.patched], pair, images.source, self.ocr, self.judge)
+        return rows[0], rows[1], rows[2:], images
+
+    def _cached(self, stage: str, index: int, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> dict:
+        done = self.log.get(stage, index)
+        if done is None:
+            source, target, patched, _ = self._generate_and_score(pair, layer_sets)
+            done = {"source": source, "target": target, "patched": patched}
+            self.log.put(stage, index, done)
+        return done
+
+    def attribution(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], grad_steps: Sequence[float]) -> dict[str, float]:
+        if not grad_steps:
+            raise ValueError("Attribution needs at least one gradient step (grad_steps).")
+        num_steps = self._num_steps()
+        indices = sorted({min(num_steps - 1, max(0, round(fraction * num_steps))) for fraction in grad_steps})
+        totals = np.zeros(len(layers))
+        for index, pair in self._pairs(pairs, "attribution"):
+            scores = self.log.get("attribution", index)
+            if scores is None:
+                scores = attribution_scores(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)
+                self.log.put("attribution", index, scores)
+            totals += np.asarray(scores)
+        return {layer.name: float(total / len(pairs)) for layer, total in zip(layers, totals)}
+
+    def _num_steps(self) -> int:
+        steps = self.generate_kwargs.get("num_inference_steps")
+        if steps is None:
+            steps = inspect.signature(self.pipe.__call__).parameters["num_inference_steps"].default
+        return int(steps)
+
+    def sweep(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer]) -> tuple[dict[str, dict], dict[str, dict]]:
+        per_layer: dict[str, list[dict]] = {layer.name: [] for layer in layers}
+        sources, targets = [], []
+        for index, pair in self._pairs(pairs, f"exact sweep ({len(layers)} layers)"):
+            done = self._cached("sweep", index, pair, [[layer.name] for layer in layers])
+            sources.append(done["source"])
+            targets.append(done["target"])
+            for layer, row in zip(layers, done["patched"]):
+                per_layer[layer.name].append(row)
+        exact = {name: mean_metrics(rows) for name, rows in per_layer.items()}
+        return exact, {"source": mean_metrics(sources), "target": mean_metrics(targets)}
+
+    def _evaluate_sets(self, stage: str, pairs: Sequence[PromptPair], layer_sets: list[list[str]]) -> tuple[list[dict], dict]:
+        per_set: list[list[dict]] = [[] for _ in layer_sets]
+        sources, targets = [], []
+        for index, pair in self._pairs(pairs, stage):
+            done = self._cached(stage, index, pair, layer_sets)
+            sources.append(done["source"])
+            targets.append(done["target"])
+            for rows, row in zip(per_set, done["patched"]):
+                rows.append(row)
+        return [mean_metrics(rows) for rows in per_set], {"source": mean_metrics(sources), "target": mean_metrics(targets)}
+
+    def select(self, pairs, ranked: list[AttentionLayer], selection: str, threshold: float):
+        names = [layer.name for layer in ranked]
+        if selection == "cumulative":
+            layer_sets = [names[: k + 1] for k in range(len(names))]
+            means, baselines = self._evaluate_sets("cumulative sets", pairs, layer_sets)
+            sets = [{"layers": layer_set, "means": m} for layer_set, m in zip(layer_sets, means)]
+        else:
+            sets, baselines = self._greedy(pairs, names, threshold)
+        goal = threshold * (baselines["target"]["target_hit"] or 0.0)
+        for entry in sets:
+            if goal > 0 and entry["means"]["target_hit"] >= goal:
+                return sets, entry["layers"], True, baselines
+        best = max(sets, key=lambda entry: (entry["means"]["target_hit"], -len(entry["layers"])), default=None)
+        return sets, [] if best is None else best["layers"], False, baselines
+
+    def _greedy(self, pairs, names: list[str], threshold: float):
+        chosen: list[str] = []
+        sets, baselines = [], None
+        while len(chosen) < len(names):
+            remaining = [name for name in names if name not in chosen]
+            trials = [chosen + [name] for name in remaining]
+            means, baselines = self._evaluate_sets(f"greedy set of {len(chosen) + 1}", pairs, trials)
+            best = max(range(len(trials)), key=lambda i: (means[i]["target_hit"], means[i]["target_f1"], means[i]["ssim"]))
+            chosen = trials[best]
+            sets.append({"layers": chosen, "means": means[best]})
+            if means[best]["target_hit"] >= threshold * (baselines["target"]["target_hit"] or 0.0) > 0:
+                break
+        return sets, baselines
+
+    def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str]) -> tuple[dict[str, Any], list[dict]]:
+        patched_rows, sources, targets, examples = [], [], [], []
+        for index, pair in self._pairs(pairs, "held-out pairs"):
+            source, target, patched, images = self._generate_and_score(pair, [chosen])
+            patched_rows.append(patched[0])
+            sources.append(source)
+            targets.append(target)
+            if len(examples) < 6:
+                examples.append({
+                    "source": images.source, "patched": images.patched[0], "target": images.target,
+                    "source_read": source["read"], "patched_read": patched[0]["read"], "target_read": target["read"],
+                })
+        result = {"patched": mean_metrics(patched_rows), "direct": mean_metrics(targets), "unpatched": mean_metrics(sources), "layers": chosen}
+        return result, examples

@@ -1,0 +1,68 @@
+"""Score generated images against a prompt pair: what the OCR reads, and how much of the scene stayed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from textloc.localize.prompts import PromptPair
+from textloc.metrics import image_scores, text_scores
+from textloc.ocr import OCR
+
+# Judges whether images show the scene their prompts ask for (e.g. sign and background colours).
+SceneJudge = Callable[[Sequence[Any], Sequence[str]], Sequence[bool]]
+
+# The per-image numbers every report carries; all are floats so they average honestly.
+TEXT_METRICS = ("hit", "exact", "f1", "ned")
+METRICS = (
+    *(f"target_{name}" for name in TEXT_METRICS),
+    *(f"source_{name}" for name in TEXT_METRICS),
+    "mse",
+    "ssim",
+    "scene",
+)
+
+
+def score_images(
+    images: Sequence[np.ndarray],
+    pair: PromptPair,
+    source_image: np.ndarray,
+    ocr: OCR,
+    scene_judge: SceneJudge | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per image: OCR reading, word-level scores against both texts, and scene scores.
+
+    ``target_hit`` is 1.0 when the OCR reads the target text among its words; ``scene`` compares
+    the image with the unpatched source image (``ssim``, ``mse``) and, with a judge, whether the
+    image still shows the source prompt's scene.
+    """
+    readings = ocr.read(list(images))
+    judged = scene_judge(images, [pair.source] * len(images)) if scene_judge is not None else [None] * len(images)
+    scores = []
+    for image, read, scene in zip(images, readings, judged):
+        row: dict[str, Any] = {"read": read}
+        for prefix, text in (("target", pair.target_text), ("source", pair.source_text)):
+            measured = text_scores(read, text)
+            row.update({
+                f"{prefix}_hit": float(measured["contains"]),
+                f"{prefix}_exact": float(measured["accuracy"]),
+                f"{prefix}_f1": float(measured["f1"]),
+                f"{prefix}_ned": float(measured["ned"]),
+            })
+        pixels = image_scores(image, source_image)
+        row["mse"], row["ssim"] = float(pixels["mse"]), float(pixels["ssim"])
+        row["scene"] = None if scene is None else float(scene)
+        scores.append(row)
+    return scores
+
+
+def mean_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The mean of every metric over rows, ``None`` where no row has it (no scene judge)."""
+    means: dict[str, float | None] = {}
+    for name in METRICS:
+        values = [row[name] for row in rows if row.get(name) is not None]
+        means[name] = float(np.mean(values)) if values else None
+    means["n"] = float(len(rows))
+    return means

@@ -1,0 +1,69 @@
+"""Exact activation patching, batched: many layer sets of one prompt pair in few generations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from textloc.localize.prompts import PromptPair
+from textloc.patching import BranchChoice, RowPatch, StepWindow, run_with_patches
+
+SOURCE_ROW, TARGET_ROW = 0, 1
+
+
+@dataclass(frozen=True)
+class PatchSettings:
+    """What every patch of a localization shares: step window, heads, CFG branch."""
+
+    steps: StepWindow = None
+    heads: tuple[int, ...] | None = None
+    branch: BranchChoice = "cond"
+
+
+@dataclass
+class PairImages:
+    """The unpatched source and target images of a pair and one patched image per layer set."""
+
+    source: np.ndarray
+    target: np.ndarray
+    patched: list[np.ndarray]
+
+
+def generate_patched(
+    pipe: Any,
+    pair: PromptPair,
+    layer_sets: Sequence[Sequence[str]],
+    settings: PatchSettings,
+    seed: int,
+    max_batch: int,
+    generate_kwargs: dict[str, Any],
+) -> PairImages:
+    """Generate the source prompt with each layer set patched from the target prompt.
+
+    Each batch holds the source row, the target row (the live source of every patch, so joint
+    layers get the target's K/V of the same step) and up to ``max_batch - 2`` patched rows, all
+    from the same noise. The source and target images come from the first batch.
+    """
+    if max_batch < 3:
+        raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
+    chunk = max_batch - 2
+    source = target = None
+    patched: list[np.ndarray] = []
+    for start in range(0, len(layer_sets), chunk):
+        sets = layer_sets[start : start + chunk]
+        prompts = [pair.source, pair.target] + [pair.source] * len(sets)
+        plan = [
+            RowPatch(tuple(layers), source=TARGET_ROW, row=2 + i, steps=settings.steps, heads=settings.heads, branch=settings.branch)
+            for i, layers in enumerate(sets)
+        ]
+        images = np.asarray(run_with_patches(pipe, prompts, plan, seed=seed, output_type="np", **generate_kwargs).images)
+        if source is None:
+            source, target = images[SOURCE_ROW], images[TARGET_ROW]
+        patched.extend(images[2:])
+    if source is None:  # no layer set at all: still give the baselines
+        images = np.asarray(run_with_patches(pipe, [pair.source, pair.target], [], seed=seed, output_type="np", **generate_kwargs).images)
+        source, target = images[SOURCE_ROW], images[TARGET_ROW]
+    return PairImages(source, target, patched)
