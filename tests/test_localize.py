@@ -1,0 +1,111 @@
+"""localize end to end on every tiny architecture, its files, its resume, its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import textloc.localize.core as core
+from conftest import _pipeline
+from textloc.localize import Localization, PromptPair, localize, make_pairs, spearman
+from textloc.localize.report import PROGRESS_FILE, REPORT_FILE
+from textloc.testing import tiny_call_kwargs
+
+WORDS = ["HELLO", "WORLD", "LAMP", "STOP"]
+
+
+def kwargs(pipe):
+    settings = tiny_call_kwargs(pipe)
+    del settings["output_type"]
+    return settings
+
+
+def pairs(n=3):
+    return make_pairs(WORDS, n=n, seed=0)
+
+
+@pytest.mark.parametrize("method", ["activation", "both"])
+def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
+    pipe = _pipeline(arch)
+    result = localize(pipe, pairs(), method=method, out=tmp_path, progress=False, **kwargs(pipe))
+    names = {layer["name"] for layer in result.layers}
+    assert result.selected and set(result.selected) <= names
+    assert all(layer["exact"] is not None for layer in result.layers)
+    assert (method == "both") == all(layer["attribution"] is not None for layer in result.layers)
+    for floor in ("source", "target"):
+        assert 0.0 <= result.baselines[floor]["target_hit"] <= 1.0
+    assert result.held_out["patched"]["n"] == 1.0  # 3 pairs: the last one is held out
+    for name in ("report.json", "layers.csv", "layers.png", "examples.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    loaded = Localization.load(tmp_path)
+    assert loaded.selected == result.selected and loaded.layers == json.loads(json.dumps(result.layers))
+    assert "selected" in result.summary()
+
+
+def test_screen_then_exact_sweeps_only_the_top_layers():
+    pipe = _pipeline("sdxl")
+    result = localize(pipe, pairs(2), method="screen+exact", top_k=3, progress=False, **kwargs(pipe))
+    swept = [layer for layer in result.layers if layer["exact"] is not None]
+    assert len(swept) == 3
+    top = sorted(result.layers, key=lambda layer: -layer["attribution"])[:3]
+    assert {layer["name"] for layer in swept} == {layer["name"] for layer in top}
+
+
+def test_greedy_selection_reports_every_round():
+    pipe = _pipeline("pixart-alpha")
+    result = localize(pipe, pairs(2), selection="greedy", progress=False, **kwargs(pipe))
+    assert [len(entry["layers"]) for entry in result.sets] == list(range(1, len(result.sets) + 1))
+
+
+def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
+    pipe = _pipeline("sd15")
+    calls = []
+    real = core.generate_patched
+
+    def failing_after_two(*args, **kw):
+        calls.append(args[1])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(core, "generate_patched", failing_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        localize(pipe, pairs(4), out=tmp_path, progress=False, **kwargs(pipe))
+    lines = (tmp_path / PROGRESS_FILE).read_text().splitlines()
+    assert [json.loads(line).get("pair") for line in lines] == [None, 0, 1]  # settings, then two pairs
+    assert not (tmp_path / REPORT_FILE).exists()  # no half-written report
+
+    calls.clear()
+    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[1]) or real(*args, **kw))
+    resumed = localize(pipe, pairs(4), out=tmp_path, progress=False, **kwargs(pipe))
+    assert calls[0] == pairs(4)[2]  # the sweep went on from the third pair
+    fresh = localize(pipe, pairs(4), progress=False, **kwargs(pipe))
+    assert resumed.layers == fresh.layers and resumed.selected == fresh.selected
+
+    with pytest.raises(ValueError, match="other settings"):
+        localize(pipe, pairs(4), out=tmp_path, threshold=0.5, progress=False, **kwargs(pipe))
+
+
+def test_bad_input_is_refused_clearly():
+    pipe = _pipeline("sdxl")
+    with pytest.raises(ValueError, match="no quoted text"):
+        PromptPair.from_template("A sign that says {}.", "A", "B")
+    with pytest.raises(ValueError, match="same"):
+        PromptPair.from_template('A sign that says "{}".', "LAMP", "lamp")
+    with pytest.raises(ValueError, match="No prompt pairs"):
+        localize(pipe, [], progress=False)
+    with pytest.raises(ValueError, match="Unknown OCR engine|known"):
+        localize(pipe, pairs(2), ocr="no-such-engine", progress=False)
+    with pytest.raises(ValueError, match="Empty layer selection"):
+        localize(pipe, pairs(2), layers=[], progress=False)
+    with pytest.raises(ValueError, match="Unknown method"):
+        localize(pipe, pairs(2), method="magic", progress=False)
+    with pytest.raises(ValueError, match="sets generator"):
+        localize(pipe, pairs(2), generator=None, progress=False)
+
+
+def test_spearman_matches_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
