@@ -1,0 +1,120 @@
+"""Localization speed, measured side by side in one run.
+
+1. The exact sweep over every text layer of one prompt pair: textloc's batched plans (one
+   generation holds source, target and many patched rows) against the naive loop (record the
+   target once, then one patched generation per layer), checking that both give the same images.
+2. Attribution screen against the exact sweep over the same pairs: time ratio and Spearman rank
+   agreement.
+
+Run: ``python bench/bench_localize.py [--model textloc-tiny] [--pairs 4] [--repeats 3]``.
+Prints a markdown table and writes bench/results/localize.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import textloc as tl
+from textloc.localize import localize, make_pairs
+from textloc.localize.sweep import PatchSettings, generate_patched
+from textloc.pipelines import TINY_MODEL_DIR, call_kwargs
+from textloc.testing import tiny_call_kwargs
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def settings_for(model: str, pipe) -> dict:
+    if model.startswith("tiny-random-"):
+        settings = tiny_call_kwargs(pipe)
+        settings.pop("output_type")
+        return settings
+    from textloc.tiny.model import SAMPLING_DEFAULTS
+
+    return dict(SAMPLING_DEFAULTS)
+
+
+def naive_sweep(pipe, pair, layers, seed, settings) -> list[np.ndarray]:
+    """What one would write without batched plans: one patched generation per layer."""
+    kwargs = call_kwargs(pipe, **settings)
+    target = tl.record(pipe, pair.target, layers, generator=torch.Generator().manual_seed(seed), **kwargs)
+    images = []
+    for layer in layers:
+        with tl.patch(pipe, layer, target):
+            out = pipe(pair.source, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
+        images.append(np.asarray(out.images[0]))
+    return images
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    value = function(*args, **kwargs)
+    return time.perf_counter() - start, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default_model = "textloc-tiny" if (TINY_MODEL_DIR / "model_index.json").exists() else "tiny-random-sdxl"
+    parser.add_argument("--model", default=default_model)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    pipe = tl.load_pipeline(args.model)
+    settings = settings_for(args.model, pipe)
+    layers = [layer.name for layer in tl.select_layers(pipe, "all")]
+    pairs = make_pairs(["HELLO", "WORLD", "LAMP", "STOP", "OPEN", "CAFE"], n=args.pairs, seed=0)
+    if args.model == "textloc-tiny":
+        from textloc.tiny.pairs import localization_pairs
+
+        pairs = localization_pairs(args.pairs, seed=0)
+
+    # 1. batched vs naive, interleaved so both see the same machine load.
+    batched_times, naive_times, worst = [], [], 0.0
+    for repeat in range(args.repeats):
+        pair = pairs[repeat % len(pairs)]
+        t_batched, images = timed(generate_patched, pipe, pair, [[name] for name in layers], PatchSettings(), 0, args.max_batch, settings)
+        t_naive, naive = timed(naive_sweep, pipe, pair, layers, 0, settings)
+        batched_times.append(t_batched)
+        naive_times.append(t_naive)
+        worst = max(worst, max(float(np.abs(a - b).max()) for a, b in zip(images.patched, naive)))
+
+    # 2. attribution vs exact on the same pairs (OCR included in the exact sweep: it needs it).
+    both = localize(pipe, pairs, method="both", held_out=0.0, progress=False, max_batch=args.max_batch, **settings)
+    results = {
+        "model": args.model,
+        "layers": len(layers),
+        "pairs": len(pairs),
+        "threads": args.threads,
+        "batched_sweep_s": statistics.median(batched_times),
+        "naive_sweep_s": statistics.median(naive_times),
+        "sweep_speedup": statistics.median(naive_times) / statistics.median(batched_times),
+        "max_abs_image_difference": worst,
+        "exact_s": both.timings["sweep"],
+        "attribution_s": both.timings["attribution"],
+        "attribution_speedup": both.agreement["time_ratio"] if both.agreement else None,
+        "spearman": both.agreement["spearman"] if both.agreement else None,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "localize.json").write_text(json.dumps(results, indent=2))
+    print(f"| {args.model}: {len(layers)} layers, {len(pairs)} pairs, {args.threads} thread(s) | time | ratio |")
+    print("|---|---|---|")
+    print(f"| exact sweep of one pair, naive loop (1 generation per layer) | {results['naive_sweep_s']:.2f} s | 1.00 |")
+    print(f"| exact sweep of one pair, batched plans | {results['batched_sweep_s']:.2f} s | {results['sweep_speedup']:.1f}x faster |")
+    print(f"| largest pixel difference batched vs naive | {worst:.1e} | |")
+    print(f"| exact sweep with OCR, all pairs | {results['exact_s']:.2f} s | 1.00 |")
+    spearman = results["spearman"]
+    print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | {results['attribution_speedup']:.1f}x faster, Spearman {spearman:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
