@@ -263,3 +263,18 @@ def test_strength_blends_and_carries_gradients(pipe):
     assert run_with_patches(pipe, prompts, plan, on_output=on_output, grad_steps=[0], stop_at_step=1, **tiny_kwargs(pipe)) is None
     assert len(gradients) == 1 and gradients[0] != 0
     assert all(not p.requires_grad or p.grad is None for p in tl.attention.denoiser(pipe).parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("half_arch", ["sdxl", "flux", "deepfloyd-if"])
+def test_half_precision_patching(half_arch, dtype):
+    from textloc.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(half_arch).to(dtype=dtype)
+    plain = generate(pipe)
+    own = cache_of(pipe, PROMPT)
+    assert next(iter(own.entries.values())).key.dtype == dtype
+    with tl.patch(pipe, "all", own):
+        assert torch.equal(generate(pipe), plain)
+    with tl.patch(pipe, "all", cache_of(pipe, OTHER)):
+        assert not torch.equal(generate(pipe), plain)
