@@ -347,6 +347,15 @@ def _fit_tokens(tensor: torch.Tensor, length: int, dim: int, fill: float | bool)
     return torch.cat([tensor, tensor.new_full(pad_shape, fill)], dim=dim)
 
 
+@dataclass
+class _Writes:
+    """The patches one layer applies during one denoiser call."""
+
+    call: _Call
+    patches: list[tuple[RowPatch, slice, _Source]]
+    copy: bool
+
+
 class _LayerHooks:
     """Records and patches one layer's text K/V; shared by its projection and attention hooks."""
 
@@ -354,15 +363,19 @@ class _LayerHooks:
         self.layer, self.state, self.recorder, self.patches = layer, state, recorder, patches
         self.mask: torch.Tensor | None = None  # this call's text attention mask, as the layer saw it
         self.pending: dict[Branch, dict[str, torch.Tensor]] = {}
+        self._writes: _Writes | None = None
 
     def text_slice(self, output: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "single":  # FLUX single blocks: [text, image] tokens
             return output[:, : self.state.call.text_len]
         return output
 
-    def writes(self) -> list[tuple[RowPatch, list[int], _Source]]:
-        """Each active patch of this call: the batch indices to write and where to read."""
-        call, found = self.state.call, []
+    def writes(self) -> _Writes:
+        """The active patches of the call now running, worked out once per layer and call."""
+        call = self.state.call
+        if self._writes is not None and self._writes.call is call:
+            return self._writes
+        found, sources = [], set()
         for patch in self.patches:
             if not patch.active_at(call.step, self.state.num_steps):
                 continue
@@ -370,37 +383,43 @@ class _LayerHooks:
                 rows = call.branch_rows.get(branch)
                 if rows is None or (patch.row is not None and patch.row >= len(rows)):
                     continue
-                targets = rows if patch.row is None else [rows[patch.row]]
+                # A branch's rows are contiguous, so every target is a slice: no index tensors.
+                first = rows[0] if patch.row is None else rows[patch.row]
+                targets = slice(first, first + (len(rows) if patch.row is None else 1))
                 if isinstance(patch.source, int):
+                    sources.add(rows[patch.source])
                     found.append((patch, targets, _Source(batch_index=rows[patch.source])))
                     continue
                 entry = patch.source.get(self.layer.name, call.step, branch)
                 row_wise = patch.row is None and entry.key.shape[0] == len(rows)
                 picks = slice(None) if row_wise else slice(patch.source_row, patch.source_row + 1)
                 found.append((patch, targets, _Source(entry=entry, rows=picks)))
-        return found
+        # Writing in place is safe unless a row that is read as a source also gets written.
+        overlap = any(target.start <= index < target.stop for _, target, _ in found for index in sources)
+        self._writes = _Writes(call, found, copy=overlap)
+        return self._writes
 
     def on_projection(self, role: str, output: torch.Tensor) -> torch.Tensor:
         if self.recorder is not None:
             self.record(role, output)
         writes = self.writes()
-        if not writes:
+        if not writes.patches:
             return output
-        patched = output.clone()
+        # The projection's output is a fresh tensor that only this layer's processor reads.
+        patched = output.clone() if writes.copy else output
         source_text, text = self.text_slice(output), self.text_slice(patched)
         head_dim = output.shape[-1] // self.layer.num_heads
-        for patch, targets, source in writes:
-            index = torch.tensor(targets, device=output.device)
-            values = source.values(role, source_text).expand(len(targets), -1, -1)
+        for patch, targets, source in writes.patches:
+            values = source.values(role, source_text)
             if not (isinstance(patch.strength, float) and patch.strength == 1.0):
-                own = source_text[index]
+                own = source_text[targets]
                 values = own + patch.strength * (values - own)
             if patch.heads is None:
-                text[index] = values
+                text[targets] = values
             else:
                 for head in patch.heads:
                     columns = slice(head * head_dim, (head + 1) * head_dim)
-                    text[index, :, columns] = values[..., columns]
+                    text[targets, :, columns] = values[..., columns]
         return patched
 
     def on_attention(self, kwargs: dict) -> dict:
@@ -408,15 +427,14 @@ class _LayerHooks:
         if mask is None:
             return kwargs
         writes = self.writes()
-        if not writes:
+        if not writes.patches:
             return kwargs
         swapped = mask.clone()
-        for patch, targets, source in writes:
+        for patch, targets, source in writes.patches:
             source_mask = source.mask(mask)
             if source_mask is None:
                 continue
-            source_mask = source_mask.expand(len(targets), *mask.shape[1:])
-            if patch.heads is not None and not torch.equal(source_mask, mask[targets]):
+            if patch.heads is not None and not torch.equal(source_mask.expand_as(mask[targets]), mask[targets]):
                 raise ValueError(
                     f"{self.layer.name} masks padded text tokens, and the source's text length differs "
                     "from the prompt's: patching a subset of heads would mix two masks. Patch all heads, "
@@ -477,8 +495,8 @@ def _hooked(
 ) -> Iterator[_RunState]:
     model = denoiser(pipe)
     state = _RunState(pipe, concat_cfg, stop_at_step)
-    fingerprint = model_id(pipe)
     caches = {id(p.source): p.source for p in patches if isinstance(p.source, TextCache)}
+    fingerprint = model_id(pipe) if caches else None
 
     def check_caches(run: _RunState) -> None:
         for cache in caches.values():

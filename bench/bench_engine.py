@@ -1,0 +1,366 @@
+"""Engine benchmark: hook overhead, a batched layer sweep against separate runs, TextCache memory.
+
+Run from the repository root:
+
+    python bench/bench_engine.py [--repeats 7] [--steps 10] [--size 64] [--archs sdxl sd3 flux deepfloyd-if]
+
+It prints markdown tables and writes ``bench/results/engine.json``. Every ratio compares runs made
+side by side in this one process on the tiny random pipelines of :mod:`textloc.testing`: within a
+repeat the variants of an architecture run back to back, in an order that alternates between
+repeats, and the ratio reported is the median over repeats of the per-repeat ratio, which other
+work on shared cores disturbs less than a ratio of medians. One torch thread throughout.
+
+1. Hook overhead: a generation inside ``tl.patch(pipe, "all", cache)`` (the cache recorded from
+   the same prompt, so the image must come out bit-identical) against the plain generation, same
+   seed. The timed patched run includes entering and leaving the context.
+2. Sweep: patching each of the L text layers in turn from a second prompt, as one
+   ``tl.run_with_patches`` batch of L+1 rows, against recording that prompt once and running L
+   separate ``with tl.patch(...)`` generations. The largest difference between a batched row and
+   its separate run is reported too: batching must not change the result beyond float noise.
+3. Memory: ``TextCache.nbytes`` per entry on the tiny models, and the same formula at the real
+   models' sizes, computed from their denoisers built on the meta device (no weights needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+import transformers
+from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+
+import textloc as tl
+from textloc.attention import denoiser, denoiser_parameter_count
+from textloc.patching import STEP_INDEPENDENT_KINDS, RowPatch
+from textloc.testing import tiny_call_kwargs, tiny_pipeline
+
+PROMPT = 'A sign that says "HELLO".'
+OTHER = 'A sign that says "WORLD".'
+RESULTS = Path(__file__).parent / "results" / "engine.json"
+OVERHEAD_GOAL = 1.05
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def seconds(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Time each variant ``repeats`` times, back to back, reversing the order every other repeat."""
+    names = list(variants)
+    for name in names:  # warm-up: first calls allocate and fill caches
+        variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else reversed(names):
+            times[name].append(seconds(variants[name]))
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
+
+
+def median_ms(values: list[float]) -> float:
+    return 1000 * statistics.median(values)
+
+
+# --------------------------------------------------------------------------------------------
+# The three measurements on one tiny pipeline
+
+
+def generation_kwargs(pipe: Any, steps: int, size: int) -> dict[str, Any]:
+    return {**tiny_call_kwargs(pipe), "num_inference_steps": steps, "height": size, "width": size}
+
+
+def seeded(kwargs: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    return {**kwargs, "generator": torch.Generator("cpu").manual_seed(seed)}
+
+
+def denoiser_calls(pipe: Any, kwargs: dict[str, Any]) -> int:
+    """How many times one generation calls the denoiser (FLUX's true CFG calls it twice a step)."""
+    calls = []
+    handle = denoiser(pipe).register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        pipe(PROMPT, **seeded(kwargs))
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def measure_overhead(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, Any]:
+    cache = tl.record(pipe, PROMPT, "all", **seeded(kwargs))
+
+    def plain() -> np.ndarray:
+        return pipe(PROMPT, **seeded(kwargs)).images
+
+    def patched() -> np.ndarray:
+        with tl.patch(pipe, "all", cache):
+            return pipe(PROMPT, **seeded(kwargs)).images
+
+    identical = np.array_equal(plain(), patched())
+    times = interleaved({"plain": plain, "patched": patched}, repeats)
+    num_layers = len(cache.layers)
+    calls = denoiser_calls(pipe, kwargs)
+    extra_seconds = statistics.median(p - q for p, q in zip(times["patched"], times["plain"]))
+    return {
+        "layers": num_layers,
+        "denoiser_calls": calls,
+        "plain_ms": median_ms(times["plain"]),
+        "patched_ms": median_ms(times["patched"]),
+        "ratio": paired_ratio(times, "patched", "plain"),
+        # The hooks' cost is per patched layer and denoiser call; this is what carries to other sizes.
+        "extra_us_per_layer_call": 1e6 * extra_seconds / (num_layers * calls),
+        "bit_identical": identical,
+        "times_s": times,
+    }
+
+
+def measure_sweep(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, Any]:
+    names = [layer.name for layer in tl.select_layers(pipe, "all")]
+    source_row = len(names)
+    plan = [RowPatch((name,), source=source_row, row=row) for row, name in enumerate(names)]
+    unseeded = {key: value for key, value in kwargs.items() if key != "generator"}
+
+    def batched() -> np.ndarray:
+        return tl.run_with_patches(pipe, [PROMPT] * len(names) + [OTHER], plan, seed=0, **unseeded).images
+
+    def separate() -> np.ndarray:
+        cache = tl.record(pipe, OTHER, "all", **seeded(kwargs))
+        images = []
+        for name in names:
+            with tl.patch(pipe, name, cache):
+                images.append(pipe(PROMPT, **seeded(kwargs)).images[0])
+        return np.stack(images)
+
+    difference = float(np.abs(batched()[: len(names)] - separate()).max())
+    times = interleaved({"batched": batched, "separate": separate}, repeats)
+    return {
+        "layers": len(names),
+        "batched_ms": median_ms(times["batched"]),
+        "separate_ms": median_ms(times["separate"]),
+        "separate_over_batched": paired_ratio(times, "separate", "batched"),
+        "max_abs_difference": difference,
+        "times_s": times,
+    }
+
+
+def measure_cache(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Bytes of one cache entry (one layer, one prompt, one branch, one step or all steps) per kind."""
+    cache = tl.record(pipe, PROMPT, "all", **seeded(kwargs))
+    per_kind: dict[str, set[int]] = defaultdict(set)
+    for (name, _step, _branch), entry in cache.entries.items():
+        tensors = [t for t in (entry.key, entry.value, entry.mask) if t is not None]
+        per_kind[cache.layers[name]].add(sum(t.numel() * t.element_size() for t in tensors))
+    steps = {step for (_, step, _) in cache.entries}
+    branches = {branch for (_, _, branch) in cache.entries}
+    return {
+        "nbytes": cache.nbytes,
+        "entries": len(cache.entries),
+        "entry_bytes": {kind: sorted(sizes) for kind, sizes in per_kind.items()},
+        "steps_stored": sorted(step for step in steps if step is not None) or [None],
+        "branches": sorted(branches),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Cache memory at the real models' sizes
+
+# The published denoiser configs (SDXL base 1.0, SD3 medium, FLUX.1-dev), built on the meta device:
+# only shapes, no weights, no download. Their parameter counts (2,567,463,684; 2,028,328,000;
+# 11,901,408,320) and layer names check the configs.
+REAL_MODELS: dict[str, dict[str, Any]] = {
+    "SDXL (1024px, 50 steps, CFG)": {
+        "build": lambda: UNet2DConditionModel(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        ),
+        "text_tokens": 77,  # both CLIP encoders, side by side in the features
+        "steps": 50,
+        "branches": 2,
+    },
+    "SD3-medium (1024px, 28 steps, CFG)": {
+        "build": lambda: SD3Transformer2DModel(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=24,
+            attention_head_dim=64,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            caption_projection_dim=1536,
+            pooled_projection_dim=2048,
+            pos_embed_max_size=192,
+        ),
+        "text_tokens": 77 + 256,  # CLIP tokens, then T5 at the pipeline's max_sequence_length
+        "steps": 28,
+        "branches": 2,
+    },
+    "FLUX.1-dev (1024px, 28 steps, no CFG)": {
+        "build": lambda: FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ),
+        "text_tokens": 512,  # T5 at FLUX.1-dev's max_sequence_length
+        "steps": 28,
+        "branches": 1,  # guidance-distilled: one conditional pass per step
+    },
+}
+HALF_PRECISION_BYTES = 2
+
+
+def real_cache_sizes() -> list[dict[str, Any]]:
+    """Cache bytes per prompt: 2 (K, V) x tokens x K/V width x 2 bytes, per layer and branch, per step
+    for joint/single layers and once for cross layers."""
+    rows = []
+    for label, spec in REAL_MODELS.items():
+        with torch.device("meta"):
+            model = spec["build"]()
+        layers = tl.attention_layers(model, kind=("cross", "added_kv", "joint", "single"))
+        entry_bytes = [2 * spec["text_tokens"] * layer.text_kv_projections[0].out_features * HALF_PRECISION_BYTES for layer in layers]
+        stored_steps = [1 if layer.kind in STEP_INDEPENDENT_KINDS else spec["steps"] for layer in layers]
+        total = spec["branches"] * sum(size * steps for size, steps in zip(entry_bytes, stored_steps))
+        rows.append(
+            {
+                "model": label,
+                "denoiser_params": denoiser_parameter_count(model),
+                "text_layers": len(layers),
+                "kinds": sorted({layer.kind for layer in layers}),
+                "text_tokens": spec["text_tokens"],
+                "kv_widths": sorted({layer.text_kv_projections[0].out_features for layer in layers}),
+                "entry_bytes": sorted(set(entry_bytes)),
+                "steps": spec["steps"],
+                "branches": spec["branches"],
+                "all_layers_bytes_per_prompt": total,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    settings = results["settings"]
+    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG, {settings['repeats']} repeats; goal <= {OVERHEAD_GOAL})\n")
+    print("| arch | text layers | denoiser calls | plain ms | patched ms | patched/plain | extra us per layer-call | bit-identical |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arch, r in results["archs"].items():
+        o = r["overhead"]
+        print(f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} | {o['extra_us_per_layer_call']:.0f} | {o['bit_identical']} |")
+
+    print("\n## Sweep over every text layer: one batch vs separate patched runs\n")
+    print("| arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for arch, r in results["archs"].items():
+        s = r["sweep"]
+        print(f"| {arch} | {s['layers']} | {s['batched_ms']:.0f} | {s['separate_ms']:.0f} | {s['separate_over_batched']:.2f} | {s['max_abs_difference']:.1e} |")
+
+    print("\n## TextCache memory, tiny models (float32, 1 prompt)\n")
+    print("| arch | bytes per entry (kind) | entries | steps stored | total |")
+    print("|---|---|---|---|---|")
+    for arch, r in results["archs"].items():
+        c = r["cache"]
+        per_entry = ", ".join(f"{'/'.join(map(str, sizes))} ({kind})" for kind, sizes in c["entry_bytes"].items())
+        steps = "once" if c["steps_stored"] == [None] else f"{len(c['steps_stored'])} steps"
+        print(f"| {arch} | {per_entry} | {c['entries']} | {steps} | {c['nbytes']:,} B |")
+
+    print("\n## TextCache memory at real sizes (fp16, 1 prompt, every text layer)\n")
+    print("entry = 2 (K,V) x text tokens x K/V width x 2 bytes; cross layers store one entry per branch,")
+    print("joint/single layers one per branch and step.\n")
+    print("| model | denoiser params | text layers | tokens | K/V widths | bytes per entry | steps x branches | whole cache |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results["real_sizes"]:
+        entries = "/".join(mib(b) for b in r["entry_bytes"])
+        print(f"| {r['model']} | {r['denoiser_params']:,} | {r['text_layers']} ({'/'.join(r['kinds'])}) | {r['text_tokens']} | {'/'.join(map(str, r['kv_widths']))} | {entries} | {r['steps']} x {r['branches']} | {mib(r['all_layers_bytes_per_prompt'])} |")
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant (default 7)")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64; tiny SD3 allows at most 64)")
+    parser.add_argument("--archs", nargs="+", default=["sdxl", "sd3", "flux", "deepfloyd-if"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    results: dict[str, Any] = {
+        "settings": {"steps": args.steps, "size": args.size, "repeats": args.repeats, "prompt": PROMPT, "other": OTHER},
+        "environment": environment(),
+        "archs": {},
+    }
+    for arch in args.archs:
+        pipe = tiny_pipeline(arch)
+        kwargs = generation_kwargs(pipe, args.steps, args.size)
+        print(f"{arch}: overhead...", flush=True)
+        overhead = measure_overhead(pipe, kwargs, args.repeats)
+        print(f"{arch}: sweep...", flush=True)
+        sweep = measure_sweep(pipe, kwargs, args.repeats)
+        results["archs"][arch] = {"overhead": overhead, "sweep": sweep, "cache": measure_cache(pipe, kwargs)}
+    results["real_sizes"] = real_cache_sizes()
+
+    print_tables(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

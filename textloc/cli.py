@@ -1,0 +1,340 @@
+"""The ``textloc`` command line: a thin layer over the Python API.
+
+Each subcommand is one ``add_<name>(subcommands, parents)`` function that declares its arguments,
+help and examples and sets ``run`` to a ``run_<name>(args) -> exit status`` function; adding a
+command (localize, edit, guard, finetune, demo) is writing one such pair and listing it in
+:data:`COMMANDS`.
+
+Errors a user can fix (an unknown model, a bad layer selector, missing weights) print one line on
+stderr and exit with status 2, the status argparse gives a usage error; ``--debug`` shows the
+traceback and the libraries' warnings instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+from PIL import Image
+
+from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
+from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, generator, load_pipeline
+
+EXIT_ERROR = 2
+PROG = "textloc"
+
+
+class CommandError(Exception):
+    """A failure the user can fix; printed as one line, without a traceback."""
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _architectures() -> str:
+    # Imported here, not at the top: textloc.testing imports every pipeline class, whose warnings
+    # main() silences first.
+    from textloc.testing import ARCHITECTURES
+
+    return ", ".join(ARCHITECTURES)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
+    """Options accepted before and after the subcommand (``textloc --debug layers`` = ``textloc layers --debug``)."""
+    # On a subcommand the defaults are suppressed: its defaults would overwrite the values given
+    # before it.
+    debug_default, threads_default = (argparse.SUPPRESS, argparse.SUPPRESS) if suppress_defaults else (False, None)
+    parser.add_argument("--debug", action="store_true", default=debug_default, help="show tracebacks and library warnings")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=threads_default,
+        metavar="N",
+        help="CPU threads for torch (default: torch's choice); on busy or shared cores 1 is often fastest",
+    )
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes, as an argparse parent."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, suppress_defaults=True)
+    return common
+
+
+def _model_options() -> argparse.ArgumentParser:
+    """``--model``, shared by every subcommand that loads a pipeline."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument(
+        "--model",
+        default=TINY_MODEL_NAME,
+        metavar="M",
+        help=f"'{TINY_MODEL_NAME}' (the embedded model, default), '{RANDOM_PREFIX}<arch>' (a random-init "
+        f"pipeline; arch: {_architectures()}), or a diffusers hub id or local folder",
+    )
+    return model
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~"))
+
+
+def load_model(name: str) -> Any:
+    """:func:`textloc.load_pipeline`, with any loading failure turned into a :class:`CommandError`."""
+    if _looks_like_path(name) and not Path(name).expanduser().is_dir():
+        raise CommandError(f"cannot load model {name!r}: no such folder.")
+    try:
+        return load_pipeline(name)
+    except Exception as error:  # noqa: BLE001 - the loaders raise many types; all mean "this model"
+        builtin = name == TINY_MODEL_NAME or name.startswith(RANDOM_PREFIX)
+        # diffusers/hub messages point at a stack trace the one-line error hides.
+        hint = "" if builtin else " (--debug shows the full error)"
+        raise CommandError(f"cannot load model {name!r}: {_one_line(error)}{hint}") from error
+
+
+def _one_line(error: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(error)).strip() or type(error).__name__
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _set_library_verbosity(debug: bool) -> None:
+    """Show transformers/diffusers warnings (torchvision fallbacks, hub retries) only with --debug."""
+    for library in (transformers, diffusers):
+        library.logging.set_verbosity(logging.WARNING if debug else logging.ERROR)
+
+
+# --------------------------------------------------------------------------------------------
+# textloc layers
+
+
+def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Declare ``textloc layers``."""
+    parser = subcommands.add_parser(
+        "layers",
+        parents=parents,
+        help="list the text-conditioned attention layers of a model",
+        description=(
+            "List the attention layers of a model's denoiser that read the prompt, in forward order: "
+            "index (what a layer selector's integer means), full module name, kind, heads, the "
+            "parameters of its text K/V projections and their share of the denoiser's parameters. "
+            "Kinds: cross (U-Net/PixArt/Sana attn2), added_kv (DeepFloyd IF), joint (SD3, FLUX "
+            "double-stream), single (FLUX single-stream), self (no text; only with --all or --kind self)."
+        ),
+        epilog=_examples(
+            "textloc layers --model tiny-random-sdxl",
+            "textloc layers --model tiny-random-flux --kind single",
+            "textloc layers --model stabilityai/stable-diffusion-xl-base-1.0 --json > layers.json",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--kind", nargs="+", choices=KINDS, metavar="KIND", help=f"only these kinds ({', '.join(KINDS)})")
+    parser.add_argument("--all", action="store_true", help="also list the self-attention layers")
+    parser.add_argument("--json", action="store_true", help="print JSON: {model, denoiser, denoiser_params, layers: [...], total}")
+    parser.set_defaults(run=run_layers)
+
+
+def layers_report(pipe: Any, model: str, kinds: Sequence[str]) -> dict[str, Any]:
+    """The layers of ``kinds`` with their parameter shares, and the total over the text layers."""
+    total_params = denoiser_parameter_count(pipe)
+    layers = attention_layers(pipe, kind=kinds)
+    rows = [_layer_row(layer, total_params) for layer in layers]
+    text_rows = [row for row in rows if row["kind"] != "self"]
+    text_kv_params = sum(row["text_kv_params"] for row in text_rows)
+    return {
+        "model": model,
+        "denoiser": type(denoiser(pipe)).__name__,
+        "denoiser_params": total_params,
+        "layers": rows,
+        "total": {"layers": len(text_rows), "text_kv_params": text_kv_params, "share": text_kv_params / total_params},
+    }
+
+
+def _layer_row(layer: AttentionLayer, total_params: int) -> dict[str, Any]:
+    return {
+        "index": layer.index,
+        "name": layer.name,
+        "kind": layer.kind,
+        "heads": layer.num_heads,
+        "text_kv_params": layer.num_text_kv_params,
+        "share": layer.num_text_kv_params / total_params,
+    }
+
+
+def format_layers_table(report: dict[str, Any]) -> str:
+    """A plain-text table of :func:`layers_report`: one line per layer and a total line."""
+    header = ("index", "name", "kind", "heads", "K/V params", "share")
+    lines = [
+        (
+            "-" if row["index"] is None else str(row["index"]),
+            row["name"],
+            row["kind"],
+            str(row["heads"]),
+            "-" if row["kind"] == "self" else f"{row['text_kv_params']:,}",
+            "-" if row["kind"] == "self" else f"{100 * row['share']:.3f}%",
+        )
+        for row in report["layers"]
+    ]
+    total = report["total"]
+    footer = ("total", f"{total['layers']} text layers", "", "", f"{total['text_kv_params']:,}", f"{100 * total['share']:.3f}%")
+    widths = [max(len(line[column]) for line in (header, *lines, footer)) for column in range(len(header))]
+    right_aligned = {0, 3, 4, 5}
+
+    def format_line(cells: Sequence[str]) -> str:
+        padded = (cell.rjust(w) if i in right_aligned else cell.ljust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        return "  ".join(padded).rstrip()
+
+    title = f"{report['model']}: {report['denoiser']}, {report['denoiser_params']:,} parameters"
+    rule = "-" * len(format_line(header))
+    return "\n".join([title, format_line(header), rule, *map(format_line, lines), rule, format_line(footer)])
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    """Print the layer table (or JSON) of ``--model``."""
+    kinds = list(args.kind or TEXT_KINDS)
+    if args.all and "self" not in kinds:
+        kinds.append("self")
+    report = layers_report(load_model(args.model), args.model, kinds)
+    print(json.dumps(report, indent=2) if args.json else format_layers_table(report))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# textloc generate
+
+
+def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Declare ``textloc generate``."""
+    parser = subcommands.add_parser(
+        "generate",
+        parents=parents,
+        help="generate images from a prompt and save them as a PNG",
+        description=(
+            "Generate images of PROMPT and save them as one PNG (a grid when --num is above 1). "
+            "Options left out take the pipeline's defaults; the tiny-random-* models default to "
+            "their fast test settings (2 steps, 32x32, guidance 4)."
+        ),
+        epilog=_examples(
+            "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
+            "textloc generate --model tiny-random-sd3 'A sign that says \"HELLO\".' --num 4 --steps 10 --size 64",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("prompt", metavar="PROMPT", help="the text prompt")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
+    parser.add_argument("--steps", type=_positive_int, metavar="N", help="number of denoising steps")
+    parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (FLUX: its distilled guidance)")
+    parser.add_argument("--size", type=_positive_int, metavar="PX", help="image height and width in pixels")
+    parser.add_argument("--num", type=_positive_int, default=1, metavar="K", help="number of images (default 1)")
+    parser.add_argument("--out", type=Path, default=Path("generated.png"), metavar="FILE.png", help="where to save the PNG (default generated.png)")
+    parser.set_defaults(run=run_generate)
+
+
+def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's keyword arguments: the model's defaults, overridden by the options given."""
+    kwargs: dict[str, Any] = {}
+    if model.startswith(RANDOM_PREFIX):
+        # Their stock defaults (50 steps, 128x128 latents for FLUX, 256-token T5 prompts) are slow
+        # or do not fit these tiny models; use the settings they were built for.
+        from textloc.testing import tiny_call_kwargs  # see _architectures
+
+        kwargs.update(tiny_call_kwargs(pipe))
+    options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": args.size, "width": args.size}
+    kwargs.update({key: value for key, value in options.items() if value is not None})
+    kwargs.update(num_images_per_prompt=args.num, output_type="pil", generator=generator(pipe, args.seed))
+    return call_kwargs(pipe, **kwargs)
+
+
+def image_grid(images: Sequence[Image.Image]) -> Image.Image:
+    """Paste images of one size into a near-square grid, row by row."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for position, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((position % columns) * width, (position // columns) * height))
+    return grid
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Generate ``--num`` images of the prompt and save them as one PNG."""
+    if args.out.suffix.lower() != ".png":
+        raise CommandError(f"--out must be a .png file, not {str(args.out)!r}.")
+    pipe = load_model(args.model)
+    pipe.set_progress_bar_config(disable=False, leave=False)
+    images = pipe(args.prompt, **generate_kwargs(pipe, args.model, args)).images
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(args.out)
+    width, height = images[0].size
+    print(f"saved {args.out} ({len(images)} image{'s' * (len(images) > 1)} of {width}x{height}, seed {args.seed})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+AddCommand = Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]
+# Each entry declares one subcommand; the second item says whether it loads a model (--model).
+COMMANDS: tuple[tuple[AddCommand, bool], ...] = ((add_layers, True), (add_generate, True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser: global options and every subcommand of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Find and use the attention layers that render text in text-to-image diffusion models.",
+        epilog=_examples(
+            "textloc layers --model tiny-random-sdxl",
+            "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
+            "textloc COMMAND --help   (options and examples of one command)",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_global_options(parser)
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common, model = _common_options(), _model_options()
+    for add_command, loads_model in COMMANDS:
+        add_command(subcommands, [common, model] if loads_model else [common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, or 2 on an error)."""
+    # Quiet before building the parser: listing the tiny architectures imports every pipeline class.
+    _set_library_verbosity(debug=False)
+    args = build_parser().parse_args(argv)
+    _set_library_verbosity(args.debug)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the whole point: one line instead of a traceback
+        if args.debug:
+            raise
+        # Errors textloc raises on bad input say what to do; anything else may be a bug.
+        known = isinstance(error, (CommandError, ValueError, OSError))
+        hint = "" if known else f" ({type(error).__name__}; rerun with --debug for the traceback)"
+        print(f"{PROG}: error: {_one_line(error)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
