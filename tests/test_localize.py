@@ -109,3 +109,14 @@ def test_spearman_matches_known_values():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
+
+
+def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
+    from textloc.cli import main
+
+    status = main(["--threads", "1", "localize", "--model", "tiny-random-sd3", "--pairs", "2", "--out", str(tmp_path), "--patch-steps", "0:0.5"])
+    assert status == 0
+    assert Localization.load(tmp_path).settings["steps"] == [0, 0.5]
+    assert "selected" in capsys.readouterr().out
+    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--patch-steps", "late"]) == 2
+    assert "START:STOP" in capsys.readouterr().err

@@ -249,7 +249,7 @@ def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse
     parser.set_defaults(run=run_generate)
 
 
-def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace) -> dict[str, Any]:
+def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | None = 1) -> dict[str, Any]:
     """The pipeline call's keyword arguments: the model's defaults, overridden by the options given."""
     kwargs: dict[str, Any] = {}
     if model.startswith(RANDOM_PREFIX):
@@ -260,7 +260,9 @@ def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace) -> dict[str
         kwargs.update(tiny_call_kwargs(pipe))
     options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": args.size, "width": args.size}
     kwargs.update({key: value for key, value in options.items() if value is not None})
-    kwargs.update(num_images_per_prompt=args.num, output_type="pil", generator=generator(pipe, args.seed))
+    kwargs.update(output_type="pil", generator=generator(pipe, args.seed))
+    if num is not None:
+        kwargs["num_images_per_prompt"] = num
     return call_kwargs(pipe, **kwargs)
 
 
@@ -281,7 +283,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise CommandError(f"--out must be a .png file, not {str(args.out)!r}.")
     pipe = load_model(args.model)
     pipe.set_progress_bar_config(disable=False, leave=False)
-    images = pipe(args.prompt, **generate_kwargs(pipe, args.model, args)).images
+    images = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=args.num)).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(args.out)
     width, height = images[0].size
@@ -290,11 +292,128 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# textloc localize
+
+
+def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Declare ``textloc localize``."""
+    from textloc.localize import METHODS, SELECTIONS
+
+    parser = subcommands.add_parser(
+        "localize",
+        parents=parents,
+        help="find the attention layers that render the text in the model's images",
+        description=(
+            "Generate prompt pairs that differ only in their quoted text (source 'A sign that says \"A\".', "
+            "target '... \"B\".') from the same noise, patch candidate layers of the source run with the "
+            "target's text signal, read the images with OCR, rank the layers and choose the smallest set "
+            "that makes the model write the target text. Writes report.json, layers.csv, layers.png and "
+            "examples.png to --out; rerunning the same command resumes an interrupted run."
+        ),
+        epilog=_examples(
+            "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
+            "textloc localize --model tiny-random-sdxl --pairs 4 --out /tmp/loc --method both",
+            "textloc localize --model stabilityai/stable-diffusion-xl-base-1.0 --glyphcontrol ../shared/benchmarks/glyphcontrol \\",
+            "    --pairs 200 --steps 50 --guidance 5 --method screen+exact --top-k 12 --out runs/sdxl",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_argument_group("prompt pairs (default: the model's own, else built-in words and templates)")
+    source.add_argument("--pairs", type=_positive_int, default=20, metavar="N", help="number of prompt pairs (default 20)")
+    source.add_argument("--words", type=Path, metavar="FILE", help="word list, one per line")
+    source.add_argument("--glyphcontrol", type=Path, metavar="DIR", help="GlyphControl benchmark folder (SimpleBench/, CreativeBench/)")
+    source.add_argument("--bench", choices=("simple", "creative"), default="simple", help="which GlyphControl benchmark (default simple)")
+    source.add_argument("--template", action="append", metavar="T", help="prompt template with \"{}\" where the text goes (repeatable)")
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", choices=METHODS, default="activation", help="exact sweep (activation), attribution screen, screen then exact on --top-k, or both compared (default activation)")
+    method.add_argument("--selection", choices=SELECTIONS, default="cumulative", help="how layers are added to the chosen set (default cumulative)")
+    method.add_argument("--threshold", type=float, default=0.8, help="stop once the target text is read at this share of the directly prompted rate (default 0.8)")
+    method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
+    method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact)")
+    method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: name, glob or index (repeatable; default all text layers)")
+    method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window (indices or fractions, e.g. 0:0.5)")
+    method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
+    method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
+    method.add_argument("--ocr", default="rapidocr", help="OCR engine: rapidocr (default), tesseract, easyocr")
+    run = parser.add_argument_group("generation")
+    run.add_argument("--seed", type=int, default=0, help="seed of the noise shared by every row (default 0)")
+    run.add_argument("--steps", type=_positive_int, metavar="N", help="number of denoising steps")
+    run.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale")
+    run.add_argument("--size", type=_positive_int, metavar="PX", help="image height and width in pixels")
+    run.add_argument("--max-batch", type=_positive_int, default=16, metavar="B", help="most rows in one generation (default 16; lower it if memory runs out)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumes a run already there)")
+    parser.set_defaults(run=run_localize)
+
+
+def _window(text: str | None) -> tuple[int | float | None, int | float | None] | None:
+    if text is None:
+        return None
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise CommandError(f"--patch-steps takes START:STOP (e.g. 4: or 0:0.5), not {text!r}.")
+    bounds = []
+    for part in parts:
+        if not part:
+            bounds.append(None)
+        elif re.fullmatch(r"\d+", part):
+            bounds.append(int(part))
+        else:
+            try:
+                bounds.append(float(part))
+            except ValueError:
+                raise CommandError(f"--patch-steps bounds are step indices or fractions, not {part!r}.") from None
+    return tuple(bounds)
+
+
+def localization_pairs(model: str, args: argparse.Namespace) -> list:
+    """The prompt pairs a localize run uses, from the options or the model's defaults."""
+    from textloc.localize import load_glyphcontrol, load_words, make_pairs
+    from textloc.localize.prompts import DEFAULT_WORDS
+
+    templates = args.template
+    if args.glyphcontrol is not None:
+        bench = load_glyphcontrol(args.glyphcontrol, args.bench)
+        words, templates = bench.all_words(), templates or list(bench.templates)
+    elif args.words is not None:
+        words = load_words(args.words)
+    elif model == TINY_MODEL_NAME and templates is None:
+        from textloc.tiny.pairs import localization_pairs as tiny_pairs
+
+        return tiny_pairs(args.pairs, seed=args.seed)
+    else:
+        words = list(DEFAULT_WORDS)
+    return make_pairs(words, n=args.pairs, templates=templates, seed=args.seed)
+
+
+def run_localize(args: argparse.Namespace) -> int:
+    """Localize the text-rendering layers and print the summary table."""
+    from textloc.localize import localize
+
+    pipe = load_model(args.model)
+    settings = generate_kwargs(pipe, args.model, args, num=None)
+    settings.pop("generator")
+    settings.pop("output_type")
+    heads = None if args.heads is None else [int(head) for head in args.heads.split(",")]
+    judge = None
+    if args.model == TINY_MODEL_NAME:
+        from textloc.tiny.evaluate import scene_judge as judge
+    result = localize(
+        pipe, localization_pairs(args.model, args), layers=args.layers or "all", method=args.method,
+        selection=args.selection, threshold=args.threshold, held_out=args.held_out, top_k=args.top_k,
+        steps=_window(args.patch_steps), heads=heads, branch=args.branch, seed=args.seed, max_batch=args.max_batch,
+        ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
+    )
+    print(result.summary())
+    print(f"\nwrote {args.out}/report.json, layers.csv, layers.png, examples.png")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 AddCommand = Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]
 # Each entry declares one subcommand; the second item says whether it loads a model (--model).
-COMMANDS: tuple[tuple[AddCommand, bool], ...] = ((add_layers, True), (add_generate, True))
+COMMANDS: tuple[tuple[AddCommand, bool], ...] = ((add_layers, True), (add_generate, True), (add_localize, True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "textloc layers --model tiny-random-sdxl",
             "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
+            "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
             "textloc COMMAND --help   (options and examples of one command)",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

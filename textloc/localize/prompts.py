@@ -30,6 +30,12 @@ SCENE_TEMPLATES = (
 DEFAULT_TEMPLATES = (SIMPLE_TEMPLATE, *SCENE_TEMPLATES)
 
 EXAMPLE_PROMPT = 'A sign that says "HELLO".'
+# Short, common, unambiguous words that OCR reads reliably: the default when no list is given.
+DEFAULT_WORDS = (
+    "OPEN", "STOP", "EXIT", "SALE", "CAFE", "HOTEL", "BOOKS", "PIZZA", "MUSIC", "HELLO",
+    "WORLD", "LOVE", "HOME", "PARK", "BANK", "TAXI", "BEER", "SHOP", "FOOD", "BAKERY",
+    "GARDEN", "PHONE", "LIGHT", "RIVER", "MOUNTAIN", "DANGER", "SCHOOL", "SUNDAY", "MARKET", "POLICE",
+)
 # The first straight-quoted or curly-quoted span.
 _QUOTED = re.compile(r'"([^"]*)"|“([^”]*)”')
 
