@@ -396,7 +396,7 @@ def run_localize(args: argparse.Namespace) -> int:
     heads = None if args.heads is None else [int(head) for head in args.heads.split(",")]
     judge = None
     if args.model == TINY_MODEL_NAME:
-        from textloc.tiny.evaluate import scene_judge as judge
+        from textloc.tiny.pairs import scene_judge as judge
     result = localize(
         pipe, localization_pairs(args.model, args), layers=args.layers or "all", method=args.method,
         selection=args.selection, threshold=args.threshold, held_out=args.held_out, top_k=args.top_k,
