@@ -24,20 +24,9 @@ import torch
 import textloc as tl
 from textloc.localize import localize, make_pairs
 from textloc.localize.sweep import PatchSettings, generate_patched
-from textloc.pipelines import TINY_MODEL_DIR, call_kwargs
-from textloc.testing import tiny_call_kwargs
+from textloc.pipelines import TINY_MODEL_DIR, call_kwargs, recommended_settings
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def settings_for(model: str, pipe) -> dict:
-    if model.startswith("tiny-random-"):
-        settings = tiny_call_kwargs(pipe)
-        settings.pop("output_type")
-        return settings
-    from textloc.tiny.model import SAMPLING_DEFAULTS
-
-    return dict(SAMPLING_DEFAULTS)
 
 
 def naive_sweep(pipe, pair, layers, seed, settings) -> list[np.ndarray]:
@@ -70,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipe = tl.load_pipeline(args.model)
-    settings = settings_for(args.model, pipe)
+    settings = recommended_settings(args.model, pipe)
     layers = [layer.name for layer in tl.select_layers(pipe, "all")]
     pairs = make_pairs(["HELLO", "WORLD", "LAMP", "STOP", "OPEN", "CAFE"], n=args.pairs, seed=0)
     if args.model == "textloc-tiny":

@@ -28,7 +28,7 @@ import transformers
 from PIL import Image
 
 from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
-from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, generator, load_pipeline
+from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, generator, load_pipeline, recommended_settings
 
 EXIT_ERROR = 2
 PROG = "textloc"
@@ -250,14 +250,8 @@ def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse
 
 
 def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | None = 1) -> dict[str, Any]:
-    """The pipeline call's keyword arguments: the model's defaults, overridden by the options given."""
-    kwargs: dict[str, Any] = {}
-    if model.startswith(RANDOM_PREFIX):
-        # Their stock defaults (50 steps, 128x128 latents for FLUX, 256-token T5 prompts) are slow
-        # or do not fit these tiny models; use the settings they were built for.
-        from textloc.testing import tiny_call_kwargs  # see _architectures
-
-        kwargs.update(tiny_call_kwargs(pipe))
+    """The pipeline call's keyword arguments: the model's recommended settings, overridden by the options given."""
+    kwargs = recommended_settings(model, pipe)
     options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": args.size, "width": args.size}
     kwargs.update({key: value for key, value in options.items() if value is not None})
     kwargs.update(output_type="pil", generator=generator(pipe, args.seed))
