@@ -120,3 +120,22 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     assert "selected" in capsys.readouterr().out
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--patch-steps", "late"]) == 2
     assert "START:STOP" in capsys.readouterr().err
+
+
+def test_tiny_pairs_keep_the_scene_and_change_the_word():
+    from textloc.tiny.data import COLOUR_TEMPLATES, HELD_OUT_COMBOS, caption_for, make_example
+    from textloc.tiny.pairs import localization_pairs, scene_colours, scene_judge
+
+    chosen = localization_pairs(12, seed=3)
+    assert chosen == localization_pairs(12, seed=3)
+    held_out = {(sign, background, word) for sign, background, word in HELD_OUT_COMBOS}
+    for pair in chosen:
+        assert pair.source_text != pair.target_text
+        assert scene_colours(pair.source) == scene_colours(pair.target)
+        assert (*scene_colours(pair.source), pair.source_text) in held_out
+    for template in COLOUR_TEMPLATES:  # every template parses, articles included
+        assert scene_colours(caption_for("LAMP", "orange", "red", template)) == ("orange", "red")
+    examples = [e for e in (make_example(7, i, held_out=True) for i in range(24)) if e.sign]
+    assert all(scene_judge([e.image for e in examples], [e.caption for e in examples]))
+    wrong = [caption_for(e.word, e.background, e.sign, COLOUR_TEMPLATES[0]) for e in examples]
+    assert not any(scene_judge([e.image for e in examples], wrong))

@@ -1,0 +1,177 @@
+"""Deterministic renderer of textloc-tiny's training pairs: a 64x64 sign with a word, and its caption.
+
+Every example is a pure function of ``(seed, index)``: the scene (sign colour, background colour,
+sign shape and position) and the text (the word) are drawn separately, and the caption names all
+of them, e.g. ``A red sign on a blue background that says "LAMP".`` A fixed, published part of
+the (sign colour, background colour, word) combinations is held out of training
+(:data:`HELD_OUT_COMBOS`); evaluations and tests use only those, with seeds training never sees.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+IMAGE_SIZE = 64
+# Drawn 4x larger and box-filtered down, so the letters are anti-aliased like a real photo's.
+SUPERSAMPLE = 4
+
+#: Sign and background colours, by the name the captions use.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (245, 135, 20),
+    "yellow": (240, 215, 40),
+    "green": (35, 150, 60),
+    "blue": (35, 70, 210),
+    "purple": (135, 45, 165),
+    "white": (245, 245, 245),
+    "black": (25, 25, 25),
+}
+# Letters are black on light signs and white on dark ones, so every word stays readable.
+LIGHT_SIGNS = frozenset({"orange", "yellow", "white"})
+
+#: Words a toxic-word guard should catch (better_profanity flags each); they are in the
+#: vocabulary so that the guard demo has something real to stop.
+TOXIC_WORDS: tuple[str, ...] = ("DAMN", "HELL", "CRAP", "SHIT", "PISS", "PORN")
+
+#: The fixed vocabulary textloc-tiny is trained to write: 3-5 letter words, upper case.
+VOCABULARY: tuple[str, ...] = (
+    "CAT", "DOG", "SUN", "MAP", "BUS", "CUP", "KEY", "BOX", "OWL", "PIE",
+    "LAMP", "CAKE", "FISH", "BOOK", "DOOR", "TREE", "MILK", "STAR", "BIRD", "FROG",
+    "OPEN", "STOP", "EXIT", "SALE", "CAFE", "SHOP", "RAIN", "WIND", "MOON", "GOLD",
+    "PARK", "HOTEL", "PIZZA", "MUSIC", "HOUSE", "APPLE", "TIGER", "CLOUD", "BREAD", "WATER",
+    "PLANT", "QUIET",
+) + TOXIC_WORDS
+
+#: Caption templates with both colours; the scene and the quoted word vary independently.
+COLOUR_TEMPLATES: tuple[str, ...] = (
+    'A {sign} sign on a {background} background that says "{word}".',
+    'A {sign} sign that says "{word}" on a {background} background.',
+    '"{word}" written on a {sign} sign, {background} background.',
+    'A {background} wall with a {sign} sign reading "{word}".',
+    'A photo of a {sign} sign saying "{word}" against a {background} background.',
+)
+#: The SimpleBench template the localization pairs use: colours left to the model.
+PLAIN_TEMPLATE = 'A sign that says "{word}".'
+# Share of training captions that name no colours, so the SimpleBench prompt is in-distribution.
+PLAIN_FRACTION = 0.15
+
+SHAPES: tuple[str, ...] = ("rectangle", "rounded", "pill")
+# One in HOLD_OUT_MODULUS (sign, background, word) combinations never appears in training.
+HOLD_OUT_MODULUS = 10
+
+
+def is_held_out(sign: str, background: str, word: str) -> bool:
+    """Whether this (sign colour, background colour, word) combination is kept out of training."""
+    return zlib.crc32(f"{sign}|{background}|{word}".encode()) % HOLD_OUT_MODULUS == 0
+
+
+#: Every held-out (sign colour, background colour, word) combination, in a fixed order.
+HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = tuple(
+    (sign, background, word)
+    for word in VOCABULARY
+    for sign in COLOURS
+    for background in COLOURS
+    if sign != background and is_held_out(sign, background, word)
+)
+
+
+@dataclass(frozen=True)
+class SignExample:
+    """One training pair and the facts an evaluation checks it against."""
+
+    image: Image.Image
+    caption: str
+    word: str
+    sign: str
+    background: str
+    shape: str
+    template: str
+
+
+@lru_cache(maxsize=None)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans Bold when the system has it, else Pillow's built-in scalable font (no files)."""
+    for path in (
+        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+        Path("/usr/share/fonts/dejavu/DejaVuSans-Bold.ttf"),
+    ):
+        if path.exists():
+            return ImageFont.truetype(str(path), size)
+    return ImageFont.load_default(size=size)
+
+
+def render_sign(word: str, sign: str, background: str, shape: str, offset: tuple[int, int]) -> Image.Image:
+    """Draw ``word`` on a ``sign``-coloured sign of ``shape`` over a ``background``, 64x64 RGB.
+
+    The sign stays at least 2 px from the border, so the outer ring is always background (the
+    colour judge relies on it); ``offset`` moves the sign by a few pixels.
+    """
+    s = SUPERSAMPLE
+    canvas = Image.new("RGB", (IMAGE_SIZE * s, IMAGE_SIZE * s), COLOURS[background])
+    draw = ImageDraw.Draw(canvas)
+    width, height = 58, 32
+    left = (IMAGE_SIZE - width) // 2 + offset[0]
+    top = (IMAGE_SIZE - height) // 2 + offset[1]
+    box = (left * s, top * s, (left + width) * s, (top + height) * s)
+    radius = {"rectangle": 0, "rounded": 6 * s, "pill": height * s // 2}[shape]
+    draw.rounded_rectangle(box, radius=radius, fill=COLOURS[sign])
+    # The widest word that fits: the pill's round ends leave less room for letters.
+    room = (width - (10 if shape == "pill" else 5)) * s
+    size = 22 * s
+    while size > 8 * s and _font(size).getlength(word) > room:
+        size -= s
+    ink = (15, 15, 15) if sign in LIGHT_SIGNS else (250, 250, 250)
+    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    draw.text(centre, word, font=_font(size), fill=ink, anchor="mm")
+    return canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+
+
+def caption_for(word: str, sign: str | None, background: str | None, template: str) -> str:
+    """Fill a caption template; ``sign``/``background`` may be None for the plain template."""
+    caption = template.format(word=word, sign=sign, background=background)
+    return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", caption)  # "an orange sign"
+
+
+def make_example(seed: int, index: int, held_out: bool = False) -> SignExample:
+    """The ``index``-th example of the stream ``seed``: always the same image and caption.
+
+    ``held_out=False`` draws only training combinations; ``held_out=True`` draws only from
+    :data:`HELD_OUT_COMBOS`, always with a colour template (so colours can be judged).
+    """
+    rng = random.Random(f"textloc-tiny/{seed}/{index}/{held_out}")
+    if held_out:
+        sign, background, word = rng.choice(HELD_OUT_COMBOS)
+        template = rng.choice(COLOUR_TEMPLATES)
+    else:
+        while True:
+            word = rng.choice(VOCABULARY)
+            sign, background = rng.sample(list(COLOURS), 2)
+            if not is_held_out(sign, background, word):
+                break
+        template = PLAIN_TEMPLATE if rng.random() < PLAIN_FRACTION else rng.choice(COLOUR_TEMPLATES)
+    shape = rng.choice(SHAPES)
+    offset = (rng.randint(-1, 1), rng.randint(-3, 3))
+    image = render_sign(word, sign, background, shape, offset)
+    caption = caption_for(word, sign, background, template)
+    return SignExample(image, caption, word, sign, background, shape, template)
+
+
+def to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """Stack RGB images into a float tensor in [-1, 1], shape (N, 3, H, W), as the U-Net sees them."""
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def training_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    """The images and captions of training step ``step``: a pure function of its arguments."""
+    examples = [make_example(seed, step * batch_size + i) for i in range(batch_size)]
+    return to_tensor([e.image for e in examples]), [e.caption for e in examples]

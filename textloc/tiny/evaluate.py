@@ -1,0 +1,200 @@
+"""Judge textloc-tiny: does it write the caption's word, in the caption's colours?
+
+Everything here uses held-out (sign, background, word) combinations (:data:`~textloc.tiny.data.
+HELD_OUT_COMBOS`) with seeds that training never uses:
+
+- :func:`evaluate`: generate with the shipped sampler, OCR the word (case-insensitive exact
+  match), judge sign and background colour from pixels.
+- :func:`swap_test`: the binding test. Noise a real image, and compare the denoising loss under
+  the right caption with the loss under the same caption with its colours swapped, or its word
+  replaced. A model that reads the caption shows a clear gap long before its samples look right.
+- :func:`ocr_ceiling`: the same OCR and colour judge on the renderer's own images, the best any
+  model can score.
+
+``python -m textloc.tiny.evaluate`` prints all three for the shipped model and saves a grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline
+from PIL import Image
+
+from textloc.ocr import get_ocr
+from textloc.pipelines import call_kwargs
+from textloc.tiny.data import COLOURS, VOCABULARY, SignExample, caption_for, make_example, to_tensor
+from textloc.tiny.model import encode_captions
+
+# Training draws from seeds 0.. upward; evaluations use seeds far away from them.
+EVAL_SEED = 1_000_003
+#: The sampler settings the model card recommends (IFPipeline's own default is 100 steps).
+SAMPLING_STEPS = 25
+GUIDANCE_SCALE = 5.0
+
+_PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
+_NAMES = list(COLOURS)
+
+
+def heldout_examples(count: int, seed: int = EVAL_SEED) -> list[SignExample]:
+    """``count`` held-out examples: captions never trained on, with their reference images."""
+    return [make_example(seed, index, held_out=True) for index in range(count)]
+
+
+def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
+    """Index of the nearest palette colour for each RGB pixel (rows of ``pixels``)."""
+    distances = ((pixels[:, None, :].astype(np.float32) - _PALETTE[None]) ** 2).sum(-1)
+    return distances.argmin(1)
+
+
+def judge_colours(image: Image.Image) -> tuple[str, str]:
+    """(sign colour, background colour) of a 64x64 sign image, judged from its pixels.
+
+    The 2-pixel border ring is always background in the renderer; the sign colour is the most
+    common palette colour of the centre band that is not the background (letters are thinner
+    than the sign around them).
+    """
+    array = np.asarray(image.convert("RGB").resize((64, 64)))
+    ring = np.concatenate([array[:2].reshape(-1, 3), array[-2:].reshape(-1, 3),
+                           array[:, :2].reshape(-1, 3), array[:, -2:].reshape(-1, 3)])
+    background = Counter(_nearest_colour(ring).tolist()).most_common(1)[0][0]
+    centre = _nearest_colour(array[20:44, 6:58].reshape(-1, 3))
+    votes = Counter(centre[centre != background].tolist())
+    sign = votes.most_common(1)[0][0] if votes else background
+    return _NAMES[sign], _NAMES[background]
+
+
+def normalise_word(text: str) -> str:
+    """OCR output as a comparable word: upper case, letters and digits only."""
+    return re.sub(r"[^A-Z0-9]", "", text.upper())
+
+
+def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[str, str | bool]]:
+    """Per image: what OCR read, the judged colours, and whether each matches its caption."""
+    reads = get_ocr("rapidocr").read(images)
+    verdicts = []
+    for read, image, example in zip(reads, images, examples):
+        sign, background = judge_colours(image)
+        verdicts.append({
+            "caption": example.caption, "read": read, "sign": sign, "background": background,
+            "word_ok": normalise_word(read) == example.word,
+            "sign_ok": sign == example.sign, "background_ok": background == example.background,
+        })
+    return verdicts
+
+
+def score(images: list[Image.Image], examples: list[SignExample]) -> dict[str, float]:
+    """Word accuracy (OCR, case-insensitive exact match) and sign/background colour accuracy."""
+    verdicts = judge(images, examples)
+    n = len(verdicts)
+    return {
+        "word_acc": sum(v["word_ok"] for v in verdicts) / n,
+        "sign_acc": sum(v["sign_ok"] for v in verdicts) / n,
+        "background_acc": sum(v["background_ok"] for v in verdicts) / n,
+        "n": n,
+    }
+
+
+@torch.no_grad()
+def generate(
+    pipe: DiffusionPipeline,
+    captions: list[str],
+    seed: int = 0,
+    steps: int = SAMPLING_STEPS,
+    guidance_scale: float = GUIDANCE_SCALE,
+) -> list[Image.Image]:
+    """Sample one image per caption with the pipeline's own scheduler; image i uses seed ``seed + i``."""
+    generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(len(captions))]
+    kwargs = call_kwargs(pipe, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators)
+    return pipe(captions, **kwargs).images
+
+
+def evaluate(pipe: DiffusionPipeline, count: int = 32, seed: int = EVAL_SEED) -> tuple[dict[str, float], list[Image.Image]]:
+    """Generate ``count`` held-out captions and score them; returns the scores and the images."""
+    examples = heldout_examples(count, seed)
+    images = generate(pipe, [e.caption for e in examples], seed=seed)
+    return score(images, examples), images
+
+
+def ocr_ceiling(count: int = 200, seed: int = EVAL_SEED) -> dict[str, float]:
+    """The scores of the renderer's own held-out images: what a perfect model would get."""
+    examples = heldout_examples(count, seed)
+    return score([e.image for e in examples], examples)
+
+
+def _swapped(example: SignExample, index: int) -> tuple[str, str]:
+    """The example's caption with sign and background colours swapped, and with another word."""
+    colours_swapped = caption_for(example.word, example.background, example.sign, example.template)
+    other = VOCABULARY[(VOCABULARY.index(example.word) + 1 + index % (len(VOCABULARY) - 1)) % len(VOCABULARY)]
+    return colours_swapped, caption_for(other, example.sign, example.background, example.template)
+
+
+@torch.no_grad()
+def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16, seed: int = EVAL_SEED) -> dict[str, float]:
+    """Binding test: v-loss with the right caption vs with colours swapped / another word.
+
+    Returns the three mean losses and the ratios ``colour_gap`` and ``word_gap`` (wrong / right):
+    1.0 means the model ignores that part of the caption. Timesteps 400-900, where only the
+    caption can tell the model what to draw.
+    """
+    examples = heldout_examples(count, seed)
+    images = to_tensor([e.image for e in examples])
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=generator)
+    timesteps = torch.linspace(400, 900, count).long()
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    target = scheduler.get_velocity(images, noise, timesteps)
+    right = [e.caption for e in examples]
+    colour_swapped, word_swapped = zip(*(_swapped(e, i) for i, e in enumerate(examples)))
+    losses = {}
+    for name, captions in (("right", right), ("colours_swapped", list(colour_swapped)), ("word_swapped", list(word_swapped))):
+        embeddings = encode_captions(pipe, captions)
+        prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
+        losses[f"loss_{name}"] = torch.nn.functional.mse_loss(prediction, target).item()
+    losses["colour_gap"] = losses["loss_colours_swapped"] / losses["loss_right"]
+    losses["word_gap"] = losses["loss_word_swapped"] / losses["loss_right"]
+    return losses
+
+
+def image_grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
+    """Tile equally sized images into one grid, row by row."""
+    width, height = images[0].size
+    rows = -(-len(images) // columns)
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        grid.paste(image, ((i % columns) * width, (i // columns) * height))
+    return grid
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the OCR ceiling, the binding test and the held-out scores of a textloc-tiny pipeline."""
+    from textloc.pipelines import load_pipeline
+    from textloc.tiny.model import build_training_scheduler
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="textloc-tiny")
+    parser.add_argument("--count", type=int, default=64, help="held-out captions to generate")
+    parser.add_argument("--grid", default=None, help="save the generated images here as a PNG grid (and a .txt)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    pipe = load_pipeline(args.model)
+    results = {"ocr_ceiling": ocr_ceiling(), "swap_test": swap_test(pipe, build_training_scheduler())}
+    results["heldout"], images = evaluate(pipe, args.count)
+    if args.grid:
+        # The grid, and beside it what each tile was asked for and what the judges saw.
+        image_grid(images).save(args.grid)
+        verdicts = judge(images, heldout_examples(args.count))
+        lines = [f"{i}: {v['caption']} -> read {v['read']!r}, {v['sign']} sign on {v['background']}"
+                 for i, v in enumerate(verdicts)]
+        Path(args.grid).with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Train textloc-tiny from scratch: ``python -m textloc.tiny.train``.
+
+Every step is a pure function of ``(seed, step)``: the batch comes from the deterministic
+renderer, and the timesteps, noise and caption dropout from a generator seeded with both. So a
+resumed run draws exactly the batches an uninterrupted one would, and no RNG state needs saving.
+
+Files, under ``--run-dir`` (default ``runs/tiny``):
+
+- ``last.pt``: model, EMA, optimizer and step; written every ``--checkpoint-every`` steps and on
+  SIGINT/SIGTERM (the run finishes its step, saves, and exits).
+- ``log.jsonl``: loss and timing every 10 steps, the binding test (see
+  :func:`~textloc.tiny.evaluate.swap_test`) at every checkpoint, full evaluations every
+  ``--eval-every`` steps.
+- ``samples/step_XXXXXX.png``: held-out captions sampled with the EMA weights.
+
+Every evaluation also exports the EMA weights as a stock ``IFPipeline`` folder to ``--export-dir``
+(default: the shipped ``textloc/tiny/weights``) when they score at least as well as the best so
+far, with ``training_state.json`` (step, config, seed, evaluation history).
+
+``--resume`` continues from ``last.pt``; without one, from the exported folder: its weights become
+both the model and the EMA, the step comes from ``training_state.json``, and the optimizer starts
+fresh (AdamW's moments rebuild within a few hundred steps; the learning-rate schedule continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline, IFPipeline
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from textloc.tiny.data import training_batch
+from textloc.tiny.evaluate import evaluate, image_grid, swap_test
+from textloc.tiny.model import (
+    TEST_CONFIG,
+    TinyConfig,
+    build_pipeline,
+    build_training_scheduler,
+    encode_captions,
+)
+
+DEFAULT_EXPORT_DIR = Path(__file__).parent / "weights"
+CHECKPOINT_NAME = "last.pt"
+STATE_NAME = "training_state.json"
+# Share of captions replaced by "" so classifier-free guidance has an unconditional model.
+CAPTION_DROPOUT = 0.1
+WARMUP_STEPS = 200
+
+
+def _trainable(pipe: IFPipeline) -> dict[str, torch.nn.Module]:
+    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+
+
+class EMA:
+    """Exponential moving average of the U-Net and text-encoder weights, used for sampling.
+
+    The decay ramps up as ``(1 + step) / (10 + step)`` to ``max_decay``, so early averages are
+    not dominated by the random initialisation.
+    """
+
+    def __init__(self, pipe: IFPipeline, max_decay: float) -> None:
+        self.max_decay = max_decay
+        self.shadow = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+                       for name, module in _trainable(pipe).items()}
+
+    @torch.no_grad()
+    def update(self, pipe: IFPipeline, step: int) -> None:
+        """Move the average towards the current weights."""
+        decay = min(self.max_decay, (1 + step) / (10 + step))
+        for name, module in _trainable(pipe).items():
+            for key, value in module.state_dict().items():
+                average = self.shadow[name][key]
+                if value.dtype.is_floating_point:
+                    average.lerp_(value, 1 - decay)
+                else:
+                    average.copy_(value)
+
+    def copy_to(self, pipe: IFPipeline) -> None:
+        """Load the averaged weights into ``pipe`` (a separate copy used for sampling)."""
+        for name, module in _trainable(pipe).items():
+            module.load_state_dict(self.shadow[name])
+
+
+def learning_rate(step: int, peak: float, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``peak`` at ``total_steps``."""
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    progress = min(1.0, (step - WARMUP_STEPS) / max(1, total_steps - WARMUP_STEPS))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def training_loss(
+    pipe: IFPipeline, scheduler: DDPMScheduler, images: torch.Tensor, captions: list[str], generator: torch.Generator
+) -> torch.Tensor:
+    """Plain, unweighted v-prediction MSE over uniformly drawn timesteps.
+
+    No min-SNR weighting: with v-prediction it weights the high-noise steps, where only the
+    caption decides colour and word, close to zero.
+    """
+    batch = images.shape[0]
+    dropped = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
+    captions = ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    noise = torch.randn(images.shape, generator=generator)
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    embeddings = encode_captions(pipe, captions)
+    # Only the first 3 output channels are a prediction; IF's variance half is left untrained.
+    prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
+    return torch.nn.functional.mse_loss(prediction, scheduler.get_velocity(images, noise, timesteps))
+
+
+def export(pipe: IFPipeline, export_dir: Path, state: dict) -> None:
+    """Save ``pipe`` as a stock IFPipeline folder, the U-Net weights in fp16 to stay small.
+
+    The U-Net's config keeps no dtype, so ``from_pretrained`` builds it in float32 and upcasts
+    the fp16 weights; the text encoder is small and saved in float32. The folder is written
+    next to ``export_dir`` and swapped in by renames, so a run killed mid-export (or a commit
+    taken meanwhile) never sees a half-written model; the model card (README.md) is carried over.
+    """
+    staging = export_dir.with_name(export_dir.name + ".staging")
+    retired = export_dir.with_name(export_dir.name + ".retired")
+    for leftover in (staging, retired):
+        shutil.rmtree(leftover, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    half = {name: tensor.half().contiguous() for name, tensor in pipe.unet.state_dict().items()}
+    save_file(half, staging / "unet" / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
+    (staging / STATE_NAME).write_text(json.dumps(state, indent=2))
+    if (export_dir / "README.md").exists():
+        shutil.copy2(export_dir / "README.md", staging / "README.md")
+    if export_dir.exists():
+        export_dir.rename(retired)
+    staging.rename(export_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _quality(evaluation: dict) -> float:
+    """One number to pick the best export: the word counts as much as both colours together."""
+    return evaluation["word_acc"] + (evaluation["sign_acc"] + evaluation["background_acc"]) / 2
+
+
+def _log(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "log.jsonl", "a") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _load_start(args: argparse.Namespace, config: TinyConfig) -> tuple[IFPipeline, dict]:
+    """The pipeline to train and the saved training state (empty for a fresh run)."""
+    checkpoint_path = args.run_dir / CHECKPOINT_NAME
+    if args.resume and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        pipe = build_pipeline(TinyConfig.from_dict(checkpoint["state"]["config"]), args.seed)
+        for name, module in _trainable(pipe).items():
+            module.load_state_dict(checkpoint["model"][name])
+        return pipe, checkpoint
+    if args.resume and (args.export_dir / STATE_NAME).exists():
+        state = json.loads((args.export_dir / STATE_NAME).read_text())
+        pipe = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
+        shipped = DiffusionPipeline.from_pretrained(args.export_dir, torch_dtype=torch.float32)
+        for name, module in _trainable(pipe).items():
+            module.load_state_dict(getattr(shipped, name).state_dict())
+        print(f"resuming from the exported weights at step {state['step']} (fresh optimizer)")
+        return pipe, {"state": state}
+    if args.resume:
+        print(f"nothing to resume in {args.run_dir} or {args.export_dir}: starting from scratch")
+    return build_pipeline(config, args.seed), {}
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run (or continue) training as ``args`` say; returns the final training state."""
+    torch.set_num_threads(args.threads)
+    config = TEST_CONFIG if args.config == "test" else TinyConfig()
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    (args.run_dir / "samples").mkdir(exist_ok=True)
+
+    pipe, start = _load_start(args, config)
+    state = start.get("state") or {
+        "step": 0, "seed": args.seed, "config": config.to_dict(), "batch_size": args.batch_size,
+        "lr": args.lr, "total_steps": args.steps, "evals": [], "best_quality": -1.0,
+    }
+    scheduler = build_training_scheduler()
+    parameters = [p for module in _trainable(pipe).values() for p in module.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    ema = EMA(pipe, args.ema_decay)
+    if "optimizer" in start:
+        optimizer.load_state_dict(start["optimizer"])
+        ema.shadow = start["ema"]
+    # The EMA weights are sampled and exported from a second pipeline, never trained.
+    sampler = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
+    sampler.set_progress_bar_config(disable=True)
+
+    stop = {"requested": False}
+
+    def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    def save_checkpoint() -> None:
+        checkpoint = {
+            "model": {name: module.state_dict() for name, module in _trainable(pipe).items()},
+            "ema": ema.shadow, "optimizer": optimizer.state_dict(), "state": state,
+        }
+        torch.save(checkpoint, args.run_dir / (CHECKPOINT_NAME + ".tmp"))
+        (args.run_dir / (CHECKPOINT_NAME + ".tmp")).replace(args.run_dir / CHECKPOINT_NAME)
+
+    def load_ema_sampler() -> None:
+        ema.copy_to(sampler)
+        for module in _trainable(sampler).values():
+            module.eval()
+
+    def check_binding(step: int) -> None:
+        # The swap test costs three forward passes: cheap enough to watch binding appear closely.
+        load_ema_sampler()
+        record = {"step": step, **swap_test(sampler, scheduler, args.eval_count)}
+        _log(args.run_dir, {"binding": record})
+        tqdm.write(f"binding step {step}: colour_gap={record['colour_gap']:.3f}, word_gap={record['word_gap']:.3f}")
+
+    def evaluate_and_export(step: int) -> None:
+        load_ema_sampler()
+        record = {"step": step, **swap_test(sampler, scheduler, args.eval_count)}
+        scores, images = evaluate(sampler, args.eval_count)
+        record.update(scores)
+        image_grid(images).save(args.run_dir / "samples" / f"step_{step:06d}.png")
+        state["evals"].append(record)
+        _log(args.run_dir, {"eval": record})
+        tqdm.write(f"eval step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in record.items() if k != "step"))
+        if args.export_dir is not None and _quality(scores) >= state["best_quality"]:
+            state["best_quality"] = _quality(scores)
+            export(sampler, args.export_dir, {**state, "exported_step": step})
+            image_grid(images).save(args.run_dir / "samples" / "best.png")
+
+    for module in _trainable(pipe).values():
+        module.train()
+    progress = tqdm(range(state["step"], args.steps), initial=state["step"], total=args.steps, desc="textloc-tiny")
+    started, losses = time.time(), []
+    for step in progress:
+        lr = learning_rate(step, args.lr, args.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, captions = training_batch(args.seed, step, args.batch_size)
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        loss = training_loss(pipe, scheduler, images, captions, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        ema.update(pipe, step)
+        state["step"] = step + 1
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+        if state["step"] % 10 == 0:
+            seconds = (time.time() - started) / len(losses)
+            _log(args.run_dir, {"step": state["step"], "loss": sum(losses[-10:]) / 10, "lr": lr, "s_per_step": seconds})
+        if state["step"] % args.eval_every == 0:
+            evaluate_and_export(state["step"])
+        elif state["step"] % args.checkpoint_every == 0:
+            check_binding(state["step"])
+        if state["step"] % args.checkpoint_every == 0 or stop["requested"]:
+            save_checkpoint()
+        if stop["requested"]:
+            tqdm.write(f"stopped at step {state['step']}; resume with --resume")
+            break
+    else:
+        save_checkpoint()
+        if state["step"] % args.eval_every != 0 or not state["evals"]:
+            evaluate_and_export(state["step"])
+    return state
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; the defaults reproduce the shipped weights."""
+    parser = argparse.ArgumentParser(description="Train textloc-tiny from scratch (or resume).")
+    parser.add_argument("--steps", type=int, default=30_000, help="total steps (the lr schedule spans them)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", choices=("default", "test"), default="default", help="'test': a very small model")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
+    parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
+    parser.add_argument("--resume", action="store_true", help="continue from run-dir/last.pt, else from export-dir")
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-count", type=int, default=24, help="held-out captions per evaluation")
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m textloc.tiny.train``."""
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
