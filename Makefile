@@ -12,14 +12,14 @@ $(BIN)/textloc: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-# The demo model. Switch to textloc-tiny once its weights ship in textloc/tiny/weights/; until
-# then a random-init SDXL-layout pipeline shows the commands work (its images are noise).
-DEMO_MODEL ?= tiny-random-sdxl
-DEMO_PROMPT := A sign that says "HELLO".
+# The embedded model (no download); any diffusers id, folder or tiny-random-<arch> works too.
+DEMO_MODEL ?= textloc-tiny
+DEMO_PROMPT := A red sign on a blue background that says "LAMP".
 
 demo: $(BIN)/textloc
-	$(BIN)/textloc layers --model $(DEMO_MODEL)
-	$(BIN)/textloc generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 4 --out runs/demo/generate.png
+	$(BIN)/textloc --threads 1 layers --model $(DEMO_MODEL)
+	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out runs/demo/generate.png
+	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --steps 15 --out runs/demo/localize
 
 test: $(BIN)/textloc
 	$(BIN)/python -m pytest tests
