@@ -14,6 +14,8 @@ and noise.
 
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import io
 import shutil
@@ -91,7 +93,7 @@ def _in_reading_order(boxes: Sequence[Box], texts: Sequence[str]) -> str:
     return " ".join(text for _, line in lines for _, text in sorted(line) if text)
 
 
-class _CachedOCR:
+class _CachedOCR(abc.ABC):
     """Shared by the engines: conversion, upscaling and a cache keyed by the image bytes."""
 
     def __init__(self, min_side: int) -> None:
@@ -108,8 +110,9 @@ class _CachedOCR:
             results.append(self._cache[key])
         return results
 
+    @abc.abstractmethod
     def _read_one(self, image: Image.Image) -> str:
-        raise NotImplementedError
+        """The text in one image, already upscaled."""
 
 
 class RapidOCR(_CachedOCR):
