@@ -121,6 +121,11 @@ def _set_library_verbosity(debug: bool) -> None:
     """Show transformers/diffusers warnings (torchvision fallbacks, hub retries) only with --debug."""
     for library in (transformers, diffusers):
         library.logging.set_verbosity(logging.WARNING if debug else logging.ERROR)
+        # Their "Loading pipeline components" bars say nothing a user acts on; textloc's own bars stay.
+        if debug:
+            library.utils.logging.enable_progress_bar()
+        else:
+            library.utils.logging.disable_progress_bar()
 
 
 # --------------------------------------------------------------------------------------------
