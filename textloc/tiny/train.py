@@ -11,7 +11,7 @@ Files, under ``--run-dir`` (default ``runs/tiny``):
 - ``log.jsonl``: loss and timing every 10 steps, the binding test (see
   :func:`~textloc.tiny.evaluate.swap_test`) at every checkpoint, full evaluations every
   ``--eval-every`` steps.
-- ``samples/step_XXXXXX.png``: held-out captions sampled with the EMA weights.
+- ``samples/step_<6-digit step>.png``: held-out captions sampled with the EMA weights.
 
 Every evaluation also exports the EMA weights as a stock ``IFPipeline`` folder to ``--export-dir``
 (default: the shipped ``textloc/tiny/weights``) when they score at least as well as the best so
