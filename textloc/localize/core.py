@@ -89,14 +89,13 @@ def localize(
     n_held = int(round(held_out * len(pairs))) if len(pairs) > 1 else 0
     choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
     model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
-    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress)
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
         "method": method, "selection": selection, "threshold": threshold, "held_out": held_out, "top_k": top_k,
         "grad_steps": list(grad_steps), "steps": steps, "heads": settings.heads, "branch": branch, "seed": seed,
         "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
     }
-    run.log = ProgressLog(out, recorded)
+    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded))
 
     attribution = None
     if method != "activation":
@@ -196,11 +195,11 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 class _Run:
     """One localization's shared state: the pipeline, the scorer, the log, the timings."""
 
-    def __init__(self, pipe, ocr: OCR, judge: SceneJudge | None, settings: PatchSettings, seed: int, max_batch: int, generate_kwargs: dict, progress: bool):
+    def __init__(self, pipe, ocr: OCR, judge: SceneJudge | None, settings: PatchSettings, seed: int, max_batch: int, generate_kwargs: dict, progress: bool, log: ProgressLog):
         self.pipe, self.ocr, self.judge, self.settings = pipe, ocr, judge, settings
         self.seed, self.max_batch, self.generate_kwargs, self.progress = seed, max_batch, generate_kwargs, progress
+        self.log = log
         self.timings: dict[str, float] = {}
-        self.log: ProgressLog | None = None
 
     @contextmanager
     def timed(self, name: str):

@@ -47,6 +47,8 @@ def generate_patched(
     layers get the target's K/V of the same step) and up to ``max_batch - 2`` patched rows, all
     from the same noise. The source and target images come from the first batch.
     """
+    if not layer_sets:
+        raise ValueError("No layer set to patch: give at least one.")
     if max_batch < 3:
         raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
     chunk = max_batch - 2
@@ -63,7 +65,4 @@ def generate_patched(
         if source is None:
             source, target = images[SOURCE_ROW], images[TARGET_ROW]
         patched.extend(images[2:])
-    if source is None:  # no layer set at all: still give the baselines
-        images = np.asarray(run_with_patches(pipe, [pair.source, pair.target], [], seed=seed, output_type="np", **generate_kwargs).images)
-        source, target = images[SOURCE_ROW], images[TARGET_ROW]
     return PairImages(source, target, patched)
