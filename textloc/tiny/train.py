@@ -54,6 +54,13 @@ STATE_NAME = "training_state.json"
 # Share of captions replaced by "" so classifier-free guidance has an unconditional model.
 CAPTION_DROPOUT = 0.1
 WARMUP_STEPS = 200
+# Half of every batch is drawn from the last tenth of the timesteps. On the cosine schedule a
+# flat colour region of ~800 pixels stays recoverable from the noisy image (its averaged SNR is
+# above 1) until t ~ 975, and a letter's ~80 pixels until t ~ 925; below that the model can copy
+# colour and word from the noise and never needs the caption. With uniform timesteps those
+# decisive steps were 2-8% of training, and colour binding did not appear in 2000 steps.
+HIGH_NOISE_SHARE = 0.5
+HIGH_NOISE_FROM = 900
 
 
 def _trainable(pipe: IFPipeline) -> dict[str, torch.nn.Module]:
@@ -98,10 +105,24 @@ def learning_rate(step: int, peak: float, total_steps: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def training_loss(
-    pipe: IFPipeline, scheduler: DDPMScheduler, images: torch.Tensor, captions: list[str], generator: torch.Generator
+def training_timesteps(
+    batch: int, num_train_timesteps: int, generator: torch.Generator, high_noise_share: float = HIGH_NOISE_SHARE
 ) -> torch.Tensor:
-    """Plain, unweighted v-prediction MSE over uniformly drawn timesteps.
+    """Uniform timesteps, with a ``high_noise_share`` of them redrawn from ``HIGH_NOISE_FROM`` up."""
+    uniform = torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    high = torch.randint(HIGH_NOISE_FROM, num_train_timesteps, (batch,), generator=generator)
+    return torch.where(torch.rand(batch, generator=generator) < high_noise_share, high, uniform)
+
+
+def training_loss(
+    pipe: IFPipeline,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    captions: list[str],
+    generator: torch.Generator,
+    high_noise_share: float = HIGH_NOISE_SHARE,
+) -> torch.Tensor:
+    """Plain, unweighted v-prediction MSE over :func:`training_timesteps`.
 
     No min-SNR weighting: with v-prediction it weights the high-noise steps, where only the
     caption decides colour and word, close to zero.
@@ -109,7 +130,7 @@ def training_loss(
     batch = images.shape[0]
     dropped = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
     captions = ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    timesteps = training_timesteps(batch, scheduler.config.num_train_timesteps, generator, high_noise_share)
     noise = torch.randn(images.shape, generator=generator)
     noisy = scheduler.add_noise(images, noise, timesteps)
     embeddings = encode_captions(pipe, captions)
@@ -185,7 +206,10 @@ def train(args: argparse.Namespace) -> dict:
     state = start.get("state") or {
         "step": 0, "seed": args.seed, "config": config.to_dict(), "batch_size": args.batch_size,
         "lr": args.lr, "total_steps": args.steps, "evals": [], "best_quality": -1.0,
+        "high_noise_since": args.high_noise_since,
     }
+    # Runs saved before the high-noise timesteps existed switch to them where they resume.
+    state.setdefault("high_noise_since", state["step"])
     scheduler = build_training_scheduler()
     parameters = [p for module in _trainable(pipe).values() for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
@@ -249,7 +273,8 @@ def train(args: argparse.Namespace) -> dict:
             group["lr"] = lr
         images, captions = training_batch(args.seed, step, args.batch_size)
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        loss = training_loss(pipe, scheduler, images, captions, generator)
+        share = HIGH_NOISE_SHARE if step >= state["high_noise_since"] else 0.0
+        loss = training_loss(pipe, scheduler, images, captions, generator, share)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -289,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
     parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
     parser.add_argument("--resume", action="store_true", help="continue from run-dir/last.pt, else from export-dir")
+    parser.add_argument("--high-noise-since", type=int, default=0,
+                        help="step from which half of each batch is high-noise timesteps (before: uniform)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=24, help="held-out captions per evaluation")
     parser.add_argument("--checkpoint-every", type=int, default=100)
