@@ -20,7 +20,7 @@ from textloc.tiny.data import (
 )
 from textloc.tiny.evaluate import evaluate, ocr_ceiling
 from textloc.tiny.model import TEST_CONFIG, TinyConfig, build_pipeline, encode_captions
-from textloc.tiny.train import STATE_NAME, parse_args, train
+from textloc.tiny.train import HIGH_NOISE_FROM, STATE_NAME, parse_args, train, training_timesteps
 
 # The quality bar, on held-out captions and unseen seeds.
 WORD_BAR = 0.75
@@ -71,13 +71,22 @@ def test_training_encoding_matches_the_pipelines() -> None:
     torch.testing.assert_close(ours[1:], negative, rtol=0, atol=0)
 
 
+def test_training_timesteps_favour_the_steps_where_only_the_caption_decides() -> None:
+    # Half the batch redrawn from the top tenth: 0.5 + 0.5 * 0.1 of the draws land there.
+    high = training_timesteps(4000, 1000, torch.Generator().manual_seed(0))
+    assert 0.52 < (high >= HIGH_NOISE_FROM).float().mean() < 0.58
+    assert high.min() >= 0 and high.max() < 1000
+    uniform = training_timesteps(4000, 1000, torch.Generator().manual_seed(0), high_noise_share=0.0)
+    assert 0.08 < (uniform >= HIGH_NOISE_FROM).float().mean() < 0.12
+
+
 def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     pytest.importorskip("rapidocr")
     run_dir, export_dir = tmp_path / "run", tmp_path / "weights"
     common = ["--config", "test", "--batch-size", "2", "--eval-count", "2", "--threads", "1",
               "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     state = train(parse_args([*common, "--steps", "3", "--eval-every", "3"]))
-    assert state["step"] == 3 and (run_dir / "last.pt").exists()
+    assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["high_noise_since"] == 0
     assert [e["step"] for e in state["evals"]] == [3]
     assert {"word_acc", "sign_acc", "background_acc", "colour_gap", "word_gap"} <= set(state["evals"][0])
 
