@@ -120,7 +120,7 @@ def training_loss(
     images: torch.Tensor,
     captions: list[str],
     generator: torch.Generator,
-    high_noise_share: float = HIGH_NOISE_SHARE,
+    high_noise_share: float,
 ) -> torch.Tensor:
     """Plain, unweighted v-prediction MSE over :func:`training_timesteps`.
 
