@@ -17,10 +17,19 @@ from textloc.tiny.data import (
     VOCABULARY,
     is_held_out,
     make_example,
+    training_batch,
 )
 from textloc.tiny.evaluate import evaluate, ocr_ceiling
 from textloc.tiny.model import TEST_CONFIG, TinyConfig, build_pipeline, encode_captions
-from textloc.tiny.train import HIGH_NOISE_FROM, STATE_NAME, parse_args, train, training_timesteps
+from textloc.tiny.model import build_training_scheduler
+from textloc.tiny.train import (
+    HIGH_NOISE_FROM,
+    STATE_NAME,
+    parse_args,
+    train,
+    training_loss,
+    training_timesteps,
+)
 
 # The issue's quality bar, on held-out captions and unseen seeds.
 WORD_BAR = 0.75
@@ -33,6 +42,20 @@ def test_renderer_is_deterministic() -> None:
     assert first.caption == again.caption
     assert (other.image.tobytes(), other.caption) != (first.image.tobytes(), first.caption)
     assert first.image.size == (64, 64)
+    assert first.ink.tobytes() == again.ink.tobytes()
+
+
+def test_ink_marks_the_letters_and_nothing_else() -> None:
+    images, ink, captions = training_batch(0, 0, 8)
+    assert ink.shape == (8, 1, 64, 64) and len(captions) == 8
+    assert 0.0 <= ink.min() and ink.max() <= 1.0
+    # Letters sit on the sign: the outer ring (always background) has no ink, and the letters
+    # cover a few percent of the image.
+    assert ink[..., :2, :].sum() == ink[..., -2:, :].sum() == 0
+    assert 0.02 < ink.mean() < 0.2
+    # Where the ink is full, the pixel is the letters' colour: near black or near white.
+    full = (ink[:, 0] > 0.99).unsqueeze(1).expand_as(images)
+    assert (images[full].abs() > 0.85).float().mean() > 0.95
 
 
 def test_vocabulary_and_held_out_split() -> None:
@@ -80,6 +103,27 @@ def test_training_timesteps_favour_the_steps_where_only_the_caption_decides() ->
     assert 0.08 < (uniform >= HIGH_NOISE_FROM).float().mean() < 0.12
 
 
+def test_training_loss_weights_the_letters_pixels() -> None:
+    pipe = build_pipeline(TEST_CONFIG)
+    scheduler = build_training_scheduler()
+    images, ink, captions = training_batch(0, 0, 2)
+
+    def loss(ink: torch.Tensor, text_weight: float) -> float:
+        with torch.no_grad():
+            return training_loss(pipe, scheduler, images, ink, captions, torch.Generator().manual_seed(0), 0.5,
+                                 text_weight).item()
+
+    # Weight 1, or no letters, is the plain MSE whatever the weight.
+    plain = loss(ink, 1.0)
+    assert loss(torch.zeros_like(ink), 5.0) == pytest.approx(plain, rel=1e-6)
+    assert loss(torch.ones_like(ink), 5.0) == pytest.approx(plain, rel=1e-6)
+    # Weighting one half pulls the loss towards that half's own error, so weighting the left
+    # half and weighting the right half land on either side of the plain MSE.
+    left, right = torch.zeros_like(ink), torch.zeros_like(ink)
+    left[..., :31], right[..., 33:] = 1.0, 1.0
+    assert min(loss(left, 5.0), loss(right, 5.0)) < plain < max(loss(left, 5.0), loss(right, 5.0))
+
+
 def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     pytest.importorskip("rapidocr")
     run_dir, export_dir = tmp_path / "run", tmp_path / "weights"
@@ -87,6 +131,7 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
               "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     state = train(parse_args([*common, "--steps", "3", "--eval-every", "3"]))
     assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["high_noise_since"] == 0
+    assert state["text_weight_since"] == 0
     assert [e["step"] for e in state["evals"]] == [3]
     assert {"word_acc", "sign_acc", "background_acc", "colour_gap", "word_gap"} <= set(state["evals"][0])
 

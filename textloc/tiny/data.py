@@ -89,6 +89,7 @@ class SignExample:
     """One training pair and the facts an evaluation checks it against."""
 
     image: Image.Image
+    ink: Image.Image  # where the letters are: 0-255 coverage, see render_sign
     caption: str
     word: str
     sign: str
@@ -109,11 +110,15 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def render_sign(word: str, sign: str, background: str, shape: str, offset: tuple[int, int]) -> Image.Image:
+def render_sign(
+    word: str, sign: str, background: str, shape: str, offset: tuple[int, int]
+) -> tuple[Image.Image, Image.Image]:
     """Draw ``word`` on a ``sign``-coloured sign of ``shape`` over a ``background``, 64x64 RGB.
 
-    The sign stays at least 2 px from the border, so the outer ring is always background (the
-    colour judge relies on it); ``offset`` moves the sign by a few pixels.
+    Returns the image and the letters' ink coverage (a 64x64 "L" image, 255 where a pixel is all
+    letter), which training uses to weight the letters' pixels. The sign stays at least 2 px from
+    the border, so the outer ring is always background (the colour judge relies on it);
+    ``offset`` moves the sign by a few pixels.
     """
     s = SUPERSAMPLE
     canvas = Image.new("RGB", (IMAGE_SIZE * s, IMAGE_SIZE * s), COLOURS[background])
@@ -132,7 +137,10 @@ def render_sign(word: str, sign: str, background: str, shape: str, offset: tuple
     ink = (15, 15, 15) if sign in LIGHT_SIGNS else (250, 250, 250)
     centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
     draw.text(centre, word, font=_font(size), fill=ink, anchor="mm")
-    return canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+    coverage = Image.new("L", canvas.size, 0)
+    ImageDraw.Draw(coverage).text(centre, word, font=_font(size), fill=255, anchor="mm")
+    final = (IMAGE_SIZE, IMAGE_SIZE)
+    return canvas.resize(final, Image.Resampling.BOX), coverage.resize(final, Image.Resampling.BOX)
 
 
 def caption_for(word: str, sign: str | None, background: str | None, template: str) -> str:
@@ -160,9 +168,9 @@ def make_example(seed: int, index: int, held_out: bool = False) -> SignExample:
         template = PLAIN_TEMPLATE if rng.random() < PLAIN_FRACTION else rng.choice(COLOUR_TEMPLATES)
     shape = rng.choice(SHAPES)
     offset = (rng.randint(-1, 1), rng.randint(-3, 3))
-    image = render_sign(word, sign, background, shape, offset)
+    image, ink = render_sign(word, sign, background, shape, offset)
     caption = caption_for(word, sign, background, template)
-    return SignExample(image, caption, word, sign, background, shape, template)
+    return SignExample(image, ink, caption, word, sign, background, shape, template)
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -171,7 +179,11 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def training_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
-    """The images and captions of training step ``step``: a pure function of its arguments."""
+def training_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The images, ink coverages and captions of training step ``step``: a pure function of its arguments.
+
+    Images are in [-1, 1], shape (N, 3, H, W); ink is in [0, 1], shape (N, 1, H, W).
+    """
     examples = [make_example(seed, step * batch_size + i) for i in range(batch_size)]
-    return to_tensor([e.image for e in examples]), [e.caption for e in examples]
+    ink = torch.from_numpy(np.stack([np.asarray(e.ink, dtype=np.float32) for e in examples]))[:, None] / 255.0
+    return to_tensor([e.image for e in examples]), ink, [e.caption for e in examples]
