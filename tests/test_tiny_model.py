@@ -23,8 +23,12 @@ from textloc.tiny.evaluate import evaluate, ocr_ceiling
 from textloc.tiny.model import TEST_CONFIG, TinyConfig, build_pipeline, encode_captions
 from textloc.tiny.model import build_training_scheduler
 from textloc.tiny.train import (
+    BYTE_PROBE_WEIGHT,
     HIGH_NOISE_FROM,
+    HIGH_NOISE_SHARE,
     STATE_NAME,
+    TEXT_WEIGHT,
+    Recipe,
     parse_args,
     train,
     training_loss,
@@ -96,32 +100,50 @@ def test_training_encoding_matches_the_pipelines() -> None:
 
 def test_training_timesteps_favour_the_steps_where_only_the_caption_decides() -> None:
     # Half the batch redrawn from the top tenth: 0.5 + 0.5 * 0.1 of the draws land there.
-    high = training_timesteps(4000, 1000, torch.Generator().manual_seed(0))
+    high = training_timesteps(4000, 1000, torch.Generator().manual_seed(0), HIGH_NOISE_SHARE)
     assert 0.52 < (high >= HIGH_NOISE_FROM).float().mean() < 0.58
     assert high.min() >= 0 and high.max() < 1000
     uniform = training_timesteps(4000, 1000, torch.Generator().manual_seed(0), high_noise_share=0.0)
     assert 0.08 < (uniform >= HIGH_NOISE_FROM).float().mean() < 0.12
 
 
-def test_training_loss_weights_the_letters_pixels() -> None:
+def test_recipe_changes_apply_from_their_steps() -> None:
+    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20}
+    assert Recipe.at(9, since) == Recipe(0.0, 1.0, 0.0)
+    assert Recipe.at(10, since) == Recipe(HIGH_NOISE_SHARE, 1.0, 0.0)
+    assert Recipe.at(25, since) == Recipe(HIGH_NOISE_SHARE, TEXT_WEIGHT, BYTE_PROBE_WEIGHT)
+    assert parse_args(["--recipe-since", "high_noise=2100", "byte_probe=4500"]).recipe_since == {
+        "high_noise": 2100, "byte_probe": 4500}
+    with pytest.raises(SystemExit):
+        parse_args(["--recipe-since", "high_noise:2100"])
+
+
+def test_training_loss_weights_the_letters_pixels_and_probes_the_bytes() -> None:
     pipe = build_pipeline(TEST_CONFIG)
     scheduler = build_training_scheduler()
     images, ink, captions = training_batch(0, 0, 2)
 
-    def loss(ink: torch.Tensor, text_weight: float) -> float:
+    def loss(ink: torch.Tensor, text_weight: float, probe: torch.nn.Linear | None = None) -> dict[str, float]:
+        recipe = Recipe(0.5, text_weight, 0.1)
         with torch.no_grad():
-            return training_loss(pipe, scheduler, images, ink, captions, torch.Generator().manual_seed(0), 0.5,
-                                 text_weight).item()
+            losses = training_loss(pipe, scheduler, images, ink, captions, torch.Generator().manual_seed(0), recipe, probe)
+        return {name: value.item() for name, value in losses.items()}
 
-    # Weight 1, or no letters, is the plain MSE whatever the weight.
-    plain = loss(ink, 1.0)
-    assert loss(torch.zeros_like(ink), 5.0) == pytest.approx(plain, rel=1e-6)
-    assert loss(torch.ones_like(ink), 5.0) == pytest.approx(plain, rel=1e-6)
+    # Weight 1, or no letters, or letters everywhere, is the plain MSE whatever the weight.
+    plain = loss(ink, 1.0)["denoising"]
+    assert loss(torch.zeros_like(ink), 5.0)["denoising"] == pytest.approx(plain, rel=1e-6)
+    assert loss(torch.ones_like(ink), 5.0)["denoising"] == pytest.approx(plain, rel=1e-6)
     # Weighting one half pulls the loss towards that half's own error, so weighting the left
     # half and weighting the right half land on either side of the plain MSE.
     left, right = torch.zeros_like(ink), torch.zeros_like(ink)
     left[..., :31], right[..., 33:] = 1.0, 1.0
-    assert min(loss(left, 5.0), loss(right, 5.0)) < plain < max(loss(left, 5.0), loss(right, 5.0))
+    halves = loss(left, 5.0)["denoising"], loss(right, 5.0)["denoising"]
+    assert min(halves) < plain < max(halves)
+    # The probe's cross-entropy: ~log(vocabulary) untrained, added to the total with its weight.
+    probed = loss(ink, 1.0, torch.nn.Linear(TEST_CONFIG.text_width, 384))
+    assert 4.0 < probed["byte_probe"] < 8.0
+    assert probed["total"] == pytest.approx(probed["denoising"] + 0.1 * probed["byte_probe"], rel=1e-6)
+    assert loss(ink, 1.0)["total"] == plain
 
 
 def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
@@ -130,8 +152,8 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     common = ["--config", "test", "--batch-size", "2", "--eval-count", "2", "--threads", "1",
               "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     state = train(parse_args([*common, "--steps", "3", "--eval-every", "3"]))
-    assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["high_noise_since"] == 0
-    assert state["text_weight_since"] == 0
+    assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["recipe_since"] == {
+        "high_noise": 0, "text_weight": 0, "byte_probe": 0}
     assert [e["step"] for e in state["evals"]] == [3]
     assert {"word_acc", "sign_acc", "background_acc", "colour_gap", "word_gap"} <= set(state["evals"][0])
 

@@ -140,8 +140,10 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
     """Binding test: v-loss with the right caption vs with colours swapped / another word.
 
     Returns the three mean losses and the ratios ``colour_gap`` and ``word_gap`` (wrong / right):
-    1.0 means the model ignores that part of the caption. Timesteps 900-999: below them the
-    colours, and soon the letters, can be read from the noisy image itself (see
+    1.0 means the model ignores that part of the caption. ``letters_word_gap`` is the word gap
+    over the letters' pixels alone (see :attr:`~textloc.tiny.data.SignExample.ink`), where a
+    word the model knows shows long before it moves the whole image's loss. Timesteps 900-999:
+    below them the colours, and soon the letters, can be read from the noisy image itself (see
     ``textloc.tiny.train.HIGH_NOISE_FROM``), so only there must the model read the caption.
 
     On held-out combinations the colour-swapped caption is usually a *training* combination, so a
@@ -151,6 +153,7 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
     """
     examples = heldout_examples(count, seed)
     images = to_tensor([e.image for e in examples])
+    letters = torch.from_numpy(np.stack([np.asarray(e.ink) for e in examples]) > 0)[:, None].expand_as(images)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=generator)
     timesteps = torch.linspace(900, 999, count).long()
@@ -158,13 +161,15 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
     target = scheduler.get_velocity(images, noise, timesteps)
     right = [e.caption for e in examples]
     colour_swapped, word_swapped = zip(*(_swapped(e, i) for i, e in enumerate(examples)))
-    losses = {}
+    losses, letter_losses = {}, {}
     for name, captions in (("right", right), ("colours_swapped", list(colour_swapped)), ("word_swapped", list(word_swapped))):
         embeddings = encode_captions(pipe, captions)
-        prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
-        losses[f"loss_{name}"] = torch.nn.functional.mse_loss(prediction, target).item()
+        error = (pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3] - target) ** 2
+        losses[f"loss_{name}"] = error.mean().item()
+        letter_losses[name] = error[letters].mean().item()
     losses["colour_gap"] = losses["loss_colours_swapped"] / losses["loss_right"]
     losses["word_gap"] = losses["loss_word_swapped"] / losses["loss_right"]
+    losses["letters_word_gap"] = letter_losses["word_swapped"] / letter_losses["right"]
     return losses
 
 

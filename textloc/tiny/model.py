@@ -146,12 +146,9 @@ def build_pipeline(config: TinyConfig, seed: int = 0) -> IFPipeline:
     )
 
 
-def encode_captions(pipe: IFPipeline, captions: list[str]) -> torch.Tensor:
-    """Text embeddings exactly as ``IFPipeline.encode_prompt(clean_caption=False)`` makes them.
-
-    Same lower-casing, padding to 77 tokens and attention mask, but with gradients, so the text
-    encoder trains on what it will see at inference. A test checks the two agree.
-    """
+def tokenize_captions(pipe: IFPipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask as ``IFPipeline.encode_prompt(clean_caption=False)`` makes them:
+    lower-cased, padded and truncated to 77 tokens."""
     texts = [caption.lower().strip() for caption in captions]
     tokens = pipe.tokenizer(
         texts,
@@ -162,4 +159,12 @@ def encode_captions(pipe: IFPipeline, captions: list[str]) -> torch.Tensor:
         return_tensors="pt",
     )
     device = pipe.text_encoder.device
-    return pipe.text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))[0]
+    return tokens.input_ids.to(device), tokens.attention_mask.to(device)
+
+
+def encode_captions(pipe: IFPipeline, captions: list[str]) -> torch.Tensor:
+    """Text embeddings exactly as ``IFPipeline.encode_prompt(clean_caption=False)`` makes them,
+    but with gradients, so the text encoder trains on what it will see at inference. A test
+    checks the two agree."""
+    ids, mask = tokenize_captions(pipe, captions)
+    return pipe.text_encoder(ids, attention_mask=mask)[0]
