@@ -108,10 +108,11 @@ def test_training_timesteps_favour_the_steps_where_only_the_caption_decides() ->
 
 
 def test_recipe_changes_apply_from_their_steps() -> None:
-    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20}
-    assert Recipe.at(9, since) == Recipe(0.0, 1.0, 0.0)
-    assert Recipe.at(10, since) == Recipe(HIGH_NOISE_SHARE, 1.0, 0.0)
-    assert Recipe.at(25, since) == Recipe(HIGH_NOISE_SHARE, TEXT_WEIGHT, BYTE_PROBE_WEIGHT)
+    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20, "slot_layout": 30}
+    assert Recipe.at(9, since) == Recipe(0.0, 1.0, 0.0, "centred")
+    assert Recipe.at(10, since) == Recipe(HIGH_NOISE_SHARE, 1.0, 0.0, "centred")
+    assert Recipe.at(25, since) == Recipe(HIGH_NOISE_SHARE, TEXT_WEIGHT, BYTE_PROBE_WEIGHT, "centred")
+    assert Recipe.at(30, since).layout == "slots"
     assert parse_args(["--recipe-since", "high_noise=2100", "byte_probe=4500"]).recipe_since == {
         "high_noise": 2100, "byte_probe": 4500}
     with pytest.raises(SystemExit):
@@ -153,7 +154,7 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
               "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     state = train(parse_args([*common, "--steps", "3", "--eval-every", "3"]))
     assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["recipe_since"] == {
-        "high_noise": 0, "text_weight": 0, "byte_probe": 0}
+        "high_noise": 0, "text_weight": 0, "byte_probe": 0, "slot_layout": 0}
     assert [e["step"] for e in state["evals"]] == [3]
     assert {"word_acc", "sign_acc", "background_acc", "colour_gap", "word_gap"} <= set(state["evals"][0])
 

@@ -98,27 +98,37 @@ class SignExample:
     template: str
 
 
+#: How the word is set on the sign. "slots" (the current one): DejaVu Sans Mono Bold at one size,
+#: left-aligned, so letter k of every word sits in the same place on the sign. "centred" (steps
+#: 0-5,399 of the shipped run): DejaVu Sans Bold, centred, as large as fits. With a proportional,
+#: centred word, where letter k lands depends on the whole word (an "I" is 0.37 em wide, a "W"
+#: 1.1), so the model must know the word before it knows where any of its letters go; after 5,400
+#: steps it drew letter-like glyphs and never the caption's word.
+LAYOUTS: tuple[str, ...] = ("centred", "slots")
+LAYOUT = "slots"
+# DejaVu Sans Mono's advance is 0.602 em: 16 px fits five letters inside a pill's straight part.
+SLOT_FONT_SIZE = 16
+
+
 @lru_cache(maxsize=None)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans Bold when the system has it, else Pillow's built-in scalable font (no files)."""
-    for path in (
-        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
-        Path("/usr/share/fonts/dejavu/DejaVuSans-Bold.ttf"),
-    ):
-        if path.exists():
-            return ImageFont.truetype(str(path), size)
+def _font(size: int, mono: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (Mono) Bold when the system has it, else Pillow's built-in scalable font (no files)."""
+    name = "DejaVuSansMono-Bold.ttf" if mono else "DejaVuSans-Bold.ttf"
+    for folder in (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu")):
+        if (folder / name).exists():
+            return ImageFont.truetype(str(folder / name), size)
     return ImageFont.load_default(size=size)
 
 
 def render_sign(
-    word: str, sign: str, background: str, shape: str, offset: tuple[int, int]
+    word: str, sign: str, background: str, shape: str, offset: tuple[int, int], layout: str = LAYOUT
 ) -> tuple[Image.Image, Image.Image]:
     """Draw ``word`` on a ``sign``-coloured sign of ``shape`` over a ``background``, 64x64 RGB.
 
     Returns the image and the letters' ink coverage (a 64x64 "L" image, 255 where a pixel is all
     letter), which training uses to weight the letters' pixels. The sign stays at least 2 px from
     the border, so the outer ring is always background (the colour judge relies on it);
-    ``offset`` moves the sign by a few pixels.
+    ``offset`` moves the sign by a few pixels; ``layout`` is one of :data:`LAYOUTS`.
     """
     s = SUPERSAMPLE
     canvas = Image.new("RGB", (IMAGE_SIZE * s, IMAGE_SIZE * s), COLOURS[background])
@@ -129,16 +139,20 @@ def render_sign(
     box = (left * s, top * s, (left + width) * s, (top + height) * s)
     radius = {"rectangle": 0, "rounded": 6 * s, "pill": height * s // 2}[shape]
     draw.rounded_rectangle(box, radius=radius, fill=COLOURS[sign])
-    # The widest word that fits: the pill's round ends leave less room for letters.
-    room = (width - (10 if shape == "pill" else 5)) * s
-    size = 22 * s
-    while size > 8 * s and _font(size).getlength(word) > room:
-        size -= s
+    # The pill's round ends leave less room for letters.
+    margin = (10 if shape == "pill" else 5) * s // 2
+    middle = (box[1] + box[3]) / 2
+    if layout == "slots":
+        font, anchor, position = _font(SLOT_FONT_SIZE * s, mono=True), "lm", (box[0] + margin, middle)
+    else:
+        size = 22 * s
+        while size > 8 * s and _font(size).getlength(word) > box[2] - box[0] - 2 * margin:
+            size -= s
+        font, anchor, position = _font(size), "mm", ((box[0] + box[2]) / 2, middle)
     ink = (15, 15, 15) if sign in LIGHT_SIGNS else (250, 250, 250)
-    centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-    draw.text(centre, word, font=_font(size), fill=ink, anchor="mm")
+    draw.text(position, word, font=font, fill=ink, anchor=anchor)
     coverage = Image.new("L", canvas.size, 0)
-    ImageDraw.Draw(coverage).text(centre, word, font=_font(size), fill=255, anchor="mm")
+    ImageDraw.Draw(coverage).text(position, word, font=font, fill=255, anchor=anchor)
     final = (IMAGE_SIZE, IMAGE_SIZE)
     return canvas.resize(final, Image.Resampling.BOX), coverage.resize(final, Image.Resampling.BOX)
 
@@ -149,7 +163,7 @@ def caption_for(word: str, sign: str | None, background: str | None, template: s
     return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", caption)  # "an orange sign"
 
 
-def make_example(seed: int, index: int, held_out: bool = False) -> SignExample:
+def make_example(seed: int, index: int, held_out: bool = False, layout: str = LAYOUT) -> SignExample:
     """The ``index``-th example of the stream ``seed``: always the same image and caption.
 
     ``held_out=False`` draws only training combinations; ``held_out=True`` draws only from
@@ -168,7 +182,7 @@ def make_example(seed: int, index: int, held_out: bool = False) -> SignExample:
         template = PLAIN_TEMPLATE if rng.random() < PLAIN_FRACTION else rng.choice(COLOUR_TEMPLATES)
     shape = rng.choice(SHAPES)
     offset = (rng.randint(-1, 1), rng.randint(-3, 3))
-    image, ink = render_sign(word, sign, background, shape, offset)
+    image, ink = render_sign(word, sign, background, shape, offset, layout)
     caption = caption_for(word, sign, background, template)
     return SignExample(image, ink, caption, word, sign, background, shape, template)
 
@@ -179,11 +193,13 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def training_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def training_batch(
+    seed: int, step: int, batch_size: int, layout: str = LAYOUT
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The images, ink coverages and captions of training step ``step``: a pure function of its arguments.
 
     Images are in [-1, 1], shape (N, 3, H, W); ink is in [0, 1], shape (N, 1, H, W).
     """
-    examples = [make_example(seed, step * batch_size + i) for i in range(batch_size)]
+    examples = [make_example(seed, step * batch_size + i, layout=layout) for i in range(batch_size)]
     ink = torch.from_numpy(np.stack([np.asarray(e.ink, dtype=np.float32) for e in examples]))[:, None] / 255.0
     return to_tensor([e.image for e in examples]), ink, [e.caption for e in examples]

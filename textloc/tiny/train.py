@@ -76,10 +76,13 @@ TEXT_WEIGHT = 5.0
 BYTE_PROBE_WEIGHT = 0.1
 #: The recipe's changes in the order they were made: name -> (:class:`Recipe` field, value). A run
 #: records from which step each applies (``recipe_since`` in its state; a fresh run: step 0).
-RECIPE_CHANGES: dict[str, tuple[str, float]] = {
+#: ``slot_layout`` sets the word so that letter k always sits in the same place (see
+#: :data:`textloc.tiny.data.LAYOUTS`).
+RECIPE_CHANGES: dict[str, tuple[str, float | str]] = {
     "high_noise": ("high_noise_share", HIGH_NOISE_SHARE),
     "text_weight": ("text_weight", TEXT_WEIGHT),
     "byte_probe": ("byte_probe_weight", BYTE_PROBE_WEIGHT),
+    "slot_layout": ("layout", "slots"),
 }
 
 
@@ -91,6 +94,7 @@ class Recipe:
     high_noise_share: float = 0.0
     text_weight: float = 1.0
     byte_probe_weight: float = 0.0
+    layout: str = "centred"
 
     @classmethod
     def at(cls, step: int, since: dict[str, int]) -> "Recipe":
@@ -324,9 +328,9 @@ def train(args: argparse.Namespace) -> dict:
         lr = learning_rate(step, args.lr, args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, ink, captions = training_batch(args.seed, step, args.batch_size)
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         recipe = Recipe.at(step, state["recipe_since"])
+        images, ink, captions = training_batch(args.seed, step, args.batch_size, recipe.layout)
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         losses = training_loss(pipe, scheduler, images, ink, captions, generator, recipe, probe)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -378,7 +382,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recipe-since", nargs="*", default={}, type=_recipe_change, metavar="CHANGE=STEP",
                         help="the step from which a recipe change applies (default 0 for all): high_noise (half of "
                              "each batch at t >= 900), text_weight (letters' pixels weigh 5x), byte_probe (the "
-                             "text encoder must keep every caption byte). The shipped weights' steps are in their "
+                             "text encoder must keep every caption byte), slot_layout (letter k of every word in the same "
+                             "place). The shipped weights' steps are in their "
                              "training_state.json, 'recipe_since'")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=24, help="held-out captions per evaluation")
