@@ -100,9 +100,9 @@ class SignExample:
 
 #: How the word is set on the sign. "slots" (the current one): DejaVu Sans Mono Bold at one size,
 #: left-aligned, so letter k of every word sits in the same place on the sign. "centred" (steps
-#: 0-5,399 of the shipped run): DejaVu Sans Bold, centred, as large as fits. With a proportional,
+#: 0-5,410 of the shipped run): DejaVu Sans Bold, centred, as large as fits. With a proportional,
 #: centred word, where letter k lands depends on the whole word (an "I" is 0.37 em wide, a "W"
-#: 1.1), so the model must know the word before it knows where any of its letters go; after 5,400
+#: 1.1), so the model must know the word before it knows where any of its letters go; after 5,411
 #: steps it drew letter-like glyphs and never the caption's word.
 LAYOUTS: tuple[str, ...] = ("centred", "slots")
 LAYOUT = "slots"
