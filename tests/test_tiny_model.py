@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DiffusionPipeline, IFPipeline
@@ -17,11 +18,18 @@ from textloc.tiny.data import (
     VOCABULARY,
     is_held_out,
     make_example,
+    render_sign,
     training_batch,
 )
 from textloc.tiny.evaluate import evaluate, ocr_ceiling
-from textloc.tiny.model import TEST_CONFIG, TinyConfig, build_pipeline, encode_captions
-from textloc.tiny.model import build_training_scheduler
+from textloc.tiny.model import (
+    BYTE_VOCAB_SIZE,
+    TEST_CONFIG,
+    TinyConfig,
+    build_pipeline,
+    build_training_scheduler,
+    encode_captions,
+)
 from textloc.tiny.train import (
     BYTE_PROBE_WEIGHT,
     HIGH_NOISE_FROM,
@@ -60,6 +68,24 @@ def test_ink_marks_the_letters_and_nothing_else() -> None:
     # Where the ink is full, the pixel is the letters' colour: near black or near white.
     full = (ink[:, 0] > 0.99).unsqueeze(1).expand_as(images)
     assert (images[full].abs() > 0.85).float().mean() > 0.95
+
+
+def test_slot_layout_puts_every_words_letters_in_the_same_places() -> None:
+    def columns(word: str, layout: str) -> np.ndarray:
+        ink = np.asarray(render_sign(word, "red", "blue", "pill", (0, 0), layout)[1])
+        return np.flatnonzero(ink.max(axis=0) > 0)
+
+    # Slots: every word starts at the same column and each letter adds the same width, so words
+    # of one length span the same columns (up to a glyph's side bearing, 1 px).
+    words = ("CAT", "COLD", "WIND", "IIII", "HOTEL", "QUIET")
+    slots = {word: columns(word, "slots") for word in words}
+    assert max(c[0] for c in slots.values()) - min(c[0] for c in slots.values()) <= 1
+    for length in (4, 5):
+        ends = [slots[w][-1] for w in words if len(w) == length]
+        assert max(ends) - min(ends) <= 1
+    assert slots["CAT"][-1] < slots["COLD"][-1] < slots["HOTEL"][-1] < 58
+    # Centred and fitted: where a word's letters go depends on its letters.
+    assert columns("IIII", "centred")[0] - columns("WIND", "centred")[0] > 5
 
 
 def test_vocabulary_and_held_out_split() -> None:
@@ -141,7 +167,7 @@ def test_training_loss_weights_the_letters_pixels_and_probes_the_bytes() -> None
     halves = loss(left, 5.0)["denoising"], loss(right, 5.0)["denoising"]
     assert min(halves) < plain < max(halves)
     # The probe's cross-entropy: ~log(vocabulary) untrained, added to the total with its weight.
-    probed = loss(ink, 1.0, torch.nn.Linear(TEST_CONFIG.text_width, 384))
+    probed = loss(ink, 1.0, torch.nn.Linear(TEST_CONFIG.text_width, BYTE_VOCAB_SIZE))
     assert 4.0 < probed["byte_probe"] < 8.0
     assert probed["total"] == pytest.approx(probed["denoising"] + 0.1 * probed["byte_probe"], rel=1e-6)
     assert loss(ink, 1.0)["total"] == plain
