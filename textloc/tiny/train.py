@@ -6,9 +6,10 @@ resumed run draws exactly the batches an uninterrupted one would, and no RNG sta
 
 Files, under ``--run-dir`` (default ``runs/tiny``):
 
-- ``last.pt``: model, EMA, optimizer and step; written every ``--checkpoint-every`` steps and on
-  SIGINT/SIGTERM (the run finishes its step, saves, and exits).
-- ``log.jsonl``: loss and timing every 10 steps, the binding test (see
+- ``last.pt``: model, EMA, byte probe (see ``BYTE_PROBE_WEIGHT``), optimizer and state; written
+  every ``--checkpoint-every`` steps and on SIGINT/SIGTERM (the run finishes its step, saves, and
+  exits).
+- ``log.jsonl``: the losses and timing every 10 steps, the binding test (see
   :func:`~textloc.tiny.evaluate.swap_test`) at every checkpoint, full evaluations every
   ``--eval-every`` steps.
 - ``samples/step_<6-digit step>.png``: held-out captions sampled with the EMA weights.
