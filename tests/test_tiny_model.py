@@ -86,6 +86,8 @@ def test_slot_layout_puts_every_words_letters_in_the_same_places() -> None:
     assert slots["CAT"][-1] < slots["COLD"][-1] < slots["HOTEL"][-1] < 58
     # Centred and fitted: where a word's letters go depends on its letters.
     assert columns("IIII", "centred")[0] - columns("WIND", "centred")[0] > 5
+    with pytest.raises(ValueError, match="slots"):
+        render_sign("CAT", "red", "blue", "pill", (0, 0), "slot")
 
 
 def test_vocabulary_and_held_out_split() -> None:

@@ -130,6 +130,8 @@ def render_sign(
     the border, so the outer ring is always background (the colour judge relies on it);
     ``offset`` moves the sign by a few pixels; ``layout`` is one of :data:`LAYOUTS`.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     s = SUPERSAMPLE
     canvas = Image.new("RGB", (IMAGE_SIZE * s, IMAGE_SIZE * s), COLOURS[background])
     draw = ImageDraw.Draw(canvas)

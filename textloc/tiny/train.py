@@ -361,11 +361,11 @@ def train(args: argparse.Namespace) -> dict:
     return state
 
 
-def _recipe_change(text: str) -> dict[str, int]:
+def _recipe_change(text: str) -> tuple[str, int]:
     name, _, step = text.partition("=")
     if name not in RECIPE_CHANGES or not step.isdigit():
         raise argparse.ArgumentTypeError(f"expected CHANGE=STEP with CHANGE one of {', '.join(RECIPE_CHANGES)}, got {text!r}")
-    return {name: int(step)}
+    return name, int(step)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
     parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
     parser.add_argument("--resume", action="store_true", help="continue from run-dir/last.pt, else from export-dir")
-    parser.add_argument("--recipe-since", nargs="*", default={}, type=_recipe_change, metavar="CHANGE=STEP",
+    parser.add_argument("--recipe-since", nargs="*", default=[], type=_recipe_change, metavar="CHANGE=STEP",
                         help="the step from which a recipe change applies (default 0 for all): high_noise (half of "
                              "each batch at t >= 900), text_weight (letters' pixels weigh 5x), byte_probe (the "
                              "text encoder must keep every caption byte), slot_layout (letter k of every word in the same "
@@ -391,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    args.recipe_since = {name: step for change in args.recipe_since for name, step in change.items()}
+    args.recipe_since = dict(args.recipe_since)
     return args
 
 
