@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,15 @@ from textloc.tiny.model import (
 )
 from textloc.tiny.train import (
     BYTE_PROBE_WEIGHT,
+    GLYPH_PROBE_WEIGHT,
     HIGH_NOISE_FROM,
     HIGH_NOISE_SHARE,
     STATE_NAME,
     TEXT_WEIGHT,
+    Probes,
     Recipe,
+    glyph_features,
+    glyph_labels,
     parse_args,
     train,
     training_loss,
@@ -55,11 +60,13 @@ def test_renderer_is_deterministic() -> None:
     assert (other.image.tobytes(), other.caption) != (first.image.tobytes(), first.caption)
     assert first.image.size == (64, 64)
     assert first.ink.tobytes() == again.ink.tobytes()
+    assert first.glyphs.tobytes() == again.glyphs.tobytes()
 
 
 def test_ink_marks_the_letters_and_nothing_else() -> None:
-    images, ink, captions = training_batch(0, 0, 8)
-    assert ink.shape == (8, 1, 64, 64) and len(captions) == 8
+    batch = training_batch(0, 0, 8)
+    images, ink = batch.images, batch.ink
+    assert ink.shape == (8, 1, 64, 64) and len(batch.captions) == 8
     assert 0.0 <= ink.min() and ink.max() <= 1.0
     # Letters sit on the sign: the outer ring (always background) has no ink, and the letters
     # cover a few percent of the image.
@@ -68,6 +75,21 @@ def test_ink_marks_the_letters_and_nothing_else() -> None:
     # Where the ink is full, the pixel is the letters' colour: near black or near white.
     full = (ink[:, 0] > 0.99).unsqueeze(1).expand_as(images)
     assert (images[full].abs() > 0.85).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("layout", ["slots", "centred"])
+def test_glyph_map_names_each_letter_where_it_is_drawn(layout: str) -> None:
+    _, ink, glyphs = render_sign("HOTEL", "red", "blue", "rounded", (1, -2), layout)
+    ink, glyphs = np.asarray(ink), np.asarray(glyphs)
+    # The ink's pixels (centred: up to the half-pixel rounding of the centring), and read left
+    # to right, the word's letters in order.
+    assert ((glyphs > 0) != (ink > 0)).sum() <= (0 if layout == "slots" else 0.02 * (ink > 0).sum())
+    columns = [chr(code) for code in glyphs.max(axis=0) if code]
+    assert "".join(dict.fromkeys(columns)) == "HOTEL"
+    # Cells of the U-Net's 16x16 grid get the letter that covers them; cells off the word none.
+    labels = glyph_labels(torch.from_numpy(glyphs.astype(np.int64))[None], 16)[0]
+    assert set(labels.unique().tolist()) == {-100} | {ord(c) - ord("A") for c in "HOTEL"}
+    assert (labels[:4] == -100).all() and (labels[-4:] == -100).all()
 
 
 def test_slot_layout_puts_every_words_letters_in_the_same_places() -> None:
@@ -136,26 +158,28 @@ def test_training_timesteps_favour_the_steps_where_only_the_caption_decides() ->
 
 
 def test_recipe_changes_apply_from_their_steps() -> None:
-    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20, "slot_layout": 30}
+    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20, "slot_layout": 30, "glyph_probe": 40}
     assert Recipe.at(9, since) == Recipe(0.0, 1.0, 0.0, "centred")
     assert Recipe.at(10, since) == Recipe(HIGH_NOISE_SHARE, 1.0, 0.0, "centred")
     assert Recipe.at(25, since) == Recipe(HIGH_NOISE_SHARE, TEXT_WEIGHT, BYTE_PROBE_WEIGHT, "centred")
-    assert Recipe.at(30, since).layout == "slots"
+    assert Recipe.at(30, since).layout == "slots" and Recipe.at(39, since).glyph_probe_weight == 0.0
+    assert Recipe.at(40, since).glyph_probe_weight == GLYPH_PROBE_WEIGHT
     assert parse_args(["--recipe-since", "high_noise=2100", "byte_probe=4500"]).recipe_since == {
         "high_noise": 2100, "byte_probe": 4500}
     with pytest.raises(SystemExit):
         parse_args(["--recipe-since", "high_noise:2100"])
 
 
-def test_training_loss_weights_the_letters_pixels_and_probes_the_bytes() -> None:
+def test_training_loss_weights_the_letters_pixels_and_probes_bytes_and_glyphs() -> None:
     pipe = build_pipeline(TEST_CONFIG)
     scheduler = build_training_scheduler()
-    images, ink, captions = training_batch(0, 0, 2)
+    batch = training_batch(0, 0, 4)
+    ink = batch.ink
 
-    def loss(ink: torch.Tensor, text_weight: float, probe: torch.nn.Linear | None = None) -> dict[str, float]:
-        recipe = Recipe(0.5, text_weight, 0.1)
+    def loss(ink: torch.Tensor, text_weight: float, probes: Probes | None = None) -> dict[str, float]:
+        recipe = Recipe(0.5, text_weight, 0.1, "slots", 0.2)
         with torch.no_grad():
-            losses = training_loss(pipe, scheduler, images, ink, captions, torch.Generator().manual_seed(0), recipe, probe)
+            losses = training_loss(pipe, scheduler, replace(batch, ink=ink), torch.Generator().manual_seed(0), recipe, probes)
         return {name: value.item() for name, value in losses.items()}
 
     # Weight 1, or no letters, or letters everywhere, is the plain MSE whatever the weight.
@@ -168,11 +192,21 @@ def test_training_loss_weights_the_letters_pixels_and_probes_the_bytes() -> None
     left[..., :31], right[..., 33:] = 1.0, 1.0
     halves = loss(left, 5.0)["denoising"], loss(right, 5.0)["denoising"]
     assert min(halves) < plain < max(halves)
-    # The probe's cross-entropy: ~log(vocabulary) untrained, added to the total with its weight.
-    probed = loss(ink, 1.0, torch.nn.Linear(TEST_CONFIG.text_width, BYTE_VOCAB_SIZE))
-    assert 4.0 < probed["byte_probe"] < 8.0
-    assert probed["total"] == pytest.approx(probed["denoising"] + 0.1 * probed["byte_probe"], rel=1e-6)
+    # The probes' cross-entropies: ~log(classes) untrained, added to the total with their weights.
+    probed = loss(ink, 1.0, Probes(pipe))
+    assert 4.0 < probed["byte_probe"] < 8.0 and 2.0 < probed["glyph_probe"] < 5.0
+    assert probed["total"] == pytest.approx(
+        probed["denoising"] + 0.1 * probed["byte_probe"] + 0.2 * probed["glyph_probe"], rel=1e-6)
     assert loss(ink, 1.0)["total"] == plain
+
+
+def test_glyph_probe_reads_the_16x16_features_after_the_last_cross_attention_there() -> None:
+    pipe = build_pipeline(TEST_CONFIG)
+    seen = []
+    glyph_features(pipe.unet).register_forward_hook(lambda module, args, output: seen.append(output[0].shape))
+    pipe.unet(torch.zeros(1, 3, 64, 64), torch.tensor([999]), encoder_hidden_states=torch.zeros(1, 77, TEST_CONFIG.text_width))
+    assert seen == [(1, Probes(pipe).glyph.in_channels, 16, 16)]
+    assert isinstance(glyph_features(pipe.unet).transformer_blocks[-1].attn2, torch.nn.Module)
 
 
 def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
@@ -182,7 +216,7 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
               "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     state = train(parse_args([*common, "--steps", "3", "--eval-every", "3"]))
     assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["recipe_since"] == {
-        "high_noise": 0, "text_weight": 0, "byte_probe": 0, "slot_layout": 0}
+        "high_noise": 0, "text_weight": 0, "byte_probe": 0, "slot_layout": 0, "glyph_probe": 0}
     assert [e["step"] for e in state["evals"]] == [3]
     assert {"word_acc", "sign_acc", "background_acc", "colour_gap", "word_gap"} <= set(state["evals"][0])
 

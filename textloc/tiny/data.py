@@ -90,6 +90,7 @@ class SignExample:
 
     image: Image.Image
     ink: Image.Image  # where the letters are: 0-255 coverage, see render_sign
+    glyphs: Image.Image  # which letter is where: its character code, 0 off the letters
     caption: str
     word: str
     sign: str
@@ -122,11 +123,13 @@ def _font(size: int, mono: bool = False) -> ImageFont.FreeTypeFont:
 
 def render_sign(
     word: str, sign: str, background: str, shape: str, offset: tuple[int, int], layout: str = LAYOUT
-) -> tuple[Image.Image, Image.Image]:
+) -> tuple[Image.Image, Image.Image, Image.Image]:
     """Draw ``word`` on a ``sign``-coloured sign of ``shape`` over a ``background``, 64x64 RGB.
 
-    Returns the image and the letters' ink coverage (a 64x64 "L" image, 255 where a pixel is all
-    letter), which training uses to weight the letters' pixels. The sign stays at least 2 px from
+    Returns the image, the letters' ink coverage (a 64x64 "L" image, 255 where a pixel is all
+    letter), which training uses to weight the letters' pixels, and the glyph map (a 64x64 "L"
+    image: at each inked pixel the character code of the letter covering most of it, else 0),
+    which training uses to ask the U-Net which letter belongs where. The sign stays at least 2 px from
     the border, so the outer ring is always background (the colour judge relies on it);
     ``offset`` moves the sign by a few pixels; ``layout`` is one of :data:`LAYOUTS`.
     """
@@ -156,7 +159,28 @@ def render_sign(
     coverage = Image.new("L", canvas.size, 0)
     ImageDraw.Draw(coverage).text(position, word, font=font, fill=255, anchor=anchor)
     final = (IMAGE_SIZE, IMAGE_SIZE)
-    return canvas.resize(final, Image.Resampling.BOX), coverage.resize(final, Image.Resampling.BOX)
+    return (
+        canvas.resize(final, Image.Resampling.BOX),
+        coverage.resize(final, Image.Resampling.BOX),
+        _glyph_map(word, font, position, anchor),
+    )
+
+
+def _glyph_map(word: str, font: ImageFont.FreeTypeFont, position: tuple[float, float], anchor: str) -> Image.Image:
+    """Each letter drawn alone where ``draw.text(position, word, anchor=anchor)`` puts it, then at
+    every 64x64 pixel the character code of the letter with the most coverage (0 where none)."""
+    left = position[0] - (font.getlength(word) / 2 if anchor[0] == "m" else 0)
+    size = (IMAGE_SIZE * SUPERSAMPLE, IMAGE_SIZE * SUPERSAMPLE)
+    coverages = []
+    for k, letter in enumerate(word):
+        alone = Image.new("L", size, 0)
+        # The prefix up to and including this letter, less its own advance: kerning included.
+        x = left + font.getlength(word[: k + 1]) - font.getlength(letter)
+        ImageDraw.Draw(alone).text((x, position[1]), letter, font=font, fill=255, anchor="l" + anchor[1])
+        coverages.append(np.asarray(alone.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)))
+    coverage = np.stack(coverages)
+    codes = np.array([ord(letter) for letter in word], dtype=np.uint8)[coverage.argmax(0)]
+    return Image.fromarray(np.where(coverage.max(0) > 0, codes, 0).astype(np.uint8), "L")
 
 
 def caption_for(word: str, sign: str | None, background: str | None, template: str) -> str:
@@ -184,9 +208,9 @@ def make_example(seed: int, index: int, held_out: bool = False, layout: str = LA
         template = PLAIN_TEMPLATE if rng.random() < PLAIN_FRACTION else rng.choice(COLOUR_TEMPLATES)
     shape = rng.choice(SHAPES)
     offset = (rng.randint(-1, 1), rng.randint(-3, 3))
-    image, ink = render_sign(word, sign, background, shape, offset, layout)
+    image, ink, glyphs = render_sign(word, sign, background, shape, offset, layout)
     caption = caption_for(word, sign, background, template)
-    return SignExample(image, ink, caption, word, sign, background, shape, template)
+    return SignExample(image, ink, glyphs, caption, word, sign, background, shape, template)
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -195,13 +219,19 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
-def training_batch(
-    seed: int, step: int, batch_size: int, layout: str = LAYOUT
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """The images, ink coverages and captions of training step ``step``: a pure function of its arguments.
+@dataclass(frozen=True)
+class TrainingBatch:
+    """One training step's data as tensors (see :class:`SignExample` for what each one is)."""
 
-    Images are in [-1, 1], shape (N, 3, H, W); ink is in [0, 1], shape (N, 1, H, W).
-    """
+    images: torch.Tensor  # in [-1, 1], shape (N, 3, H, W)
+    ink: torch.Tensor  # in [0, 1], shape (N, 1, H, W)
+    glyphs: torch.Tensor  # character codes, int64, shape (N, H, W)
+    captions: list[str]
+
+
+def training_batch(seed: int, step: int, batch_size: int, layout: str = LAYOUT) -> TrainingBatch:
+    """The batch of training step ``step``: a pure function of its arguments."""
     examples = [make_example(seed, step * batch_size + i, layout=layout) for i in range(batch_size)]
     ink = torch.from_numpy(np.stack([np.asarray(e.ink, dtype=np.float32) for e in examples]))[:, None] / 255.0
-    return to_tensor([e.image for e in examples]), ink, [e.caption for e in examples]
+    glyphs = torch.from_numpy(np.stack([np.asarray(e.glyphs, dtype=np.int64) for e in examples]))
+    return TrainingBatch(to_tensor([e.image for e in examples]), ink, glyphs, [e.caption for e in examples])

@@ -6,7 +6,7 @@ resumed run draws exactly the batches an uninterrupted one would, and no RNG sta
 
 Files, under ``--run-dir`` (default ``runs/tiny``):
 
-- ``last.pt``: model, EMA, byte probe (see ``BYTE_PROBE_WEIGHT``), optimizer and state; written
+- ``last.pt``: model, EMA, the training-only :class:`Probes`, optimizer and state; written
   every ``--checkpoint-every`` steps and on SIGINT/SIGTERM (the run finishes its step, saves, and
   exits).
 - ``log.jsonl``: the losses and timing every 10 steps, the binding test (see
@@ -40,7 +40,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from textloc.tiny.data import training_batch
+from textloc.tiny.data import TrainingBatch, training_batch
 from textloc.tiny.evaluate import evaluate, image_grid, swap_test
 from textloc.tiny.model import (
     BYTE_VOCAB_SIZE,
@@ -75,6 +75,19 @@ TEXT_WEIGHT = 5.0
 # it by 0.02, against 10-14 for a colour; since the U-Net never used the word, nothing kept it,
 # and a word that is not there cannot be learnt. The probe is not part of the exported pipeline.
 BYTE_PROBE_WEIGHT = 0.1
+# A training-only 1x1 convolution must tell, from the U-Net's 16x16 features after its last
+# cross-attention at that size, which letter belongs in each cell the word covers (cross-entropy
+# over A-Z, this weight; only at t >= HIGH_NOISE_FROM, where the noisy image shows no letter, so
+# the answer can only come from the caption). With the word kept by the encoder, set in fixed
+# slots and weighted 5x, the U-Net still ignored it for 2000 steps (letters' word gap 1.000-1.005):
+# a word spread over 26 letter shapes lowers the pixels' MSE only a little until the model
+# already reads it, so plain denoising gives the routing from "letter k" to "slot k" almost no
+# push. The cross-entropy asks for exactly that routing.
+GLYPH_PROBE_WEIGHT = 0.1
+# The probe's classes are the letters A-Z (every vocabulary word is upper case).
+GLYPH_CLASSES = 26
+# A 16x16 cell is labelled with a letter when that letter covers at least this share of it.
+GLYPH_CELL_COVERAGE = 0.25
 #: The recipe's changes in the order they were made: name -> (:class:`Recipe` field, value). A run
 #: records from which step each applies (``recipe_since`` in its state; a fresh run: step 0).
 #: ``slot_layout`` sets the word so that letter k always sits in the same place (see
@@ -84,6 +97,7 @@ RECIPE_CHANGES: dict[str, tuple[str, float | str]] = {
     "text_weight": ("text_weight", TEXT_WEIGHT),
     "byte_probe": ("byte_probe_weight", BYTE_PROBE_WEIGHT),
     "slot_layout": ("layout", "slots"),
+    "glyph_probe": ("glyph_probe_weight", GLYPH_PROBE_WEIGHT),
 }
 
 
@@ -96,6 +110,7 @@ class Recipe:
     text_weight: float = 1.0
     byte_probe_weight: float = 0.0
     layout: str = "centred"
+    glyph_probe_weight: float = 0.0
 
     @classmethod
     def at(cls, step: int, since: dict[str, int]) -> "Recipe":
@@ -105,6 +120,35 @@ class Recipe:
 
 def _trainable(pipe: IFPipeline) -> dict[str, torch.nn.Module]:
     return {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
+
+
+class Probes(torch.nn.Module):
+    """The training-only read-outs; never exported (see ``BYTE_PROBE_WEIGHT``, ``GLYPH_PROBE_WEIGHT``).
+
+    ``byte`` reads each caption byte from the text encoder's output; ``glyph`` reads the letter of
+    each 16x16 cell from :func:`glyph_features`.
+    """
+
+    def __init__(self, pipe: IFPipeline) -> None:
+        super().__init__()
+        self.byte = torch.nn.Linear(pipe.text_encoder.config.hidden_size, BYTE_VOCAB_SIZE)
+        self.glyph = torch.nn.Conv2d(glyph_features(pipe.unet).out_channels, GLYPH_CLASSES, 1)
+
+
+def glyph_features(unet: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output the glyph probe reads: the last cross-attention block of the U-Net's
+    16x16 up block (the second up block: 8x8 is the first)."""
+    return unet.up_blocks[1].attentions[-1]
+
+
+def glyph_labels(glyphs: torch.Tensor, size: int) -> torch.Tensor:
+    """Per ``size`` x ``size`` cell, the letter (0-25 for A-Z) covering at least
+    ``GLYPH_CELL_COVERAGE`` of it, the most-covering one if several; -100 (ignored) elsewhere."""
+    letters = torch.where(glyphs > 0, glyphs - ord("A"), GLYPH_CLASSES)
+    onehot = torch.nn.functional.one_hot(letters, GLYPH_CLASSES + 1).permute(0, 3, 1, 2).float()
+    coverage = torch.nn.functional.adaptive_avg_pool2d(onehot, size)[:, :GLYPH_CLASSES]
+    best, label = coverage.max(dim=1)
+    return torch.where(best >= GLYPH_CELL_COVERAGE, label, -100)
 
 
 class EMA:
@@ -157,39 +201,50 @@ def training_timesteps(
 def training_loss(
     pipe: IFPipeline,
     scheduler: DDPMScheduler,
-    images: torch.Tensor,
-    ink: torch.Tensor,
-    captions: list[str],
+    batch: TrainingBatch,
     generator: torch.Generator,
     recipe: Recipe,
-    probe: torch.nn.Linear | None = None,
+    probes: Probes | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss of one batch: ``{"total", "denoising", "byte_probe"}``.
+    """The loss of one batch: ``{"total", "denoising", "byte_probe", "glyph_probe"}``.
 
     ``denoising`` is the v-prediction MSE over :func:`training_timesteps`, the letters' pixels
-    (``ink``, their coverage in [0, 1], shape (N, 1, H, W)) weighted ``recipe.text_weight``; the
-    weighted mean is divided by the mean weight, so it keeps the scale of a plain MSE. No min-SNR
-    weighting: with v-prediction it weights the high-noise steps, where only the caption decides
-    colour and word, close to zero. ``byte_probe`` is the cross-entropy of ``probe`` reading each
-    caption byte back from the text encoder's output at its position (0 without a probe).
+    (``batch.ink``) weighted ``recipe.text_weight``; the weighted mean is divided by the mean
+    weight, so it keeps the scale of a plain MSE. No min-SNR weighting: with v-prediction it
+    weights the high-noise steps, where only the caption decides colour and word, close to zero.
+    With ``probes``, ``byte_probe`` is the cross-entropy of reading each caption byte back from the
+    text encoder's output at its position, and ``glyph_probe`` that of reading each cell's letter
+    (:func:`glyph_labels`) from :func:`glyph_features`, over the samples drawn at t >=
+    ``HIGH_NOISE_FROM`` whose caption was kept; both are 0 without probes.
     """
-    batch = images.shape[0]
-    dropped = torch.rand(batch, generator=generator) < CAPTION_DROPOUT
-    captions = ["" if drop else caption for caption, drop in zip(captions, dropped.tolist())]
-    timesteps = training_timesteps(batch, scheduler.config.num_train_timesteps, generator, recipe.high_noise_share)
-    noise = torch.randn(images.shape, generator=generator)
-    noisy = scheduler.add_noise(images, noise, timesteps)
+    size = batch.images.shape[0]
+    dropped = torch.rand(size, generator=generator) < CAPTION_DROPOUT
+    captions = ["" if drop else caption for caption, drop in zip(batch.captions, dropped.tolist())]
+    timesteps = training_timesteps(size, scheduler.config.num_train_timesteps, generator, recipe.high_noise_share)
+    noise = torch.randn(batch.images.shape, generator=generator)
+    noisy = scheduler.add_noise(batch.images, noise, timesteps)
     ids, mask = tokenize_captions(pipe, captions)
     embeddings = pipe.text_encoder(ids, attention_mask=mask)[0]
-    # Only the first 3 output channels are a prediction; IF's variance half is left untrained.
-    prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
-    error = (prediction - scheduler.get_velocity(images, noise, timesteps)) ** 2
-    weight = 1 + (recipe.text_weight - 1) * torch.nn.functional.max_pool2d(ink, 3, stride=1, padding=1)
-    losses = {"denoising": (weight * error).mean() / weight.mean(), "byte_probe": torch.zeros(())}
-    if probe is not None:
+    features = []
+    handle = glyph_features(pipe.unet).register_forward_hook(lambda module, args, output: features.append(output[0]))
+    try:
+        # Only the first 3 output channels are a prediction; IF's variance half is left untrained.
+        prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
+    finally:
+        handle.remove()
+    error = (prediction - scheduler.get_velocity(batch.images, noise, timesteps)) ** 2
+    weight = 1 + (recipe.text_weight - 1) * torch.nn.functional.max_pool2d(batch.ink, 3, stride=1, padding=1)
+    losses = {"denoising": (weight * error).mean() / weight.mean()}
+    losses["byte_probe"] = losses["glyph_probe"] = torch.zeros(())
+    if probes is not None:
         read = mask.bool()
-        losses["byte_probe"] = torch.nn.functional.cross_entropy(probe(embeddings[read]), ids[read])
-    losses["total"] = losses["denoising"] + recipe.byte_probe_weight * losses["byte_probe"]
+        losses["byte_probe"] = torch.nn.functional.cross_entropy(probes.byte(embeddings[read]), ids[read])
+        labels = glyph_labels(batch.glyphs, features[0].shape[-1])
+        labels[(timesteps < HIGH_NOISE_FROM) | dropped] = -100
+        if (labels >= 0).any():
+            losses["glyph_probe"] = torch.nn.functional.cross_entropy(probes.glyph(features[0]), labels)
+    losses["total"] = (losses["denoising"] + recipe.byte_probe_weight * losses["byte_probe"]
+                       + recipe.glyph_probe_weight * losses["glyph_probe"])
     return losses
 
 
@@ -266,13 +321,24 @@ def train(args: argparse.Namespace) -> dict:
     for name in RECIPE_CHANGES:
         state["recipe_since"].setdefault(name, state["step"])
     scheduler = build_training_scheduler()
-    probe = torch.nn.Linear(pipe.text_encoder.config.hidden_size, BYTE_VOCAB_SIZE)
-    parameters = [p for module in (*_trainable(pipe).values(), probe) for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    probes = Probes(pipe)
+    parameters = [p for module in (*_trainable(pipe).values(), probes) for p in module.parameters()]
+    optimizer = torch.optim.AdamW([p for m in (*_trainable(pipe).values(), probes.byte) for p in m.parameters()],
+                                  lr=args.lr, weight_decay=0.01)
+    glyph_group = {"params": list(probes.glyph.parameters())}
     ema = EMA(pipe, args.ema_decay)
-    if "optimizer" in start:
-        probe.load_state_dict(start["probe"])
-        optimizer.load_state_dict(start["optimizer"])
+    saved = start.get("optimizer")
+    # The glyph probe came later: a checkpoint from before it has one parameter group, and "probe".
+    if saved is not None and len(saved["param_groups"]) == 1:
+        optimizer.load_state_dict(saved)
+        optimizer.add_param_group(glyph_group)
+        probes.byte.load_state_dict(start["probe"])
+    else:
+        optimizer.add_param_group(glyph_group)
+        if saved is not None:
+            optimizer.load_state_dict(saved)
+            probes.load_state_dict(start["probes"])
+    if saved is not None:
         ema.shadow = start["ema"]
     # The EMA weights are sampled and exported from a second pipeline, never trained.
     sampler = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
@@ -289,7 +355,7 @@ def train(args: argparse.Namespace) -> dict:
     def save_checkpoint() -> None:
         checkpoint = {
             "model": {name: module.state_dict() for name, module in _trainable(pipe).items()},
-            "probe": probe.state_dict(), "ema": ema.shadow, "optimizer": optimizer.state_dict(), "state": state,
+            "probes": probes.state_dict(), "ema": ema.shadow, "optimizer": optimizer.state_dict(), "state": state,
         }
         torch.save(checkpoint, args.run_dir / (CHECKPOINT_NAME + ".tmp"))
         (args.run_dir / (CHECKPOINT_NAME + ".tmp")).replace(args.run_dir / CHECKPOINT_NAME)
@@ -330,9 +396,9 @@ def train(args: argparse.Namespace) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = lr
         recipe = Recipe.at(step, state["recipe_since"])
-        images, ink, captions = training_batch(args.seed, step, args.batch_size, recipe.layout)
+        batch = training_batch(args.seed, step, args.batch_size, recipe.layout)
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        losses = training_loss(pipe, scheduler, images, ink, captions, generator, recipe, probe)
+        losses = training_loss(pipe, scheduler, batch, generator, recipe, probes)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -384,7 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the step from which a recipe change applies (default 0 for all): high_noise (half of "
                              "each batch at t >= 900), text_weight (letters' pixels weigh 5x), byte_probe (the "
                              "text encoder must keep every caption byte), slot_layout (letter k of every word in the same "
-                             "place). The shipped weights' steps are in their "
+                             "place), glyph_probe (the U-Net's 16x16 features must tell each cell's letter). The shipped weights' steps are in their "
                              "training_state.json, 'recipe_since'")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=24, help="held-out captions per evaluation")
