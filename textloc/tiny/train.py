@@ -322,23 +322,15 @@ def train(args: argparse.Namespace) -> dict:
         state["recipe_since"].setdefault(name, state["step"])
     scheduler = build_training_scheduler()
     probes = Probes(pipe)
-    parameters = [p for module in (*_trainable(pipe).values(), probes) for p in module.parameters()]
+    # Two parameter groups: the shipped run added the glyph probe as a second group on resuming.
     optimizer = torch.optim.AdamW([p for m in (*_trainable(pipe).values(), probes.byte) for p in m.parameters()],
                                   lr=args.lr, weight_decay=0.01)
-    glyph_group = {"params": list(probes.glyph.parameters())}
+    optimizer.add_param_group({"params": list(probes.glyph.parameters())})
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     ema = EMA(pipe, args.ema_decay)
-    saved = start.get("optimizer")
-    # The glyph probe came later: a checkpoint from before it has one parameter group, and "probe".
-    if saved is not None and len(saved["param_groups"]) == 1:
-        optimizer.load_state_dict(saved)
-        optimizer.add_param_group(glyph_group)
-        probes.byte.load_state_dict(start["probe"])
-    else:
-        optimizer.add_param_group(glyph_group)
-        if saved is not None:
-            optimizer.load_state_dict(saved)
-            probes.load_state_dict(start["probes"])
-    if saved is not None:
+    if "optimizer" in start:
+        probes.load_state_dict(start["probes"])
+        optimizer.load_state_dict(start["optimizer"])
         ema.shadow = start["ema"]
     # The EMA weights are sampled and exported from a second pipeline, never trained.
     sampler = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
