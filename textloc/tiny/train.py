@@ -226,12 +226,12 @@ def training_loss(
     ids, mask = tokenize_captions(pipe, captions)
     embeddings = pipe.text_encoder(ids, attention_mask=mask)[0]
     features = []
-    handle = glyph_features(pipe.unet).register_forward_hook(lambda module, args, output: features.append(output[0]))
+    hook = glyph_features(pipe.unet).register_forward_hook(lambda module, args, output: features.append(output[0]))
     try:
         # Only the first 3 output channels are a prediction; IF's variance half is left untrained.
         prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
     finally:
-        handle.remove()
+        hook.remove()
     error = (prediction - scheduler.get_velocity(batch.images, noise, timesteps)) ** 2
     weight = 1 + (recipe.text_weight - 1) * torch.nn.functional.max_pool2d(batch.ink, 3, stride=1, padding=1)
     losses = {"denoising": (weight * error).mean() / weight.mean()}
