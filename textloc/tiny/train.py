@@ -79,7 +79,7 @@ BYTE_PROBE_WEIGHT = 0.1
 # cross-attention at that size, which letter belongs in each cell the word covers (cross-entropy
 # over A-Z, this weight; only at t >= HIGH_NOISE_FROM, where the noisy image shows no letter, so
 # the answer can only come from the caption). With the word kept by the encoder, set in fixed
-# slots and weighted 5x, the U-Net still ignored it for 2000 steps (letters' word gap 1.000-1.005):
+# slots and weighted 5x, the U-Net still ignored it for 2400 steps (letters' word gap 0.996-1.005):
 # a word spread over 26 letter shapes lowers the pixels' MSE only a little until the model
 # already reads it, so plain denoising gives the routing from "letter k" to "slot k" almost no
 # push. The cross-entropy asks for exactly that routing.
