@@ -24,7 +24,6 @@ from textloc.tiny.data import (
 )
 from textloc.tiny.evaluate import evaluate, ocr_ceiling
 from textloc.tiny.model import (
-    BYTE_VOCAB_SIZE,
     TEST_CONFIG,
     TinyConfig,
     build_pipeline,
