@@ -111,6 +111,18 @@ def test_spearman_matches_known_values():
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
 
 
+def test_ranking_falls_back_on_edit_distance_when_no_patch_hits_the_target():
+    layers = [core.AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(3)]
+    exact = {
+        "block.0": {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "ssim": 0.9},
+        "block.1": {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.4, "ssim": 0.5},
+        "block.2": {"target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "ssim": 0.1},
+    }
+    assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.2", "block.1", "block.0"]
+    agreement = core._agreement(exact, {"block.0": 0.1, "block.1": 0.2, "block.2": 0.3}, {"sweep": 10.0, "attribution": 2.0})
+    assert agreement == {"spearman": pytest.approx(1.0), "time_ratio": 5.0, "layers": 3.0}
+
+
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     from textloc.cli import main
 

@@ -151,13 +151,21 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
     return pairs
 
 
+def _merit(means: dict[str, float]) -> tuple[float, ...]:
+    """How well a patch renders the target, larger is better: the target's hit rate, then its
+    word F1, then how close the reading comes to it by edit distance (which still orders layers
+    when a model rarely writes a word exactly), then how much of the source scene stayed."""
+    return (means["target_hit"], means["target_f1"], -means["target_ned"], means["ssim"])
+
+
 def _rank(candidates: list[AttentionLayer], exact: dict[str, dict], attribution: dict[str, float] | None) -> list[AttentionLayer]:
-    """Best first: exact target rate (then F1, then scene kept), else the attribution score."""
+    """Best first: the exact sweep's :func:`_merit`, else the attribution score."""
+    unswept = (-np.inf,) * 4
 
     def key(layer: AttentionLayer) -> tuple:
         means = exact.get(layer.name)
-        exact_key = (-means["target_hit"], -means["target_f1"], -means["ssim"]) if means else (1.0, 1.0, 1.0)
-        return (*exact_key, -(attribution or {}).get(layer.name, 0.0), layer.index)
+        merit = _merit(means) if means else unswept
+        return (*(-value for value in merit), -(attribution or {}).get(layer.name, 0.0), layer.index)
 
     return sorted(candidates, key=key)
 
@@ -166,7 +174,10 @@ def _agreement(exact: dict[str, dict], attribution: dict[str, float] | None, tim
     names = [name for name in exact if attribution and name in attribution]
     if len(names) < 3:
         return None
-    exact_scores = [exact[name]["target_hit"] + 1e-3 * exact[name]["target_f1"] for name in names]
+    # Spearman needs numbers: each layer's position among the distinct merits (ties share one).
+    merits = [_merit(exact[name]) for name in names]
+    position = {merit: index for index, merit in enumerate(sorted(set(merits)))}
+    exact_scores = [position[merit] for merit in merits]
     return {
         "spearman": spearman(exact_scores, [attribution[name] for name in names]),
         "time_ratio": timings["sweep"] / timings["attribution"],
@@ -288,7 +299,7 @@ class _Run:
             remaining = [name for name in names if name not in chosen]
             trials = [chosen + [name] for name in remaining]
             means, baselines = self._evaluate_sets(f"greedy set of {len(chosen) + 1}", pairs, trials)
-            best = max(range(len(trials)), key=lambda i: (means[i]["target_hit"], means[i]["target_f1"], means[i]["ssim"]))
+            best = max(range(len(trials)), key=lambda i: _merit(means[i]))
             chosen = trials[best]
             sets.append({"layers": chosen, "means": means[best]})
             if means[best]["target_hit"] >= threshold * (baselines["target"]["target_hit"] or 0.0) > 0:
