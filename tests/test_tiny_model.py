@@ -32,9 +32,11 @@ from textloc.tiny.model import (
 )
 from textloc.tiny.train import (
     BYTE_PROBE_WEIGHT,
+    EMA_DECAY,
     GLYPH_PROBE_WEIGHT,
     HIGH_NOISE_FROM,
     HIGH_NOISE_SHARE,
+    SHORT_EMA_DECAY,
     STATE_NAME,
     TEXT_WEIGHT,
     Probes,
@@ -157,12 +159,13 @@ def test_training_timesteps_favour_the_steps_where_only_the_caption_decides() ->
 
 
 def test_recipe_changes_apply_from_their_steps() -> None:
-    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20, "slot_layout": 30, "glyph_probe": 40}
+    since = {"high_noise": 10, "text_weight": 20, "byte_probe": 20, "slot_layout": 30, "glyph_probe": 40, "short_ema": 50}
     assert Recipe.at(9, since) == Recipe(0.0, 1.0, 0.0, "centred")
     assert Recipe.at(10, since) == Recipe(HIGH_NOISE_SHARE, 1.0, 0.0, "centred")
     assert Recipe.at(25, since) == Recipe(HIGH_NOISE_SHARE, TEXT_WEIGHT, BYTE_PROBE_WEIGHT, "centred")
     assert Recipe.at(30, since).layout == "slots" and Recipe.at(39, since).glyph_probe_weight == 0.0
     assert Recipe.at(40, since).glyph_probe_weight == GLYPH_PROBE_WEIGHT
+    assert (Recipe.at(49, since).ema_decay, Recipe.at(50, since).ema_decay) == (EMA_DECAY, SHORT_EMA_DECAY)
     assert parse_args(["--recipe-since", "high_noise=2100", "byte_probe=4500"]).recipe_since == {
         "high_noise": 2100, "byte_probe": 4500}
     with pytest.raises(SystemExit):
@@ -215,7 +218,7 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
               "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     state = train(parse_args([*common, "--steps", "3", "--eval-every", "3"]))
     assert state["step"] == 3 and (run_dir / "last.pt").exists() and state["recipe_since"] == {
-        "high_noise": 0, "text_weight": 0, "byte_probe": 0, "slot_layout": 0, "glyph_probe": 0}
+        "high_noise": 0, "text_weight": 0, "byte_probe": 0, "slot_layout": 0, "glyph_probe": 0, "short_ema": 0}
     assert [e["step"] for e in state["evals"]] == [3]
     assert {"word_acc", "sign_acc", "background_acc", "colour_gap", "word_gap"} <= set(state["evals"][0])
 

@@ -88,6 +88,11 @@ GLYPH_PROBE_WEIGHT = 0.1
 GLYPH_CLASSES = 26
 # A 16x16 cell is labelled with a letter when that letter covers at least this share of it.
 GLYPH_CELL_COVERAGE = 0.25
+# The sampled and exported weights average the training weights over ~1/(1 - decay) steps. 0.999
+# (a ~1000-step window) suits a model that changes slowly; once the word came in, it held the
+# samples ~1000 steps (an hour of CPU) behind what the model had learnt.
+EMA_DECAY = 0.999
+SHORT_EMA_DECAY = 0.995
 #: The recipe's changes in the order they were made: name -> (:class:`Recipe` field, value). A run
 #: records from which step each applies (``recipe_since`` in its state; a fresh run: step 0).
 #: ``slot_layout`` sets the word so that letter k always sits in the same place (see
@@ -98,6 +103,7 @@ RECIPE_CHANGES: dict[str, tuple[str, float | str]] = {
     "byte_probe": ("byte_probe_weight", BYTE_PROBE_WEIGHT),
     "slot_layout": ("layout", "slots"),
     "glyph_probe": ("glyph_probe_weight", GLYPH_PROBE_WEIGHT),
+    "short_ema": ("ema_decay", SHORT_EMA_DECAY),
 }
 
 
@@ -111,6 +117,7 @@ class Recipe:
     byte_probe_weight: float = 0.0
     layout: str = "centred"
     glyph_probe_weight: float = 0.0
+    ema_decay: float = EMA_DECAY
 
     @classmethod
     def at(cls, step: int, since: dict[str, int]) -> "Recipe":
@@ -154,19 +161,18 @@ def glyph_labels(glyphs: torch.Tensor, size: int) -> torch.Tensor:
 class EMA:
     """Exponential moving average of the U-Net and text-encoder weights, used for sampling.
 
-    The decay ramps up as ``(1 + step) / (10 + step)`` to ``max_decay``, so early averages are
-    not dominated by the random initialisation.
+    The decay ramps up as ``(1 + step) / (10 + step)`` to the recipe's ``ema_decay``, so early
+    averages are not dominated by the random initialisation.
     """
 
-    def __init__(self, pipe: IFPipeline, max_decay: float) -> None:
-        self.max_decay = max_decay
+    def __init__(self, pipe: IFPipeline) -> None:
         self.shadow = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
                        for name, module in _trainable(pipe).items()}
 
     @torch.no_grad()
-    def update(self, pipe: IFPipeline, step: int) -> None:
+    def update(self, pipe: IFPipeline, step: int, max_decay: float) -> None:
         """Move the average towards the current weights."""
-        decay = min(self.max_decay, (1 + step) / (10 + step))
+        decay = min(max_decay, (1 + step) / (10 + step))
         for name, module in _trainable(pipe).items():
             for key, value in module.state_dict().items():
                 average = self.shadow[name][key]
@@ -327,7 +333,7 @@ def train(args: argparse.Namespace) -> dict:
                                   lr=args.lr, weight_decay=0.01)
     optimizer.add_param_group({"params": list(probes.glyph.parameters())})
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    ema = EMA(pipe, args.ema_decay)
+    ema = EMA(pipe)
     if "optimizer" in start:
         probes.load_state_dict(start["probes"])
         optimizer.load_state_dict(start["optimizer"])
@@ -395,7 +401,7 @@ def train(args: argparse.Namespace) -> dict:
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        ema.update(pipe, step)
+        ema.update(pipe, step, recipe.ema_decay)
         state["step"] = step + 1
         history.append({name: value.item() for name, value in losses.items()})
         progress.set_postfix(loss=f"{history[-1]['total']:.4f}", lr=f"{lr:.2e}")
@@ -432,7 +438,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=30_000, help="total steps (the lr schedule spans them)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", choices=("default", "test"), default="default", help="'test': a very small model")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
@@ -442,7 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the step from which a recipe change applies (default 0 for all): high_noise (half of "
                              "each batch at t >= 900), text_weight (letters' pixels weigh 5x), byte_probe (the "
                              "text encoder must keep every caption byte), slot_layout (letter k of every word in the same "
-                             "place), glyph_probe (the U-Net's 16x16 features must tell each cell's letter). The shipped weights' steps are in their "
+                             "place), glyph_probe (the U-Net's 16x16 features must tell each cell's letter), short_ema (the sampled "
+                             "weights average ~200 steps, not ~1000). The shipped weights' steps are in their "
                              "training_state.json, 'recipe_since'")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=24, help="held-out captions per evaluation")
