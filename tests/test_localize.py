@@ -87,6 +87,24 @@ def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
         localize(pipe, pairs(4), out=tmp_path, threshold=0.5, progress=False, **kwargs(pipe))
 
 
+def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):
+    pipe = _pipeline("sd15")
+    first = localize(pipe, pairs(2), out=tmp_path, held_out=0.0, progress=False, **kwargs(pipe))
+    log = tmp_path / PROGRESS_FILE
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    for line in lines[1:]:
+        if line["stage"] == "cumulative sets":  # as if another ranking had chosen these sets
+            line["result"]["layer_sets"] = [["elsewhere"]]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    calls = []
+    real = core.generate_patched
+    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    again = localize(pipe, pairs(2), out=tmp_path, held_out=0.0, progress=False, **kwargs(pipe))
+    swept_or_selected = [sets for sets in calls if len(sets) > 1]  # the final check patches one set
+    assert swept_or_selected == [[layer["layers"] for layer in first.sets]] * 2  # the sweep was reused
+    assert again.sets == first.sets
+
+
 def test_bad_input_is_refused_clearly():
     pipe = _pipeline("sdxl")
     with pytest.raises(ValueError, match="no quoted text"):
@@ -111,16 +129,19 @@ def test_spearman_matches_known_values():
     assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)
 
 
-def test_ranking_falls_back_on_edit_distance_when_no_patch_hits_the_target():
-    layers = [core.AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(3)]
+def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
+    layers = [core.AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(4)]
+    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "ssim": 0.9}
     exact = {
-        "block.0": {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "ssim": 0.9},
-        "block.1": {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.4, "ssim": 0.5},
-        "block.2": {"target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "ssim": 0.1},
+        "block.0": unpatched,  # no effect
+        "block.1": {**unpatched, "target_ned": 0.95, "source_ned": 0.8, "ssim": 0.5},  # garbles the source word
+        "block.2": {**unpatched, "target_ned": 0.6, "source_ned": 0.8, "ssim": 0.5},  # moves it toward the target
+        "block.3": {**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "ssim": 0.1},
     }
-    assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.2", "block.1", "block.0"]
-    agreement = core._agreement(exact, {"block.0": 0.1, "block.1": 0.2, "block.2": 0.3}, {"sweep": 10.0, "attribution": 2.0})
-    assert agreement == {"spearman": pytest.approx(1.0), "time_ratio": 5.0, "layers": 3.0}
+    assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
+    attribution = {"block.0": 0.1, "block.1": 0.2, "block.2": 0.3, "block.3": 0.4}
+    agreement = core._agreement(exact, attribution, {"sweep": 10.0, "attribution": 2.0})
+    assert agreement == {"spearman": pytest.approx(1.0), "time_ratio": 5.0, "layers": 4.0}
 
 
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):

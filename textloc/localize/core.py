@@ -153,9 +153,12 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
 
 def _merit(means: dict[str, float]) -> tuple[float, ...]:
     """How well a patch renders the target, larger is better: the target's hit rate, then its
-    word F1, then how close the reading comes to it by edit distance (which still orders layers
-    when a model rarely writes a word exactly), then how much of the source scene stayed."""
-    return (means["target_hit"], means["target_f1"], -means["target_ned"], means["ssim"])
+    word F1, then how much closer by edit distance the reading came to the target than to the
+    source, then how much of the source scene stayed. The edit distances still order layers when
+    a model rarely writes a word exactly; their difference, not the target's alone, because a
+    layer that only garbles the source's word moves the reading away from both, and a layer
+    without effect must not rank above it."""
+    return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], means["ssim"])
 
 
 def _rank(candidates: list[AttentionLayer], exact: dict[str, dict], attribution: dict[str, float] | None) -> list[AttentionLayer]:
@@ -227,10 +230,13 @@ class _Run:
         return rows[0], rows[1], rows[2:], images
 
     def _cached(self, stage: str, index: int, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> dict:
+        # The sets of a selection stage follow the ranking, so a log written by another version
+        # can hold other sets under the same stage: only the same sets are reused.
+        layer_sets = [list(layers) for layers in layer_sets]
         done = self.log.get(stage, index)
-        if done is None:
+        if done is None or done.get("layer_sets") != layer_sets:
             source, target, patched, _ = self._generate_and_score(pair, layer_sets)
-            done = {"source": source, "target": target, "patched": patched}
+            done = {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
             self.log.put(stage, index, done)
         return done
 
