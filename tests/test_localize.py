@@ -105,6 +105,20 @@ def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):
     assert again.sets == first.sets
 
 
+def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
+    pipe = _pipeline("sd15")
+    localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
+    logged = {"sweep": 0.0, "attribution": 0.0}
+    for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()[1:]:
+        line = json.loads(line)
+        if line["stage"] in logged:
+            logged[line["stage"]] += line["result"]["seconds"]
+    again = localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
+    assert again.timings["sweep"] >= logged["sweep"] > 0
+    assert again.timings["attribution"] >= logged["attribution"] > 0
+    assert again.agreement["time_ratio"] > 0
+
+
 def test_bad_input_is_refused_clearly():
     pipe = _pipeline("sdxl")
     with pytest.raises(ValueError, match="no quoted text"):

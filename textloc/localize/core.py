@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -207,19 +207,37 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 class _Run:
-    """One localization's shared state: the pipeline, the scorer, the log, the timings."""
+    """One localization's shared state: the pipeline, the scorer, the log, the timings.
+
+    A stage's timing is the compute it took, also when a resumed run takes part of it from the
+    log: every logged unit keeps its own seconds, and reusing it counts them again, so the
+    attribution/sweep time ratio means the same whether or not the run was interrupted.
+    """
 
     def __init__(self, pipe, ocr: OCR, judge: SceneJudge | None, settings: PatchSettings, seed: int, max_batch: int, generate_kwargs: dict, progress: bool, log: ProgressLog):
         self.pipe, self.ocr, self.judge, self.settings = pipe, ocr, judge, settings
         self.seed, self.max_batch, self.generate_kwargs, self.progress = seed, max_batch, generate_kwargs, progress
         self.log = log
         self.timings: dict[str, float] = {}
+        self.reused_seconds = 0.0
 
     @contextmanager
     def timed(self, name: str):
-        start = time.perf_counter()
+        start, reused = time.perf_counter(), self.reused_seconds
         yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        spent = time.perf_counter() - start + self.reused_seconds - reused
+        self.timings[name] = self.timings.get(name, 0.0) + spent
+
+    def _logged(self, stage: str, index: int, valid: Callable[[dict], bool], compute: Callable[[], dict]) -> dict:
+        """The logged result of (stage, pair) if ``valid``, else ``compute()``d, timed and logged."""
+        done = self.log.get(stage, index)
+        if done is not None and valid(done):
+            self.reused_seconds += done["seconds"]
+            return done
+        start = time.perf_counter()
+        done = {**compute(), "seconds": time.perf_counter() - start}
+        self.log.put(stage, index, done)
+        return done
 
     def _pairs(self, pairs: Sequence[PromptPair], stage: str) -> Any:
         return tqdm(list(enumerate(pairs)), desc=stage, disable=not self.progress, leave=False)
@@ -233,12 +251,12 @@ class _Run:
         # The sets of a selection stage follow the ranking, so a log written by another version
         # can hold other sets under the same stage: only the same sets are reused.
         layer_sets = [list(layers) for layers in layer_sets]
-        done = self.log.get(stage, index)
-        if done is None or done.get("layer_sets") != layer_sets:
+
+        def compute() -> dict:
             source, target, patched, _ = self._generate_and_score(pair, layer_sets)
-            done = {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
-            self.log.put(stage, index, done)
-        return done
+            return {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
+
+        return self._logged(stage, index, lambda done: done["layer_sets"] == layer_sets, compute)
 
     def attribution(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], grad_steps: Sequence[float]) -> dict[str, float]:
         if not grad_steps:
@@ -247,11 +265,9 @@ class _Run:
         indices = sorted({min(num_steps - 1, max(0, round(fraction * num_steps))) for fraction in grad_steps})
         totals = np.zeros(len(layers))
         for index, pair in self._pairs(pairs, "attribution"):
-            scores = self.log.get("attribution", index)
-            if scores is None:
-                scores = attribution_scores(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)
-                self.log.put("attribution", index, scores)
-            totals += np.asarray(scores)
+            done = self._logged("attribution", index, lambda done: True, lambda: {
+                "scores": attribution_scores(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)})
+            totals += np.asarray(done["scores"])
         return {layer.name: float(total / len(pairs)) for layer, total in zip(layers, totals)}
 
     def _num_steps(self) -> int:
