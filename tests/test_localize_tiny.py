@@ -27,8 +27,12 @@ def finding() -> Localization:
     return Localization.load(FINDING)
 
 
-def test_the_committed_finding_is_a_strict_subset_that_writes_the_target(finding: Localization) -> None:
-    pipe = tl.load_pipeline("textloc-tiny")
+@pytest.fixture(scope="module")
+def pipe():
+    return tl.load_pipeline("textloc-tiny")
+
+
+def test_the_committed_finding_is_a_strict_subset_that_writes_the_target(finding: Localization, pipe) -> None:
     text_layers = {layer.name for layer in tl.select_layers(pipe, "all")}
     assert finding.model == "textloc-tiny" and finding.reached
     assert set(finding.selected) < text_layers
@@ -40,9 +44,8 @@ def test_the_committed_finding_is_a_strict_subset_that_writes_the_target(finding
     assert held["patched"]["scene"] >= SHARE
 
 
-def test_the_selected_layers_carry_the_word_on_new_pairs(finding: Localization) -> None:
+def test_the_selected_layers_carry_the_word_on_new_pairs(finding: Localization, pipe) -> None:
     pytest.importorskip("rapidocr")
-    pipe = tl.load_pipeline("textloc-tiny")
     settings = recommended_settings("textloc-tiny", pipe)
     ocr = get_ocr("rapidocr")
     rows: dict[str, list[dict]] = {"unpatched": [], "direct": [], "patched": []}
