@@ -92,6 +92,7 @@ def main() -> None:
         "attribution_s": both.timings["attribution"],
         "attribution_speedup": both.agreement["time_ratio"] if both.agreement else None,
         "spearman": both.agreement["spearman"] if both.agreement else None,
+        "spearman_pixels": both.agreement["spearman_pixels"] if both.agreement else None,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "localize.json").write_text(json.dumps(results, indent=2))
@@ -101,8 +102,9 @@ def main() -> None:
     print(f"| exact sweep of one pair, batched plans | {results['batched_sweep_s']:.2f} s | {results['sweep_speedup']:.1f}x faster |")
     print(f"| largest pixel difference batched vs naive | {worst:.1e} | |")
     print(f"| exact sweep with OCR, all pairs | {results['exact_s']:.2f} s | 1.00 |")
-    spearman = results["spearman"]
-    print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | {results['attribution_speedup']:.1f}x faster, Spearman {spearman:.2f} |")
+    spearman, pixels = results["spearman"], results["spearman_pixels"]
+    print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | {results['attribution_speedup']:.1f}x faster, "
+          f"Spearman {spearman:.2f} (OCR ranking), {pixels:.2f} (pull toward the target image) |")
 
 
 if __name__ == "__main__":

@@ -154,8 +154,23 @@ def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
     }
     assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
     attribution = {"block.0": 0.1, "block.1": 0.2, "block.2": 0.3, "block.3": 0.4}
-    agreement = core._agreement(exact, attribution, {"sweep": 10.0, "attribution": 2.0})
-    assert agreement == {"spearman": pytest.approx(1.0), "time_ratio": 5.0, "layers": 4.0}
+    agreement = core._agreement(exact, attribution, ["block.3", "block.2"], {"sweep": 10.0, "attribution": 2.0})
+    assert agreement == {"spearman": pytest.approx(1.0), "spearman_pixels": None, "screen_top_k": 2, "time_ratio": 5.0, "layers": 4.0}
+
+
+def test_agreement_also_ranks_layers_by_how_close_they_bring_the_image_to_the_target():
+    # Three layers tie on every OCR score; their pixel distances to the target image still order them.
+    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "ssim": 0.9}
+    distances = {"a": 0.01, "b": 0.02, "c": 0.03, "d": 0.04}
+    exact = {name: {**unpatched, "mse_to_target": distance} for name, distance in distances.items()}
+    exact["a"] = {**exact["a"], "target_hit": 0.5}
+    attribution = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    agreement = core._agreement(exact, attribution, ["a"], {"sweep": 1.0, "attribution": 1.0})
+    assert agreement["spearman_pixels"] == pytest.approx(1.0)
+    assert agreement["spearman"] == pytest.approx(spearman([1, 0, 0, 0], [4, 3, 2, 1]))
+    assert agreement["screen_top_k"] == 1
+    # A selected layer the screen never scored leaves the top_k it would need unknown.
+    assert core._agreement(exact, attribution, ["a", "z"], {"sweep": 1.0, "attribution": 1.0})["screen_top_k"] is None
 
 
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):

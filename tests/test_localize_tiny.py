@@ -52,7 +52,7 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(finding: Localization, 
     # Pairs and noise the localization never used (it ran on seed 0).
     for pair in localization_pairs(6, seed=1):
         images = generate_patched(pipe, pair, [finding.selected], PatchSettings(), 1, 3, settings)
-        scored = score_images([images.source, images.target, images.patched[0]], pair, images.source, ocr, scene_judge)
+        scored = score_images([images.source, images.target, images.patched[0]], pair, images.source, images.target, ocr, scene_judge)
         for name, row in zip(rows, scored):
             rows[name].append(row)
     unpatched, direct, patched = (mean_metrics(rows[name]) for name in rows)

@@ -133,7 +133,7 @@ def localize(
         model=model,
         settings={**{k: v for k, v in recorded.items() if k != "pairs"}, "held_out_pairs": len(held), "choice_pairs": len(choose_on)},
         layers=layer_rows, baselines=baselines, sets=sets, selected=chosen, reached=reached,
-        held_out=held_result, agreement=_agreement(exact, attribution, run.timings) if method == "both" else None,
+        held_out=held_result, agreement=_agreement(exact, attribution, chosen, run.timings) if method == "both" else None,
         timings=run.timings,
     )
     if out is not None:
@@ -173,16 +173,31 @@ def _rank(candidates: list[AttentionLayer], exact: dict[str, dict], attribution:
     return sorted(candidates, key=key)
 
 
-def _agreement(exact: dict[str, dict], attribution: dict[str, float] | None, timings: dict[str, float]) -> dict[str, float] | None:
+def _agreement(exact: dict[str, dict], attribution: dict[str, float] | None, selected: Sequence[str], timings: dict[str, float]) -> dict[str, float | None] | None:
+    """How well the attribution screen stands in for the exact sweep, on the layers both scored.
+
+    - ``spearman``: against the exact sweep's ranking by :func:`_merit`, the one selection uses.
+      Layers without an effect on the OCR tie there up to noise, so a model that puts its text in
+      a few layers leaves most of this ranking to chance, in the screen and the sweep alike.
+    - ``spearman_pixels``: against how close each exact patch brought the whole image to the
+      target prompt's (``mse_to_target``): the effect that attribution estimates to first order,
+      measured without the OCR's all-or-nothing reading.
+    - ``screen_top_k``: the smallest ``top_k`` with which ``"screen+exact"`` sweeps every
+      selected layer.
+    """
     names = [name for name in exact if attribution and name in attribution]
     if len(names) < 3:
         return None
+    screen = [attribution[name] for name in names]
     # Spearman needs numbers: each layer's position among the distinct merits (ties share one).
     merits = [_merit(exact[name]) for name in names]
     position = {merit: index for index, merit in enumerate(sorted(set(merits)))}
-    exact_scores = [position[merit] for merit in merits]
+    distances = [exact[name].get("mse_to_target") for name in names]
+    by_screen = sorted(names, key=lambda name: -attribution[name])
     return {
-        "spearman": spearman(exact_scores, [attribution[name] for name in names]),
+        "spearman": spearman([position[merit] for merit in merits], screen),
+        "spearman_pixels": None if None in distances else spearman([-distance for distance in distances], screen),
+        "screen_top_k": max((by_screen.index(name) + 1 for name in selected), default=None) if set(selected) <= set(names) else None,
         "time_ratio": timings["sweep"] / timings["attribution"],
         "layers": float(len(names)),
     }
@@ -244,7 +259,7 @@ class _Run:
 
     def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> tuple[dict, dict, list[dict], Any]:
         images = generate_patched(self.pipe, pair, layer_sets, self.settings, self.seed, self.max_batch, self.generate_kwargs)
-        rows = score_images([images.source, images.target, *images.patched], pair, images.source, self.ocr, self.judge)
+        rows = score_images([images.source, images.target, *images.patched], pair, images.source, images.target, self.ocr, self.judge)
         return rows[0], rows[1], rows[2:], images
 
     def _cached(self, stage: str, index: int, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> dict:

@@ -36,7 +36,7 @@ class Localization:
     selected: list[str] = field(default_factory=list)
     reached: bool = False
     held_out: dict[str, Any] | None = None
-    agreement: dict[str, float] | None = None
+    agreement: dict[str, float | None] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     complete: bool = True
 
@@ -112,7 +112,12 @@ class Localization:
                 f"scene kept {_pct(held['patched'].get('scene'))}, ssim {_num(held['patched']['ssim'])}"
             )
         if self.agreement:
-            lines.append(f"attribution vs exact: Spearman {self.agreement['spearman']:.2f}, time ratio {self.agreement['time_ratio']:.1f}x")
+            agreement = self.agreement
+            lines.append(
+                f"attribution screen vs exact sweep: {agreement['time_ratio']:.1f}x less time; Spearman {agreement['spearman']:.2f} "
+                f"on the OCR ranking, {_num(agreement.get('spearman_pixels'))} on the pull toward the target image; "
+                f"screen+exact needs top_k >= {agreement.get('screen_top_k') or '-'} to sweep the selected layers"
+            )
         return "\n".join(lines)
 
 

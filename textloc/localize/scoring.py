@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from textloc.localize.prompts import PromptPair
-from textloc.metrics import image_scores, text_scores
+from textloc.metrics import image_scores, mse, text_scores
 from textloc.ocr import OCR
 
 # Judges whether images show the scene their prompts ask for (e.g. sign and background colours).
@@ -22,6 +22,7 @@ METRICS = (
     "mse",
     "ssim",
     "scene",
+    "mse_to_target",
 )
 
 
@@ -29,6 +30,7 @@ def score_images(
     images: Sequence[np.ndarray],
     pair: PromptPair,
     source_image: np.ndarray,
+    target_image: np.ndarray,
     ocr: OCR,
     scene_judge: SceneJudge | None = None,
 ) -> list[dict[str, Any]]:
@@ -54,6 +56,7 @@ def score_images(
         pixels = image_scores(image, source_image)
         row["mse"], row["ssim"] = float(pixels["mse"]), float(pixels["ssim"])
         row["scene"] = None if scene is None else float(scene)
+        row["mse_to_target"] = mse(image, target_image)
         scores.append(row)
     return scores
 
