@@ -38,6 +38,7 @@ def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     assert result.held_out["patched"]["n"] == 1.0  # 3 pairs: the last one is held out
     for name in ("report.json", "layers.csv", "layers.png", "examples.png"):
         assert (tmp_path / name).stat().st_size > 0
+    assert "(unpatched source)" in (tmp_path / "layers.csv").read_text()  # every layer's floor beside it
     loaded = Localization.load(tmp_path)
     assert loaded.selected == result.selected and loaded.layers == json.loads(json.dumps(result.layers))
     assert "selected" in result.summary()
@@ -135,6 +136,43 @@ def test_bad_input_is_refused_clearly():
         localize(pipe, pairs(2), method="magic", progress=False)
     with pytest.raises(ValueError, match="sets generator"):
         localize(pipe, pairs(2), generator=None, progress=False)
+    with pytest.raises(ValueError, match="held_out"):
+        localize(pipe, pairs(2), held_out=1.0, progress=False)
+    with pytest.raises(ValueError, match="top_k only"):
+        localize(pipe, pairs(2), top_k=3, progress=False)
+    with pytest.raises(ValueError, match="max_batch"):
+        localize(pipe, pairs(2), max_batch=2, progress=False)
+    with pytest.raises(ValueError, match="outside the patch window"):
+        localize(pipe, pairs(2), method="attribution", steps=(0, 0.25), grad_steps=(0.5,), progress=False, **kwargs(pipe))
+
+
+def test_a_share_of_the_pairs_is_held_out_but_never_all_of_them():
+    assert [core._held_out_count(0.25, n) for n in (1, 2, 3, 32)] == [0, 1, 1, 8]
+    assert core._held_out_count(0.0, 10) == 0 and core._held_out_count(0.9, 3) == 2
+
+
+def test_attribution_takes_gradients_only_inside_the_patch_window():
+    from textloc.localize.attribution import attribution_scores
+    from textloc.localize.sweep import PatchSettings
+
+    pipe = _pipeline("sd15")
+    layers = core.select_layers(pipe, "all")
+    pair = pairs(1)[0]
+    inside = attribution_scores(pipe, pair, layers, PatchSettings(), 0, [0], kwargs(pipe))
+    outside = attribution_scores(pipe, pair, layers, PatchSettings(steps=(1, None)), 0, [0], kwargs(pipe))
+    assert any(score != 0 for score in inside) and all(score == 0 for score in outside)
+
+
+def test_a_log_line_cut_by_a_crash_is_dropped_and_the_log_goes_on(tmp_path):
+    from textloc.localize.report import ProgressLog
+
+    log = ProgressLog(tmp_path, {"a": 1})
+    log.put("sweep", 0, {"x": 1})
+    with (tmp_path / PROGRESS_FILE).open("a") as handle:
+        handle.write('{"stage": "sweep", "pair": 1, "res')  # killed mid-write
+    ProgressLog(tmp_path, {"a": 1}).put("sweep", 1, {"x": 2})
+    reopened = ProgressLog(tmp_path, {"a": 1})
+    assert reopened.get("sweep", 0) == {"x": 1} and reopened.get("sweep", 1) == {"x": 2}
 
 
 def test_spearman_matches_known_values():
@@ -145,29 +183,31 @@ def test_spearman_matches_known_values():
 
 def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
     layers = [core.AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(4)]
-    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "ssim": 0.9}
+    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "mse_to_target": 0.1}
     exact = {
         "block.0": unpatched,  # no effect
-        "block.1": {**unpatched, "target_ned": 0.95, "source_ned": 0.8, "ssim": 0.5},  # garbles the source word
-        "block.2": {**unpatched, "target_ned": 0.6, "source_ned": 0.8, "ssim": 0.5},  # moves it toward the target
-        "block.3": {**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "ssim": 0.1},
+        "block.1": {**unpatched, "target_ned": 0.95, "source_ned": 0.8, "mse_to_target": 0.05},  # garbles the source word
+        "block.2": {**unpatched, "target_ned": 0.6, "source_ned": 0.8, "mse_to_target": 0.05},  # moves it toward the target
+        "block.3": {**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "mse_to_target": 0.01},
     }
     assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
     attribution = {"block.0": 0.1, "block.1": 0.2, "block.2": 0.3, "block.3": 0.4}
     agreement = core._agreement(exact, attribution, ["block.3", "block.2"], {"sweep": 10.0, "attribution": 2.0})
-    assert agreement == {"spearman": pytest.approx(1.0), "spearman_pixels": None, "screen_top_k": 2, "time_ratio": 5.0, "layers": 4.0}
+    assert agreement == {"spearman": pytest.approx(1.0), "spearman_pixels": pytest.approx(spearman([0.1, 0.05, 0.05, 0.01], [-0.1, -0.2, -0.3, -0.4])),
+                         "screen_top_k": 2, "time_ratio": 5.0, "layers": 4.0}
 
 
 def test_agreement_also_ranks_layers_by_how_close_they_bring_the_image_to_the_target():
-    # Three layers tie on every OCR score; their pixel distances to the target image still order them.
-    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "ssim": 0.9}
-    distances = {"a": 0.01, "b": 0.02, "c": 0.03, "d": 0.04}
+    # One layer writes the target's word; the OCR sees nothing from the other three, but the
+    # pixels still order them, and a screen that orders them the other way agrees only on top.
+    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5}
+    distances = {"a": 0.05, "b": 0.01, "c": 0.02, "d": 0.03}
     exact = {name: {**unpatched, "mse_to_target": distance} for name, distance in distances.items()}
     exact["a"] = {**exact["a"], "target_hit": 0.5}
-    attribution = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}
+    attribution = {"a": 4.0, "b": 1.0, "c": 2.0, "d": 3.0}
     agreement = core._agreement(exact, attribution, ["a"], {"sweep": 1.0, "attribution": 1.0})
-    assert agreement["spearman_pixels"] == pytest.approx(1.0)
-    assert agreement["spearman"] == pytest.approx(spearman([1, 0, 0, 0], [4, 3, 2, 1]))
+    assert agreement["spearman"] == pytest.approx(spearman([3, 2, 1, 0], [4, 1, 2, 3]))
+    assert agreement["spearman_pixels"] == pytest.approx(spearman([-0.05, -0.01, -0.02, -0.03], [4, 1, 2, 3]))
     assert agreement["screen_top_k"] == 1
     # A selected layer the screen never scored leaves the top_k it would need unknown.
     assert core._agreement(exact, attribution, ["a", "z"], {"sweep": 1.0, "attribution": 1.0})["screen_top_k"] is None
@@ -182,6 +222,8 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     assert "selected" in capsys.readouterr().out
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--patch-steps", "late"]) == 2
     assert "START:STOP" in capsys.readouterr().err
+    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--heads", "first"]) == 2
+    assert "head indices" in capsys.readouterr().err
 
 
 def test_tiny_pairs_keep_the_scene_and_change_the_word():

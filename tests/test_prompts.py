@@ -41,6 +41,12 @@ def test_identical_source_and_target_is_an_error():
         PromptPair.from_template(SIMPLE_TEMPLATE, "lamp", "lamp")
     with pytest.raises(ValueError, match="same"):
         PromptPair.from_template(SIMPLE_TEMPLATE, "Lamp", "LAMP")  # OCR scores ignore case
+    with pytest.raises(ValueError, match="same words"):
+        PromptPair.from_template(SIMPLE_TEMPLATE, "NEW-YORK", "new york")  # ... and punctuation
+    with pytest.raises(ValueError, match="holds the other's words"):
+        PromptPair.from_template(SIMPLE_TEMPLATE, "BIG SALE", "SALE")  # the source would already be a hit
+    with pytest.raises(ValueError, match="nothing for the OCR"):
+        PromptPair.from_template(SIMPLE_TEMPLATE, "!!", "SALE")
 
 
 def test_pair_texts_must_match_the_prompts():

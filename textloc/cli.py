@@ -326,11 +326,11 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method = parser.add_argument_group("method")
     method.add_argument("--method", choices=METHODS, default="activation", help="exact sweep (activation), attribution screen, screen then exact on --top-k, or both compared (default activation)")
     method.add_argument("--selection", choices=SELECTIONS, default="cumulative", help="how layers are added to the chosen set (default cumulative)")
-    method.add_argument("--threshold", type=float, default=0.8, help="stop once the target text is read at this share of the directly prompted rate (default 0.8)")
+    method.add_argument("--threshold", type=float, default=0.8, help="the chosen set is the first that makes the OCR read the target text at this share of the directly prompted rate (default 0.8)")
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
     method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact)")
     method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: name, glob or index (repeatable; default all text layers)")
-    method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window (indices or fractions, e.g. 0:0.5)")
+    method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window, stop excluded: step indices (0:10) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
     method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
     method.add_argument("--ocr", default="rapidocr", help="OCR engine: rapidocr (default), tesseract, easyocr")
@@ -342,6 +342,12 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     run.add_argument("--max-batch", type=_positive_int, default=16, metavar="B", help="most rows in one generation (default 16; lower it if memory runs out)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumes a run already there)")
     parser.set_defaults(run=run_localize)
+
+
+def _heads(text: str) -> list[int]:
+    if not re.fullmatch(r"\d+(,\d+)*", text):
+        raise CommandError(f"--heads takes head indices separated by commas (e.g. 0,3), not {text!r}.")
+    return [int(head) for head in text.split(",")]
 
 
 def _window(text: str | None) -> tuple[int | float | None, int | float | None] | None:
@@ -392,7 +398,7 @@ def run_localize(args: argparse.Namespace) -> int:
     settings = generate_kwargs(pipe, args.model, args, num=None)
     settings.pop("generator")
     settings.pop("output_type")
-    heads = None if args.heads is None else [int(head) for head in args.heads.split(",")]
+    heads = None if args.heads is None else _heads(args.heads)
     judge = None
     if args.model == TINY_MODEL_NAME:
         from textloc.tiny.pairs import scene_judge as judge
@@ -453,7 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         # Errors textloc raises on bad input say what to do; anything else may be a bug.
-        known = isinstance(error, (CommandError, ValueError, OSError))
+        # A missing optional package's ImportError says which pip command installs it.
+        known = isinstance(error, (CommandError, ValueError, OSError)) or (isinstance(error, ImportError) and "pip install" in str(error))
         hint = "" if known else f" ({type(error).__name__}; rerun with --debug for the traceback)"
         print(f"{PROG}: error: {_one_line(error)}{hint}", file=sys.stderr)
         return EXIT_ERROR

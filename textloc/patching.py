@@ -134,10 +134,15 @@ class RowPatch:
         return ("cond", "uncond") if self.branch == "both" else (self.branch,)
 
     def active_at(self, step: int, num_steps: int) -> bool:
-        if self.steps is None:
-            return True
-        start, stop = (_step_bound(bound, num_steps) for bound in self.steps)
-        return (start is None or step >= start) and (stop is None or step < stop)
+        return in_step_window(self.steps, step, num_steps)
+
+
+def in_step_window(window: StepWindow, step: int, num_steps: int) -> bool:
+    """Whether step index ``step`` of ``num_steps`` lies in ``window`` (``None``: every step)."""
+    if window is None:
+        return True
+    start, stop = (_step_bound(bound, num_steps) for bound in window)
+    return (start is None or step >= start) and (stop is None or step < stop)
 
 
 def _step_bound(bound: int | float | None, num_steps: int) -> int | None:

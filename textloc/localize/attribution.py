@@ -38,7 +38,10 @@ def attribution_scores(
     """
     strengths = torch.zeros(len(layers), requires_grad=True)
     plan = [
-        RowPatch((layer.name,), source=TARGET_ROW, row=SOURCE_ROW, heads=settings.heads, branch=settings.branch, strength=strengths[i])
+        RowPatch(
+            (layer.name,), source=TARGET_ROW, row=SOURCE_ROW, steps=settings.steps, heads=settings.heads,
+            branch=settings.branch, strength=strengths[i],
+        )
         for i, layer in enumerate(layers)
     ]
     branch = "uncond" if settings.branch == "uncond" else "cond"

@@ -18,7 +18,7 @@ from textloc.localize.report import Localization, ProgressLog
 from textloc.localize.scoring import SceneJudge, mean_metrics, score_images
 from textloc.localize.sweep import PatchSettings, generate_patched
 from textloc.ocr import OCR, get_ocr
-from textloc.patching import BranchChoice, StepWindow
+from textloc.patching import BranchChoice, StepWindow, in_step_window
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
 Selection = Literal["cumulative", "greedy"]
@@ -26,6 +26,8 @@ METHODS: tuple[str, ...] = ("activation", "attribution", "screen+exact", "both")
 SELECTIONS: tuple[str, ...] = ("cumulative", "greedy")
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
+# Held-out pairs shown in the example grid (source | patched | target).
+EXAMPLES = 6
 
 
 def localize(
@@ -69,7 +71,7 @@ def localize(
     prompt generated directly. The last ``held_out`` fraction of the pairs is kept out of all
     choices and scores the chosen set. ``steps``/``heads``/``branch`` restrict the patch as in
     :func:`textloc.patch`; ``grad_steps`` are the fractions of the schedule where attribution takes
-    its gradients. With ``out``, every finished pair is logged there and a rerun with the same
+    its gradients. With ``out``, finished work is logged there pair by pair and a rerun with the same
     settings resumes; the report files are written at the end. ``generate_kwargs`` go to the
     pipeline (steps, guidance, size).
     """
@@ -80,13 +82,19 @@ def localize(
         raise ValueError(f"Unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}.")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold is a share of the directly prompted rate, in (0, 1]; got {threshold}.")
+    if not 0.0 <= held_out < 1.0:
+        raise ValueError(f"held_out is the share of the pairs kept to score the chosen set, in [0, 1); got {held_out}.")
+    if top_k is not None and method != "screen+exact":
+        raise ValueError(f"top_k only applies to method='screen+exact' (got method={method!r}).")
+    if max_batch < 3:
+        raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
     reserved = sorted(set(generate_kwargs) & set(_RESERVED))
     if reserved:
         raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")
     candidates = select_layers(pipe, layers)
     reader = get_ocr(ocr)
     settings = PatchSettings(steps, None if heads is None else tuple(heads), branch)
-    n_held = int(round(held_out * len(pairs))) if len(pairs) > 1 else 0
+    n_held = _held_out_count(held_out, len(pairs))
     choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
     model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
     recorded = {
@@ -94,6 +102,10 @@ def localize(
         "method": method, "selection": selection, "threshold": threshold, "held_out": held_out, "top_k": top_k,
         "grad_steps": list(grad_steps), "steps": steps, "heads": settings.heads, "branch": branch, "seed": seed,
         "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
+        # Not choices of the method, but a resumed run must not mix their results either.
+        "ocr": ocr if isinstance(ocr, str) else type(ocr).__name__,
+        "scene_judge": None if scene_judge is None else getattr(scene_judge, "__qualname__", type(scene_judge).__name__),
+        "dtype": str(getattr(pipe, "dtype", None)),
     }
     run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded))
 
@@ -141,6 +153,14 @@ def localize(
     return result
 
 
+def _held_out_count(share: float, num_pairs: int) -> int:
+    """How many pairs to hold out: ``share`` of them, rounded half up, but at least one when
+    ``share`` asks for any and at least one left to choose on."""
+    if share == 0 or num_pairs < 2:
+        return 0
+    return min(num_pairs - 1, max(1, int(share * num_pairs + 0.5)))
+
+
 def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
     pairs = list(pairs)
     if not pairs:
@@ -154,11 +174,13 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
 def _merit(means: dict[str, float]) -> tuple[float, ...]:
     """How well a patch renders the target, larger is better: the target's hit rate, then its
     word F1, then how much closer by edit distance the reading came to the target than to the
-    source, then how much of the source scene stayed. The edit distances still order layers when
-    a model rarely writes a word exactly; their difference, not the target's alone, because a
-    layer that only garbles the source's word moves the reading away from both, and a layer
-    without effect must not rank above it."""
-    return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], means["ssim"])
+    source, then how close the image came to the target prompt's. The edit distances still order
+    layers when a model rarely writes a word exactly; their difference, not the target's alone,
+    because a layer that only garbles the source's word moves the reading away from both, and a
+    layer without effect must not rank above it. The pixels break the ties left among layers the
+    OCR sees no effect from: a layer that moves the image toward the target's ranks above one that
+    does nothing."""
+    return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
 
 
 def _rank(candidates: list[AttentionLayer], exact: dict[str, dict], attribution: dict[str, float] | None) -> list[AttentionLayer]:
@@ -278,6 +300,13 @@ class _Run:
             raise ValueError("Attribution needs at least one gradient step (grad_steps).")
         num_steps = self._num_steps()
         indices = sorted({min(num_steps - 1, max(0, round(fraction * num_steps))) for fraction in grad_steps})
+        # The screen estimates the exact patch, so it takes gradients only where that patch acts.
+        indices = [index for index in indices if in_step_window(self.settings.steps, index, num_steps)]
+        if not indices:
+            raise ValueError(
+                f"grad_steps {list(grad_steps)} fall outside the patch window {self.settings.steps} of {num_steps} steps; "
+                "choose gradient steps inside the window."
+            )
         totals = np.zeros(len(layers))
         for index, pair in self._pairs(pairs, "attribution"):
             done = self._logged("attribution", index, lambda done: True, lambda: {
@@ -346,14 +375,19 @@ class _Run:
     def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str]) -> tuple[dict[str, Any], list[dict]]:
         patched_rows, sources, targets, examples = [], [], [], []
         for index, pair in self._pairs(pairs, "held-out pairs"):
-            source, target, patched, images = self._generate_and_score(pair, [chosen])
-            patched_rows.append(patched[0])
-            sources.append(source)
-            targets.append(target)
-            if len(examples) < 6:
+            if index < EXAMPLES:
+                # The example grid needs the images, which the log does not keep: these few are
+                # generated again on a resume.
+                source, target, patched, images = self._generate_and_score(pair, [chosen])
                 examples.append({
                     "source": images.source, "patched": images.patched[0], "target": images.target,
                     "source_read": source["read"], "patched_read": patched[0]["read"], "target_read": target["read"],
                 })
+            else:
+                done = self._cached("held out", index, pair, [chosen])
+                source, target, patched = done["source"], done["target"], done["patched"]
+            patched_rows.append(patched[0])
+            sources.append(source)
+            targets.append(target)
         result = {"patched": mean_metrics(patched_rows), "direct": mean_metrics(targets), "unpatched": mean_metrics(sources), "layers": chosen}
         return result, examples

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence, TypeVar
 
+from textloc.metrics import contains, words
+
 T = TypeVar("T")
 
 SIMPLE_TEMPLATE = 'A sign that says "{}".'
@@ -51,10 +53,17 @@ class PromptPair:
     template: str
 
     def __post_init__(self) -> None:
-        if self.source_text.casefold() == self.target_text.casefold():
-            # OCR scores compare case-insensitively, so such a pair could never show an effect.
+        for text in (self.source_text, self.target_text):
+            if not words(text):
+                raise ValueError(f"text {text!r} has no letters or digits, so there is nothing for the OCR to read")
+        # The scores compare words (case and punctuation aside) and count a hit when the words
+        # appear anywhere in the reading: texts that hold each other's words could never show an
+        # effect, or the unpatched image would already count as a hit.
+        if contains(self.source_text, self.target_text) or contains(self.target_text, self.source_text):
+            same = "the same words" if words(self.source_text) == words(self.target_text) else "one holds the other's words"
             raise ValueError(
-                f"source and target text are the same ({self.source_text!r}); a pair needs two texts"
+                f"source text {self.source_text!r} and target text {self.target_text!r} have {same} to the OCR "
+                "(case and punctuation aside); a pair needs two texts whose words differ"
             )
         for prompt, text in ((self.source, self.source_text), (self.target, self.target_text)):
             if quoted_text(prompt) != text:

@@ -38,7 +38,6 @@ class Localization:
     held_out: dict[str, Any] | None = None
     agreement: dict[str, float | None] | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    complete: bool = True
 
     @property
     def selected_share(self) -> float:
@@ -75,6 +74,10 @@ class Localization:
                     layer["index"], layer["name"], layer["kind"], layer["num_text_kv_params"], f"{layer['param_share']:.6g}",
                     layer.get("rank", ""), _cell(layer.get("attribution")), *(_cell(exact.get(name)) for name in metric_names),
                 ])
+            # The floor and the ceiling, so that no layer's numbers are read without them.
+            for name, label in (("source", "(unpatched source)"), ("target", "(target prompted directly)")):
+                means = (self.baselines or {}).get(name) or {}
+                writer.writerow(["", label, "baseline", "", "", "", "", *(_cell(means.get(metric)) for metric in metric_names)])
         os.replace(temporary, path)
 
     def summary(self) -> str:
@@ -106,8 +109,9 @@ class Localization:
         lines += [f"  {name}" for name in self.selected]
         if self.held_out:
             held = self.held_out
+            where = "held-out pairs" if self.settings.get("held_out_pairs") else "the choice pairs again, none held out"
             lines.append(
-                f"held-out pairs ({int(held['patched']['n'])}): target read {_pct(held['patched']['target_hit'])} patched vs "
+                f"{where} ({int(held['patched']['n'])}): target read {_pct(held['patched']['target_hit'])} patched vs "
                 f"{_pct(held['direct']['target_hit'])} prompted directly and {_pct(held['unpatched']['target_hit'])} unpatched; "
                 f"scene kept {_pct(held['patched'].get('scene'))}, ssim {_num(held['patched']['ssim'])}"
             )
@@ -151,7 +155,8 @@ def _json_default(value: Any) -> Any:
 class ProgressLog:
     """Append-only JSON lines of finished work units, keyed by (stage, pair); what makes runs resume.
 
-    Each line is written whole and flushed; a line cut by a crash is ignored on reading. The first
+    Each line is written whole and flushed; a last line cut by a crash is dropped when the log is
+    opened again. The first
     line holds the settings: resuming with other settings is refused instead of mixing results.
     """
 
@@ -163,6 +168,7 @@ class ProgressLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(settings, default=_json_default))
         if self.path.exists():
+            _drop_torn_tail(self.path)
             lines = list(_read_lines(self.path))
             if lines and lines[0].get("settings") != settings:
                 raise ValueError(
@@ -188,6 +194,14 @@ class ProgressLog:
             handle.write(json.dumps(record, default=_json_default) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that an interruption left without its newline, so new lines start clean."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
