@@ -37,10 +37,13 @@ def test_the_committed_finding_is_a_strict_subset_that_writes_the_target(finding
     assert finding.model == "textloc-tiny" and finding.reached
     assert set(finding.selected) < text_layers
     # On its held-out pairs the set writes the target word where the unpatched prompt never does,
-    # and keeps the scene. (Whether it reaches 80% of the direct rate there is reported, not
-    # asserted: with 8 held-out pairs at textloc-tiny's present word rate it is one sign away.)
+    # takes the reading most of the way (edit distance) to the target prompt's, and keeps the
+    # scene. (Whether the exact word comes at 80% of the direct rate is reported, not asserted:
+    # textloc-tiny still writes most words a letter off, and the README gives the figures.)
     held = finding.held_out
     assert held["patched"]["target_hit"] > held["unpatched"]["target_hit"] == 0
+    unpatched, direct, patched = (held[name]["target_ned"] for name in ("unpatched", "direct", "patched"))
+    assert unpatched - patched >= 0.8 * (unpatched - direct) > 0
     assert held["patched"]["scene"] >= SHARE
 
 
