@@ -16,7 +16,7 @@ from textloc.localize.attribution import attribution_scores
 from textloc.localize.prompts import PromptPair
 from textloc.localize.report import Localization, ProgressLog
 from textloc.localize.scoring import SceneJudge, mean_metrics, score_images
-from textloc.localize.sweep import PatchSettings, generate_patched
+from textloc.localize.sweep import PatchSettings, check_max_batch, generate_patched
 from textloc.ocr import OCR, get_ocr
 from textloc.patching import BranchChoice, StepWindow, in_step_window
 
@@ -86,8 +86,7 @@ def localize(
         raise ValueError(f"held_out is the share of the pairs kept to score the chosen set, in [0, 1); got {held_out}.")
     if top_k is not None and method != "screen+exact":
         raise ValueError(f"top_k only applies to method='screen+exact' (got method={method!r}).")
-    if max_batch < 3:
-        raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
+    check_max_batch(max_batch)  # before the screen runs, not at the sweep's first generation
     reserved = sorted(set(generate_kwargs) & set(_RESERVED))
     if reserved:
         raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")

@@ -156,8 +156,8 @@ class ProgressLog:
     """Append-only JSON lines of finished work units, keyed by (stage, pair); what makes runs resume.
 
     Each line is written whole and flushed; a last line cut by a crash is dropped when the log is
-    opened again. The first
-    line holds the settings: resuming with other settings is refused instead of mixing results.
+    opened again. The first line holds the settings: resuming with other settings is refused
+    instead of mixing results.
     """
 
     def __init__(self, directory: str | Path | None, settings: dict[str, Any]):

@@ -32,6 +32,12 @@ class PairImages:
     patched: list[np.ndarray]
 
 
+def check_max_batch(max_batch: int) -> None:
+    """A batch holds the source row, the target row and at least one patched row."""
+    if max_batch < 3:
+        raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
+
+
 def generate_patched(
     pipe: Any,
     pair: PromptPair,
@@ -49,8 +55,7 @@ def generate_patched(
     """
     if not layer_sets:
         raise ValueError("No layer set to patch: give at least one.")
-    if max_batch < 3:
-        raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
+    check_max_batch(max_batch)
     chunk = max_batch - 2
     source = target = None
     patched: list[np.ndarray] = []
