@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import textloc.localize.core as core
@@ -118,6 +119,52 @@ def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
     assert again.timings["sweep"] >= logged["sweep"] > 0
     assert again.timings["attribution"] >= logged["attribution"] > 0
     assert again.agreement["time_ratio"] > 0
+
+
+def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypatch):
+    pipe = _pipeline("sd15")
+    real = core.generate_patched
+    rounds = []
+
+    def failing_in_round_two(*args, **kw):
+        sets = args[2]
+        if len(sets[0]) == 2:  # the second greedy round tries sets of two layers
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    settings = dict(selection="greedy", threshold=1.0, held_out=0.0, progress=False, **kwargs(pipe))
+    monkeypatch.setattr(core, "generate_patched", failing_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        localize(pipe, pairs(2), out=tmp_path, **settings)
+    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: rounds.append(len(args[2][0])) or real(*args, **kw))
+    resumed = localize(pipe, pairs(2), out=tmp_path, **settings)
+    assert rounds[0] >= 2  # neither the sweep nor the first round was generated again
+    fresh = localize(pipe, pairs(2), **settings)
+    assert resumed.sets == fresh.sets and resumed.selected == fresh.selected
+
+
+def test_step_window_and_heads_reach_every_patch(monkeypatch):
+    import textloc.localize.sweep as sweep
+
+    pipe = _pipeline("sd15")
+    plans = []
+    real = sweep.run_with_patches
+    monkeypatch.setattr(sweep, "run_with_patches", lambda pipe, prompts, plan, **kw: plans.append(plan) or real(pipe, prompts, plan, **kw))
+    localize(pipe, pairs(2), steps=(1, None), heads=[0], branch="both", held_out=0.0, progress=False, **kwargs(pipe))
+    patches = [patch for plan in plans for patch in plan]
+    assert patches and {(patch.steps, patch.heads, patch.branch) for patch in patches} == {((1, None), (0,), "both")}
+
+
+def test_a_sweep_split_over_several_batches_gives_the_same_images():
+    from textloc.localize.sweep import PatchSettings, generate_patched
+
+    pipe = _pipeline("sd15")
+    layer_sets = [[layer.name] for layer in core.select_layers(pipe, "all")]
+    whole = generate_patched(pipe, pairs(1)[0], layer_sets, PatchSettings(), 0, len(layer_sets) + 2, kwargs(pipe))
+    split = generate_patched(pipe, pairs(1)[0], layer_sets, PatchSettings(), 0, 3, kwargs(pipe))
+    assert len(split.patched) == len(layer_sets)
+    for a, b in zip([whole.source, whole.target, *whole.patched], [split.source, split.target, *split.patched]):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_bad_input_is_refused_clearly():
