@@ -7,6 +7,7 @@ import runpy
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 import textloc as tl
@@ -90,6 +91,24 @@ def test_bad_model_is_one_line_on_stderr_and_status_2(capsys, model, message):
     assert status == 2 and out == ""
     assert err.startswith("textloc: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_device_and_dtype_choose_where_and_how_the_model_runs(capsys, tmp_path, monkeypatch):
+    import textloc.cli as cli
+
+    loaded = {}
+    real = cli.load_pipeline
+    monkeypatch.setattr(cli, "load_pipeline", lambda name, device, dtype: loaded.update(device=device, dtype=dtype) or real(name, device, dtype))
+    status, _, _ = run(capsys, "generate", "--model", "tiny-random-sd15", "a", "--out", str(tmp_path / "a.png"), "--dtype", "bfloat16")
+    assert status == 0 and loaded == {"device": torch.device("cpu"), "dtype": torch.bfloat16}  # no GPU here
+    run(capsys, "layers", "--model", "tiny-random-sd15")
+    assert loaded["dtype"] == torch.float32  # auto: float32 on the CPU
+
+    status, _, err = run(capsys, "layers", "--model", "tiny-random-sd15", "--device", "gpu")
+    assert status == 2 and "not a device torch knows" in err
+    if not torch.cuda.is_available():
+        status, _, err = run(capsys, "layers", "--model", "tiny-random-sd15", "--device", "cuda")
+        assert status == 2 and "no CUDA GPU" in err
 
 
 def test_bad_generate_options_are_errors_with_status_2(capsys, tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -271,6 +273,31 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     assert "START:STOP" in capsys.readouterr().err
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--heads", "first"]) == 2
     assert "head indices" in capsys.readouterr().err
+
+
+def test_a_launched_run_shares_the_pairs_out_and_gives_the_single_process_result(tmp_path, monkeypatch):
+    # torchrun is what accelerate launch runs on GPUs; without GPUs the processes meet over gloo.
+    command = ["localize", "--model", "tiny-random-sd15", "--pairs", "4", "--method", "both", "--threads", "1"]
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "textloc", *command, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    assert launched.stdout.count("wrote ") == 1  # one summary, from the main process
+    from textloc.cli import main
+
+    assert main([*command, "--out", str(tmp_path / "one")]) == 0
+    one, two = Localization.load(tmp_path / "one"), Localization.load(tmp_path / "two")
+    assert (two.layers, two.sets, two.selected, two.held_out) == (one.layers, one.sets, one.selected, one.held_out)
+    second = [json.loads(line) for line in (tmp_path / "two" / "progress.1.jsonl").read_text().splitlines()[1:]]
+    assert {line["pair"] for line in second} == {1}  # pairs 1 and 3; 3 is held out, in the example grid
+
+    # Either log resumes the other's work: a plain rerun in the launched run's folder generates nothing.
+    calls = []
+    real = core.generate_patched
+    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    assert main([*command, "--out", str(tmp_path / "two")]) == 0
+    assert calls == [[one.selected]]  # only the held-out example pair, whose images are not logged
 
 
 def test_tiny_pairs_keep_the_scene_and_change_the_word():

@@ -31,6 +31,7 @@ from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layer
 from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, generator, load_pipeline, recommended_settings
 
 EXIT_ERROR = 2
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 PROG = "textloc"
 
 
@@ -82,6 +83,18 @@ def _model_options() -> argparse.ArgumentParser:
         help=f"'{TINY_MODEL_NAME}' (the embedded model, default), '{RANDOM_PREFIX}<arch>' (a random-init "
         f"pipeline; arch: {_architectures()}), or a diffusers hub id or local folder",
     )
+    model.add_argument(
+        "--device",
+        metavar="D",
+        help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: the GPU if there is one, else the CPU; "
+        "under accelerate launch, each process's own)",
+    )
+    model.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights' precision (default auto: bfloat16 on a GPU that has it, else float16; float32 on the CPU)",
+    )
     return model
 
 
@@ -96,12 +109,23 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~"))
 
 
-def load_model(name: str) -> Any:
-    """:func:`textloc.load_pipeline`, with any loading failure turned into a :class:`CommandError`."""
+def load_model(args: argparse.Namespace) -> Any:
+    """:func:`textloc.load_pipeline` of ``--model`` on ``--device`` in ``--dtype``, with any loading
+    failure turned into a :class:`CommandError`."""
+    from textloc.distributed import default_device, default_dtype
+
+    name = args.model
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise CommandError(f"cannot load model {name!r}: no such folder.")
     try:
-        return load_pipeline(name)
+        device = torch.device(args.device) if args.device else default_device()
+    except RuntimeError as error:
+        raise CommandError(f"--device {args.device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1, mps): {_one_line(error)}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu (or leave --device out).")
+    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        return load_pipeline(name, device=device, dtype=dtype)
     except Exception as error:  # noqa: BLE001 - the loaders raise many types; all mean "this model"
         builtin = name == TINY_MODEL_NAME or name.startswith(RANDOM_PREFIX)
         # diffusers/hub messages point at a stack trace the one-line error hides.
@@ -218,7 +242,7 @@ def run_layers(args: argparse.Namespace) -> int:
     kinds = list(args.kind or TEXT_KINDS)
     if args.all and "self" not in kinds:
         kinds.append("self")
-    report = layers_report(load_model(args.model), args.model, kinds)
+    report = layers_report(load_model(args), args.model, kinds)
     print(json.dumps(report, indent=2) if args.json else format_layers_table(report))
     return 0
 
@@ -280,7 +304,7 @@ def run_generate(args: argparse.Namespace) -> int:
     """Generate ``--num`` images of the prompt and save them as one PNG."""
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"--out must be a .png file, not {str(args.out)!r}.")
-    pipe = load_model(args.model)
+    pipe = load_model(args)
     pipe.set_progress_bar_config(disable=False, leave=False)
     images = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=args.num)).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -392,9 +416,10 @@ def localization_pairs(model: str, args: argparse.Namespace) -> list:
 
 def run_localize(args: argparse.Namespace) -> int:
     """Localize the text-rendering layers and print the summary table."""
+    from textloc.distributed import is_main_process
     from textloc.localize import localize
 
-    pipe = load_model(args.model)
+    pipe = load_model(args)
     settings = generate_kwargs(pipe, args.model, args, num=None)
     settings.pop("generator")
     settings.pop("output_type")
@@ -408,8 +433,9 @@ def run_localize(args: argparse.Namespace) -> int:
         steps=_window(args.patch_steps), heads=heads, branch=args.branch, seed=args.seed, max_batch=args.max_batch,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )
-    print(result.summary())
-    print(f"\nwrote {args.out}/report.json, layers.csv, layers.png, examples.png")
+    if is_main_process():  # every process of a launched run has the result; one prints it
+        print(result.summary())
+        print(f"\nwrote {args.out}/report.json, layers.csv, layers.png, examples.png")
     return 0
 
 

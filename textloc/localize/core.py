@@ -16,6 +16,7 @@ from textloc.localize.attribution import attribution_scores
 from textloc.localize.prompts import PromptPair
 from textloc.localize.report import Localization, ProgressLog
 from textloc.localize.scoring import SceneJudge, mean_metrics, score_images
+from textloc.distributed import Shards
 from textloc.localize.sweep import PatchSettings, check_max_batch, generate_patched
 from textloc.ocr import OCR, get_ocr
 from textloc.patching import BranchChoice, StepWindow, in_step_window
@@ -74,6 +75,10 @@ def localize(
     its gradients. With ``out``, finished work is logged there pair by pair and a rerun with the same
     settings resumes; the report files are written at the end. ``generate_kwargs`` go to the
     pipeline (steps, guidance, size).
+
+    Under ``accelerate launch`` (or ``torchrun``) the pairs are shared out among the processes,
+    each with the pipeline on its own device; every process returns the same result and the main
+    one writes the files.
     """
     pairs = _check_pairs(pairs)
     if method not in METHODS:
@@ -106,7 +111,8 @@ def localize(
         "scene_judge": None if scene_judge is None else getattr(scene_judge, "__qualname__", type(scene_judge).__name__),
         "dtype": str(getattr(pipe, "dtype", None)),
     }
-    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded))
+    shards = Shards()
+    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index), shards)
 
     attribution = None
     if method != "activation":
@@ -147,7 +153,7 @@ def localize(
         held_out=held_result, agreement=_agreement(exact, attribution, chosen, run.timings) if method == "both" else None,
         timings=run.timings,
     )
-    if out is not None:
+    if out is not None and shards.is_main:
         result.save(out, examples)
     return result
 
@@ -247,13 +253,15 @@ class _Run:
 
     A stage's timing is the compute it took, also when a resumed run takes part of it from the
     log: every logged unit keeps its own seconds, and reusing it counts them again, so the
-    attribution/sweep time ratio means the same whether or not the run was interrupted.
+    attribution/sweep time ratio means the same whether or not the run was interrupted. Units
+    that other processes of a launched run computed are counted the same way.
     """
 
-    def __init__(self, pipe, ocr: OCR, judge: SceneJudge | None, settings: PatchSettings, seed: int, max_batch: int, generate_kwargs: dict, progress: bool, log: ProgressLog):
+    def __init__(self, pipe, ocr: OCR, judge: SceneJudge | None, settings: PatchSettings, seed: int, max_batch: int, generate_kwargs: dict, progress: bool, log: ProgressLog, shards: Shards):
         self.pipe, self.ocr, self.judge, self.settings = pipe, ocr, judge, settings
-        self.seed, self.max_batch, self.generate_kwargs, self.progress = seed, max_batch, generate_kwargs, progress
-        self.log = log
+        self.seed, self.max_batch, self.generate_kwargs = seed, max_batch, generate_kwargs
+        self.progress = progress and shards.is_main
+        self.log, self.shards = log, shards
         self.timings: dict[str, float] = {}
         self.reused_seconds = 0.0
 
@@ -264,35 +272,53 @@ class _Run:
         spent = time.perf_counter() - start + self.reused_seconds - reused
         self.timings[name] = self.timings.get(name, 0.0) + spent
 
-    def _logged(self, stage: str, index: int, valid: Callable[[dict], bool], compute: Callable[[], dict]) -> dict:
-        """The logged result of (stage, pair) if ``valid``, else ``compute()``d, timed and logged."""
-        done = self.log.get(stage, index)
-        if done is not None and valid(done):
-            self.reused_seconds += done["seconds"]
-            return done
-        start = time.perf_counter()
-        done = {**compute(), "seconds": time.perf_counter() - start}
-        self.log.put(stage, index, done)
-        return done
-
-    def _pairs(self, pairs: Sequence[PromptPair], stage: str) -> Any:
-        return tqdm(list(enumerate(pairs)), desc=stage, disable=not self.progress, leave=False)
+    def _map(
+        self,
+        stage: str,
+        pairs: Sequence[PromptPair],
+        compute: Callable[[int, PromptPair], dict],
+        valid: Callable[[dict], bool] = lambda done: True,
+        logged: Callable[[int], bool] = lambda index: True,
+        desc: str | None = None,
+    ) -> list[dict]:
+        """Each pair's result of ``stage``: logged earlier and ``valid``, else ``compute``d, timed and
+        (where ``logged``) logged. This process does the pairs it owns; every process gets all results."""
+        mine = {}
+        owned = [(index, pair) for index, pair in enumerate(pairs) if self.shards.owns(index)]
+        for index, pair in tqdm(owned, desc=desc or stage, disable=not self.progress, leave=False):
+            done = self.log.get(stage, index) if logged(index) else None
+            if done is not None and valid(done):
+                self.reused_seconds += done["seconds"]
+            else:
+                start = time.perf_counter()
+                done = {**compute(index, pair), "seconds": time.perf_counter() - start}
+                if logged(index):
+                    self.log.put(stage, index, done)
+            mine[index] = done
+        everyone = self.shards.merge(mine)
+        self.reused_seconds += sum(done["seconds"] for index, done in everyone.items() if index not in mine)
+        return [everyone[index] for index in range(len(pairs))]
 
     def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> tuple[dict, dict, list[dict], Any]:
         images = generate_patched(self.pipe, pair, layer_sets, self.settings, self.seed, self.max_batch, self.generate_kwargs)
         rows = score_images([images.source, images.target, *images.patched], pair, images.source, images.target, self.ocr, self.judge)
         return rows[0], rows[1], rows[2:], images
 
-    def _cached(self, stage: str, index: int, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> dict:
+    def _patch_sets(self, stage: str, pairs: Sequence[PromptPair], layer_sets: Sequence[Sequence[str]], examples: int = 0, desc: str | None = None) -> list[dict]:
+        """Every pair's scores with each layer set patched. The first ``examples`` pairs also keep
+        their images (for the example grid); the log does not keep images, so those are never logged."""
         # The sets of a selection stage follow the ranking, so a log written by another version
         # can hold other sets under the same stage: only the same sets are reused.
         layer_sets = [list(layers) for layers in layer_sets]
 
-        def compute() -> dict:
-            source, target, patched, _ = self._generate_and_score(pair, layer_sets)
-            return {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
+        def compute(index: int, pair: PromptPair) -> dict:
+            source, target, patched, images = self._generate_and_score(pair, layer_sets)
+            done = {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
+            if index < examples:
+                done["images"] = images
+            return done
 
-        return self._logged(stage, index, lambda done: done["layer_sets"] == layer_sets, compute)
+        return self._map(stage, pairs, compute, valid=lambda done: done["layer_sets"] == layer_sets, logged=lambda index: index >= examples, desc=desc)
 
     def attribution(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], grad_steps: Sequence[float]) -> dict[str, float]:
         if not grad_steps:
@@ -306,11 +332,9 @@ class _Run:
                 f"grad_steps {list(grad_steps)} fall outside the patch window {self.settings.steps} of {num_steps} steps; "
                 "choose gradient steps inside the window."
             )
-        totals = np.zeros(len(layers))
-        for index, pair in self._pairs(pairs, "attribution"):
-            done = self._logged("attribution", index, lambda done: True, lambda: {
-                "scores": attribution_scores(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)})
-            totals += np.asarray(done["scores"])
+        results = self._map("attribution", pairs, lambda index, pair: {
+            "scores": attribution_scores(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)})
+        totals = np.sum([done["scores"] for done in results], axis=0)
         return {layer.name: float(total / len(pairs)) for layer, total in zip(layers, totals)}
 
     def _num_steps(self) -> int:
@@ -320,27 +344,13 @@ class _Run:
         return int(steps)
 
     def sweep(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer]) -> tuple[dict[str, dict], dict[str, dict]]:
-        per_layer: dict[str, list[dict]] = {layer.name: [] for layer in layers}
-        sources, targets = [], []
-        for index, pair in self._pairs(pairs, f"exact sweep ({len(layers)} layers)"):
-            done = self._cached("sweep", index, pair, [[layer.name] for layer in layers])
-            sources.append(done["source"])
-            targets.append(done["target"])
-            for layer, row in zip(layers, done["patched"]):
-                per_layer[layer.name].append(row)
-        exact = {name: mean_metrics(rows) for name, rows in per_layer.items()}
-        return exact, {"source": mean_metrics(sources), "target": mean_metrics(targets)}
+        means, baselines = self._evaluate_sets("sweep", pairs, [[layer.name] for layer in layers], desc=f"exact sweep ({len(layers)} layers)")
+        return {layer.name: m for layer, m in zip(layers, means)}, baselines
 
-    def _evaluate_sets(self, stage: str, pairs: Sequence[PromptPair], layer_sets: list[list[str]]) -> tuple[list[dict], dict]:
-        per_set: list[list[dict]] = [[] for _ in layer_sets]
-        sources, targets = [], []
-        for index, pair in self._pairs(pairs, stage):
-            done = self._cached(stage, index, pair, layer_sets)
-            sources.append(done["source"])
-            targets.append(done["target"])
-            for rows, row in zip(per_set, done["patched"]):
-                rows.append(row)
-        return [mean_metrics(rows) for rows in per_set], {"source": mean_metrics(sources), "target": mean_metrics(targets)}
+    def _evaluate_sets(self, stage: str, pairs: Sequence[PromptPair], layer_sets: list[list[str]], desc: str | None = None) -> tuple[list[dict], dict]:
+        results = self._patch_sets(stage, pairs, layer_sets, desc=desc)
+        means = [mean_metrics([done["patched"][i] for done in results]) for i in range(len(layer_sets))]
+        return means, _baselines(results)
 
     def select(self, pairs, ranked: list[AttentionLayer], selection: str, threshold: float):
         names = [layer.name for layer in ranked]
@@ -372,21 +382,19 @@ class _Run:
         return sets, baselines
 
     def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str]) -> tuple[dict[str, Any], list[dict]]:
-        patched_rows, sources, targets, examples = [], [], [], []
-        for index, pair in self._pairs(pairs, "held-out pairs"):
-            if index < EXAMPLES:
-                # The example grid needs the images, which the log does not keep: these few are
-                # generated again on a resume.
-                source, target, patched, images = self._generate_and_score(pair, [chosen])
-                examples.append({
-                    "source": images.source, "patched": images.patched[0], "target": images.target,
-                    "source_read": source["read"], "patched_read": patched[0]["read"], "target_read": target["read"],
-                })
-            else:
-                done = self._cached("held out", index, pair, [chosen])
-                source, target, patched = done["source"], done["target"], done["patched"]
-            patched_rows.append(patched[0])
-            sources.append(source)
-            targets.append(target)
-        result = {"patched": mean_metrics(patched_rows), "direct": mean_metrics(targets), "unpatched": mean_metrics(sources), "layers": chosen}
+        results = self._patch_sets("held out", pairs, [chosen], examples=EXAMPLES, desc="held-out pairs")
+        floors = _baselines(results)
+        result = {"patched": mean_metrics([done["patched"][0] for done in results]), "direct": floors["target"], "unpatched": floors["source"], "layers": chosen}
+        examples = [
+            {
+                "source": done["images"].source, "patched": done["images"].patched[0], "target": done["images"].target,
+                "source_read": done["source"]["read"], "patched_read": done["patched"][0]["read"], "target_read": done["target"]["read"],
+            }
+            for done in results if "images" in done
+        ]
         return result, examples
+
+
+def _baselines(results: Sequence[dict]) -> dict[str, dict]:
+    """The means of the unpatched source images (the floor) and the target prompt's (the ceiling)."""
+    return {"source": mean_metrics([done["source"] for done in results]), "target": mean_metrics([done["target"] for done in results])}

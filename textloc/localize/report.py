@@ -15,6 +15,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 REPORT_FILE, LAYERS_FILE, PLOT_FILE, GRID_FILE = "report.json", "layers.csv", "layers.png", "examples.png"
 PROGRESS_FILE = "progress.jsonl"
+PROGRESS_PATTERN = "progress*.jsonl"
+
+
+def progress_file(process: int) -> str:
+    """The progress log of one process of a run: ``progress.jsonl`` for the main (or only) one."""
+    return PROGRESS_FILE if process == 0 else f"progress.{process}.jsonl"
 
 
 @dataclass
@@ -157,28 +163,30 @@ class ProgressLog:
 
     Each line is written whole and flushed; a last line cut by a crash is dropped when the log is
     opened again. The first line holds the settings: resuming with other settings is refused
-    instead of mixing results.
+    instead of mixing results. Each process of a launched run writes its own file
+    (``progress.jsonl``, ``progress.1.jsonl``, ...) and reads them all, so that a run resumes
+    whatever the number of processes before and now.
     """
 
-    def __init__(self, directory: str | Path | None, settings: dict[str, Any]):
-        self.path = None if directory is None else Path(directory) / PROGRESS_FILE
+    def __init__(self, directory: str | Path | None, settings: dict[str, Any], process: int = 0):
+        self.path = None if directory is None else Path(directory) / progress_file(process)
         self.done: dict[tuple[str, int], Any] = {}
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(settings, default=_json_default))
         if self.path.exists():
-            _drop_torn_tail(self.path)
-            lines = list(_read_lines(self.path))
+            _drop_torn_tail(self.path)  # only this process's own file: the others may be mid-write
+        for path in sorted(self.path.parent.glob(PROGRESS_PATTERN)):
+            lines = list(_read_lines(path))
             if lines and lines[0].get("settings") != settings:
                 raise ValueError(
                     f"{self.path.parent} holds a localization run with other settings; resume it with the "
                     "same settings, or choose another output directory."
                 )
-            self.done = {(line["stage"], line["pair"]): line["result"] for line in lines[1:]}
-            if lines:
-                return
-        self._append({"settings": settings})
+            self.done.update({(line["stage"], line["pair"]): line["result"] for line in lines[1:]})
+        if not (self.path.exists() and self.path.stat().st_size):
+            self._append({"settings": settings})
 
     def get(self, stage: str, pair: int) -> Any:
         return self.done.get((stage, pair))
