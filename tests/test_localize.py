@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import textloc.localize.core as core
 from conftest import _pipeline
@@ -89,6 +90,10 @@ def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="other settings"):
         localize(pipe, pairs(4), out=tmp_path, threshold=0.5, progress=False, **kwargs(pipe))
+    with torch.no_grad():  # the same model name with other weights: nothing logged may be reused
+        next(pipe.unet.parameters()).flatten()[0] += 1.0
+    with pytest.raises(ValueError, match="other settings"):
+        localize(pipe, pairs(4), out=tmp_path, progress=False, **kwargs(pipe))
 
 
 def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):

@@ -84,3 +84,24 @@ def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
 def generator(pipe: DiffusionPipeline, seed: int) -> torch.Generator:
     """A generator seeded on the CPU, so the same seed gives the same noise on every device."""
     return torch.Generator("cpu").manual_seed(seed)
+
+
+@torch.no_grad()
+def weights_fingerprint(pipe: DiffusionPipeline) -> str:
+    """A short hash of the pipeline's weights, the same on every device.
+
+    It hashes the first 8 values of every parameter tensor of every model component (in float32,
+    so a value hashes alike on the CPU and the GPU): far cheaper than hashing the weights whole,
+    and any training or another checkpoint changes it. A run that resumes from its log compares it,
+    so that new weights under the same model name are never scored together with the old.
+    """
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name, component in sorted(pipe.components.items()):
+        if isinstance(component, torch.nn.Module):
+            heads = [parameter.detach().flatten()[:8].float() for parameter in component.parameters()]
+            if heads:
+                digest.update(name.encode())
+                digest.update(torch.cat(heads).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -20,6 +20,7 @@ from textloc.distributed import Shards
 from textloc.localize.sweep import PatchSettings, check_max_batch, generate_patched
 from textloc.ocr import OCR, get_ocr
 from textloc.patching import BranchChoice, StepWindow, in_step_window
+from textloc.pipelines import weights_fingerprint
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
 Selection = Literal["cumulative", "greedy"]
@@ -110,6 +111,7 @@ def localize(
         "ocr": ocr if isinstance(ocr, str) else type(ocr).__name__,
         "scene_judge": None if scene_judge is None else getattr(scene_judge, "__qualname__", type(scene_judge).__name__),
         "dtype": str(getattr(pipe, "dtype", None)),
+        "weights": weights_fingerprint(pipe),
     }
     shards = Shards()
     run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index), shards)
