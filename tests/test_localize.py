@@ -229,6 +229,13 @@ def test_a_log_line_cut_by_a_crash_is_dropped_and_the_log_goes_on(tmp_path):
     assert reopened.get("sweep", 0) == {"x": 1} and reopened.get("sweep", 1) == {"x": 2}
 
 
+def test_a_rate_equal_to_the_threshold_reaches_it_despite_rounding():
+    baselines = {"target": {"target_hit": 10 / 24}}
+    assert 8 / 24 < 0.8 * (10 / 24)  # what floating point makes of equal rates
+    assert core._reaches(8 / 24, baselines, 0.8) and not core._reaches(7 / 24, baselines, 0.8)
+    assert not core._reaches(0.0, {"target": {"target_hit": 0.0}}, 0.8)
+
+
 def test_spearman_matches_known_values():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

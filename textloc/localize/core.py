@@ -362,9 +362,8 @@ class _Run:
             sets = [{"layers": layer_set, "means": m} for layer_set, m in zip(layer_sets, means)]
         else:
             sets, baselines = self._greedy(pairs, names, threshold)
-        goal = threshold * (baselines["target"]["target_hit"] or 0.0)
         for entry in sets:
-            if goal > 0 and entry["means"]["target_hit"] >= goal:
+            if _reaches(entry["means"]["target_hit"], baselines, threshold):
                 return sets, entry["layers"], True, baselines
         best = max(sets, key=lambda entry: (entry["means"]["target_hit"], -len(entry["layers"])), default=None)
         return sets, [] if best is None else best["layers"], False, baselines
@@ -379,7 +378,7 @@ class _Run:
             best = max(range(len(trials)), key=lambda i: _merit(means[i]))
             chosen = trials[best]
             sets.append({"layers": chosen, "means": means[best]})
-            if means[best]["target_hit"] >= threshold * (baselines["target"]["target_hit"] or 0.0) > 0:
+            if _reaches(means[best]["target_hit"], baselines, threshold):
                 break
         return sets, baselines
 
@@ -395,6 +394,14 @@ class _Run:
             for done in results if "images" in done
         ]
         return result, examples
+
+
+def _reaches(hit_rate: float, baselines: dict[str, dict], threshold: float) -> bool:
+    """Whether a set's target hit rate reaches ``threshold`` times the directly prompted rate (never
+    when that rate is 0). Rates are counts over the same pairs, so the small tolerance keeps
+    8/24 >= 0.8 * 10/24 true in floating point."""
+    goal = threshold * (baselines["target"]["target_hit"] or 0.0)
+    return goal > 0 and hit_rate >= goal - 1e-9
 
 
 def _baselines(results: Sequence[dict]) -> dict[str, dict]:
