@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,6 +259,13 @@ def test_shipped_model_is_a_small_stock_pipeline() -> None:
     assert isinstance(pipe, IFPipeline) and pipe.unet.dtype == torch.float32
     text_layers = [name for name, _ in pipe.unet.named_modules() if name.endswith("attn2")]
     assert len(text_layers) >= 8
+
+
+def test_load_pipeline_casts_with_the_installed_diffusers_dtype_keyword() -> None:
+    with warnings.catch_warnings():  # diffusers >= 0.40 warns when given the old `torch_dtype`
+        warnings.simplefilter("error", FutureWarning)
+        pipe = load_pipeline("textloc-tiny", dtype=torch.bfloat16)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16
 
 
 @pytest.mark.skipif(not _shipped_meets_bar(), reason="the shipped weights have not reached the quality bar yet")

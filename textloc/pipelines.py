@@ -6,12 +6,16 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
+from packaging.version import Version
 
 TINY_MODEL_NAME = "textloc-tiny"
 TINY_MODEL_DIR = Path(__file__).parent / "tiny" / "weights"
 RANDOM_PREFIX = "tiny-random-"
+# diffusers 0.40 renamed from_pretrained's `torch_dtype` to `dtype` and warns on the old name.
+_DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__) >= Version("0.40.0") else "torch_dtype"
 
 
 def load_pipeline(
@@ -26,13 +30,15 @@ def load_pipeline(
     (a random-init pipeline from :func:`textloc.testing.tiny_pipeline`), or anything that
     ``DiffusionPipeline.from_pretrained`` accepts (a hub id or a local folder).
     """
+    if dtype is not None:
+        from_pretrained_kwargs[_DTYPE_KEYWORD] = dtype
     if model == TINY_MODEL_NAME:
         if not (TINY_MODEL_DIR / "model_index.json").exists():
             raise FileNotFoundError(
                 f"textloc-tiny weights are missing from {TINY_MODEL_DIR}; reinstall textloc, or "
                 "retrain them with `python -m textloc.tiny.train`."
             )
-        pipe = DiffusionPipeline.from_pretrained(TINY_MODEL_DIR, torch_dtype=dtype, **from_pretrained_kwargs)
+        pipe = DiffusionPipeline.from_pretrained(TINY_MODEL_DIR, **from_pretrained_kwargs)
     elif model.startswith(RANDOM_PREFIX):
         from textloc.testing import tiny_pipeline
 
@@ -40,7 +46,7 @@ def load_pipeline(
         if dtype is not None:
             pipe.to(dtype=dtype)
     else:
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype, **from_pretrained_kwargs)
+        pipe = DiffusionPipeline.from_pretrained(model, **from_pretrained_kwargs)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

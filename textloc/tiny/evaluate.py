@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     from textloc.tiny.model import build_training_scheduler
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="textloc-tiny")
+    parser.add_argument("--model", default="textloc-tiny",
+                        help="textloc-tiny, or a folder saved by the trainer (e.g. runs/tiny/export)")
     parser.add_argument("--count", type=int, default=64, help="held-out captions to generate")
     parser.add_argument("--grid", default=None, help="save the generated images here as a PNG grid (and a .txt)")
     args = parser.parse_args(argv)

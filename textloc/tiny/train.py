@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, IFPipeline
+from diffusers import DDPMScheduler, IFPipeline
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from textloc.pipelines import load_pipeline
 from textloc.tiny.data import TrainingBatch, training_batch
 from textloc.tiny.evaluate import evaluate, image_grid, swap_test
 from textloc.tiny.model import (
@@ -300,7 +301,7 @@ def _load_start(args: argparse.Namespace, config: TinyConfig) -> tuple[IFPipelin
     if args.resume and (args.export_dir / STATE_NAME).exists():
         state = json.loads((args.export_dir / STATE_NAME).read_text())
         pipe = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
-        shipped = DiffusionPipeline.from_pretrained(args.export_dir, torch_dtype=torch.float32)
+        shipped = load_pipeline(str(args.export_dir), dtype=torch.float32)
         for name, module in _trainable(pipe).items():
             module.load_state_dict(getattr(shipped, name).state_dict())
         print(f"resuming from the exported weights at step {state['step']} (fresh optimizer)")
