@@ -12,6 +12,7 @@ import torch
 
 import textloc.localize.core as core
 from conftest import _pipeline
+from textloc.attention import select_layers
 from textloc.localize import Localization, PromptPair, localize, make_pairs, spearman
 from textloc.localize.report import PROGRESS_FILE, REPORT_FILE
 from textloc.testing import tiny_call_kwargs
@@ -277,14 +278,32 @@ def test_agreement_also_ranks_layers_by_how_close_they_bring_the_image_to_the_ta
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     from textloc.cli import main
 
-    status = main(["--threads", "1", "localize", "--model", "tiny-random-sd3", "--pairs", "2", "--out", str(tmp_path), "--patch-steps", "0:0.5"])
+    status = main(["--threads", "1", "localize", "--model", "tiny-random-sd3", "--pairs", "2", "--out", str(tmp_path),
+                   "--patch-steps", "0:0.5", "--layers", "0", "--layers", "-1"])
     assert status == 0
-    assert Localization.load(tmp_path).settings["steps"] == [0, 0.5]
+    report = Localization.load(tmp_path)
+    assert report.settings["steps"] == [0, 0.5]
+    text_layers = [layer.name for layer in select_layers(_pipeline("sd3"))]
+    assert [layer["name"] for layer in report.layers] == [text_layers[0], text_layers[-1]]  # --layers takes forward indices as `textloc layers` shows
     assert "selected" in capsys.readouterr().out
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--patch-steps", "late"]) == 2
     assert "START:STOP" in capsys.readouterr().err
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--heads", "first"]) == 2
     assert "head indices" in capsys.readouterr().err
+
+
+def test_tiny_colour_judge_goes_only_with_tiny_captions(tmp_path):
+    from textloc.cli import build_parser, localization_pairs
+    from textloc.tiny.pairs import scene_judge
+
+    words = tmp_path / "words.txt"
+    words.write_text("LAMP\nDOOR\n")
+    own = build_parser().parse_args(["localize", "--model", "textloc-tiny", "--pairs", "2", "--out", "x"])
+    assert localization_pairs("textloc-tiny", own)[1] is scene_judge
+    for extra in (["--words", str(words)], ["--template", 'a poster that says "{}"']):
+        args = build_parser().parse_args(["localize", "--model", "textloc-tiny", "--pairs", "2", "--out", "x", *extra])
+        pairs, judge = localization_pairs("textloc-tiny", args)
+        assert judge is None and len(pairs) == 2
 
 
 def test_a_launched_run_shares_the_pairs_out_and_gives_the_single_process_result(tmp_path, monkeypatch):

@@ -353,7 +353,7 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method.add_argument("--threshold", type=float, default=0.8, help="the chosen set is the first that makes the OCR read the target text at this share of the directly prompted rate (default 0.8)")
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
     method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact)")
-    method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: name, glob or index (repeatable; default all text layers)")
+    method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
     method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window, stop excluded: step indices (0:10) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
     method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
@@ -394,8 +394,9 @@ def _window(text: str | None) -> tuple[int | float | None, int | float | None] |
     return tuple(bounds)
 
 
-def localization_pairs(model: str, args: argparse.Namespace) -> list:
-    """The prompt pairs a localize run uses, from the options or the model's defaults."""
+def localization_pairs(model: str, args: argparse.Namespace) -> tuple[list, Callable | None]:
+    """The prompt pairs a localize run uses, from the options or the model's defaults, and the
+    scene judge that goes with them (textloc-tiny's own colour captions only; ``None`` otherwise)."""
     from textloc.localize import load_glyphcontrol, load_words, make_pairs
     from textloc.localize.prompts import DEFAULT_WORDS
 
@@ -407,11 +408,19 @@ def localization_pairs(model: str, args: argparse.Namespace) -> list:
         words = load_words(args.words)
     elif model == TINY_MODEL_NAME and templates is None:
         from textloc.tiny.pairs import localization_pairs as tiny_pairs
+        from textloc.tiny.pairs import scene_judge
 
-        return tiny_pairs(args.pairs, seed=args.seed)
+        return tiny_pairs(args.pairs, seed=args.seed), scene_judge
     else:
         words = list(DEFAULT_WORDS)
-    return make_pairs(words, n=args.pairs, templates=templates, seed=args.seed)
+    return make_pairs(words, n=args.pairs, templates=templates, seed=args.seed), None
+
+
+def _layer_selector(values: list[str] | None) -> str | list[str | int]:
+    """--layers values as a selector: digits are forward indices, and "all" (or none) is all."""
+    if not values or "all" in values:
+        return "all"
+    return [int(value) if re.fullmatch(r"-?\d+", value) else value for value in values]
 
 
 def run_localize(args: argparse.Namespace) -> int:
@@ -424,11 +433,9 @@ def run_localize(args: argparse.Namespace) -> int:
     settings.pop("generator")
     settings.pop("output_type")
     heads = None if args.heads is None else _heads(args.heads)
-    judge = None
-    if args.model == TINY_MODEL_NAME:
-        from textloc.tiny.pairs import scene_judge as judge
+    pairs, judge = localization_pairs(args.model, args)
     result = localize(
-        pipe, localization_pairs(args.model, args), layers=args.layers or "all", method=args.method,
+        pipe, pairs, layers=_layer_selector(args.layers), method=args.method,
         selection=args.selection, threshold=args.threshold, held_out=args.held_out, top_k=args.top_k,
         steps=_window(args.patch_steps), heads=heads, branch=args.branch, seed=args.seed, max_batch=args.max_batch,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
