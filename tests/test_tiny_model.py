@@ -238,6 +238,16 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     assert from_export["step"] == 6
     assert TinyConfig.from_dict(json.loads((export_dir / STATE_NAME).read_text())["config"]) == TEST_CONFIG
 
+    with pytest.raises(SystemExit, match="--resume"):  # a fresh run never overwrites a checkpoint
+        train(parse_args([*common, "--steps", "7"]))
+    # ...nor the weights in its export folder, unless it does better than they did.
+    shipped = json.loads((export_dir / STATE_NAME).read_text())
+    (export_dir / STATE_NAME).write_text(json.dumps({**shipped, "best_quality": 3.0}))
+    other = ["--run-dir", str(tmp_path / "other"), "--steps", "2", "--eval-every", "2", "--lr", "1e-3"]
+    fresh = train(parse_args([*common[:-4], "--export-dir", str(export_dir), *other]))
+    assert fresh["step"] == 2 and fresh["lr"] == 1e-3 and fresh["batch_size"] == 2
+    assert json.loads((export_dir / STATE_NAME).read_text())["exported_step"] == shipped["exported_step"]
+
 
 def _shipped_state() -> dict:
     path = TINY_MODEL_DIR / STATE_NAME

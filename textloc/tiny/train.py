@@ -53,6 +53,8 @@ from textloc.tiny.model import (
 )
 
 DEFAULT_EXPORT_DIR = Path(__file__).parent / "weights"
+#: The schedule of the shipped weights: total steps, batch size and peak learning rate.
+SCHEDULE_DEFAULTS = {"total_steps": 30_000, "batch_size": 16, "lr": 5e-4}
 CHECKPOINT_NAME = "last.pt"
 STATE_NAME = "training_state.json"
 # Share of captions replaced by "" so classifier-free guidance has an unconditional model.
@@ -284,6 +286,13 @@ def _quality(evaluation: dict) -> float:
     return evaluation["word_acc"] + (evaluation["sign_acc"] + evaluation["background_acc"]) / 2
 
 
+def _exported_quality(export_dir: Path | None) -> float:
+    """The quality of the weights already in ``export_dir``: a fresh run replaces them only once it
+    does better (so a new run cannot overwrite the shipped model with its first, poor, export)."""
+    path = None if export_dir is None else export_dir / STATE_NAME
+    return json.loads(path.read_text()).get("best_quality", -1.0) if path is not None and path.exists() else -1.0
+
+
 def _log(run_dir: Path, record: dict) -> None:
     with open(run_dir / "log.jsonl", "a") as log:
         log.write(json.dumps(record) + "\n")
@@ -292,6 +301,9 @@ def _log(run_dir: Path, record: dict) -> None:
 def _load_start(args: argparse.Namespace, config: TinyConfig) -> tuple[IFPipeline, dict]:
     """The pipeline to train and the saved training state (empty for a fresh run)."""
     checkpoint_path = args.run_dir / CHECKPOINT_NAME
+    if not args.resume and checkpoint_path.exists():
+        raise SystemExit(f"{checkpoint_path} holds a run already: pass --resume to continue it, or another "
+                         "--run-dir to start a new one.")
     if args.resume and checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, weights_only=False)
         pipe = build_pipeline(TinyConfig.from_dict(checkpoint["state"]["config"]), args.seed)
@@ -320,10 +332,14 @@ def train(args: argparse.Namespace) -> dict:
 
     pipe, start = _load_start(args, config)
     state = start.get("state") or {
-        "step": 0, "seed": args.seed, "config": config.to_dict(), "batch_size": args.batch_size,
-        "lr": args.lr, "total_steps": args.steps, "evals": [], "best_quality": -1.0,
-        "recipe_since": dict.fromkeys(RECIPE_CHANGES, 0) | args.recipe_since,
+        "step": 0, "seed": args.seed, "config": config.to_dict(), "evals": [],
+        "best_quality": _exported_quality(args.export_dir), "recipe_since": dict.fromkeys(RECIPE_CHANGES, 0),
     }
+    # What the command line gives wins, on a resumed run too; otherwise a resumed run keeps its own.
+    for key, default in SCHEDULE_DEFAULTS.items():
+        given = getattr(args, key)
+        state[key] = given if given is not None else state.get(key, default)
+    state["recipe_since"] |= args.recipe_since
     # A run saved before a recipe change existed switches to it where it resumes.
     for name in RECIPE_CHANGES:
         state["recipe_since"].setdefault(name, state["step"])
@@ -331,7 +347,7 @@ def train(args: argparse.Namespace) -> dict:
     probes = Probes(pipe)
     # Two parameter groups: the shipped run added the glyph probe as a second group on resuming.
     optimizer = torch.optim.AdamW([p for m in (*_trainable(pipe).values(), probes.byte) for p in m.parameters()],
-                                  lr=args.lr, weight_decay=0.01)
+                                  lr=state["lr"], weight_decay=0.01)
     optimizer.add_param_group({"params": list(probes.glyph.parameters())})
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     ema = EMA(pipe)
@@ -388,14 +404,15 @@ def train(args: argparse.Namespace) -> dict:
 
     for module in _trainable(pipe).values():
         module.train()
-    progress = tqdm(range(state["step"], args.steps), initial=state["step"], total=args.steps, desc="textloc-tiny")
+    progress = tqdm(range(state["step"], state["total_steps"]), initial=state["step"], total=state["total_steps"],
+                    desc="textloc-tiny")
     started, history = time.time(), []
     for step in progress:
-        lr = learning_rate(step, args.lr, args.steps)
+        lr = learning_rate(step, state["lr"], state["total_steps"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         recipe = Recipe.at(step, state["recipe_since"])
-        batch = training_batch(args.seed, step, args.batch_size, recipe.layout)
+        batch = training_batch(args.seed, step, state["batch_size"], recipe.layout)
         generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         losses = training_loss(pipe, scheduler, batch, generator, recipe, probes)
         optimizer.zero_grad(set_to_none=True)
@@ -436,13 +453,17 @@ def _recipe_change(text: str) -> tuple[str, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults reproduce the shipped weights."""
     parser = argparse.ArgumentParser(description="Train textloc-tiny from scratch (or resume).")
-    parser.add_argument("--steps", type=int, default=30_000, help="total steps (the lr schedule spans them)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    # steps, batch size and lr default to None so that a resumed run keeps its own unless given.
+    parser.add_argument("--steps", type=int, dest="total_steps",
+                        help="total steps, the lr schedule spans them (default 30000; a resumed run keeps its own)")
+    parser.add_argument("--batch-size", type=int, help="default 16; a resumed run keeps its own")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; a resumed run keeps its own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", choices=("default", "test"), default="default", help="'test': a very small model")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
-    parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR)
+    parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR,
+                        help="where the best weights so far are saved as a diffusers folder; weights already there "
+                             "are replaced only by better ones (default: the shipped textloc-tiny)")
     parser.add_argument("--resume", action="store_true", help="continue from run-dir/last.pt, else from export-dir")
     parser.add_argument("--recipe-since", nargs="*", default=[], type=_recipe_change, metavar="CHANGE=STEP",
                         help="the step from which a recipe change applies (default 0 for all): high_noise (half of "
