@@ -212,6 +212,18 @@ def test_cache_from_another_model_or_step_count_is_refused():
             generate(sd3)
 
 
+def test_second_order_schedulers_count_their_steps_not_their_calls():
+    from diffusers import HeunDiscreteScheduler
+
+    pipe = _pipeline("sd15")
+    stock = pipe.scheduler
+    pipe.scheduler = HeunDiscreteScheduler.from_config(stock.config)
+    try:
+        assert cache_of(pipe, OTHER, num_inference_steps=3).num_steps == 3  # 5 timesteps, 3 steps
+    finally:
+        pipe.scheduler = stock
+
+
 def test_prompt_source_on_joint_layers_asks_for_a_cache():
     with pytest.raises(ValueError, match="tl.record"):
         with tl.patch(_pipeline("flux"), "all", OTHER):

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -207,8 +208,9 @@ class _RunState:
         schedule = getattr(self.pipe.scheduler, "timesteps", None)
         if schedule is not self.schedule:  # set_timesteps made a new schedule: a new generation
             self.schedule = schedule
+            # Second-order schedulers (Heun, KDPM2) list 2n - 1 timesteps for n steps.
             order = getattr(self.pipe.scheduler, "order", 1)
-            self.num_steps = len(schedule) // order if schedule is not None else 0
+            self.num_steps = math.ceil(len(schedule) / order) if schedule is not None else 0
             self.step, self.last_timestep = -1, None
             for callback in self.on_new_run:
                 callback(self)
