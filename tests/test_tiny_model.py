@@ -23,7 +23,7 @@ from textloc.tiny.data import (
     render_sign,
     training_batch,
 )
-from textloc.tiny.evaluate import evaluate, ocr_ceiling
+from textloc.tiny.evaluate import evaluate, heldout_examples, ocr_ceiling, score
 from textloc.tiny.model import (
     TEST_CONFIG,
     TinyConfig,
@@ -137,6 +137,10 @@ def test_ocr_and_colour_judge_read_the_renderers_own_images() -> None:
     ceiling = ocr_ceiling(count=12)
     assert ceiling["word_acc"] >= 0.95
     assert ceiling["sign_acc"] == ceiling["background_acc"] == 1.0
+    assert ceiling["edit_distance"] <= 0.05
+    examples = heldout_examples(4)
+    shuffled = score([e.image for e in examples], examples[1:] + examples[:1])  # each sign under another's caption
+    assert shuffled["word_acc"] == 0.0 and shuffled["edit_distance"] > 0.3
 
 
 def test_training_encoding_matches_the_pipelines() -> None:

@@ -27,6 +27,7 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
+from textloc.metrics import normalized_edit_distance
 from textloc.ocr import get_ocr
 from textloc.pipelines import call_kwargs
 from textloc.tiny.data import COLOURS, VOCABULARY, SignExample, caption_for, make_example, to_tensor
@@ -75,7 +76,7 @@ def normalise_word(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
-def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[str, str | bool]]:
+def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[str, str | bool | float]]:
     """Per image: what OCR read, the judged colours, and whether each matches its caption."""
     reads = get_ocr("rapidocr").read(images)
     verdicts = []
@@ -84,17 +85,21 @@ def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[s
         verdicts.append({
             "caption": example.caption, "read": read, "sign": sign, "background": background,
             "word_ok": normalise_word(read) == example.word,
+            # How far off the misses are: most are one letter, which exact match alone hides.
+            "edit_distance": normalized_edit_distance(normalise_word(read), example.word),
             "sign_ok": sign == example.sign, "background_ok": background == example.background,
         })
     return verdicts
 
 
 def score(images: list[Image.Image], examples: list[SignExample]) -> dict[str, float]:
-    """Word accuracy (OCR, case-insensitive exact match) and sign/background colour accuracy."""
+    """Word accuracy (OCR, case-insensitive exact match), the mean normalized edit distance of the
+    reads to their words (0 = all exact), and sign/background colour accuracy."""
     verdicts = judge(images, examples)
     n = len(verdicts)
     return {
         "word_acc": sum(v["word_ok"] for v in verdicts) / n,
+        "edit_distance": sum(v["edit_distance"] for v in verdicts) / n,
         "sign_acc": sum(v["sign_ok"] for v in verdicts) / n,
         "background_acc": sum(v["background_ok"] for v in verdicts) / n,
         "n": n,
