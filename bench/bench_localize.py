@@ -103,8 +103,11 @@ def main() -> None:
     print(f"| largest pixel difference batched vs naive | {worst:.1e} | |")
     print(f"| exact sweep with OCR, all pairs | {results['exact_s']:.2f} s | 1.00 |")
     spearman, pixels = results["spearman"], results["spearman_pixels"]
-    print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | {results['attribution_speedup']:.1f}x faster, "
-          f"Spearman {spearman:.2f} (OCR ranking), {pixels:.2f} (pull toward the target image) |")
+    if spearman is None:  # under 3 layers there is no ranking to compare
+        print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | too few layers to compare |")
+    else:
+        print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | {results['attribution_speedup']:.1f}x faster, "
+              f"Spearman {spearman:.2f} (OCR ranking), {pixels:.2f} (pull toward the target image) |")
 
 
 if __name__ == "__main__":

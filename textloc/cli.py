@@ -2,7 +2,7 @@
 
 Each subcommand is one ``add_<name>(subcommands, parents)`` function that declares its arguments,
 help and examples and sets ``run`` to a ``run_<name>(args) -> exit status`` function; adding a
-command (localize, edit, guard, finetune, demo) is writing one such pair and listing it in
+command (edit, guard, finetune, demo) is writing one such pair and listing it in
 :data:`COMMANDS`.
 
 Errors a user can fix (an unknown model, a bad layer selector, missing weights) print one line on
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -25,10 +24,11 @@ from typing import Any
 import diffusers
 import torch
 import transformers
-from PIL import Image
 
 from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
-from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, generator, load_pipeline, recommended_settings
+from textloc.images import image_grid
+from textloc.ocr import ENGINES as OCR_ENGINES
+from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, load_pipeline, recommended_settings
 
 EXIT_ERROR = 2
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -283,21 +283,10 @@ def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | 
     kwargs = recommended_settings(model, pipe)
     options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": args.size, "width": args.size}
     kwargs.update({key: value for key, value in options.items() if value is not None})
-    kwargs.update(output_type="pil", generator=generator(pipe, args.seed))
+    kwargs.update(output_type="pil", generator=torch.Generator("cpu").manual_seed(args.seed))  # same noise on every device
     if num is not None:
         kwargs["num_images_per_prompt"] = num
     return call_kwargs(pipe, **kwargs)
-
-
-def image_grid(images: Sequence[Image.Image]) -> Image.Image:
-    """Paste images of one size into a near-square grid, row by row."""
-    columns = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for position, image in enumerate(images):
-        grid.paste(image.convert("RGB"), ((position % columns) * width, (position // columns) * height))
-    return grid
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -343,23 +332,24 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     )
     source = parser.add_argument_group("prompt pairs (default: the model's own, else built-in words and templates)")
     source.add_argument("--pairs", type=_positive_int, default=20, metavar="N", help="number of prompt pairs (default 20)")
-    source.add_argument("--words", type=Path, metavar="FILE", help="word list, one per line")
-    source.add_argument("--glyphcontrol", type=Path, metavar="DIR", help="GlyphControl benchmark folder (SimpleBench/, CreativeBench/)")
-    source.add_argument("--bench", choices=("simple", "creative"), default="simple", help="which GlyphControl benchmark (default simple)")
+    words = source.add_mutually_exclusive_group()
+    words.add_argument("--words", type=Path, metavar="FILE", help="word list, one per line")
+    words.add_argument("--glyphcontrol", type=Path, metavar="DIR", help="GlyphControl benchmark folder (SimpleBench/, CreativeBench/)")
+    source.add_argument("--bench", choices=("simple", "creative"), default="simple", help="which GlyphControl benchmark, with --glyphcontrol (default simple)")
     source.add_argument("--template", action="append", metavar="T", help="prompt template with \"{}\" where the text goes (repeatable)")
     method = parser.add_argument_group("method")
     method.add_argument("--method", choices=METHODS, default="activation", help="exact sweep (activation), attribution screen, screen then exact on --top-k, or both compared (default activation)")
     method.add_argument("--selection", choices=SELECTIONS, default="cumulative", help="how layers are added to the chosen set (default cumulative)")
     method.add_argument("--threshold", type=float, default=0.8, help="the chosen set is the first that makes the OCR read the target text at this share of the directly prompted rate (default 0.8)")
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
-    method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact)")
+    method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
     method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
     method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window, stop excluded: step indices (0:10) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
     method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
-    method.add_argument("--ocr", default="rapidocr", help="OCR engine: rapidocr (default), tesseract, easyocr")
+    method.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     run = parser.add_argument_group("generation")
-    run.add_argument("--seed", type=int, default=0, help="seed of the noise shared by every row (default 0)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the noise shared by every row, and of which prompt pairs are drawn (default 0)")
     run.add_argument("--steps", type=_positive_int, metavar="N", help="number of denoising steps")
     run.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale")
     run.add_argument("--size", type=_positive_int, metavar="PX", help="image height and width in pixels")

@@ -66,6 +66,7 @@ class Shards:
         self.is_main = self.index == 0
 
     def owns(self, item: int) -> bool:
+        """Whether this process works on ``item`` (items are dealt round-robin)."""
         return item % self.count == self.index
 
     def merge(self, mine: dict[int, Any]) -> dict[int, Any]:

@@ -132,9 +132,11 @@ class RowPatch:
     strength: float | torch.Tensor = 1.0
 
     def branches(self) -> tuple[Branch, ...]:
+        """The CFG branches this patch writes to."""
         return ("cond", "uncond") if self.branch == "both" else (self.branch,)
 
     def active_at(self, step: int, num_steps: int) -> bool:
+        """Whether the patch applies at denoising step ``step`` of ``num_steps``."""
         return in_step_window(self.steps, step, num_steps)
 
 

@@ -30,23 +30,25 @@ def load_pipeline(
     (a random-init pipeline from :func:`textloc.testing.tiny_pipeline`), or anything that
     ``DiffusionPipeline.from_pretrained`` accepts (a hub id or a local folder).
     """
-    if dtype is not None:
-        from_pretrained_kwargs[_DTYPE_KEYWORD] = dtype
-    if model == TINY_MODEL_NAME:
-        if not (TINY_MODEL_DIR / "model_index.json").exists():
-            raise FileNotFoundError(
-                f"textloc-tiny weights are missing from {TINY_MODEL_DIR}; reinstall textloc, or "
-                "retrain them with `python -m textloc.tiny.train`."
-            )
-        pipe = DiffusionPipeline.from_pretrained(TINY_MODEL_DIR, **from_pretrained_kwargs)
-    elif model.startswith(RANDOM_PREFIX):
+    if model.startswith(RANDOM_PREFIX):
         from textloc.testing import tiny_pipeline
 
+        if from_pretrained_kwargs:
+            raise ValueError(f"{model} is built in code, not loaded: the from_pretrained options "
+                             f"{sorted(from_pretrained_kwargs)} do not apply to it.")
         pipe = tiny_pipeline(model[len(RANDOM_PREFIX):])
         if dtype is not None:
             pipe.to(dtype=dtype)
     else:
-        pipe = DiffusionPipeline.from_pretrained(model, **from_pretrained_kwargs)
+        if model == TINY_MODEL_NAME and not (TINY_MODEL_DIR / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"textloc-tiny weights are missing from {TINY_MODEL_DIR}; reinstall textloc, or "
+                "retrain them with `python -m textloc.tiny.train`."
+            )
+        if dtype is not None:
+            from_pretrained_kwargs[_DTYPE_KEYWORD] = dtype
+        source = TINY_MODEL_DIR if model == TINY_MODEL_NAME else model
+        pipe = DiffusionPipeline.from_pretrained(source, **from_pretrained_kwargs)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -85,11 +87,6 @@ def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
         if key in accepted:
             kwargs.setdefault(key, value)
     return kwargs
-
-
-def generator(pipe: DiffusionPipeline, seed: int) -> torch.Generator:
-    """A generator seeded on the CPU, so the same seed gives the same noise on every device."""
-    return torch.Generator("cpu").manual_seed(seed)
 
 
 @torch.no_grad()

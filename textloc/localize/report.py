@@ -189,9 +189,11 @@ class ProgressLog:
             self._append({"settings": settings})
 
     def get(self, stage: str, pair: int) -> Any:
+        """The logged result of ``stage`` on pair ``pair``, or ``None`` if it has not run yet."""
         return self.done.get((stage, pair))
 
     def put(self, stage: str, pair: int, result: Any) -> None:
+        """Keep a result and append it to the log at once, so an interrupted run resumes after it."""
         self.done[stage, pair] = result
         self._append({"stage": stage, "pair": pair, "result": result})
 

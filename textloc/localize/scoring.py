@@ -36,9 +36,10 @@ def score_images(
 ) -> list[dict[str, Any]]:
     """One dict per image: OCR reading, word-level scores against both texts, and scene scores.
 
-    ``target_hit`` is 1.0 when the OCR reads the target text among its words; ``scene`` compares
-    the image with the unpatched source image (``ssim``, ``mse``) and, with a judge, whether the
-    image still shows the source prompt's scene.
+    ``target_hit`` is 1.0 when the OCR reads the target text among its words; ``mse`` and ``ssim``
+    compare the image with the unpatched source image, ``mse_to_target`` with the target prompt's
+    image, and ``scene`` (with a judge, else ``None``) is whether it still shows the source
+    prompt's scene.
     """
     readings = ocr.read(list(images))
     judged = scene_judge(images, [pair.source] * len(images)) if scene_judge is not None else [None] * len(images)

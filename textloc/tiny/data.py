@@ -59,7 +59,7 @@ COLOUR_TEMPLATES: tuple[str, ...] = (
     'A {background} wall with a {sign} sign reading "{word}".',
     'A photo of a {sign} sign saying "{word}" against a {background} background.',
 )
-#: The SimpleBench template the localization pairs use: colours left to the model.
+#: A SimpleBench-style caption that names no colours; the model draws its own.
 PLAIN_TEMPLATE = 'A sign that says "{word}".'
 # Share of training captions that name no colours, so the SimpleBench prompt is in-distribution.
 PLAIN_FRACTION = 0.15

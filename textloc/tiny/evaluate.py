@@ -11,7 +11,7 @@ HELD_OUT_COMBOS`) with seeds that training never uses:
 - :func:`ocr_ceiling`: the same OCR and colour judge on the renderer's own images, the best any
   model can score.
 
-``python -m textloc.tiny.evaluate`` prints all three for the shipped model and saves a grid.
+``python -m textloc.tiny.evaluate`` prints all three for the shipped model (``--grid``: and saves the images).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from PIL import Image
 
+from textloc.images import image_grid
 from textloc.metrics import normalized_edit_distance
 from textloc.ocr import get_ocr
 from textloc.pipelines import call_kwargs
@@ -178,16 +179,6 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
     return losses
 
 
-def image_grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
-    """Tile equally sized images into one grid, row by row."""
-    width, height = images[0].size
-    rows = -(-len(images) // columns)
-    grid = Image.new("RGB", (columns * width, rows * height), "white")
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
-
-
 def main(argv: list[str] | None = None) -> None:
     """Print the OCR ceiling, the binding test and the held-out scores of a textloc-tiny pipeline."""
     from textloc.pipelines import load_pipeline
@@ -205,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     results["heldout"], images = evaluate(pipe, args.count)
     if args.grid:
         # The grid, and beside it what each tile was asked for and what the judges saw.
-        image_grid(images).save(args.grid)
+        image_grid(images, columns=8).save(args.grid)
         verdicts = judge(images, heldout_examples(args.count))
         lines = [f"{i}: {v['caption']} -> read {v['read']!r}, {v['sign']} sign on {v['background']}"
                  for i, v in enumerate(verdicts)]

@@ -40,9 +40,10 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from textloc.images import image_grid
 from textloc.pipelines import load_pipeline
 from textloc.tiny.data import TrainingBatch, training_batch
-from textloc.tiny.evaluate import evaluate, image_grid, swap_test
+from textloc.tiny.evaluate import evaluate, swap_test
 from textloc.tiny.model import (
     BYTE_VOCAB_SIZE,
     TEST_CONFIG,
@@ -393,14 +394,14 @@ def train(args: argparse.Namespace) -> dict:
         record = {"step": step, **swap_test(sampler, scheduler, args.eval_count)}
         scores, images = evaluate(sampler, args.eval_count)
         record.update(scores)
-        image_grid(images).save(args.run_dir / "samples" / f"step_{step:06d}.png")
+        image_grid(images, columns=8).save(args.run_dir / "samples" / f"step_{step:06d}.png")
         state["evals"].append(record)
         _log(args.run_dir, {"eval": record})
         tqdm.write(f"eval step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in record.items() if k != "step"))
         if args.export_dir is not None and _quality(scores) >= state["best_quality"]:
             state["best_quality"] = _quality(scores)
             export(sampler, args.export_dir, {**state, "exported_step": step})
-            image_grid(images).save(args.run_dir / "samples" / "best.png")
+            image_grid(images, columns=8).save(args.run_dir / "samples" / "best.png")
 
     for module in _trainable(pipe).values():
         module.train()
