@@ -248,7 +248,7 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     shipped = json.loads((export_dir / STATE_NAME).read_text())
     (export_dir / STATE_NAME).write_text(json.dumps({**shipped, "best_quality": 3.0}))
     other = ["--run-dir", str(tmp_path / "other"), "--steps", "2", "--eval-every", "2", "--lr", "1e-3"]
-    fresh = train(parse_args([*common[:-4], "--export-dir", str(export_dir), *other]))
+    fresh = train(parse_args([*common, *other]))  # the later --run-dir wins
     assert fresh["step"] == 2 and fresh["lr"] == 1e-3 and fresh["batch_size"] == 2
     assert json.loads((export_dir / STATE_NAME).read_text())["exported_step"] == shipped["exported_step"]
 

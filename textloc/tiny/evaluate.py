@@ -96,7 +96,11 @@ def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[s
 def score(images: list[Image.Image], examples: list[SignExample]) -> dict[str, float]:
     """Word accuracy (OCR, case-insensitive exact match), the mean normalized edit distance of the
     reads to their words (0 = all exact), and sign/background colour accuracy."""
-    verdicts = judge(images, examples)
+    return summarise(judge(images, examples))
+
+
+def summarise(verdicts: list[dict[str, str | bool | float]]) -> dict[str, float]:
+    """The scores of :func:`score` from :func:`judge`'s verdicts."""
     n = len(verdicts)
     return {
         "word_acc": sum(v["word_ok"] for v in verdicts) / n,
@@ -193,11 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     pipe = load_pipeline(args.model)
     results = {"ocr_ceiling": ocr_ceiling(), "swap_test": swap_test(pipe, build_training_scheduler())}
-    results["heldout"], images = evaluate(pipe, args.count)
+    examples = heldout_examples(args.count)
+    images = generate(pipe, [e.caption for e in examples], seed=EVAL_SEED)
+    verdicts = judge(images, examples)  # once: the scores and the grid's .txt share the OCR reads
+    results["heldout"] = summarise(verdicts)
     if args.grid:
         # The grid, and beside it what each tile was asked for and what the judges saw.
         image_grid(images, columns=8).save(args.grid)
-        verdicts = judge(images, heldout_examples(args.count))
         lines = [f"{i}: {v['caption']} -> read {v['read']!r}, {v['sign']} sign on {v['background']}"
                  for i, v in enumerate(verdicts)]
         Path(args.grid).with_suffix(".txt").write_text("\n".join(lines) + "\n")
