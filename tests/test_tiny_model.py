@@ -253,19 +253,6 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     assert json.loads((export_dir / STATE_NAME).read_text())["exported_step"] == shipped["exported_step"]
 
 
-def _shipped_state() -> dict:
-    path = TINY_MODEL_DIR / STATE_NAME
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _shipped_meets_bar() -> bool:
-    """Whether the shipped weights' own last evaluation reached the bar (set by the trainer)."""
-    state = _shipped_state()
-    exported = [e for e in state.get("evals", []) if e["step"] == state.get("exported_step")]
-    return bool(exported) and exported[-1]["word_acc"] >= WORD_BAR and min(
-        exported[-1]["sign_acc"], exported[-1]["background_acc"]) >= COLOUR_BAR
-
-
 def test_shipped_model_is_a_small_stock_pipeline() -> None:
     size = sum(f.stat().st_size for f in TINY_MODEL_DIR.rglob("*") if f.is_file())
     assert size <= 25 * 2**20
@@ -282,7 +269,6 @@ def test_load_pipeline_casts_with_the_installed_diffusers_dtype_keyword() -> Non
     assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16
 
 
-@pytest.mark.skipif(not _shipped_meets_bar(), reason="the shipped weights have not reached the quality bar yet")
 def test_shipped_model_writes_the_captions_word_in_its_colours() -> None:
     pytest.importorskip("rapidocr")
     pipe = load_pipeline("textloc-tiny")
