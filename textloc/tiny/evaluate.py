@@ -166,7 +166,9 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
     letters = torch.from_numpy(np.stack([np.asarray(e.ink) for e in examples]) > 0)[:, None].expand_as(images)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(images.shape, generator=generator)
-    timesteps = torch.linspace(900, 999, count).long()
+    device = pipe.unet.device
+    images, noise, letters = images.to(device), noise.to(device), letters.to(device)
+    timesteps = torch.linspace(900, 999, count, device=device).long()
     noisy = scheduler.add_noise(images, noise, timesteps)
     target = scheduler.get_velocity(images, noise, timesteps)
     right = [e.caption for e in examples]
@@ -185,6 +187,7 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
 
 def main(argv: list[str] | None = None) -> None:
     """Print the OCR ceiling, the binding test and the held-out scores of a textloc-tiny pipeline."""
+    from textloc.distributed import default_device
     from textloc.pipelines import load_pipeline
     from textloc.tiny.model import build_training_scheduler
 
@@ -193,9 +196,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="textloc-tiny, or a folder saved by the trainer (e.g. runs/tiny/export)")
     parser.add_argument("--count", type=int, default=64, help="held-out captions to generate")
     parser.add_argument("--grid", default=None, help="save the generated images here as a PNG grid (and a .txt)")
+    parser.add_argument("--device", help="e.g. cpu, cuda (default: the GPU if there is one, else the CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device or default_device(), dtype=torch.float32)
     results = {"ocr_ceiling": ocr_ceiling(), "swap_test": swap_test(pipe, build_training_scheduler())}
     examples = heldout_examples(args.count)
     images = generate(pipe, [e.caption for e in examples], seed=EVAL_SEED)

@@ -21,6 +21,9 @@ far, with ``training_state.json`` (step, config, seed, evaluation history).
 ``--resume`` continues from ``last.pt``; without one, from the exported folder: its weights become
 both the model and the EMA, the step comes from ``training_state.json``, and the optimizer starts
 fresh (AdamW's moments rebuild within a few hundred steps; the learning-rate schedule continues).
+
+It trains on the GPU when there is one (``--device``). The step's randomness is drawn on the CPU
+either way, so a run may move between a GPU and the CPU when it resumes.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from textloc.distributed import default_device
 from textloc.images import image_grid
 from textloc.pipelines import load_pipeline
 from textloc.tiny.data import TrainingBatch, training_batch
@@ -232,7 +236,10 @@ def training_loss(
     captions = ["" if drop else caption for caption, drop in zip(batch.captions, dropped.tolist())]
     timesteps = training_timesteps(size, scheduler.config.num_train_timesteps, generator, recipe.high_noise_share)
     noise = torch.randn(batch.images.shape, generator=generator)
-    noisy = scheduler.add_noise(batch.images, noise, timesteps)
+    # Drawn on the CPU above, so that a step's randomness is the same on every device.
+    device = pipe.unet.device
+    images, ink, noise, timesteps, dropped = (t.to(device) for t in (batch.images, batch.ink, noise, timesteps, dropped))
+    noisy = scheduler.add_noise(images, noise, timesteps)
     ids, mask = tokenize_captions(pipe, captions)
     embeddings = pipe.text_encoder(ids, attention_mask=mask)[0]
     features = []
@@ -242,14 +249,14 @@ def training_loss(
         prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
     finally:
         hook.remove()
-    error = (prediction - scheduler.get_velocity(batch.images, noise, timesteps)) ** 2
-    weight = 1 + (recipe.text_weight - 1) * torch.nn.functional.max_pool2d(batch.ink, 3, stride=1, padding=1)
+    error = (prediction - scheduler.get_velocity(images, noise, timesteps)) ** 2
+    weight = 1 + (recipe.text_weight - 1) * torch.nn.functional.max_pool2d(ink, 3, stride=1, padding=1)
     losses = {"denoising": (weight * error).mean() / weight.mean()}
-    losses["byte_probe"] = losses["glyph_probe"] = torch.zeros(())
+    losses["byte_probe"] = losses["glyph_probe"] = torch.zeros((), device=device)
     if probes is not None:
         read = mask.bool()
         losses["byte_probe"] = torch.nn.functional.cross_entropy(probes.byte(embeddings[read]), ids[read])
-        labels = glyph_labels(batch.glyphs, features[0].shape[-1])
+        labels = glyph_labels(batch.glyphs.to(device), features[0].shape[-1])
         labels[(timesteps < HIGH_NOISE_FROM) | dropped] = -100
         if (labels >= 0).any():
             losses["glyph_probe"] = torch.nn.functional.cross_entropy(probes.glyph(features[0]), labels)
@@ -271,7 +278,7 @@ def export(pipe: IFPipeline, export_dir: Path, state: dict) -> None:
     for leftover in (staging, retired):
         shutil.rmtree(leftover, ignore_errors=True)
     pipe.save_pretrained(staging, safe_serialization=True)
-    half = {name: tensor.half().contiguous() for name, tensor in pipe.unet.state_dict().items()}
+    half = {name: tensor.half().contiguous().cpu() for name, tensor in pipe.unet.state_dict().items()}
     save_file(half, staging / "unet" / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
     (staging / STATE_NAME).write_text(json.dumps(state, indent=2))
     if (export_dir / "README.md").exists():
@@ -306,7 +313,7 @@ def _load_start(args: argparse.Namespace, config: TinyConfig) -> tuple[IFPipelin
         raise SystemExit(f"{checkpoint_path} holds a run already: pass --resume to continue it, or another "
                          "--run-dir to start a new one.")
     if args.resume and checkpoint_path.exists():
-        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        checkpoint = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
         pipe = build_pipeline(TinyConfig.from_dict(checkpoint["state"]["config"]), args.seed)
         for name, module in _trainable(pipe).items():
             module.load_state_dict(checkpoint["model"][name])
@@ -331,7 +338,9 @@ def train(args: argparse.Namespace) -> dict:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "samples").mkdir(exist_ok=True)
 
+    device = torch.device(args.device) if args.device else default_device()
     pipe, start = _load_start(args, config)
+    pipe.to(device)
     state = start.get("state") or {
         "step": 0, "seed": args.seed, "config": config.to_dict(), "evals": [],
         "best_quality": _exported_quality(args.export_dir), "recipe_since": dict.fromkeys(RECIPE_CHANGES, 0),
@@ -345,7 +354,7 @@ def train(args: argparse.Namespace) -> dict:
     for name in RECIPE_CHANGES:
         state["recipe_since"].setdefault(name, state["step"])
     scheduler = build_training_scheduler()
-    probes = Probes(pipe)
+    probes = Probes(pipe).to(device)
     # Two parameter groups: the shipped run added the glyph probe as a second group on resuming.
     optimizer = torch.optim.AdamW([p for m in (*_trainable(pipe).values(), probes.byte) for p in m.parameters()],
                                   lr=state["lr"], weight_decay=0.01)
@@ -355,9 +364,10 @@ def train(args: argparse.Namespace) -> dict:
     if "optimizer" in start:
         probes.load_state_dict(start["probes"])
         optimizer.load_state_dict(start["optimizer"])
-        ema.shadow = start["ema"]
+        ema.shadow = {name: {key: value.to(device) for key, value in weights.items()}
+                      for name, weights in start["ema"].items()}
     # The EMA weights are sampled and exported from a second pipeline, never trained.
-    sampler = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
+    sampler = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed).to(device)
     sampler.set_progress_bar_config(disable=True)
 
     stop = {"requested": False}
@@ -476,7 +486,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=24, help="held-out captions per evaluation")
     parser.add_argument("--checkpoint-every", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--device", help="torch device to train on, e.g. cpu, cuda, cuda:1 (default: the GPU if "
+                                         "there is one, else the CPU)")
     args = parser.parse_args(argv)
     args.recipe_since = dict(args.recipe_since)
     return args
