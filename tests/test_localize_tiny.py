@@ -37,11 +37,10 @@ def test_the_committed_finding_is_a_strict_subset_that_writes_the_target(finding
     assert finding.model == "textloc-tiny" and finding.reached
     assert set(finding.selected) < text_layers
     # On its held-out pairs the set writes the target word where the unpatched prompt never does,
-    # takes the reading most of the way (edit distance) to the target prompt's, and keeps the
-    # scene. (Whether the exact word comes at 80% of the direct rate is reported, not asserted:
-    # textloc-tiny still writes most words a letter off, and the README gives the figures.)
+    # at 80% or more of the rate of the target prompted directly, takes the reading most of the
+    # way (edit distance) to the target prompt's, and keeps the scene.
     held = finding.held_out
-    assert held["patched"]["target_hit"] > held["unpatched"]["target_hit"] == 0
+    assert held["patched"]["target_hit"] >= 0.8 * held["direct"]["target_hit"] > held["unpatched"]["target_hit"] == 0
     unpatched, direct, patched = (held[name]["target_ned"] for name in ("unpatched", "direct", "patched"))
     assert unpatched - patched >= 0.8 * (unpatched - direct) > 0
     assert held["patched"]["scene"] >= SHARE
@@ -60,10 +59,10 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(finding: Localization, 
             rows[name].append(row)
     unpatched, direct, patched = (mean_metrics(rows[name]) for name in rows)
     assert unpatched["target_hit"] == 0 and patched["source_hit"] == 0
-    # textloc-tiny writes the exact word on too few signs for a hit rate over 6 pairs to mean
-    # much, so this checks the edit distance: the patch must take the reading at least half of
-    # the way from the source prompt's to the target prompt's (a set that does not carry the
-    # word takes it nowhere, or further away).
+    assert patched["target_hit"] >= 0.8 * direct["target_hit"] > 0
+    # Over 6 pairs one misread flips a hit, so the edit distance is checked too: the patch must
+    # take the reading at least half of the way from the source prompt's to the target prompt's
+    # (a set that does not carry the word takes it nowhere, or further away).
     gap = unpatched["target_ned"] - direct["target_ned"]
     assert gap > 0 and unpatched["target_ned"] - patched["target_ned"] >= 0.5 * gap
     assert patched["scene"] >= SHARE
