@@ -253,6 +253,13 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
     assert json.loads((export_dir / STATE_NAME).read_text())["exported_step"] == shipped["exported_step"]
 
 
+def test_trainer_takes_a_device_and_refuses_one_torch_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--device", "cpu"]).device == torch.device("cpu")
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "gpu0"])
+    assert "not a device torch knows (e.g. cpu, cuda" in capsys.readouterr().err
+
+
 def test_shipped_model_is_a_small_stock_pipeline() -> None:
     size = sum(f.stat().st_size for f in TINY_MODEL_DIR.rglob("*") if f.is_file())
     assert size <= 25 * 2**20

@@ -112,17 +112,15 @@ def _looks_like_path(name: str) -> bool:
 def load_model(args: argparse.Namespace) -> Any:
     """:func:`textloc.load_pipeline` of ``--model`` on ``--device`` in ``--dtype``, with any loading
     failure turned into a :class:`CommandError`."""
-    from textloc.distributed import default_device, default_dtype
+    from textloc.distributed import default_dtype, resolve_device
 
     name = args.model
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise CommandError(f"cannot load model {name!r}: no such folder.")
     try:
-        device = torch.device(args.device) if args.device else default_device()
-    except RuntimeError as error:
-        raise CommandError(f"--device {args.device!r} is not a device torch knows (e.g. cpu, cuda, cuda:1, mps): {_one_line(error)}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CommandError(f"--device {args.device}: torch sees no CUDA GPU here; use --device cpu (or leave --device out).")
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise CommandError(f"--device {_one_line(error)}") from error
     dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
         return load_pipeline(name, device=device, dtype=dtype)

@@ -47,6 +47,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """The device a ``--device`` option names (none: :func:`default_device`).
+
+    Raises ``ValueError`` saying what would work for a name torch does not know, or for CUDA
+    where torch sees no GPU (torch's own error there speaks of how it was compiled).
+    """
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"{name!r} is not a device torch knows (e.g. cpu, cuda, cuda:1, mps): {error}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}: torch sees no CUDA GPU here; use cpu (or leave the device out).")
+    return device
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """Half precision on a GPU (bfloat16 where supported, which keeps fp32's range), float32 elsewhere."""
     if torch.device(device).type != "cuda":

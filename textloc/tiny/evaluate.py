@@ -187,7 +187,7 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
 
 def main(argv: list[str] | None = None) -> None:
     """Print the OCR ceiling, the binding test and the held-out scores of a textloc-tiny pipeline."""
-    from textloc.distributed import default_device
+    from textloc.distributed import resolve_device
     from textloc.pipelines import load_pipeline
     from textloc.tiny.model import build_training_scheduler
 
@@ -199,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="e.g. cpu, cuda (default: the GPU if there is one, else the CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    pipe = load_pipeline(args.model, device=args.device or default_device(), dtype=torch.float32)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device {error}")
+    pipe = load_pipeline(args.model, device=device, dtype=torch.float32)
     results = {"ocr_ceiling": ocr_ceiling(), "swap_test": swap_test(pipe, build_training_scheduler())}
     examples = heldout_examples(args.count)
     images = generate(pipe, [e.caption for e in examples], seed=EVAL_SEED)

@@ -43,7 +43,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from textloc.distributed import default_device
+from textloc.distributed import resolve_device
 from textloc.images import image_grid
 from textloc.pipelines import load_pipeline
 from textloc.tiny.data import TrainingBatch, training_batch
@@ -338,7 +338,7 @@ def train(args: argparse.Namespace) -> dict:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "samples").mkdir(exist_ok=True)
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = args.device
     pipe, start = _load_start(args, config)
     pipe.to(device)
     state = start.get("state") or {
@@ -491,6 +491,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                          "there is one, else the CPU)")
     args = parser.parse_args(argv)
     args.recipe_since = dict(args.recipe_since)
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device {error}")
     return args
 
 
