@@ -30,7 +30,7 @@ def text_layers(pipe):
 
 
 def cache_of(pipe, prompt, layers="all", **overrides):
-    return record(pipe, prompt, layers, **seeded(pipe, **overrides))
+    return record(pipe, layers, prompt, **seeded(pipe, **overrides))
 
 
 def test_discovery_finds_the_right_kinds(arch, pipe):
@@ -103,10 +103,10 @@ def test_step_window_leaves_earlier_steps_identical(pipe):
 
     other = cache_of(pipe, OTHER)
     plain = run("plain")
-    late = run("late", tl.patch(pipe, "all", other, steps=(0.5, None)))
+    late = run("late", tl.patch(pipe, "all", other, patch_steps=(0.5, None)))
     assert torch.equal(outputs["late"][0], outputs["plain"][0])  # step 0 of 2: before the window
     assert not torch.equal(late, plain)
-    early = run("early", tl.patch(pipe, "all", other, steps=(0, 1)))
+    early = run("early", tl.patch(pipe, "all", other, patch_steps=(0, 1)))
     assert not torch.equal(outputs["early"][0], outputs["plain"][0])
     assert not torch.equal(early, late)
 
@@ -200,14 +200,34 @@ def test_self_layer_cannot_be_patched():
             pass
 
 
-def test_cache_from_another_model_or_step_count_is_refused():
+def test_cache_follows_the_weights_not_the_folder(tmp_path):
+    from textloc.testing import tiny_pipeline
+
+    sd15 = _pipeline("sd15")
+    cache = cache_of(sd15, OTHER)
+    with tl.patch(sd15, "all", cache):
+        patched = generate(sd15)
+    # The same weights saved and loaded from another folder: the cache still applies.
+    sd15.save_pretrained(tmp_path / "copy")
+    copy = type(sd15).from_pretrained(tmp_path / "copy")
+    copy.set_progress_bar_config(disable=True)
+    with tl.patch(copy, "all", cache):
+        assert torch.equal(generate(copy), patched)
+    # Same config and layer names, other weights (as after fine-tuning): refused.
+    retrained = tiny_pipeline("sd15", seed=1)
+    with pytest.raises(ValueError, match="recorded on other weights"):
+        with tl.patch(retrained, "all", cache):
+            pass
+
+
+def test_cache_from_another_architecture_or_step_count_is_refused():
     sd15, sdxl = _pipeline("sd15"), _pipeline("sdxl")
-    with pytest.raises(ValueError, match="holds no layer|not recorded at|another model"):
+    with pytest.raises(ValueError, match="holds no layer|not recorded at"):
         with tl.patch(sdxl, "all", cache_of(sd15, OTHER)):
             generate(sdxl)
     sd3 = _pipeline("sd3")
     three_steps = cache_of(sd3, OTHER, num_inference_steps=3)
-    with pytest.raises(ValueError, match="recorded over 3 steps but the run has 2"):
+    with pytest.raises(ValueError, match="recorded over 3 steps .* but the run has 2"):
         with tl.patch(sd3, "all", three_steps):
             generate(sd3)
 
@@ -243,7 +263,7 @@ def test_bad_heads_steps_and_branch_are_refused():
     layer = text_layers(pipe)[0]
     for kwargs, message in [
         ({"heads": [layer.num_heads]}, "do not exist"),
-        ({"steps": (0.5, 1.5)}, r"lies in \[0, 1\]"),
+        ({"patch_steps": (0.5, 1.5)}, r"lies in \[0, 1\]"),
         ({"branch": "neg"}, "branch must be"),
     ]:
         with pytest.raises(ValueError, match=message):

@@ -22,21 +22,24 @@ image, so a cache stores them once; ``joint`` and ``single`` layers are stored p
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import difflib
+import functools
 import inspect
-import json
-import math
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
 
 from textloc.attention import AttentionLayer, LayerSelector, denoiser, select_layers
+from textloc.fingerprint import module_fingerprint
 from textloc.pipelines import call_kwargs
 
-Branch = Literal["cond", "uncond"]
+# "skip_layer" is the extra pass of SD3's skip-layer guidance: the conditional rows again, with
+# some blocks skipped. A patch on the conditional branch patches it too.
+Branch = Literal["cond", "uncond", "skip_layer"]
 BranchChoice = Literal["cond", "uncond", "both"]
 StepWindow = Union[tuple[Union[int, float, None], Union[int, float, None]], None]
 
@@ -50,7 +53,7 @@ _HOOK_PREFIX = "textloc"
 
 @dataclass
 class TextKV:
-    """Text keys and values of one layer at one step and branch: ``[rows, text_tokens, dim]``."""
+    """Text keys and values of one layer at one denoiser pass and branch: ``[rows, text_tokens, dim]``."""
 
     key: torch.Tensor
     value: torch.Tensor
@@ -59,28 +62,36 @@ class TextKV:
 
 @dataclass
 class TextCache:
-    """Per-layer, per-step, per-branch text K/V recorded from a generation.
+    """Per-layer, per-pass, per-branch text K/V recorded from a generation.
 
-    Entries of step-independent layers (``cross``, ``added_kv``) are stored once, under step
-    ``None``, and serve every step of any schedule.
+    ``entries`` are keyed by ``(layer, position, branch)``: ``position`` indexes the scheduler's
+    timesteps, which is the step itself for first-order schedulers, while the two denoiser passes
+    of a second-order step (Heun, KDPM2) each have their own. Entries of step-independent layers
+    (``cross``, ``added_kv``) are stored once, under position ``None``, and serve every step of
+    any schedule. ``fingerprint`` identifies the denoiser's weights (:mod:`textloc.fingerprint`).
     """
 
-    model_id: str
+    fingerprint: str
     prompts: list[str]
     num_steps: int
     layers: dict[str, str]  # name -> kind, in forward order
     entries: dict[tuple[str, int | None, Branch], TextKV] = field(default_factory=dict, repr=False)
+    num_positions: int = 0  # len(scheduler.timesteps) of the recorded run
 
-    def get(self, layer: str, step: int, branch: Branch) -> TextKV:
-        """The entry for a layer at a step and branch; a clear error if it was not recorded."""
-        entry = self.entries.get((layer, step, branch)) or self.entries.get((layer, None, branch))
+    def get(self, layer: str, position: int, branch: Branch) -> TextKV:
+        """The entry for a layer at a scheduler position and branch; a clear error if it was not recorded."""
+        entry = self.entries.get((layer, position, branch)) or self.entries.get((layer, None, branch))
+        if entry is None and branch == "skip_layer":
+            # A step-independent layer's text K/V are the conditional branch's in every pass.
+            entry = self.entries.get((layer, None, "cond"))
         if entry is None:
             if layer not in self.layers:
                 raise ValueError(f"The cache holds no layer {layer!r}; it holds {', '.join(self.layers)}.")
-            raise ValueError(
-                f"The cache has no {branch} entry for {layer} at step {step}: it was recorded "
-                f"{'without classifier-free guidance' if branch == 'uncond' else 'over fewer steps'}."
-            )
+            missing = {
+                "uncond": "it was recorded without classifier-free guidance",
+                "skip_layer": "it was recorded without skip-layer guidance",
+            }.get(branch, "it was recorded over fewer steps")
+            raise ValueError(f"The cache has no {branch} entry for {layer} at scheduler position {position}: {missing}.")
         return entry
 
     @property
@@ -95,19 +106,11 @@ class TextCache:
             key: TextKV(e.key.to(device, dtype), e.value.to(device, dtype), None if e.mask is None else e.mask.to(device))
             for key, e in self.entries.items()
         }
-        return TextCache(self.model_id, list(self.prompts), self.num_steps, dict(self.layers), moved)
-
-
-def model_id(pipe_or_model: object) -> str:
-    """A fingerprint of the denoiser (class, config, size) to tell caches of other models apart."""
-    model = denoiser(pipe_or_model)
-    config = json.dumps(dict(getattr(model, "config", {})), sort_keys=True, default=str)
-    digest = hashlib.sha1(config.encode()).hexdigest()[:12]
-    return f"{type(model).__name__}:{sum(p.numel() for p in model.parameters())}:{digest}"
+        return TextCache(self.fingerprint, list(self.prompts), self.num_steps, dict(self.layers), moved, self.num_positions)
 
 
 # --------------------------------------------------------------------------------------------
-# Patches
+# Patches and step windows
 
 
 @dataclass(frozen=True)
@@ -115,56 +118,72 @@ class RowPatch:
     """One patch of a batched run: batch row ``row`` takes the text K/V of ``source`` at ``layers``.
 
     ``source`` is another row of the same batch (an ``int``) or a :class:`TextCache`
-    (``source_row`` picks its row). ``row=None`` patches every row. ``steps`` is a window
-    ``(start, stop)`` of step indices or fractions of the schedule (stop exclusive, ``None`` open);
-    ``heads`` a subset of attention heads; ``branch`` the CFG half. ``strength`` blends the row's
-    own K/V toward the source's (1 replaces them); a tensor strength that requires grad receives
-    the gradient of whatever is computed from the run, which is how attribution patching works.
+    (``source_row`` picks its row). ``row=None`` patches every row. ``patch_steps`` is a step
+    window (see :func:`window_steps`); ``heads`` a subset of attention heads; ``branch`` the CFG
+    branch (``"cond"`` also covers SD3's skip-layer guidance pass, which reruns the conditional
+    rows). ``strength`` blends the row's own K/V toward the source's (1 replaces them); a tensor
+    strength that requires grad receives the gradient of whatever is computed from the run, which
+    is how attribution patching works.
     """
 
     layers: tuple[str, ...]
     source: int | TextCache
     row: int | None = None
     source_row: int = 0
-    steps: StepWindow = None
+    patch_steps: StepWindow = None
     heads: tuple[int, ...] | None = None
     branch: BranchChoice = "cond"
     strength: float | torch.Tensor = 1.0
 
     def branches(self) -> tuple[Branch, ...]:
-        """The CFG branches this patch writes to."""
-        return ("cond", "uncond") if self.branch == "both" else (self.branch,)
-
-    def active_at(self, step: int, num_steps: int) -> bool:
-        """Whether the patch applies at denoising step ``step`` of ``num_steps``."""
-        return in_step_window(self.steps, step, num_steps)
+        """The branches this patch writes to."""
+        return {"cond": ("cond", "skip_layer"), "uncond": ("uncond",)}.get(self.branch, ("cond", "uncond", "skip_layer"))
 
 
-def in_step_window(window: StepWindow, step: int, num_steps: int) -> bool:
-    """Whether step index ``step`` of ``num_steps`` lies in ``window`` (``None``: every step)."""
+def check_step_window(window: object) -> None:
+    """Raise ``ValueError`` unless ``window`` is a step window that can cover some step."""
     if window is None:
-        return True
-    start, stop = (_step_bound(bound, num_steps) for bound in window)
-    return (start is None or step >= start) and (stop is None or step < stop)
+        return
+    if isinstance(window, (int, float)) and not isinstance(window, bool):
+        raise ValueError(
+            f"A step window is (start, stop), not the single number {window!r}: write ({window!r}, None) "
+            "for that step onwards."
+        )
+    if not isinstance(window, (tuple, list)) or len(window) != 2:
+        raise ValueError(f"A step window is (start, stop), not {window!r}.")
+    for bound in window:
+        if isinstance(bound, bool) or not (bound is None or isinstance(bound, (int, float))):
+            raise ValueError(f"A step bound is an int index, a float fraction or None; got {bound!r}.")
+        if isinstance(bound, float) and not 0.0 <= bound <= 1.0:
+            raise ValueError(f"A fractional step bound lies in [0, 1]; got {bound}.")
+    start, stop = window
+    comparable = (
+        isinstance(start, float) and isinstance(stop, float)
+        or isinstance(start, int) and isinstance(stop, int) and (start < 0) == (stop < 0)
+    )
+    if comparable and stop <= start:
+        raise ValueError(f"The step window {tuple(window)} stops before it starts: it would patch no step.")
 
 
-def _step_bound(bound: int | float | None, num_steps: int) -> int | None:
-    if bound is None or isinstance(bound, int):
-        return bound
-    return round(bound * num_steps)
+def window_steps(window: StepWindow, num_steps: int) -> range:
+    """The step indices that ``window`` covers in a run of ``num_steps`` steps.
+
+    ``None`` is every step. Otherwise ``(start, stop)``, stop excluded, ``None`` open: an ``int``
+    bound is a step index, negative ones counting from the end as in Python (``(-2, None)``: the
+    last two steps); a ``float`` bound ``f`` in [0, 1] is a fraction of the schedule, step
+    ``floor(f * num_steps)`` (Prompt-to-Prompt's rule), so ``(0.25, 0.75)`` of 6 steps covers
+    steps 1, 2 and 3.
+    """
+    if window is None:
+        return range(num_steps)
+    start, stop = (int(bound * num_steps) if isinstance(bound, float) else bound for bound in window)
+    return range(num_steps)[slice(start, stop)]
 
 
 def _validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
     if patch.branch not in ("cond", "uncond", "both"):
         raise ValueError(f"branch must be 'cond', 'uncond' or 'both', not {patch.branch!r}.")
-    if patch.steps is not None:
-        if len(patch.steps) != 2:
-            raise ValueError(f"steps is a window (start, stop), not {patch.steps!r}.")
-        for bound in patch.steps:
-            if isinstance(bound, float) and not 0.0 <= bound <= 1.0:
-                raise ValueError(f"A fractional step bound lies in [0, 1]; got {bound}.")
-            if bound is not None and not isinstance(bound, (int, float)):
-                raise ValueError(f"A step bound is an int index, a float fraction or None; got {bound!r}.")
+    check_step_window(patch.patch_steps)
     if patch.heads is not None:
         for name in patch.layers:
             bad = [h for h in patch.heads if not 0 <= h < layers[name].num_heads]
@@ -175,87 +194,132 @@ def _validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
         if missing:
             raise ValueError(f"The cache was not recorded at {', '.join(missing)}; record those layers too.")
 
-
 # --------------------------------------------------------------------------------------------
-# Run state shared by the hooks of one context
+# Run state shared by the hooks of one context: step and branch, as the pipeline states them
 
 
 @dataclass
 class _Call:
-    """What the denoiser call now running holds: step, and which branch/row each batch row is."""
+    """What the denoiser call now running holds: its step, and which branch each batch row is."""
 
     step: int
+    position: int  # index into the scheduler's timesteps: a second-order step has two
     branch_rows: dict[Branch, list[int]]  # branch -> batch indices, in row order
     text_len: int | None
 
 
 class _StopRun(Exception):
-    """Raised by the denoiser hook to end a generation once what was wanted is recorded."""
+    """Raised inside the denoiser to end a generation once what was wanted is recorded."""
 
 
 class _RunState:
-    def __init__(self, pipe: Any, concat_cfg: bool | None, stop_at_step: int | None = None):
-        self.pipe = pipe
-        self.concat_cfg = concat_cfg  # None: detect it from the pipeline at the first call
-        self.stop_at_step = stop_at_step
-        self.schedule: torch.Tensor | None = None
-        self.num_steps = 0
-        self.step = -1
-        self.calls_in_step = 0
-        self.last_timestep: float | None = None
-        self.call: _Call | None = None
-        self.on_new_run: list = []
+    """Step and CFG layout of each denoiser call, read from the pipeline's own state.
 
-    def begin_call(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor | None) -> None:
-        schedule = getattr(self.pipe.scheduler, "timesteps", None)
+    - The step: the scheduler's ``step()`` calls are counted, so the n-th denoiser pass of a run is
+      at scheduler position ``begin_index + n``, and position p of ``len(timesteps)`` is step
+      ``p * num_inference_steps // len(timesteps)``: the step itself for first-order schedulers,
+      both passes of a second-order step (Heun, KDPM2: 2n - 1 timesteps) and PLMS's warm-up pass
+      (n + 1 timesteps) in their step.
+    - The branch: a ``cache_context("cond"/"uncond")`` the pipeline opens around a call (FLUX true
+      CFG runs the branches as two calls); a ``skip_layers`` argument (SD3 skip-layer guidance);
+      else the pipeline's ``do_classifier_free_guidance`` property (SD, SDXL, SD3, Sana; it knows
+      that LCM-distilled U-Nets run no CFG batch), else the ``do_classifier_free_guidance`` the
+      pipeline passed to its own ``encode_prompt`` (IF, PixArt). Under CFG the batch is
+      ``cat([uncond, cond])``. A pipeline that states none of these is refused, never guessed.
+    """
+
+    def __init__(self, pipe: Any, stop_at_step: int | None = None):
+        self.pipe = pipe
+        self.stop_at_step = stop_at_step
+        self.context = StateManager(_NoState)  # diffusers' cache_context() sets its context
+        self.encoded_cfg: bool | None = None  # the flag the pipeline last passed to encode_prompt
+        self.scheduler_steps = 0  # scheduler.step() calls in this run
+        self.schedule: torch.Tensor | None = None
+        self.begin = self.num_steps = self.num_positions = 0
+        self.call: _Call | None = None
+        self.windows: dict[int, range] = {}  # id(patch) -> the steps it covers in this run
+        self.on_new_run: list[Callable[[_RunState], None]] = []
+
+    def begin_call(self, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]) -> None:
+        scheduler = self.pipe.scheduler
+        schedule = scheduler.timesteps
         if schedule is not self.schedule:  # set_timesteps made a new schedule: a new generation
-            self.schedule = schedule
-            # Second-order schedulers (Heun, KDPM2) list 2n - 1 timesteps for n steps.
-            order = getattr(self.pipe.scheduler, "order", 1)
-            self.num_steps = math.ceil(len(schedule) / order) if schedule is not None else 0
-            self.step, self.last_timestep = -1, None
+            self.schedule, self.scheduler_steps = schedule, 0
+            self.begin = getattr(scheduler, "begin_index", None) or 0  # img2img starts part-way
+            self.num_positions = len(schedule)
+            self.num_steps = getattr(scheduler, "num_inference_steps", None) or self.num_positions
             for callback in self.on_new_run:
                 callback(self)
-        t = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
-        if t != self.last_timestep:
-            self.step, self.calls_in_step, self.last_timestep = self.step + 1, 0, t
-            if self.step == self.stop_at_step:
-                raise _StopRun
-        else:
-            self.calls_in_step += 1
+        position = self.begin + self.scheduler_steps
+        if position >= self.num_positions:
+            raise ValueError(
+                f"The denoiser ran after the last of the scheduler's {self.num_positions} timesteps; textloc "
+                "follows the steps of a pipeline call and cannot place this one."
+            )
+        step = position * self.num_steps // self.num_positions
+        if step == self.stop_at_step:
+            raise _StopRun
+        encoder_states = kwargs.get("encoder_hidden_states")
+        text_len = None if encoder_states is None else encoder_states.shape[1]
+        self.call = _Call(step, position, self._branch_rows(sample.shape[0], kwargs), text_len)
 
-        batch = sample.shape[0]
-        if self._concat_cfg(sample):
-            half = batch // 2
-            branch_rows = {"uncond": list(range(half)), "cond": list(range(half, batch))}
-        else:
-            # Pipelines that run CFG as separate calls (FLUX true CFG) run cond first, then uncond.
-            branch_rows = {"cond" if self.calls_in_step == 0 else "uncond": list(range(batch))}
-        text_len = None if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        self.call = _Call(self.step, branch_rows, text_len)
+    def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:
+        rows = list(range(batch))
+        if kwargs.get("skip_layers") is not None:
+            return {"skip_layer": rows}
+        context = self.context._context
+        if context is not None and context.name in ("cond", "uncond"):
+            return {context.name: rows}
+        if not self._classifier_free_guidance():
+            return {"cond": rows}
+        if batch % 2:
+            raise ValueError(f"{type(self.pipe).__name__} runs classifier-free guidance on an odd batch of {batch}; textloc cannot split it into branches.")
+        return {"uncond": rows[: batch // 2], "cond": rows[batch // 2 :]}
 
-    def _concat_cfg(self, sample: torch.Tensor) -> bool:
-        if self.concat_cfg is not None:
-            return self.concat_cfg
-        flag = getattr(self.pipe, "do_classifier_free_guidance", None)
-        if isinstance(flag, bool):
-            return flag
-        # IF and PixArt keep the flag local; they feed torch.cat([x] * 2) under CFG.
-        batch = sample.shape[0]
-        return batch % 2 == 0 and torch.equal(sample[: batch // 2], sample[batch // 2 :])
+    def _classifier_free_guidance(self) -> bool:
+        if isinstance(inspect.getattr_static(type(self.pipe), "do_classifier_free_guidance", None), property):
+            return bool(self.pipe.do_classifier_free_guidance)
+        if self.encoded_cfg is not None:
+            return self.encoded_cfg
+        raise ValueError(
+            f"textloc cannot tell the classifier-free guidance layout of {type(self.pipe).__name__}: it has no "
+            "do_classifier_free_guidance property, passes no such flag to encode_prompt and opens no "
+            "cache_context around its denoiser calls. Patch through a pipeline that does (SD, SDXL, SD3, "
+            "FLUX, IF, PixArt, Sana)."
+        )
+
+    def count_scheduler_step(self, arguments: dict[str, Any]) -> None:
+        self.scheduler_steps += 1
+
+    def note_encode_prompt(self, arguments: dict[str, Any]) -> None:
+        if "do_classifier_free_guidance" in arguments:
+            self.encoded_cfg = bool(arguments["do_classifier_free_guidance"])
+
+
+class _NoState(BaseState):
+    """The engine keeps no per-context state; it only reads which context the pipeline opened."""
+
+    def reset(self) -> None:
+        pass
 
 
 class _DenoiserHook(ModelHook):
+    _is_stateful = True  # so that diffusers' cache_context() hands it the branch name
+
     def __init__(self, state: _RunState):
         super().__init__()
         self.state = state
+        self.context = state.context
 
     def pre_forward(self, module, *args, **kwargs):
         # Pipelines call U-Nets as unet(sample, t, ...) and transformers with keywords.
         sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
         timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
-        self.state.begin_call(sample, timestep, kwargs.get("encoder_hidden_states"))
+        self.state.begin_call(sample, timestep, kwargs)
         return args, kwargs
+
+    def reset_state(self, module):
+        return module
 
 
 class _GradientHook(ModelHook):
@@ -368,7 +432,7 @@ class _Writes:
 class _LayerHooks:
     """Records and patches one layer's text K/V; shared by its projection and attention hooks."""
 
-    def __init__(self, layer: AttentionLayer, state: _RunState, recorder: TextCache | None, patches: list[RowPatch]):
+    def __init__(self, layer: AttentionLayer, state: _RunState, recorder: _Recorder | None, patches: list[RowPatch]):
         self.layer, self.state, self.recorder, self.patches = layer, state, recorder, patches
         self.mask: torch.Tensor | None = None  # this call's text attention mask, as the layer saw it
         self.pending: dict[Branch, dict[str, torch.Tensor]] = {}
@@ -386,7 +450,7 @@ class _LayerHooks:
             return self._writes
         found, sources = [], set()
         for patch in self.patches:
-            if not patch.active_at(call.step, self.state.num_steps):
+            if call.step not in self.state.windows[id(patch)]:
                 continue
             for branch in patch.branches():
                 rows = call.branch_rows.get(branch)
@@ -399,7 +463,7 @@ class _LayerHooks:
                     sources.add(rows[patch.source])
                     found.append((patch, targets, _Source(batch_index=rows[patch.source])))
                     continue
-                entry = patch.source.get(self.layer.name, call.step, branch)
+                entry = patch.source.get(self.layer.name, call.position, branch)
                 row_wise = patch.row is None and entry.key.shape[0] == len(rows)
                 picks = slice(None) if row_wise else slice(patch.source_row, patch.source_row + 1)
                 found.append((patch, targets, _Source(entry=entry, rows=picks)))
@@ -410,7 +474,7 @@ class _LayerHooks:
 
     def on_projection(self, role: str, output: torch.Tensor) -> torch.Tensor:
         if self.recorder is not None:
-            self.record(role, output)
+            self.recorder.add(self, role, output)
         writes = self.writes()
         if not writes.patches:
             return output
@@ -452,21 +516,43 @@ class _LayerHooks:
             swapped[targets] = source_mask
         return {**kwargs, "attention_mask": swapped}
 
-    def record(self, role: str, output: torch.Tensor) -> None:
-        call = self.state.call
-        static = self.layer.kind in STEP_INDEPENDENT_KINDS
-        step = None if static else call.step
-        text = self.text_slice(output).detach()
+
+class _Recorder:
+    """Fills a :class:`TextCache` as the layers compute their text K/V, straight onto ``device``.
+
+    With ``stop_when_complete`` the run ends as soon as every step-independent layer holds an
+    entry for every branch of the first pass: nothing later can add to the cache.
+    """
+
+    def __init__(self, cache: TextCache, device: torch.device | str | None, stop_when_complete: bool):
+        self.cache, self.device, self.stop_when_complete = cache, device, stop_when_complete
+        self.pending: dict[tuple[str, Branch], dict[str, torch.Tensor]] = {}
+
+    def add(self, hooks: _LayerHooks, role: str, output: torch.Tensor) -> None:
+        call, layer = hooks.state.call, hooks.layer
+        static = layer.kind in STEP_INDEPENDENT_KINDS
+        text = hooks.text_slice(output).detach()
         for branch, rows in call.branch_rows.items():
-            key = (self.layer.name, step, branch)
-            if static and key in self.recorder.entries:
-                continue  # recorded at the first step; identical at every other step
-            pending = self.pending.setdefault(branch, {})
-            pending[role] = text[rows].clone()
+            if static and branch == "skip_layer":
+                continue  # the conditional branch's entry serves that pass
+            key = (layer.name, None if static else call.position, branch)
+            if static and key in self.cache.entries:
+                continue  # recorded at the first pass; identical at every other
+            pending = self.pending.setdefault((layer.name, branch), {})
+            pending[role] = self._keep(text[rows])
             if len(pending) == 2:
-                mask = None if self.mask is None else self.mask[rows].clone()
-                self.recorder.entries[key] = TextKV(pending["key"], pending["value"], mask)
-                del self.pending[branch]
+                mask = None if hooks.mask is None else self._keep(hooks.mask[rows])
+                self.cache.entries[key] = TextKV(pending["key"], pending["value"], mask)
+                del self.pending[layer.name, branch]
+        if self.stop_when_complete and self._complete(call):
+            raise _StopRun
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        kept = tensor.to(self.device) if self.device is not None else tensor
+        return kept.clone() if kept.data_ptr() == tensor.data_ptr() else kept
+
+    def _complete(self, call: _Call) -> bool:
+        return all((name, None, branch) in self.cache.entries for name in self.cache.layers for branch in call.branch_rows)
 
 
 class _ProjectionHook(ModelHook):
@@ -496,29 +582,37 @@ def _hooked(
     pipe: Any,
     layers: Sequence[AttentionLayer],
     patches: Sequence[RowPatch] = (),
-    recorder: TextCache | None = None,
-    concat_cfg: bool | None = None,
+    recorder: _Recorder | None = None,
     stop_at_step: int | None = None,
     grad_steps: frozenset[int] = frozenset(),
     on_output=None,
 ) -> Iterator[_RunState]:
     model = denoiser(pipe)
-    state = _RunState(pipe, concat_cfg, stop_at_step)
+    state = _RunState(pipe, stop_at_step)
     caches = {id(p.source): p.source for p in patches if isinstance(p.source, TextCache)}
-    fingerprint = model_id(pipe) if caches else None
+    fingerprint = module_fingerprint(model) if caches else None
+    for cache in caches.values():
+        if cache.fingerprint != fingerprint:
+            raise ValueError(
+                f"This cache was recorded on other weights ({cache.fingerprint}); this pipeline's denoiser "
+                f"is {fingerprint}. Record the source on this pipeline."
+            )
 
-    def check_caches(run: _RunState) -> None:
+    def start_run(run: _RunState) -> None:
         for cache in caches.values():
-            if cache.model_id != fingerprint:
-                raise ValueError(f"This cache was recorded on another model ({cache.model_id}); this pipeline's denoiser is {fingerprint}.")
-            stepped = any(step is not None for (_, step, _) in cache.entries)
-            if stepped and cache.num_steps != run.num_steps:
+            stepped = any(position is not None for (_, position, _) in cache.entries)
+            if stepped and (cache.num_steps, cache.num_positions) != (run.num_steps, run.num_positions):
                 raise ValueError(
-                    f"This cache was recorded over {cache.num_steps} steps but the run has {run.num_steps}; "
-                    "record the source with the same num_inference_steps."
+                    f"This cache was recorded over {cache.num_steps} steps ({cache.num_positions} scheduler "
+                    f"timesteps) but the run has {run.num_steps} ({run.num_positions}); record the source with "
+                    "the same num_inference_steps and scheduler."
                 )
+        run.windows = {id(p): window_steps(p.patch_steps, run.num_steps) for p in patches}
+        for p in patches:
+            if not run.windows[id(p)]:
+                raise ValueError(f"patch_steps {p.patch_steps} covers no step of this {run.num_steps}-step run.")
 
-    state.on_new_run.append(check_caches)
+    state.on_new_run.append(start_run)
     registered: list[tuple[torch.nn.Module, str]] = []
 
     def register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
@@ -526,71 +620,182 @@ def _hooked(
         registered.append((module, name))
 
     tag = f"{_HOOK_PREFIX}_{id(state)}"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_wrapped(pipe.scheduler, "step", state.count_scheduler_step))
+        if not isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property):
+            stack.enter_context(_wrapped(pipe, "encode_prompt", state.note_encode_prompt))
+        try:
+            if grad_steps or on_output is not None:
+                register(model, _GradientHook(state, grad_steps, on_output), f"{tag}_gradient")
+            # Registered last, so outermost: it must know the step before the gradient hook runs.
+            register(model, _DenoiserHook(state), f"{tag}_denoiser")
+            for layer in layers:
+                layer_patches = [p for p in patches if layer.name in p.layers]
+                hooks = _LayerHooks(layer, state, recorder, layer_patches)
+                key_proj, value_proj = layer.text_kv_projections
+                register(layer.module, _AttentionHook(hooks), f"{tag}_attention")
+                register(key_proj, _ProjectionHook(hooks, "key"), f"{tag}_key")
+                register(value_proj, _ProjectionHook(hooks, "value"), f"{tag}_value")
+            yield state
+        finally:
+            for module, name in reversed(registered):
+                module._diffusers_hook.remove_hook(name, recurse=False)
+
+
+@contextlib.contextmanager
+def _wrapped(owner: Any, method: str, before: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Call ``before(arguments)`` (by parameter name, defaults filled in) ahead of ``owner.method``.
+
+    The wrapper is an instance attribute that shadows the class's method, so other instances are
+    untouched; on exit the attribute the instance had before (none, or an outer wrapper) is back.
+    """
+    original = getattr(owner, method, None)
+    if original is None:
+        yield
+        return
+    signature = inspect.signature(original)
+    shadowed = owner.__dict__.get(method)
+
+    @functools.wraps(original)  # pipelines read the signature (prepare_extra_step_kwargs)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        before(bound.arguments)
+        return original(*args, **kwargs)
+
+    object.__setattr__(owner, method, wrapper)
     try:
-        if grad_steps or on_output is not None:
-            register(model, _GradientHook(state, grad_steps, on_output), f"{tag}_gradient")
-        # Registered last, so outermost: it must know the step before the gradient hook runs.
-        register(model, _DenoiserHook(state), f"{tag}_denoiser")
-        for layer in layers:
-            layer_patches = [p for p in patches if layer.name in p.layers]
-            hooks = _LayerHooks(layer, state, recorder, layer_patches)
-            key_proj, value_proj = layer.text_kv_projections
-            register(layer.module, _AttentionHook(hooks), f"{tag}_attention")
-            register(key_proj, _ProjectionHook(hooks, "key"), f"{tag}_key")
-            register(value_proj, _ProjectionHook(hooks, "value"), f"{tag}_value")
-        yield state
+        yield
     finally:
-        for module, name in reversed(registered):
-            module._diffusers_hook.remove_hook(name, recurse=False)
+        if shadowed is None:
+            object.__delattr__(owner, method)
+        else:
+            object.__setattr__(owner, method, shadowed)
 
 
-def _cfg_layout(pipe: Any, kwargs: dict[str, Any]) -> bool:
-    """Whether a call with these kwargs batches CFG as ``cat([uncond, cond])``."""
-    parameters = inspect.signature(pipe.__call__).parameters
-    if "true_cfg_scale" in parameters:  # FLUX-style: CFG, if any, runs as a second call
-        return False
-    scale = kwargs.get("guidance_scale", parameters["guidance_scale"].default if "guidance_scale" in parameters else 1.0)
-    return scale > 1.0
+def _run(pipe: Any, **kwargs: Any) -> Any:
+    """Call the pipeline; ``None`` when a hook ended the run early, with offloaded models freed."""
+    try:
+        return pipe(**kwargs)
+    except _StopRun:
+        # The pipeline's own cleanup never ran: hand models back to their offload device.
+        if hasattr(pipe, "maybe_free_model_hooks"):
+            pipe.maybe_free_model_hooks()
+        return None
+
+
+def _run_kwargs(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline-call arguments, with an error naming any that the pipeline does not take."""
+    # Named parameters only: SD/SDXL's **kwargs swallow a misspelt argument without a word.
+    parameters = [name for name, p in inspect.signature(pipe.__call__).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    for name in kwargs:
+        if name not in parameters:
+            close = difflib.get_close_matches(name, parameters, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "."
+            raise TypeError(f"{name!r} is not an argument of {type(pipe).__name__}.__call__{hint}")
+    return call_kwargs(pipe, **kwargs)
+
+
+def _select(pipe: Any, layers: LayerSelector, prompt: object, function: str) -> list[AttentionLayer]:
+    """Resolve ``layers``; if the caller swapped layers and prompt (the old order), say so."""
+    try:
+        return select_layers(pipe, layers)
+    except ValueError:
+        swapped = False
+        with contextlib.suppress(ValueError, TypeError):
+            swapped = bool(select_layers(pipe, prompt))
+        if swapped:
+            raise TypeError(f"{function} takes (pipe, layers, prompt): the layers come before the prompt.") from None
+        raise
+
+
+def _row_generators(generator: torch.Generator | Sequence[torch.Generator] | None, rows: int) -> list[torch.Generator]:
+    """One generator per row: a single generator is copied to every row, so every row gets the same noise."""
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(0)
+    if isinstance(generator, torch.Generator):
+        state = generator.get_state()
+        copies = [torch.Generator(generator.device) for _ in range(rows)]
+        for copy in copies:
+            copy.set_state(state)
+        return copies
+    generators = list(generator)
+    if len(generators) != rows:
+        raise ValueError(f"{len(generators)} generators for {rows} prompts; give one generator (copied to every row) or one per prompt.")
+    return generators
 
 
 # --------------------------------------------------------------------------------------------
 # Public API
 
 
-def run_with_cache(pipe: Any, prompt: str | list[str], layers: LayerSelector = "all", cache_device: torch.device | str | None = None, **generate_kwargs: Any) -> tuple[Any, TextCache]:
+def run_with_cache(
+    pipe: Any,
+    layers: LayerSelector,
+    prompt: str | list[str],
+    *,
+    cache_device: torch.device | str | None = None,
+    **generate_kwargs: Any,
+) -> tuple[Any, TextCache]:
     """Generate ``prompt`` and record the text K/V of ``layers`` at every step and branch.
 
-    Returns ``(pipeline output, TextCache)``. The cache stays on the device that produced it
-    unless ``cache_device`` says otherwise. ``generate_kwargs`` go to the pipeline call.
+    Returns ``(pipeline output, TextCache)``. The cache is written to ``cache_device`` as it is
+    recorded (default: the device that computes it). ``generate_kwargs`` go to the pipeline call.
     """
-    return _record(pipe, prompt, layers, cache_device, first_step_only=False, **generate_kwargs)
+    selected = _select(pipe, layers, prompt, "run_with_cache")
+    return _record(pipe, selected, prompt, cache_device, stop_when_complete=False, **generate_kwargs)
 
 
-def record(pipe: Any, prompt: str | list[str], layers: LayerSelector = "all", cache_device: torch.device | str | None = None, **generate_kwargs: Any) -> TextCache:
+def record(
+    pipe: Any,
+    layers: LayerSelector,
+    prompt: str | list[str],
+    *,
+    cache_device: torch.device | str | None = None,
+    **generate_kwargs: Any,
+) -> TextCache:
     """The text K/V of ``layers`` while generating ``prompt`` (see :func:`run_with_cache`).
 
-    When every layer is step-independent (``cross``, ``added_kv``) the generation stops after its
-    first denoiser step: that step already holds everything the cache can contain.
+    When every layer is step-independent (``cross``, ``added_kv``) the generation stops as soon as
+    they have computed their text K/V in the first denoiser pass: nothing later adds to the cache.
     """
-    selected = select_layers(pipe, layers)
-    first_step_only = all(layer.kind in STEP_INDEPENDENT_KINDS for layer in selected)
+    selected = _select(pipe, layers, prompt, "record")
+    static = all(layer.kind in STEP_INDEPENDENT_KINDS for layer in selected)
     generate_kwargs.setdefault("output_type", "latent" if hasattr(pipe, "vae") else "pt")
-    return _record(pipe, prompt, selected, cache_device, first_step_only, **generate_kwargs)[1]
+    return _record(pipe, selected, prompt, cache_device, stop_when_complete=static, **generate_kwargs)[1]
 
 
-def _record(pipe, prompt, layers, cache_device, first_step_only: bool, **generate_kwargs) -> tuple[Any, TextCache]:
-    selected = select_layers(pipe, layers)
+def _record(pipe, selected, prompt, cache_device, stop_when_complete: bool, **generate_kwargs) -> tuple[Any, TextCache]:
+    if not isinstance(prompt, (str, list, tuple)):
+        raise TypeError(f"prompt is a string or a list of strings, not {type(prompt).__name__}.")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    cache = TextCache(model_id(pipe), prompts, 0, {layer.name: layer.kind for layer in selected})
-    kwargs = call_kwargs(pipe, **generate_kwargs)
-    output = None
-    with _hooked(pipe, selected, recorder=cache, concat_cfg=_cfg_layout(pipe, kwargs), stop_at_step=1 if first_step_only else None) as state:
-        try:
-            output = pipe(prompt=prompts if len(prompts) > 1 else prompts[0], **kwargs)
-        except _StopRun:
-            pass
-    cache.num_steps = state.num_steps
-    return output, cache.to(cache_device) if cache_device is not None else cache
+    cache = TextCache(module_fingerprint(denoiser(pipe)), prompts, 0, {layer.name: layer.kind for layer in selected})
+    kwargs = _run_kwargs(pipe, generate_kwargs)
+    with _hooked(pipe, selected, recorder=_Recorder(cache, cache_device, stop_when_complete)) as state:
+        output = _run(pipe, prompt=prompts if len(prompts) > 1 else prompts[0], **kwargs)
+    cache.num_steps, cache.num_positions = state.num_steps, state.num_positions
+    return output, cache
+
+
+def _prompt_source(pipe: Any, layers: list[AttentionLayer], prompt: str, text_kwargs: dict[str, Any]) -> TextCache:
+    """The text K/V of step-independent layers for ``prompt``, at the least cost the pipeline allows.
+
+    Those K/V depend on the prompt only, not on the image or the step: one denoiser pass on the
+    smallest image the model takes, stopped once the layers have them, from a private generator
+    (the caller's global RNG is untouched).
+    """
+    size = _smallest_image_side(pipe)
+    settings = {"num_inference_steps": 1, "height": size, "width": size, "generator": torch.Generator("cpu").manual_seed(0)}
+    return record(pipe, layers, prompt, **{**settings, **text_kwargs})
+
+
+def _smallest_image_side(pipe: Any, at_least: int = 32) -> int:
+    """A small image side (pixels) that the pipeline's VAE and denoiser both divide evenly."""
+    config = denoiser(pipe).config
+    blocks = getattr(config, "block_out_channels", None)
+    factor = 2 ** (len(blocks) - 1) if blocks else getattr(config, "patch_size", None) or 1
+    multiple = (getattr(pipe, "vae_scale_factor", None) or 1) * factor
+    return -(-at_least // multiple) * multiple
 
 
 @contextlib.contextmanager
@@ -598,7 +803,7 @@ def patch(
     pipe: Any,
     layers: LayerSelector,
     source: str | TextCache,
-    steps: StepWindow = None,
+    patch_steps: StepWindow = None,
     heads: Sequence[int] | None = None,
     branch: BranchChoice = "cond",
     **text_kwargs: Any,
@@ -606,32 +811,35 @@ def patch(
     """Inside this context, ``layers`` receive the text signal of ``source`` instead of the prompt's.
 
     ``source`` is a :class:`TextCache` from :func:`record`, or a prompt. A prompt works directly
-    for ``cross`` and ``added_kv`` layers, whose text K/V do not depend on the step (injection:
-    one short forward pass encodes it); ``joint`` and ``single`` layers need a cache recorded with
-    the same generation settings (``tl.record(pipe, source, layers, **same_kwargs)``), or
-    :func:`run_with_patches`, which generates the source alongside in one batch.
-    With a prompt source, ``text_kwargs`` are the pipeline arguments that shape its text
-    encoding (``max_sequence_length``, ``negative_prompt``, ...): give the ones the patched call uses.
-    ``steps``, ``heads`` and ``branch`` are as in :class:`RowPatch`. On exit, normal or not, the
-    hooks are removed and the pipeline is exactly as before.
+    for ``cross`` and ``added_kv`` layers, whose text K/V do not depend on the step (injection: it
+    is encoded once, at the cost of one text encoding and part of one denoiser pass on a tiny
+    image); ``joint`` and ``single`` layers need a cache recorded with the same generation settings
+    (``tl.record(pipe, layers, source, **same_kwargs)``), or :func:`run_with_patches`, which
+    generates the source alongside in one batch. With a prompt source, ``text_kwargs`` are the
+    pipeline arguments that shape its text encoding (``max_sequence_length``, ``negative_prompt``,
+    ``guidance_scale`` where it decides whether an unconditional branch exists, ...): give the ones
+    the patched call uses. ``patch_steps``, ``heads`` and ``branch`` are as in :class:`RowPatch`.
+    On exit, normal or not, the hooks are removed and the pipeline is exactly as before.
     """
+    if "steps" in text_kwargs:
+        raise TypeError("patch's step window is called patch_steps (steps= was its old name).")
     selected = select_layers(pipe, layers)
+    row_patch = RowPatch(tuple(layer.name for layer in selected), source, patch_steps=patch_steps, heads=None if heads is None else tuple(heads), branch=branch)
+    _validate_patch(row_patch, {layer.name: layer for layer in selected})
     if isinstance(source, str):
         stepwise = [layer.name for layer in selected if layer.kind not in STEP_INDEPENDENT_KINDS]
         if stepwise:
             raise ValueError(
                 f"{', '.join(stepwise)} rewrite the text at every step, so a prompt cannot be injected "
-                "there: record it first with `cache = tl.record(pipe, source, layers, **generate_kwargs)` "
+                "there: record it first with `cache = tl.record(pipe, layers, source, **generate_kwargs)` "
                 "using the same generation settings, then `tl.patch(pipe, layers, cache)`; or use "
                 "`tl.run_with_patches`, which generates the source in the same batch."
             )
-        source = record(pipe, source, selected, **text_kwargs)
+        row_patch = RowPatch(**{**vars(row_patch), "source": _prompt_source(pipe, selected, source, text_kwargs)})
     elif text_kwargs:
         raise TypeError(f"Unexpected arguments {sorted(text_kwargs)}: they only apply to a prompt source.")
     elif not isinstance(source, TextCache):
         raise TypeError(f"source is a prompt (str) or a TextCache, not {type(source).__name__}.")
-    row_patch = RowPatch(tuple(layer.name for layer in selected), source, steps=steps, heads=None if heads is None else tuple(heads), branch=branch)
-    _validate_patch(row_patch, {layer.name: layer for layer in selected})
     with _hooked(pipe, selected, [row_patch]):
         yield
 
@@ -640,8 +848,8 @@ def run_with_patches(
     pipe: Any,
     prompts: Sequence[str],
     patches: Sequence[RowPatch],
-    seed: int | Sequence[int] = 0,
     *,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     on_output: Callable[[Any, torch.Tensor], None] | None = None,
     grad_steps: Collection[int] = (),
     stop_at_step: int | None = None,
@@ -650,19 +858,22 @@ def run_with_patches(
     """One batched generation in which each row may carry its own patch.
 
     ``prompts[i]`` is row ``i``; a patch with ``source=j`` gives its row the text K/V that row ``j``
-    computes in the same batch, at the same step and branch. All rows start from the same noise
-    (one seed, or one seed per row), so a sweep over L layers — rows 0..L-1 patched from a source
-    row L — is one generation and equals L separate patched runs.
+    computes in the same batch, at the same step and branch. ``generator`` is one
+    ``torch.Generator`` whose state is copied to every row, so all rows start from the same noise
+    (default: seed 0 on the CPU), or one generator per row. A sweep over L layers — rows 0..L-1
+    patched from a source row L — is thus one generation and equals L separate patched runs.
 
     ``on_output(call, prediction)`` sees the denoiser's prediction at every call (``call.step``,
     ``call.branch_rows``); at ``grad_steps`` the prediction carries autograd history back to any
     tensor ``strength`` of the patches. ``stop_at_step`` ends the generation when that step would
     begin (the return value is then ``None``).
     """
+    if isinstance(prompts, str):
+        raise TypeError("prompts is a list with one prompt per batch row, not a single string.")
+    if "seed" in generate_kwargs:
+        raise TypeError("run_with_patches takes generator= (e.g. tl.generator(0), copied to every row), not seed=.")
     prompts = list(prompts)
-    seeds = [seed] * len(prompts) if isinstance(seed, int) else list(seed)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed or one per prompt.")
+    generators = _row_generators(generator, len(prompts))
     names = sorted({name for p in patches for name in p.layers})
     selected = select_layers(pipe, names) if names else []
     by_name = {layer.name: layer for layer in selected}
@@ -671,18 +882,11 @@ def run_with_patches(
         for row in (p.row, p.source if isinstance(p.source, int) else None):
             if row is not None and not 0 <= row < len(prompts):
                 raise ValueError(f"Patch row {row} is outside the batch of {len(prompts)} prompts.")
-    kwargs = call_kwargs(pipe, **generate_kwargs)
-    if "num_images_per_prompt" in kwargs and kwargs["num_images_per_prompt"] != 1:
+    kwargs = _run_kwargs(pipe, generate_kwargs)
+    if kwargs.get("num_images_per_prompt", 1) != 1:
         raise ValueError("run_with_patches addresses rows by prompt: repeat a prompt instead of num_images_per_prompt.")
     if grad_steps and on_output is None:
         raise ValueError("grad_steps without on_output: nothing would use the gradients.")
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    hooks = _hooked(
-        pipe, selected, patches, concat_cfg=_cfg_layout(pipe, kwargs), stop_at_step=stop_at_step,
-        grad_steps=frozenset(grad_steps), on_output=on_output,
-    )
+    hooks = _hooked(pipe, selected, patches, stop_at_step=stop_at_step, grad_steps=frozenset(grad_steps), on_output=on_output)
     with hooks:
-        try:
-            return pipe(prompt=prompts, generator=generators, **kwargs)
-        except _StopRun:
-            return None
+        return _run(pipe, prompt=prompts, generator=generators, **kwargs)

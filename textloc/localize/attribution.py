@@ -20,6 +20,7 @@ from textloc.attention import AttentionLayer
 from textloc.localize.prompts import PromptPair
 from textloc.localize.sweep import SOURCE_ROW, TARGET_ROW, PatchSettings
 from textloc.patching import RowPatch, run_with_patches
+from textloc.seeding import generator
 
 
 def attribution_scores(
@@ -39,7 +40,7 @@ def attribution_scores(
     strengths = torch.zeros(len(layers), requires_grad=True)
     plan = [
         RowPatch(
-            (layer.name,), source=TARGET_ROW, row=SOURCE_ROW, steps=settings.steps, heads=settings.heads,
+            (layer.name,), source=TARGET_ROW, row=SOURCE_ROW, patch_steps=settings.patch_steps, heads=settings.heads,
             branch=settings.branch, strength=strengths[i],
         )
         for i, layer in enumerate(layers)
@@ -56,7 +57,7 @@ def attribution_scores(
         total.sub_(gradient.cpu())  # a negative gradient: patching shrinks the distance
 
     run_with_patches(
-        pipe, [pair.source, pair.target], plan, seed=seed, on_output=on_output,
+        pipe, [pair.source, pair.target], plan, generator=generator(seed), on_output=on_output,
         grad_steps=grad_steps, stop_at_step=max(grad_steps) + 1, output_type="np", **generate_kwargs,
     )
     return total.tolist()

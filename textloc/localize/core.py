@@ -19,7 +19,7 @@ from textloc.localize.scoring import SceneJudge, mean_metrics, score_images
 from textloc.distributed import Shards
 from textloc.localize.sweep import PatchSettings, check_max_batch, generate_patched
 from textloc.ocr import OCR, get_ocr
-from textloc.patching import BranchChoice, StepWindow, in_step_window
+from textloc.patching import BranchChoice, StepWindow, window_steps
 from textloc.pipelines import weights_fingerprint
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
@@ -43,7 +43,7 @@ def localize(
     held_out: float = 0.25,
     top_k: int | None = None,
     grad_steps: Sequence[float] = (0.25,),
-    steps: StepWindow = None,
+    patch_steps: StepWindow = None,
     heads: Sequence[int] | None = None,
     branch: BranchChoice = "cond",
     seed: int = 0,
@@ -71,7 +71,7 @@ def localize(
     Then layers are added in rank order (``selection="cumulative"``) or best-first
     (``"greedy"``) until the target text is read at ``threshold`` times the rate of the target
     prompt generated directly. The last ``held_out`` fraction of the pairs is kept out of all
-    choices and scores the chosen set. ``steps``/``heads``/``branch`` restrict the patch as in
+    choices and scores the chosen set. ``patch_steps``/``heads``/``branch`` restrict the patch as in
     :func:`textloc.patch`; ``grad_steps`` are the fractions of the schedule where attribution takes
     its gradients. With ``out``, finished work is logged there pair by pair and a rerun with the same
     settings resumes; the report files are written at the end. ``generate_kwargs`` go to the
@@ -98,14 +98,14 @@ def localize(
         raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")
     candidates = select_layers(pipe, layers)
     reader = get_ocr(ocr)
-    settings = PatchSettings(steps, None if heads is None else tuple(heads), branch)
+    settings = PatchSettings(patch_steps, None if heads is None else tuple(heads), branch)
     n_held = _held_out_count(held_out, len(pairs))
     choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
     model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
         "method": method, "selection": selection, "threshold": threshold, "held_out": held_out, "top_k": top_k,
-        "grad_steps": list(grad_steps), "steps": steps, "heads": settings.heads, "branch": branch, "seed": seed,
+        "grad_steps": list(grad_steps), "patch_steps": patch_steps, "heads": settings.heads, "branch": branch, "seed": seed,
         "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
         # Not choices of the method, but a resumed run must not mix their results either.
         "ocr": ocr if isinstance(ocr, str) else type(ocr).__name__,
@@ -326,12 +326,14 @@ class _Run:
         if not grad_steps:
             raise ValueError("Attribution needs at least one gradient step (grad_steps).")
         num_steps = self._num_steps()
-        indices = sorted({min(num_steps - 1, max(0, round(fraction * num_steps))) for fraction in grad_steps})
+        # A fraction names a step by the same rule as a patch window's bound.
+        indices = sorted({min(num_steps - 1, int(fraction * num_steps)) for fraction in grad_steps})
         # The screen estimates the exact patch, so it takes gradients only where that patch acts.
-        indices = [index for index in indices if in_step_window(self.settings.steps, index, num_steps)]
+        window = window_steps(self.settings.patch_steps, num_steps)
+        indices = [index for index in indices if index in window]
         if not indices:
             raise ValueError(
-                f"grad_steps {list(grad_steps)} fall outside the patch window {self.settings.steps} of {num_steps} steps; "
+                f"grad_steps {list(grad_steps)} fall outside the patch window {self.settings.patch_steps} of {num_steps} steps; "
                 "choose gradient steps inside the window."
             )
         results = self._map("attribution", pairs, lambda index, pair: {

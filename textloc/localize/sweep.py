@@ -10,6 +10,7 @@ import numpy as np
 
 from textloc.localize.prompts import PromptPair
 from textloc.patching import BranchChoice, RowPatch, StepWindow, run_with_patches
+from textloc.seeding import generator
 
 SOURCE_ROW, TARGET_ROW = 0, 1
 
@@ -18,7 +19,7 @@ SOURCE_ROW, TARGET_ROW = 0, 1
 class PatchSettings:
     """What every patch of a localization shares: step window, heads, CFG branch."""
 
-    steps: StepWindow = None
+    patch_steps: StepWindow = None
     heads: tuple[int, ...] | None = None
     branch: BranchChoice = "cond"
 
@@ -63,10 +64,10 @@ def generate_patched(
         sets = layer_sets[start : start + chunk]
         prompts = [pair.source, pair.target] + [pair.source] * len(sets)
         plan = [
-            RowPatch(tuple(layers), source=TARGET_ROW, row=2 + i, steps=settings.steps, heads=settings.heads, branch=settings.branch)
+            RowPatch(tuple(layers), source=TARGET_ROW, row=2 + i, patch_steps=settings.patch_steps, heads=settings.heads, branch=settings.branch)
             for i, layers in enumerate(sets)
         ]
-        images = np.asarray(run_with_patches(pipe, prompts, plan, seed=seed, output_type="np", **generate_kwargs).images)
+        images = np.asarray(run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs).images)
         if source is None:
             source, target = images[SOURCE_ROW], images[TARGET_ROW]
         patched.extend(images[2:])

@@ -1,0 +1,282 @@
+"""The engine patches the right rows at the right steps: step and branch come from the pipeline.
+
+Each test here names a case where a guess about the batch layout or the step count would patch
+the wrong rows or steps silently; each failed on the engine that guessed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import (
+    FlowMatchHeunDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+
+import textloc as tl
+from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
+from textloc.patching import RowPatch, check_step_window, record, run_with_patches, window_steps
+from textloc.seeding import generator
+from textloc.testing import tiny_call_kwargs
+
+BATCH_TOLERANCE = 1e-4  # as in test_engine: batching reorders float reductions, a wrong patch moves 1e-3+
+
+
+def text_layer_names(pipe) -> list[str]:
+    return [layer.name for layer in tl.select_layers(pipe, "all")]
+
+
+def with_scheduler(pipe, scheduler_class):
+    """A pipeline sharing ``pipe``'s models, with another scheduler."""
+    return type(pipe)(**{**pipe.components, "scheduler": scheduler_class.from_config(pipe.scheduler.config)})
+
+
+def steps_seen(pipe, prompts, **kwargs) -> list[tuple[int, tuple[str, ...]]]:
+    """(step, branches) of every denoiser call of a run, as the engine places them."""
+    seen = []
+    run_with_patches(pipe, prompts, [], on_output=lambda call, _: seen.append((call.step, tuple(sorted(call.branch_rows)))), **kwargs)
+    return seen
+
+
+def kwargs_of(pipe, **overrides):
+    kwargs = {**tiny_call_kwargs(pipe), **overrides}
+    return kwargs
+
+
+# ---- 1. LCM-distilled U-Nets run no CFG batch at guidance > 1
+
+
+def lcm_pipeline() -> StableDiffusionPipeline:
+    sd15 = _pipeline("sd15")
+    torch.manual_seed(0)
+    config = {key: value for key, value in sd15.unet.config.items() if not key.startswith("_")}
+    unet = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": 8}).eval()
+    pipe = StableDiffusionPipeline(**{**sd15.components, "unet": unet})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_lcm_unet_rows_are_all_conditional():
+    pipe = lcm_pipeline()
+    kwargs = kwargs_of(pipe, guidance_scale=4.0)
+    assert {branches for _, branches in steps_seen(pipe, [PROMPT, OTHER, THIRD], **kwargs)} == {("cond",)}
+    layer = text_layer_names(pipe)[0]
+    batched = run_with_patches(pipe, [PROMPT, OTHER], [RowPatch((layer,), source=1, row=0)], **kwargs).images
+    plain = run_with_patches(pipe, [PROMPT, OTHER], [], **kwargs).images
+    with tl.patch(pipe, layer, OTHER, guidance_scale=4.0):
+        alone = pipe(PROMPT, generator=generator(0), **kwargs).images
+    assert abs(batched[0] - plain[0]).max() > 1e-3  # row 0 was patched
+    assert abs(batched[1] - plain[1]).max() < BATCH_TOLERANCE  # row 1 was not
+    assert abs(batched[0] - alone[0]).max() < BATCH_TOLERANCE
+
+
+# ---- 2. No CFG guessed from equal batch halves (two same-seed prompts at guidance 1)
+
+
+@pytest.mark.parametrize("arch", ["deepfloyd-if", "pixart-alpha", "flux"])
+@pytest.mark.parametrize("guidance", ["off", "on"])
+def test_same_seed_batch_under_patch_equals_each_prompt_patched_alone(arch, guidance):
+    pipe = _pipeline(arch)
+    off = {"guidance_scale": 1.0} if arch != "flux" else {"true_cfg_scale": 1.0}
+    kwargs = kwargs_of(pipe, **(off if guidance == "off" else {}))
+    layer = text_layer_names(pipe)[0]
+    source = record(pipe, layer, OTHER, generator=generator(0), **kwargs)
+    with tl.patch(pipe, layer, source):
+        batch = pipe([PROMPT, THIRD], generator=[generator(0), generator(0)], **kwargs).images
+        alone = [pipe(prompt, generator=generator(0), **kwargs).images[0] for prompt in (PROMPT, THIRD)]
+    plain = pipe(PROMPT, generator=generator(0), **kwargs).images[0]
+    assert abs(alone[0] - plain).max() > 1e-3  # the patch does change the image
+    for row in range(2):
+        assert abs(batch[row] - alone[row]).max() < BATCH_TOLERANCE
+
+
+def test_flux_true_cfg_branches_come_from_the_pipeline():
+    pipe = _pipeline("flux")
+    seen = steps_seen(pipe, [PROMPT, OTHER], **kwargs_of(pipe))
+    assert seen == [(0, ("cond",)), (0, ("uncond",)), (1, ("cond",)), (1, ("uncond",))]
+
+
+def test_a_pipeline_that_states_no_cfg_layout_is_refused():
+    pipe = _pipeline("deepfloyd-if")
+    unet = tl.attention.denoiser(pipe)
+    layer = text_layer_names(pipe)[0]
+    sample = torch.zeros(2, unet.config.in_channels, 8, 8)
+    text = torch.zeros(2, 77, unet.config.encoder_hid_dim)
+    pipe.scheduler.set_timesteps(2)
+    with tl.patch(pipe, layer, record(pipe, layer, OTHER, **kwargs_of(pipe))):
+        with pytest.raises(ValueError, match="cannot tell the classifier-free guidance layout"):
+            unet(sample, pipe.scheduler.timesteps[0], encoder_hidden_states=text)
+
+
+# ---- 3. Second-order correctors and skip-layer passes are not "uncond"
+
+
+def test_heun_corrector_passes_are_conditional_and_recorded_apart():
+    pipe = with_scheduler(_pipeline("sd3"), FlowMatchHeunDiscreteScheduler)
+    kwargs = kwargs_of(pipe, guidance_scale=1.0, num_inference_steps=3)
+    cache = record(pipe, "all", OTHER, generator=generator(0), **kwargs)
+    assert {branch for (_, _, branch) in cache.entries} == {"cond"}
+    assert {position for (_, position, _) in cache.entries} == set(range(5))  # 2n - 1 passes
+    assert (cache.num_steps, cache.num_positions) == (3, 5)
+    plain = pipe(OTHER, generator=generator(0), **kwargs).images
+    with tl.patch(pipe, "all", cache):  # its own K/V at every pass: nothing changes
+        assert torch.equal(torch.as_tensor(pipe(OTHER, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
+    sd15 = with_scheduler(_pipeline("sd15"), HeunDiscreteScheduler)
+    steps = [step for step, _ in steps_seen(sd15, [PROMPT], **kwargs_of(sd15, guidance_scale=1.0, num_inference_steps=3))]
+    assert steps == [0, 0, 1, 1, 2]
+
+
+def test_sd3_skip_layer_guidance_pass_is_its_own_branch():
+    pipe = _pipeline("sd3")
+    kwargs = kwargs_of(pipe, num_inference_steps=3, skip_guidance_layers=[0], skip_layer_guidance_stop=1.0)
+    seen = steps_seen(pipe, [PROMPT], **kwargs)
+    assert seen == [(0, ("cond", "uncond")), (1, ("cond", "uncond")), (1, ("skip_layer",)), (2, ("cond", "uncond")), (2, ("skip_layer",))]
+    cache = record(pipe, "all", PROMPT, generator=generator(0), **kwargs)
+    later = text_layer_names(pipe)[1]  # after the skipped block 0, so its text differs in that pass
+    for branch in ("cond", "uncond", "skip_layer"):
+        assert cache.entries[later, 1, branch].key.shape[0] == 1
+    assert not torch.equal(cache.entries[later, 1, "cond"].key, cache.entries[later, 1, "skip_layer"].key)
+    plain = pipe(PROMPT, generator=generator(0), **kwargs).images
+    with tl.patch(pipe, "all", cache):
+        assert torch.equal(torch.as_tensor(pipe(PROMPT, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
+
+
+# ---- 4. Steps are counted as the scheduler counts them
+
+
+@pytest.mark.parametrize(
+    "scheduler_class, expected",
+    [(KDPM2DiscreteScheduler, [0, 0, 1, 1, 2]), (PNDMScheduler, [0, 0, 1, 2])],
+    ids=["kdpm2", "pndm-plms-warmup"],
+)
+def test_step_index_follows_the_scheduler(scheduler_class, expected):
+    pipe = with_scheduler(_pipeline("sd15"), scheduler_class)
+    if scheduler_class is PNDMScheduler:
+        pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)  # SD 1.5's setting
+    steps = [step for step, _ in steps_seen(pipe, [PROMPT], **kwargs_of(pipe, num_inference_steps=3))]
+    assert steps == expected
+
+
+def test_step_window_on_a_second_order_scheduler_leaves_earlier_steps_alone():
+    pipe = with_scheduler(_pipeline("sd15"), KDPM2DiscreteScheduler)
+    kwargs = kwargs_of(pipe, num_inference_steps=3)
+    layer = text_layer_names(pipe)[0]
+    predictions: dict[str, list[torch.Tensor]] = {"plain": [], "late": []}
+
+    def keep(name):
+        return lambda call, prediction: predictions[name].append(prediction.clone())
+
+    run_with_patches(pipe, [PROMPT, OTHER], [], on_output=keep("plain"), **kwargs)
+    run_with_patches(pipe, [PROMPT, OTHER], [RowPatch((layer,), source=1, row=0, patch_steps=(2, None))], on_output=keep("late"), **kwargs)
+    # Steps 0 and 1 are four passes of KDPM2: all identical; the fifth (step 2) is patched.
+    assert all(torch.equal(a, b) for a, b in zip(predictions["plain"][:4], predictions["late"][:4]))
+    assert not torch.equal(predictions["plain"][4], predictions["late"][4])
+
+
+# ---- 5. One rule for step windows
+
+
+def test_step_window_rule():
+    assert list(window_steps((0.25, 0.75), 6)) == [1, 2, 3]  # floor(f * n), as Prompt-to-Prompt
+    assert list(window_steps((-2, None), 5)) == [3, 4]  # negative: from the end, as in Python
+    assert list(window_steps((2, None), 5)) == [2, 3, 4]
+    assert list(window_steps((0.0, 1.0), 3)) == [0, 1, 2]
+    assert list(window_steps(None, 3)) == [0, 1, 2]
+    for bad, message in [(10, r"\(10, None\)"), ((5, 2), "stops before it starts"), ((0.5, 0.25), "stops before"),
+                         ((0, 1, 2), "is \\(start, stop\\)"), ((True, None), "int index"), ((0.5, 1.5), r"\[0, 1\]")]:
+        with pytest.raises(ValueError, match=message):
+            check_step_window(bad)
+
+
+def test_a_window_that_covers_no_step_of_the_run_is_refused():
+    pipe = _pipeline("sdxl")
+    with tl.patch(pipe, "all", OTHER, patch_steps=(5, None)):
+        with pytest.raises(ValueError, match=r"covers no step of this 2-step run"):
+            generate(pipe)
+    with pytest.raises(TypeError, match="patch_steps"):
+        with tl.patch(pipe, "all", OTHER, steps=(0, 1)):
+            pass
+
+
+# ---- 6. The fingerprint follows the weights, also offloaded ones
+
+
+def test_fingerprint_reads_offloaded_weights():
+    from accelerate import cpu_offload
+
+    from textloc.fingerprint import module_fingerprint
+    from textloc.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd15")
+    before = module_fingerprint(pipe.unet)
+    cpu_offload(pipe.unet, execution_device=torch.device("cpu"))
+    assert any(p.device.type == "meta" for p in pipe.unet.parameters())
+    assert module_fingerprint(pipe.unet) == before
+    assert module_fingerprint(tiny_pipeline("sd15", seed=1).unet) != before
+
+
+# ---- 7. Early stops free offloaded models; caches go to their device as they are recorded
+
+
+def count_frees(pipe, monkeypatch) -> list[int]:
+    calls = []
+    original = pipe.maybe_free_model_hooks
+    monkeypatch.setattr(pipe, "maybe_free_model_hooks", lambda: (calls.append(1), original())[1])
+    return calls
+
+
+def test_early_stops_free_model_hooks(monkeypatch):
+    pipe = _pipeline("sdxl")
+    frees = count_frees(pipe, monkeypatch)
+    record(pipe, "all", OTHER, **seeded(pipe))  # cross layers: stops in the first pass
+    assert len(frees) == 1
+    with tl.patch(pipe, "all", OTHER):
+        assert len(frees) == 2
+
+
+def test_cache_is_written_to_its_device():
+    pipe = _pipeline("sd3")
+    cache = record(pipe, "all", OTHER, cache_device="meta", **seeded(pipe))
+    assert {entry.key.device.type for entry in cache.entries.values()} == {"meta"}
+
+
+# ---- 8. A prompt source costs a text encoding, not a hidden generation
+
+
+def test_prompt_source_runs_one_small_pass_and_leaves_the_global_rng_alone():
+    pipe = _pipeline("sdxl")
+    shapes = []
+    handle = pipe.unet.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    try:
+        with tl.patch(pipe, "all", OTHER):
+            assert torch.equal(torch.get_rng_state(), rng)
+    finally:
+        handle.remove()
+    default_side = pipe.unet.config.sample_size
+    assert len(shapes) == 1 and shapes[0][-1] <= default_side
+
+
+# ---- One vocabulary, clear errors
+
+
+def test_engine_arguments_speak_diffusers():
+    pipe = _pipeline("sd15")
+    kwargs = kwargs_of(pipe)
+    with pytest.raises(TypeError, match="layers come before the prompt"):
+        record(pipe, PROMPT, "all", **kwargs)
+    with pytest.raises(TypeError, match="one prompt per batch row"):
+        run_with_patches(pipe, PROMPT, [], **kwargs)
+    with pytest.raises(TypeError, match="not seed="):
+        run_with_patches(pipe, [PROMPT], [], seed=0, **kwargs)
+    with pytest.raises(TypeError, match="did you mean num_inference_steps"):
+        run_with_patches(pipe, [PROMPT], [], num_inference_step=3)
+    # One generator is copied to every row: the same noise, whatever the generator's seed.
+    images = run_with_patches(pipe, [PROMPT, PROMPT], [], generator=generator(7), **kwargs).images
+    assert abs(images[0] - images[1]).max() < BATCH_TOLERANCE
+    assert abs(images[0] - pipe(PROMPT, generator=generator(7), **kwargs).images[0]).max() < BATCH_TOLERANCE

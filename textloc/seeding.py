@@ -1,0 +1,31 @@
+"""textloc's one seeding rule: a seed names the noise, and the noise is drawn on the CPU.
+
+diffusers draws a run's initial noise with the generator it is given, on that generator's device,
+and then moves it to the model's. A CUDA generator gives other numbers than a CPU one seeded
+alike, so textloc seeds only CPU generators: the same seed gives the same noise on the CPU, on
+any GPU and under offloading. A run that needs different noise per batch row passes one
+generator per row (diffusers takes a list), row ``i`` seeded with its own seed.
+
+This module imports nothing from textloc, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def generator(seed: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with ``seed``: the noise of a run, alike on every device.
+
+    Pass it as a pipeline's ``generator=``; every row of the batch then draws from this one
+    stream, in order.
+    """
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def generators(seeds: Iterable[int]) -> list[torch.Generator]:
+    """One :func:`generator` per batch row: row ``i`` gets ``seeds[i]``, so its noise does not
+    depend on the other rows of the batch (or on the batch size)."""
+    return [generator(seed) for seed in seeds]
