@@ -24,6 +24,8 @@ from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs
 
 BATCH_TOLERANCE = 1e-4  # as in test_engine: batching reorders float reductions, a wrong patch moves 1e-3+
+# KDPM2 hands torch tensors to numpy in set_timesteps; numpy 2 warns about it thousands of times.
+KDPM2_WARNINGS = pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
 
 
 def text_layer_names(pipe) -> list[str]:
@@ -148,6 +150,7 @@ def test_sd3_skip_layer_guidance_pass_is_its_own_branch():
 # ---- 4. Steps are counted as the scheduler counts them
 
 
+@KDPM2_WARNINGS
 @pytest.mark.parametrize(
     "scheduler_class, expected",
     [(KDPM2DiscreteScheduler, [0, 0, 1, 1, 2]), (PNDMScheduler, [0, 0, 1, 2])],
@@ -161,6 +164,7 @@ def test_step_index_follows_the_scheduler(scheduler_class, expected):
     assert steps == expected
 
 
+@KDPM2_WARNINGS
 def test_step_window_on_a_second_order_scheduler_leaves_earlier_steps_alone():
     pipe = with_scheduler(_pipeline("sd15"), KDPM2DiscreteScheduler)
     kwargs = kwargs_of(pipe, num_inference_steps=3)

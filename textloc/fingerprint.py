@@ -2,9 +2,9 @@
 
 A fingerprint follows the weights, not where they were loaded from: the same weights copied to
 another folder fingerprint alike, and a fine-tuned model (same config, other values) does not.
-It hashes every parameter's shape and its first 8 values (in float32, so a value hashes alike on
-the CPU and the GPU and in half precision it reads the same on every device): far cheaper than
-hashing the weights whole, and any training or another checkpoint changes it. Weights that
+It hashes the first 8 values of every parameter (in float32 on the CPU, so a value hashes alike
+on every device): far cheaper than hashing the weights whole, and any training or another
+checkpoint changes it. Weights that
 accelerate offloaded (``enable_sequential_cpu_offload``: parameters on the meta device) are read
 from the offload hook's weight map, never copied whole.
 """
@@ -20,38 +20,51 @@ _VALUES_PER_TENSOR = 8
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """A 16-hex-digit hash of ``module``'s class, parameter shapes and leading values."""
+    """A 16-hex-digit hash of ``module``'s class, parameter names and shapes, and leading values."""
     digest = hashlib.sha1(type(module).__name__.encode())
-    _update(digest, module)
+    names, values = _leading_values(module)
+    digest.update(repr(names).encode())
+    digest.update(values.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
 def pipeline_fingerprint(components: dict[str, object]) -> str:
-    """A 16-hex-digit hash of every ``torch.nn.Module`` among a pipeline's ``components``."""
+    """A 16-hex-digit hash of the leading values of every ``torch.nn.Module`` among ``components``.
+
+    It hashes exactly what localization logs have always recorded, so their fingerprints stay valid.
+    """
     digest = hashlib.sha1()
     for name, component in sorted(components.items()):
         if isinstance(component, torch.nn.Module):
-            digest.update(name.encode())
-            _update(digest, component)
+            _, values = _leading_values(component)
+            if values.numel():
+                digest.update(name.encode())
+                digest.update(values.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
-def _update(digest, module: torch.nn.Module) -> None:
-    heads = []
+def _leading_values(module: torch.nn.Module) -> tuple[list[tuple[str, tuple[int, ...]]], torch.Tensor]:
+    """(name, shape) of every parameter, and their first values, concatenated, float32, on the CPU."""
+    names, heads = [], []
     for name, tensor in _parameters(module):
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        names.append((name, tuple(tensor.shape)))
         heads.append(tensor.detach().flatten()[:_VALUES_PER_TENSOR].float().cpu())
-    if heads:
-        digest.update(torch.cat(heads).numpy().tobytes())
+    return names, torch.cat(heads) if heads else torch.zeros(0)
 
 
 def _parameters(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter with real values: an offloaded one (on the meta device) from its hook's map."""
+    """Every parameter once, in ``module.parameters()`` order, with real values.
+
+    An offloaded parameter (on the meta device) is read from its offload hook's weight map.
+    """
+    seen: set[int] = set()
     for prefix, child in module.named_modules():
-        hook = getattr(child, "_hf_hook", None)
-        weights_map = getattr(hook, "weights_map", None)
+        weights_map = getattr(getattr(child, "_hf_hook", None), "weights_map", None)
         for local, parameter in child.named_parameters(recurse=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
             name = f"{prefix}.{local}" if prefix else local
             if parameter.device.type != "meta":
                 yield name, parameter
