@@ -19,7 +19,7 @@ DEMO_PROMPT := A red sign on a blue background that says "LAMP".
 demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 layers --model $(DEMO_MODEL)
 	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out runs/demo/generate.png
-	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --steps 15 --out runs/demo/localize
+	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --num-inference-steps 15 --out runs/demo/localize
 
 test: $(BIN)/textloc
 	$(BIN)/python -m pytest tests

@@ -90,7 +90,7 @@ def generation_kwargs(pipe: Any, steps: int, size: int) -> dict[str, Any]:
 
 
 def seeded(kwargs: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    return {**kwargs, "generator": torch.Generator("cpu").manual_seed(seed)}
+    return {**kwargs, "generator": tl.generator(seed)}
 
 
 def denoiser_calls(pipe: Any, kwargs: dict[str, Any]) -> int:
@@ -105,7 +105,7 @@ def denoiser_calls(pipe: Any, kwargs: dict[str, Any]) -> int:
 
 
 def measure_overhead(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, Any]:
-    cache = tl.record(pipe, PROMPT, "all", **seeded(kwargs))
+    cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
 
     def plain() -> np.ndarray:
         return pipe(PROMPT, **seeded(kwargs)).images
@@ -139,10 +139,10 @@ def measure_sweep(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, 
     unseeded = {key: value for key, value in kwargs.items() if key != "generator"}
 
     def batched() -> np.ndarray:
-        return tl.run_with_patches(pipe, [PROMPT] * len(names) + [OTHER], plan, seed=0, **unseeded).images
+        return tl.run_with_patches(pipe, [PROMPT] * len(names) + [OTHER], plan, generator=tl.generator(0), **unseeded).images
 
     def separate() -> np.ndarray:
-        cache = tl.record(pipe, OTHER, "all", **seeded(kwargs))
+        cache = tl.record(pipe, "all", OTHER, **seeded(kwargs))
         images = []
         for name in names:
             with tl.patch(pipe, name, cache):
@@ -163,7 +163,7 @@ def measure_sweep(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, 
 
 def measure_cache(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Bytes of one cache entry (one layer, one prompt, one branch, one step or all steps) per kind."""
-    cache = tl.record(pipe, PROMPT, "all", **seeded(kwargs))
+    cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
     per_kind: dict[str, set[int]] = defaultdict(set)
     for (name, _step, _branch), entry in cache.entries.items():
         tensors = [t for t in (entry.key, entry.value, entry.mask) if t is not None]

@@ -23,6 +23,7 @@ from textloc.tiny.data import (
     render_sign,
     training_batch,
 )
+import textloc.tiny.evaluate as tiny_evaluate
 from textloc.tiny.evaluate import evaluate, heldout_examples, ocr_ceiling, score
 from textloc.tiny.model import (
     TEST_CONFIG,
@@ -141,6 +142,47 @@ def test_ocr_and_colour_judge_read_the_renderers_own_images() -> None:
     examples = heldout_examples(4)
     shuffled = score([e.image for e in examples], examples[1:] + examples[:1])  # each sign under another's caption
     assert shuffled["word_acc"] == 0.0 and shuffled["edit_distance"] > 0.3
+
+
+class _FixedReads:
+    """An OCR that reads the given texts, one per image."""
+
+    def __init__(self, reads: list[str]) -> None:
+        self.reads = reads
+
+    def read(self, images: list) -> list[str]:
+        return self.reads[: len(images)]
+
+
+def test_tiny_word_accuracy_and_localize_count_a_read_word_by_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from textloc.localize.prompts import PromptPair
+    from textloc.localize.scoring import score_images
+
+    # textloc-tiny's captions quote upper-case words; the IF pipeline lower-cases the prompt, and
+    # the OCR reads what it reads: a read counts when its words hold the word, case aside.
+    reads = ["LAMP", "lamp", "'Lamp!'", "THE LAMP", "LA MP", "LAMPS", "LAM", ""]
+    counted = [True, True, True, True, False, False, False, False]
+    example = replace(heldout_examples(1)[0], word="LAMP")
+    monkeypatch.setattr(tiny_evaluate, "get_ocr", lambda name: _FixedReads(reads))
+    verdicts = tiny_evaluate.judge([example.image] * len(reads), [example] * len(reads))
+    assert [verdict["word_ok"] for verdict in verdicts] == counted
+    assert verdicts[1]["edit_distance"] == 0.0 and verdicts[6]["edit_distance"] == 0.25
+
+    pair = PromptPair.from_template('A sign that says "{}".', "DOOR", "LAMP")
+    image = np.asarray(example.image)
+    rows = score_images([image] * len(reads), pair, image, image, _FixedReads(reads))
+    assert [row["target_hit"] == 1.0 for row in rows] == counted
+
+
+def test_evaluation_gives_each_caption_its_own_seed() -> None:
+    from textloc.testing import tiny_call_kwargs, tiny_pipeline
+
+    pipe = tiny_pipeline("deepfloyd-if")  # IFPipeline, as textloc-tiny
+    fast = tiny_call_kwargs(pipe)
+    both = tiny_evaluate.generate(pipe, ["a red sign", "a blue sign"], seed=5, **fast)
+    second = tiny_evaluate.generate(pipe, ["a blue sign"], seed=6, **fast)
+    np.testing.assert_allclose(both[1], second[0], atol=1e-5)
+    assert not np.allclose(both[0], tiny_evaluate.generate(pipe, ["a red sign"], seed=6, **fast)[0], atol=1e-3)
 
 
 def test_training_encoding_matches_the_pipelines() -> None:

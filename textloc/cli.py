@@ -8,6 +8,10 @@ command (edit, guard, finetune, demo) is writing one such pair and listing it in
 Errors a user can fix (an unknown model, a bad layer selector, missing weights) print one line on
 stderr and exit with status 2, the status argparse gives a usage error; ``--debug`` shows the
 traceback and the libraries' warnings instead.
+
+Options of the pipeline call take diffusers' names (``--num-inference-steps``,
+``--guidance-scale``); a patch's step window is ``--patch-steps``. What a named model runs with
+when they are left out comes from the registry (:mod:`textloc.models`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,11 @@ import transformers
 from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
 from textloc.images import image_grid
 from textloc.ocr import ENGINES as OCR_ENGINES
-from textloc.pipelines import RANDOM_PREFIX, TINY_MODEL_NAME, call_kwargs, load_pipeline, recommended_settings
+from textloc.patching import check_step_window
+from textloc.models import DEFAULT_MODEL, UnknownModelError, find_named_model, named_model, named_models
+from textloc.pipeline_calls import call_kwargs
+from textloc.pipelines import load_pipeline
+from textloc.seeding import generator
 
 EXIT_ERROR = 2
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -41,14 +50,6 @@ class CommandError(Exception):
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces
-
-
-def _architectures() -> str:
-    # Imported here, not at the top: textloc.testing imports every pipeline class, whose warnings
-    # main() silences first.
-    from textloc.testing import ARCHITECTURES
-
-    return ", ".join(ARCHITECTURES)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, suppress_defaults: bool = False) -> None:
@@ -76,12 +77,13 @@ def _common_options() -> argparse.ArgumentParser:
 def _model_options() -> argparse.ArgumentParser:
     """``--model``, shared by every subcommand that loads a pipeline."""
     model = argparse.ArgumentParser(add_help=False)
+    # Listing the named models imports every pipeline class, whose warnings main() silences first.
     model.add_argument(
         "--model",
-        default=TINY_MODEL_NAME,
+        default=DEFAULT_MODEL,
         metavar="M",
-        help=f"'{TINY_MODEL_NAME}' (the embedded model, default), '{RANDOM_PREFIX}<arch>' (a random-init "
-        f"pipeline; arch: {_architectures()}), or a diffusers hub id or local folder",
+        help=f"a named model ({', '.join(named_models())}; default {DEFAULT_MODEL}, the embedded model), "
+        "or a diffusers hub id (owner/name) or local folder",
     )
     model.add_argument(
         "--device",
@@ -96,6 +98,40 @@ def _model_options() -> argparse.ArgumentParser:
         help="weights' precision (default auto: bfloat16 on a GPU that has it, else float16; float32 on the CPU)",
     )
     return model
+
+
+def _add_sampler_options(group: argparse._ActionsContainer) -> None:
+    """The pipeline-call options of every command that generates, under diffusers' names; options
+    left out take the model's own settings (see textloc.models), else the pipeline's defaults."""
+    group.add_argument("--num-inference-steps", type=_positive_int, metavar="N", help="number of denoising steps")
+    group.add_argument(
+        "--guidance-scale", type=float, metavar="G", help="classifier-free guidance scale (FLUX.1-dev: its distilled guidance)"
+    )
+    group.add_argument("--size", type=_positive_int, metavar="PX", help="image height and width in pixels")
+    group.add_argument("--steps", action=_Renamed, new="--num-inference-steps")
+    group.add_argument("--guidance", action=_Renamed, new="--guidance-scale")
+
+
+class _Renamed(argparse.Action):
+    """An option renamed to diffusers' name: using the old name is an error that names the new one.
+
+    Declared (hidden) rather than left out, so that argparse does not take the old name for an
+    abbreviation of the new (``--guidance`` for ``--guidance-scale``) and silently accept it.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        # One line, as textloc's other errors: the usage block would bury the one fact that matters.
+        parser.exit(EXIT_ERROR, f"{parser.prog}: error: {option_string} is now {self.new} (diffusers' name for it).\n")
+
+
+def _settings_text(model: str) -> str:
+    """A named model's sampler settings as the options that set them, for help texts."""
+    settings = named_model(model).settings
+    return f"{model}: " + ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
 
 
 def _positive_int(text: str) -> int:
@@ -123,16 +159,28 @@ def load_model(args: argparse.Namespace) -> Any:
         raise CommandError(f"--device {_one_line(error)}") from error
     dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
     try:
+        named = find_named_model(name)
+    except UnknownModelError as error:
+        raise CommandError(str(error)) from error
+    try:
         return load_pipeline(name, device=device, dtype=dtype)
     except Exception as error:  # noqa: BLE001 - the loaders raise many types; all mean "this model"
-        builtin = name == TINY_MODEL_NAME or name.startswith(RANDOM_PREFIX)
         # diffusers/hub messages point at a stack trace the one-line error hides.
-        hint = "" if builtin else " (--debug shows the full error)"
+        hint = "" if named else " (--debug shows the full error)"
         raise CommandError(f"cannot load model {name!r}: {_one_line(error)}{hint}") from error
 
 
 def _one_line(error: BaseException) -> str:
     return re.sub(r"\s+", " ", str(error)).strip() or type(error).__name__
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's formatter, keeping descriptions and examples as written, that never breaks a
+    line inside a hyphenated name (``tiny-random-sdxl``, ``--num-inference-steps``), so that
+    names in the help can be copied."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def _examples(*lines: str) -> str:
@@ -172,7 +220,7 @@ def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.A
             "textloc layers --model tiny-random-flux --kind single",
             "textloc layers --model stabilityai/stable-diffusion-xl-base-1.0 --json > layers.json",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--kind", nargs="+", choices=KINDS, metavar="KIND", help=f"only these kinds ({', '.join(KINDS)})")
     parser.add_argument("--all", action="store_true", help="also list the self-attention layers")
@@ -257,31 +305,30 @@ def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse
         help="generate images from a prompt and save them as a PNG",
         description=(
             "Generate images of PROMPT and save them as one PNG (a grid when --num is above 1). "
-            "Options left out take the pipeline's defaults; the tiny-random-* models default to "
-            "their fast test settings (2 steps, 32x32, guidance 4)."
+            "Options left out take a named model's own settings (" + _settings_text(DEFAULT_MODEL) + "; the "
+            "tiny-random-* models: their fast test settings, 2 steps at 32x32), else the pipeline's defaults."
         ),
         epilog=_examples(
             "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
-            "textloc generate --model tiny-random-sd3 'A sign that says \"HELLO\".' --num 4 --steps 10 --size 64",
+            "textloc generate --model tiny-random-sd3 'A sign that says \"HELLO\".' --num 4 --num-inference-steps 10 --size 64",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("prompt", metavar="PROMPT", help="the text prompt")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")
-    parser.add_argument("--steps", type=_positive_int, metavar="N", help="number of denoising steps")
-    parser.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale (FLUX: its distilled guidance)")
-    parser.add_argument("--size", type=_positive_int, metavar="PX", help="image height and width in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise, drawn on the CPU so it is alike on every device (default 0)")
+    _add_sampler_options(parser)
     parser.add_argument("--num", type=_positive_int, default=1, metavar="K", help="number of images (default 1)")
     parser.add_argument("--out", type=Path, default=Path("generated.png"), metavar="FILE.png", help="where to save the PNG (default generated.png)")
     parser.set_defaults(run=run_generate)
 
 
 def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | None = 1) -> dict[str, Any]:
-    """The pipeline call's keyword arguments: the model's recommended settings, overridden by the options given."""
-    kwargs = recommended_settings(model, pipe)
-    options = {"num_inference_steps": args.steps, "guidance_scale": args.guidance, "height": args.size, "width": args.size}
+    """The pipeline call's keyword arguments: a named model's own settings, overridden by the options given."""
+    named = find_named_model(model)
+    kwargs = {} if named is None else dict(named.settings)
+    options = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale, "height": args.size, "width": args.size}
     kwargs.update({key: value for key, value in options.items() if value is not None})
-    kwargs.update(output_type="pil", generator=torch.Generator("cpu").manual_seed(args.seed))  # same noise on every device
+    kwargs.update(output_type="pil", generator=generator(args.seed))
     if num is not None:
         kwargs["num_images_per_prompt"] = num
     return call_kwargs(pipe, **kwargs)
@@ -324,9 +371,9 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
             "textloc localize --model tiny-random-sdxl --pairs 4 --out /tmp/loc --method both",
             "textloc localize --model stabilityai/stable-diffusion-xl-base-1.0 --glyphcontrol ../shared/benchmarks/glyphcontrol \\",
-            "    --pairs 200 --steps 50 --guidance 5 --method screen+exact --top-k 12 --out runs/sdxl",
+            "    --pairs 200 --num-inference-steps 50 --guidance-scale 5 --method screen+exact --top-k 12 --out runs/sdxl",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     source = parser.add_argument_group("prompt pairs (default: the model's own, else built-in words and templates)")
     source.add_argument("--pairs", type=_positive_int, default=20, metavar="N", help="number of prompt pairs (default 20)")
@@ -342,15 +389,13 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
     method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
     method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
-    method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window, stop excluded: step indices (0:10) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
+    method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window of the denoising steps, stop excluded, either bound may be left out: step indices (0:10, 4:; negative ones count from the end: --patch-steps=-2:) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
     method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
     method.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     run = parser.add_argument_group("generation")
     run.add_argument("--seed", type=int, default=0, help="seed of the noise shared by every row, and of which prompt pairs are drawn (default 0)")
-    run.add_argument("--steps", type=_positive_int, metavar="N", help="number of denoising steps")
-    run.add_argument("--guidance", type=float, metavar="G", help="classifier-free guidance scale")
-    run.add_argument("--size", type=_positive_int, metavar="PX", help="image height and width in pixels")
+    _add_sampler_options(run)
     run.add_argument("--max-batch", type=_positive_int, default=16, metavar="B", help="most rows in one generation (default 16; lower it if memory runs out)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumes a run already there)")
     parser.set_defaults(run=run_localize)
@@ -363,42 +408,50 @@ def _heads(text: str) -> list[int]:
 
 
 def _window(text: str | None) -> tuple[int | float | None, int | float | None] | None:
+    """``--patch-steps START:STOP`` as a step window, refused when it cannot cover a step."""
     if text is None:
         return None
     parts = text.split(":")
     if len(parts) != 2:
         raise CommandError(f"--patch-steps takes START:STOP (e.g. 4: or 0:0.5), not {text!r}.")
-    bounds = []
-    for part in parts:
-        if not part:
-            bounds.append(None)
-        elif re.fullmatch(r"\d+", part):
-            bounds.append(int(part))
-        else:
-            try:
-                bounds.append(float(part))
-            except ValueError:
-                raise CommandError(f"--patch-steps bounds are step indices or fractions, not {part!r}.") from None
-    return tuple(bounds)
+    window = tuple(_step_bound(part) for part in parts)
+    try:
+        check_step_window(window)
+    except ValueError as error:
+        raise CommandError(f"--patch-steps {text}: {error}") from None
+    return window
+
+
+def _step_bound(text: str) -> int | float | None:
+    """One bound of --patch-steps: empty (open), a step index (negative: from the end) or a fraction."""
+    if not text:
+        return None
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d+\.\d*|\.\d+", text) and float(text) <= 1.0:
+        return float(text)
+    raise CommandError(
+        f"--patch-steps bounds are step indices (4, or -2 from the end) or fractions of the schedule from 0.0 to 1.0, "
+        f"written with a point; not {text!r}."
+    )
 
 
 def localization_pairs(model: str, args: argparse.Namespace) -> tuple[list, Callable | None]:
-    """The prompt pairs a localize run uses, from the options or the model's defaults, and the
-    scene judge that goes with them (textloc-tiny's own colour captions only; ``None`` otherwise)."""
+    """The prompt pairs a localize run uses, from the options, else the model's own (a named model
+    that has pairs, such as textloc-tiny), else built-in words and templates; and the scene judge
+    that goes with the model's own pairs (``None`` with any other pairs)."""
     from textloc.localize import load_glyphcontrol, load_words, make_pairs
     from textloc.localize.prompts import DEFAULT_WORDS
 
     templates = args.template
+    named = find_named_model(model)
     if args.glyphcontrol is not None:
         bench = load_glyphcontrol(args.glyphcontrol, args.bench)
         words, templates = bench.all_words(), templates or list(bench.templates)
     elif args.words is not None:
         words = load_words(args.words)
-    elif model == TINY_MODEL_NAME and templates is None:
-        from textloc.tiny.pairs import localization_pairs as tiny_pairs
-        from textloc.tiny.pairs import scene_judge
-
-        return tiny_pairs(args.pairs, seed=args.seed), scene_judge
+    elif named is not None and named.prompt_pairs is not None and templates is None:
+        return named.prompt_pairs(args.pairs, args.seed), named.scene_judge
     else:
         words = list(DEFAULT_WORDS)
     return make_pairs(words, n=args.pairs, templates=templates, seed=args.seed), None
@@ -416,16 +469,17 @@ def run_localize(args: argparse.Namespace) -> int:
     from textloc.distributed import is_main_process
     from textloc.localize import localize
 
+    # Options are checked before the model loads, which can take minutes.
+    window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)
     pipe = load_model(args)
     settings = generate_kwargs(pipe, args.model, args, num=None)
     settings.pop("generator")
     settings.pop("output_type")
-    heads = None if args.heads is None else _heads(args.heads)
     pairs, judge = localization_pairs(args.model, args)
     result = localize(
         pipe, pairs, layers=_layer_selector(args.layers), method=args.method,
         selection=args.selection, threshold=args.threshold, held_out=args.held_out, top_k=args.top_k,
-        steps=_window(args.patch_steps), heads=heads, branch=args.branch, seed=args.seed, max_batch=args.max_batch,
+        patch_steps=window, heads=heads, branch=args.branch, seed=args.seed, max_batch=args.max_batch,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )
     if is_main_process():  # every process of a launched run has the result; one prints it
@@ -453,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
             "textloc COMMAND --help   (options and examples of one command)",
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_global_options(parser)
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

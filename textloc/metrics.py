@@ -5,6 +5,11 @@ sorted word lists, normalized edit distance (as in AnyText). Character-level P/R
 behind ``level="char"``: a bag of characters scores an anagram as a perfect match and gives
 unrelated words a chance floor of 0.2-0.3, so it is never the default.
 
+One rule says whether an image shows a text, wherever textloc reports it (a localization's
+``target_hit``, textloc-tiny's word accuracy): :func:`contains`, over the words of :func:`words`.
+It compares words case-insensitively because pipelines may change the prompt's case before the
+model sees it (IF-style pipelines lower-case it when ``clean_caption=False``).
+
 Images: MSE/PSNR/SSIM in float64 on [0, 1] arrays, so a uint8 difference never wraps around and
 identical images give PSNR = inf.
 
@@ -90,7 +95,8 @@ def exact_match(read: str, target: str) -> bool:
 
 
 def contains(read: str, target: str) -> bool:
-    """Whether the target's words appear, in order and adjacent, among the words read."""
+    """Whether the target's words appear, in order and adjacent, among the words read: textloc's
+    rule for "the image shows the text" (see the module's docstring)."""
     haystack, needle = words(read), words(target)
     if not needle:
         return True

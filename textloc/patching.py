@@ -35,7 +35,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from textloc.attention import AttentionLayer, LayerSelector, denoiser, select_layers
 from textloc.fingerprint import module_fingerprint
-from textloc.pipelines import call_kwargs
+from textloc.pipeline_calls import call_kwargs
 
 # "skip_layer" is the extra pass of SD3's skip-layer guidance: the conditional rows again, with
 # some blocks skipped. A patch on the conditional branch patches it too.

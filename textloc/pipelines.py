@@ -1,110 +1,62 @@
-"""Load a pipeline (textloc-tiny, a tiny random one, or any diffusers id/path) and call it."""
+"""Load a pipeline (a named model, or any diffusers id/path), and fingerprint its weights."""
 
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 from diffusers import DiffusionPipeline
-from packaging.version import Version
 
-TINY_MODEL_NAME = "textloc-tiny"
-TINY_MODEL_DIR = Path(__file__).parent / "tiny" / "weights"
-RANDOM_PREFIX = "tiny-random-"
-# diffusers 0.40 renamed from_pretrained's `torch_dtype` to `dtype` and warns on the old name.
-_DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__) >= Version("0.40.0") else "torch_dtype"
+from textloc.fingerprint import pipeline_fingerprint
+from textloc.models import DEFAULT_MODEL, TEXTLOC_TINY, find_named_model
+from textloc.pipeline_calls import call_kwargs, from_pretrained
+
+__all__ = ["TINY_MODEL_DIR", "call_kwargs", "load_pipeline", "recommended_settings", "weights_fingerprint"]
+
+#: Where textloc-tiny's weights are shipped.
+TINY_MODEL_DIR = TEXTLOC_TINY.folder
 
 
 def load_pipeline(
-    model: str = TINY_MODEL_NAME,
+    model: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     **from_pretrained_kwargs: Any,
 ) -> DiffusionPipeline:
     """Load a text-to-image pipeline by name.
 
-    ``model`` is ``"textloc-tiny"`` (the embedded model, no download), ``"tiny-random-<arch>"``
-    (a random-init pipeline from :func:`textloc.testing.tiny_pipeline`), or anything that
-    ``DiffusionPipeline.from_pretrained`` accepts (a hub id or a local folder).
+    ``model`` is a named model (``"textloc-tiny"``, the embedded model, no download;
+    ``"tiny-random-<arch>"``, a random-init pipeline built in code; see
+    :func:`textloc.models.named_models`), or anything that ``DiffusionPipeline.from_pretrained``
+    accepts (a hub id or a local folder). The progress bar is off. Any other name raises
+    :class:`textloc.models.UnknownModelError`, which lists the named models.
     """
-    if model.startswith(RANDOM_PREFIX):
-        from textloc.testing import tiny_pipeline
-
-        if from_pretrained_kwargs:
-            raise ValueError(f"{model} is built in code, not loaded: the from_pretrained options "
-                             f"{sorted(from_pretrained_kwargs)} do not apply to it.")
-        pipe = tiny_pipeline(model[len(RANDOM_PREFIX):])
-        if dtype is not None:
-            pipe.to(dtype=dtype)
+    named = find_named_model(model)
+    if named is not None:
+        pipe = named.load(dtype, **from_pretrained_kwargs)
     else:
-        if model == TINY_MODEL_NAME and not (TINY_MODEL_DIR / "model_index.json").exists():
-            raise FileNotFoundError(
-                f"textloc-tiny weights are missing from {TINY_MODEL_DIR}; reinstall textloc, or "
-                "retrain them with `python -m textloc.tiny.train`."
-            )
-        if dtype is not None:
-            from_pretrained_kwargs[_DTYPE_KEYWORD] = dtype
-        source = TINY_MODEL_DIR if model == TINY_MODEL_NAME else model
-        pipe = DiffusionPipeline.from_pretrained(source, **from_pretrained_kwargs)
+        pipe = from_pretrained(model, dtype, **from_pretrained_kwargs)
     if device is not None:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def recommended_settings(model: str, pipe: DiffusionPipeline) -> dict[str, Any]:
-    """The generation settings a named model is meant to run with; empty for other models.
+def recommended_settings(model: str, pipe: DiffusionPipeline | None = None) -> dict[str, Any]:
+    """The sampler settings of a named model (:attr:`textloc.models.NamedModel.settings`); empty
+    for other models.
 
-    textloc-tiny samples well in far fewer steps than IFPipeline's default 100; the tiny random
-    pipelines are built for 2 steps at 32x32, and their stock defaults do not even fit them.
+    ``pipe`` is not used: the registry knows the settings from the name. It stays for the callers
+    written before the registry.
     """
-    if model == TINY_MODEL_NAME:
-        from textloc.tiny.evaluate import GUIDANCE_SCALE, SAMPLING_STEPS
-
-        return {"num_inference_steps": SAMPLING_STEPS, "guidance_scale": GUIDANCE_SCALE}
-    if model.startswith(RANDOM_PREFIX):
-        from textloc.testing import tiny_call_kwargs
-
-        settings = tiny_call_kwargs(pipe)
-        del settings["output_type"]
-        return settings
-    return {}
+    named = find_named_model(model)
+    return {} if named is None else dict(named.settings)
 
 
-def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
-    """Add the keyword arguments a pipeline needs to run offline and reproducibly.
-
-    IF and PixArt clean captions with optional packages (bs4, ftfy) unless told not to, and
-    PixArt/Sana snap the size to a resolution bin; both are switched off where the pipeline
-    accepts the argument, unless the caller set them.
-    """
-    accepted = inspect.signature(pipe.__call__).parameters
-    defaults = {"clean_caption": False, "use_resolution_binning": False}
-    for key, value in defaults.items():
-        if key in accepted:
-            kwargs.setdefault(key, value)
-    return kwargs
-
-
-@torch.no_grad()
 def weights_fingerprint(pipe: DiffusionPipeline) -> str:
-    """A short hash of the pipeline's weights, the same on every device.
+    """A short hash of the pipeline's weights, the same on every device, offloaded ones included.
 
-    It hashes the first 8 values of every parameter tensor of every model component (in float32,
-    so a value hashes alike on the CPU and the GPU): far cheaper than hashing the weights whole,
-    and any training or another checkpoint changes it. A run that resumes from its log compares it,
-    so that new weights under the same model name are never scored together with the old.
+    A run that resumes from its log compares it, so that new weights under the same model name
+    are never scored together with the old (see :mod:`textloc.fingerprint`).
     """
-    import hashlib
-
-    digest = hashlib.sha1()
-    for name, component in sorted(pipe.components.items()):
-        if isinstance(component, torch.nn.Module):
-            heads = [parameter.detach().flatten()[:8].float() for parameter in component.parameters()]
-            if heads:
-                digest.update(name.encode())
-                digest.update(torch.cat(heads).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return pipeline_fingerprint(pipe.components)

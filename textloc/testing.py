@@ -57,7 +57,7 @@ from transformers import (
     T5EncoderModel,
 )
 
-from textloc.pipelines import call_kwargs
+from textloc.pipeline_calls import call_kwargs
 
 ARCHITECTURES: tuple[str, ...] = (
     "sd15",

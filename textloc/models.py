@@ -1,0 +1,202 @@
+"""The registry of named models: everything textloc knows about the models it names.
+
+Two kinds of model have names: the embedded ones (:class:`EmbeddedModel`, ``textloc-tiny``),
+trained by textloc on the signs it renders and shipped inside the package, and the tiny
+random-init pipelines (:class:`RandomModel`, ``tiny-random-<arch>`` for every architecture of
+:data:`textloc.testing.ARCHITECTURES`). Each entry says how the model loads, the sampler settings
+it is meant to run with, and, where it has them, its own prompt pairs, its scene judge and its
+training data. The loader, the CLI and every use ask :func:`named_model` (or
+:func:`find_named_model`) instead of comparing model names.
+
+Adding an embedded model (``textloc-tiny-sd3``) is one more :class:`EmbeddedModel` in
+:data:`EMBEDDED_MODELS`.
+
+The registry sits low: at import it needs only :mod:`textloc.pipeline_calls`. A model's parts
+(its pipeline classes, its pairs, its judge, its renderer) are imported when first asked for, as
+some build on layers above this one (a prompt pair is a ``textloc.localize.PromptPair``).
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from textloc.pipeline_calls import from_pretrained
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from textloc.localize.prompts import PromptPair
+    from textloc.localize.scoring import SceneJudge
+    from textloc.tiny.data import TrainingBatch
+
+#: ``pairs(n, seed)``: ``n`` prompt pairs of the model's own scenes, the same for the same seed.
+PairMaker = Callable[[int, int], "list[PromptPair]"]
+#: ``batch(seed, step, batch_size)``: training step ``step``'s batch, a pure function of its arguments.
+BatchMaker = Callable[[int, int, int], "TrainingBatch"]
+
+_RANDOM_PREFIX = "tiny-random-"
+
+
+class UnknownModelError(ValueError):
+    """A model name that is neither a named model, nor a hub id, nor a folder."""
+
+
+@dataclass(frozen=True, eq=False)
+class NamedModel(abc.ABC):
+    """One model textloc knows by name. Parts the model does not have are ``None``."""
+
+    name: str
+    #: The keyword arguments of a pipeline call the model is meant to run with (steps, guidance,
+    #: size, ...), in diffusers' names.
+    settings: Mapping[str, Any]
+
+    @abc.abstractmethod
+    def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
+        """The model's pipeline, on the CPU, in ``dtype`` (default: as stored)."""
+
+    @property
+    def prompt_pairs(self) -> PairMaker | None:
+        """The model's own prompt pairs, for localization."""
+        return None
+
+    @property
+    def scene_judge(self) -> SceneJudge | None:
+        """Whether an image still shows its prompt's scene (judged without the text)."""
+        return None
+
+    @property
+    def training_data(self) -> BatchMaker | None:
+        """The batches the model was trained on."""
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddedModel(NamedModel):
+    """A model trained by ``textloc.tiny.train`` on the signs ``textloc.tiny.data`` renders,
+    shipped in ``folder`` as a stock diffusers pipeline.
+
+    Its pairs, judge and data are the renderer's: held-out sign captions that differ only in the
+    word, the sign and background colours judged from pixels, the rendered signs.
+    """
+
+    folder: Path
+
+    def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
+        if not (self.folder / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"{self.name} weights are missing from {self.folder}; reinstall textloc, or "
+                "retrain them with `python -m textloc.tiny.train`."
+            )
+        return from_pretrained(self.folder, dtype, **from_pretrained_kwargs)
+
+    @property
+    def prompt_pairs(self) -> PairMaker:
+        from textloc.tiny.pairs import localization_pairs
+
+        return localization_pairs
+
+    @property
+    def scene_judge(self) -> SceneJudge:
+        from textloc.tiny.pairs import scene_judge
+
+        return scene_judge
+
+    @property
+    def training_data(self) -> BatchMaker:
+        from textloc.tiny.data import training_batch
+
+        return training_batch
+
+
+@dataclass(frozen=True, eq=False)
+class RandomModel(NamedModel):
+    """A random-init pipeline of one architecture, built in code (:func:`textloc.testing.tiny_pipeline`).
+
+    Its images are noise: it has no prompt pairs, judge or data of its own.
+    """
+
+    arch: str
+
+    def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
+        from textloc.testing import tiny_pipeline
+
+        if from_pretrained_kwargs:
+            raise ValueError(f"{self.name} is built in code, not loaded: the from_pretrained options "
+                             f"{sorted(from_pretrained_kwargs)} do not apply to it.")
+        pipe = tiny_pipeline(self.arch)
+        if dtype is not None:
+            pipe.to(dtype=dtype)
+        return pipe
+
+
+def _random_model(arch: str) -> RandomModel:
+    from textloc.testing import tiny_call_kwargs
+
+    settings = tiny_call_kwargs(arch)
+    # The caller picks the output type; the rest is what the tiny configs are built for.
+    del settings["output_type"]
+    return RandomModel(
+        name=_RANDOM_PREFIX + arch,
+        settings=MappingProxyType(settings),
+        arch=arch,
+    )
+
+
+#: The embedded model: a 64x64 IFPipeline trained on rendered signs, no download.
+TEXTLOC_TINY = EmbeddedModel(
+    name="textloc-tiny",
+    # IFPipeline's own default is 100 steps; textloc-tiny samples as well in 25.
+    settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0}),
+    folder=Path(__file__).parent / "tiny" / "weights",
+)
+#: The embedded models, in the order listings show them.
+EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY,)
+#: The model every command uses when none is named.
+DEFAULT_MODEL = TEXTLOC_TINY.name
+
+
+@functools.cache
+def named_models() -> Mapping[str, NamedModel]:
+    """Every named model by name: the embedded ones, then one tiny random pipeline per architecture."""
+    # Imported here: listing the architectures imports every pipeline class (and their warnings).
+    from textloc.testing import ARCHITECTURES
+
+    models = [*EMBEDDED_MODELS, *(_random_model(arch) for arch in ARCHITECTURES)]
+    return MappingProxyType({model.name: model for model in models})
+
+
+def named_model(name: str) -> NamedModel:
+    """The named model ``name``; :class:`UnknownModelError` (a ``ValueError``) lists the known names."""
+    models = named_models()
+    if name in models:
+        return models[name]
+    close = difflib.get_close_matches(name, models, n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}: the named models are {', '.join(models)}; anything else is a "
+        f"diffusers hub id (owner/name) or a local folder.{hint}"
+    )
+
+
+def find_named_model(name: str) -> NamedModel | None:
+    """The named model ``name``, or ``None`` when ``name`` is for diffusers to load.
+
+    A hub id has an owner (``owner/name``) and a folder exists; any other name can only mean a
+    named model, so one that is not (a typo) raises :class:`UnknownModelError` here rather than
+    a hub lookup's error.
+    """
+    models = named_models()
+    if name in models:
+        return models[name]
+    if "/" in name or Path(name).expanduser().is_dir():
+        return None
+    return named_model(name)
