@@ -38,10 +38,11 @@ import diffusers
 import numpy as np
 import torch
 import transformers
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers import FluxTransformer2DModel
 
 import textloc as tl
 from textloc.attention import denoiser, denoiser_parameter_count
+from textloc.layers import SD3_MEDIUM, SDXL_BASE
 from textloc.patching import STEP_INDEPENDENT_KINDS, RowPatch
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -182,45 +183,19 @@ def measure_cache(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Cache memory at the real models' sizes
 
-# The published denoiser configs (SDXL base 1.0, SD3 medium, FLUX.1-dev), built on the meta device:
+# The published denoiser configs (SDXL base 1.0 and SD3 medium: textloc.layers' presets; FLUX.1-dev),
+# built on the meta device:
 # only shapes, no weights, no download. Their parameter counts (2,567,463,684; 2,028,328,000;
 # 11,901,408,320) and layer names check the configs.
 REAL_MODELS: dict[str, dict[str, Any]] = {
     "SDXL (1024px, 50 steps, CFG)": {
-        "build": lambda: UNet2DConditionModel(
-            sample_size=128,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            block_out_channels=(320, 640, 1280),
-            layers_per_block=2,
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        ),
+        "build": SDXL_BASE.build_on_meta,
         "text_tokens": 77,  # both CLIP encoders, side by side in the features
         "steps": 50,
         "branches": 2,
     },
     "SD3-medium (1024px, 28 steps, CFG)": {
-        "build": lambda: SD3Transformer2DModel(
-            sample_size=128,
-            patch_size=2,
-            in_channels=16,
-            out_channels=16,
-            num_layers=24,
-            attention_head_dim=64,
-            num_attention_heads=24,
-            joint_attention_dim=4096,
-            caption_projection_dim=1536,
-            pooled_projection_dim=2048,
-            pos_embed_max_size=192,
-        ),
+        "build": SD3_MEDIUM.build_on_meta,
         "text_tokens": 77 + 256,  # CLIP tokens, then T5 at the pipeline's max_sequence_length
         "steps": 28,
         "branches": 2,

@@ -15,11 +15,11 @@ and noise.
 from __future__ import annotations
 
 import abc
-
 import hashlib
 import io
 import shutil
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -30,6 +30,15 @@ from PIL import Image
 from textloc.metrics import to_float_array
 
 Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What an engine read in one image: the text, and its boxes ``(x0, y0, x1, y1)`` in the
+    image's own pixels (``None`` from an engine that reports no boxes)."""
+
+    text: str
+    boxes: tuple[Box, ...] | None
 
 
 @runtime_checkable
@@ -98,21 +107,29 @@ class _CachedOCR(abc.ABC):
 
     def __init__(self, min_side: int) -> None:
         self.min_side = min_side
-        self._cache: dict[bytes, str] = {}
+        self._cache: dict[bytes, Reading] = {}
 
     def read(self, images: Any) -> list[str]:
         """Text of each image (see :class:`OCR`); images read before are not read again."""
+        return [reading.text for reading in self.readings(images)]
+
+    def readings(self, images: Any) -> list[Reading]:
+        """Text and text boxes of each image, the boxes in the image's own pixels."""
         results = []
         for image in to_pil_list(images):
             key = _image_key(image)
             if key not in self._cache:
-                self._cache[key] = self._read_one(_upscale(image, self.min_side))
+                upscaled = _upscale(image, self.min_side)
+                reading = self._read_one(upscaled)
+                scale = image.width / upscaled.width
+                boxes = None if reading.boxes is None else tuple(tuple(v * scale for v in box) for box in reading.boxes)
+                self._cache[key] = Reading(reading.text, boxes)
             results.append(self._cache[key])
         return results
 
     @abc.abstractmethod
-    def _read_one(self, image: Image.Image) -> str:
-        """The text in one image, already upscaled."""
+    def _read_one(self, image: Image.Image) -> Reading:
+        """The text in one image, already upscaled, with boxes in its pixels."""
 
 
 class RapidOCR(_CachedOCR):
@@ -139,12 +156,12 @@ class RapidOCR(_CachedOCR):
             }
         )
 
-    def _read_one(self, image: Image.Image) -> str:
+    def _read_one(self, image: Image.Image) -> Reading:
         result = self._engine(image)
         if not result.txts:
-            return ""
+            return Reading("", ())
         boxes = [(*corners.min(axis=0), *corners.max(axis=0)) for corners in np.asarray(result.boxes)]
-        return _in_reading_order(boxes, result.txts)
+        return Reading(_in_reading_order(boxes, result.txts), tuple(tuple(map(float, box)) for box in boxes))
 
 
 class TesseractOCR(_CachedOCR):
@@ -163,14 +180,14 @@ class TesseractOCR(_CachedOCR):
         super().__init__(min_side)
         self._command = [executable, "stdin", "stdout", "--psm", str(psm), "-l", lang]
 
-    def _read_one(self, image: Image.Image) -> str:
+    def _read_one(self, image: Image.Image) -> Reading:
         png = io.BytesIO()
         image.save(png, format="PNG")
         done = subprocess.run(self._command, input=png.getvalue(), capture_output=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"tesseract failed: {done.stderr.decode(errors='replace').strip()}")
-        # tesseract already emits lines in reading order.
-        return " ".join(done.stdout.decode().split())
+        # tesseract already emits lines in reading order; its plain-text output has no boxes.
+        return Reading(" ".join(done.stdout.decode().split()), None)
 
 
 class EasyOCR(_CachedOCR):
@@ -184,10 +201,10 @@ class EasyOCR(_CachedOCR):
         super().__init__(min_side)
         self._reader = easyocr.Reader(list(languages), gpu=gpu, verbose=False)
 
-    def _read_one(self, image: Image.Image) -> str:
+    def _read_one(self, image: Image.Image) -> Reading:
         found = self._reader.readtext(np.asarray(image))
-        boxes = [(*np.min(corners, axis=0), *np.max(corners, axis=0)) for corners, _, _ in found]
-        return _in_reading_order(boxes, [text for _, text, _ in found])
+        boxes = [tuple(map(float, (*np.min(corners, axis=0), *np.max(corners, axis=0)))) for corners, _, _ in found]
+        return Reading(_in_reading_order(boxes, [text for _, text, _ in found]), tuple(boxes))
 
 
 ENGINES = {"rapidocr": RapidOCR, "tesseract": TesseractOCR, "easyocr": EasyOCR}

@@ -29,3 +29,16 @@ def generators(seeds: Iterable[int]) -> list[torch.Generator]:
     """One :func:`generator` per batch row: row ``i`` gets ``seeds[i]``, so its noise does not
     depend on the other rows of the batch (or on the batch size)."""
     return [generator(seed) for seed in seeds]
+
+
+def copies(source: torch.Generator, count: int) -> list[torch.Generator]:
+    """``count`` generators in ``source``'s current state: the same noise ``count`` times.
+
+    ``source`` itself does not advance. This is how the rows of a patched batch (source row,
+    patched rows) start from one noise.
+    """
+    state = source.get_state()
+    duplicates = [torch.Generator(source.device) for _ in range(count)]
+    for duplicate in duplicates:
+        duplicate.set_state(state)
+    return duplicates

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from textloc.images import captioned_grid
 
 REPORT_FILE, LAYERS_FILE, PLOT_FILE, GRID_FILE = "report.json", "layers.csv", "layers.png", "examples.png"
 PROGRESS_FILE = "progress.jsonl"
@@ -270,18 +272,5 @@ def _short(name: str) -> str:
 def example_grid(examples: Sequence[dict[str, Any]], scale: int = 3) -> Image.Image:
     """Rows of (source | patched | target) images with the OCR reading under each."""
     columns = ("source", "patched", "target")
-    first = np.asarray(examples[0]["source"])
-    size = first.shape[0] * scale
-    label_height = 14
-    font = ImageFont.load_default(size=11)
-    grid = Image.new("RGB", (size * len(columns), (size + label_height * 2) * len(examples) + label_height), "white")
-    draw = ImageDraw.Draw(grid)
-    for column, title in enumerate(columns):
-        draw.text((column * size + 4, 0), title, fill="black", font=font)
-    for row, example in enumerate(examples):
-        top = label_height + row * (size + label_height * 2)
-        for column, key in enumerate(columns):
-            pixels = (np.clip(np.asarray(example[key]), 0, 1) * 255).round().astype(np.uint8)
-            grid.paste(Image.fromarray(pixels).resize((size, size), Image.NEAREST), (column * size, top))
-            draw.text((column * size + 4, top + size + 1), f"OCR: {example.get(key + '_read', '')}"[:24], fill="black", font=font)
-    return grid
+    rows = [[(example[key], f"OCR: {example.get(key + '_read', '')}"[:24]) for key in columns] for example in examples]
+    return captioned_grid(columns, rows, scale)

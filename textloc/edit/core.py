@@ -1,0 +1,232 @@
+"""Edit the text in an image by patching only the layers that write it.
+
+The edited image is the *source* prompt generated from the source's noise while the text layers
+receive the prompt with the new text, from ``start_step`` on; everything else the model draws
+follows the source prompt. Source and edit are rows of one batched generation
+(:func:`textloc.run_with_patches`): ``cross``/``added_kv`` layers get the new prompt injected
+(one text encoding, no extra denoising row); ``joint``/``single`` layers, whose text changes with
+every step, read it from a third row that generates the new prompt alongside (no cache to hold).
+
+The baselines run through the same harness, on the same prompts and noise, scored the same way:
+``"prompt-swap"`` (the new prompt generated directly: the edit's ceiling for the text, and what
+an edit must beat on the background) and ``"prompt-to-prompt"`` (Prompt-to-Prompt's word swap).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from textloc import seeding
+from textloc.attention import AttentionLayer
+from textloc.edit.text import replace_quoted
+from textloc.images import captioned_grid
+from textloc.layers import LayerSource, find_preset, resolve_layers
+from textloc.metrics import background_mask, image_scores, text_scores
+from textloc.ocr import OCR, Reading, get_ocr
+from textloc.patching import STEP_INDEPENDENT_KINDS, RowPatch, StepWindow, check_step_window, record_text, run_with_patches
+
+Method = Literal["patch", "prompt-swap", "prompt-to-prompt"]
+METHODS: tuple[Method, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
+
+#: Where an edit starts patching when neither the caller nor a preset says: a fraction of the
+#: schedule (see :func:`textloc.patching.window_steps`).
+DEFAULT_START_STEP: float = 0.1
+
+EDIT_FILE, PAIR_FILE = "edit.json", "edit.png"
+
+
+@dataclass
+class EditResult:
+    """One edit: the source and edited images from the same noise, what OCR read, and the scores.
+
+    ``scores`` rate the edited image: the new text (``new_contains`` 1.0 when the OCR read it,
+    ``new_f1`` word F1, ``new_ned`` normalized edit distance), the old text (``old_contains``),
+    and the image against the source in float (``mse``/``psnr``/``ssim`` on the whole image,
+    ``*_outside_text`` with both images' OCR text boxes blanked out; ``None`` where the OCR
+    engine reports no boxes). ``floor`` holds the same text scores of the unedited source image:
+    what reading the new text is worth without any edit.
+    """
+
+    method: str
+    prompt: str
+    new_prompt: str
+    old_text: str
+    new_text: str
+    layers: list[str]
+    start_step: int | float | None
+    source_image: Image.Image = field(repr=False)
+    edited_image: Image.Image = field(repr=False)
+    source_read: str
+    edited_read: str
+    scores: dict[str, float | None]
+    floor: dict[str, float]
+    seconds: float
+
+    def summary(self) -> str:
+        """One line: what the OCR read before and after, and whether the edit took."""
+        took = "new text read" if self.scores["new_contains"] else "new text NOT read"
+        return f"{self.method}: read {self.source_read!r} -> {self.edited_read!r} ({took}; wanted {self.new_text!r})"
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``edit.png`` (source | edited, what OCR read under each) and ``edit.json``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        row = [(self.source_image, f"OCR: {self.source_read}"), (self.edited_image, f"OCR: {self.edited_read}")]
+        captioned_grid(("source", f"edited ({self.method})"), [row]).save(directory / PAIR_FILE)
+        data = {key: value for key, value in asdict(self).items() if not key.endswith("_image")}
+        (directory / EDIT_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        return directory
+
+
+def edit_text(
+    pipe: Any,
+    prompt: str | Sequence[str],
+    new_text: str | Sequence[str],
+    layers: LayerSource = "preset",
+    *,
+    start_step: int | float | None = None,
+    method: Method = "patch",
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    ocr: str | OCR = "rapidocr",
+    **generate_kwargs: Any,
+) -> EditResult | list[EditResult]:
+    """Change the quoted text of ``prompt`` to ``new_text`` in the generated image, keeping the rest.
+
+    ``layers``: a :class:`~textloc.localize.Localization` (or its folder), ``"preset"`` (the
+    paper's layers for SDXL, SD3-medium, IF-I-XL) or any layer selector. ``start_step``: the
+    first patched step, an index or a fraction of the schedule; default: the preset's when
+    ``layers="preset"``, else :data:`DEFAULT_START_STEP`. ``generator``: one generator whose noise
+    every edit starts from (default seed 0), or one per edit. ``method`` picks textloc's patch or
+    a baseline run through the same harness. Lists of prompts and new texts edit a batch at once
+    and return a list. ``generate_kwargs`` go to the pipeline (``num_inference_steps``,
+    ``guidance_scale``, ``height``, ...).
+    """
+    single = isinstance(prompt, str)
+    prompts, new_texts = _as_batch(prompt, new_text)
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if "output_type" in generate_kwargs:
+        raise ValueError("edit_text sets output_type itself (it scores float images); leave it out.")
+    swaps = [replace_quoted(p, t) for p, t in zip(prompts, new_texts)]
+    selected = resolve_layers(pipe, layers) if method == "patch" else []
+    start = _start_step(pipe, layers, start_step) if method == "patch" else None
+    if start is not None:
+        check_step_window((start, None))
+    generators = _edit_generators(generator, len(prompts))
+    reader = get_ocr(ocr)
+
+    began = time.perf_counter()
+    new_prompts = [new_prompt for _, new_prompt in swaps]
+    if method == "patch":
+        sources, edited = _patched(pipe, prompts, new_prompts, selected, (start, None), generators, generate_kwargs)
+    elif method == "prompt-swap":
+        sources, edited = _generate_rows(pipe, prompts + new_prompts, generators * 2, [], generate_kwargs, len(prompts))
+    else:
+        from textloc.edit.p2p import prompt_to_prompt
+
+        pairs = [prompt_to_prompt(pipe, p, n, generator=g, output_type="np", **generate_kwargs) for p, n, g in zip(prompts, new_prompts, generators)]
+        sources, edited = [np.asarray(s) for s, _ in pairs], [np.asarray(e) for _, e in pairs]
+    seconds = (time.perf_counter() - began) / len(prompts)
+
+    readings = reader.readings(list(sources) + list(edited)) if hasattr(reader, "readings") else None
+    reads = [r.text for r in readings] if readings else reader.read(list(sources) + list(edited))
+    results = []
+    for i, (old_text, new_prompt) in enumerate(swaps):
+        source_reading = readings[i] if readings else Reading(reads[i], None)
+        edited_reading = readings[len(prompts) + i] if readings else Reading(reads[len(prompts) + i], None)
+        results.append(
+            EditResult(
+                method=method, prompt=prompts[i], new_prompt=new_prompt, old_text=old_text, new_text=new_texts[i],
+                layers=[layer.name for layer in selected], start_step=start,
+                source_image=_pil(sources[i]), edited_image=_pil(edited[i]),
+                source_read=source_reading.text, edited_read=edited_reading.text,
+                scores=score_edit(sources[i], edited[i], source_reading, edited_reading, old_text, new_texts[i]),
+                floor=_text_scores(source_reading.text, old_text, new_texts[i]),
+                seconds=seconds,
+            )
+        )
+    return results[0] if single else results
+
+
+def score_edit(source: Any, edited: Any, source_reading: Reading, edited_reading: Reading, old_text: str, new_text: str) -> dict[str, float | None]:
+    """The scores of :class:`EditResult`: text of the edited image, and its pixels against the source."""
+    scores: dict[str, float | None] = {**_text_scores(edited_reading.text, old_text, new_text), **image_scores(source, edited)}
+    outside = {f"{key}_outside_text": None for key in ("mse", "psnr", "ssim")}
+    if source_reading.boxes is not None and edited_reading.boxes is not None:
+        height, width = np.asarray(source).shape[:2]
+        mask = background_mask(height, width, source_reading.boxes + edited_reading.boxes)
+        if mask.sum() > mask.size // 4:  # enough background left to score it
+            outside = {f"{key}_outside_text": value for key, value in image_scores(source, edited, mask).items()}
+    return {**scores, **outside}
+
+
+def _text_scores(read: str, old_text: str, new_text: str) -> dict[str, float]:
+    new = text_scores(read, new_text)
+    return {"new_contains": new["contains"], "new_f1": new["f1"], "new_ned": new["ned"], "old_contains": text_scores(read, old_text)["contains"]}
+
+
+def _as_batch(prompt: str | Sequence[str], new_text: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    new_texts = [new_text] if isinstance(new_text, str) else list(new_text)
+    if isinstance(prompt, str) != isinstance(new_text, str) or len(prompts) != len(new_texts):
+        raise ValueError("Give one prompt and one new text, or two lists of the same length.")
+    if not prompts:
+        raise ValueError("No prompt to edit.")
+    return prompts, new_texts
+
+
+def _start_step(pipe: Any, layers: LayerSource, start_step: int | float | None) -> int | float:
+    if start_step is not None:
+        return start_step
+    if isinstance(layers, str) and layers == "preset":
+        return find_preset(pipe).start_step
+    return DEFAULT_START_STEP
+
+
+def _edit_generators(generator: torch.Generator | Sequence[torch.Generator] | None, count: int) -> list[torch.Generator]:
+    if generator is None or isinstance(generator, torch.Generator):
+        return [generator or seeding.generator(0)] * count
+    generators = list(generator)
+    if len(generators) != count:
+        raise ValueError(f"{len(generators)} generators for {count} edits; give one generator or one per edit.")
+    return generators
+
+
+def _patched(
+    pipe: Any,
+    prompts: list[str],
+    new_prompts: list[str],
+    layers: list[AttentionLayer],
+    window: StepWindow,
+    generators: list[torch.Generator],
+    generate_kwargs: dict[str, Any],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Rows: the sources, then the edits (source prompt, patched); joint layers add live new-prompt rows."""
+    n, names = len(prompts), tuple(layer.name for layer in layers)
+    if all(layer.kind in STEP_INDEPENDENT_KINDS for layer in layers):
+        cache = record_text(pipe, names, new_prompts, **generate_kwargs)
+        plan = [RowPatch(names, source=cache, source_row=i, row=n + i, patch_steps=window) for i in range(n)]
+        return _generate_rows(pipe, prompts * 2, generators * 2, plan, generate_kwargs, n)
+    plan = [RowPatch(names, source=2 * n + i, row=n + i, patch_steps=window) for i in range(n)]
+    return _generate_rows(pipe, prompts * 2 + new_prompts, generators * 3, plan, generate_kwargs, n)
+
+
+def _generate_rows(pipe, prompts, generators, plan, generate_kwargs, edits: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """One batch, every row from its generator's noise: ``edits`` source rows, then ``edits``
+    edited rows (a third block, if any, only feeds the patches)."""
+    rows = [seeding.copies(g, 1)[0] for g in generators]  # the caller's generators do not advance
+    images = np.asarray(run_with_patches(pipe, prompts, plan, generator=rows, output_type="np", **generate_kwargs).images)
+    return list(images[:edits]), list(images[edits : 2 * edits])
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+    return Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))

@@ -1,0 +1,213 @@
+"""The one layer resolver that edit, guard and finetune share.
+
+Every use takes its layers the same way:
+
+- a :class:`~textloc.localize.Localization`, in memory or the folder it was saved to: its selected
+  layers, refused on a model whose weights differ from the ones it was found on;
+- ``"preset"``: the layers the paper found for SDXL base 1.0, SD3-medium or DeepFloyd IF-I-XL,
+  recognised by the pipeline's model id or its denoiser's config (:data:`PRESETS`);
+- any layer selector :func:`textloc.attention.select_layers` takes: a full name, a glob, a forward
+  index, a list of these, or ``"all"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from diffusers import SD3Transformer2DModel, UNet2DConditionModel
+
+from textloc.attention import AttentionLayer, LayerSelector, denoiser, select_layers
+from textloc.localize.report import REPORT_FILE, Localization
+from textloc.pipelines import weights_fingerprint
+
+PAPER = "Staniszewski et al., Precise Parameter Localization for Textual Generation in Diffusion Models, ICLR 2025 (arXiv 2502.09935)"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Layers the paper localized in one published model, and the settings it used them with.
+
+    ``denoiser_class`` and ``config`` are the published denoiser's: building them on the meta
+    device checks the layer names without a download. A pipeline whose denoiser has that class
+    and the ``identity`` config values is that model, whatever folder it was loaded from. ``settings`` are
+    the generation settings the layers were found and used with; ``start_step`` the step from
+    which the reference code patched an edit.
+    """
+
+    model: str
+    model_ids: tuple[str, ...]
+    denoiser_class: Callable[..., torch.nn.Module]
+    config: Mapping[str, Any]
+    layers: tuple[str, ...]
+    num_text_layers: int
+    settings: Mapping[str, Any]
+    start_step: int
+    source: str = PAPER
+    notes: str = ""
+    identity: Mapping[str, Any] = field(default_factory=dict)
+
+    def matches(self, pipe: Any) -> bool:
+        """Whether ``pipe`` is this preset's model: by model id, else by its denoiser's config."""
+        if getattr(pipe, "name_or_path", None) in self.model_ids:
+            return True
+        model = denoiser(pipe)
+        if type(model).__name__ != self.denoiser_class.__name__:
+            return False
+        config = getattr(model, "config", {})
+        return all(_same(config.get(key), value) for key, value in self.identity.items())
+
+    def build_on_meta(self) -> torch.nn.Module:
+        """The published denoiser, shapes only (no weights, no download)."""
+        with torch.device("meta"):
+            return self.denoiser_class(**self.config)
+
+
+def _same(value: Any, expected: Any) -> bool:
+    if isinstance(expected, (tuple, list)):
+        return isinstance(value, (tuple, list)) and list(value) == list(expected)
+    return value == expected
+
+
+SDXL_BASE = Preset(
+    model="SDXL base 1.0",
+    model_ids=("stabilityai/stable-diffusion-xl-base-1.0",),
+    denoiser_class=UNet2DConditionModel,
+    config=dict(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        cross_attention_dim=2048,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    ),
+    identity={"block_out_channels": (320, 640, 1280), "transformer_layers_per_block": (1, 2, 10), "cross_attention_dim": 2048},
+    layers=tuple(f"up_blocks.0.attentions.2.transformer_blocks.{i}.attn2" for i in (1, 2, 3)),
+    num_text_layers=70,
+    settings={"num_inference_steps": 50, "guidance_scale": 5.0},
+    start_step=4,
+    notes="forward order 55-57 of 70 cross-attention layers; 15.7M K/V parameters (0.61%)",
+)
+
+SD3_MEDIUM = Preset(
+    model="SD3-medium",
+    model_ids=("stabilityai/stable-diffusion-3-medium-diffusers",),
+    denoiser_class=SD3Transformer2DModel,
+    config=dict(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=192,
+    ),
+    # SD3.5-medium also has 24 blocks of width 1536, but dual-attention layers and QK norm.
+    identity={"num_layers": 24, "caption_projection_dim": 1536, "dual_attention_layers": (), "qk_norm": None},
+    layers=("transformer_blocks.10.attn",),
+    num_text_layers=24,
+    settings={"num_inference_steps": 28, "guidance_scale": 7.0},
+    start_step=2,
+    notes="block 10 of 24 joint blocks; 4.7M text K/V parameters (0.23%)",
+)
+
+IF_I_XL = Preset(
+    model="DeepFloyd IF-I-XL v1.0",
+    model_ids=("DeepFloyd/IF-I-XL-v1.0",),
+    denoiser_class=UNet2DConditionModel,
+    # The original IF-I-XL hyper-parameters (model_channels 704, channel_mult 1,2,3,4, 3 res blocks,
+    # attention at 32/16/8, 64-channel heads, T5 4096 -> 2816) mapped as diffusers' convert_if.py
+    # maps them: 4,304,695,110 parameters, 22 added-K/V attention layers.
+    config=dict(
+        sample_size=64,
+        in_channels=3,
+        out_channels=6,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        block_out_channels=(704, 1408, 2112, 2816),
+        layers_per_block=3,
+        attention_head_dim=64,
+        cross_attention_dim=2816,
+        encoder_hid_dim=4096,
+        encoder_hid_dim_type="text_proj",
+        addition_embed_type="text",
+        addition_embed_type_num_heads=64,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+    ),
+    identity={"block_out_channels": (704, 1408, 2112, 2816), "encoder_hid_dim": 4096, "cross_attention_dim": 2816},
+    layers=("up_blocks.1.attentions.3",),
+    num_text_layers=22,
+    settings={"num_inference_steps": 50, "guidance_scale": 7.0},
+    start_step=2,
+    notes=(
+        "forward order 17 of 22; its text K/V (add_k_proj, add_v_proj) hold 11.9M parameters (0.28%); "
+        "the paper's 8.9M (0.21%) are that layer's image to_k/to_v"
+    ),
+)
+
+PRESETS: tuple[Preset, ...] = (SDXL_BASE, SD3_MEDIUM, IF_I_XL)
+
+LayerSource = Union[LayerSelector, Localization, os.PathLike]
+
+
+def find_preset(pipe: Any) -> Preset:
+    """The preset of ``pipe``'s model; a clear error naming the models that have one."""
+    for preset in PRESETS:
+        if preset.matches(pipe):
+            found = len(select_layers(pipe, "all"))
+            if found != preset.num_text_layers:
+                raise ValueError(
+                    f"This pipeline looks like {preset.model} but has {found} text layers, not "
+                    f"{preset.num_text_layers}: its preset layers would not be the paper's."
+                )
+            return preset
+    known = ", ".join(preset.model for preset in PRESETS)
+    raise ValueError(
+        f"No preset for {getattr(pipe, 'name_or_path', None) or type(pipe).__name__}: presets exist for "
+        f"{known}. Localize this model (`tl.localize`) and pass the result, or name the layers."
+    )
+
+
+def resolve_layers(pipe: Any, layers: LayerSource) -> list[AttentionLayer]:
+    """The text layers ``layers`` names in ``pipe``, in forward order (see the module docstring)."""
+    if isinstance(layers, Localization):
+        return _from_localization(pipe, layers, "this localization")
+    if isinstance(layers, os.PathLike) or isinstance(layers, str) and (Path(layers) / REPORT_FILE).is_file():
+        folder = Path(layers)
+        if not (folder / REPORT_FILE).is_file():
+            raise ValueError(f"{folder} holds no {REPORT_FILE}: give the folder a localization was saved to.")
+        return _from_localization(pipe, Localization.load(folder), str(folder))
+    if isinstance(layers, str) and layers == "preset":
+        return select_layers(pipe, list(find_preset(pipe).layers))
+    return select_layers(pipe, layers)
+
+
+def _from_localization(pipe: Any, localization: Localization, where: str) -> list[AttentionLayer]:
+    recorded = localization.settings.get("weights")
+    if recorded is not None and recorded != weights_fingerprint(pipe):
+        raise ValueError(
+            f"{where} was found on other weights ({localization.model}, fingerprint {recorded}); this "
+            f"pipeline's are {weights_fingerprint(pipe)}. Localize this model, or name its layers."
+        )
+    if not localization.selected:
+        raise ValueError(f"{where} selected no layer: nothing reached its threshold. Name the layers instead.")
+    return select_layers(pipe, localization.selected)
