@@ -15,11 +15,14 @@ $(BIN)/textloc: pyproject.toml
 # The embedded model (no download); any diffusers id, folder or tiny-random-<arch> works too.
 DEMO_MODEL ?= textloc-tiny
 DEMO_PROMPT := A red sign on a blue background that says "LAMP".
+# The layers the edit patches: textloc-tiny's shipped localization; on a random model, all of them.
+DEMO_LAYERS ?= $(if $(filter textloc-tiny,$(DEMO_MODEL)),samples/tiny/localize,all)
 
 demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 layers --model $(DEMO_MODEL)
 	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out runs/demo/generate.png
 	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --num-inference-steps 15 --out runs/demo/localize
+	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out runs/demo/edit
 
 test: $(BIN)/textloc
 	$(BIN)/python -m pytest tests

@@ -316,3 +316,28 @@ def test_help_at_every_level_shows_examples_and_diffusers_option_names(capsys):
             assert not re.search(r"(?<![\w-])--(steps|guidance)(?![\w-])", out)
         if argv:
             assert "tiny-random-deepfloyd-if" in out  # --model lists the named models
+
+
+# --------------------------------------------------------------------------------------------
+# textloc edit
+
+
+def test_edit_writes_the_pair_and_prints_what_was_read(capsys, tmp_path):
+    status, out, _ = run(capsys, "edit", "--model", "tiny-random-sd15", "--device", "cpu", "--prompt", 'A sign that says "HELLO".',
+                         "--new-text", "WORLD", "--layers", "all", "--start-step", "0", "--out", str(tmp_path))
+    assert status == 0
+    assert out.startswith("patch: read ") and "wanted 'WORLD'" in out
+    data = json.loads((tmp_path / "edit.json").read_text())
+    assert (data["new_prompt"], data["start_step"]) == ('A sign that says "WORLD".', 0)
+    assert len(data["layers"]) == 7  # tiny-random-sd15's cross-attention layers
+    assert Image.open(tmp_path / "edit.png").size[0] > 0
+
+
+@pytest.mark.parametrize(
+    "prompt, new_text, message",
+    [("No quotes here.", "WORLD", "no quoted text"), ('A sign that says "HELLO".', "HELLO", "the prompt's own text")],
+)
+def test_edit_refuses_bad_text_before_the_model_loads(capsys, tmp_path, monkeypatch, prompt, new_text, message):
+    monkeypatch.setattr(cli, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad edit"))
+    status, _, err = run(capsys, "edit", "--prompt", prompt, "--new-text", new_text, "--out", str(tmp_path))
+    assert status == 2 and message in err and err.count("\n") == 1

@@ -489,11 +489,88 @@ def run_localize(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# textloc edit
+
+
+def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Declare ``textloc edit``."""
+    from textloc.edit import METHODS
+
+    parser = subcommands.add_parser(
+        "edit",
+        parents=parents,
+        help="change the quoted text in an image, patching only the layers that write it",
+        description=(
+            "Generate PROMPT, then the same prompt from the same noise while the text layers receive the prompt "
+            "with its quoted text replaced by --new-text: the word changes, the rest of the image stays. Writes "
+            "edit.png (source | edited, what OCR read under each) and edit.json (reads, scores) to --out."
+        ),
+        epilog=_examples(
+            "textloc edit --model textloc-tiny --prompt 'A red sign on a blue background that says \"LAMP\".' \\",
+            "    --new-text FISH --layers samples/tiny/localize --out runs/edit",
+            "textloc edit --model stabilityai/stable-diffusion-xl-base-1.0 --prompt 'A sign that says \"OPEN\".' --new-text STOP --out runs/edit-sdxl",
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--prompt", required=True, help='the prompt, with the text to change in double quotes: A sign that says "OPEN".')
+    parser.add_argument("--new-text", required=True, metavar="TEXT", help="the text the edited image should show instead")
+    parser.add_argument(
+        "--layers", action="append", metavar="SEL",
+        help="the text layers: a localization's output folder, 'preset' (the paper's layers for SDXL base, SD3-medium, "
+        "IF-I-XL; the default), or layer names, globs or indices as `textloc layers` lists them (repeatable)",
+    )
+    parser.add_argument("--start-step", type=_start_step, metavar="S", help="first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else 0.1)")
+    parser.add_argument("--method", choices=METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise the source and the edit share (default 0)")
+    _add_sampler_options(parser)
+    parser.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.set_defaults(run=run_edit)
+
+
+def _start_step(text: str) -> int | float:
+    """--start-step: a step index, or a fraction of the schedule written with a point."""
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    if re.fullmatch(r"\d*\.\d*", text) and text != "." and float(text) <= 1.0:
+        return float(text)
+    raise argparse.ArgumentTypeError(f"a step index (4) or a fraction of the schedule from 0.0 to 1.0 (0.1), not {text!r}")
+
+
+def _layer_source(values: list[str] | None) -> Any:
+    """--layers as the layer resolver takes it: a localization folder, "preset", or a selector."""
+    if not values:
+        return "preset"
+    if len(values) == 1 and (values[0] == "preset" or Path(values[0]).is_dir()):
+        return Path(values[0]) if values[0] != "preset" else "preset"
+    return _layer_selector(values)
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    """Edit the quoted text of one prompt and save the pair with its scores."""
+    from textloc.edit import edit_text, replace_quoted
+
+    replace_quoted(args.prompt, args.new_text)  # bad text is refused before the model loads
+    pipe = load_model(args)
+    pipe.set_progress_bar_config(disable=False, leave=False)
+    settings = generate_kwargs(pipe, args.model, args, num=None)
+    settings.pop("output_type")
+    result = edit_text(
+        pipe, args.prompt, args.new_text, _layer_source(args.layers), start_step=args.start_step,
+        method=args.method, ocr=args.ocr, **settings,
+    )
+    result.save(args.out)
+    print(result.summary())
+    print(f"wrote {args.out}/edit.png and edit.json")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 AddCommand = Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]
 # Each entry declares one subcommand; the second item says whether it loads a model (--model).
-COMMANDS: tuple[tuple[AddCommand, bool], ...] = ((add_layers, True), (add_generate, True), (add_localize, True))
+COMMANDS: tuple[tuple[AddCommand, bool], ...] = ((add_layers, True), (add_generate, True), (add_localize, True), (add_edit, True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
             "textloc layers --model tiny-random-sdxl",
             "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
+            "textloc edit --model textloc-tiny --prompt 'A sign that says \"LAMP\".' --new-text FISH --layers samples/tiny/localize --out runs/edit",
             "textloc COMMAND --help   (options and examples of one command)",
         ),
         formatter_class=_HelpFormatter,
