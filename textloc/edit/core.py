@@ -27,7 +27,7 @@ from PIL import Image
 
 from textloc import seeding
 from textloc.attention import AttentionLayer
-from textloc.edit.text import replace_quoted
+from textloc.quoted import replace_quoted
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, find_preset, resolve_layers
 from textloc.metrics import background_mask, image_scores, text_scores

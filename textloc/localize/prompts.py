@@ -8,12 +8,12 @@ from a seeded derangement of the source texts, so no pair ever asks for the text
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence, TypeVar
 
 from textloc.metrics import contains, words
+from textloc.quoted import Quoted, quoted_spans
 
 T = TypeVar("T")
 
@@ -38,8 +38,6 @@ DEFAULT_WORDS = (
     "WORLD", "LOVE", "HOME", "PARK", "BANK", "TAXI", "BEER", "SHOP", "FOOD", "BAKERY",
     "GARDEN", "PHONE", "LIGHT", "RIVER", "MOUNTAIN", "DANGER", "SCHOOL", "SUNDAY", "MARKET", "POLICE",
 )
-# The first straight-quoted or curly-quoted span.
-_QUOTED = re.compile(r'"([^"]*)"|“([^”]*)”')
 
 
 @dataclass(frozen=True)
@@ -88,27 +86,25 @@ def fill(template: str, text: str) -> str:
     return template.replace("{}", text, 1)
 
 
-def _quoted_match(prompt: str) -> re.Match[str]:
-    match = _QUOTED.search(prompt)
-    if match is None or not (match.group(1) or match.group(2)):
+def _first_quoted(prompt: str) -> Quoted:
+    spans = quoted_spans(prompt)
+    if not spans or not spans[0].text:
         raise ValueError(
             f"prompt {prompt!r} has no quoted text to render; put the text in double quotes, "
             f"e.g. {EXAMPLE_PROMPT!r}"
         )
-    return match
+    return spans[0]
 
 
 def quoted_text(prompt: str) -> str:
     """The text inside the first pair of double quotes (straight or curly) of ``prompt``."""
-    match = _quoted_match(prompt)
-    return match.group(1) if match.group(1) is not None else match.group(2)
+    return _first_quoted(prompt).text
 
 
 def as_template(prompt: str) -> str:
     """``prompt`` with its quoted text replaced by ``{}``, quotes kept."""
-    match = _quoted_match(prompt)
-    group = 1 if match.group(1) is not None else 2
-    return prompt[: match.start(group)] + "{}" + prompt[match.end(group) :]
+    span = _first_quoted(prompt)
+    return prompt[: span.start] + "{}" + prompt[span.end :]
 
 
 def _distinct(texts: Sequence[str]) -> list[str]:

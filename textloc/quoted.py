@@ -1,4 +1,4 @@
-"""The quoted text of a prompt: what a model is asked to write, and how to swap it."""
+"""The quoted text of a prompt: what a model is asked to write, found and swapped in one place."""
 
 from __future__ import annotations
 
