@@ -10,14 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-import textloc.localize.core as core
 from conftest import _pipeline
 from textloc.attention import select_layers
-from textloc.localize import Localization, PromptPair, localize, make_pairs, spearman
+from textloc.localize import Localization, PromptPair, core, localize, make_pairs, spearman
 from textloc.localize.report import PROGRESS_FILE, REPORT_FILE
 from textloc.testing import tiny_call_kwargs
 
 WORDS = ["HELLO", "WORLD", "LAMP", "STOP"]
+# Short prompts: the tiny text encoders keep 48 tokens, which cuts some templates' quoted word off.
+SIGNS = [PromptPair.from_template('A sign that says "{}".', source, target) for source, target in (("HELLO", "WORLD"), ("LAMP", "STOP"), ("OPEN", "SHUT"))]
+# Denoisers that see the prompt only through the text K/V of the layers localize patches: no
+# pooled text embedding (SDXL, SD3, FLUX) and no text in the time embedding (IF).
+TEXT_ONLY_IN_ATTENTION = ("sd15", "pixart-alpha", "pixart-sigma", "sana")
 
 
 def kwargs(pipe):
@@ -30,23 +34,86 @@ def pairs(n=3):
     return make_pairs(WORDS, n=n, seed=0)
 
 
+class ReadsNearestKnownImage:
+    """A stand-in OCR whose readings are facts about pixels: an image reads as the quoted text of
+    the prompt whose direct generation from localize's noise (seed 0) lies nearest to it. A prompt's
+    own image, generated in another batch, differs from it by float rounding only (MSE ~1e-13 on the
+    tiny pipelines, against ~1e-6 between prompts), so the floors read exactly; a patched image
+    reads as whichever text it was moved closest to."""
+
+    def __init__(self, pipe, pairs: list[PromptPair]):
+        texts = {prompt: text for pair in pairs for prompt, text in ((pair.source, pair.source_text), (pair.target, pair.target_text))}
+        generators = [torch.Generator("cpu").manual_seed(0) for _ in texts]
+        images = pipe(list(texts), generator=generators, **tiny_call_kwargs(pipe)).images
+        self.known = list(zip(images, texts.values()))
+
+    def read(self, images):
+        return [min(self.known, key=lambda known: mse(image, known[0]))[1] for image in images]
+
+
+def mse(a, b) -> float:
+    return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+
+def merit(means: dict) -> tuple[float, ...]:
+    """localize's ranking rule: target hits, then word F1, then how much closer (edit distance) the
+    reading came to the target than to the source, then how close the image came to the target's."""
+    return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
+
+
+def reads(means: dict, text: str) -> bool:
+    """Whether every image behind ``means`` read exactly the ``text`` ("source" or "target") and never the other."""
+    other = "target" if text == "source" else "source"
+    return means[f"{text}_exact"] == 1.0 and means[f"{other}_hit"] == 0.0
+
+
 @pytest.mark.parametrize("method", ["activation", "both"])
 def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     pipe = _pipeline(arch)
-    result = localize(pipe, pairs(), method=method, out=tmp_path, progress=False, **kwargs(pipe))
-    names = {layer["name"] for layer in result.layers}
-    assert result.selected and set(result.selected) <= names
+    result = localize(pipe, SIGNS, method=method, ocr=ReadsNearestKnownImage(pipe, SIGNS), out=tmp_path, progress=False, **kwargs(pipe))
     assert all(layer["exact"] is not None for layer in result.layers)
     assert (method == "both") == all(layer["attribution"] is not None for layer in result.layers)
-    for floor in ("source", "target"):
-        assert 0.0 <= result.baselines[floor]["target_hit"] <= 1.0
-    assert result.held_out["patched"]["n"] == 1.0  # 3 pairs: the last one is held out
+    # The floors sit in the right rows: the unpatched source reads the source's text, the target
+    # prompted directly the target's; on the held-out pair (the last of 3) as well.
+    assert reads(result.baselines["source"], "source") and reads(result.baselines["target"], "target")
+    assert reads(result.held_out["unpatched"], "source") and reads(result.held_out["direct"], "target")
+    assert result.held_out["patched"]["n"] == 1.0
+
+    # Ranks follow the per-layer scores, cumulative sets follow the ranks, and the chosen set is the
+    # first whose target rate reaches 0.8 of the direct one (else the best-scoring, smallest).
+    ranked = sorted(result.layers, key=lambda layer: layer["rank"])
+    assert [layer["rank"] for layer in ranked] == list(range(1, len(ranked) + 1))
+    assert [merit(layer["exact"]) for layer in ranked] == sorted((merit(layer["exact"]) for layer in ranked), reverse=True)
+    names = [layer["name"] for layer in ranked]
+    assert [entry["layers"] for entry in result.sets] == [names[: k + 1] for k in range(len(names))]
+    reaching = [entry["layers"] for entry in result.sets if entry["means"]["target_hit"] >= 0.8 * result.baselines["target"]["target_hit"]]
+    best = max(result.sets, key=lambda entry: (entry["means"]["target_hit"], -len(entry["layers"])))["layers"]
+    assert result.reached == bool(reaching) and result.selected == (reaching[0] if reaching else best)
+    assert result.held_out["layers"] == result.selected
+    if arch in TEXT_ONLY_IN_ATTENTION:
+        # Every layer patched from the target: the denoiser sees only the target's text, so the
+        # image is the target's, and the chosen set writes the target on the held-out pair too.
+        everything = result.sets[-1]["means"]
+        assert reads(everything, "target") and everything["mse_to_target"] < 1e-9
+        assert result.reached and reads(result.held_out["patched"], "target")
     for name in ("report.json", "layers.csv", "layers.png", "examples.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "(unpatched source)" in (tmp_path / "layers.csv").read_text()  # every layer's floor beside it
     loaded = Localization.load(tmp_path)
     assert loaded.selected == result.selected and loaded.layers == json.loads(json.dumps(result.layers))
     assert "selected" in result.summary()
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "deepfloyd-if", "sana"])  # U-Net cross, added K/V, DiT cross
+def test_a_patch_that_carries_the_same_text_scores_like_the_unpatched_source(arch):
+    # Both rows' unconditional branch encodes the same empty negative prompt, and these layers'
+    # text K/V depend on the prompt alone: patching that branch from the target changes nothing.
+    pipe = _pipeline(arch)
+    chosen_on = SIGNS[:2]
+    result = localize(pipe, chosen_on, branch="uncond", held_out=0.0, ocr=ReadsNearestKnownImage(pipe, chosen_on), progress=False, **kwargs(pipe))
+    for scored in [layer["exact"] for layer in result.layers] + [entry["means"] for entry in result.sets]:
+        assert reads(scored, "source") and scored["mse"] < 1e-12
+    assert not result.reached
 
 
 def test_screen_then_exact_sweeps_only_the_top_layers():
@@ -152,15 +219,15 @@ def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypa
 
 
 def test_step_window_and_heads_reach_every_patch(monkeypatch):
-    import textloc.localize.sweep as sweep
+    from textloc.localize import sweep
 
     pipe = _pipeline("sd15")
     plans = []
     real = sweep.run_with_patches
     monkeypatch.setattr(sweep, "run_with_patches", lambda pipe, prompts, plan, **kw: plans.append(plan) or real(pipe, prompts, plan, **kw))
-    localize(pipe, pairs(2), steps=(1, None), heads=[0], branch="both", held_out=0.0, progress=False, **kwargs(pipe))
+    localize(pipe, pairs(2), patch_steps=(1, None), heads=[0], branch="both", held_out=0.0, progress=False, **kwargs(pipe))
     patches = [patch for plan in plans for patch in plan]
-    assert patches and {(patch.steps, patch.heads, patch.branch) for patch in patches} == {((1, None), (0,), "both")}
+    assert patches and {(patch.patch_steps, patch.heads, patch.branch) for patch in patches} == {((1, None), (0,), "both")}
 
 
 def test_a_sweep_split_over_several_batches_gives_the_same_images():
@@ -198,7 +265,7 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match="max_batch"):
         localize(pipe, pairs(2), max_batch=2, progress=False)
     with pytest.raises(ValueError, match="outside the patch window"):
-        localize(pipe, pairs(2), method="attribution", steps=(0, 0.25), grad_steps=(0.5,), progress=False, **kwargs(pipe))
+        localize(pipe, pairs(2), method="attribution", patch_steps=(0, 0.25), grad_steps=(0.5,), progress=False, **kwargs(pipe))
 
 
 def test_a_share_of_the_pairs_is_held_out_but_never_all_of_them():
@@ -214,7 +281,7 @@ def test_attribution_takes_gradients_only_inside_the_patch_window():
     layers = core.select_layers(pipe, "all")
     pair = pairs(1)[0]
     inside = attribution_scores(pipe, pair, layers, PatchSettings(), 0, [0], kwargs(pipe))
-    outside = attribution_scores(pipe, pair, layers, PatchSettings(steps=(1, None)), 0, [0], kwargs(pipe))
+    outside = attribution_scores(pipe, pair, layers, PatchSettings(patch_steps=(1, None)), 0, [0], kwargs(pipe))
     assert any(score != 0 for score in inside) and all(score == 0 for score in outside)
 
 
@@ -282,7 +349,7 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
                    "--patch-steps", "0:0.5", "--layers", "0", "--layers", "-1"])
     assert status == 0
     report = Localization.load(tmp_path)
-    assert report.settings["steps"] == [0, 0.5]
+    assert report.settings["patch_steps"] == [0, 0.5]
     text_layers = [layer.name for layer in select_layers(_pipeline("sd3"))]
     assert [layer["name"] for layer in report.layers] == [text_layers[0], text_layers[-1]]  # --layers takes forward indices as `textloc layers` shows
     assert "selected" in capsys.readouterr().out

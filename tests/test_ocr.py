@@ -9,8 +9,6 @@ from PIL import Image, ImageDraw, ImageFont
 from textloc import ocr as ocr_module
 from textloc.ocr import OCR, TesseractOCR, get_ocr, to_pil_list
 
-pytest.importorskip("rapidocr")
-
 WORDS = ["LAMP", "garden", "STOP", "coffee", "Paris"]
 COLOURS = [("black", "white"), ("white", "navy"), ("yellow", "red"), ("black", "orange"), ("white", "green")]
 
@@ -30,6 +28,8 @@ def render(word: str, size: int = 64, fg: str = "black", bg: str = "white") -> I
 
 @pytest.fixture(scope="module")
 def rapid():
+    """The default engine; the tests that read with it skip where rapidocr is not installed."""
+    pytest.importorskip("rapidocr")
     return get_ocr("rapidocr")
 
 
@@ -83,11 +83,13 @@ def test_to_pil_list_conversions():
     assert gray.mode == "RGB" and gray.getpixel((0, 0)) == (7, 7, 7)
 
 
-def test_get_ocr_names_and_objects(rapid):
+def test_get_ocr_names_the_shared_default(rapid):
     assert get_ocr() is rapid
     assert get_ocr("RapidOCR") is rapid
     assert isinstance(rapid, OCR)
 
+
+def test_get_ocr_takes_engine_objects_and_refuses_unknown_names():
     class Fixed:
         def read(self, images):
             return ["x"] * len(to_pil_list(images))

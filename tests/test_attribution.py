@@ -1,0 +1,136 @@
+"""Attribution patching's gradient against finite differences of the same distance.
+
+A patch of strength ``a`` gives a layer the text K/V ``own + a * (source - own)``; the screen
+(:mod:`textloc.localize.attribution`) scores a layer by ``-dm/da`` at ``a = 0``, where ``m`` is
+the squared distance between the source row's prediction and the target row's. Here that
+derivative, as autograd gives it through a tensor strength, is compared with a central difference
+of ``m`` for which the test blends the two prompts' recorded K/V itself and the engine only copies
+them in. The reference never goes through the engine's blend, so a blend that runs the wrong way
+or misses a row, a branch or a step fails here, and so does a screen with the wrong sign or size.
+
+The pipelines run in float64, where a difference with step ``H = 1e-5`` is off the derivative by
+``H**2 * m''' / 6`` plus rounding, ``~1e-16 * m / H``: at most 3e-7 of it here (SDXL's last layer
+at strength 1, where the derivative is smallest), and the test allows 1e-5. The screen squares its
+distance in float32, so its scores match to float32 precision. The joint architecture is SD3:
+FLUX's rotary embedding computes in float32 even in a float64 model, which leaves its differences
+accurate to only ~1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+
+from textloc.attention import select_layers
+from textloc.localize import PromptPair, localize
+from textloc.patching import RowPatch, TextCache, record, run_with_patches
+from textloc.testing import tiny_call_kwargs, tiny_pipeline
+
+PAIR = PromptPair.from_template('A sign that says "{}".', "HELLO", "WORLD")
+H = 1e-5
+
+
+@functools.lru_cache(maxsize=None)
+def pipeline64(arch: str):
+    return tiny_pipeline(arch).to(torch.float64)
+
+
+def settings(pipe) -> dict:
+    kwargs = tiny_call_kwargs(pipe)
+    del kwargs["output_type"]  # the runs here stop after the first step, before any decoding
+    return kwargs
+
+
+def distances(pipe, patches: list[RowPatch | None], strengths: list[torch.Tensor] = ()) -> tuple[list[float], list[float]]:
+    """One batch from one noise: row 0 generates the target prompt, row ``i`` the source prompt
+    under ``patches[i - 1]`` (``None``: unpatched). Returns each patched row's ``m``, the squared
+    distance of its prediction to row 0's on the conditional branch at step 0, and ``dm/ds`` for
+    each of ``strengths``: each sits in one row's patch and rows do not mix, so the gradient of
+    the rows' sum is each row's own."""
+    found = {}
+
+    def on_output(call, prediction: torch.Tensor) -> None:
+        if call.step == 0 and "cond" in call.branch_rows:
+            target, *patched = call.branch_rows["cond"]
+            values = (prediction[patched] - prediction[target].detach()).flatten(1).pow(2).sum(1)
+            found["m"] = values.tolist()
+            if strengths:
+                found["dm"] = [gradient.item() for gradient in torch.autograd.grad(values.sum(), list(strengths))]
+
+    plans = [dataclasses.replace(patch, row=row) for row, patch in enumerate(patches, start=1) if patch is not None]
+    run_with_patches(
+        pipe, [PAIR.target] + [PAIR.source] * len(patches), plans, on_output=on_output,
+        grad_steps=[0] if strengths else [], stop_at_step=1, **settings(pipe),
+    )
+    return found["m"], found.get("dm", [])
+
+
+@functools.lru_cache(maxsize=None)
+def recorded(arch: str, layer: str) -> tuple[TextCache, TextCache]:
+    """The text K/V of ``layer`` for the pair's source and target prompts, recorded from the
+    noise the batched runs start from (joint layers' K/V depend on it)."""
+    pipe = pipeline64(arch)
+    return tuple(
+        record(pipe, layers=[layer], prompt=prompt, generator=torch.Generator("cpu").manual_seed(0), **settings(pipe))
+        for prompt in (PAIR.source, PAIR.target)
+    )
+
+
+def blended(arch: str, layer: str, strength: float) -> RowPatch:
+    """A patch that replaces ``layer``'s text K/V with ``source + strength * (target - source)``,
+    blended here from the recorded K/V: the engine only copies them in, at its default strength."""
+    source, target = recorded(arch, layer)
+    blend = target.to()  # a copy whose entries are replaced below, not edited in place
+    for key, entry in blend.entries.items():
+        own = source.entries[key]
+        entry.key = own.key + strength * (entry.key - own.key)
+        entry.value = own.value + strength * (entry.value - own.value)
+    return RowPatch((layer,), source=blend)
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "deepfloyd-if", "sd3"])  # cross, added_kv, joint
+def test_the_strength_gradient_is_the_derivative_of_the_blended_patch(arch):
+    pipe = pipeline64(arch)
+    layers = select_layers(pipe, "all")
+    # The first layer where its patch starts (strength 0), the last where it is complete (1).
+    cases = [(layers[0].name, 0.0), (layers[-1].name, 1.0)]
+    strengths = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for _, value in cases]
+    engine = [RowPatch((layer,), source=0, strength=strength) for (layer, _), strength in zip(cases, strengths)]
+    by_hand = {step: [blended(arch, layer, value + step) for layer, value in cases] for step in (0.0, H, -H)}
+    m, derivatives = distances(pipe, [*engine, *by_hand[0.0], *by_hand[H], *by_hand[-H], None], strengths)
+    n = len(cases)
+    engine_m, hand_m, plus, minus, unpatched = m[:n], m[n : 2 * n], m[2 * n : 3 * n], m[3 * n : 4 * n], m[-1]
+    # The prompts' predictions differ and the patches move them: else every number here would be 0
+    # (float64 noise: < 1e-24) and every comparison would hold, as when a branch is mislabelled.
+    assert unpatched > 1e-9 and min(abs(derivative) for derivative in derivatives) > 1e-9
+    # The engine's blend reaches the K/V blended by hand: no patch at 0, the target's at 1.
+    assert engine_m == pytest.approx(hand_m, rel=1e-9)
+    assert engine_m[0] == pytest.approx(unpatched, rel=1e-9)
+    assert derivatives == pytest.approx([(p - q) / (2 * H) for p, q in zip(plus, minus)], rel=1e-5)
+
+
+class ReadsNothing:
+    """The screen needs no OCR; the selection that follows it reads every image as blank."""
+
+    def read(self, images):
+        return [""] * len(images)
+
+
+@pytest.mark.parametrize("arch", ["sdxl", "sd3"])
+def test_the_screen_scores_each_layer_by_how_much_its_patch_shrinks_the_distance(arch):
+    pipe = pipeline64(arch)
+    result = localize(
+        pipe, [PAIR], method="attribution", grad_steps=(0.0,), held_out=0.0, ocr=ReadsNothing(), progress=False,
+        **settings(pipe),
+    )
+    names = [layer["name"] for layer in result.layers]
+    m, _ = distances(pipe, [blended(arch, name, step) for step in (H, -H) for name in names])
+    plus, minus = m[: len(names)], m[len(names) :]
+    shrinks = [(q - p) / (2 * H) for p, q in zip(plus, minus)]  # -dm/da at a = 0
+    largest = max(map(abs, shrinks))
+    assert largest > 1e-9  # as above: no vacuous agreement of zeros
+    # To float32 precision: the screen squares the distance and sums its scores in float32.
+    assert [layer["attribution"] for layer in result.layers] == pytest.approx(shrinks, rel=1e-4, abs=1e-6 * largest)
