@@ -281,6 +281,8 @@ def test_strength_blends_and_carries_gradients(pipe):
 
     plain = torch.as_tensor(run_with_patches(pipe, prompts, [], **tiny_kwargs(pipe)).images[0])
     torch.testing.assert_close(row0(0.0), plain, atol=BATCH_TOLERANCE, rtol=0)
+    # A tensor strength of 1 goes through the blend; it must land where a plain replacement does.
+    torch.testing.assert_close(row0(torch.tensor(1.0)), row0(1.0), atol=BATCH_TOLERANCE, rtol=0)
     assert not torch.allclose(row0(0.5), row0(1.0), atol=1e-5)
 
     alpha = torch.zeros((), requires_grad=True)
