@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import textloc as tl
-from textloc.localize import localize, make_pairs
-from textloc.localize.sweep import PatchSettings, generate_patched
+from textloc.localization import localize, make_pairs
+from textloc.localization.sweep import PatchSettings, generate_patched
 from textloc.pipelines import TINY_MODEL_DIR, call_kwargs, recommended_settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,7 +1,7 @@
 """Attribution patching's gradient against finite differences of the same distance.
 
 A patch of strength ``a`` gives a layer the text K/V ``own + a * (source - own)``; the screen
-(:mod:`textloc.localize.attribution`) scores a layer by ``-dm/da`` at ``a = 0``, where ``m`` is
+(:mod:`textloc.localization.attribution`) scores a layer by ``-dm/da`` at ``a = 0``, where ``m`` is
 the squared distance between the source row's prediction and the target row's. Here that
 derivative, as autograd gives it through a tensor strength, is compared with a central difference
 of ``m`` for which the test blends the two prompts' recorded K/V itself and the engine only copies
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from textloc.attention import select_layers
-from textloc.localize import PromptPair, localize
+from textloc.localization import PromptPair, localize
 from textloc.patching import RowPatch, TextCache, record, run_with_patches
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 

@@ -194,8 +194,8 @@ def localize_calls(monkeypatch):
         calls.append({"pipe": pipe, "pairs": pairs, **kwargs})
         return SimpleNamespace(summary=lambda: "summary")
 
-    # The package, not textloc.localize: the top-level API exports the function under that name.
-    monkeypatch.setattr(importlib.import_module("textloc.localize"), "localize", record)
+    # The package, not textloc.localization: the top-level API exports the function under that name.
+    monkeypatch.setattr(importlib.import_module("textloc.localization"), "localize", record)
     return calls
 
 

@@ -12,8 +12,8 @@ import torch
 
 from conftest import _pipeline
 from textloc.attention import select_layers
-from textloc.localize import Localization, PromptPair, core, localize, make_pairs, spearman
-from textloc.localize.report import PROGRESS_FILE, REPORT_FILE
+from textloc.localization import Localization, PromptPair, core, localize, make_pairs, spearman
+from textloc.localization.report import PROGRESS_FILE, REPORT_FILE
 from textloc.testing import tiny_call_kwargs
 
 WORDS = ["HELLO", "WORLD", "LAMP", "STOP"]
@@ -219,7 +219,7 @@ def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypa
 
 
 def test_step_window_and_heads_reach_every_patch(monkeypatch):
-    from textloc.localize import sweep
+    from textloc.localization import sweep
 
     pipe = _pipeline("sd15")
     plans = []
@@ -231,7 +231,7 @@ def test_step_window_and_heads_reach_every_patch(monkeypatch):
 
 
 def test_a_sweep_split_over_several_batches_gives_the_same_images():
-    from textloc.localize.sweep import PatchSettings, generate_patched
+    from textloc.localization.sweep import PatchSettings, generate_patched
 
     pipe = _pipeline("sd15")
     layer_sets = [[layer.name] for layer in core.select_layers(pipe, "all")]
@@ -274,8 +274,8 @@ def test_a_share_of_the_pairs_is_held_out_but_never_all_of_them():
 
 
 def test_attribution_takes_gradients_only_inside_the_patch_window():
-    from textloc.localize.attribution import attribution_scores
-    from textloc.localize.sweep import PatchSettings
+    from textloc.localization.attribution import attribution_scores
+    from textloc.localization.sweep import PatchSettings
 
     pipe = _pipeline("sd15")
     layers = core.select_layers(pipe, "all")
@@ -286,7 +286,7 @@ def test_attribution_takes_gradients_only_inside_the_patch_window():
 
 
 def test_a_log_line_cut_by_a_crash_is_dropped_and_the_log_goes_on(tmp_path):
-    from textloc.localize.report import ProgressLog
+    from textloc.localization.report import ProgressLog
 
     log = ProgressLog(tmp_path, {"a": 1})
     log.put("sweep", 0, {"x": 1})

@@ -13,11 +13,11 @@ import pytest
 
 import textloc as tl
 from textloc.attention import denoiser_parameter_count
-from textloc.localize import Localization
-from textloc.localize.prompts import quoted_text
-from textloc.localize.report import PROGRESS_FILE
-from textloc.localize.scoring import mean_metrics, score_images
-from textloc.localize.sweep import PatchSettings, generate_patched
+from textloc.localization import Localization
+from textloc.localization.prompts import quoted_text
+from textloc.localization.report import PROGRESS_FILE
+from textloc.localization.scoring import mean_metrics, score_images
+from textloc.localization.sweep import PatchSettings, generate_patched
 from textloc.metrics import text_scores
 from textloc.ocr import get_ocr
 from textloc.pipelines import recommended_settings, weights_fingerprint

@@ -14,7 +14,7 @@ from diffusers import DiffusionPipeline, IFPipeline
 
 import textloc.models as models
 from textloc.cli import main
-from textloc.localize import PromptPair
+from textloc.localization import PromptPair
 from textloc.models import EmbeddedModel, RandomModel, UnknownModelError, find_named_model, named_model, named_models
 from textloc.pipelines import load_pipeline
 from textloc.tiny.data import make_example
@@ -138,7 +138,7 @@ def test_adding_an_embedded_model_is_one_entry(second_embedded_model, tmp_path, 
         calls.append({"pairs": pairs, **kwargs})
         return SimpleNamespace(summary=lambda: "summary")
 
-    monkeypatch.setattr(importlib.import_module("textloc.localize"), "localize", record)
+    monkeypatch.setattr(importlib.import_module("textloc.localization"), "localize", record)
     assert main(["localize", "--model", "textloc-tiny-copy", "--pairs", "2", "--device", "cpu", "--out", str(tmp_path)]) == 0
     (call,) = calls
     assert (call["num_inference_steps"], call["guidance_scale"]) == (3, 2.0)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from textloc.localize.prompts import (
+from textloc.localization.prompts import (
     DEFAULT_TEMPLATES,
     SIMPLE_TEMPLATE,
     PromptPair,

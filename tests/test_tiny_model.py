@@ -155,8 +155,8 @@ class _FixedReads:
 
 
 def test_tiny_word_accuracy_and_localize_count_a_read_word_by_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    from textloc.localize.prompts import PromptPair
-    from textloc.localize.scoring import score_images
+    from textloc.localization.prompts import PromptPair
+    from textloc.localization.scoring import score_images
 
     # textloc-tiny's captions quote upper-case words; the IF pipeline lower-cases the prompt, and
     # the OCR reads what it reads: a read counts when its words hold the word, case aside.

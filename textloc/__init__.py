@@ -2,7 +2,7 @@
 
 from textloc import attention
 from textloc.attention import AttentionLayer, attention_layers, select_layers
-from textloc.localize import Localization, PromptPair, localize, make_pairs
+from textloc.localization import Localization, PromptPair, localize, make_pairs
 from textloc.patching import RowPatch, TextCache, patch, record, run_with_cache, run_with_patches
 from textloc.pipelines import load_pipeline
 from textloc.seeding import generator

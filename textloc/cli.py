@@ -354,7 +354,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc localize``."""
-    from textloc.localize import METHODS, SELECTIONS
+    from textloc.localization import METHODS, SELECTIONS
 
     parser = subcommands.add_parser(
         "localize",
@@ -440,8 +440,8 @@ def localization_pairs(model: str, args: argparse.Namespace) -> tuple[list, Call
     """The prompt pairs a localize run uses, from the options, else the model's own (a named model
     that has pairs, such as textloc-tiny), else built-in words and templates; and the scene judge
     that goes with the model's own pairs (``None`` with any other pairs)."""
-    from textloc.localize import load_glyphcontrol, load_words, make_pairs
-    from textloc.localize.prompts import DEFAULT_WORDS
+    from textloc.localization import load_glyphcontrol, load_words, make_pairs
+    from textloc.localization.prompts import DEFAULT_WORDS
 
     templates = args.template
     named = find_named_model(model)
@@ -467,7 +467,7 @@ def _layer_selector(values: list[str] | None) -> str | list[str | int]:
 def run_localize(args: argparse.Namespace) -> int:
     """Localize the text-rendering layers and print the summary table."""
     from textloc.distributed import is_main_process
-    from textloc.localize import localize
+    from textloc.localization import localize
 
     # Options are checked before the model loads, which can take minutes.
     window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)

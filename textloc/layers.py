@@ -2,7 +2,7 @@
 
 Every use takes its layers the same way:
 
-- a :class:`~textloc.localize.Localization`, in memory or the folder it was saved to: its selected
+- a :class:`~textloc.localization.Localization`, in memory or the folder it was saved to: its selected
   layers, refused on a model whose weights differ from the ones it was found on;
 - ``"preset"``: the layers the paper found for SDXL base 1.0, SD3-medium or DeepFloyd IF-I-XL,
   recognised by the pipeline's model id or its denoiser's config (:data:`PRESETS`);
@@ -22,7 +22,7 @@ import torch
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
 from textloc.attention import AttentionLayer, LayerSelector, denoiser, select_layers
-from textloc.localize.report import REPORT_FILE, Localization
+from textloc.localization.report import REPORT_FILE, Localization
 from textloc.pipelines import weights_fingerprint
 
 PAPER = "Staniszewski et al., Precise Parameter Localization for Textual Generation in Diffusion Models, ICLR 2025 (arXiv 2502.09935)"

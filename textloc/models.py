@@ -13,7 +13,7 @@ Adding an embedded model (``textloc-tiny-sd3``) is one more :class:`EmbeddedMode
 
 The registry sits low: at import it needs only :mod:`textloc.pipeline_calls`. A model's parts
 (its pipeline classes, its pairs, its judge, its renderer) are imported when first asked for, as
-some build on layers above this one (a prompt pair is a ``textloc.localize.PromptPair``).
+some build on layers above this one (a prompt pair is a ``textloc.localization.PromptPair``).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from textloc.pipeline_calls import from_pretrained
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from textloc.localize.prompts import PromptPair
-    from textloc.localize.scoring import SceneJudge
+    from textloc.localization.prompts import PromptPair
+    from textloc.localization.scoring import SceneJudge
     from textloc.tiny.data import TrainingBatch
 
 #: ``pairs(n, seed)``: ``n`` prompt pairs of the model's own scenes, the same for the same seed.

@@ -101,7 +101,7 @@ def edit_text(
 ) -> EditResult | list[EditResult]:
     """Change the quoted text of ``prompt`` to ``new_text`` in the generated image, keeping the rest.
 
-    ``layers``: a :class:`~textloc.localize.Localization` (or its folder), ``"preset"`` (the
+    ``layers``: a :class:`~textloc.localization.Localization` (or its folder), ``"preset"`` (the
     paper's layers for SDXL, SD3-medium, IF-I-XL) or any layer selector. ``start_step``: the
     first patched step, an index or a fraction of the schedule; default: the preset's when
     ``layers="preset"``, else :data:`DEFAULT_START_STEP`. ``generator``: one generator whose noise

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from textloc.localize.prompts import PromptPair
+from textloc.localization.prompts import PromptPair
 from textloc.ocr import to_pil_list
 from textloc.tiny.data import COLOUR_TEMPLATES, COLOURS, HELD_OUT_COMBOS, TOXIC_WORDS, VOCABULARY, caption_for
 from textloc.tiny.evaluate import judge_colours

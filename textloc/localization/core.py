@@ -12,12 +12,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from textloc.attention import AttentionLayer, LayerSelector, denoiser_parameter_count, select_layers
-from textloc.localize.attribution import attribution_scores
-from textloc.localize.prompts import PromptPair
-from textloc.localize.report import Localization, ProgressLog
-from textloc.localize.scoring import SceneJudge, mean_metrics, score_images
+from textloc.localization.attribution import attribution_scores
+from textloc.localization.prompts import PromptPair
+from textloc.localization.report import Localization, ProgressLog
+from textloc.localization.scoring import SceneJudge, mean_metrics, score_images
 from textloc.distributed import Shards
-from textloc.localize.sweep import PatchSettings, check_max_batch, generate_patched
+from textloc.localization.sweep import PatchSettings, check_max_batch, generate_patched
 from textloc.ocr import OCR, get_ocr
 from textloc.patching import BranchChoice, StepWindow, window_steps
 from textloc.pipelines import weights_fingerprint
@@ -174,7 +174,7 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
         raise ValueError("No prompt pairs: localization needs at least one source/target pair.")
     for pair in pairs:
         if not isinstance(pair, PromptPair):
-            raise TypeError(f"Pairs are PromptPair objects (see textloc.localize.make_pairs), not {type(pair).__name__}.")
+            raise TypeError(f"Pairs are PromptPair objects (see textloc.localization.make_pairs), not {type(pair).__name__}.")
     return pairs
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from textloc.localize.prompts import PromptPair
+from textloc.localization.prompts import PromptPair
 from textloc.metrics import image_scores, mse, text_scores
 from textloc.ocr import OCR
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from textloc.localize.prompts import PromptPair
+from textloc.localization.prompts import PromptPair
 from textloc.patching import BranchChoice, RowPatch, StepWindow, run_with_patches
 from textloc.seeding import generator
 

@@ -1,8 +1,8 @@
 """Localization: find the attention layers that render the text in a model's images."""
 
-from textloc.localize.core import METHODS, SELECTIONS, localize, spearman
-from textloc.localize.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
-from textloc.localize.report import Localization
+from textloc.localization.core import METHODS, SELECTIONS, localize, spearman
+from textloc.localization.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
+from textloc.localization.report import Localization
 
 __all__ = [
     "METHODS",

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from textloc.attention import AttentionLayer
-from textloc.localize.prompts import PromptPair
-from textloc.localize.sweep import SOURCE_ROW, TARGET_ROW, PatchSettings
+from textloc.localization.prompts import PromptPair
+from textloc.localization.sweep import SOURCE_ROW, TARGET_ROW, PatchSettings
 from textloc.patching import RowPatch, run_with_patches
 from textloc.seeding import generator
 
