@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import textloc as tl
@@ -34,3 +35,16 @@ def test_a_rows_image_depends_on_its_seed_not_on_the_batch():
     batch = pipe(["a sign", "a red sign"], generator=generators([3, 4]), **settings).images
     alone = pipe("a red sign", generator=generator(4), **settings).images
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
+
+
+def test_one_generator_copied_to_every_row_gives_every_row_the_same_noise():
+    from textloc.seeding import per_row
+
+    source = generator(3)
+    rows = per_row(source, 3)
+    draws = [torch.randn(4, generator=row) for row in rows]
+    assert all(torch.equal(draw, draws[0]) for draw in draws)
+    assert torch.equal(torch.randn(4, generator=source), draws[0])  # the source itself did not advance
+    assert torch.equal(torch.randn(4, generator=per_row(None, 1)[0]), torch.randn(4, generator=generator(0)))
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        per_row([generator(0), generator(1)], 3)

@@ -710,18 +710,6 @@ def _select(pipe: Any, layers: LayerSelector, prompt: object, function: str) -> 
         raise
 
 
-def _row_generators(generator: torch.Generator | Sequence[torch.Generator] | None, rows: int) -> list[torch.Generator]:
-    """One generator per row: a single generator is copied to every row, so every row gets the same noise."""
-    if generator is None:
-        generator = seeding.generator(0)
-    if isinstance(generator, torch.Generator):
-        return seeding.copies(generator, rows)
-    generators = list(generator)
-    if len(generators) != rows:
-        raise ValueError(f"{len(generators)} generators for {rows} prompts; give one generator (copied to every row) or one per prompt.")
-    return generators
-
-
 # --------------------------------------------------------------------------------------------
 # Public API
 
@@ -874,7 +862,7 @@ def run_with_patches(
     if "seed" in generate_kwargs:
         raise TypeError("run_with_patches takes generator= (e.g. tl.generator(0), copied to every row), not seed=.")
     prompts = list(prompts)
-    generators = _row_generators(generator, len(prompts))
+    generators = seeding.per_row(generator, len(prompts))
     names = sorted({name for p in patches for name in p.layers})
     selected = select_layers(pipe, names) if names else []
     by_name = {layer.name: layer for layer in selected}

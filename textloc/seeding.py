@@ -42,3 +42,16 @@ def copies(source: torch.Generator, count: int) -> list[torch.Generator]:
     for duplicate in duplicates:
         duplicate.set_state(state)
     return duplicates
+
+
+def per_row(source: torch.Generator | Iterable[torch.Generator] | None, rows: int) -> list[torch.Generator]:
+    """One generator per batch row: a single generator is copied to every row (the same noise on
+    each; ``None`` is seed 0), a list must hold one generator per row."""
+    if source is None:
+        source = generator(0)
+    if isinstance(source, torch.Generator):
+        return copies(source, rows)
+    generators = list(source)
+    if len(generators) != rows:
+        raise ValueError(f"{len(generators)} generators for {rows} rows; give one generator (copied to every row) or one per row.")
+    return generators

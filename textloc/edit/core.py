@@ -121,7 +121,7 @@ def edit_text(
     start = _start_step(pipe, layers, start_step) if method == "patch" else None
     if start is not None:
         check_step_window((start, None))
-    generators = _edit_generators(generator, len(prompts))
+    generators = seeding.per_row(generator, len(prompts))
     reader = get_ocr(ocr)
 
     began = time.perf_counter()
@@ -190,15 +190,6 @@ def _start_step(pipe: Any, layers: LayerSource, start_step: int | float | None) 
     if isinstance(layers, str) and layers == "preset":
         return find_preset(pipe).start_step
     return DEFAULT_START_STEP
-
-
-def _edit_generators(generator: torch.Generator | Sequence[torch.Generator] | None, count: int) -> list[torch.Generator]:
-    if generator is None or isinstance(generator, torch.Generator):
-        return [generator or seeding.generator(0)] * count
-    generators = list(generator)
-    if len(generators) != count:
-        raise ValueError(f"{len(generators)} generators for {count} edits; give one generator or one per edit.")
-    return generators
 
 
 def _patched(
