@@ -284,3 +284,20 @@ def test_engine_arguments_speak_diffusers():
     images = run_with_patches(pipe, [PROMPT, PROMPT], [], generator=generator(7), **kwargs).images
     assert abs(images[0] - images[1]).max() < BATCH_TOLERANCE
     assert abs(images[0] - pipe(PROMPT, generator=generator(7), **kwargs).images[0]).max() < BATCH_TOLERANCE
+
+
+# ---- Per-row patches in the caller's own call (a guard patches only some prompts of a batch)
+
+
+def test_patch_rows_patches_only_its_rows_and_refuses_rows_outside_the_batch():
+    pipe = _pipeline("sdxl")
+    kwargs = kwargs_of(pipe)
+    names = tuple(text_layer_names(pipe))
+    cache = tl.record_text(pipe, names, OTHER, **kwargs)
+    plain = pipe([PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
+    with tl.patch_rows(pipe, [RowPatch(names, source=cache, row=1)]):
+        mixed = pipe([PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
+        with pytest.raises(ValueError, match="Patch row 1 is outside this call's batch of 1 rows"):
+            pipe(PROMPT, generator=generator(0), **kwargs)
+    assert abs(mixed[0] - plain[0]).max() < BATCH_TOLERANCE
+    assert abs(mixed[1] - plain[1]).max() > 1e-3

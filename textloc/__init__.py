@@ -2,25 +2,30 @@
 
 from textloc import attention
 from textloc.attention import AttentionLayer, attention_layers, select_layers
+from textloc.edit import EditResult, edit_text
 from textloc.localization import Localization, PromptPair, localize, make_pairs
-from textloc.patching import RowPatch, TextCache, patch, record, run_with_cache, run_with_patches
+from textloc.patching import RowPatch, TextCache, patch, patch_rows, record, record_text, run_with_cache, run_with_patches
 from textloc.pipelines import load_pipeline
 from textloc.seeding import generator
 
 __all__ = [
     "AttentionLayer",
+    "EditResult",
     "Localization",
     "PromptPair",
     "RowPatch",
     "TextCache",
     "attention",
     "attention_layers",
+    "edit_text",
     "generator",
     "load_pipeline",
     "localize",
     "make_pairs",
     "patch",
+    "patch_rows",
     "record",
+    "record_text",
     "run_with_cache",
     "run_with_patches",
     "select_layers",

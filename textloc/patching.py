@@ -455,8 +455,11 @@ class _LayerHooks:
                 continue
             for branch in patch.branches():
                 rows = call.branch_rows.get(branch)
-                if rows is None or (patch.row is not None and patch.row >= len(rows)):
+                if rows is None:
                     continue
+                for row in (patch.row, patch.source if isinstance(patch.source, int) else None):
+                    if row is not None and row >= len(rows):
+                        raise ValueError(f"Patch row {row} is outside this call's batch of {len(rows)} rows per branch.")
                 # A branch's rows are contiguous, so every target is a slice: no index tensors.
                 first = rows[0] if patch.row is None else rows[patch.row]
                 targets = slice(first, first + (len(rows) if patch.row is None else 1))
@@ -833,6 +836,30 @@ def patch(
         yield
 
 
+@contextlib.contextmanager
+def patch_rows(pipe: Any, patches: Sequence[RowPatch]) -> Iterator[None]:
+    """Inside this context, every pipeline call runs with ``patches``, each on its own batch row.
+
+    The per-row counterpart of :func:`patch` for calls the caller makes itself: ``RowPatch.row``
+    and an ``int`` ``source`` index the rows of a CFG branch (the prompts of the call, times
+    ``num_images_per_prompt``). :func:`run_with_patches` is this context around one call that it
+    makes, with every row on the same noise.
+    """
+    selected = _patched_layers(pipe, patches)
+    with _hooked(pipe, selected, patches):
+        yield
+
+
+def _patched_layers(pipe: Any, patches: Sequence[RowPatch]) -> list[AttentionLayer]:
+    """The layers ``patches`` name, each patch checked against them."""
+    names = sorted({name for p in patches for name in p.layers})
+    selected = select_layers(pipe, names) if names else []
+    by_name = {layer.name: layer for layer in selected}
+    for p in patches:
+        _validate_patch(p, by_name)
+    return selected
+
+
 def run_with_patches(
     pipe: Any,
     prompts: Sequence[str],
@@ -863,11 +890,8 @@ def run_with_patches(
         raise TypeError("run_with_patches takes generator= (e.g. tl.generator(0), copied to every row), not seed=.")
     prompts = list(prompts)
     generators = seeding.per_row(generator, len(prompts))
-    names = sorted({name for p in patches for name in p.layers})
-    selected = select_layers(pipe, names) if names else []
-    by_name = {layer.name: layer for layer in selected}
+    selected = _patched_layers(pipe, patches)
     for p in patches:
-        _validate_patch(p, by_name)
         for row in (p.row, p.source if isinstance(p.source, int) else None):
             if row is not None and not 0 <= row < len(prompts):
                 raise ValueError(f"Patch row {row} is outside the batch of {len(prompts)} prompts.")
