@@ -17,5 +17,6 @@ def test_the_readme_has_python_snippets():
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))
 def test_readme_snippet_runs(index, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # snippets write to runs/...
+    (tmp_path / "samples").symlink_to(README.parent / "samples")  # snippets read samples/ as from the root
+    monkeypatch.chdir(tmp_path)  # and write to runs/...
     exec(compile(SNIPPETS[index], f"README.md snippet {index + 1}", "exec"), {"__name__": "__readme__"})
