@@ -11,8 +11,12 @@ background outside both images' OCR text boxes (MSE, SSIM, in float) against the
 1. Start-step sweep: the patch from each start step on ``--sweep-pairs`` pairs of their own.
 2. Methods on ``--pairs`` other pairs, the patch at the best start step of the sweep.
 3. Cost: one edit against one plain generation, measured side by side in this run.
+4. Real images (``--sections real``): ``--real`` signs drawn by textloc-tiny's renderer (never
+   generated), inverted with the model and edited at ``--real-guidance``; the unedited
+   regeneration's PSNR/SSIM against the real image beside every score.
 
-Writes bench/results/edit.json, samples/tiny/edit/grid.png, and prints the tables.
+Writes bench/results/edit.json (a run of some ``--sections`` updates only those),
+samples/tiny/edit/grid.png and real.png, and prints the tables.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 
 import textloc as tl
-from textloc.edit import METHODS, edit_text
+from textloc.edit import DEFAULT_START_STEP, METHODS, edit_text
 from textloc.images import captioned_grid
 from textloc.models import named_model
 
@@ -36,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ROOT / "samples" / "tiny" / "localize"
 RESULTS = ROOT / "bench" / "results" / "edit.json"
 GRID = ROOT / "samples" / "tiny" / "edit" / "grid.png"
+REAL_GRID = GRID.with_name("real.png")
 PAIR_SEED, NOISE_SEED = 7, 1000
 
 
@@ -93,16 +98,67 @@ class _NoOCR:
         return [""] * len(images)
 
 
+def real_edits(pipe, count: int, guidance: float, start_step) -> tuple[dict[str, Any], list[Any]]:
+    """Edits of renderer signs (held-out scenes, stream 17): each image's word to another word."""
+    from textloc.tiny.data import make_example
+
+    settings = named_model("textloc-tiny").settings
+    words = named_model("textloc-tiny").prompt_pairs(count, PAIR_SEED + 1)
+    results, kept = [], []
+    judge = named_model("textloc-tiny").scene_judge
+    for index in range(count):
+        example = make_example(17, index, held_out=True)
+        new = next(pair.target_text for pair in words[index:] + words if pair.target_text != example.word)
+        result = tl.edit_image(pipe, example.image, example.caption, new, LAYERS, start_step=start_step,
+                               num_inference_steps=settings["num_inference_steps"], guidance_scale=guidance)
+        results.append(result)
+        kept.append(judge([result.edited_image], [example.caption])[0])
+    summary = {
+        "edits": count, "guidance_scale": guidance, "start_step": start_step,
+        "new_word_read": float(np.mean([r.scores["new_contains"] for r in results])),
+        "old_word_read": float(np.mean([r.scores["old_contains"] for r in results])),
+        "regeneration_reads_old_word": float(np.mean([r.floor["old_contains"] for r in results])),
+        "scene_kept": float(np.mean(kept)),
+        "reconstruction_psnr": float(np.median([r.reconstruction["psnr"] for r in results])),
+        "reconstruction_ssim": float(np.median([r.reconstruction["ssim"] for r in results])),
+        "seconds_per_edit": float(np.mean([r.seconds for r in results])),
+    }
+    return summary, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=48, help="pairs each method edits (default 48)")
     parser.add_argument("--sweep-pairs", type=int, default=16, help="pairs of the start-step sweep (default 16)")
     parser.add_argument("--starts", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4], help="start steps swept, fractions of the schedule")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each timing (default 3)")
+    parser.add_argument("--real", type=int, default=24, help="real (rendered) images edited (default 24)")
+    parser.add_argument("--real-guidance", type=float, default=2.0, help="guidance of the real-image edits (default 2)")
+    parser.add_argument("--real-start", type=float, help="start step of the real-image edits (default: the sweep's best, else textloc's default)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON to update (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--sections", nargs="+", choices=("generated", "real"), default=["generated", "real"], help="what to run (default both)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     pipe = tl.load_pipeline("textloc-tiny")
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    if "generated" in args.sections:
+        results.update(generated_edits(pipe, args))
+    if "real" in args.sections:
+        start = args.real_start if args.real_start is not None else results.get("settings", {}).get("best_start", DEFAULT_START_STEP)
+        print(f"real images: {args.real} edits ...", flush=True)
+        summary, edited = real_edits(pipe, args.real, args.real_guidance, start)
+        results["real"] = summary
+        rows = [[(r.source_image, f"regen: {r.source_read}"), (r.edited_image, f"edit: {r.edited_read}")] for r in edited[:6]]
+        captioned_grid(("regenerated", "edited"), rows).save(REAL_GRID)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print_tables(results)
+    print(f"\nwrote {args.results}")
+
+
+def generated_edits(pipe, args) -> dict[str, Any]:
+    """Sections 1-3: the sweep, the methods and the cost, on generated images."""
     pairs = named_model("textloc-tiny").prompt_pairs(args.sweep_pairs + args.pairs, PAIR_SEED)
     sweep_pairs, pairs = pairs[: args.sweep_pairs], pairs[args.sweep_pairs :]
 
@@ -121,17 +177,14 @@ def main() -> None:
         examples[method] = results[:6]
 
     timing = cost(pipe, pairs[0], best, args.repeats)
-    results = {"settings": {**vars(args), "model_settings": dict(named_model("textloc-tiny").settings), "layers": str(LAYERS.relative_to(ROOT)), "best_start": best,
-                            "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "sweep": {str(k): v for k, v in sweep.items()}, "methods": methods, "cost": timing}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     rows = [[(examples["patch"][i].source_image, f"{examples['patch'][i].source_read}")]
             + [(examples[m][i].edited_image, f"{m[:6]}: {examples[m][i].edited_read}") for m in METHODS] for i in range(len(examples["patch"]))]
     GRID.parent.mkdir(parents=True, exist_ok=True)
     captioned_grid(("source", *METHODS), rows).save(GRID)
-    print_tables(results)
-    print(f"\nwrote {RESULTS.relative_to(ROOT)} and {GRID.relative_to(ROOT)}")
+    settings = {key: value for key, value in vars(args).items() if key in ("pairs", "sweep_pairs", "starts", "repeats")}
+    return {"settings": {**settings, "model_settings": dict(named_model("textloc-tiny").settings), "layers": str(LAYERS.relative_to(ROOT)), "best_start": best,
+                         "torch": torch.__version__, "threads": torch.get_num_threads()},
+            "sweep": {str(k): v for k, v in sweep.items()}, "methods": methods, "cost": timing}
 
 
 def _pct(value):
@@ -139,6 +192,18 @@ def _pct(value):
 
 
 def print_tables(results: dict[str, Any]) -> None:
+    if "sweep" in results:
+        print_generated(results)
+    if "real" in results:
+        r = results["real"]
+        print(f"\n## Real images ({r['edits']} renderer signs, inverted; guidance {r['guidance_scale']}, start step {r['start_step']})\n")
+        print("| new word read | old word read | regeneration reads the old word | scene kept | reconstruction PSNR (median) | SSIM | s per edit |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| {_pct(r['new_word_read'])} | {_pct(r['old_word_read'])} | {_pct(r['regeneration_reads_old_word'])} | {_pct(r['scene_kept'])} | "
+              f"{r['reconstruction_psnr']:.1f} dB | {r['reconstruction_ssim']:.3f} | {r['seconds_per_edit']:.1f} |")
+
+
+def print_generated(results: dict[str, Any]) -> None:
     print(f"\n## Start-step sweep ({results['settings']['sweep_pairs']} pairs; best {results['settings']['best_start']})\n")
     print("| start step | new word read | old word read | scene kept | MSE outside text | SSIM outside text |")
     print("|---|---|---|---|---|---|")

@@ -1,0 +1,753 @@
+"""Invert a user's own image to the starting noise from which the pipeline regenerates it.
+
+Deterministic inversion with the model itself: the image (pixel-space models: the image in
+[-1, 1]; latent models: its VAE encoding, scaled and shifted as the pipeline decodes it) is run
+backwards through the sampler's steps with the prompt's *conditional* prediction only (guidance 1,
+the usual choice: classifier-free guidance during inversion amplifies the inversion error). Two
+samplers, each reversed through diffusers' own schedulers:
+
+- epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
+  ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
+  config, steps it back down.
+- flow-matching models (SD3, FLUX, Sana): the flow ODE, integrated backwards with Euler steps over
+  the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (FLUX's resolution-dependent
+  shift included), and forwards by that scheduler itself.
+
+Each step is reversed with the prediction at the point it starts from, as DDIM inversion does, so
+the round trip is approximate; its error shrinks with more steps and a better-trained model.
+Regenerate inside :func:`starting_from`, which starts the pipeline from the inverted noise and
+samples with the matching scheduler::
+
+    latents = invert(pipe, image, prompt, num_inference_steps=25)
+    with starting_from(pipe, latents):
+        again = pipe(prompt, num_inference_steps=25, guidance_scale=1.0).images[0]
+
+:func:`reconstruct` does exactly that and scores the result against the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import inspect
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import (
+    DDIMInverseScheduler,
+    DDIMScheduler,
+    FluxTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    PixArtTransformer2DModel,
+    SanaTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from PIL import Image
+
+from textloc.attention import denoiser
+from textloc.metrics import psnr, ssim, to_float_array
+from textloc.pipeline_calls import call_kwargs
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor
+
+# encode_prompt's arguments that inversion sets itself: one conditional prediction per image.
+_OWN_ENCODE_ARGUMENTS = frozenset({"prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance"})
+
+
+# ----------------------------------------------------------------------------------------------
+# One adapter per architecture family: image -> starting sample, prompt -> conditioning, and one
+# conditional prediction of the denoiser, each as the family's pipeline __call__ does it.
+
+
+class _Family:
+    """What inversion needs to know about one family of pipelines."""
+
+    name: ClassVar[str]
+    #: Flow-matching (velocity) model, inverted along the flow ODE; else DDIM.
+    flow: ClassVar[bool] = False
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        raise NotImplementedError
+
+    def size_multiple(self, pipe: Any) -> int:
+        """Heights and widths the pipeline takes are multiples of this (pixels)."""
+        raise NotImplementedError
+
+    def encode_image(self, pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """The clean sample the pipeline's sampler ends at, for ``pixels`` (B x 3 x H x W in [-1, 1])."""
+        latents = _vae_encoding(pipe.vae, pixels)
+        return (latents - _shift_factor(pipe)) * pipe.vae.config.scaling_factor
+
+    def decode_sample(self, pipe: Any, sample: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``pixels`` back from :meth:`encode_image`'s sample, as the pipeline decodes it."""
+        return _vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor + _shift_factor(pipe))
+
+    def latents_dtype(self, pipe: Any) -> torch.dtype:
+        """The dtype the pipeline draws its starting noise in."""
+        return denoiser(pipe).dtype
+
+    def conditioning(self, pipe: Any, prompts: list[str], arguments: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+        """Everything the denoiser takes besides the sample and the timestep, conditional branch only."""
+        raise NotImplementedError
+
+    def predict(self, pipe: Any, sample: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, Any]) -> torch.Tensor:
+        """The denoiser's prediction, in the parameterization the scheduler steps with."""
+        raise NotImplementedError
+
+    def set_flow_timesteps(self, pipe: Any, scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, sample: torch.Tensor) -> None:
+        """``scheduler.set_timesteps`` as the pipeline calls it (flow families only)."""
+        scheduler.set_timesteps(num_inference_steps, device=sample.device)
+
+
+def _shift_factor(pipe: Any) -> float:
+    return pipe.vae.config.get("shift_factor") or 0.0  # SD3 and FLUX shift; the others have none
+
+
+def _vae_dtype(vae: Any) -> torch.dtype:
+    # SDXL's VAE overflows in float16: it runs in float32, as its pipelines do.
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    return torch.float32 if upcast else vae.dtype
+
+
+def _vae_encoding(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE's deterministic encoding (the posterior's mode), in float32."""
+    dtype = _vae_dtype(vae)
+    with _cast(vae, dtype):
+        # On the pipeline's execution device already: an offloaded VAE moves there when called.
+        encoded = vae.encode(pixels.to(dtype=dtype))
+    if hasattr(encoded, "latent_dist"):
+        return encoded.latent_dist.mode().float()
+    return encoded.latent.float()  # AutoencoderDC (Sana) is deterministic
+
+
+def _vae_decoding(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    dtype = _vae_dtype(vae)
+    with _cast(vae, dtype):
+        return vae.decode(latents.to(dtype=dtype), return_dict=False)[0].float()
+
+
+@contextlib.contextmanager
+def _cast(module: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    original = next(module.parameters()).dtype
+    if original != dtype:
+        module.to(dtype=dtype)
+    try:
+        yield
+    finally:
+        if original != dtype:
+            module.to(dtype=original)
+
+
+def _encode(pipe: Any, prompts: list[str], arguments: dict[str, Any]) -> Any:
+    """``pipe.encode_prompt`` for the conditional branch, with the call's arguments it shares
+    (``prompt_2``, ``max_sequence_length``, ``clean_caption``, ...)."""
+    parameters = inspect.signature(pipe.encode_prompt).parameters
+    shared = {
+        name: value
+        for name, value in arguments.items()
+        if name in parameters and name not in _OWN_ENCODE_ARGUMENTS and not name.startswith("negative_")
+    }
+    own = {"device": pipe._execution_device, "num_images_per_prompt": 1, "do_classifier_free_guidance": False}
+    shared.update({name: value for name, value in own.items() if name in parameters})
+    return pipe.encode_prompt(prompts, **shared)
+
+
+class _StableDiffusion(_Family):
+    name = "Stable Diffusion 1.x/2.x"
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return isinstance(getattr(pipe, "unet", None), UNet2DConditionModel) and getattr(pipe, "vae", None) is not None
+
+    def size_multiple(self, pipe: Any) -> int:
+        # The pipeline's own check asks for multiples of 8; the U-Net pads any latent size itself.
+        return math.lcm(8, pipe.vae_scale_factor)
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        return {"encoder_hidden_states": _encode(pipe, prompts, arguments)[0]}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        return pipe.unet(sample, timestep, **conditioning, return_dict=False)[0]
+
+
+class _StableDiffusionXL(_StableDiffusion):
+    name = "Stable Diffusion XL"
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return super().matches(pipe) and pipe.unet.config.addition_embed_type == "text_time"
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, _, pooled, _ = _encode(pipe, prompts, arguments)
+        if pipe.text_encoder_2 is None:
+            projection_dim = int(pooled.shape[-1])
+        else:
+            projection_dim = pipe.text_encoder_2.config.projection_dim
+        time_ids = pipe._get_add_time_ids(
+            arguments["original_size"] or (height, width),
+            arguments["crops_coords_top_left"],
+            arguments["target_size"] or (height, width),
+            dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=projection_dim,
+        )
+        time_ids = time_ids.to(prompt_embeds.device).repeat(len(prompts), 1)
+        return {"encoder_hidden_states": prompt_embeds, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
+class _DeepFloydIF(_Family):
+    name = "DeepFloyd IF (pixel space)"
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return isinstance(getattr(pipe, "unet", None), UNet2DConditionModel) and getattr(pipe, "vae", None) is None
+
+    def size_multiple(self, pipe: Any) -> int:
+        # The U-Net's skip connections need every downsampling to halve the size exactly.
+        return 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+    def encode_image(self, pipe, pixels):
+        return pixels.float()
+
+    def decode_sample(self, pipe, sample, height, width):
+        return sample
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        return {"encoder_hidden_states": _encode(pipe, prompts, arguments)[0]}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        output = pipe.unet(sample, timestep, **conditioning, return_dict=False)[0]
+        # Learned variance: the first channels are the prediction, the rest the variance.
+        return output[:, : sample.shape[1]]
+
+
+class _PixArt(_Family):
+    name = "PixArt"
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return isinstance(getattr(pipe, "transformer", None), PixArtTransformer2DModel)
+
+    def size_multiple(self, pipe: Any) -> int:
+        return math.lcm(8, pipe.vae_scale_factor * pipe.transformer.config.patch_size)
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, mask, _, _ = _encode(pipe, prompts, arguments)
+        resolution = aspect_ratio = None
+        # PixArt-Alpha 1024 takes the size as micro-conditions; the pipeline passes them when the
+        # model uses them.
+        if pipe.transformer.use_additional_conditions:
+            options = {"dtype": prompt_embeds.dtype, "device": prompt_embeds.device}
+            resolution = torch.tensor([[height, width]], **options).repeat(len(prompts), 1)
+            aspect_ratio = torch.tensor([[height / width]], **options).repeat(len(prompts), 1)
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "encoder_attention_mask": mask,
+            "added_cond_kwargs": {"resolution": resolution, "aspect_ratio": aspect_ratio},
+        }
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        output = pipe.transformer(sample, timestep=timestep.expand(sample.shape[0]), **conditioning, return_dict=False)[0]
+        return _learned_sigma_mean(pipe.transformer, output)
+
+
+def _learned_sigma_mean(transformer: Any, output: torch.Tensor) -> torch.Tensor:
+    if transformer.config.out_channels // 2 == transformer.config.in_channels:
+        return output.chunk(2, dim=1)[0]
+    return output
+
+
+class _StableDiffusion3(_Family):
+    name = "Stable Diffusion 3"
+    flow = True
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return isinstance(getattr(pipe, "transformer", None), SD3Transformer2DModel)
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor * pipe.transformer.config.patch_size
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, _, pooled, _ = _encode(pipe, prompts, arguments)
+        return {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        return pipe.transformer(hidden_states=sample, timestep=timestep.expand(sample.shape[0]), **conditioning, return_dict=False)[0]
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        options = {}
+        if scheduler.config.get("use_dynamic_shifting", None):
+            patch = pipe.transformer.config.patch_size
+            options["mu"] = _shift(scheduler, (sample.shape[2] // patch) * (sample.shape[3] // patch), max_shift=1.16)
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, **options)
+
+
+def _shift(scheduler: Any, image_seq_len: int, max_shift: float) -> float:
+    """The resolution-dependent shift ``mu``, with the defaults the pipeline uses."""
+    config = scheduler.config
+    return calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", max_shift),
+    )
+
+
+class _Flux(_Family):
+    name = "FLUX"
+    flow = True
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return isinstance(getattr(pipe, "transformer", None), FluxTransformer2DModel)
+
+    def size_multiple(self, pipe: Any) -> int:
+        # Latents are packed 2x2 into tokens.
+        return pipe.vae_scale_factor * 2
+
+    def encode_image(self, pipe, pixels):
+        latents = super().encode_image(pipe, pixels)
+        batch, channels, height, width = latents.shape
+        return pipe._pack_latents(latents, batch, channels, height, width)
+
+    def decode_sample(self, pipe, sample, height, width):
+        return super().decode_sample(pipe, pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor), height, width)
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, pooled, text_ids = _encode(pipe, prompts, arguments)
+        latent_height = 2 * (height // (pipe.vae_scale_factor * 2))
+        latent_width = 2 * (width // (pipe.vae_scale_factor * 2))
+        image_ids = pipe._prepare_latent_image_ids(len(prompts), latent_height // 2, latent_width // 2, prompt_embeds.device, prompt_embeds.dtype)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            # Distilled guidance is an input of the model, not CFG: the regeneration's value.
+            guidance = torch.full([len(prompts)], arguments["guidance_scale"], device=prompt_embeds.device, dtype=torch.float32)
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "pooled_projections": pooled,
+            "txt_ids": text_ids,
+            "img_ids": image_ids,
+            "guidance": guidance,
+        }
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        timestep = timestep.expand(sample.shape[0]).to(sample.dtype) / 1000
+        return pipe.transformer(hidden_states=sample, timestep=timestep, **conditioning, return_dict=False)[0]
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        if scheduler.config.get("use_flow_sigmas", False):
+            sigmas = None
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=_shift(scheduler, sample.shape[1], max_shift=1.15))
+
+
+class _Sana(_Family):
+    name = "Sana"
+    flow = True
+
+    @classmethod
+    def matches(cls, pipe: Any) -> bool:
+        return isinstance(getattr(pipe, "transformer", None), SanaTransformer2DModel)
+
+    def size_multiple(self, pipe: Any) -> int:
+        return math.lcm(32, pipe.vae_scale_factor * pipe.transformer.config.patch_size)
+
+    def encode_image(self, pipe, pixels):
+        # Sana decodes latents / scaling_factor, with no shift.
+        return _vae_encoding(pipe.vae, pixels) * pipe.vae.config.scaling_factor
+
+    def decode_sample(self, pipe, sample, height, width):
+        return _vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor)
+
+    def latents_dtype(self, pipe):
+        return torch.float32  # SanaPipeline draws its latents in float32 whatever the model's dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, mask, _, _ = _encode(pipe, prompts, arguments)
+        return {"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": mask}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        transformer = pipe.transformer
+        timestep = timestep.expand(sample.shape[0]) * transformer.config.timestep_scale
+        hidden = {**conditioning, "encoder_hidden_states": conditioning["encoder_hidden_states"].to(transformer.dtype)}
+        output = transformer(sample.to(transformer.dtype), timestep=timestep, **hidden, return_dict=False)[0]
+        return _learned_sigma_mean(transformer, output.float())
+
+
+# Most specific first: SDXL is a Stable Diffusion U-Net with added conditions.
+_FAMILIES: tuple[type[_Family], ...] = (_StableDiffusionXL, _StableDiffusion, _DeepFloydIF, _PixArt, _StableDiffusion3, _Flux, _Sana)
+
+
+def _family(pipe: Any) -> _Family:
+    for family in _FAMILIES:
+        if family.matches(pipe):
+            return family()
+    names = ", ".join(family.name for family in _FAMILIES)
+    raise ValueError(f"invert does not know {type(pipe).__name__}; it inverts {names} pipelines.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The samplers inversion reverses
+
+
+def _ddim_config(pipe: Any) -> dict[str, Any]:
+    """The pipeline scheduler's noise schedule and prediction type, for DDIM and its inverse."""
+    config = dict(pipe.scheduler.config)
+    # DDIM and its inverse step between evenly spaced timesteps ("leading" or "trailing");
+    # "trailing" is the one that, like "linspace", starts from the last training timestep.
+    if config.get("timestep_spacing") not in ("leading", "trailing"):
+        config["timestep_spacing"] = "trailing"
+    # Clipping or thresholding the predicted image is not invertible: off both ways. (IF thresholds,
+    # which costs textloc-tiny's reconstructions up to 3 dB; DDIM's own default clips to [-1, 1],
+    # which would clip a latent model's latents when its scheduler config does not say otherwise.)
+    config.update(thresholding=False, clip_sample=False)
+    return config
+
+
+def _sampling_scheduler(pipe: Any) -> Any:
+    """The deterministic scheduler whose steps :func:`invert` reverses, for ``pipe``.
+
+    Flow-matching models: the pipeline's own ``FlowMatchEulerDiscreteScheduler`` (one with the same
+    config otherwise). Others: a ``DDIMScheduler`` (eta 0) with the pipeline scheduler's noise
+    schedule and prediction type, without clipping or thresholding of the predicted image.
+    """
+    if _family(pipe).flow:
+        if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+            return pipe.scheduler
+        config = dict(pipe.scheduler.config)
+        if "flow_shift" in config:  # a DPM-Solver with flow sigmas (Sana's own configs)
+            config["shift"] = config["flow_shift"]
+        return _from_config(FlowMatchEulerDiscreteScheduler, config)
+    scheduler = _from_config(DDIMScheduler, _ddim_config(pipe))
+    # IF's pipeline splits the learned variance off the prediction only when the scheduler's
+    # variance_type says it does not use it; DDIM steps with the mean alone.
+    scheduler.register_to_config(variance_type=None)
+    return scheduler
+
+
+def _from_config(scheduler_class: type, config: Any) -> Any:
+    """``scheduler_class.from_config`` with the keys it takes (others would each log a warning)."""
+    accepted = inspect.signature(scheduler_class.__init__).parameters
+    return scheduler_class.from_config({key: value for key, value in dict(config).items() if key in accepted})
+
+
+@contextlib.contextmanager
+def starting_from(pipe: Any, latents: torch.Tensor) -> Iterator[None]:
+    """Inside this context every call of ``pipe`` starts from ``latents`` (from :func:`invert`) and
+    samples with the scheduler whose steps inversion reversed; on exit the pipeline is exactly as
+    before.
+
+    ``latents`` is one row per image, or one row for every row of the batch (copied). It reaches
+    the pipeline as its ``latents`` argument (DeepFloyd IF, which has none: as its starting images),
+    so a caller must not pass ``latents=`` too. Enter this context before any ``tl.patch``: the
+    engine counts the steps of the scheduler it finds on entry.
+    """
+    scheduler = _sampling_scheduler(pipe)
+    original_scheduler = pipe.scheduler
+    if hasattr(pipe, "prepare_latents"):
+        method, replace = "prepare_latents", _replace_latents_argument(pipe, latents)
+    else:
+        method, replace = "prepare_intermediate_images", _replace_intermediate_images(pipe, latents)
+    original_method = getattr(pipe, method)
+    shadowed = pipe.__dict__.get(method)  # an outer wrapper, if any
+    pipe.scheduler = scheduler
+    object.__setattr__(pipe, method, functools.wraps(original_method)(replace(original_method)))
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            object.__delattr__(pipe, method)
+        else:
+            object.__setattr__(pipe, method, shadowed)
+        pipe.scheduler = original_scheduler
+
+
+def _rows(latents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    if latents.shape[0] == batch_size:
+        return latents
+    if latents.shape[0] == 1:
+        return latents.expand(batch_size, *latents.shape[1:])
+    raise ValueError(f"{latents.shape[0]} inverted latents for a batch of {batch_size}: give one row per image, or one row for all.")
+
+
+def _replace_latents_argument(pipe: Any, latents: torch.Tensor):
+    def replace(original):
+        signature = inspect.signature(original)
+
+        def prepare_latents(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            if bound.arguments["latents"] is not None:
+                raise ValueError("inside starting_from the pipeline starts from the inverted latents: do not pass latents= as well.")
+            bound.arguments["latents"] = _rows(latents, bound.arguments["batch_size"])
+            return original(*bound.args, **bound.kwargs)
+
+        return prepare_latents
+
+    return replace
+
+
+def _replace_intermediate_images(pipe: Any, latents: torch.Tensor):
+    def replace(original):
+        signature = inspect.signature(original)
+
+        def prepare_intermediate_images(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            rows = _rows(latents, arguments["batch_size"]).to(arguments["device"], arguments["dtype"])
+            # What IFPipeline does to the noise it draws.
+            return rows * pipe.scheduler.init_noise_sigma
+
+        return prepare_intermediate_images
+
+    return replace
+
+
+# ----------------------------------------------------------------------------------------------
+# Inversion
+
+
+def _call_arguments(pipe: Any, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every argument of ``pipe.__call__`` as a call with ``generate_kwargs`` would see it."""
+    parameters = {
+        name: parameter
+        for name, parameter in inspect.signature(pipe.__call__).parameters.items()
+        if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)
+    }
+    for name in generate_kwargs:
+        if name not in parameters:
+            close = difflib.get_close_matches(name, parameters, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "."
+            raise TypeError(f"{name!r} is not an argument of {type(pipe).__name__}.__call__{hint}")
+    arguments = {name: parameter.default for name, parameter in parameters.items() if parameter.default is not parameter.empty}
+    arguments.update(call_kwargs(pipe, **generate_kwargs))
+    for name in ("timesteps", "sigmas"):
+        if arguments.get(name) is not None:
+            raise ValueError(f"invert follows num_inference_steps; custom {name} are not supported.")
+    if arguments.get("use_resolution_binning"):
+        raise ValueError("invert needs the image's own size: pass use_resolution_binning=False.")
+    return arguments
+
+
+def _pixels(image: ImageInput | Sequence[ImageInput], height: int | None, width: int | None) -> torch.Tensor:
+    """Images as a float32 B x 3 x H x W tensor in [-1, 1], resized to ``height`` x ``width`` if given."""
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        images = list(image)
+    elif isinstance(image, (list, tuple)):
+        images = list(image)
+    else:
+        images = [image]
+    arrays = []
+    for one in images:
+        array = to_float_array(one)
+        array = np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[:, :, :3]
+        arrays.append(torch.from_numpy(array).permute(2, 0, 1).float())
+    if len({tuple(array.shape) for array in arrays}) > 1:
+        raise ValueError(f"images to invert together must share one size, got {sorted({tuple(a.shape[1:]) for a in arrays})}")
+    pixels = torch.stack(arrays) * 2 - 1
+    size = (height or pixels.shape[2], width or pixels.shape[3])
+    if size != tuple(pixels.shape[2:]):
+        pixels = torch.nn.functional.interpolate(pixels, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+    return pixels
+
+
+def _check_size(pipe: Any, family: _Family, height: int, width: int) -> None:
+    multiple = family.size_multiple(pipe)
+    if height % multiple == 0 and width % multiple == 0:
+        return
+
+    def near(size: int) -> int:
+        return max(multiple, round(size / multiple) * multiple)
+
+    raise ValueError(
+        f"{type(pipe).__name__} takes heights and widths that are multiples of {multiple}, not {height}x{width} "
+        f"(height x width): crop or resize the image, or pass height={near(height)}, width={near(width)}."
+    )
+
+
+def _prompts(prompt: str | Sequence[str], count: int) -> list[str]:
+    prompts = [prompt] * count if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != count:
+        raise ValueError(f"{len(prompts)} prompts for {count} images: give one prompt, or one per image.")
+    return prompts
+
+
+@torch.no_grad()
+def invert(
+    pipe: Any,
+    image: ImageInput | Sequence[ImageInput],
+    prompt: str | Sequence[str],
+    *,
+    num_inference_steps: int,
+    height: int | None = None,
+    width: int | None = None,
+    **generate_kwargs: Any,
+) -> torch.Tensor:
+    """The starting noise from which ``pipe`` regenerates ``image`` for ``prompt``.
+
+    ``image``: a PIL image, or an ``H x W x C`` array/tensor (uint8, or float in [0, 1]); a list
+    of them, or a ``B x H x W x C`` array, inverts a batch (``prompt``: one for all, or one per
+    image). It is resized to ``height`` x ``width`` when they are given; the size must be one the
+    pipeline takes, else a ``ValueError`` names one that is. ``prompt`` describes the image, its
+    text included. ``num_inference_steps`` must be the regeneration's.
+
+    ``generate_kwargs`` are the other arguments the regeneration passes to the pipeline; the ones
+    that shape the conditional prediction are used as the pipeline would use them
+    (``max_sequence_length``, ``clean_caption``, Sana's ``complex_human_instruction``, SDXL's size
+    conditions, FLUX's distilled ``guidance_scale``), defaults included. Classifier-free guidance
+    is not: inversion uses the conditional prediction alone (guidance 1), whatever
+    ``guidance_scale`` the regeneration uses.
+
+    Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX: packed tokens B x hw/4 x 4C;
+    DeepFloyd IF, which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
+    the pipeline draws its noise in, on its execution device. Regenerate inside
+    :func:`starting_from`.
+    """
+    pixels = _pixels(image, height, width)
+    return _Inversion.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs).latents
+
+
+@torch.no_grad()
+def encode_image(
+    pipe: Any, image: ImageInput | Sequence[ImageInput], *, height: int | None = None, width: int | None = None
+) -> torch.Tensor:
+    """The clean sample the pipeline's sampler ends at for ``image``: what :func:`invert` runs back to noise.
+
+    Latent models: the VAE's encoding (the posterior's mode), scaled and shifted as the pipeline
+    decodes it (FLUX: packed into tokens); pixel-space models: the image in [-1, 1]. Float32, in
+    the layout of the pipeline's ``latents`` argument, so that it compares with a generation's
+    ``output_type="latent"`` (IF: ``"pt"``). ``image``, ``height`` and ``width`` as in :func:`invert`.
+    """
+    return _encode_pixels(pipe, _family(pipe), _pixels(image, height, width))
+
+
+def _encode_pixels(pipe: Any, family: _Family, pixels: torch.Tensor) -> torch.Tensor:
+    _check_size(pipe, family, *pixels.shape[2:])
+    return family.encode_image(pipe, pixels.to(pipe._execution_device)).float()
+
+
+@dataclass(frozen=True)
+class _Inversion:
+    family: _Family
+    #: What the sampler should end at: the image encoded (latent models) or the image itself.
+    clean: torch.Tensor
+    latents: torch.Tensor
+
+    @classmethod
+    def of(cls, pipe: Any, pixels: torch.Tensor, prompt: str | Sequence[str], num_inference_steps: int, generate_kwargs: dict[str, Any]) -> _Inversion:
+        family = _family(pipe)
+        arguments = _call_arguments(pipe, generate_kwargs)
+        prompts = _prompts(prompt, pixels.shape[0])
+        clean = _encode_pixels(pipe, family, pixels)
+        height, width = pixels.shape[2:]
+        device = pipe._execution_device
+        conditioning = family.conditioning(pipe, prompts, arguments, height, width)
+        model_dtype = denoiser(pipe).dtype
+
+        def predict(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            return family.predict(pipe, x.to(model_dtype), timestep, conditioning).float()
+
+        sample = clean
+        if family.flow:
+            scheduler = _from_config(FlowMatchEulerDiscreteScheduler, _sampling_scheduler(pipe).config)
+            family.set_flow_timesteps(pipe, scheduler, num_inference_steps, sample)
+            sigmas = scheduler.sigmas.to(device)
+            # The sampler steps sigma_i -> sigma_i+1 with the velocity at sigma_i: run it backwards,
+            # with the velocity at the point each backward step starts from.
+            for i in reversed(range(len(scheduler.timesteps))):
+                sample = sample - (sigmas[i + 1] - sigmas[i]) * predict(sample, scheduler.timesteps[i])
+        else:
+            scheduler = _from_config(DDIMInverseScheduler, _ddim_config(pipe))
+            scheduler.set_timesteps(num_inference_steps, device=device)
+            for timestep in scheduler.timesteps:
+                prediction = predict(scheduler.scale_model_input(sample, timestep), timestep)
+                sample = scheduler.step(prediction, timestep, sample).prev_sample
+        return cls(family, clean, sample.to(family.latents_dtype(pipe)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconstruction
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Images regenerated from their own inverted noise, beside the images they were inverted from."""
+
+    #: The inverted noise (:func:`invert`'s result).
+    latents: torch.Tensor
+    #: The regenerated images.
+    images: list[Image.Image]
+    #: The images that were inverted, at the size they were inverted at.
+    originals: list[Image.Image]
+    #: The originals through the pipeline's own autoencoder (encoded, then decoded): the best any
+    #: inversion can regenerate. The originals themselves for pixel-space models.
+    autoencoded: list[Image.Image]
+    #: PSNR (dB) and SSIM of each regenerated image against its original.
+    psnr: list[float]
+    ssim: list[float]
+    #: PSNR of each autoencoded image against its original: the ceiling the autoencoder sets.
+    autoencoder_psnr: list[float]
+
+
+@torch.no_grad()
+def reconstruct(
+    pipe: Any,
+    image: ImageInput | Sequence[ImageInput],
+    prompt: str | Sequence[str],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float = 1.0,
+    height: int | None = None,
+    width: int | None = None,
+    **generate_kwargs: Any,
+) -> Reconstruction:
+    """Invert ``image`` (see :func:`invert`) and regenerate it from the inverted noise.
+
+    The regeneration runs at ``guidance_scale`` (1: the conditional prediction alone, as the
+    inversion; a higher CFG scale drifts away from the image: textloc-tiny's CFG 5 falls from about
+    30 dB to 10) with ``generate_kwargs``. FLUX's distilled guidance is a model input, not CFG:
+    give the value it generates with (3.5 for FLUX.1-dev); inversion uses the same. What the
+    regeneration loses against the original is what inversion alone costs an edit; for latent
+    models ``autoencoder_psnr`` says how much of it the VAE alone loses.
+    """
+    if "guidance_scale" in inspect.signature(pipe.__call__).parameters:
+        generate_kwargs["guidance_scale"] = guidance_scale
+    # Quantized first, so the originals scored against are exactly the pixels inverted.
+    originals = _to_pil(_pixels(image, height, width))
+    pixels = _pixels(originals, None, None)
+    inversion = _Inversion.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs)
+    height, width = pixels.shape[2:]
+    autoencoded = _to_pil(inversion.family.decode_sample(pipe, inversion.clean, height, width).cpu())
+    with starting_from(pipe, inversion.latents):
+        output = pipe(
+            _prompts(prompt, len(originals)),
+            num_inference_steps=num_inference_steps,
+            height=height,
+            width=width,
+            **call_kwargs(pipe, **{**generate_kwargs, "output_type": "np"}),
+        )
+    # "np" is the one output every pipeline gives in [0, 1] (IF's "pt" stays in [-1, 1]).
+    images = _to_pil(torch.from_numpy(output.images).permute(0, 3, 1, 2) * 2 - 1)
+    return Reconstruction(
+        latents=inversion.latents,
+        images=images,
+        originals=originals,
+        autoencoded=autoencoded,
+        psnr=[psnr(a, b) for a, b in zip(images, originals)],
+        ssim=[ssim(a, b) for a, b in zip(images, originals)],
+        autoencoder_psnr=[psnr(a, b) for a, b in zip(autoencoded, originals)],
+    )
+
+
+def _to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """B x 3 x H x W in [-1, 1] to PIL images."""
+    arrays = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(array) for array in arrays]
