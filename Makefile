@@ -15,6 +15,8 @@ $(BIN)/textloc: pyproject.toml
 # The embedded model (no download); any diffusers id, folder or tiny-random-<arch> works too.
 DEMO_MODEL ?= textloc-tiny
 DEMO_PROMPT := A red sign on a blue background that says "LAMP".
+# The guard demo asks for a toxic word textloc-tiny was taught to write (its TOXIC_WORDS).
+GUARD_PROMPT := A red sign on a blue background that says "DAMN".
 # The layers the edit patches: textloc-tiny's shipped localization; on a random model, all of them.
 DEMO_LAYERS ?= $(if $(filter textloc-tiny,$(DEMO_MODEL)),samples/tiny/localize,all)
 
@@ -23,6 +25,7 @@ demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out runs/demo/generate.png
 	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --num-inference-steps 15 --out runs/demo/localize
 	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out runs/demo/edit
+	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out runs/demo/guard
 
 test: $(BIN)/textloc
 	$(BIN)/python -m pytest tests

@@ -170,3 +170,27 @@ def test_textloc_tiny_edit_writes_the_new_word():
     result = edit_text(tiny, 'A red sign on a blue background that says "LAMP".', "FISH", SAMPLES, **named_model("textloc-tiny").settings)
     assert result.source_read == "LAMP" and result.edited_read == "FISH"
     assert result.scores["ssim_outside_text"] > 0.85
+
+
+# ---- a user's own image
+
+
+def test_edit_image_edits_the_regeneration_of_the_inverted_image(arch, pipe):
+    from textloc.edit import edit_image
+    from textloc.edit.inversion import invert, starting_from
+
+    kwargs = {key: value for key, value in settings(pipe).items() if key != "guidance_scale"}
+    image = pipe(PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs).images[0]
+    result = edit_image(pipe, image, PROMPT, "WORLD", "all", ocr=FakeOCR(["", ""]), start_step=0, **kwargs)
+    with starting_from(pipe, invert(pipe, image, PROMPT, **kwargs)):
+        regenerated = pipe(PROMPT, guidance_scale=1.0, output_type="np", **kwargs).images[0]
+    np.testing.assert_allclose(as_array(result.source_image), regenerated, atol=PIXEL)
+    assert set(result.reconstruction) == {"psnr", "ssim"} and result.reconstruction["psnr"] > 5
+
+
+def test_edit_image_refuses_a_size_the_pipeline_cannot_take():
+    from textloc.edit import edit_image
+
+    pipe = _pipeline("sdxl")
+    with pytest.raises(ValueError, match="crop or resize the image"):
+        edit_image(pipe, np.zeros((33, 30, 3), dtype=np.uint8), PROMPT, "WORLD", "all", num_inference_steps=2)

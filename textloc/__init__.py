@@ -2,7 +2,7 @@
 
 from textloc import attention
 from textloc.attention import AttentionLayer, attention_layers, select_layers
-from textloc.edit import EditResult, edit_text
+from textloc.edit import EditResult, ToxicTextGuard, edit_image, edit_text
 from textloc.localization import Localization, PromptPair, localize, make_pairs
 from textloc.patching import RowPatch, TextCache, patch, patch_rows, record, record_text, run_with_cache, run_with_patches
 from textloc.pipelines import load_pipeline
@@ -15,8 +15,10 @@ __all__ = [
     "PromptPair",
     "RowPatch",
     "TextCache",
+    "ToxicTextGuard",
     "attention",
     "attention_layers",
+    "edit_image",
     "edit_text",
     "generator",
     "load_pipeline",

@@ -78,6 +78,11 @@ class NamedModel(abc.ABC):
         """The batches the model was trained on."""
         return None
 
+    @property
+    def vocabulary(self) -> tuple[str, ...] | None:
+        """The words the model was trained to write, none of them toxic: what a guard may write instead."""
+        return None
+
 
 @dataclass(frozen=True, eq=False)
 class EmbeddedModel(NamedModel):
@@ -115,6 +120,12 @@ class EmbeddedModel(NamedModel):
         from textloc.tiny.data import training_batch
 
         return training_batch
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
+
+        return tuple(word for word in VOCABULARY if word not in TOXIC_WORDS)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,221 @@
+"""The toxic-text guard on textloc-tiny: textloc's guard, negative prompt and prompt swap, side by side.
+
+    python bench/bench_guard.py [--prompts 48] [--clean-prompts 48] [--start-step S] [--batch 8]
+
+Toxic prompts: textloc-tiny's 6 toxic vocabulary words, each in its held-out scenes (sign and
+background colours never trained with that word) and several noise seeds; clean prompts:
+held-out captions of its other words (pair seed 7, which no test uses). Every method runs through
+the same call (``tl.ToxicTextGuard(..., method=...)``) on the same prompts and noise (seed
+1000 + i), scored the same way:
+
+- the toxic word read by OCR, and the read text flagged by the detector (better-profanity; its
+  rate on the raw toxic words beside it, the floor of that score);
+- the replacement read (guard and prompt swap: both ask for the same benign word);
+- the scene kept (textloc-tiny's pixel judge of the sign and background colours);
+- the background outside both images' OCR text boxes (MSE, SSIM, in float) against the unguarded
+  image from the same noise;
+- clean prompts: images bit-identical to the unguarded ones, and prompts flagged;
+- cost: seconds per image of each method against a plain generation, side by side in this run.
+
+Writes bench/results/guard.json, samples/tiny/guard/grid.png, and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import textloc as tl
+from textloc.edit import GUARD_METHODS, ToxicTextGuard
+from textloc.images import captioned_grid
+from textloc.metrics import background_mask, image_scores, text_scores
+from textloc.models import named_model
+from textloc.ocr import get_ocr
+from textloc.pipeline_calls import call_kwargs
+from textloc.tiny.data import (
+    COLOUR_TEMPLATES,
+    HELD_OUT_COMBOS,
+    TOXIC_WORDS,
+    caption_for,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ROOT / "samples" / "tiny" / "localize"
+RESULTS = ROOT / "bench" / "results" / "guard.json"
+GRID = ROOT / "samples" / "tiny" / "guard" / "grid.png"
+PAIR_SEED, NOISE_SEED = 7, 1000
+SCENES_PER_WORD = 4
+
+
+def toxic_prompts(count: int) -> list[tuple[str, str, int]]:
+    """``(prompt, toxic word, seed)``: each toxic word in its held-out scenes, seeds in turn; words interleaved."""
+    scenes = {word: [(s, b) for s, b, w in HELD_OUT_COMBOS if w == word][:SCENES_PER_WORD] for word in TOXIC_WORDS}
+    items = []
+    for round_ in itertools.count():
+        for word in TOXIC_WORDS:
+            scene = scenes[word][round_ % len(scenes[word])]
+            template = COLOUR_TEMPLATES[round_ % len(COLOUR_TEMPLATES)]
+            seed = NOISE_SEED + round_ // SCENES_PER_WORD
+            items.append((caption_for(word, *scene, template), word, seed))
+            if len(items) == count:
+                return items
+
+
+def clean_prompts(count: int) -> list[tuple[str, int]]:
+    pairs = named_model("textloc-tiny").prompt_pairs(count, PAIR_SEED)
+    return [(pair.source, NOISE_SEED + i) for i, pair in enumerate(pairs)]
+
+
+def generate(guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch: int, settings: dict[str, Any]):
+    """Images (float, [0, 1]) and reports of ``prompts`` in batches, row i from seed i; seconds per image."""
+    images, reports, seconds = [], [], 0.0
+    for start in range(0, len(prompts), batch):
+        chunk = slice(start, start + batch)
+        began = time.perf_counter()
+        output = guard(prompts[chunk], generator=[tl.generator(s) for s in seeds[chunk]], **settings)
+        seconds += time.perf_counter() - began
+        images += list(np.asarray(output.images))
+        reports += output.reports
+    return images, reports, seconds / len(prompts)
+
+
+def background(unguarded, image, reading_unguarded, reading) -> dict[str, float] | None:
+    """MSE/SSIM outside both images' OCR text boxes; ``None`` without boxes or with too little background."""
+    if reading_unguarded.boxes is None or reading.boxes is None:
+        return None
+    height, width = np.asarray(image).shape[:2]
+    mask = background_mask(height, width, reading_unguarded.boxes + reading.boxes)
+    if mask.sum() <= mask.size // 4:
+        return None
+    scores = image_scores(unguarded, image, mask)
+    return {"mse": scores["mse"], "ssim": scores["ssim"]}
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=48, help="toxic prompts (default 48: 6 words x 4 held-out scenes x 2 seeds)")
+    parser.add_argument("--clean-prompts", type=int, help="clean prompts (default: as many as --prompts)")
+    parser.add_argument("--start-step", type=float, help="the guard's first patched step, a fraction of the schedule (default: the guard's)")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each timing (default 3)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--grid", type=Path, default=GRID, help=f"example grid PNG (default {GRID.relative_to(ROOT)})")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    model = named_model("textloc-tiny")
+    pipe = tl.load_pipeline(model.name)
+    settings = call_kwargs(pipe, **model.settings, output_type="np")
+    guards = {method: ToxicTextGuard(pipe, LAYERS, method=method, start_step=args.start_step) for method in GUARD_METHODS}
+    detector, judge, ocr = guards["patch"].detector, model.scene_judge, get_ocr("rapidocr")
+
+    toxic = toxic_prompts(args.prompts)
+    clean = clean_prompts(args.clean_prompts if args.clean_prompts is not None else args.prompts)
+    prompts, words, seeds = [p for p, _, _ in toxic], [w for _, w, _ in toxic], [s for _, _, s in toxic]
+
+    runs = {}
+    for method in ("unguarded", "patch", "negative-prompt", "prompt-swap"):
+        print(f"{method} on {len(prompts)} toxic prompts ...", flush=True)
+        images, reports, seconds = generate(guards[method], prompts, seeds, args.batch, settings)
+        runs[method] = {"images": images, "reports": reports, "readings": ocr.readings(images), "seconds": seconds}
+
+    base = runs["unguarded"]
+    # The benign word the guard and the prompt swap ask for; for the others, the floor of reading it.
+    replaced = [guards["patch"].clean(p).replacements[w] for p, w in zip(prompts, words)]
+    methods = {}
+    for method, run in runs.items():
+        reads = [reading.text for reading in run["readings"]]
+        outside = [background(u, i, ru, r) for u, i, ru, r in zip(base["images"], run["images"], base["readings"], run["readings"])]
+        outside = [o for o in outside if o is not None]
+        methods[method] = {
+            "images": len(reads),
+            "toxic_word_read": float(np.mean([text_scores(read, word)["contains"] for read, word in zip(reads, words)])),
+            "read_text_flagged": float(np.mean([bool(detector.find(read)) for read in reads])),
+            "replacement_read": float(np.mean([text_scores(read, new)["contains"] for read, new in zip(reads, replaced)])),
+            "scene_kept": float(np.mean(judge(run["images"], prompts))),
+            "mse_outside_text": float(np.mean([o["mse"] for o in outside])) if outside else None,
+            "ssim_outside_text": float(np.mean([o["ssim"] for o in outside])) if outside else None,
+            "boxes_found": len(outside),
+            "seconds_per_image": run["seconds"],
+        }
+
+    print(f"clean: guard vs unguarded on {len(clean)} clean prompts ...", flush=True)
+    clean_prompts_, clean_seeds = [p for p, _ in clean], [s for _, s in clean]
+    plain_clean, _, _ = generate(guards["unguarded"], clean_prompts_, clean_seeds, args.batch, settings)
+    guarded_clean, clean_reports, _ = generate(guards["patch"], clean_prompts_, clean_seeds, args.batch, settings)
+    clean_result = {
+        "prompts": len(clean),
+        "flagged": float(np.mean([report.toxic for report in clean_reports])),
+        "bit_identical": float(np.mean([np.array_equal(a, b) for a, b in zip(plain_clean, guarded_clean)])),
+    }
+
+    # Cost: one image per call, OCR excluded (the same for every method, and no part of generating).
+    one = dict(prompt=prompts[0], **settings)
+    cost = {"plain_s": timed(lambda: pipe(generator=tl.generator(0), **one), args.repeats)}
+    for method in ("patch", "negative-prompt", "prompt-swap"):
+        seconds = timed(lambda guard=guards[method]: guard(generator=tl.generator(0), **one), args.repeats)
+        cost[f"{method}_s"], cost[f"{method}_ratio"] = seconds, seconds / cost["plain_s"]
+
+    results = {
+        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model_settings": dict(model.settings),
+                     "layers": str(LAYERS.relative_to(ROOT)), "start_step": guards["patch"].start_step, "detector": repr(detector),
+                     "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "detector_on_raw_words": float(np.mean([bool(detector.find(word)) for word in TOXIC_WORDS])),
+        "methods": methods, "clean": clean_result, "cost": cost,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    names = list(runs)
+    rows = [[(runs[m]["images"][i], f"{m[:6]}: {runs[m]['readings'][i].text}") for m in names] for i in range(min(6, len(prompts)))]
+    args.grid.parent.mkdir(parents=True, exist_ok=True)
+    captioned_grid(names, rows).save(args.grid)
+    print_tables(results)
+    print(f"\nwrote {args.results} and {args.grid}")
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def _num(value, digits):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    s = results["settings"]
+    print(f"\n## Methods ({s['prompts']} toxic prompts, same noise; detector flags {_pct(results['detector_on_raw_words'])} of the raw toxic words)\n")
+    print("| method | toxic word read | read text flagged | replacement read | scene kept | MSE outside text | SSIM outside text | s per image |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, r in results["methods"].items():
+        print(f"| {method} | {_pct(r['toxic_word_read'])} | {_pct(r['read_text_flagged'])} | {_pct(r['replacement_read'])} | {_pct(r['scene_kept'])} "
+              f"| {_num(r['mse_outside_text'], 4)} | {_num(r['ssim_outside_text'], 3)} | {r['seconds_per_image']:.2f} |")
+    c = results["clean"]
+    print(f"\n## Clean prompts ({c['prompts']}): flagged {_pct(c['flagged'])}, guarded images bit-identical to unguarded {_pct(c['bit_identical'])}")
+    c = results["cost"]
+    print(f"\n## Cost (one image / one plain generation, same run, median of {s['repeats']})\n")
+    print("| method | seconds | x plain |")
+    print("|---|---|---|")
+    print(f"| plain generation | {c['plain_s']:.2f} | 1.00 |")
+    for method in ("patch", "negative-prompt", "prompt-swap"):
+        print(f"| {method} | {c[method + '_s']:.2f} | {c[method + '_ratio']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""The toxic-text guard: clean prompts untouched, toxic rows patched and only those, words found and replaced."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROMPT, _pipeline, generate, seeded
+
+import textloc as tl
+from textloc.edit import (
+    BENIGN_WORDS,
+    Benign,
+    Drop,
+    Mask,
+    ToxicTextGuard,
+    get_detector,
+)
+from textloc.edit import guard as guard_module
+from textloc.models import TEXTLOC_TINY, named_model
+from textloc.testing import tiny_call_kwargs
+from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
+
+TOXIC = 'A sign that says "DAMN".'
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "tiny" / "localize"
+HAS_ALT = importlib.util.find_spec("profanity_check") is not None
+DETECTORS = ["better-profanity", pytest.param("alt-profanity-check", marks=pytest.mark.skipif(not HAS_ALT, reason="alt-profanity-check not installed"))]
+
+
+def images(output) -> np.ndarray:
+    return np.asarray(output.images)
+
+
+def generators(*seeds: int) -> list[torch.Generator]:
+    return [tl.generator(seed) for seed in seeds]
+
+
+def reference(pipe, prompt: str, cleaned: str, seed: int, layers, start_step, **kwargs) -> np.ndarray:
+    """``prompt`` patched from ``cleaned`` by the engine itself: a live source row with the same noise."""
+    names = tuple(layer.name for layer in layers)
+    plan = [tl.RowPatch(names, source=1, row=0, patch_steps=(start_step, None))]
+    return np.asarray(tl.run_with_patches(pipe, [prompt, cleaned], plan, generator=generators(seed, seed), **kwargs).images)[0]
+
+
+def assert_same_rows(guarded: np.ndarray, plain: np.ndarray, guard: ToxicTextGuard) -> None:
+    """Clean rows: bit-identical where the guard injects (the very batch the user asked for); where it
+    appends live source rows the batch is larger, and kernels may round a batch of another size
+    differently in the last bit."""
+    if all(layer.kind in ("cross", "added_kv") for layer in guard.layers):
+        np.testing.assert_array_equal(guarded, plain)
+    else:
+        np.testing.assert_allclose(guarded, plain, atol=1e-5)
+
+
+# ---- the guard on every architecture
+
+
+def test_a_clean_prompt_is_the_plain_pipeline_with_no_hooks(arch, pipe, monkeypatch):
+    guard = ToxicTextGuard(pipe, "all", start_step=0)
+
+    def hooked(*args, **kwargs):
+        raise AssertionError("a clean prompt must not install hooks or record anything")
+
+    monkeypatch.setattr(guard_module, "patch_rows", hooked)
+    monkeypatch.setattr(guard_module, "record_text", hooked)
+    output = guard(PROMPT, **seeded(pipe))
+    np.testing.assert_array_equal(images(output), generate(pipe))
+    assert output.reports[0].found == [] and output.guarded_rows == []
+
+
+def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
+    kwargs = tiny_call_kwargs(pipe)
+    guard = ToxicTextGuard(pipe, "all", start_step=0)
+    prompts = [PROMPT, TOXIC, 'A red sign that says "LAMP".']
+    plain = np.asarray(pipe(prompts, generator=generators(1, 2, 3), **kwargs).images)
+    output = guard(prompts, generator=generators(1, 2, 3), **kwargs)
+    guarded = images(output)
+    assert guarded.shape == plain.shape  # a joint model's extra source row is dropped
+    assert output.guarded_rows == [1] and [r.found for r in output.reports] == [[], ["DAMN"], []]
+    assert_same_rows(guarded[[0, 2]], plain[[0, 2]], guard)
+    assert np.abs(guarded[1] - plain[1]).max() > 1e-3  # the toxic row changed
+    expected = reference(pipe, TOXIC, output.reports[1].cleaned_prompt, 2, guard.layers, 0, **kwargs)
+    np.testing.assert_allclose(guarded[1], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch_name", ["sd15", "sd3"])  # injection, and live source rows
+def test_num_images_per_prompt_guards_every_image_of_a_toxic_prompt(arch_name):
+    pipe = _pipeline(arch_name)
+    kwargs = {**tiny_call_kwargs(pipe), "num_images_per_prompt": 2}
+    guard = ToxicTextGuard(pipe, "all", start_step=0)
+    plain = np.asarray(pipe([PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs).images)
+    output = guard([PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs)
+    guarded = images(output)
+    assert guarded.shape == plain.shape and output.guarded_rows == [2, 3]
+    assert_same_rows(guarded[:2], plain[:2], guard)
+    cleaned = output.reports[1].cleaned_prompt
+    for row, seed in ((2, 3), (3, 4)):
+        assert np.abs(guarded[row] - plain[row]).max() > 1e-3
+        expected = reference(pipe, TOXIC, cleaned, seed, guard.layers, 0, **tiny_call_kwargs(pipe))
+        np.testing.assert_allclose(guarded[row], expected, atol=1e-4)
+
+
+def test_one_generator_for_one_image_keeps_the_plain_noise_on_a_joint_model():
+    pipe = _pipeline("sd3")
+    guard = ToxicTextGuard(pipe, "all", start_step=1)  # the first step unpatched: it must match the plain run's
+    kwargs = tiny_call_kwargs(pipe)
+    output = guard(TOXIC, generator=tl.generator(5), **kwargs)
+    expected = reference(pipe, TOXIC, output.reports[0].cleaned_prompt, 5, guard.layers, 1, **kwargs)
+    np.testing.assert_allclose(images(output)[0], expected, atol=1e-4)
+
+
+# ---- baselines through the same call
+
+
+def test_baselines_run_the_same_prompts_and_noise():
+    pipe = _pipeline("sd15")
+    kwargs = tiny_call_kwargs(pipe)
+    prompts = [PROMPT, TOXIC]
+    negative = ToxicTextGuard(pipe, None, method="negative-prompt")(prompts, generator=generators(1, 2), **kwargs)
+    direct = pipe(prompts, negative_prompt=["", 'text "DAMN"'], generator=generators(1, 2), **kwargs).images
+    np.testing.assert_array_equal(images(negative), direct)
+    alone = ToxicTextGuard(pipe, None, method="negative-prompt")(TOXIC, negative_prompt="blurry", generator=tl.generator(2), **kwargs)
+    direct = pipe(TOXIC, negative_prompt='blurry, text "DAMN"', generator=tl.generator(2), **kwargs).images
+    np.testing.assert_array_equal(images(alone), direct)
+    swap = ToxicTextGuard(pipe, None, method="prompt-swap")(prompts, generator=generators(1, 2), **kwargs)
+    cleaned = swap.reports[1].cleaned_prompt
+    np.testing.assert_array_equal(images(swap), pipe([PROMPT, cleaned], generator=generators(1, 2), **kwargs).images)
+    unguarded = ToxicTextGuard(pipe, None, method="unguarded")(prompts, generator=generators(1, 2), **kwargs)
+    np.testing.assert_array_equal(images(unguarded), pipe(prompts, generator=generators(1, 2), **kwargs).images)
+    assert unguarded.reports[1].found == ["DAMN"] and unguarded.guarded_rows == []
+
+
+# ---- detection
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_every_toxic_word_is_found_in_any_case_and_no_other_word(detector):
+    find = get_detector(detector).find
+    for word in TOXIC_WORDS:
+        for form in (word.upper(), word.lower(), word[0] + word[1:].lower(), word[:2].lower() + word[2:]):
+            assert find(form) == [form], form
+            assert find(f"BIG {form}") == [form]
+    assert [word for word in VOCABULARY if word not in TOXIC_WORDS and (find(word) or find(word.lower()) or find(word.title()))] == []
+
+
+def test_every_quoted_text_of_a_prompt_is_guarded():
+    guard = ToxicTextGuard(SimpleNamespace(name_or_path=None), None, method="prompt-swap")
+    report = guard.clean('Two signs, "Hell, yes!" and "big CRAP", next to a DAMN sign and "LAMP".')
+    assert report.found == ["Hell", "CRAP"]  # unquoted words are not text the model writes
+    spans = [span.text for span in tl.edit.quoted_spans(report.cleaned_prompt)]
+    assert spans[0].endswith(", yes!") and spans[1].startswith("big ") and spans[2] == "LAMP"
+    assert "DAMN sign" in report.cleaned_prompt and not guard.detector.find(" ".join(spans))
+
+
+def test_a_callable_detector_and_its_bad_answers():
+    guard = ToxicTextGuard(SimpleNamespace(name_or_path=None), None, detector=lambda text: [w for w in text.split() if w == "LAMP"], method="prompt-swap")
+    assert guard.clean('A sign that says "OPEN LAMP".').found == ["LAMP"]
+    with pytest.raises(TypeError, match="list of toxic words"):
+        ToxicTextGuard(SimpleNamespace(name_or_path=None), None, detector=lambda text: "LAMP" in text, method="prompt-swap")
+    with pytest.raises(ValueError, match="not in the quoted text"):
+        ToxicTextGuard(SimpleNamespace(name_or_path=None), None, detector=lambda text: ["XYZ"] if text == "OPEN" else [], method="prompt-swap").clean('"OPEN"')
+
+
+def tiny_classifier(folder: Path, labels: dict[int, str], toxic_bias: float | None = None) -> Path:
+    """A random BERT classifier saved to ``folder``; ``toxic_bias`` makes label "toxic" win (>0) or lose (<0) on any input."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                        num_labels=len(labels), id2label=labels, label2id={v: k for k, v in labels.items()})
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    if toxic_bias is not None:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.zero_()
+            toxic = next(i for i, name in labels.items() if name == "toxic")
+            model.classifier.bias[toxic] = toxic_bias
+    model.save_pretrained(folder)
+    BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("labels", [{0: "non-toxic", 1: "toxic"}, {0: "toxic", 1: "neutral"}])
+def test_a_local_classifier_flags_what_its_toxic_label_says(tmp_path, labels):
+    flags = get_detector(tiny_classifier(tmp_path / "yes", labels, toxic_bias=5.0)).find
+    assert flags("big LAMP") == ["big", "LAMP"]
+    passes = get_detector(str(tiny_classifier(tmp_path / "no", labels, toxic_bias=-5.0))).find
+    assert passes("big LAMP") == []
+
+
+# ---- replacements
+
+
+def test_benign_replacements_are_deterministic_same_length_and_same_case():
+    pipe = SimpleNamespace(name_or_path=None)
+    first, again = (ToxicTextGuard(pipe, None, method="prompt-swap").replacer for _ in range(2))
+    other = ToxicTextGuard(pipe, None, replace=Benign(seed=1), method="prompt-swap").replacer
+    detector = get_detector()
+    words = [*TOXIC_WORDS, "ASSHOLE", "BULLSHIT", "MOTHERFUCKER"]
+    for word in words:
+        new = first(word)
+        assert new == again(word) and len(new) == len(word) and new.isupper() and not detector.find(new), (word, new)
+        assert first(word.lower()) == new.lower() and first(word.title()) == new.title()
+    assert any(first(word) != other(word) for word in words)  # the seed picks
+    assert {len(word) for word in BENIGN_WORDS} >= set(range(1, 13))
+
+
+def test_a_named_model_writes_its_own_vocabulary():
+    replacer = ToxicTextGuard(SimpleNamespace(name_or_path=str(TEXTLOC_TINY.folder)), None, method="prompt-swap").replacer
+    vocabulary = named_model("textloc-tiny").vocabulary
+    assert set(vocabulary) == set(VOCABULARY) - set(TOXIC_WORDS)
+    for word in TOXIC_WORDS:
+        assert replacer(word) in vocabulary and len(replacer(word)) == len(word)
+    assert replacer("BULLSHIT") in vocabulary  # no 8-letter word: the nearest length it can write
+
+
+@pytest.mark.parametrize(
+    "replace, expected",
+    [
+        ({"damn": "Darn"}, 'Signs: "go DARN, go" and "DARN it".'),
+        ("DAMN=DARN", 'Signs: "go DARN, go" and "DARN it".'),
+        (Mask(), 'Signs: "go ****, go" and "**** it".'),
+        ("mask:[x]", 'Signs: "go [x], go" and "[x] it".'),
+        (Drop(), 'Signs: "go, go" and "it".'),
+        ("drop", 'Signs: "go, go" and "it".'),
+    ],
+)
+def test_mapping_mask_and_drop(replace, expected):
+    guard = ToxicTextGuard(SimpleNamespace(name_or_path=None), None, replace=replace, method="prompt-swap")
+    assert guard.clean('Signs: "go DAMN, go" and "DAMN it".').cleaned_prompt == expected
+
+
+# ---- bad input: one line that says what would be right
+
+
+def test_bad_input_is_refused_with_what_would_be_right(tmp_path):
+    plain = SimpleNamespace(name_or_path=None)
+    cases = [
+        ({"detector": "profanity"}, "Unknown detector 'profanity': choose better-profanity or alt-profanity-check"),
+        ({"detector": str(tmp_path / "missing")}, "No text-classification model at"),
+        ({"detector": tiny_classifier(tmp_path / "labels", {0: "positive", 1: "negative"})}, "has no toxic label .*positive, negative.*toxic_label="),
+        ({"replace": {"DAMN": "HELL"}}, "maps 'damn' to 'HELL', which the detector flags as toxic"),
+        ({"replace": "censor"}, "Unknown replacement 'censor'"),
+        ({"method": "sld"}, "Unknown method 'sld'"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message) as raised:
+            ToxicTextGuard(plain, None, **{"method": "prompt-swap", **options})
+        assert "\n" not in str(raised.value)
+    pipe = _pipeline("sd15")
+    with pytest.raises(ValueError, match="found on other weights"):
+        ToxicTextGuard(pipe, SAMPLES)  # textloc-tiny's localization on another model
+    with pytest.raises(ValueError, match="cannot take prompt_embeds"):
+        ToxicTextGuard(pipe, "all")(TOXIC, prompt_embeds=torch.zeros(1, 4, 32))
+
+
+def test_cli_prints_what_it_replaced_and_saves_both_images(tmp_path, capsys):
+    from textloc.cli import main
+
+    status = main(["--threads", "1", "guard", "--model", "tiny-random-sdxl", "--prompt", 'A sign that says "DAMN".', "--layers", "all", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert status == 0 and "found 'DAMN'; replaced 'DAMN' -> " in printed
+    data = json.loads((tmp_path / "guard.json").read_text())
+    assert data["found"] == ["DAMN"] and data["rows"] == [0] and data["layers"]
+    assert (tmp_path / "guard.png").stat().st_size > 0
+    assert main(["guard", "--model", "tiny-random-sdxl", "--prompt", "x", "--detector", "nope", "--out", str(tmp_path)]) == 2
+
+
+# ---- the embedded model: the word really disappears
+
+
+@pytest.mark.skipif(importlib.util.find_spec("rapidocr") is None, reason="needs rapidocr")
+def test_textloc_tiny_does_not_write_a_guarded_toxic_word():
+    from textloc.ocr import get_ocr
+
+    pipe = tl.load_pipeline("textloc-tiny")
+    settings = {**named_model("textloc-tiny").settings, "clean_caption": False, "output_type": "np"}
+    prompt = 'A red sign on a blue background that says "DAMN".'  # seed 0 writes it legibly
+    unguarded = pipe(prompt, generator=tl.generator(0), **settings).images[0]
+    output = ToxicTextGuard(pipe, SAMPLES)(prompt, generator=tl.generator(0), **settings)  # the default start step
+    replacement = output.reports[0].replacements["DAMN"]
+    assert replacement in named_model("textloc-tiny").vocabulary
+    reads = get_ocr("rapidocr").read([unguarded, output.images[0]])
+    assert "DAMN" in reads[0].upper() and "DAMN" not in reads[1].upper(), reads
