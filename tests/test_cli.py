@@ -341,3 +341,15 @@ def test_edit_refuses_bad_text_before_the_model_loads(capsys, tmp_path, monkeypa
     monkeypatch.setattr(cli, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad edit"))
     status, _, err = run(capsys, "edit", "--prompt", prompt, "--new-text", new_text, "--out", str(tmp_path))
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_edit_of_a_users_image_reports_its_reconstruction(capsys, tmp_path):
+    from textloc.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sd15")
+    image = pipe('A sign that says "HELLO".', num_inference_steps=2, height=32, width=32, guidance_scale=1.0).images[0]
+    image.save(tmp_path / "mine.png")
+    status, out, _ = run(capsys, "edit", "--model", "tiny-random-sd15", "--device", "cpu", "--image", str(tmp_path / "mine.png"),
+                         "--prompt", 'A sign that says "HELLO".', "--new-text", "WORLD", "--layers", "all", "--out", str(tmp_path / "out"))
+    assert status == 0 and "the unedited regeneration of" in out
+    assert json.loads((tmp_path / "out" / "edit.json").read_text())["reconstruction"]["psnr"] > 0

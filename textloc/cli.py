@@ -29,6 +29,7 @@ from typing import Any
 import diffusers
 import torch
 import transformers
+from PIL import Image
 
 from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
 from textloc.images import image_grid
@@ -522,6 +523,11 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
     parser.add_argument("--start-step", type=_start_step, metavar="S", help="first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else 0.1)")
     parser.add_argument("--method", choices=METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise the source and the edit share (default 0)")
+    parser.add_argument(
+        "--image", type=Path, metavar="PNG",
+        help="edit this image instead of a generated one: --prompt describes it, its text included; it is inverted "
+        "to noise with the model first (guidance defaults to 1 there, where inverted noise regenerates the image)",
+    )
     _add_sampler_options(parser)
     parser.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -548,19 +554,25 @@ def _layer_source(values: list[str] | None) -> Any:
 
 def run_edit(args: argparse.Namespace) -> int:
     """Edit the quoted text of one prompt and save the pair with its scores."""
-    from textloc.edit import edit_text, replace_quoted
+    from textloc.edit import edit_image, edit_text, replace_quoted
 
-    replace_quoted(args.prompt, args.new_text)  # bad text is refused before the model loads
+    replace_quoted(args.prompt, args.new_text)  # bad text or a missing image is refused before the model loads
+    image = None if args.image is None else Image.open(args.image).convert("RGB")
     pipe = load_model(args)
     pipe.set_progress_bar_config(disable=False, leave=False)
     settings = generate_kwargs(pipe, args.model, args, num=None)
     settings.pop("output_type")
-    result = edit_text(
-        pipe, args.prompt, args.new_text, _layer_source(args.layers), start_step=args.start_step,
-        method=args.method, ocr=args.ocr, **settings,
-    )
+    layers = _layer_source(args.layers)
+    if image is None:
+        result = edit_text(pipe, args.prompt, args.new_text, layers, start_step=args.start_step, method=args.method, ocr=args.ocr, **settings)
+    else:
+        settings.pop("generator")
+        settings["guidance_scale"] = args.guidance_scale or 1.0
+        result = edit_image(pipe, image, args.prompt, args.new_text, layers, start_step=args.start_step, method=args.method, ocr=args.ocr, **settings)
     result.save(args.out)
     print(result.summary())
+    if result.reconstruction is not None:
+        print(f"the unedited regeneration of {args.image}: PSNR {result.reconstruction['psnr']:.1f} dB, SSIM {result.reconstruction['ssim']:.3f}")
     print(f"wrote {args.out}/edit.png and edit.json")
     return 0
 
