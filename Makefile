@@ -28,7 +28,8 @@ demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out runs/demo/guard
 
 test: $(BIN)/textloc
-	$(BIN)/python -m pytest tests
+	# Two workers, one per core: every test runs torch on one thread (tests/conftest.py).
+	$(BIN)/python -m pytest -n 2 tests
 
 bench: $(BIN)/textloc
 	$(BIN)/python bench/bench_engine.py
