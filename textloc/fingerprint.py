@@ -12,6 +12,7 @@ from the offload hook's weight map, never copied whole.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -20,12 +21,25 @@ _VALUES_PER_TENSOR = 8
 
 
 def module_fingerprint(module: torch.nn.Module) -> str:
-    """A 16-hex-digit hash of ``module``'s class, parameter names and shapes, and leading values."""
+    """A 16-hex-digit hash of ``module``'s class, parameter names and shapes, and leading values.
+
+    Remembered per module until a parameter is replaced or changed in place (torch counts every
+    in-place write in a tensor's ``_version``), so that checking a cache against the model on
+    every patched generation costs a walk over the parameters, not a read of their values.
+    """
+    state = tuple((id(parameter), parameter._version) for parameter in module.parameters())
+    remembered = _remembered.get(module)
+    if remembered is not None and remembered[0] == state:
+        return remembered[1]
     digest = hashlib.sha1(type(module).__name__.encode())
     names, values = _leading_values(module)
     digest.update(repr(names).encode())
     digest.update(values.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    _remembered[module] = (state, digest.hexdigest()[:16])
+    return _remembered[module][1]
+
+
+_remembered: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 def pipeline_fingerprint(components: dict[str, object]) -> str:
@@ -49,8 +63,12 @@ def _leading_values(module: torch.nn.Module) -> tuple[list[tuple[str, tuple[int,
     names, heads = [], []
     for name, tensor in _parameters(module):
         names.append((name, tuple(tensor.shape)))
-        heads.append(tensor.detach().flatten()[:_VALUES_PER_TENSOR].float().cpu())
-    return names, torch.cat(heads) if heads else torch.zeros(0)
+        heads.append(tensor.detach().flatten()[:_VALUES_PER_TENSOR])
+    if not heads:
+        return names, torch.zeros(0)
+    # Gathered where the weights are and copied to the CPU once: one transfer, not one per tensor.
+    device = heads[0].device
+    return names, torch.cat([head.to(device, torch.float32) for head in heads]).cpu()
 
 
 def _parameters(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
