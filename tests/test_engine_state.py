@@ -221,6 +221,12 @@ def test_fingerprint_reads_offloaded_weights():
     assert any(p.device.type == "meta" for p in pipe.unet.parameters())
     assert module_fingerprint(pipe.unet) == before
     assert module_fingerprint(tiny_pipeline("sd15", seed=1).unet) != before
+    # Remembered, but not past a change of the weights (fine-tuning writes them in place).
+    trained = tiny_pipeline("sd15").unet
+    assert module_fingerprint(trained) == before
+    with torch.no_grad():
+        next(trained.parameters()).add_(1.0)
+    assert module_fingerprint(trained) != before
 
 
 # ---- 7. Early stops free offloaded models; caches go to their device as they are recorded
