@@ -495,7 +495,7 @@ def run_localize(args: argparse.Namespace) -> int:
 
 def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc edit``."""
-    from textloc.edit import METHODS
+    from textloc.edit import DEFAULT_START_STEP, METHODS
 
     parser = subcommands.add_parser(
         "edit",
@@ -520,7 +520,7 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
         help="the text layers: a localization's output folder, 'preset' (the paper's layers for SDXL base, SD3-medium, "
         "IF-I-XL; the default), or layer names, globs or indices as `textloc layers` lists them (repeatable)",
     )
-    parser.add_argument("--start-step", type=_start_step, metavar="S", help="first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else 0.1)")
+    parser.add_argument("--start-step", type=_start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
     parser.add_argument("--method", choices=METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise the source and the edit share (default 0)")
     parser.add_argument(
@@ -583,7 +583,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
 def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc guard``."""
-    from textloc.edit import DETECTORS, GUARD_METHODS
+    from textloc.edit import DEFAULT_START_STEP, DETECTORS, GUARD_METHODS
 
     parser = subcommands.add_parser(
         "guard",
@@ -615,7 +615,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
         help="what replaces a toxic word: benign (a harmless word of its length the model can write; the default), mask, "
         "mask:TEXT, drop, or WORD=NEW[,WORD=NEW...]",
     )
-    parser.add_argument("--start-step", type=_start_step, metavar="S", help="first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else 0.1)")
+    parser.add_argument("--start-step", type=_start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
     parser.add_argument("--method", choices=[m for m in GUARD_METHODS if m != "unguarded"], default="patch", help="textloc's guard (default), or a baseline through the same call")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise the unguarded and guarded images share (default 0)")
     _add_sampler_options(parser)
