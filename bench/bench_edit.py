@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ import textloc as tl
 from textloc.edit import DEFAULT_START_STEP, METHODS, edit_text
 from textloc.images import captioned_grid
 from textloc.models import named_model
+from timing import timed  # bench/timing.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ROOT / "samples" / "tiny" / "localize"
@@ -70,15 +69,6 @@ def summarize(results, pairs) -> dict[str, float]:
         "boxes_found": len(outside),
         "seconds_per_edit": float(np.mean([r.seconds for r in results])),
     }
-
-
-def timed(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def cost(pipe, pair, start_step, repeats: int) -> dict[str, float]:

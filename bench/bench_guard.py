@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from textloc.edit import GUARD_METHODS, ToxicTextGuard
 from textloc.images import captioned_grid
 from textloc.metrics import background_mask, image_scores, text_scores
 from textloc.models import named_model
+from timing import timed  # bench/timing.py, beside this script
 from textloc.ocr import get_ocr
 from textloc.pipeline_calls import call_kwargs
 from textloc.tiny.data import (
@@ -97,15 +97,6 @@ def background(unguarded, image, reading_unguarded, reading) -> dict[str, float]
         return None
     scores = image_scores(unguarded, image, mask)
     return {"mse": scores["mse"], "ssim": scores["ssim"]}
-
-
-def timed(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def main() -> None:
