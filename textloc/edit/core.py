@@ -144,12 +144,10 @@ def edit_text(
         sources, edited = [np.asarray(s) for s, _ in pairs], [np.asarray(e) for _, e in pairs]
     seconds = (time.perf_counter() - began) / len(prompts)
 
-    readings = reader.readings(list(sources) + list(edited)) if hasattr(reader, "readings") else None
-    reads = [r.text for r in readings] if readings else reader.read(list(sources) + list(edited))
+    readings = _readings(reader, list(sources) + list(edited))
     results = []
     for i, (old_text, new_prompt) in enumerate(swaps):
-        source_reading = readings[i] if readings else Reading(reads[i], None)
-        edited_reading = readings[len(prompts) + i] if readings else Reading(reads[len(prompts) + i], None)
+        source_reading, edited_reading = readings[i], readings[len(prompts) + i]
         results.append(
             EditResult(
                 method=method, prompt=prompts[i], new_prompt=new_prompt, old_text=old_text, new_text=new_texts[i],
@@ -210,6 +208,13 @@ def score_edit(source: Any, edited: Any, source_reading: Reading, edited_reading
         if mask.sum() > mask.size // 4:  # enough background left to score it
             outside = {f"{key}_outside_text": value for key, value in image_scores(source, edited, mask).items()}
     return {**scores, **outside}
+
+
+def _readings(reader: OCR, images: list[np.ndarray]) -> list[Reading]:
+    """What the OCR read, with text boxes where the engine reports them (any ``OCR`` works)."""
+    if hasattr(reader, "readings"):
+        return reader.readings(images)
+    return [Reading(text, None) for text in reader.read(images)]
 
 
 def _text_scores(read: str, old_text: str, new_text: str) -> dict[str, float]:
