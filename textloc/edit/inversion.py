@@ -27,6 +27,7 @@ samples with the matching scheduler::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import difflib
 import functools
@@ -66,7 +67,7 @@ _OWN_ENCODE_ARGUMENTS = frozenset({"prompt", "device", "num_images_per_prompt", 
 # conditional prediction of the denoiser, each as the family's pipeline __call__ does it.
 
 
-class _Family:
+class _Family(abc.ABC):
     """What inversion needs to know about one family of pipelines."""
 
     name: ClassVar[str]
@@ -74,12 +75,13 @@ class _Family:
     flow: ClassVar[bool] = False
 
     @classmethod
+    @abc.abstractmethod
     def matches(cls, pipe: Any) -> bool:
-        raise NotImplementedError
+        """Whether ``pipe`` belongs to this family."""
 
+    @abc.abstractmethod
     def size_multiple(self, pipe: Any) -> int:
         """Heights and widths the pipeline takes are multiples of this (pixels)."""
-        raise NotImplementedError
 
     def encode_image(self, pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
         """The clean sample the pipeline's sampler ends at, for ``pixels`` (B x 3 x H x W in [-1, 1])."""
@@ -94,13 +96,13 @@ class _Family:
         """The dtype the pipeline draws its starting noise in."""
         return denoiser(pipe).dtype
 
+    @abc.abstractmethod
     def conditioning(self, pipe: Any, prompts: list[str], arguments: dict[str, Any], height: int, width: int) -> dict[str, Any]:
         """Everything the denoiser takes besides the sample and the timestep, conditional branch only."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def predict(self, pipe: Any, sample: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, Any]) -> torch.Tensor:
         """The denoiser's prediction, in the parameterization the scheduler steps with."""
-        raise NotImplementedError
 
     def set_flow_timesteps(self, pipe: Any, scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, sample: torch.Tensor) -> None:
         """``scheduler.set_timesteps`` as the pipeline calls it (flow families only)."""
