@@ -3,6 +3,7 @@
 from textloc import attention
 from textloc.attention import AttentionLayer, attention_layers, select_layers
 from textloc.edit import EditResult, ToxicTextGuard, edit_image, edit_text
+from textloc.finetune import TrainedLora, load_lora, train_lora
 from textloc.localization import Localization, PromptPair, localize, make_pairs
 from textloc.patching import RowPatch, TextCache, patch, patch_rows, record, record_text, run_with_cache, run_with_patches
 from textloc.pipelines import load_pipeline
@@ -16,11 +17,13 @@ __all__ = [
     "RowPatch",
     "TextCache",
     "ToxicTextGuard",
+    "TrainedLora",
     "attention",
     "attention_layers",
     "edit_image",
     "edit_text",
     "generator",
+    "load_lora",
     "load_pipeline",
     "localize",
     "make_pairs",
@@ -31,5 +34,6 @@ __all__ = [
     "run_with_cache",
     "run_with_patches",
     "select_layers",
+    "train_lora",
 ]
 __version__ = "0.1.0"

@@ -35,6 +35,14 @@ def process_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def accelerator(**kwargs: Any) -> Any:
+    """An ``accelerate.Accelerator`` (``kwargs`` are its own) that, like :func:`process_state`,
+    joins launched processes over gloo when there is no GPU."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available(), **kwargs)
+
+
 def is_main_process() -> bool:
     """True in a plain run and in the first process of a launched one."""
     return launched_processes() == 1 or process_state().is_main_process

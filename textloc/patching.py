@@ -307,20 +307,28 @@ class _NoState(BaseState):
 class _DenoiserHook(ModelHook):
     _is_stateful = True  # so that diffusers' cache_context() hands it the branch name
 
-    def __init__(self, state: _RunState):
+    def __init__(self, state: _RunState, on_call: Callable[[_Call, tuple, dict], None] | None = None):
         super().__init__()
         self.state = state
         self.context = state.context
+        self.on_call = on_call
 
     def pre_forward(self, module, *args, **kwargs):
-        # Pipelines call U-Nets as unet(sample, t, ...) and transformers with keywords.
-        sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-        timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        sample, timestep = _sample_and_timestep(args, kwargs)
         self.state.begin_call(sample, timestep, kwargs)
+        if self.on_call is not None:
+            self.on_call(self.state.call, args, kwargs)
         return args, kwargs
 
     def reset_state(self, module):
         return module
+
+
+def _sample_and_timestep(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    # Pipelines call U-Nets as unet(sample, t, ...) and transformers with keywords.
+    sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
+    timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+    return sample, timestep
 
 
 class _GradientHook(ModelHook):
@@ -590,6 +598,7 @@ def _hooked(
     stop_at_step: int | None = None,
     grad_steps: frozenset[int] = frozenset(),
     on_output=None,
+    on_call: Callable[[_Call, tuple, dict], None] | None = None,
 ) -> Iterator[_RunState]:
     model = denoiser(pipe)
     state = _RunState(pipe, stop_at_step)
@@ -632,7 +641,7 @@ def _hooked(
             if grad_steps or on_output is not None:
                 register(model, _GradientHook(state, grad_steps, on_output), f"{tag}_gradient")
             # Registered last, so outermost: it must know the step before the gradient hook runs.
-            register(model, _DenoiserHook(state), f"{tag}_denoiser")
+            register(model, _DenoiserHook(state, on_call), f"{tag}_denoiser")
             for layer in layers:
                 layer_patches = [p for p in patches if layer.name in p.layers]
                 hooks = _LayerHooks(layer, state, recorder, layer_patches)
@@ -788,6 +797,75 @@ def record_text(pipe: Any, layers: LayerSelector, prompt: str | list[str], **gen
     size = _smallest_image_side(pipe)
     settings = {"num_inference_steps": 1, "height": size, "width": size, "generator": seeding.generator(0)}
     return record(pipe, selected, prompt, **settings, **{k: v for k, v in generate_kwargs.items() if k in shaping})
+
+
+@dataclass(frozen=True)
+class DenoiserInputs:
+    """How a pipeline conditions its denoiser for some prompts: its call, less the noisy sample and timestep.
+
+    Captured from the pipeline's own first denoiser call (:func:`denoiser_inputs`), so the text
+    embeddings, pooled projections, micro-conditioning (SDXL's time ids), position ids (FLUX), text
+    masks (PixArt, Sana) and guidance embedding are what the pipeline itself passes; nothing about
+    an architecture is restated here. ``sample_shape`` is the shape the denoiser takes its sample
+    in (FLUX: packed latents); ``timestep_scale`` turns a scheduler timestep into the value the
+    pipeline hands the denoiser (FLUX: 1/1000, others: 1).
+    """
+
+    args: tuple
+    kwargs: dict[str, Any]
+    sample_shape: torch.Size
+    timestep_scale: float
+
+    def __call__(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The prediction of ``model`` (this pipeline's denoiser, or a wrapper of it) for ``sample`` at ``timesteps``.
+
+        ``timesteps`` are scheduler timesteps, one per row. A denoiser that also predicts a variance
+        (IF, PixArt: twice the sample's channels) gives its first half, the part a scheduler's
+        ``prediction_type`` names.
+        """
+        if sample.shape != self.sample_shape:
+            raise ValueError(f"The denoiser was called with samples of shape {tuple(self.sample_shape)}, not {tuple(sample.shape)}.")
+        args, kwargs = list(self.args), dict(self.kwargs)
+        timestep = (timesteps * self.timestep_scale).to(sample.device)
+        for key, position, value in (("sample", 0, sample), ("hidden_states", 0, sample), ("timestep", 1, timestep)):
+            if key in kwargs:
+                kwargs[key] = value
+            elif key != "hidden_states" and len(args) > position:
+                args[position] = value
+        prediction = _prediction(model(*args, **kwargs))
+        if prediction.shape[1] == 2 * sample.shape[1] and prediction.shape[2:] == sample.shape[2:]:
+            prediction = prediction[:, : sample.shape[1]]
+        return prediction
+
+
+def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) -> DenoiserInputs:
+    """Run ``pipe`` up to its first denoiser call and return that call (see :class:`DenoiserInputs`).
+
+    The call must carry no classifier-free guidance batch (give the settings that turn it off,
+    e.g. ``guidance_scale=1``); the run stops before the denoiser computes anything.
+    """
+    captured: list[DenoiserInputs] = []
+
+    def capture(call: _Call, args: tuple, kwargs: dict[str, Any]) -> None:
+        if set(call.branch_rows) != {"cond"}:
+            raise ValueError(
+                f"{type(pipe).__name__} ran this call with classifier-free guidance "
+                f"({', '.join(call.branch_rows)} rows); capture its inputs with guidance off (guidance_scale=1)."
+            )
+        sample, timestep = _sample_and_timestep(args, kwargs)
+        scheduled = float(pipe.scheduler.timesteps[call.position])
+        given = float(torch.as_tensor(timestep).flatten()[0])
+        if scheduled == 0:
+            raise ValueError("The first scheduled timestep is 0: run the capture with num_inference_steps >= 2.")
+        captured.append(DenoiserInputs(args, kwargs, sample.shape, given / scheduled))
+        raise _StopRun
+
+    kwargs = _run_kwargs(pipe, generate_kwargs)
+    with _hooked(pipe, [], on_call=capture):
+        _run(pipe, prompt=prompt, **kwargs)
+    if not captured:
+        raise ValueError(f"{type(pipe).__name__} finished without calling its denoiser.")
+    return captured[0]
 
 
 def _smallest_image_side(pipe: Any, at_least: int = 32) -> int:

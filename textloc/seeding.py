@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 
@@ -55,3 +56,10 @@ def per_row(source: torch.Generator | Iterable[torch.Generator] | None, rows: in
     if len(generators) != rows:
         raise ValueError(f"{len(generators)} generators for {rows} rows; give one generator (copied to every row) or one per row.")
     return generators
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A seed for item ``keys`` of the stream ``seed`` (e.g. training sample ``k``): the same
+    numbers whatever else is drawn, by whichever process, in whatever batch, so a resumed or
+    data-parallel run draws exactly what a single uninterrupted one does."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> 1)

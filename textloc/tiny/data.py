@@ -74,14 +74,20 @@ def is_held_out(sign: str, background: str, word: str) -> bool:
     return zlib.crc32(f"{sign}|{background}|{word}".encode()) % HOLD_OUT_MODULUS == 0
 
 
-#: Every held-out (sign colour, background colour, word) combination, in a fixed order.
-HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = tuple(
-    (sign, background, word)
-    for word in VOCABULARY
-    for sign in COLOURS
-    for background in COLOURS
-    if sign != background and is_held_out(sign, background, word)
-)
+@lru_cache(maxsize=None)
+def held_out_combos(words: tuple[str, ...] = VOCABULARY) -> tuple[tuple[str, str, str], ...]:
+    """Every held-out (sign colour, background colour, word) combination of ``words``, in a fixed order."""
+    return tuple(
+        (sign, background, word)
+        for word in words
+        for sign in COLOURS
+        for background in COLOURS
+        if sign != background and is_held_out(sign, background, word)
+    )
+
+
+#: Every held-out combination of the vocabulary textloc-tiny was trained on.
+HELD_OUT_COMBOS = held_out_combos(VOCABULARY)
 
 
 @dataclass(frozen=True)
@@ -189,19 +195,22 @@ def caption_for(word: str, sign: str | None, background: str | None, template: s
     return re.sub(r"\b([Aa]) (?=[aeiou])", r"\1n ", caption)  # "an orange sign"
 
 
-def make_example(seed: int, index: int, held_out: bool = False, layout: str = LAYOUT) -> SignExample:
+def make_example(
+    seed: int, index: int, held_out: bool = False, layout: str = LAYOUT, words: tuple[str, ...] = VOCABULARY
+) -> SignExample:
     """The ``index``-th example of the stream ``seed``: always the same image and caption.
 
     ``held_out=False`` draws only training combinations; ``held_out=True`` draws only from
-    :data:`HELD_OUT_COMBOS`, always with a colour template (so colours can be judged).
+    :func:`held_out_combos`, always with a colour template (so colours can be judged). ``words``
+    (upper case; default the vocabulary textloc-tiny was trained on) are the words drawn.
     """
     rng = random.Random(f"textloc-tiny/{seed}/{index}/{held_out}")
     if held_out:
-        sign, background, word = rng.choice(HELD_OUT_COMBOS)
+        sign, background, word = rng.choice(held_out_combos(words))
         template = rng.choice(COLOUR_TEMPLATES)
     else:
         while True:
-            word = rng.choice(VOCABULARY)
+            word = rng.choice(words)
             sign, background = rng.sample(list(COLOURS), 2)
             if not is_held_out(sign, background, word):
                 break
@@ -235,3 +244,11 @@ def training_batch(seed: int, step: int, batch_size: int, layout: str = LAYOUT) 
     ink = torch.from_numpy(np.stack([np.asarray(e.ink, dtype=np.float32) for e in examples]))[:, None] / 255.0
     glyphs = torch.from_numpy(np.stack([np.asarray(e.glyphs, dtype=np.int64) for e in examples]))
     return TrainingBatch(to_tensor([e.image for e in examples]), ink, glyphs, [e.caption for e in examples])
+
+
+def letter_map(ink: torch.Tensor, size: int) -> torch.Tensor:
+    """Where the letters are at a ``size`` x ``size`` resolution, in [0, 1]: the ink coverage
+    (N, 1, 64, 64) grown by one pixel, then the most of it in each cell (the identity at 64), so a
+    latent cell touching a letter counts as one."""
+    grown = torch.nn.functional.max_pool2d(ink, 3, stride=1, padding=1)
+    return torch.nn.functional.adaptive_max_pool2d(grown, size)

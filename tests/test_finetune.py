@@ -1,0 +1,252 @@
+"""LoRA fine-tuning: only the named projections train, plain diffusers reloads the result, runs resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import textloc as tl
+from textloc.attention import denoiser, select_layers
+from textloc.finetune import ImageFolder, RenderedSigns, RowsDataset, load_lora, lora_targets, train_lora
+from textloc.finetune.train import CHECKPOINT_PREFIX, TRAINING_FILE
+from textloc.localization import Localization
+from textloc.testing import ARCHITECTURES, tiny_call_kwargs, tiny_pipeline
+
+from conftest import PROMPT
+
+# Few steps at a high learning rate, so that the LoRA moves the images measurably.
+QUICK = dict(steps=2, batch_size=2, lr=5e-2, resolution=32, checkpoint_every=2, progress=False)
+
+
+def images(pipe, seed: int = 0) -> np.ndarray:
+    kwargs = {**tiny_call_kwargs(pipe), "generator": torch.Generator("cpu").manual_seed(seed)}
+    return np.asarray(pipe(PROMPT, **kwargs).images)
+
+
+def text_kwargs(arch: str) -> dict:
+    """The tiny pipeline's call settings that shape its text (what a named model's settings hold)."""
+    return {key: value for key, value in tiny_call_kwargs(arch).items() if key in ("max_sequence_length", "clean_caption", "complex_human_instruction")}
+
+
+def parameters(pipe) -> dict[str, torch.Tensor]:
+    """The denoiser's own parameters, by their names before peft wrapped any layer (``.base_layer``)."""
+    named = denoiser(pipe).named_parameters()
+    return {name.replace(".base_layer", ""): value.detach().clone() for name, value in named if "lora_" not in name}
+
+
+def lora_names(pipe) -> set[str]:
+    return {name for name, _ in denoiser(pipe).named_parameters() if "lora_" in name}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_only_the_lora_trains_and_plain_diffusers_reloads_it(arch, tmp_path):
+    pipe = tiny_pipeline(arch)
+    base = images(pipe)
+    before = parameters(pipe)
+    layers = select_layers(pipe, "all")[-2:]
+    result = train_lora(pipe, layers, RenderedSigns(), output_dir=tmp_path, generate_kwargs=text_kwargs(arch), **QUICK)
+
+    after, lora = parameters(pipe), lora_names(pipe)
+    assert lora and sum(denoiser(pipe).get_parameter(name).numel() for name in lora) == result.trainable_parameters
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before), "a frozen parameter changed"
+    targeted = {name.split(".lora_")[0] for name in lora}
+    assert targeted == set(result.targets) == set(lora_targets(pipe, layers))
+    trained = images(pipe)
+    assert np.abs(trained - base).max() > 1e-3, "the LoRA did not change the images: the reload check would be empty"
+
+    fresh = tiny_pipeline(arch)
+    load_lora(fresh, tmp_path)
+    np.testing.assert_allclose(images(fresh), trained, atol=1e-5)
+    if hasattr(fresh, "load_lora_weights"):
+        plain = tiny_pipeline(arch)
+        plain.load_lora_weights(tmp_path)  # diffusers alone, no textloc
+        np.testing.assert_allclose(images(plain), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("arch", "targets", "expected"),
+    [
+        ("sd15", None, {"to_q", "to_k", "to_v", "to_out.0"}),
+        ("deepfloyd-if", None, {"to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"}),
+        ("sd3", None, {"to_q", "to_k", "to_v", "to_out.0"}),
+        ("sd3", "text", {"add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}),
+        ("flux", "both", {"to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}),
+        ("sd15", ("to_k", "to_v"), {"to_k", "to_v"}),
+    ],
+)
+def test_targets_are_full_paths_of_the_chosen_projections(arch, targets, expected):
+    pipe = tiny_pipeline(arch)
+    layer = select_layers(pipe, "all")[0]
+    paths = lora_targets(pipe, layer, targets)
+    assert {path.removeprefix(layer.name + ".") for path in paths} == expected
+    assert all(path.startswith(layer.name + ".") for path in paths)
+
+
+def test_a_joint_block_without_text_output_leaves_it_out_unless_named():
+    pipe = tiny_pipeline("sd3")
+    last = select_layers(pipe, "all")[-1]  # SD3's last block: context_pre_only, no to_add_out
+    assert last.module.to_add_out is None
+    assert not any(path.endswith("to_add_out") for path in lora_targets(pipe, last, "text"))
+    with pytest.raises(ValueError, match="no linear projection 'to_add_out'"):
+        lora_targets(pipe, last, ("to_add_out",))
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    settings = dict(QUICK, checkpoint_every=1)
+    whole = tiny_pipeline("sd15")
+    train_lora(whole, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "whole", **dict(settings, steps=4))
+
+    parted = tiny_pipeline("sd15")
+    train_lora(parted, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "parted", **dict(settings, steps=2))
+    resumed = tiny_pipeline("sd15")
+    train_lora(resumed, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "parted", resume=True, **dict(settings, steps=4))
+
+    first, second = (load_file(tmp_path / run / "pytorch_lora_weights.safetensors") for run in ("whole", "parted"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    kept = sorted(path.name for path in (tmp_path / "parted").glob(f"{CHECKPOINT_PREFIX}*"))
+    assert kept == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_a_different_global_batch_or_seed_trains_a_different_lora(tmp_path):
+    # The counterpart of the resume and data-parallel checks: they would pass if nothing trained.
+    runs = {}
+    for name, settings in {"a": {}, "seed": {"seed": 1}}.items():
+        pipe = tiny_pipeline("sd15")
+        train_lora(pipe, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / name, **{**QUICK, **settings})
+        runs[name] = load_file(tmp_path / name / "pytorch_lora_weights.safetensors")
+    assert any(not torch.equal(runs["a"][key], runs["seed"][key]) for key in runs["a"])
+
+
+DATA_PARALLEL = """
+import sys, torch
+torch.set_num_threads(1)
+from textloc.finetune import RenderedSigns, train_lora
+from textloc.testing import tiny_pipeline
+batch, out = int(sys.argv[1]), sys.argv[2]
+train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), steps=2, batch_size=batch, lr=5e-2,
+           resolution=32, checkpoint_every=2, output_dir=out, progress=False)
+"""
+
+
+def test_two_processes_train_the_lora_one_process_trains_with_the_same_global_batch(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(DATA_PARALLEL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    subprocess.run([sys.executable, str(script), "4", str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    run = subprocess.run([*launch, str(script), "2", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    one, two = (load_file(tmp_path / name / "pytorch_lora_weights.safetensors") for name in ("one", "two"))
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "two" / TRAINING_FILE).read_text())["global_batch_size"] == 4
+
+
+def test_an_imagefolder_and_a_datasets_dataset_train_alike(tmp_path):
+    import datasets
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = []
+    for index in range(3):
+        image, caption = RenderedSigns().example(index)
+        image.save(folder / f"{index}.png")
+        rows.append({"file_name": f"{index}.png", "caption": caption})
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    dataset = datasets.Dataset.from_dict({"image": [Image.open(folder / row["file_name"]) for row in rows], "caption": [row["caption"] for row in rows]})
+
+    weights = []
+    for name, data in {"folder": ImageFolder(folder, caption_column="caption"), "hf": RowsDataset(dataset, caption_column="caption")}.items():
+        pipe = tiny_pipeline("sd15")
+        train_lora(pipe, "up_blocks.*", data, output_dir=tmp_path / name, **QUICK)
+        weights.append(load_file(tmp_path / name / "pytorch_lora_weights.safetensors"))
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_validation_logs_a_csv_a_plot_and_sample_grids(tmp_path):
+    pipe = tiny_pipeline("sd15")
+    prompts = ['A sign that says "OPEN".', 'A sign that says "STOP".']
+    result = train_lora(
+        pipe, "up_blocks.*", RenderedSigns(), output_dir=tmp_path, validate_every=1, validation_prompts=prompts,
+        generate_kwargs=tiny_call_kwargs(pipe), **QUICK,
+    )
+    assert [row["step"] for row in result.validation] == [0, 1, 2]
+    assert all(0 <= row["word_accuracy"] <= 1 for row in result.validation)
+    assert (tmp_path / "validation.png").is_file() and (tmp_path / "validation.csv").read_text().count("\n") == 4
+    assert sorted(path.name for path in (tmp_path / "validation").iterdir()) == [f"step_00000{i}.png" for i in range(3)]
+    assert json.loads((tmp_path / TRAINING_FILE).read_text())["validation"] == result.validation
+
+
+def image_folder(folder: Path, lines: list[str], image: bytes | None = None) -> Path:
+    folder.mkdir(parents=True)
+    if image is None:
+        Image.new("RGB", (8, 8)).save(folder / "a.png")
+    else:
+        (folder / "a.png").write_bytes(image)
+    (folder / "metadata.jsonl").write_text("\n".join(lines))
+    return folder
+
+
+def test_bad_input_is_refused_before_any_step(tmp_path):
+    pipe = tiny_pipeline("sd15")
+    before = parameters(pipe)
+    (tmp_path / "plain").mkdir()
+    folders = {
+        "no metadata.jsonl": tmp_path / "plain",
+        "lists no image": image_folder(tmp_path / "empty", []),
+        "no caption in column 'text'": image_folder(tmp_path / "nocap", ['{"file_name": "a.png"}']),
+        "not a readable image": image_folder(tmp_path / "bad", ['{"file_name": "a.png", "text": "x"}'], image=b"not a png"),
+        "does not exist": tmp_path / "missing",
+    }
+    for message, folder in folders.items():
+        with pytest.raises(ValueError, match=message):
+            train_lora(pipe, "up_blocks.*", folder, output_dir=tmp_path / "out")
+    settings = {
+        "rank=0": dict(rank=0),
+        "exceeds the width": dict(rank=4096),
+        "steps=0": dict(steps=0),
+        "needs validation_prompts": dict(validate_every=5),
+        "quotes no text": dict(validation_prompts=["a sign"]),
+    }
+    for message, bad in settings.items():
+        with pytest.raises(ValueError, match=message):
+            train_lora(pipe, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "out", **bad)
+    with pytest.raises(ValueError, match="Unknown layer"):
+        train_lora(pipe, "up_blocks.9.nothing", RenderedSigns(), output_dir=tmp_path / "out")
+    assert not lora_names(pipe), "a LoRA was added before the input was checked"
+    assert all(torch.equal(before[name], value) for name, value in parameters(pipe).items())
+    assert not (tmp_path / "out").exists()
+
+
+def test_layers_localized_on_other_weights_are_refused(tmp_path):
+    pipe = tiny_pipeline("sd15")
+    layer = select_layers(pipe, "all")[0].name
+    other = Localization(model="other", settings={"weights": "0" * 16}, layers=[], baselines={}, selected=[layer])
+    with pytest.raises(ValueError, match="found on other weights"):
+        train_lora(pipe, other, RenderedSigns(), output_dir=tmp_path)
+
+
+def test_a_folder_holding_another_run_is_refused(tmp_path):
+    train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "run", **QUICK)
+    with pytest.raises(ValueError, match="already holds a LoRA run"):
+        train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "run", **QUICK)
+    with pytest.raises(ValueError, match="its alpha, rank differ"):
+        train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "run", resume=True, **{**QUICK, "rank": 2})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "other", **QUICK)
+
+
+def test_train_lora_is_public_api():
+    assert tl.train_lora is train_lora and tl.load_lora is load_lora

@@ -1,0 +1,108 @@
+"""Put a LoRA on the denoiser, and save or load it the way plain diffusers does.
+
+Saved with the pipeline class's own ``save_lora_weights`` (``pytorch_lora_weights.safetensors``
+with the adapter's config as metadata), so ``pipe.load_lora_weights(folder)`` loads it in any
+pipeline that has a LoRA loader: SD, SDXL, SD3, FLUX, IF, Sana. PixArt's pipelines have none;
+for them the folder also holds peft's ``adapter_config.json`` and :func:`load_lora` injects the
+adapter with peft directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from textloc.attention import denoiser
+
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_NAME = "default"  # diffusers' add_adapter() name
+
+logger = logging.getLogger(__name__)
+
+
+def add_lora(pipe: Any, targets: Sequence[str], rank: int, alpha: float | None, seed: int) -> LoraConfig:
+    """Add a LoRA of ``rank`` on the ``targets`` (full module paths) of ``pipe``'s denoiser; only it trains.
+
+    ``alpha`` defaults to ``rank`` (scale 1), as in the paper's code. The down-projections start
+    Gaussian from ``seed`` (the global RNG is left as it was), the up-projections at zero, so the
+    model starts exactly where it was.
+    """
+    config = LoraConfig(r=rank, lora_alpha=rank if alpha is None else alpha, init_lora_weights="gaussian", target_modules=list(targets))
+    model = denoiser(pipe)
+    model.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if hasattr(model, "add_adapter"):
+            model.add_adapter(config, adapter_name=ADAPTER_NAME)
+        else:  # PixArt's transformer has no diffusers adapter API
+            inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    return config
+
+
+def lora_parameters(pipe: Any) -> list[torch.nn.Parameter]:
+    """The LoRA's parameters: the only ones that train."""
+    return [parameter for name, parameter in denoiser(pipe).named_parameters() if "lora_" in name]
+
+
+def lora_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
+    """The LoRA's weights, under peft's names (what a checkpoint stores)."""
+    return get_peft_model_state_dict(denoiser(pipe), adapter_name=ADAPTER_NAME)
+
+
+def set_lora_state_dict(pipe: Any, state: dict[str, torch.Tensor]) -> None:
+    """Load weights saved by :func:`lora_state_dict` into the LoRA :func:`add_lora` put on ``pipe``."""
+    result = set_peft_model_state_dict(denoiser(pipe), state, adapter_name=ADAPTER_NAME)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"These LoRA weights do not fit this model's adapter: {', '.join(sorted(unexpected)[:3])}...")
+
+
+def save_lora(pipe: Any, directory: str | os.PathLike, config: LoraConfig) -> Path:
+    """Save the LoRA to ``directory/pytorch_lora_weights.safetensors``, loadable by ``pipe.load_lora_weights``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # peft's key names, which every diffusers LoRA loader reads; diffusers' older "lora.down/up"
+    # names cover to_q/to_k/to_v/to_out but not IF's add_k_proj/add_v_proj, and a file mixing
+    # both loads only half.
+    state = lora_state_dict(pipe)
+    metadata = config.to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])
+    saver = getattr(type(pipe), "save_lora_weights", None)
+    if saver is not None:
+        component = "unet" if hasattr(pipe, "unet") else "transformer"
+        saver(directory, **{f"{component}_lora_layers": state, f"{component}_lora_adapter_metadata": metadata})
+    else:
+        # Keys under the component's name, as diffusers' own LoRA files have them.
+        save_file({f"transformer.{key}": value.contiguous() for key, value in state.items()}, directory / LORA_WEIGHTS_FILE)
+        (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(metadata, indent=2, default=list))
+    return directory / LORA_WEIGHTS_FILE
+
+
+def load_lora(pipe: Any, directory: str | os.PathLike) -> None:
+    """Load a LoRA that :func:`save_lora` (or :func:`textloc.finetune.train_lora`) wrote into ``pipe``.
+
+    Pipelines with a LoRA loader use it (``pipe.load_lora_weights``); PixArt has none, so its
+    transformer gets the peft adapter directly, with the same result.
+    """
+    directory = Path(directory)
+    if not (directory / LORA_WEIGHTS_FILE).is_file():
+        raise ValueError(f"{directory} holds no {LORA_WEIGHTS_FILE}: give the folder train_lora wrote.")
+    if hasattr(pipe, "load_lora_weights"):
+        pipe.load_lora_weights(directory)
+        return
+    logger.info("%s has no load_lora_weights: loading the LoRA into its %s with peft.", type(pipe).__name__, "transformer")
+    config = LoraConfig(**json.loads((directory / ADAPTER_CONFIG_FILE).read_text()))
+    model = denoiser(pipe)
+    inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    state = load_file(directory / LORA_WEIGHTS_FILE)
+    set_peft_model_state_dict(model, {key.removeprefix("transformer."): value for key, value in state.items()}, adapter_name=ADAPTER_NAME)

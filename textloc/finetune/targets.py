@@ -1,0 +1,100 @@
+"""What a LoRA trains: the full module paths of the chosen layers' projections.
+
+peft matches a ``target_modules`` entry against a module's full name (equal, or ending in
+``"." + entry``), so full paths train exactly the named layers: a bare ``to_k`` would also catch
+every self-attention layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+import torch
+
+from textloc.attention import AttentionLayer, Kind, denoiser
+from textloc.layers import LayerSource, resolve_layers
+
+#: The projections a LoRA trains by default, per layer kind (``joint``: see :data:`JOINT_STREAMS`).
+DEFAULT_PROJECTIONS: dict[Kind, tuple[str, ...]] = {
+    "cross": ("to_q", "to_k", "to_v", "to_out.0"),
+    # IF: the text reaches the layer through its own K/V projections.
+    "added_kv": ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"),
+    # FLUX single-stream: the block's proj_out is shared with its MLP, so it is not the layer's.
+    "single": ("to_q", "to_k", "to_v"),
+}
+_IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")
+_TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+#: The projections of a joint (SD3, FLUX double-stream) layer, per stream. The paper trains the
+#: image stream of SD3's block 10; a joint block's last layer has no text output (``to_add_out``).
+JOINT_STREAMS: dict[str, tuple[str, ...]] = {
+    "image": _IMAGE_STREAM,
+    "text": _TEXT_STREAM,
+    "both": _IMAGE_STREAM + _TEXT_STREAM,
+}
+DEFAULT_JOINT_STREAM = "image"
+
+#: ``None`` (the defaults above), a joint stream (``"image"``, ``"text"``, ``"both"``) or
+#: projection names inside each layer (``("to_k", "to_v")``).
+Targets = Union[str, Sequence[str], None]
+
+
+def lora_targets(pipe: Any, layers: LayerSource, targets: Targets = None) -> list[str]:
+    """The full module paths inside the denoiser that a LoRA on ``layers`` trains.
+
+    ``layers`` is what every use takes (a ``Localization``, its folder, a selector, ``"preset"``).
+    A projection named explicitly that a layer lacks is an error; a default one it lacks (the
+    text output of a joint block that has none) is left out.
+    """
+    resolved = resolve_layers(pipe, layers)
+    modules = dict(denoiser(pipe).named_modules())
+    explicit = targets is not None and not isinstance(targets, str)
+    paths = []
+    for layer in resolved:
+        for projection in _projections(layer, targets):
+            path = f"{layer.name}.{projection}"
+            if _is_linear(modules.get(path)):
+                paths.append(path)
+            elif explicit:
+                present = [name for name in _all_projections() if _is_linear(modules.get(f"{layer.name}.{name}"))]
+                raise ValueError(f"{layer.name} has no linear projection {projection!r}; it has {', '.join(present)}.")
+    return paths
+
+
+def _projections(layer: AttentionLayer, targets: Targets) -> tuple[str, ...]:
+    if targets is None:
+        return JOINT_STREAMS[DEFAULT_JOINT_STREAM] if layer.kind == "joint" else DEFAULT_PROJECTIONS[layer.kind]
+    if isinstance(targets, str):
+        if targets not in JOINT_STREAMS:
+            raise ValueError(f"targets={targets!r}: a stream is one of {', '.join(JOINT_STREAMS)}, or give projection names, e.g. ('to_k', 'to_v').")
+        if layer.kind != "joint":
+            raise ValueError(
+                f"targets={targets!r} picks a stream of joint layers, but {layer.name} is a {layer.kind} layer; "
+                "leave targets unset, or give projection names, e.g. ('to_k', 'to_v')."
+            )
+        return JOINT_STREAMS[targets]
+    projections = tuple(targets)
+    if not projections:
+        raise ValueError("targets is empty: name at least one projection, e.g. ('to_k', 'to_v').")
+    return projections
+
+
+def _is_linear(module: torch.nn.Module | None) -> bool:
+    # A projection a LoRA already wraps keeps its linear layer as peft's base_layer.
+    return isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
+
+
+def _all_projections() -> tuple[str, ...]:
+    names = [*JOINT_STREAMS["both"], *(name for kind in DEFAULT_PROJECTIONS.values() for name in kind)]
+    return tuple(dict.fromkeys(names))
+
+
+def check_rank(pipe: Any, paths: Sequence[str], rank: int) -> None:
+    """A one-line error unless ``0 < rank <= `` the narrowest width of the target projections."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+        raise ValueError(f"rank={rank!r}: a LoRA rank is a positive integer (diffusers' scripts default to 4).")
+    modules = dict(denoiser(pipe).named_modules())
+    narrowest = min(paths, key=lambda path: min(modules[path].in_features, modules[path].out_features))
+    width = min(modules[narrowest].in_features, modules[narrowest].out_features)
+    if rank > width:
+        raise ValueError(f"rank={rank} exceeds the width of {narrowest} ({width}): a LoRA of that rank is no low-rank update; use rank <= {width}.")

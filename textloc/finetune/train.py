@@ -1,0 +1,344 @@
+"""``train_lora``: LoRA on the layers that write text, and nothing else.
+
+The loop is diffusers' LoRA scripts' (the model's own objective, the text encoders frozen,
+accelerate for the device, mixed precision, gradient accumulation and data parallelism), with
+three things they leave to chance made exact:
+
+- **Every draw is a pure function of the run's seed and the sample's place in training**: which
+  example (a per-epoch shuffle), its VAE sample, timestep and noise. A checkpoint therefore needs
+  only the LoRA, the optimizer and the step, a resumed run ends where an uninterrupted one does,
+  and N processes with batch B/N train the LoRA one process trains with batch B.
+- **The denoiser is conditioned by its own pipeline** (:func:`textloc.patching.denoiser_inputs`):
+  text embeddings, pooled projections, SDXL's time ids, FLUX's ids and guidance, masks; no
+  per-architecture code here to drift from the pipeline.
+- **Bad input stops the run before its first step**: an empty or unreadable dataset, a caption
+  missing, layers of another model, a rank the layers cannot hold, a folder holding another run.
+
+Files in ``output_dir``: ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights`` loads
+it), ``training.json`` (settings, targets, parameter counts, validation history),
+``checkpoint-<step>/`` (the last two), and with validation prompts ``validation.csv``,
+``validation.png`` and ``validation/step_<step>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from textloc import distributed, seeding
+from textloc.attention import denoiser, denoiser_parameter_count
+from textloc.finetune.data import as_captioned_images, example_index
+from textloc.finetune.lora import add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
+from textloc.finetune.objective import Objective
+from textloc.finetune.targets import Targets, check_rank, lora_targets
+from textloc.finetune.validation import Validation
+from textloc.layers import LayerSource, resolve_layers
+from textloc.localization.report import write_json_atomic
+from textloc.patching import denoiser_inputs
+from textloc.pipeline_calls import call_kwargs
+from textloc.pipelines import weights_fingerprint
+
+TRAINING_FILE = "training.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINTS_KEPT = 2
+# Settings a resumed run may change: how long it runs and how often it saves and validates.
+_RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "validate_every"})
+
+
+@dataclass
+class TrainedLora:
+    """What :func:`train_lora` trained and where it saved it."""
+
+    output_dir: Path
+    layers: list[str]
+    targets: list[str]
+    trainable_parameters: int
+    denoiser_parameters: int
+    steps: int
+    validation: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def trainable_share(self) -> float:
+        """The LoRA's parameters as a share of the denoiser's."""
+        return self.trainable_parameters / self.denoiser_parameters
+
+    @property
+    def weights(self) -> Path:
+        """The file ``pipe.load_lora_weights(output_dir)`` loads."""
+        return self.output_dir / "pytorch_lora_weights.safetensors"
+
+    def summary(self) -> str:
+        lines = [
+            f"LoRA on {len(self.layers)} layers ({len(self.targets)} projections), {self.steps} steps: "
+            f"{self.trainable_parameters:,} trainable parameters, {self.trainable_share:.3%} of the denoiser's {self.denoiser_parameters:,}",
+            f"saved to {self.weights}",
+        ]
+        if self.validation:
+            first, last = self.validation[0], self.validation[-1]
+            lines.append(
+                f"validation word accuracy {first['word_accuracy']:.1%} (step {first['step']:.0f}) -> "
+                f"{last['word_accuracy']:.1%} (step {last['step']:.0f}); edit distance {first['edit_distance']:.2f} -> {last['edit_distance']:.2f}"
+            )
+        return "\n".join(lines)
+
+
+def train_lora(
+    pipe: Any,
+    layers: LayerSource,
+    dataset: Any,
+    *,
+    rank: int = 4,
+    alpha: float | None = None,
+    targets: Targets = None,
+    steps: int = 1000,
+    lr: float = 1e-4,
+    batch_size: int = 1,
+    grad_accum: int = 1,
+    mixed_precision: str = "no",
+    checkpoint_every: int = 500,
+    validate_every: int | None = None,
+    validation_prompts: Sequence[str] = (),
+    output_dir: str | os.PathLike = "lora",
+    resume: bool = False,
+    seed: int = 0,
+    resolution: int | None = None,
+    caption_column: str = "text",
+    image_column: str = "image",
+    generate_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainedLora:
+    """Train a LoRA on the projections of ``layers`` of ``pipe``'s denoiser; everything else stays frozen.
+
+    - ``layers``: a ``Localization``, the folder it was saved to, a selector or ``"preset"``.
+    - ``dataset``: an ``imagefolder`` directory (``metadata.jsonl`` with ``file_name`` and
+      ``caption_column``), a ``datasets.Dataset`` (``image_column``, ``caption_column``) or a
+      :class:`~textloc.finetune.data.RenderedSigns`.
+    - ``targets``: which projections of each layer (:func:`~textloc.finetune.targets.lora_targets`).
+    - ``rank``, ``alpha`` (default: ``rank``), ``lr`` (AdamW, constant), ``batch_size`` per process
+      and micro-step, ``grad_accum`` micro-steps per step, ``mixed_precision`` ("no", "fp16",
+      "bf16"): as diffusers' LoRA scripts' ``--rank``, ``--learning_rate``, ``--train_batch_size``,
+      ``--gradient_accumulation_steps``, ``--mixed_precision``.
+    - ``checkpoint_every`` steps a checkpoint (LoRA, optimizer, step); ``resume=True`` continues
+      from the last one, to the LoRA an uninterrupted run trains.
+    - ``validate_every`` steps (and before the first and after the last) ``validation_prompts``
+      are generated with ``generate_kwargs`` (the model's sampler settings) and scored by OCR.
+    - ``resolution``: the training image side (default: the denoiser's native size).
+
+    The pipeline keeps the trained LoRA (its denoiser is moved to accelerate's device). Under
+    ``accelerate launch`` each process trains on its share of every batch.
+    """
+    generate_kwargs = dict(generate_kwargs or {})
+    data = as_captioned_images(dataset, caption_column, image_column)
+    selected = resolve_layers(pipe, layers)
+    paths = lora_targets(pipe, selected, targets)
+    check_rank(pipe, paths, rank)
+    _check_counts(steps=steps, batch_size=batch_size, grad_accum=grad_accum, checkpoint_every=checkpoint_every)
+    if validate_every is not None:
+        _check_counts(validate_every=validate_every)
+        if not validation_prompts:
+            raise ValueError("validate_every needs validation_prompts: prompts that quote the text they ask for.")
+    resolution = resolution or native_resolution(pipe)
+
+    accelerator = distributed.accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    output_dir = Path(output_dir)
+    settings = {
+        "pipeline": type(pipe).__name__,
+        "weights": weights_fingerprint(pipe),
+        "layers": [layer.name for layer in selected],
+        "targets": paths,
+        "rank": rank,
+        "alpha": rank if alpha is None else alpha,
+        "lr": lr,
+        "global_batch_size": batch_size * grad_accum * accelerator.num_processes,
+        "mixed_precision": mixed_precision,
+        "resolution": resolution,
+        "seed": seed,
+        "dataset": _describe(data),
+        "steps": steps,
+        "checkpoint_every": checkpoint_every,
+        "validate_every": validate_every,
+    }
+    validation = None
+    if validation_prompts:
+        validation = Validation(pipe, validation_prompts, output_dir, call_kwargs(pipe, **generate_kwargs), seed)
+    _check_output(output_dir, settings, resume)
+    start = 0
+
+    config = add_lora(pipe, paths, rank, alpha, seed)
+    trainable = sum(parameter.numel() for parameter in lora_parameters(pipe))
+    total = denoiser_parameter_count(pipe)
+    if accelerator.is_main_process:
+        print(f"LoRA on {len(selected)} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
+              f"{trainable / total:.3%} of the denoiser's {total:,}.")
+    checkpoint = _last_checkpoint(output_dir, up_to=steps) if resume else None
+    if checkpoint is not None:
+        set_lora_state_dict(pipe, load_file(checkpoint / "lora.safetensors"))
+        start = json.loads((checkpoint / "state.json").read_text())["step"]
+
+    pipe.to(accelerator.device)
+    model = denoiser(pipe)
+    model.train()
+    optimizer = torch.optim.AdamW(lora_parameters(pipe), lr=lr)
+    trained_model, optimizer = accelerator.prepare(model, optimizer)
+    if checkpoint is not None:
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=accelerator.device, weights_only=True))
+    objective = Objective(pipe, resolution)
+    capture = _capture_settings(pipe, generate_kwargs, resolution)
+    write_json_atomic(output_dir / TRAINING_FILE, {**settings, "finished": False})
+
+    history: list[dict[str, float]] = []
+    if validation is not None and accelerator.is_main_process:
+        validation.restart_at(start)
+        history = validation.history()
+        if not history:
+            history.append(_validate(validation, model, 0, None))
+
+    bar = tqdm(total=steps, initial=start, desc="LoRA", disable=not (progress and accelerator.is_main_process))
+    step, loss = start, math.nan
+    try:
+        while step < steps:
+            began = time.perf_counter()
+            losses = []
+            for micro in range(grad_accum):
+                first = ((step * grad_accum + micro) * accelerator.num_processes + accelerator.process_index) * batch_size
+                items = range(first, first + batch_size)
+                with accelerator.accumulate(trained_model):
+                    examples = [data.example(example_index(data, item, seed)) for item in items]
+                    seeds = [seeding.derived_seed(seed, item) for item in items]
+                    clean = objective.clean_samples([image for image, _ in examples], seeds)
+                    inputs = denoiser_inputs(pipe, [caption for _, caption in examples], **capture)
+                    micro_loss = objective.loss(trained_model, inputs, clean, seeds)
+                    accelerator.backward(micro_loss)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                losses.append(accelerator.reduce(micro_loss.detach(), "mean").item())
+            step += 1
+            loss = sum(losses) / len(losses)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{time.perf_counter() - began:.2f}")
+            if step % checkpoint_every == 0 or step == steps:
+                _save_checkpoint(accelerator, pipe, optimizer, output_dir, step, loss)
+            if validation is not None and accelerator.is_main_process and (step == steps or step % validate_every == 0):
+                history.append(_validate(validation, model, step, loss))
+    except KeyboardInterrupt:
+        if step > start and step % checkpoint_every:
+            _save_checkpoint(accelerator, pipe, optimizer, output_dir, step, loss)
+        raise
+    finally:
+        bar.close()
+        accelerator.unwrap_model(trained_model, keep_fp32_wrapper=False)  # the user's denoiser, without autocast
+    model.eval()
+
+    result = TrainedLora(output_dir, settings["layers"], paths, trainable, total, steps, history)
+    if accelerator.is_main_process:
+        save_lora(pipe, output_dir, config)
+        summary = {"trainable_parameters": trainable, "denoiser_parameters": total, "trainable_share": result.trainable_share}
+        write_json_atomic(output_dir / TRAINING_FILE, {**settings, **summary, "validation": history, "finished": True})
+    accelerator.wait_for_everyone()
+    return result
+
+
+def native_resolution(pipe: Any) -> int:
+    """The image side the denoiser was built for: its ``sample_size`` times the VAE's scale factor."""
+    config = denoiser(pipe).config
+    size = config.get("sample_size") or 64  # FLUX leaves it unset; its VAE's 8x gives 512
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))
+
+
+def _capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """The pipeline-call settings under which the pipeline conditions one training batch: the
+    caller's text settings, the training size, and no classifier-free guidance (a distilled
+    guidance embedding, FLUX-dev's, is conditioning and stays)."""
+    settings = {key: value for key, value in generate_kwargs.items() if not key.startswith("negative_")}
+    if not denoiser(pipe).config.get("guidance_embeds"):
+        settings["guidance_scale"] = 1.0
+    settings.pop("true_cfg_scale", None)
+    latent = "latent" if getattr(pipe, "vae", None) is not None else "pt"
+    settings.update(num_inference_steps=2, height=resolution, width=resolution, output_type=latent, generator=seeding.generator(0))
+    return call_kwargs(pipe, **settings)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name}={value!r}: it is a positive number of steps or samples.")
+
+
+def _describe(data: Any) -> str:
+    folder = getattr(data, "folder", None)
+    if folder is not None:
+        return f"imagefolder {folder} ({data.size} images)"
+    words = getattr(data, "words", None)
+    if words is not None:
+        return f"rendered signs, seed {data.seed}, words {', '.join(words)}"
+    return f"{type(data).__name__} ({data.size} rows)"
+
+
+def _check_output(output_dir: Path, settings: dict[str, Any], resume: bool) -> None:
+    """A one-line error unless ``output_dir`` is new, empty, or (with ``resume``) holds this same run."""
+    record = output_dir / TRAINING_FILE
+    if record.is_file():
+        previous = json.loads(record.read_text())
+        changed = sorted(key for key in settings if key not in _RESUMABLE_CHANGES and previous.get(key) != settings[key])
+        if not resume:
+            raise ValueError(f"{output_dir} already holds a LoRA run: pass resume=True (--resume) to continue it, or choose another folder.")
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds another run: its {', '.join(changed)} differ from this one's; "
+                "choose another folder, or continue it with its own settings."
+            )
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ValueError(f"{output_dir} is not empty and holds no LoRA run ({TRAINING_FILE}): choose an empty or new folder.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if suffix.isdigit() and (path / "state.json").is_file():
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def _last_checkpoint(output_dir: Path, up_to: int) -> Path | None:
+    usable = [path for step, path in _checkpoints(output_dir) if step <= up_to]
+    return usable[-1] if usable else None
+
+
+def _save_checkpoint(accelerator: Any, pipe: Any, optimizer: Any, output_dir: Path, step: int, loss: float) -> None:
+    """Write ``checkpoint-<step>`` (written aside, then renamed: never half there) and keep the last few."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        partial = output_dir / f".{final.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        save_file({key: value.contiguous() for key, value in lora_state_dict(pipe).items()}, partial / "lora.safetensors")
+        torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        (partial / "state.json").write_text(json.dumps({"step": step, "loss": loss}))
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for _, old in _checkpoints(output_dir)[:-CHECKPOINTS_KEPT]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _validate(validation: Validation, model: torch.nn.Module, step: int, loss: float | None) -> dict[str, float]:
+    model.eval()
+    try:
+        return validation(step, loss)
+    finally:
+        model.train()
