@@ -7,8 +7,8 @@ import torch
 
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
-from textloc.attention import attention_layers, select_layers
-from textloc.patching import RowPatch, record, run_with_patches
+from textloc.attention import attention_layers, denoiser, select_layers
+from textloc.patching import RowPatch, denoiser_inputs, record, run_with_patches
 
 EXPECTED_KINDS = {
     "sd15": {"cross"},
@@ -312,3 +312,36 @@ def test_half_precision_patching(half_arch, dtype):
         assert torch.equal(generate(pipe), plain)
     with tl.patch(pipe, "all", cache_of(pipe, OTHER)):
         assert not torch.equal(generate(pipe), plain)
+
+
+def without_guidance(pipe) -> dict:
+    kwargs = seeded(pipe, guidance_scale=1.0)
+    kwargs.pop("true_cfg_scale", None)
+    kwargs.pop("negative_prompt", None)
+    return kwargs
+
+
+def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
+    inputs = denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
+    model = denoiser(pipe)
+    with torch.no_grad():
+        own = model(*inputs.args, **inputs.kwargs)[0]
+        sample = inputs.kwargs.get("hidden_states", inputs.kwargs.get("sample", inputs.args[0] if inputs.args else None))
+        first = pipe.scheduler.timesteps[0].expand(2)
+        replayed = inputs(model, sample, first)
+        moved = inputs(model, torch.randn_like(sample), first)
+        later = inputs(model, sample, pipe.scheduler.timesteps[-1].expand(2))
+    torch.testing.assert_close(replayed, own[:, : sample.shape[1]])
+    assert not torch.allclose(moved, replayed), "the sample was not substituted"
+    assert not torch.allclose(later, replayed), "the timestep was not substituted"
+    assert inputs.timestep_scale == (0.001 if arch == "flux" else 1.0)
+
+
+def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
+    if arch == "flux":
+        # FLUX runs true CFG as two calls, the conditional one first: that one is what is captured.
+        guided, plain = denoiser_inputs(pipe, PROMPT, **seeded(pipe)), denoiser_inputs(pipe, PROMPT, **without_guidance(pipe))
+        torch.testing.assert_close(guided.kwargs["encoder_hidden_states"], plain.kwargs["encoder_hidden_states"])
+        return
+    with pytest.raises(ValueError, match="classifier-free guidance"):
+        denoiser_inputs(pipe, PROMPT, **seeded(pipe))
