@@ -26,6 +26,12 @@ demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --num-inference-steps 15 --out runs/demo/localize
 	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out runs/demo/edit
 	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out runs/demo/guard
+	# A short LoRA run on the text layers (--resume: a second `make demo` continues it, not refuses it).
+	$(BIN)/textloc --threads 1 finetune --model $(DEMO_MODEL) --layers $(DEMO_LAYERS) --data textloc-tiny --steps 10 --batch-size 4 --lr 1e-3 --resume --out runs/demo/finetune
+ifeq ($(DEMO_MODEL),textloc-tiny)
+	# The LoRA shipped in samples/tiny/finetune (bench/bench_finetune.py, task A), beside the base model's images above.
+	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --lora samples/tiny/finetune --out runs/demo/generate-lora.png
+endif
 
 test: $(BIN)/textloc
 	# Two workers, one per core: every test runs torch on one thread (tests/conftest.py).
@@ -34,6 +40,7 @@ test: $(BIN)/textloc
 bench: $(BIN)/textloc
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_localize.py
+	$(BIN)/python bench/bench_finetune.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -250,3 +250,28 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
 
 def test_train_lora_is_public_api():
     assert tl.train_lora is train_lora and tl.load_lora is load_lora
+
+
+def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
+    from textloc.cli import main
+
+    out = tmp_path / "lora"
+    common = ["--threads", "1"]
+    train = ["finetune", "--model", "tiny-random-sd15", "--layers", "up_blocks.*", "--data", "textloc-tiny", "--steps", "2",
+             "--batch-size", "2", "--lr", "0.05", "--out", str(out)]
+    assert main([*common, *train]) == 0
+    printed = capsys.readouterr().out
+    assert "trainable parameters" in printed and "validation word accuracy" in printed
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "validation.png").is_file()
+
+    prompt = 'A sign that says "LAMP".'
+    assert main([*common, "generate", "--model", "tiny-random-sd15", prompt, "--out", str(tmp_path / "base.png")]) == 0
+    assert main([*common, "generate", "--model", "tiny-random-sd15", prompt, "--lora", str(out), "--out", str(tmp_path / "lora.png")]) == 0
+    assert f"LoRA {out}" in capsys.readouterr().out
+    base, lora = (np.asarray(Image.open(tmp_path / name), dtype=float) for name in ("base.png", "lora.png"))
+    assert np.abs(base - lora).max() > 2, "generate --lora made the base model's image"
+
+    assert main([*common, *train]) == 2  # the folder holds that run now
+    assert "already holds a LoRA run" in capsys.readouterr().err
+    assert main([*common, *train[:5], "--data", str(tmp_path / "nowhere"), *train[7:]]) == 2
+    assert "does not exist" in capsys.readouterr().err

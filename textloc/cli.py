@@ -319,6 +319,7 @@ def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise, drawn on the CPU so it is alike on every device (default 0)")
     _add_sampler_options(parser)
     parser.add_argument("--num", type=_positive_int, default=1, metavar="K", help="number of images (default 1)")
+    parser.add_argument("--lora", type=Path, metavar="DIR", help="a LoRA folder (textloc finetune's --out) to generate with")
     parser.add_argument("--out", type=Path, default=Path("generated.png"), metavar="FILE.png", help="where to save the PNG (default generated.png)")
     parser.set_defaults(run=run_generate)
 
@@ -340,12 +341,17 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"--out must be a .png file, not {str(args.out)!r}.")
     pipe = load_model(args)
+    if args.lora is not None:
+        from textloc.finetune import load_lora
+
+        load_lora(pipe, args.lora)
     pipe.set_progress_bar_config(disable=False, leave=False)
     images = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=args.num)).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(args.out)
     width, height = images[0].size
-    print(f"saved {args.out} ({len(images)} image{'s' * (len(images) > 1)} of {width}x{height}, seed {args.seed})")
+    lora = "" if args.lora is None else f", LoRA {args.lora}"
+    print(f"saved {args.out} ({len(images)} image{'s' * (len(images) > 1)} of {width}x{height}, seed {args.seed}{lora})")
     return 0
 
 
@@ -650,12 +656,121 @@ def run_guard(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# textloc finetune
+
+
+def add_finetune(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Declare ``textloc finetune``."""
+    from textloc.finetune import JOINT_STREAMS
+
+    parser = subcommands.add_parser(
+        "finetune",
+        parents=parents,
+        help="train a LoRA on only the text layers, loadable by pipe.load_lora_weights",
+        description=(
+            "Train a LoRA on the attention projections of the text layers only; every other weight stays frozen. "
+            "Writes pytorch_lora_weights.safetensors (diffusers' pipe.load_lora_weights(DIR) loads it), training.json, "
+            "checkpoints, and with validation prompts validation.csv, validation.png and sample grids to --out. "
+            "Validation images use the model's own sampler settings."
+        ),
+        epilog=_examples(
+            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --steps 500 --out runs/lora",
+            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny:new_words.txt --steps 500 --out runs/lora-new",
+            "textloc finetune --model stabilityai/stable-diffusion-xl-base-1.0 --layers preset --data ./mario --steps 10000 \\",
+            "    --lr 1e-6 --batch-size 8 --grad-accum 8 --mixed-precision bf16 --out runs/lora-sdxl",
+            "textloc generate --model textloc-tiny --lora runs/lora 'A sign that says \"LAMP\".' --out lamp.png",
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--layers", action="append", metavar="SEL",
+        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, globs or indices (repeatable)",
+    )
+    parser.add_argument(
+        "--data", required=True, metavar="DIR|MODEL[:WORDS]",
+        help="an imagefolder directory (images and a metadata.jsonl with file_name and a caption), or a named model's "
+        "rendered signs (textloc-tiny), optionally over the words of a file (one per line)",
+    )
+    parser.add_argument("--caption-column", default="text", metavar="C", help="the caption column of metadata.jsonl (default text)")
+    parser.add_argument("--steps", type=_positive_int, required=True, metavar="N", help="optimizer steps (diffusers' --max_train_steps)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (a new or empty one; with --resume, the run's own)")
+    parser.add_argument("--rank", type=_positive_int, default=4, metavar="R", help="LoRA rank (default 4, the paper's)")
+    parser.add_argument("--alpha", type=float, metavar="A", help="LoRA alpha (default: the rank, so the scale is 1)")
+    parser.add_argument(
+        "--targets", metavar="T",
+        help=f"projections of each layer: for joint layers a stream ({', '.join(JOINT_STREAMS)}; default image), "
+        "or comma-separated names such as to_k,to_v (default: q, k, v and out; IF also its text K/V)",
+    )
+    parser.add_argument("--lr", type=float, default=1e-4, metavar="LR", help="learning rate, constant (default 1e-4)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="B", help="samples per process and micro-step (default 1)")
+    parser.add_argument("--grad-accum", type=_positive_int, default=1, metavar="K", help="micro-steps per optimizer step (default 1)")
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="accelerate's mixed precision (default no)")
+    parser.add_argument("--resolution", type=_positive_int, metavar="PX", help="training image side (default: the model's native size)")
+    parser.add_argument("--checkpoint-every", type=_positive_int, default=500, metavar="N", help="steps between checkpoints (default 500)")
+    parser.add_argument("--validate-every", type=_positive_int, metavar="N", help="steps between validations (default: before and after training only)")
+    parser.add_argument(
+        "--validation-prompt", action="append", metavar="P",
+        help="a validation prompt quoting its text (repeatable; default with rendered signs: 8 held-out captions of their words)",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the LoRA's initial weights and of every training draw (default 0)")
+    parser.set_defaults(run=run_finetune)
+
+
+def _training_data(args: argparse.Namespace) -> Any:
+    """--data as train_lora takes it: a named model's rendered signs (over a word file's words), or a folder."""
+    from textloc.finetune import ImageFolder, RenderedSigns
+
+    name, _, words_file = args.data.partition(":")
+    named = None if Path(args.data).is_dir() else find_named_model(name)
+    if named is None or named.training_data is None:
+        return ImageFolder(args.data, caption_column=args.caption_column)
+    words = None
+    if words_file:
+        try:
+            words = [line.strip() for line in Path(words_file).read_text().splitlines() if line.strip()]
+        except OSError as error:
+            raise CommandError(f"--data {args.data}: cannot read {words_file} ({error.strerror}).") from error
+    return RenderedSigns(words)
+
+
+def _targets(text: str | None) -> Any:
+    from textloc.finetune import JOINT_STREAMS
+
+    if text is None or text in JOINT_STREAMS:
+        return text
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Train a LoRA on the text layers and print what it trained and how validation moved."""
+    from textloc.finetune import RenderedSigns, train_lora
+
+    data = _training_data(args)  # a bad folder or word file is refused before the model loads
+    prompts = args.validation_prompt
+    if prompts is None and isinstance(data, RenderedSigns):
+        prompts = data.held_out_captions(8)
+    pipe = load_model(args)
+    named = find_named_model(args.model)
+    settings = call_kwargs(pipe, **({} if named is None else named.settings))
+    result = train_lora(
+        pipe, _layer_source(args.layers), data, rank=args.rank, alpha=args.alpha, targets=_targets(args.targets),
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
+        validation_prompts=prompts or (), output_dir=args.out, resume=args.resume, seed=args.seed,
+        resolution=args.resolution, caption_column=args.caption_column, generate_kwargs=settings,
+    )
+    print(result.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 AddCommand = Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]], None]
 # Each entry declares one subcommand; the second item says whether it loads a model (--model).
 COMMANDS: tuple[tuple[AddCommand, bool], ...] = (
-    (add_layers, True), (add_generate, True), (add_localize, True), (add_edit, True), (add_guard, True),
+    (add_layers, True), (add_generate, True), (add_localize, True), (add_edit, True), (add_guard, True), (add_finetune, True),
 )
 
 
@@ -669,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
             "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
             "textloc edit --model textloc-tiny --prompt 'A sign that says \"LAMP\".' --new-text FISH --layers samples/tiny/localize --out runs/edit",
+            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --steps 500 --out runs/lora",
             "textloc COMMAND --help   (options and examples of one command)",
         ),
         formatter_class=_HelpFormatter,

@@ -116,6 +116,14 @@ class RenderedSigns:
         example = make_example(self.seed, index, words=self.words)
         return example.image, example.caption
 
+    def held_out_captions(self, count: int) -> list[str]:
+        """Captions of these words in scenes training never shows them in (held-out sign and
+        background colours), from textloc-tiny's evaluation stream: validation prompts."""
+        from textloc.tiny.data import make_example
+        from textloc.tiny.evaluate import EVAL_SEED
+
+        return [make_example(EVAL_SEED, index, held_out=True, words=self.words).caption for index in range(count)]
+
 
 def as_captioned_images(
     data: Any, caption_column: str = DEFAULT_CAPTION_COLUMN, image_column: str = DEFAULT_IMAGE_COLUMN

@@ -39,15 +39,24 @@ DEFAULT_JOINT_STREAM = "image"
 Targets = Union[str, Sequence[str], None]
 
 
-def lora_targets(pipe: Any, layers: LayerSource, targets: Targets = None) -> list[str]:
+def lora_targets(pipe: Any, layers: LayerSource | None, targets: Targets = None) -> list[str]:
     """The full module paths inside the denoiser that a LoRA on ``layers`` trains.
 
     ``layers`` is what every use takes (a ``Localization``, its folder, a selector, ``"preset"``).
     A projection named explicitly that a layer lacks is an error; a default one it lacks (the
-    text output of a joint block that has none) is left out.
+    text output of a joint block that has none) is left out. With ``layers=None``, ``targets``
+    are full module paths of linear layers, taken as they are (e.g. every attention projection,
+    self-attention included, for a comparison with the text layers).
     """
-    resolved = resolve_layers(pipe, layers)
     modules = dict(denoiser(pipe).named_modules())
+    if layers is None:
+        if targets is None or isinstance(targets, str) or not targets:
+            raise ValueError("Without layers, targets are the full module paths to train, e.g. ['up_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q'].")
+        for path in targets:
+            if not _is_linear(modules.get(path)):
+                raise ValueError(f"{path!r} is not a linear layer of the denoiser; name full module paths.")
+        return list(targets)
+    resolved = resolve_layers(pipe, layers)
     explicit = targets is not None and not isinstance(targets, str)
     paths = []
     for layer in resolved:

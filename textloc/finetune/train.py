@@ -95,7 +95,7 @@ class TrainedLora:
 
 def train_lora(
     pipe: Any,
-    layers: LayerSource,
+    layers: LayerSource | None,
     dataset: Any,
     *,
     rank: int = 4,
@@ -124,7 +124,8 @@ def train_lora(
     - ``dataset``: an ``imagefolder`` directory (``metadata.jsonl`` with ``file_name`` and
       ``caption_column``), a ``datasets.Dataset`` (``image_column``, ``caption_column``) or a
       :class:`~textloc.finetune.data.RenderedSigns`.
-    - ``targets``: which projections of each layer (:func:`~textloc.finetune.targets.lora_targets`).
+    - ``targets``: which projections of each layer (:func:`~textloc.finetune.targets.lora_targets`);
+      with ``layers=None``, the full module paths to train.
     - ``rank``, ``alpha`` (default: ``rank``), ``lr`` (AdamW, constant), ``batch_size`` per process
       and micro-step, ``grad_accum`` micro-steps per step, ``mixed_precision`` ("no", "fp16",
       "bf16"): as diffusers' LoRA scripts' ``--rank``, ``--learning_rate``, ``--train_batch_size``,
@@ -140,8 +141,8 @@ def train_lora(
     """
     generate_kwargs = dict(generate_kwargs or {})
     data = as_captioned_images(dataset, caption_column, image_column)
-    selected = resolve_layers(pipe, layers)
-    paths = lora_targets(pipe, selected, targets)
+    selected = [] if layers is None else resolve_layers(pipe, layers)
+    paths = lora_targets(pipe, selected or None, targets)
     check_rank(pipe, paths, rank)
     _check_counts(steps=steps, batch_size=batch_size, grad_accum=grad_accum, checkpoint_every=checkpoint_every)
     if validate_every is not None:
@@ -155,7 +156,7 @@ def train_lora(
     settings = {
         "pipeline": type(pipe).__name__,
         "weights": weights_fingerprint(pipe),
-        "layers": [layer.name for layer in selected],
+        "layers": [layer.name for layer in selected] if selected else sorted({path.rsplit(".", 1)[0].removesuffix(".to_out") for path in paths}),
         "targets": paths,
         "rank": rank,
         "alpha": rank if alpha is None else alpha,
@@ -175,11 +176,11 @@ def train_lora(
     _check_output(output_dir, settings, resume)
     start = 0
 
+    total = denoiser_parameter_count(pipe)  # the model's own, before the LoRA adds any
     config = add_lora(pipe, paths, rank, alpha, seed)
     trainable = sum(parameter.numel() for parameter in lora_parameters(pipe))
-    total = denoiser_parameter_count(pipe)
     if accelerator.is_main_process:
-        print(f"LoRA on {len(selected)} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
+        print(f"LoRA on {len(settings['layers'])} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
               f"{trainable / total:.3%} of the denoiser's {total:,}.")
     checkpoint = _last_checkpoint(output_dir, up_to=steps) if resume else None
     if checkpoint is not None:
@@ -194,7 +195,7 @@ def train_lora(
     if checkpoint is not None:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=accelerator.device, weights_only=True))
     objective = Objective(pipe, resolution)
-    capture = _capture_settings(pipe, generate_kwargs, resolution)
+    capture = capture_settings(pipe, generate_kwargs, resolution)
     write_json_atomic(output_dir / TRAINING_FILE, {**settings, "finished": False})
 
     history: list[dict[str, float]] = []
@@ -214,11 +215,7 @@ def train_lora(
                 first = ((step * grad_accum + micro) * accelerator.num_processes + accelerator.process_index) * batch_size
                 items = range(first, first + batch_size)
                 with accelerator.accumulate(trained_model):
-                    examples = [data.example(example_index(data, item, seed)) for item in items]
-                    seeds = [seeding.derived_seed(seed, item) for item in items]
-                    clean = objective.clean_samples([image for image, _ in examples], seeds)
-                    inputs = denoiser_inputs(pipe, [caption for _, caption in examples], **capture)
-                    micro_loss = objective.loss(trained_model, inputs, clean, seeds)
+                    micro_loss = batch_loss(pipe, trained_model, objective, data, items, seed, capture)
                     accelerator.backward(micro_loss)
                     optimizer.step()
                     optimizer.zero_grad()
@@ -229,7 +226,7 @@ def train_lora(
             bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{time.perf_counter() - began:.2f}")
             if step % checkpoint_every == 0 or step == steps:
                 _save_checkpoint(accelerator, pipe, optimizer, output_dir, step, loss)
-            if validation is not None and accelerator.is_main_process and (step == steps or step % validate_every == 0):
+            if validation is not None and accelerator.is_main_process and (step == steps or validate_every and step % validate_every == 0):
                 history.append(_validate(validation, model, step, loss))
     except KeyboardInterrupt:
         if step > start and step % checkpoint_every:
@@ -249,15 +246,17 @@ def train_lora(
     return result
 
 
-def native_resolution(pipe: Any) -> int:
-    """The image side the denoiser was built for: its ``sample_size`` times the VAE's scale factor."""
-    config = denoiser(pipe).config
-    size = config.get("sample_size") or 64  # FLUX leaves it unset; its VAE's 8x gives 512
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))
+def batch_loss(pipe: Any, model: torch.nn.Module, objective: Objective, data: Any, items: range, seed: int, capture: dict[str, Any]) -> torch.Tensor:
+    """The loss of training samples ``items`` (their places in the run's order) for ``model``:
+    each sample's example, VAE draw, timestep and noise come from ``seed`` and its place alone."""
+    examples = [data.example(example_index(data, item, seed)) for item in items]
+    seeds = [seeding.derived_seed(seed, item) for item in items]
+    clean = objective.clean_samples([image for image, _ in examples], seeds)
+    inputs = denoiser_inputs(pipe, [caption for _, caption in examples], **capture)
+    return objective.loss(model, inputs, clean, seeds)
 
 
-def _capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int) -> dict[str, Any]:
+def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int) -> dict[str, Any]:
     """The pipeline-call settings under which the pipeline conditions one training batch: the
     caller's text settings, the training size, and no classifier-free guidance (a distilled
     guidance embedding, FLUX-dev's, is conditioning and stays)."""
@@ -268,6 +267,14 @@ def _capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: in
     latent = "latent" if getattr(pipe, "vae", None) is not None else "pt"
     settings.update(num_inference_steps=2, height=resolution, width=resolution, output_type=latent, generator=seeding.generator(0))
     return call_kwargs(pipe, **settings)
+
+
+def native_resolution(pipe: Any) -> int:
+    """The image side the denoiser was built for: its ``sample_size`` times the VAE's scale factor."""
+    config = denoiser(pipe).config
+    size = config.get("sample_size") or 64  # FLUX leaves it unset; its VAE's 8x gives 512
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))
 
 
 def _check_counts(**counts: int) -> None:
