@@ -275,3 +275,45 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
     assert "already holds a LoRA run" in capsys.readouterr().err
     assert main([*common, *train[:5], "--data", str(tmp_path / "nowhere"), *train[7:]]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class TextbookDenoiser(torch.nn.Module):
+    """Predicts exactly what the textbook says the target is, from the clean samples it is told."""
+
+    def __init__(self, clean: torch.Tensor, prediction_type: str, alphas_cumprod: torch.Tensor | None, total: int):
+        super().__init__()
+        self.clean, self.prediction_type, self.alphas_cumprod, self.total = clean, prediction_type, alphas_cumprod, total
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, **_) -> tuple[torch.Tensor]:
+        shape = (-1, 1, 1, 1)
+        if self.prediction_type == "flow":  # x_t = (1 - s) x + s e, s = t / T; the target is e - x
+            sigma = (timestep / self.total).view(shape)
+            noise = (sample - (1 - sigma) * self.clean) / sigma
+            return (noise - self.clean,)
+        alpha = self.alphas_cumprod[timestep.long()].view(shape)
+        noise = (sample - alpha.sqrt() * self.clean) / (1 - alpha).sqrt()
+        target = {"epsilon": noise, "sample": self.clean, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * self.clean}
+        return (target[self.prediction_type],)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample", "flow"])
+def test_the_objective_is_zero_for_the_textbook_target_and_not_for_a_flipped_one(prediction_type):
+    from types import SimpleNamespace
+
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from textloc.finetune.objective import Objective
+    from textloc.patching import DenoiserInputs
+
+    if prediction_type == "flow":
+        scheduler, alphas = FlowMatchEulerDiscreteScheduler(shift=3.0), None
+    else:
+        scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+        alphas = scheduler.alphas_cumprod
+    objective = Objective(SimpleNamespace(scheduler=scheduler), resolution=8)
+    clean = torch.rand(4, 3, 8, 8) * 2 - 1
+    inputs = DenoiserInputs((), {"sample": None, "timestep": None}, clean.shape, 1.0)
+    model = TextbookDenoiser(clean, prediction_type, alphas, scheduler.config.num_train_timesteps)
+    assert objective.loss(model, inputs, clean, seeds=[0, 1, 2, 3]).item() < 1e-6
+    flipped = TextbookDenoiser(-clean, prediction_type, alphas, scheduler.config.num_train_timesteps)
+    assert objective.loss(flipped, inputs, clean, seeds=[0, 1, 2, 3]).item() > 1e-2
