@@ -242,6 +242,10 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
         train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "run", **QUICK)
     with pytest.raises(ValueError, match="its alpha, rank differ"):
         train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "run", resume=True, **{**QUICK, "rank": 2})
+    trained = tiny_pipeline("sd15")
+    train_lora(trained, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "first", **QUICK)
+    with pytest.raises(ValueError, match="already carries a LoRA"):
+        train_lora(trained, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "second", **QUICK)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):

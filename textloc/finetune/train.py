@@ -140,6 +140,8 @@ def train_lora(
     ``accelerate launch`` each process trains on its share of every batch.
     """
     generate_kwargs = dict(generate_kwargs or {})
+    if lora_parameters(pipe):
+        raise ValueError("This pipeline's denoiser already carries a LoRA: train on a freshly loaded pipeline (a LoRA is saved to its output_dir).")
     data = as_captioned_images(dataset, caption_column, image_column)
     selected = [] if layers is None else resolve_layers(pipe, layers)
     paths = lora_targets(pipe, selected or None, targets)
