@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 import torch
 from PIL import Image
 
@@ -43,15 +44,7 @@ def words(text: str) -> list[str]:
 
 def levenshtein(a: str, b: str) -> int:
     """Edit distance (insertions, deletions, substitutions, each costing 1) between two strings."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, start=1):
-        current = [i]
-        for j, cb in enumerate(b, start=1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    return Levenshtein.distance(a, b)
 
 
 def normalized_edit_distance(read: str, target: str) -> float:

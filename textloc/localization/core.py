@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
+import scipy.stats
 from tqdm.auto import tqdm
 
 from textloc.attention import AttentionLayer, LayerSelector, denoiser_parameter_count, select_layers
@@ -233,21 +234,10 @@ def _agreement(exact: dict[str, dict], attribution: dict[str, float] | None, sel
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation with average ranks for ties."""
-    ranks_a, ranks_b = _average_ranks(np.asarray(a, float)), _average_ranks(np.asarray(b, float))
-    if ranks_a.std() == 0 or ranks_b.std() == 0:
+    """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
+    if np.ptp(np.asarray(a, float)) == 0 or np.ptp(np.asarray(b, float)) == 0:
         return 0.0
-    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = values.argsort(kind="stable")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(len(values), dtype=float)
-    for value in np.unique(values):
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 class _Run:
