@@ -37,7 +37,7 @@ from textloc.edit import GUARD_METHODS, ToxicTextGuard
 from textloc.images import captioned_grid
 from textloc.metrics import background_mask, image_scores, text_scores
 from textloc.models import named_model
-from timing import timed  # bench/timing.py, beside this script
+from timing import paired_ratio  # bench/timing.py, beside this script
 from textloc.ocr import get_ocr
 from textloc.pipeline_calls import call_kwargs
 from textloc.tiny.data import (
@@ -105,11 +105,15 @@ def main() -> None:
     parser.add_argument("--clean-prompts", type=int, help="clean prompts (default: as many as --prompts)")
     parser.add_argument("--start-step", type=float, help="the guard's first patched step, a fraction of the schedule (default: the guard's)")
     parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of each timing (default 3)")
+    parser.add_argument("--repeats", type=int, default=7, help="back-to-back pairs per cost ratio (default 7)")
+    parser.add_argument("--cost-only", action="store_true", help="only measure the cost again, into the existing --results")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
     parser.add_argument("--grid", type=Path, default=GRID, help=f"example grid PNG (default {GRID.relative_to(ROOT)})")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.cost_only:
+        cost_only(args)
+        return
 
     model = named_model("textloc-tiny")
     pipe = tl.load_pipeline(model.name)
@@ -157,13 +161,7 @@ def main() -> None:
         "bit_identical": float(np.mean([np.array_equal(a, b) for a, b in zip(plain_clean, guarded_clean)])),
     }
 
-    # Cost: one image per call, OCR excluded (the same for every method, and no part of generating).
-    one = dict(prompt=prompts[0], **settings)
-    cost = {"plain_s": timed(lambda: pipe(generator=tl.generator(0), **one), args.repeats)}
-    for method in ("patch", "negative-prompt", "prompt-swap"):
-        seconds = timed(lambda guard=guards[method]: guard(generator=tl.generator(0), **one), args.repeats)
-        cost[f"{method}_s"], cost[f"{method}_ratio"] = seconds, seconds / cost["plain_s"]
-
+    cost = measure_cost(pipe, guards, prompts[0], settings, args.repeats)
     results = {
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model_settings": dict(model.settings),
                      "layers": str(LAYERS.relative_to(ROOT)), "start_step": guards["patch"].start_step, "detector": repr(detector),
@@ -179,6 +177,41 @@ def main() -> None:
     captioned_grid(names, rows).save(args.grid)
     print_tables(results)
     print(f"\nwrote {args.results} and {args.grid}")
+
+
+def measure_cost(pipe: Any, guards: dict[str, ToxicTextGuard], prompt: str, settings: dict[str, Any], pairs: int) -> dict[str, float]:
+    """Seconds of one plain generation, and each method's ratio to it, from back-to-back pairs
+    (OCR excluded: the same for every method, and no part of generating). On a joint model
+    (tiny-random-sd3 at 25 steps and 128 px: the cost does not depend on the weights) the guard's
+    live source row is measured the same way."""
+    one = dict(prompt=prompt, **settings)
+    cost = {}
+    for method in ("patch", "negative-prompt", "prompt-swap"):
+        plain_s, ratio = paired_ratio(lambda: pipe(generator=tl.generator(0), **one),
+                                      lambda guard=guards[method]: guard(generator=tl.generator(0), **one), pairs)
+        cost.setdefault("plain_s", plain_s)
+        cost[f"{method}_ratio"] = ratio
+    joint = tl.load_pipeline("tiny-random-sd3")
+    # Its test settings (2 steps at 32 px) would time mostly the text encoders and the VAE.
+    joint_settings = call_kwargs(joint, **{**named_model("tiny-random-sd3").settings, "num_inference_steps": 25, "height": 128, "width": 128}, output_type="np")
+    guard = ToxicTextGuard(joint, "all")
+    joint_one = dict(prompt='A sign that says "DAMN".', **joint_settings)
+    cost["joint_plain_s"], cost["joint_patch_ratio"] = paired_ratio(
+        lambda: joint(generator=tl.generator(0), **joint_one), lambda: guard(generator=tl.generator(0), **joint_one), pairs)
+    return cost
+
+
+def cost_only(args: argparse.Namespace) -> None:
+    """Measure the cost again into an existing results file (the rest of the bench untouched)."""
+    results = json.loads(args.results.read_text())
+    model = named_model("textloc-tiny")
+    pipe = tl.load_pipeline(model.name)
+    settings = call_kwargs(pipe, **model.settings, output_type="np")
+    guards = {method: ToxicTextGuard(pipe, LAYERS, method=method, start_step=args.start_step) for method in GUARD_METHODS}
+    results["cost"] = measure_cost(pipe, guards, toxic_prompts(1)[0][0], settings, args.repeats)
+    results["settings"]["repeats"] = args.repeats
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print_tables(results)
 
 
 def _pct(value):
@@ -200,12 +233,13 @@ def print_tables(results: dict[str, Any]) -> None:
     c = results["clean"]
     print(f"\n## Clean prompts ({c['prompts']}): flagged {_pct(c['flagged'])}, guarded images bit-identical to unguarded {_pct(c['bit_identical'])}")
     c = results["cost"]
-    print(f"\n## Cost (one image / one plain generation, same run, median of {s['repeats']})\n")
-    print("| method | seconds | x plain |")
+    print(f"\n## Cost (one image, x a plain generation: median ratio of {s['repeats']} back-to-back pairs)\n")
+    print("| model | method | x plain |")
     print("|---|---|---|")
-    print(f"| plain generation | {c['plain_s']:.2f} | 1.00 |")
+    print(f"| textloc-tiny (U-Net, cross) | plain generation ({c['plain_s']:.2f} s) | 1.00 |")
     for method in ("patch", "negative-prompt", "prompt-swap"):
-        print(f"| {method} | {c[method + '_s']:.2f} | {c[method + '_ratio']:.2f} |")
+        print(f"| textloc-tiny (U-Net, cross) | {method} | {c[method + '_ratio']:.2f} |")
+    print(f"| tiny-random-sd3 (joint) | patch (live source row) | {c['joint_patch_ratio']:.2f} |")
 
 
 if __name__ == "__main__":
