@@ -182,7 +182,7 @@ def main() -> None:
 def measure_cost(pipe: Any, guards: dict[str, ToxicTextGuard], prompt: str, settings: dict[str, Any], pairs: int) -> dict[str, float]:
     """Seconds of one plain generation, and each method's ratio to it, from back-to-back pairs
     (OCR excluded: the same for every method, and no part of generating). On a joint model
-    (tiny-random-sd3 at 25 steps and 128 px: the cost does not depend on the weights) the guard's
+    (tiny-random-sd3 at 25 steps: the cost does not depend on the weights) the guard's
     live source row is measured the same way."""
     one = dict(prompt=prompt, **settings)
     cost = {}
@@ -192,8 +192,9 @@ def measure_cost(pipe: Any, guards: dict[str, ToxicTextGuard], prompt: str, sett
         cost.setdefault("plain_s", plain_s)
         cost[f"{method}_ratio"] = ratio
     joint = tl.load_pipeline("tiny-random-sd3")
-    # Its test settings (2 steps at 32 px) would time mostly the text encoders and the VAE.
-    joint_settings = call_kwargs(joint, **{**named_model("tiny-random-sd3").settings, "num_inference_steps": 25, "height": 128, "width": 128}, output_type="np")
+    # Its test settings' 2 steps would time mostly the text encoders and the VAE (32 px is the
+    # largest its position embedding takes).
+    joint_settings = call_kwargs(joint, **{**named_model("tiny-random-sd3").settings, "num_inference_steps": 25}, output_type="np")
     guard = ToxicTextGuard(joint, "all")
     joint_one = dict(prompt='A sign that says "DAMN".', **joint_settings)
     cost["joint_plain_s"], cost["joint_patch_ratio"] = paired_ratio(
