@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 import torch
 
 import textloc as tl
@@ -44,7 +45,8 @@ from textloc.metrics import background_mask, mse
 from textloc.models import named_model
 from textloc.ocr import get_ocr
 from textloc.tiny.data import make_example
-from textloc.tiny.evaluate import EVAL_SEED, generate, heldout_examples, score
+from textloc.tiny.evaluate import EVAL_SEED, heldout_examples, score
+from textloc.tiny.evaluate import generate as generate_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ROOT / "samples" / "tiny" / "localize"
@@ -57,6 +59,15 @@ NEW_WORDS = ("JAM", "JET", "VAN", "JUMP", "VOTE", "WAVE", "JOKE", "LAVA", "DIVE"
 DIVERSITY_CAPTION = 'A sign that says "LAMP".'
 DIVERSITY_SEEDS = 8
 VARIANTS = ("base", "localized", "all-cross", "all-attention", "full")
+# Images per pipeline call: on one CPU thread a batch of 64 captions (128 rows under CFG) runs
+# several times slower per image than batches of 8.
+CHUNK = 8
+
+
+def generate(pipe: Any, captions: list[str], seed: int) -> list:
+    """One image per caption, image i from seed ``seed + i`` (as one call would), in chunks."""
+    return [image for start in range(0, len(captions), CHUNK)
+            for image in generate_batch(pipe, captions[start : start + CHUNK], seed=seed + start)]
 
 
 def lora_layers(pipe: Any, variant: str) -> dict[str, Any]:
@@ -148,7 +159,8 @@ def main() -> None:
         grid_rows: dict[str, list] = {}
         for variant in VARIANTS:
             pipe = tl.load_pipeline("textloc-tiny")
-            if variant in done and variant != "base":
+            # Task B's base images are what drift is measured against: regenerate them on a rerun.
+            if variant in done and not (variant == "base" and task == "B"):
                 print(f"task {task}, {variant}: done", flush=True)
                 continue
             print(f"task {task}, {variant} ...", flush=True)
@@ -192,16 +204,28 @@ def ship_localized_lora(run: Path, rows: dict[str, list], args: argparse.Namespa
     captioned_grid(shown, cells).save(GRID)
 
 
+def interval(rate: float, n: int) -> str:
+    """A rate with its exact (Clopper-Pearson) 95% interval."""
+    low, high = scipy.stats.binomtest(round(rate * n), n).proportion_ci(0.95)
+    return f"{rate:.1%} [{low:.0%}, {high:.0%}]"
+
+
 def print_table(results: dict[str, Any]) -> None:
-    for task, columns in (("A", ("word_acc", "edit_distance", "sign_acc", "background_acc", "diversity")),
-                          ("B", ("new_word_acc", "new_edit_distance", "retained_word_acc", "drift_mse"))):
+    """The README's tables: every rate with its 95% interval."""
+    for task, rates, values in (
+        ("A", (("word_acc", "n"), ("sign_acc", "n"), ("background_acc", "n")), ("edit_distance", "diversity")),
+        ("B", (("new_word_acc", "new_n"), ("retained_word_acc", "retained_n")), ("new_edit_distance", "drift_mse")),
+    ):
         if task not in results:
             continue
-        print(f"\ntask {task}: variant | trainable | s/step | " + " | ".join(columns))
+        names = [rate for rate, _ in rates] + list(values)
+        print(f"\n| task {task} | trainable parameters | s/step | " + " | ".join(names) + " |")
+        print("|" + "---|" * (len(names) + 3))
         for variant, row in results[task].items():
-            cells = [f"{row[c]:.3f}" for c in columns]
-            trainable = f"{row.get('trainable_parameters', 0):,}"
-            print(f"{variant} | {trainable} | {row.get('seconds_per_step', 0):.2f} | " + " | ".join(cells))
+            cells = [interval(row[rate], int(row[n])) for rate, n in rates] + [f"{row[value]:.4f}" for value in values]
+            trainable = f"{row['trainable_parameters']:,}" if "trainable_parameters" in row else "-"
+            seconds = f"{row['seconds_per_step']:.2f}" if "seconds_per_step" in row else "-"
+            print(f"| {variant} | {trainable} | {seconds} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
