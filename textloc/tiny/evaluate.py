@@ -1,4 +1,4 @@
-"""Judge textloc-tiny: does it write the caption's word, in the caption's colours?
+"""Judge an embedded model: does it write the caption's word, in the caption's colours?
 
 Everything here uses held-out (sign, background, word) combinations (:data:`~textloc.tiny.data.
 HELD_OUT_COMBOS`) with seeds that training never uses:
@@ -12,7 +12,8 @@ HELD_OUT_COMBOS`) with seeds that training never uses:
 - :func:`ocr_ceiling`: the same OCR and colour judge on the renderer's own images, the best any
   model can score.
 
-``python -m textloc.tiny.evaluate`` prints all three for the shipped model (``--grid``: and saves the images).
+``python -m textloc.tiny.evaluate [--model textloc-tiny-sd3]`` prints all three for a shipped model
+(``--grid``: and saves the images).
 """
 
 from __future__ import annotations
@@ -25,17 +26,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 from PIL import Image
 
 from textloc.images import image_grid
 from textloc.metrics import contains, normalized_edit_distance
-from textloc.models import TEXTLOC_TINY
 from textloc.ocr import get_ocr
 from textloc.pipeline_calls import call_kwargs
 from textloc.seeding import generator, generators
-from textloc.tiny.data import COLOURS, VOCABULARY, SignExample, caption_for, make_example, to_tensor
-from textloc.tiny.model import encode_captions
+from textloc.tiny.architectures import (
+    ARCHITECTURES,
+    HIGH_NOISE_FROM,
+    PixelIF,
+    architecture_of,
+    architecture_of_folder,
+)
+from textloc.tiny.data import (
+    COLOURS,
+    VOCABULARY,
+    SignExample,
+    caption_for,
+    make_example,
+    to_tensor,
+)
 
 # Training draws from seeds 0.. upward; evaluations use seeds far away from them.
 EVAL_SEED = 1_000_003
@@ -109,12 +122,12 @@ def summarise(verdicts: list[dict[str, str | bool | float]]) -> dict[str, float]
 
 @torch.no_grad()
 def generate(pipe: DiffusionPipeline, captions: list[str], seed: int = 0, **overrides: Any) -> list[Image.Image]:
-    """Sample one image per caption with the pipeline's own scheduler and textloc-tiny's sampler
+    """Sample one image per caption with the pipeline's own scheduler and its model's sampler
     settings (``overrides``: pipeline-call arguments that replace them, in diffusers' names).
 
     Image i has its own noise, seed ``seed + i``, so an image does not change with the batch.
     """
-    settings = {**TEXTLOC_TINY.settings, **overrides}
+    settings = {**architecture_of(pipe).sampler_settings, **overrides}
     kwargs = call_kwargs(pipe, generator=generators(range(seed, seed + len(captions))), **settings)
     return pipe(captions, **kwargs).images
 
@@ -140,36 +153,37 @@ def _swapped(example: SignExample, index: int) -> tuple[str, str]:
 
 
 @torch.no_grad()
-def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16, seed: int = EVAL_SEED) -> dict[str, float]:
-    """Binding test: v-loss with the right caption vs with colours swapped / another word.
+def swap_test(pipe: DiffusionPipeline, scheduler: Any, count: int = 16, seed: int = EVAL_SEED) -> dict[str, float]:
+    """Binding test: denoising loss with the right caption vs with colours swapped / another word.
 
     Returns the three mean losses and the ratios ``colour_gap`` and ``word_gap`` (wrong / right):
     1.0 means the model ignores that part of the caption. ``letters_word_gap`` is the word gap
-    over the letters' pixels alone (see :attr:`~textloc.tiny.data.SignExample.ink`), where a
-    word the model knows shows long before it moves the whole image's loss. Timesteps 900-999:
-    below them the colours, and soon the letters, can be read from the noisy image itself (see
-    ``textloc.tiny.train.HIGH_NOISE_FROM``), so only there must the model read the caption.
+    over the letters' pixels (latent models: the latent cells they touch) alone, where a word the
+    model knows shows long before it moves the whole image's loss. Timesteps 900-999: below them
+    the colours, and soon the letters, can be read from the noisy image itself (see
+    :data:`textloc.tiny.architectures.HIGH_NOISE_FROM`), so only there must the model read the caption.
+    ``scheduler`` is the architecture's training scheduler.
 
     On held-out combinations the colour-swapped caption is usually a *training* combination, so a
     model that remembers which colour went where for a word and colour pair, instead of reading
     "sign" and "background", scores a ``colour_gap`` below 1.0 (0.96 at steps 2200-2500 of the
-    shipped run). Binding shows as the gap rising clearly above 1.0.
+    shipped textloc-tiny run). Binding shows as the gap rising clearly above 1.0.
     """
+    arch = architecture_of(pipe)
     examples = heldout_examples(count, seed)
-    images = to_tensor([e.image for e in examples])
-    letters = torch.from_numpy(np.stack([np.asarray(e.ink) for e in examples]) > 0)[:, None].expand_as(images)
-    noise = torch.randn(images.shape, generator=generator(seed))
-    device = pipe.unet.device
-    images, noise, letters = images.to(device), noise.to(device), letters.to(device)
-    timesteps = torch.linspace(900, 999, count, device=device).long()
-    noisy = scheduler.add_noise(images, noise, timesteps)
-    target = scheduler.get_velocity(images, noise, timesteps)
+    device = arch.denoiser(pipe).device
+    clean = arch.clean_sample(pipe, to_tensor([e.image for e in examples]).to(device))
+    inked = torch.from_numpy(np.stack([np.asarray(e.ink) for e in examples]) > 0)[:, None].float()
+    letters = (torch.nn.functional.adaptive_max_pool2d(inked, clean.shape[-1]) > 0).expand(clean.shape)
+    noise = torch.randn(clean.shape, generator=generator(seed))
+    noise, letters = noise.to(device), letters.to(device)
+    timesteps = torch.linspace(HIGH_NOISE_FROM, 999, count, device=device)
+    noisy, target = arch.noised(scheduler, clean, noise, timesteps)
     right = [e.caption for e in examples]
     colour_swapped, word_swapped = zip(*(_swapped(e, i) for i, e in enumerate(examples)))
     losses, letter_losses = {}, {}
     for name, captions in (("right", right), ("colours_swapped", list(colour_swapped)), ("word_swapped", list(word_swapped))):
-        embeddings = encode_captions(pipe, captions)
-        error = (pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3] - target) ** 2
+        error = (arch.predict(pipe, noisy, timesteps, arch.encode(pipe, captions)) - target) ** 2
         losses[f"loss_{name}"] = error.mean().item()
         letter_losses[name] = error[letters].mean().item()
     losses["colour_gap"] = losses["loss_colours_swapped"] / losses["loss_right"]
@@ -179,14 +193,12 @@ def swap_test(pipe: DiffusionPipeline, scheduler: DDPMScheduler, count: int = 16
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print the OCR ceiling, the binding test and the held-out scores of a textloc-tiny pipeline."""
+    """Print the OCR ceiling, the binding test and the held-out scores of an embedded model."""
     from textloc.distributed import resolve_device
-    from textloc.pipelines import load_pipeline
-    from textloc.tiny.model import build_training_scheduler
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=TEXTLOC_TINY.name,
-                        help="textloc-tiny, or a folder saved by the trainer (e.g. runs/tiny/export)")
+    parser.add_argument("--model", default=PixelIF.model_name,
+                        help=f"{' or '.join(ARCHITECTURES)} (its shipped weights), or a folder saved by the trainer")
     parser.add_argument("--count", type=int, default=64, help="held-out captions to generate")
     parser.add_argument("--grid", default=None, help="save the generated images here as a PNG grid (and a .txt)")
     parser.add_argument("--device", help="e.g. cpu, cuda (default: the GPU if there is one, else the CPU)")
@@ -196,8 +208,10 @@ def main(argv: list[str] | None = None) -> None:
         device = resolve_device(args.device)
     except ValueError as error:
         parser.error(f"--device {error}")
-    pipe = load_pipeline(args.model, device=device, dtype=torch.float32)
-    results = {"ocr_ceiling": ocr_ceiling(), "swap_test": swap_test(pipe, build_training_scheduler())}
+    arch = ARCHITECTURES.get(args.model) or architecture_of_folder(Path(args.model))
+    pipe = arch.load(arch.export_dir if args.model in ARCHITECTURES else Path(args.model)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    results = {"ocr_ceiling": ocr_ceiling(), "swap_test": swap_test(pipe, arch.training_scheduler())}
     examples = heldout_examples(args.count)
     images = generate(pipe, [e.caption for e in examples], seed=EVAL_SEED)
     verdicts = judge(images, examples)  # once: the scores and the grid's .txt share the OCR reads

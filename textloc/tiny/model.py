@@ -8,11 +8,15 @@ from-scratch T5 learns almost no position bias, so the caption must reach the U-
 token positions: CLIP's text model has absolute position embeddings. A pooled text embedding is
 added to the time embedding (``addition_embed_type="text"``, as in IF) so that the scene (sign and
 background colours) is known to every resnet, not only to the attention layers.
+
+The byte tokenizer, the byte-level CLIP config, :class:`SavedConfig` and :class:`EncodedCaptions`
+are shared with textloc-tiny-sd3 (:mod:`textloc.tiny.model_sd3`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Self
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, IFPipeline, UNet2DConditionModel
@@ -24,8 +28,21 @@ MAX_TOKENS = 77
 BYTE_VOCAB_SIZE = 384
 
 
+class SavedConfig:
+    """A frozen dataclass of sizes that round-trips through training_state.json."""
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Self:
+        """Rebuild a config saved with :meth:`to_dict` (JSON turns tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def to_dict(self) -> dict:
+        """A JSON-ready copy."""
+        return asdict(self)
+
+
 @dataclass(frozen=True)
-class TinyConfig:
+class TinyConfig(SavedConfig):
     """The sizes that define a textloc-tiny model; stored in training_state.json."""
 
     block_out_channels: tuple[int, ...] = (32, 64, 96, 128)
@@ -35,15 +52,6 @@ class TinyConfig:
     text_width: int = 128
     text_layers: int = 4
     text_heads: int = 4
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TinyConfig":
-        """Rebuild a config saved with :func:`dataclasses.asdict` (JSON turns tuples into lists)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    def to_dict(self) -> dict:
-        """A JSON-ready copy."""
-        return asdict(self)
 
 
 #: A model small enough for tests: a few seconds per training step is too slow there.
@@ -62,21 +70,29 @@ def build_tokenizer() -> ByT5Tokenizer:
     return ByT5Tokenizer(model_max_length=MAX_TOKENS)
 
 
-def build_text_encoder(config: TinyConfig) -> CLIPTextModel:
-    """A small CLIP text model over bytes; its causal mask is fine, its absolute positions are the point."""
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=BYTE_VOCAB_SIZE,
-            hidden_size=config.text_width,
-            intermediate_size=4 * config.text_width,
-            num_hidden_layers=config.text_layers,
-            num_attention_heads=config.text_heads,
-            max_position_embeddings=MAX_TOKENS,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=1,
-        )
+def byte_clip_config(width: int, layers: int, heads: int, **extra: int) -> CLIPTextConfig:
+    """A small CLIP text model's config over ByT5's byte ids.
+
+    Its causal mask is fine, its absolute positions are the point. ByT5's end of sequence is id 1:
+    CLIP pools its projection from the first end-of-sequence token.
+    """
+    return CLIPTextConfig(
+        vocab_size=BYTE_VOCAB_SIZE,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=MAX_TOKENS,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        **extra,
     )
+
+
+def build_text_encoder(config: TinyConfig) -> CLIPTextModel:
+    """textloc-tiny's text encoder: a byte-level CLIP text model (see :func:`byte_clip_config`)."""
+    return CLIPTextModel(byte_clip_config(config.text_width, config.text_layers, config.text_heads))
 
 
 def build_unet(config: TinyConfig) -> UNet2DConditionModel:
@@ -146,6 +162,16 @@ def build_pipeline(config: TinyConfig, seed: int = 0) -> IFPipeline:
     )
 
 
+@dataclass(frozen=True)
+class EncodedCaptions:
+    """What a denoiser reads of a batch of captions, and the byte ids behind it."""
+
+    states: torch.Tensor  # the token states the denoiser attends to: (N, 77, width)
+    ids: torch.Tensor  # byte ids, (N, 77)
+    mask: torch.Tensor  # 1 on the bytes and the end of sequence, 0 on padding
+    pooled: torch.Tensor | None = None  # a pooled caption embedding, for models that take one
+
+
 def tokenize_captions(pipe: IFPipeline, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask as ``IFPipeline.encode_prompt(clean_caption=False)`` makes them:
     lower-cased, padded and truncated to 77 tokens."""
@@ -162,9 +188,14 @@ def tokenize_captions(pipe: IFPipeline, captions: list[str]) -> tuple[torch.Tens
     return tokens.input_ids.to(device), tokens.attention_mask.to(device)
 
 
-def encode_captions(pipe: IFPipeline, captions: list[str]) -> torch.Tensor:
+def encode(pipe: IFPipeline, captions: list[str]) -> EncodedCaptions:
     """Text embeddings exactly as ``IFPipeline.encode_prompt(clean_caption=False)`` makes them,
     but with gradients, so the text encoder trains on what it will see at inference. A test
     checks the two agree."""
     ids, mask = tokenize_captions(pipe, captions)
-    return pipe.text_encoder(ids, attention_mask=mask)[0]
+    return EncodedCaptions(pipe.text_encoder(ids, attention_mask=mask)[0], ids, mask)
+
+
+def encode_captions(pipe: IFPipeline, captions: list[str]) -> torch.Tensor:
+    """The embeddings of :func:`encode` alone."""
+    return encode(pipe, captions).states

@@ -1,11 +1,17 @@
-"""Train textloc-tiny from scratch: ``python -m textloc.tiny.train``.
+"""Train an embedded model from scratch: ``python -m textloc.tiny.train [--model textloc-tiny-sd3]``.
+
+One trainer for both architectures (:mod:`textloc.tiny.architectures`): textloc-tiny, an IF
+pixel U-Net on v-prediction, and textloc-tiny-sd3, an SD3 MMDiT on flow matching over the latents
+of an autoencoder that the same run trains first (:mod:`textloc.tiny.autoencoder`). The recipe,
+the probes, EMA, the learning-rate schedule, checkpoints and evaluations are shared.
 
 Every step is a pure function of ``(seed, step)``: the batch comes from the deterministic
 renderer, and the timesteps, noise and caption dropout from a generator seeded with both. So a
 resumed run draws exactly the batches an uninterrupted one would, and no RNG state needs saving.
 
-Files, under ``--run-dir`` (default ``runs/tiny``):
+Files, under ``--run-dir`` (default ``runs/tiny``, ``runs/tiny-sd3``):
 
+- ``autoencoder.pt`` (latent models): the autoencoder stage's weights, optimizer and step.
 - ``last.pt``: model, EMA, the training-only :class:`Probes`, optimizer and state; written
   every ``--checkpoint-every`` steps and on SIGINT/SIGTERM (the run finishes its step, saves, and
   exits).
@@ -14,9 +20,9 @@ Files, under ``--run-dir`` (default ``runs/tiny``):
   ``--eval-every`` steps.
 - ``samples/step_<6-digit step>.png``: held-out captions sampled with the EMA weights.
 
-Every evaluation also exports the EMA weights as a stock ``IFPipeline`` folder to ``--export-dir``
-(default: the shipped ``textloc/tiny/weights``) when they score at least as well as the best so
-far, with ``training_state.json`` (step, config, seed, evaluation history).
+Every evaluation also exports the EMA weights as a stock pipeline folder to ``--export-dir``
+(default: the shipped ``textloc/tiny/weights``, ``textloc/tiny/weights_sd3``) when they score at
+least as well as the best so far, with ``training_state.json`` (step, config, seed, evaluation history).
 
 ``--resume`` continues from ``last.pt``; without one, from the exported folder: its weights become
 both the model and the EMA, the step comes from ``training_state.json``, and the optimizer starts
@@ -32,49 +38,44 @@ import argparse
 import json
 import math
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, IFPipeline
-from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+from diffusers import DiffusionPipeline
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from textloc.distributed import resolve_device
 from textloc.images import image_grid
-from textloc.pipelines import load_pipeline
-from textloc.tiny.data import TrainingBatch, training_batch
-from textloc.tiny.evaluate import evaluate, swap_test
-from textloc.tiny.model import (
-    BYTE_VOCAB_SIZE,
-    TEST_CONFIG,
-    TinyConfig,
-    build_pipeline,
-    build_training_scheduler,
-    tokenize_captions,
+from textloc.tiny import autoencoder
+from textloc.tiny.architectures import (  # noqa: F401 - training_timesteps: the IF draw, part of the trainer's API
+    ARCHITECTURES,
+    HIGH_NOISE_FROM,
+    Architecture,
+    PixelIF,
+    architecture_of,
+    training_timesteps,
 )
+from textloc.tiny.data import TrainingBatch, letter_map, training_batch
+from textloc.tiny.evaluate import evaluate, swap_test
+from textloc.tiny.model import BYTE_VOCAB_SIZE, SavedConfig
+from textloc.tiny.model_sd3 import set_latent_statistics
+from textloc.tiny.runs import StopOnSignal, append_log, save_atomically, step_generator
 
-DEFAULT_EXPORT_DIR = Path(__file__).parent / "weights"
-#: The schedule of the shipped weights: total steps, batch size and peak learning rate.
-SCHEDULE_DEFAULTS = {"total_steps": 30_000, "batch_size": 16, "lr": 5e-4}
 CHECKPOINT_NAME = "last.pt"
 STATE_NAME = "training_state.json"
 # Share of captions replaced by "" so classifier-free guidance has an unconditional model.
 CAPTION_DROPOUT = 0.1
 WARMUP_STEPS = 200
-# Half of every batch is drawn from the last tenth of the timesteps. On the cosine schedule a
-# flat colour region of ~800 pixels stays recoverable from the noisy image (its averaged SNR is
-# above 1) until t ~ 975, and a letter's ~80 pixels until t ~ 925; below that the model can copy
-# colour and word from the noise and never needs the caption. With uniform timesteps those
-# decisive steps were 2-8% of training, and colour binding did not appear in 2000 steps.
+# Half of every batch is drawn from t >= HIGH_NOISE_FROM, where only the caption can tell colour
+# and word (see textloc.tiny.architectures.HIGH_NOISE_FROM).
 HIGH_NOISE_SHARE = 0.5
-HIGH_NOISE_FROM = 900
-# The letters' pixels (ink coverage, grown by one pixel) weigh this much more in the loss. They
-# are ~8% of the image, so under a plain mean knowing the caption's word lowers the loss so
-# little that after 4000 steps the word-swapped caption still scored as well as the right one
+# The letters' pixels (ink coverage, grown by one pixel; in latent space, the cells they touch)
+# weigh this much more in the loss. They are ~8% of the image, so under a plain mean knowing the
+# caption's word lowers the loss so little that after 4000 steps the word-swapped caption still scored as well as the right one
 # (word gap 1.00 at every timestep band), while the colours were bound.
 TEXT_WEIGHT = 5.0
 # A training-only linear probe reads every caption byte back from the text encoder's output at
@@ -84,9 +85,10 @@ TEXT_WEIGHT = 5.0
 # and a word that is not there cannot be learnt. The probe is not part of the exported pipeline.
 BYTE_PROBE_WEIGHT = 0.1
 # A training-only 1x1 convolution must tell, from the U-Net's 16x16 features after its last
-# cross-attention at that size, which letter belongs in each cell the word covers (cross-entropy
-# over A-Z, this weight; only at t >= HIGH_NOISE_FROM, where the noisy image shows no letter, so
-# the answer can only come from the caption). With the word kept by the encoder, set in fixed
+# cross-attention at that size (SD3: the image tokens halfway through the joint blocks), which
+# letter belongs in each cell the word covers (cross-entropy over A-Z, this weight; only at
+# t >= HIGH_NOISE_FROM, where the noisy image shows no letter, so the answer can only come from
+# the caption). With the word kept by the encoder, set in fixed
 # slots and weighted 5x, the U-Net still ignored it for 2400 steps (letters' word gap 0.996-1.005):
 # a word spread over 26 letter shapes lowers the pixels' MSE only a little until the model
 # already reads it, so plain denoising gives the routing from "letter k" to "slot k" almost no
@@ -94,7 +96,7 @@ BYTE_PROBE_WEIGHT = 0.1
 GLYPH_PROBE_WEIGHT = 0.1
 # The probe's classes are the letters A-Z (every vocabulary word is upper case).
 GLYPH_CLASSES = 26
-# A 16x16 cell is labelled with a letter when that letter covers at least this share of it.
+# A feature cell is labelled with a letter when that letter covers at least this share of it.
 GLYPH_CELL_COVERAGE = 0.25
 # The sampled and exported weights average the training weights over ~1/(1 - decay) steps. 0.999
 # (a ~1000-step window) suits a model that changes slowly; once the word came in, it held the
@@ -133,27 +135,25 @@ class Recipe:
         return cls(**{field: value for name, (field, value) in RECIPE_CHANGES.items() if step >= since[name]})
 
 
-def _trainable(pipe: IFPipeline) -> dict[str, torch.nn.Module]:
-    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
-
-
 class Probes(torch.nn.Module):
     """The training-only read-outs; never exported (see ``BYTE_PROBE_WEIGHT``, ``GLYPH_PROBE_WEIGHT``).
 
-    ``byte`` reads each caption byte from the text encoder's output; ``glyph`` reads the letter of
-    each 16x16 cell from :func:`glyph_features`.
+    ``byte`` reads each caption byte from the token states the denoiser reads; ``glyph`` reads the
+    letter of each feature cell from :func:`glyph_features`.
     """
 
-    def __init__(self, pipe: IFPipeline) -> None:
+    def __init__(self, pipe: DiffusionPipeline) -> None:
         super().__init__()
-        self.byte = torch.nn.Linear(pipe.text_encoder.config.hidden_size, BYTE_VOCAB_SIZE)
-        self.glyph = torch.nn.Conv2d(glyph_features(pipe.unet).out_channels, GLYPH_CLASSES, 1)
+        arch = architecture_of(pipe)
+        denoiser = arch.denoiser(pipe)
+        self.byte = torch.nn.Linear(arch.text_width(pipe), BYTE_VOCAB_SIZE)
+        self.glyph = torch.nn.Conv2d(arch.glyph_channels(denoiser), GLYPH_CLASSES, 1)
 
 
-def glyph_features(unet: torch.nn.Module) -> torch.nn.Module:
-    """The module whose output the glyph probe reads: the last cross-attention block of the U-Net's
-    16x16 up block (the second up block: 8x8 is the first)."""
-    return unet.up_blocks[1].attentions[-1]
+def glyph_features(denoiser: torch.nn.Module) -> torch.nn.Module:
+    """The module whose output the glyph probe reads (see
+    :meth:`~textloc.tiny.architectures.Architecture.glyph_module`)."""
+    return architecture_of(denoiser).glyph_module(denoiser)
 
 
 def glyph_labels(glyphs: torch.Tensor, size: int) -> torch.Tensor:
@@ -167,21 +167,21 @@ def glyph_labels(glyphs: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class EMA:
-    """Exponential moving average of the U-Net and text-encoder weights, used for sampling.
+    """Exponential moving average of the trained components' weights, used for sampling.
 
     The decay ramps up as ``(1 + step) / (10 + step)`` to the recipe's ``ema_decay``, so early
     averages are not dominated by the random initialisation.
     """
 
-    def __init__(self, pipe: IFPipeline) -> None:
+    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
         self.shadow = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
-                       for name, module in _trainable(pipe).items()}
+                       for name, module in modules.items()}
 
     @torch.no_grad()
-    def update(self, pipe: IFPipeline, step: int, max_decay: float) -> None:
+    def update(self, modules: dict[str, torch.nn.Module], step: int, max_decay: float) -> None:
         """Move the average towards the current weights."""
         decay = min(max_decay, (1 + step) / (10 + step))
-        for name, module in _trainable(pipe).items():
+        for name, module in modules.items():
             for key, value in module.state_dict().items():
                 average = self.shadow[name][key]
                 if value.dtype.is_floating_point:
@@ -189,9 +189,9 @@ class EMA:
                 else:
                     average.copy_(value)
 
-    def copy_to(self, pipe: IFPipeline) -> None:
-        """Load the averaged weights into ``pipe`` (a separate copy used for sampling)."""
-        for name, module in _trainable(pipe).items():
+    def copy_to(self, modules: dict[str, torch.nn.Module]) -> None:
+        """Load the averaged weights into ``modules`` (a separate copy used for sampling)."""
+        for name, module in modules.items():
             module.load_state_dict(self.shadow[name])
 
 
@@ -203,18 +203,9 @@ def learning_rate(step: int, peak: float, total_steps: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def training_timesteps(
-    batch: int, num_train_timesteps: int, generator: torch.Generator, high_noise_share: float
-) -> torch.Tensor:
-    """Uniform timesteps, with a ``high_noise_share`` of them redrawn from ``HIGH_NOISE_FROM`` up."""
-    uniform = torch.randint(0, num_train_timesteps, (batch,), generator=generator)
-    high = torch.randint(HIGH_NOISE_FROM, num_train_timesteps, (batch,), generator=generator)
-    return torch.where(torch.rand(batch, generator=generator) < high_noise_share, high, uniform)
-
-
 def training_loss(
-    pipe: IFPipeline,
-    scheduler: DDPMScheduler,
+    pipe: DiffusionPipeline,
+    scheduler: Any,
     batch: TrainingBatch,
     generator: torch.Generator,
     recipe: Recipe,
@@ -222,40 +213,41 @@ def training_loss(
 ) -> dict[str, torch.Tensor]:
     """The loss of one batch: ``{"total", "denoising", "byte_probe", "glyph_probe"}``.
 
-    ``denoising`` is the v-prediction MSE over :func:`training_timesteps`, the letters' pixels
-    (``batch.ink``) weighted ``recipe.text_weight``; the weighted mean is divided by the mean
-    weight, so it keeps the scale of a plain MSE. No min-SNR weighting: with v-prediction it
-    weights the high-noise steps, where only the caption decides colour and word, close to zero.
-    With ``probes``, ``byte_probe`` is the cross-entropy of reading each caption byte back from the
-    text encoder's output at its position, and ``glyph_probe`` that of reading each cell's letter
-    (:func:`glyph_labels`) from :func:`glyph_features`, over the samples drawn at t >=
-    ``HIGH_NOISE_FROM`` whose caption was kept; both are 0 without probes.
+    ``denoising`` is the MSE of the architecture's prediction (IF: v; SD3: the flow's velocity) at
+    its timesteps (:meth:`~textloc.tiny.architectures.Architecture.draw_timesteps`), the letters'
+    cells (:func:`~textloc.tiny.data.letter_map`) weighted ``recipe.text_weight``; the weighted mean
+    is divided by the mean weight, so it keeps the scale of a plain MSE. No min-SNR weighting: with
+    v-prediction it weights the high-noise steps, where only the caption decides colour and word,
+    close to zero. With ``probes``, ``byte_probe`` is the cross-entropy of reading each caption byte
+    back from the token states the denoiser reads, at its position, and ``glyph_probe`` that of
+    reading each cell's letter (:func:`glyph_labels`) from :func:`glyph_features`, over the samples
+    drawn at t >= ``HIGH_NOISE_FROM`` whose caption was kept; both are 0 without probes.
     """
+    arch = architecture_of(pipe)
     size = batch.images.shape[0]
     dropped = torch.rand(size, generator=generator) < CAPTION_DROPOUT
     captions = ["" if drop else caption for caption, drop in zip(batch.captions, dropped.tolist())]
-    timesteps = training_timesteps(size, scheduler.config.num_train_timesteps, generator, recipe.high_noise_share)
-    noise = torch.randn(batch.images.shape, generator=generator)
+    timesteps = arch.draw_timesteps(size, generator, recipe.high_noise_share)
+    noise = torch.randn((size, *arch.sample_shape(pipe)), generator=generator)
     # Drawn on the CPU above, so that a step's randomness is the same on every device.
-    device = pipe.unet.device
+    denoiser = arch.denoiser(pipe)
+    device = denoiser.device
     images, ink, noise, timesteps, dropped = (t.to(device) for t in (batch.images, batch.ink, noise, timesteps, dropped))
-    noisy = scheduler.add_noise(images, noise, timesteps)
-    ids, mask = tokenize_captions(pipe, captions)
-    embeddings = pipe.text_encoder(ids, attention_mask=mask)[0]
+    noisy, target = arch.noised(scheduler, arch.clean_sample(pipe, images), noise, timesteps)
+    text = arch.encode(pipe, captions)
     features = []
-    hook = glyph_features(pipe.unet).register_forward_hook(lambda module, args, output: features.append(output[0]))
+    hook = glyph_features(denoiser).register_forward_hook(lambda module, args, output: features.append(arch.glyph_map(output)))
     try:
-        # Only the first 3 output channels are a prediction; IF's variance half is left untrained.
-        prediction = pipe.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample[:, :3]
+        prediction = arch.predict(pipe, noisy, timesteps, text)
     finally:
         hook.remove()
-    error = (prediction - scheduler.get_velocity(images, noise, timesteps)) ** 2
-    weight = 1 + (recipe.text_weight - 1) * torch.nn.functional.max_pool2d(ink, 3, stride=1, padding=1)
+    error = (prediction - target) ** 2
+    weight = 1 + (recipe.text_weight - 1) * letter_map(ink, error.shape[-1])
     losses = {"denoising": (weight * error).mean() / weight.mean()}
     losses["byte_probe"] = losses["glyph_probe"] = torch.zeros((), device=device)
     if probes is not None:
-        read = mask.bool()
-        losses["byte_probe"] = torch.nn.functional.cross_entropy(probes.byte(embeddings[read]), ids[read])
+        read = text.mask.bool()
+        losses["byte_probe"] = torch.nn.functional.cross_entropy(probes.byte(text.states[read]), text.ids[read])
         labels = glyph_labels(batch.glyphs.to(device), features[0].shape[-1])
         labels[(timesteps < HIGH_NOISE_FROM) | dropped] = -100
         if (labels >= 0).any():
@@ -265,21 +257,23 @@ def training_loss(
     return losses
 
 
-def export(pipe: IFPipeline, export_dir: Path, state: dict) -> None:
-    """Save ``pipe`` as a stock IFPipeline folder, the U-Net weights in fp16 to stay small.
+def export(pipe: DiffusionPipeline, export_dir: Path, state: dict) -> None:
+    """Save ``pipe`` as a stock pipeline folder, the architecture's large components in fp16.
 
-    The U-Net's config keeps no dtype, so ``from_pretrained`` builds it in float32 and upcasts
-    the fp16 weights; the text encoder is small and saved in float32. The folder is written
-    next to ``export_dir`` and swapped in by renames, so a run killed mid-export (or a commit
-    taken meanwhile) never sees a half-written model; the model card (README.md) is carried over.
+    Their configs keep no dtype, so ``from_pretrained`` builds them in float32 and upcasts the fp16
+    weights. The folder is written next to ``export_dir`` and swapped in by renames, so a run
+    killed mid-export (or a commit taken meanwhile) never sees a half-written model; the model
+    card (README.md) is carried over.
     """
     staging = export_dir.with_name(export_dir.name + ".staging")
     retired = export_dir.with_name(export_dir.name + ".retired")
     for leftover in (staging, retired):
         shutil.rmtree(leftover, ignore_errors=True)
     pipe.save_pretrained(staging, safe_serialization=True)
-    half = {name: tensor.half().contiguous().cpu() for name, tensor in pipe.unet.state_dict().items()}
-    save_file(half, staging / "unet" / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
+    for name in architecture_of(pipe).half_precision:
+        [weights_file] = (staging / name).glob("*.safetensors")
+        half = {key: tensor.half().contiguous().cpu() for key, tensor in getattr(pipe, name).state_dict().items()}
+        save_file(half, weights_file, metadata={"format": "pt"})
     (staging / STATE_NAME).write_text(json.dumps(state, indent=2))
     if (export_dir / "README.md").exists():
         shutil.copy2(export_dir / "README.md", staging / "README.md")
@@ -301,101 +295,125 @@ def _exported_quality(export_dir: Path | None) -> float:
     return json.loads(path.read_text()).get("best_quality", -1.0) if path is not None and path.exists() else -1.0
 
 
-def _log(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "log.jsonl", "a") as log:
-        log.write(json.dumps(record) + "\n")
-
-
-def _load_start(args: argparse.Namespace, config: TinyConfig) -> tuple[IFPipeline, dict]:
+def _load_start(args: argparse.Namespace, arch: Architecture, config: SavedConfig) -> tuple[DiffusionPipeline, dict]:
     """The pipeline to train and the saved training state (empty for a fresh run)."""
     checkpoint_path = args.run_dir / CHECKPOINT_NAME
-    if not args.resume and checkpoint_path.exists():
-        raise SystemExit(f"{checkpoint_path} holds a run already: pass --resume to continue it, or another "
+    stages = [path for path in (checkpoint_path, args.run_dir / autoencoder.CHECKPOINT_NAME) if path.exists()]
+    if not args.resume and stages:
+        raise SystemExit(f"{stages[0]} holds a run already: pass --resume to continue it, or another "
                          "--run-dir to start a new one.")
     if args.resume and checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
-        pipe = build_pipeline(TinyConfig.from_dict(checkpoint["state"]["config"]), args.seed)
-        for name, module in _trainable(pipe).items():
+        pipe = arch.build_pipeline(arch.config_class.from_dict(checkpoint["state"]["config"]), args.seed)
+        for name, module in arch.saved(pipe).items():
             module.load_state_dict(checkpoint["model"][name])
         return pipe, checkpoint
     if args.resume and (args.export_dir / STATE_NAME).exists():
         state = json.loads((args.export_dir / STATE_NAME).read_text())
-        pipe = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed)
-        shipped = load_pipeline(str(args.export_dir), dtype=torch.float32)
-        for name, module in _trainable(pipe).items():
+        pipe = arch.build_pipeline(arch.config_class.from_dict(state["config"]), args.seed)
+        shipped = arch.load(args.export_dir)
+        for name, module in arch.saved(pipe).items():
             module.load_state_dict(getattr(shipped, name).state_dict())
         print(f"resuming from the exported weights at step {state['step']} (fresh optimizer)")
         return pipe, {"state": state}
-    if args.resume:
+    if args.resume and not stages:
         print(f"nothing to resume in {args.run_dir} or {args.export_dir}: starting from scratch")
-    return build_pipeline(config, args.seed), {}
+    return arch.build_pipeline(config, args.seed), {}
+
+
+def _train_autoencoder(args: argparse.Namespace, pipe: DiffusionPipeline, state: dict, stop: StopOnSignal) -> bool:
+    """Run the autoencoder stage of a latent model unless the run has done it; False if stopped.
+
+    Its latent statistics go into the pipeline and the run's config, so every pipeline built from
+    the config (the sampler, a resumed run) encodes and decodes the same way.
+    """
+    vae = architecture_of(pipe).autoencoder(pipe)
+    if vae is not None and "autoencoder" not in state:
+        record = autoencoder.train_autoencoder(vae, args.run_dir, args.seed, stop, state["autoencoder_steps"],
+                                               state["batch_size"], args.eval_count, args.checkpoint_every)
+        if record is None:
+            return False
+        tqdm.write("autoencoder: " + ", ".join(f"{k}={v:.3f}" for k, v in record.items()))
+        state["autoencoder"] = record
+        state["config"] |= {"latent_shift": record["latent_shift"], "latent_scale": record["latent_scale"]}
+        set_latent_statistics(pipe, record["latent_shift"], record["latent_scale"])
+    if vae is not None:
+        vae.requires_grad_(False).eval()
+    return True
 
 
 def train(args: argparse.Namespace) -> dict:
-    """Run (or continue) training as ``args`` say; returns the final training state."""
+    """Run (or continue) training as ``args`` say; returns the final training state. SIGINT and
+    SIGTERM stop it after the current step, saved (see :class:`~textloc.tiny.runs.StopOnSignal`)."""
+    with StopOnSignal() as stop:
+        return _train(args, stop)
+
+
+def _train(args: argparse.Namespace, stop: StopOnSignal) -> dict:
     torch.set_num_threads(args.threads)
-    config = TEST_CONFIG if args.config == "test" else TinyConfig()
+    arch = ARCHITECTURES[args.model]
+    args.run_dir = args.run_dir or Path("runs") / arch.model_name.removeprefix("textloc-")
+    args.export_dir = args.export_dir or arch.export_dir
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "samples").mkdir(exist_ok=True)
 
+    config = arch.test_config if args.config == "test" else arch.default_config
     device = args.device
-    pipe, start = _load_start(args, config)
+    pipe, start = _load_start(args, arch, config)
     pipe.to(device)
     state = start.get("state") or {
-        "step": 0, "seed": args.seed, "config": config.to_dict(), "evals": [],
+        "model": arch.model_name, "step": 0, "seed": args.seed, "config": config.to_dict(), "evals": [],
         "best_quality": _exported_quality(args.export_dir), "recipe_since": dict.fromkeys(RECIPE_CHANGES, 0),
     }
+    # Runs saved before there were two models name none: they are textloc-tiny's.
+    if state.get("model", PixelIF.model_name) != arch.model_name:
+        raise SystemExit(f"{args.run_dir} trains {state['model']}, not {arch.model_name}: pass --model {state['model']}.")
     # What the command line gives wins, on a resumed run too; otherwise a resumed run keeps its own.
-    for key, default in SCHEDULE_DEFAULTS.items():
+    for key, default in arch.schedule.items():
         given = getattr(args, key)
         state[key] = given if given is not None else state.get(key, default)
     state["recipe_since"] |= args.recipe_since
     # A run saved before a recipe change existed switches to it where it resumes.
     for name in RECIPE_CHANGES:
         state["recipe_since"].setdefault(name, state["step"])
-    scheduler = build_training_scheduler()
+    if not _train_autoencoder(args, pipe, state, stop):
+        tqdm.write("stopped in the autoencoder stage; resume with --resume")
+        return state
+    scheduler = arch.training_scheduler()
+    trained = arch.trained(pipe)
     probes = Probes(pipe).to(device)
     # Two parameter groups: the shipped run added the glyph probe as a second group on resuming.
-    optimizer = torch.optim.AdamW([p for m in (*_trainable(pipe).values(), probes.byte) for p in m.parameters()],
+    optimizer = torch.optim.AdamW([p for m in (*trained.values(), probes.byte) for p in m.parameters()],
                                   lr=state["lr"], weight_decay=0.01)
     optimizer.add_param_group({"params": list(probes.glyph.parameters())})
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    ema = EMA(pipe)
+    ema = EMA(trained)
     if "optimizer" in start:
         probes.load_state_dict(start["probes"])
         optimizer.load_state_dict(start["optimizer"])
         ema.shadow = {name: {key: value.to(device) for key, value in weights.items()}
                       for name, weights in start["ema"].items()}
     # The EMA weights are sampled and exported from a second pipeline, never trained.
-    sampler = build_pipeline(TinyConfig.from_dict(state["config"]), args.seed).to(device)
+    sampler = arch.build_pipeline(arch.config_class.from_dict(state["config"]), args.seed).to(device)
     sampler.set_progress_bar_config(disable=True)
 
-    stop = {"requested": False}
-
-    def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
-        stop["requested"] = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
     def save_checkpoint() -> None:
-        checkpoint = {
-            "model": {name: module.state_dict() for name, module in _trainable(pipe).items()},
+        save_atomically({
+            "model": {name: module.state_dict() for name, module in arch.saved(pipe).items()},
             "probes": probes.state_dict(), "ema": ema.shadow, "optimizer": optimizer.state_dict(), "state": state,
-        }
-        torch.save(checkpoint, args.run_dir / (CHECKPOINT_NAME + ".tmp"))
-        (args.run_dir / (CHECKPOINT_NAME + ".tmp")).replace(args.run_dir / CHECKPOINT_NAME)
+        }, args.run_dir / CHECKPOINT_NAME)
 
     def load_ema_sampler() -> None:
-        ema.copy_to(sampler)
-        for module in _trainable(sampler).values():
+        # The EMA's weights for what trains; the others (a frozen autoencoder) as they are.
+        for name, module in arch.saved(sampler).items():
+            module.load_state_dict(ema.shadow[name] if name in ema.shadow else arch.saved(pipe)[name].state_dict())
             module.eval()
 
     def check_binding(step: int) -> None:
         # The swap test costs three forward passes: cheap enough to watch binding appear closely.
         load_ema_sampler()
         record = {"step": step, **swap_test(sampler, scheduler, args.eval_count)}
-        _log(args.run_dir, {"binding": record})
+        append_log(args.run_dir, {"binding": record})
         tqdm.write(f"binding step {step}: colour_gap={record['colour_gap']:.3f}, "
                    f"word_gap={record['word_gap']:.3f} (letters {record['letters_word_gap']:.3f})")
 
@@ -406,17 +424,17 @@ def train(args: argparse.Namespace) -> dict:
         record.update(scores)
         image_grid(images, columns=8).save(args.run_dir / "samples" / f"step_{step:06d}.png")
         state["evals"].append(record)
-        _log(args.run_dir, {"eval": record})
+        append_log(args.run_dir, {"eval": record})
         tqdm.write(f"eval step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in record.items() if k != "step"))
         if args.export_dir is not None and _quality(scores) >= state["best_quality"]:
             state["best_quality"] = _quality(scores)
             export(sampler, args.export_dir, {**state, "exported_step": step})
             image_grid(images, columns=8).save(args.run_dir / "samples" / "best.png")
 
-    for module in _trainable(pipe).values():
+    for module in trained.values():
         module.train()
     progress = tqdm(range(state["step"], state["total_steps"]), initial=state["step"], total=state["total_steps"],
-                    desc="textloc-tiny")
+                    desc=arch.model_name)
     started, history = time.time(), []
     for step in progress:
         lr = learning_rate(step, state["lr"], state["total_steps"])
@@ -424,27 +442,26 @@ def train(args: argparse.Namespace) -> dict:
             group["lr"] = lr
         recipe = Recipe.at(step, state["recipe_since"])
         batch = training_batch(args.seed, step, state["batch_size"], recipe.layout)
-        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        losses = training_loss(pipe, scheduler, batch, generator, recipe, probes)
+        losses = training_loss(pipe, scheduler, batch, step_generator(args.seed, step), recipe, probes)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        ema.update(pipe, step, recipe.ema_decay)
+        ema.update(trained, step, recipe.ema_decay)
         state["step"] = step + 1
         history.append({name: value.item() for name, value in losses.items()})
         progress.set_postfix(loss=f"{history[-1]['total']:.4f}", lr=f"{lr:.2e}")
         if state["step"] % 10 == 0:
             means = {name: sum(h[name] for h in history[-10:]) / len(history[-10:]) for name in history[-1]}
             seconds = (time.time() - started) / len(history)
-            _log(args.run_dir, {"step": state["step"], "loss": means.pop("total"), **means, "lr": lr, "s_per_step": seconds})
+            append_log(args.run_dir, {"step": state["step"], "loss": means.pop("total"), **means, "lr": lr, "s_per_step": seconds})
         if state["step"] % args.eval_every == 0:
             evaluate_and_export(state["step"])
         elif state["step"] % args.checkpoint_every == 0:
             check_binding(state["step"])
-        if state["step"] % args.checkpoint_every == 0 or stop["requested"]:
+        if state["step"] % args.checkpoint_every == 0 or stop.requested:
             save_checkpoint()
-        if stop["requested"]:
+        if stop.requested:
             tqdm.write(f"stopped at step {state['step']}; resume with --resume")
             break
     else:
@@ -463,18 +480,23 @@ def _recipe_change(text: str) -> tuple[str, int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults reproduce the shipped weights."""
-    parser = argparse.ArgumentParser(description="Train textloc-tiny from scratch (or resume).")
-    # steps, batch size and lr default to None so that a resumed run keeps its own unless given.
+    parser = argparse.ArgumentParser(description="Train an embedded model from scratch (or resume).")
+    parser.add_argument("--model", choices=tuple(ARCHITECTURES), default=PixelIF.model_name,
+                        help="which embedded model: textloc-tiny (IF U-Net) or textloc-tiny-sd3 (SD3 MMDiT)")
+    # The schedule defaults to None so that a resumed run keeps its own unless given.
     parser.add_argument("--steps", type=int, dest="total_steps",
-                        help="total steps, the lr schedule spans them (default 30000; a resumed run keeps its own)")
+                        help="total steps, the lr schedule spans them (default 30000, sd3: 20000; a resumed run keeps its own)")
     parser.add_argument("--batch-size", type=int, help="default 16; a resumed run keeps its own")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; a resumed run keeps its own)")
+    parser.add_argument("--autoencoder-steps", type=int,
+                        help="sd3: steps of the autoencoder stage, before the transformer's (default "
+                             f"{ARCHITECTURES['textloc-tiny-sd3'].schedule['autoencoder_steps']})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", choices=("default", "test"), default="default", help="'test': a very small model")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/tiny"))
-    parser.add_argument("--export-dir", type=Path, default=DEFAULT_EXPORT_DIR,
+    parser.add_argument("--run-dir", type=Path, help="default runs/tiny, runs/tiny-sd3")
+    parser.add_argument("--export-dir", type=Path,
                         help="where the best weights so far are saved as a diffusers folder; weights already there "
-                             "are replaced only by better ones (default: the shipped textloc-tiny)")
+                             "are replaced only by better ones (default: the shipped model's folder)")
     parser.add_argument("--resume", action="store_true", help="continue from run-dir/last.pt, else from export-dir")
     parser.add_argument("--recipe-since", nargs="*", default=[], type=_recipe_change, metavar="CHANGE=STEP",
                         help="the step from which a recipe change applies (default 0 for all): high_noise (half of "
