@@ -144,9 +144,11 @@ def test_two_processes_train_the_lora_one_process_trains_with_the_same_global_ba
     script.write_text(DATA_PARALLEL)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
     subprocess.run([sys.executable, str(script), "4", str(tmp_path / "one")], check=True, env=env, capture_output=True)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    # --standalone: torchrun picks a free port, so parallel test runs cannot collide.
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run = subprocess.run([*launch, str(script), "2", str(tmp_path / "two")], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    failures = [line for line in run.stderr.splitlines() if line.startswith("[rank")]
+    assert run.returncode == 0, "\n".join(failures[-30:]) or run.stderr[-2000:]
     one, two = (load_file(tmp_path / name / "pytorch_lora_weights.safetensors") for name in ("one", "two"))
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-4)

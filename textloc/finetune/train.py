@@ -175,7 +175,10 @@ def train_lora(
     validation = None
     if validation_prompts:
         validation = Validation(pipe, validation_prompts, output_dir, call_kwargs(pipe, **generate_kwargs), seed)
-    _check_output(output_dir, settings, resume)
+    # One process checks and writes the folder; the others would find each other's files in it.
+    if accelerator.is_main_process:
+        _check_output(output_dir, settings, resume)
+    accelerator.wait_for_everyone()
     start = 0
 
     total = denoiser_parameter_count(pipe)  # the model's own, before the LoRA adds any
@@ -198,7 +201,8 @@ def train_lora(
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=accelerator.device, weights_only=True))
     objective = Objective(pipe, resolution)
     capture = capture_settings(pipe, generate_kwargs, resolution)
-    write_json_atomic(output_dir / TRAINING_FILE, {**settings, "finished": False})
+    if accelerator.is_main_process:
+        write_json_atomic(output_dir / TRAINING_FILE, {**settings, "finished": False})
 
     history: list[dict[str, float]] = []
     if validation is not None and accelerator.is_main_process:
