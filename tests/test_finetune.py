@@ -323,3 +323,16 @@ def test_the_objective_is_zero_for_the_textbook_target_and_not_for_a_flipped_one
     assert objective.loss(model, inputs, clean, seeds=[0, 1, 2, 3]).item() < 1e-6
     flipped = TextbookDenoiser(-clean, prediction_type, alphas, scheduler.config.num_train_timesteps)
     assert objective.loss(flipped, inputs, clean, seeds=[0, 1, 2, 3]).item() > 1e-2
+
+
+def test_the_shipped_textloc_tiny_lora_loads_with_plain_diffusers_on_its_localized_layers():
+    shipped = Path(__file__).resolve().parent.parent / "samples" / "tiny" / "finetune"
+    record = json.loads((shipped / TRAINING_FILE).read_text())
+    base = tl.load_pipeline("textloc-tiny")
+    assert record["targets"] == lora_targets(base, shipped.parent / "localize") and record["weights"] == tl.pipelines.weights_fingerprint(base)
+    assert record["trainable_share"] <= 0.01
+    kwargs = dict(prompt='A red sign on a blue background that says "LAMP".', num_inference_steps=4, guidance_scale=5.0,
+                  clean_caption=False, output_type="np")
+    plain = base(generator=tl.generator(0), **kwargs).images
+    base.load_lora_weights(shipped)
+    assert np.abs(base(generator=tl.generator(0), **kwargs).images - plain).max() > 1e-3
