@@ -113,7 +113,7 @@ def drift(base_images: list, images: list, ocr: Any) -> float:
     values = []
     for base, image, read_base, read in zip(base_images, images, ocr.readings(base_images), ocr.readings(images)):
         height, width = np.asarray(image).shape[:2]
-        mask = background_mask(height, width, (read_base.boxes or []) + (read.boxes or []))
+        mask = background_mask(height, width, [*(read_base.boxes or ()), *(read.boxes or ())])
         values.append(mse(np.asarray(base, dtype=np.float32) / 255, np.asarray(image, dtype=np.float32) / 255, mask))
     return float(np.mean(values))
 
