@@ -1,9 +1,10 @@
 """Fine-tuning textloc-tiny: LoRA on its localized layers against LoRA on more layers and full fine-tuning.
 
-    python bench/bench_finetune.py [--steps 150] [--batch-size 16] [--lr 1e-3] [--full-lr 1e-4]
+    python bench/bench_finetune.py [--steps 150] [--new-word-steps 400] [--batch-size 16] [--lr 1e-3]
+        [--full-lr 1e-4] [--tasks A,B] [--variants base,localized,...]
 
-Every variant gets the same budget (steps, batch, constant learning rate; LoRA rank 4, alpha 4),
-the same training samples and draws (seed 0), and the same evaluation:
+Every variant of a task gets the same budget (steps, batch, constant learning rate; LoRA rank 4,
+alpha 4), the same training samples and draws (seed 0), and the same evaluation:
 
 - variants: LoRA on the shipped localization's layers (samples/tiny/localize), LoRA on all 11
   cross-attention layers, LoRA on every attention layer (self and cross), full fine-tuning of
@@ -12,9 +13,11 @@ the same training samples and draws (seed 0), and the same evaluation:
   distance on 64 held-out captions, sign/background colour accuracy, and the diversity of one
   caption over 8 seeds (mean pairwise pixel MSE);
 - task B, new words: trained on 12 words outside its vocabulary (J and V among their letters,
-  never seen in training); word accuracy on 48 held-out captions of them, retention (accuracy on
-  32 original held-out captions) and drift (pixel MSE against the base model's images of those
-  32, outside both images' OCR text boxes).
+  never seen in training), half of each batch's signs theirs and half the original vocabulary's
+  (prior preservation: trained on the new words alone, the localized LoRA kept 16% of the old
+  words); word accuracy on 48 held-out captions of them, retention (accuracy on 32 original
+  held-out captions) and drift (pixel MSE against the base model's images of those 32, outside
+  both images' OCR text boxes).
 
 LoRA runs write their folders under runs/bench_finetune/ (resumable); results go to
 bench/results/finetune.json after each variant, so a rerun skips what is done. The task-A
@@ -39,12 +42,12 @@ import textloc as tl
 from textloc.attention import attention_layers
 from textloc.finetune import RenderedSigns, train_lora
 from textloc.finetune.objective import Objective
-from textloc.finetune.train import batch_loss, capture_settings, native_resolution
+from textloc.finetune.train import batch_loss, capture_settings, last_checkpoint, native_resolution
 from textloc.images import captioned_grid
 from textloc.metrics import background_mask, mse
 from textloc.models import named_model
 from textloc.ocr import get_ocr
-from textloc.tiny.data import make_example
+from textloc.tiny.data import VOCABULARY, make_example
 from textloc.tiny.evaluate import EVAL_SEED, heldout_examples, score
 from textloc.tiny.evaluate import generate as generate_batch
 
@@ -58,6 +61,8 @@ GRID = SHIPPED / "grid.png"
 NEW_WORDS = ("JAM", "JET", "VAN", "JUMP", "VOTE", "WAVE", "JOKE", "LAVA", "DIVE", "NEST", "LION", "DUCK")
 DIVERSITY_CAPTION = 'A sign that says "LAMP".'
 DIVERSITY_SEEDS = 8
+#: Task B's training words: the new words repeated until they are half the draws, then the vocabulary.
+MIXED_WORDS = NEW_WORDS * (len(VOCABULARY) // len(NEW_WORDS)) + VOCABULARY
 VARIANTS = ("base", "localized", "all-cross", "all-attention", "full")
 # Images per pipeline call: on one CPU thread a batch of 64 captions (128 rows under CFG) runs
 # several times slower per image than batches of 8.
@@ -102,6 +107,12 @@ def full_finetune(pipe: Any, data: Any, steps: int, batch_size: int, lr: float, 
     return {"trainable_parameters": sum(p.numel() for p in model.parameters()), "seconds_per_step": (time.perf_counter() - began) / steps}
 
 
+def checkpoint_step(run: Path, steps: int) -> int:
+    """The step a resumed LoRA run in ``run`` starts from (0 for a new run)."""
+    checkpoint = last_checkpoint(run, up_to=steps)
+    return json.loads((checkpoint / "state.json").read_text())["step"] if checkpoint else 0
+
+
 def diversity(pipe: Any) -> float:
     """Mean pairwise pixel MSE of one caption over several seeds (higher: more varied images)."""
     images = [np.asarray(image, dtype=np.float32) / 255 for image in generate(pipe, [DIVERSITY_CAPTION] * DIVERSITY_SEEDS, seed=EVAL_SEED)]
@@ -137,27 +148,31 @@ def evaluate(pipe: Any, task: str, base_images: dict[str, list]) -> tuple[dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of every variant (default 150)")
+    parser.add_argument("--steps", type=int, default=150, help="task A's optimizer steps, every variant (default 150)")
+    parser.add_argument("--new-word-steps", type=int, default=400, help="task B's optimizer steps, every variant (default 400)")
     parser.add_argument("--batch-size", type=int, default=16, help="samples per step (default 16)")
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate, constant (default 1e-3)")
     parser.add_argument("--full-lr", type=float, default=1e-4, help="full fine-tuning's learning rate, constant (default 1e-4)")
     parser.add_argument("--tasks", default="A,B", help="tasks to run (default A,B)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "full_lr": args.full_lr}
+    steps = {"A": args.steps, "B": args.new_word_steps}
+    budget = {"steps": steps, "batch_size": args.batch_size, "lr": args.lr, "full_lr": args.full_lr}
     if results.get("budget") not in (None, budget):
         raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
     results["budget"] = budget
-    data = {"A": RenderedSigns(), "B": RenderedSigns(NEW_WORDS)}
+    data = {"A": RenderedSigns(), "B": RenderedSigns(MIXED_WORDS)}
+    variants = [variant for variant in VARIANTS if variant in args.variants.split(",")]
     settings = dict(named_model("textloc-tiny").settings)
     for task in args.tasks.split(","):
         done = results.setdefault(task, {})
         base_images: dict[str, list] = {}
         grid_rows: dict[str, list] = {}
-        for variant in VARIANTS:
+        for variant in variants:
             pipe = tl.load_pipeline("textloc-tiny")
             # Task B's base images are what drift is measured against: regenerate them on a rerun.
             if variant in done and not (variant == "base" and task == "B"):
@@ -166,15 +181,18 @@ def main() -> None:
             print(f"task {task}, {variant} ...", flush=True)
             record: dict[str, Any] = {}
             if variant == "full":
-                record.update(full_finetune(pipe, data[task], args.steps, args.batch_size, args.full_lr, seed=0))
+                record.update(full_finetune(pipe, data[task], steps[task], args.batch_size, args.full_lr, seed=0))
             elif variant != "base":
+                run = RUNS / task / variant
+                first = checkpoint_step(run, steps[task])
                 began = time.perf_counter()
                 trained = train_lora(
-                    pipe, **lora_layers(pipe, variant), dataset=data[task], steps=args.steps, batch_size=args.batch_size,
-                    lr=args.lr, checkpoint_every=25, output_dir=RUNS / task / variant, resume=True, generate_kwargs=settings,
+                    pipe, **lora_layers(pipe, variant), dataset=data[task], steps=steps[task], batch_size=args.batch_size,
+                    lr=args.lr, checkpoint_every=25, output_dir=run, resume=True, generate_kwargs=settings,
                 )
-                record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share,
-                              seconds_per_step=(time.perf_counter() - began) / args.steps)
+                record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share)
+                if first < steps[task]:  # a run finished before has no time of its own to report
+                    record["seconds_per_step"] = (time.perf_counter() - began) / (steps[task] - first)
             scores, images = evaluate(pipe, task, base_images)
             if variant == "base":
                 base_images = images

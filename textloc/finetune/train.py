@@ -187,7 +187,7 @@ def train_lora(
     if accelerator.is_main_process:
         print(f"LoRA on {len(settings['layers'])} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
               f"{trainable / total:.3%} of the denoiser's {total:,}.")
-    checkpoint = _last_checkpoint(output_dir, up_to=steps) if resume else None
+    checkpoint = last_checkpoint(output_dir, up_to=steps) if resume else None
     if checkpoint is not None:
         set_lora_state_dict(pipe, load_file(checkpoint / "lora.safetensors"))
         start = json.loads((checkpoint / "state.json").read_text())["step"]
@@ -326,7 +326,8 @@ def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _last_checkpoint(output_dir: Path, up_to: int) -> Path | None:
+def last_checkpoint(output_dir: Path, up_to: int) -> Path | None:
+    """The newest ``checkpoint-<step>`` folder of a run with step ≤ ``up_to``, or None."""
     usable = [path for step, path in _checkpoints(output_dir) if step <= up_to]
     return usable[-1] if usable else None
 
