@@ -156,6 +156,52 @@ def test_head_subset_patches_only_those_heads(pipe):
     assert not torch.equal(one_head, generate(pipe))
 
 
+def test_kv_choice_patches_keys_only_values_only_or_both(pipe):
+    other = cache_of(pipe, OTHER)
+    images = {"none": generate(pipe)}
+    with tl.patch(pipe, "all", other):
+        today = generate(pipe)
+    for kv in ("k", "v", "both"):
+        with tl.patch(pipe, "all", other, kv=kv):
+            images[kv] = generate(pipe)
+    assert torch.equal(images["both"], today)
+    distinct = list(images.values())
+    assert all(not torch.equal(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1 :])
+    # Keys from one patch and values from another make up the whole patch.
+    halves = [RowPatch(tuple(other.layers), other, kv=kv) for kv in ("k", "v")]
+    with tl.patch_rows(pipe, halves):
+        assert torch.equal(generate(pipe), today)
+
+
+def test_kv_choice_writes_only_its_projection(pipe):
+    # What the patched layer computes, read back by a recording inside the patch: its keys must be
+    # the source's and its values the prompt's own (or the other way round), at every layer kind.
+    layers = {layer.kind: layer for layer in text_layers(pipe)}.values()
+    for layer in layers:
+        own, other = cache_of(pipe, PROMPT, layer.name), cache_of(pipe, OTHER, layer.name)
+        first = next(key for key in own.entries if key[1] in (None, 0) and key[2] == "cond")
+        for kv, (key_from, value_from) in {"k": (other, own), "v": (own, other), "both": (other, other)}.items():
+            with tl.patch(pipe, layer.name, other, kv=kv):
+                inside = cache_of(pipe, PROMPT, layer.name).entries[first]
+            assert torch.equal(inside.key, key_from.entries[first].key), (layer.kind, kv)
+            assert torch.equal(inside.value, value_from.entries[first].value), (layer.kind, kv)
+
+
+@pytest.mark.parametrize("masked_arch", ["pixart-alpha", "sana"])
+def test_half_patch_from_a_differently_masked_source_is_refused(masked_arch):
+    # These models pad their text and mask the padding; THIRD is longer than PROMPT, so its mask differs.
+    pipe = _pipeline(masked_arch)
+    longer = cache_of(pipe, THIRD)
+    with tl.patch(pipe, "all", longer):
+        generate(pipe)  # the whole K/V and its mask travel together
+    for kwargs, part in [({"kv": "k"}, "the keys only"), ({"kv": "v"}, "the values only"), ({"heads": [0]}, "a subset of heads")]:
+        with pytest.raises(ValueError, match=f"patching {part} would mix two masks"):
+            with tl.patch(pipe, "all", longer, **kwargs):
+                generate(pipe)
+    with tl.patch(pipe, "all", cache_of(pipe, OTHER), kv="k"):  # same length, same mask: allowed
+        generate(pipe)
+
+
 def test_branch_choice_patches_that_half_only(pipe):
     # A different negative prompt makes the source's uncond half differ from the run's.
     other = cache_of(pipe, OTHER, negative_prompt="blurry text")
@@ -258,13 +304,14 @@ def test_unsupported_pipeline_is_a_clear_error():
         attention_layers(NotAPipeline())
 
 
-def test_bad_heads_steps_and_branch_are_refused():
+def test_bad_heads_steps_branch_and_kv_are_refused():
     pipe = _pipeline("sdxl")
     layer = text_layers(pipe)[0]
     for kwargs, message in [
         ({"heads": [layer.num_heads]}, "do not exist"),
         ({"patch_steps": (0.5, 1.5)}, r"lies in \[0, 1\]"),
         ({"branch": "neg"}, "branch must be"),
+        ({"kv": "key"}, "kv must be 'k' .* or 'both', not 'key'"),
     ]:
         with pytest.raises(ValueError, match=message):
             with tl.patch(pipe, layer.name, PROMPT, **kwargs):

@@ -6,7 +6,8 @@ on three kinds of modules while a context is open:
 - the denoiser, to know the step, the CFG branch of each batch row and the text length;
 - each selected attention module, to swap the text attention mask (PixArt, Sana pad their text);
 - the layer's text K/V projections (``to_k``/``to_v`` or ``add_k_proj``/``add_v_proj``), whose
-  outputs are recorded, or overwritten for chosen rows, heads, steps and branches.
+  outputs are recorded, or overwritten (keys, values or both) for chosen rows, heads, steps
+  and branches.
 
 Because only projection outputs change, every processor (SDPA, FLUX, joint, added-KV, LoRA-wrapped,
 a user's own) keeps working unchanged, and closing the context removes the hooks and leaves the
@@ -42,6 +43,11 @@ from textloc.pipeline_calls import call_kwargs
 # some blocks skipped. A patch on the conditional branch patches it too.
 Branch = Literal["cond", "uncond", "skip_layer"]
 BranchChoice = Literal["cond", "uncond", "both"]
+# Which of a layer's text keys and values a patch replaces. The hooks name the two projection
+# outputs by role, "key" and "value", whatever the layer kind calls the modules.
+KV = Literal["k", "v", "both"]
+KV_CHOICES: tuple[KV, ...] = ("k", "v", "both")
+_KV_ROLES: dict[KV, tuple[str, ...]] = {"k": ("key",), "v": ("value",), "both": ("key", "value")}
 StepWindow = Union[tuple[Union[int, float, None], Union[int, float, None]], None]
 
 STEP_INDEPENDENT_KINDS = ("cross", "added_kv")
@@ -122,9 +128,11 @@ class RowPatch:
     (``source_row`` picks its row). ``row=None`` patches every row. ``patch_steps`` is a step
     window (see :func:`window_steps`); ``heads`` a subset of attention heads; ``branch`` the CFG
     branch (``"cond"`` also covers SD3's skip-layer guidance pass, which reruns the conditional
-    rows). ``strength`` blends the row's own K/V toward the source's (1 replaces them); a tensor
-    strength that requires grad receives the gradient of whatever is computed from the run, which
-    is how attribution patching works.
+    rows). ``kv`` chooses what is replaced: ``"k"`` the text keys only (where the image attends),
+    ``"v"`` the text values only (what it reads there), ``"both"`` both. ``strength`` blends the
+    row's own K/V toward the source's (1 replaces them); a tensor strength that requires grad
+    receives the gradient of whatever is computed from the run, which is how attribution patching
+    works.
     """
 
     layers: tuple[str, ...]
@@ -135,10 +143,21 @@ class RowPatch:
     heads: tuple[int, ...] | None = None
     branch: BranchChoice = "cond"
     strength: float | torch.Tensor = 1.0
+    kv: KV = "both"
 
     def branches(self) -> tuple[Branch, ...]:
         """The branches this patch writes to."""
         return {"cond": ("cond", "skip_layer"), "uncond": ("uncond",)}.get(self.branch, ("cond", "uncond", "skip_layer"))
+
+    def roles(self) -> tuple[str, ...]:
+        """The projection roles (``"key"``, ``"value"``) this patch writes to."""
+        return _KV_ROLES[self.kv]
+
+    def partial(self) -> str | None:
+        """In words, the part of the text K/V this patch replaces, keeping the rest the row's own; ``None`` if it replaces them whole."""
+        if self.heads is not None:
+            return "a subset of heads"
+        return {"k": "the keys only", "v": "the values only"}.get(self.kv)
 
 
 def check_step_window(window: object) -> None:
@@ -184,6 +203,8 @@ def window_steps(window: StepWindow, num_steps: int) -> range:
 def _validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
     if patch.branch not in ("cond", "uncond", "both"):
         raise ValueError(f"branch must be 'cond', 'uncond' or 'both', not {patch.branch!r}.")
+    if patch.kv not in KV_CHOICES:
+        raise ValueError(f"kv must be 'k' (keys only), 'v' (values only) or 'both', not {patch.kv!r}.")
     check_step_window(patch.patch_steps)
     if patch.heads is not None:
         for name in patch.layers:
@@ -495,6 +516,8 @@ class _LayerHooks:
         source_text, text = self.text_slice(output), self.text_slice(patched)
         head_dim = output.shape[-1] // self.layer.num_heads
         for patch, targets, source in writes.patches:
+            if role not in patch.roles():
+                continue
             values = source.values(role, source_text)
             if not (isinstance(patch.strength, float) and patch.strength == 1.0):
                 own = source_text[targets]
@@ -519,11 +542,14 @@ class _LayerHooks:
             source_mask = source.mask(mask)
             if source_mask is None:
                 continue
-            if patch.heads is not None and not torch.equal(source_mask.expand_as(mask[targets]), mask[targets]):
+            # One mask serves every head, key and value of a row: a patch that keeps part of the
+            # row's own K/V can only take the source's mask when the two are the same.
+            part = patch.partial()
+            if part is not None and not torch.equal(source_mask.expand_as(mask[targets]), mask[targets]):
                 raise ValueError(
                     f"{self.layer.name} masks padded text tokens, and the source's text length differs "
-                    "from the prompt's: patching a subset of heads would mix two masks. Patch all heads, "
-                    "or give source and prompt the same token length."
+                    f"from the prompt's: patching {part} would mix two masks. Patch all heads with "
+                    "kv='both', or give source and prompt the same token length."
                 )
             swapped[targets] = source_mask
         return {**kwargs, "attention_mask": swapped}
@@ -885,6 +911,7 @@ def patch(
     patch_steps: StepWindow = None,
     heads: Sequence[int] | None = None,
     branch: BranchChoice = "cond",
+    kv: KV = "both",
     **text_kwargs: Any,
 ) -> Iterator[None]:
     """Inside this context, ``layers`` receive the text signal of ``source`` instead of the prompt's.
@@ -896,13 +923,17 @@ def patch(
     :func:`run_with_patches`, which generates the source alongside in one batch. With a prompt
     source, ``text_kwargs`` are the arguments of the patched call (those that shape the text
     encoding are used: ``negative_prompt``, ``max_sequence_length``, ``guidance_scale``, ...).
-    ``patch_steps``, ``heads`` and ``branch`` are as in :class:`RowPatch`. On exit, normal or
-    not, the hooks are removed and the pipeline is exactly as before.
+    ``patch_steps``, ``heads``, ``branch`` and ``kv`` (``"k"``, ``"v"`` or ``"both"``) are as in
+    :class:`RowPatch`. On exit, normal or not, the hooks are removed and the pipeline is exactly
+    as before.
     """
     if "steps" in text_kwargs:
         raise TypeError("patch's step window is called patch_steps (steps= was its old name).")
     selected = select_layers(pipe, layers)
-    row_patch = RowPatch(tuple(layer.name for layer in selected), source, patch_steps=patch_steps, heads=None if heads is None else tuple(heads), branch=branch)
+    row_patch = RowPatch(
+        tuple(layer.name for layer in selected), source, patch_steps=patch_steps,
+        heads=None if heads is None else tuple(heads), branch=branch, kv=kv,
+    )
     _validate_patch(row_patch, {layer.name: layer for layer in selected})
     if isinstance(source, str):
         row_patch = RowPatch(**{**vars(row_patch), "source": record_text(pipe, selected, source, **text_kwargs)})
