@@ -12,7 +12,8 @@ import torch
 
 from conftest import _pipeline
 from textloc.attention import select_layers
-from textloc.localization import Localization, PromptPair, core, localize, make_pairs, spearman
+from textloc.localization import Localization, PromptPair, core, localize, make_pairs, spearman, stats
+from textloc.localization.scoring import mean_metrics
 from textloc.localization.report import PROGRESS_FILE, REPORT_FILE
 from textloc.testing import tiny_call_kwargs
 
@@ -70,7 +71,8 @@ def reads(means: dict, text: str) -> bool:
 @pytest.mark.parametrize("method", ["activation", "both"])
 def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     pipe = _pipeline(arch)
-    result = localize(pipe, SIGNS, method=method, ocr=ReadsNearestKnownImage(pipe, SIGNS), out=tmp_path, progress=False, **kwargs(pipe))
+    direction = "both" if method == "both" else "sufficiency"
+    result = localize(pipe, SIGNS, method=method, direction=direction, ocr=ReadsNearestKnownImage(pipe, SIGNS), out=tmp_path, progress=False, **kwargs(pipe))
     assert all(layer["exact"] is not None for layer in result.layers)
     assert (method == "both") == all(layer["attribution"] is not None for layer in result.layers)
     # The floors sit in the right rows: the unpatched source reads the source's text, the target
@@ -99,6 +101,11 @@ def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     for name in ("report.json", "layers.csv", "layers.png", "examples.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "(unpatched source)" in (tmp_path / "layers.csv").read_text()  # every layer's floor beside it
+    if method == "both":  # which also asked for necessity: the target generated with the source's text
+        assert all(layer["necessity"] is not None for layer in result.layers)
+        necessity = result.held_out["necessity"]
+        assert reads(necessity["unpatched"], "target") and reads(necessity["direct"], "source")
+        assert "necessity_target_hit_low" in (tmp_path / "layers.csv").read_text().splitlines()[0]
     loaded = Localization.load(tmp_path)
     assert loaded.selected == result.selected and loaded.layers == json.loads(json.dumps(result.layers))
     assert "selected" in result.summary()
@@ -114,6 +121,26 @@ def test_a_patch_that_carries_the_same_text_scores_like_the_unpatched_source(arc
     for scored in [layer["exact"] for layer in result.layers] + [entry["means"] for entry in result.sets]:
         assert reads(scored, "source") and scored["mse"] < 1e-12
     assert not result.reached
+
+
+def test_necessity_generates_the_target_with_the_sources_text_and_selects_what_removes_its_word():
+    pipe = _pipeline("sd15")  # the prompt reaches its denoiser only through the patched layers
+    ocr = ReadsNearestKnownImage(pipe, SIGNS)
+    result = localize(pipe, SIGNS, direction="necessity", ocr=ocr, progress=False, **kwargs(pipe))
+    assert all(layer["necessity"] is not None and layer["exact"] is None for layer in result.layers)
+    survival = [layer["necessity"]["target_hit"] for layer in sorted(result.layers, key=lambda layer: layer["rank"])]
+    assert survival == sorted(survival)  # the layers whose patch removes the target word most rank first
+    # The source's text at every layer: the target's run becomes the source's image, word and all.
+    everything = result.sets[-1]
+    assert reads(everything["means"], "source") and everything["means"]["mse_to_source"] < 1e-9
+    assert everything["share_of_direct"] == [1.0, 1.0, 1.0]  # every target word the prompt wrote is gone
+    assert result.reached and result.held_out["necessity"]["share_of_direct"][0] is not None
+    # Sufficiency's question of the swapped pairs is necessity's: the same images, other names.
+    swapped = localize(pipe, [pair.swapped() for pair in SIGNS], ocr=ocr, progress=False, **kwargs(pipe))
+    by_name = {layer["name"]: layer["exact"] for layer in swapped.layers}
+    for layer in result.layers:
+        assert layer["necessity"]["target_hit"] == by_name[layer["name"]]["source_hit"]
+        assert layer["necessity"]["mse_to_source"] == by_name[layer["name"]]["mse_to_target"]
 
 
 def test_screen_then_exact_sweeps_only_the_top_layers():
@@ -185,15 +212,17 @@ def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):
 def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
     pipe = _pipeline("sd15")
     localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
-    logged = {"sweep": 0.0, "attribution": 0.0}
+    # Each timed stage and the log stage of its work: the plain gradient, the integrated path's strengths.
+    stages = {"sweep": "sweep", "gradient screen": "attribution", "integrated screen": "attribution at strengths 0.25, 0.75"}
+    logged = dict.fromkeys(stages.values(), 0.0)
     for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()[1:]:
         line = json.loads(line)
         if line["stage"] in logged:
             logged[line["stage"]] += line["result"]["seconds"]
     again = localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
-    assert again.timings["sweep"] >= logged["sweep"] > 0
-    assert again.timings["attribution"] >= logged["attribution"] > 0
-    assert again.agreement["time_ratio"] > 0
+    for timed, stage in stages.items():
+        assert again.timings[timed] >= logged[stage] > 0, timed
+    assert all(entry["time_ratio"] > 0 for entry in again.agreement["screens"].values())
 
 
 def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypatch):
@@ -219,15 +248,17 @@ def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypa
 
 
 def test_step_window_and_heads_reach_every_patch(monkeypatch):
-    from textloc.localization import sweep
+    from textloc.localization import attribution, sweep
 
     pipe = _pipeline("sd15")
-    plans = []
-    real = sweep.run_with_patches
-    monkeypatch.setattr(sweep, "run_with_patches", lambda pipe, prompts, plan, **kw: plans.append(plan) or real(pipe, prompts, plan, **kw))
-    localize(pipe, pairs(2), patch_steps=(1, None), heads=[0], branch="both", held_out=0.0, progress=False, **kwargs(pipe))
-    patches = [patch for plan in plans for patch in plan]
-    assert patches and {(patch.patch_steps, patch.heads, patch.branch) for patch in patches} == {((1, None), (0,), "both")}
+    plans = {}
+    for module in (sweep, attribution):  # the exact sweep's patches and the screens'
+        real = module.run_with_patches
+        monkeypatch.setattr(module, "run_with_patches", lambda pipe, prompts, plan, real=real, name=module.__name__, **kw: plans.setdefault(name, []).append(plan) or real(pipe, prompts, plan, **kw))
+    localize(pipe, pairs(2), method="both", direction="both", patch_steps=(1, None), heads=[0], kv="k", branch="both", grad_steps=(0.99,), held_out=0.0, progress=False, **kwargs(pipe))
+    assert len(plans) == 2
+    patches = [patch for module_plans in plans.values() for plan in module_plans for patch in plan]
+    assert {(patch.patch_steps, patch.heads, patch.branch, patch.kv) for patch in patches} == {((1, None), (0,), "both", "k")}
 
 
 def test_a_sweep_split_over_several_batches_gives_the_same_images():
@@ -297,11 +328,26 @@ def test_a_log_line_cut_by_a_crash_is_dropped_and_the_log_goes_on(tmp_path):
     assert reopened.get("sweep", 0) == {"x": 1} and reopened.get("sweep", 1) == {"x": 2}
 
 
-def test_a_rate_equal_to_the_threshold_reaches_it_despite_rounding():
-    baselines = {"target": {"target_hit": 10 / 24}}
-    assert 8 / 24 < 0.8 * (10 / 24)  # what floating point makes of equal rates
-    assert core._reaches(8 / 24, baselines, 0.8) and not core._reaches(7 / 24, baselines, 0.8)
-    assert not core._reaches(0.0, {"target": {"target_hit": 0.0}}, 0.8)
+def test_the_selection_rule_asks_the_share_of_the_direct_rate_or_its_lower_bound():
+    direct = [1.0] * 10 + [0.0] * 14
+    eight = stats.share_interval([1.0] * 8 + [0.0] * 16, direct)
+    assert eight[0] == 0.8 and eight[1] < 0.8 <= eight[2]  # 8 of the 10 direct hits: 80%, uncertain
+    assert core._reaches(eight, 0.8, "point") and not core._reaches(eight, 0.8, "lower-bound")
+    assert not core._reaches(stats.share_interval([1.0] * 7 + [0.0] * 17, direct), 0.8, "point")
+    # A set that hits wherever the direct prompt does holds its share in every resample of the pairs.
+    assert stats.share_interval(direct, direct) == [1.0, 1.0, 1.0] and core._reaches([1.0, 1.0, 1.0], 0.8, "lower-bound")
+    # With no direct hit there is no share, and nothing reaches a share of it.
+    assert stats.share_interval([0.0] * 4, [0.0] * 4) == [None] * 3 and not core._reaches([None] * 3, 0.8, "point")
+
+
+def test_rates_carry_a_seeded_bootstrap_interval_over_pairs():
+    rows = [{"target_hit": float(i % 3 == 0), "mse_to_target": 0.1} for i in range(24)]
+    means = mean_metrics(rows, seed=3)
+    low, high = means["ci"]["target_hit"]
+    assert low < means["target_hit"] < high and high - low > 0.2  # 8 of 24: wide
+    assert means == mean_metrics(rows, seed=3) and means["ci"] != mean_metrics(rows, seed=4)["ci"]
+    assert "mse_to_target" not in means["ci"]  # pixel distances are no rates
+    assert mean_metrics([{"target_hit": 1.0}] * 5)["ci"]["target_hit"] == [1.0, 1.0]
 
 
 def test_spearman_matches_known_values():
@@ -320,26 +366,35 @@ def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
         "block.3": {**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "mse_to_target": 0.01},
     }
     assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
-    attribution = {"block.0": 0.1, "block.1": 0.2, "block.2": 0.3, "block.3": 0.4}
-    agreement = core._agreement(exact, attribution, ["block.3", "block.2"], {"sweep": 10.0, "attribution": 2.0})
-    assert agreement == {"spearman": pytest.approx(1.0), "spearman_pixels": pytest.approx(spearman([0.1, 0.05, 0.05, 0.01], [-0.1, -0.2, -0.3, -0.4])),
-                         "screen_top_k": 2, "time_ratio": 5.0, "layers": 4.0}
 
 
-def test_agreement_also_ranks_layers_by_how_close_they_bring_the_image_to_the_target():
-    # One layer writes the target's word; the OCR sees nothing from the other three, but the
-    # pixels still order them, and a screen that orders them the other way agrees only on top.
-    unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5}
-    distances = {"a": 0.05, "b": 0.01, "c": 0.02, "d": 0.03}
-    exact = {name: {**unpatched, "mse_to_target": distance} for name, distance in distances.items()}
-    exact["a"] = {**exact["a"], "target_hit": 0.5}
-    attribution = {"a": 4.0, "b": 1.0, "c": 2.0, "d": 3.0}
-    agreement = core._agreement(exact, attribution, ["a"], {"sweep": 1.0, "attribution": 1.0})
-    assert agreement["spearman"] == pytest.approx(spearman([3, 2, 1, 0], [4, 1, 2, 3]))
-    assert agreement["spearman_pixels"] == pytest.approx(spearman([-0.05, -0.01, -0.02, -0.03], [4, 1, 2, 3]))
-    assert agreement["screen_top_k"] == 1
-    # A selected layer the screen never scored leaves the top_k it would need unknown.
-    assert core._agreement(exact, attribution, ["a", "z"], {"sweep": 1.0, "attribution": 1.0})["screen_top_k"] is None
+def sweep_of(effects: np.ndarray, unpatched: float = 0.1) -> list[dict]:
+    """Exact sweep results whose per-pair effects (``[pairs, layers]``: how much a patch brought the
+    image closer to the target's) are ``effects``."""
+    return [{"source": {"mse_to_target": unpatched}, "patched": [{"mse_to_target": unpatched - e} for e in row]} for row in effects]
+
+
+def test_screens_are_judged_on_the_layers_whose_exact_effect_is_not_noise():
+    rng = np.random.default_rng(0)
+    pairs_, names = 12, ["a", "b", "c", "d", "z"]
+    # Four layers with steady effects of different sizes, and one (z) whose effect is noise around 0.
+    effects = np.column_stack([np.full(pairs_, size) + rng.normal(0, 1e-4, pairs_) for size in (0.04, 0.03, 0.02, 0.01)] + [rng.normal(0, 1e-3, pairs_)])
+    faithful = effects + rng.normal(0, 1e-5, effects.shape)
+    faithful[:, 4] = 1.0  # what a screen says about a noise layer does not count in the correlations
+    backwards = -effects
+    timings = {"sweep": 10.0, "faithful screen": 2.0, "backwards screen": 5.0}
+    agreement = core._agreement(sweep_of(effects), {"faithful": faithful, "backwards": backwards}, names, ["a", "b"], timings, seed=0)
+    assert agreement["distinguishable"] == ["a", "b", "c", "d"]
+    assert agreement["exact_split_half"][0] == pytest.approx(1.0)
+    good, bad = agreement["screens"]["faithful"], agreement["screens"]["backwards"]
+    assert good["spearman"] == pytest.approx(1.0) and good["split_half"][0] == pytest.approx(1.0) and good["same_half"][0] == pytest.approx(1.0)
+    assert bad["spearman"] == pytest.approx(-1.0) and bad["split_half"][0] == pytest.approx(-1.0)
+    # Over every layer the faithful screen's top 2 holds z, so it recalls one of the exact top 2.
+    assert good["top_k_recall"] == 0.5 and bad["top_k_recall"] == 0.0
+    assert good["screen_top_k"] == 3 and good["time_ratio"] == 5.0 and bad["time_ratio"] == 2.0
+    # With fewer than three layers that matter there is no ranking to compare.
+    few = core._agreement(sweep_of(effects[:, [0, 1, 4]]), {"faithful": faithful[:, [0, 1, 4]]}, ["a", "b", "z"], ["a"], timings, seed=0)
+    assert few["screens"]["faithful"]["spearman"] is None and few["exact_split_half"] is None
 
 
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):

@@ -34,7 +34,7 @@ from PIL import Image
 from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
 from textloc.images import image_grid
 from textloc.ocr import ENGINES as OCR_ENGINES
-from textloc.patching import check_step_window
+from textloc.patching import KV_CHOICES, check_step_window
 from textloc.models import DEFAULT_MODEL, UnknownModelError, find_named_model, named_model, named_models
 from textloc.pipeline_calls import call_kwargs
 from textloc.pipelines import load_pipeline
@@ -361,7 +361,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc localize``."""
-    from textloc.localization import METHODS, SELECTIONS
+    from textloc.localization import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS
+    from textloc.localization.core import SCREEN_POINTS
 
     parser = subcommands.add_parser(
         "localize",
@@ -376,7 +377,7 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
         ),
         epilog=_examples(
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
-            "textloc localize --model tiny-random-sdxl --pairs 4 --out /tmp/loc --method both",
+            "textloc localize --model tiny-random-sdxl --pairs 4 --out /tmp/loc --method both --direction both",
             "textloc localize --model stabilityai/stable-diffusion-xl-base-1.0 --glyphcontrol ../shared/benchmarks/glyphcontrol \\",
             "    --pairs 200 --num-inference-steps 50 --guidance-scale 5 --method screen+exact --top-k 12 --out runs/sdxl",
         ),
@@ -390,14 +391,19 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     source.add_argument("--bench", choices=("simple", "creative"), default="simple", help="which GlyphControl benchmark, with --glyphcontrol (default simple)")
     source.add_argument("--template", action="append", metavar="T", help="prompt template with \"{}\" where the text goes (repeatable)")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default="activation", help="exact sweep (activation), attribution screen, screen then exact on --top-k, or both compared (default activation)")
+    method.add_argument("--method", choices=METHODS, default="activation", help="exact sweep (activation), attribution screen, screen then exact on --top-k, or every screen and the sweep compared (default activation)")
+    method.add_argument("--direction", choices=DIRECTIONS, default="sufficiency", help="sufficiency: the source generated with the target's text at a layer, does the target word appear? necessity: the target generated with the source's text, does the target word survive? both: measure both, select by sufficiency (default sufficiency)")
+    method.add_argument("--screen", choices=SCREENS, default="integrated", help="the attribution screen: gradients averaged along the patch-strength path (integrated) or the gradient at no patch (gradient) (default integrated)")
+    method.add_argument("--screen-points", type=_positive_int, default=SCREEN_POINTS, metavar="K", help=f"strengths on the path of the integrated screen (default {SCREEN_POINTS})")
     method.add_argument("--selection", choices=SELECTIONS, default="cumulative", help="how layers are added to the chosen set (default cumulative)")
     method.add_argument("--threshold", type=float, default=0.8, help="the chosen set is the first that makes the OCR read the target text at this share of the directly prompted rate (default 0.8)")
+    method.add_argument("--rule", choices=RULES, default="lower-bound", help="what must reach the threshold: the lower bound of the share's 95%% bootstrap interval over pairs, or the share itself (point) (default lower-bound)")
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
     method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
     method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
     method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window of the denoising steps, stop excluded, either bound may be left out: step indices (0:10, 4:; negative ones count from the end: --patch-steps=-2:) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
+    method.add_argument("--kv", choices=KV_CHOICES, default="both", help="patch the text's keys only (where the image attends), its values only (what it reads) or both (default both)")
     method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
     method.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     run = parser.add_argument_group("generation")
@@ -484,9 +490,10 @@ def run_localize(args: argparse.Namespace) -> int:
     settings.pop("output_type")
     pairs, judge = localization_pairs(args.model, args)
     result = localize(
-        pipe, pairs, layers=_layer_selector(args.layers), method=args.method,
-        selection=args.selection, threshold=args.threshold, held_out=args.held_out, top_k=args.top_k,
-        patch_steps=window, heads=heads, branch=args.branch, seed=args.seed, max_batch=args.max_batch,
+        pipe, pairs, layers=_layer_selector(args.layers), method=args.method, direction=args.direction, screen=args.screen,
+        screen_points=args.screen_points, selection=args.selection, threshold=args.threshold, rule=args.rule,
+        held_out=args.held_out, top_k=args.top_k, patch_steps=window, heads=heads, kv=args.kv, branch=args.branch,
+        seed=args.seed, max_batch=args.max_batch,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )
     if is_main_process():  # every process of a launched run has the result; one prints it

@@ -1,11 +1,15 @@
 """Localization: find the attention layers that render the text in a model's images."""
 
-from textloc.localization.core import METHODS, SELECTIONS, localize, spearman
+from textloc.localization.core import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, localize
 from textloc.localization.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
 from textloc.localization.report import Localization
+from textloc.localization.stats import spearman
 
 __all__ = [
+    "DIRECTIONS",
     "METHODS",
+    "RULES",
+    "SCREENS",
     "SELECTIONS",
     "Localization",
     "PromptPair",

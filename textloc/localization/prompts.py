@@ -67,6 +67,10 @@ class PromptPair:
             if quoted_text(prompt) != text:
                 raise ValueError(f"prompt {prompt!r} does not quote {text!r}")
 
+    def swapped(self) -> PromptPair:
+        """The pair the other way round: necessity patching generates the target with the source's text."""
+        return PromptPair(self.target, self.source, self.target_text, self.source_text, self.template)
+
     @classmethod
     def from_template(cls, template: str, source_text: str, target_text: str) -> PromptPair:
         """The pair that fills ``template``'s ``{}`` with each text."""

@@ -30,10 +30,15 @@ class Localization:
     """Which layers render text, with every score next to its unpatched baseline.
 
     ``layers``: one dict per candidate layer (name, kind, index, parameters, its share of the
-    denoiser, exact-sweep means, attribution score, rank). ``baselines``: the means of the
-    unpatched source images (the floor) and of the target prompt generated directly (the
-    ceiling). ``sets``: the layer sets tried while selecting (cumulative or greedy), each with its
-    means. ``selected``: the chosen layers; ``held_out``: that set on pairs not used to choose it.
+    denoiser, exact-sweep means for sufficiency (``exact``) and necessity (``necessity``: the
+    target generated with the source's text there; ``target_hit`` is how often the target word
+    survived), attribution score, rank). ``baselines``: the means of the unpatched source images
+    (the floor) and of the target prompt generated directly (the ceiling). ``sets``: the layer sets
+    tried while selecting (cumulative or greedy), each with its means and its share of the directly
+    prompted rate. ``selected``: the chosen layers; ``held_out``: that set on pairs not used to
+    choose it. Every rate carries a bootstrap interval over pairs: ``means["ci"][rate]`` is
+    ``[low, high]`` and a share is ``[share, low, high]``. ``agreement``: how well each screen
+    stands in for the exact sweep (see ``localize``'s ``method="both"``).
     """
 
     model: str
@@ -44,7 +49,7 @@ class Localization:
     selected: list[str] = field(default_factory=list)
     reached: bool = False
     held_out: dict[str, Any] | None = None
-    agreement: dict[str, float | None] | None = None
+    agreement: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -71,66 +76,127 @@ class Localization:
         return cls(**data)
 
     def _write_csv(self, path: Path) -> None:
-        metric_names = sorted({key for layer in self.layers for key in (layer.get("exact") or {})})
+        """One row per layer: its sufficiency means, each rate's interval, and (if measured) the
+        necessity means prefixed ``necessity_``; then the baselines."""
+        columns = _columns([layer.get("exact") for layer in self.layers])
+        necessity = _columns([layer.get("necessity") for layer in self.layers])
         temporary = path.with_suffix(".tmp")
         with temporary.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["index", "name", "kind", "num_text_kv_params", "param_share", "rank", "attribution", *metric_names])
+            writer.writerow(["index", "name", "kind", "num_text_kv_params", "param_share", "rank", "attribution", *columns, *(f"necessity_{c}" for c in necessity)])
             for layer in self.layers:
-                exact = layer.get("exact") or {}
                 writer.writerow([
                     layer["index"], layer["name"], layer["kind"], layer["num_text_kv_params"], f"{layer['param_share']:.6g}",
-                    layer.get("rank", ""), _cell(layer.get("attribution")), *(_cell(exact.get(name)) for name in metric_names),
+                    layer.get("rank", ""), _cell(layer.get("attribution")), *_values(layer.get("exact"), columns), *_values(layer.get("necessity"), necessity),
                 ])
             # The floor and the ceiling, so that no layer's numbers are read without them.
             for name, label in (("source", "(unpatched source)"), ("target", "(target prompted directly)")):
-                means = (self.baselines or {}).get(name) or {}
-                writer.writerow(["", label, "baseline", "", "", "", "", *(_cell(means.get(metric)) for metric in metric_names)])
+                means = (self.baselines or {}).get(name)
+                writer.writerow(["", label, "baseline", "", "", "", "", *_values(means, columns), *[""] * len(necessity)])
         os.replace(temporary, path)
 
     def summary(self) -> str:
         """A plain-text table a person can read at the end of a run."""
         floor, ceiling = self.baselines["source"], self.baselines["target"]
+        necessity = any(layer.get("necessity") for layer in self.layers)
         lines = [
             f"model {self.model}: {len(self.layers)} candidate layers",
-            f"target word read: unpatched source {_pct(floor.get('target_hit'))}, target prompted directly {_pct(ceiling.get('target_hit'))}",
+            f"target word read: unpatched source {_rate(floor, 'target_hit')}, target prompted directly {_rate(ceiling, 'target_hit')}",
             "",
-            f"{'rank':>4}  {'layer':<56} {'kind':<8} {'target hit':>10} {'source hit':>10} {'ssim':>6} {'attrib':>9}",
+            f"{'rank':>4}  {'layer':<56} {'kind':<8} {'target hit':>16} {'source hit':>16} {'ssim':>6} {'attrib':>9}"
+            + (f" {'target survives':>16}" if necessity else ""),
         ]
         ranked = sorted(self.layers, key=lambda layer: layer.get("rank") if layer.get("rank") is not None else 1e9)
         for layer in ranked:
             exact = layer.get("exact") or {}
             lines.append(
-                f"{_cell(layer.get('rank')):>4}  {layer['name']:<56} {layer['kind']:<8} {_pct(exact.get('target_hit')):>10} "
-                f"{_pct(exact.get('source_hit')):>10} {_num(exact.get('ssim')):>6} {_num(layer.get('attribution')):>9}"
+                f"{_cell(layer.get('rank')):>4}  {layer['name']:<56} {layer['kind']:<8} {_rate(exact, 'target_hit'):>16} "
+                f"{_rate(exact, 'source_hit'):>16} {_num(exact.get('ssim')):>6} {_num(layer.get('attribution')):>9}"
+                + (f" {_rate(layer.get('necessity'), 'target_hit'):>16}" if necessity else "")
             )
         if self.sets:
-            lines += ["", f"{'layers':>6}  {'target hit':>10} {'source hit':>10} {'scene':>6} {'ssim':>6}  added"]
+            direction = "removed" if self.settings.get("direction") == "necessity" else "read"
+            lines += ["", f"{'layers':>6}  {'target ' + direction:>26} {'target hit':>16} {'scene':>6} {'ssim':>6}  added"]
             for entry in self.sets:
                 means = entry["means"]
                 lines.append(
-                    f"{len(entry['layers']):>6}  {_pct(means.get('target_hit')):>10} {_pct(means.get('source_hit')):>10} "
+                    f"{len(entry['layers']):>6}  {_share(entry.get('share_of_direct')):>26} {_rate(means, 'target_hit'):>16} "
                     f"{_pct(means.get('scene')):>6} {_num(means.get('ssim')):>6}  {entry['layers'][-1]}"
                 )
         verdict = "reaches" if self.reached else "does NOT reach"
-        lines += ["", f"selected {len(self.selected)} layer(s), {self.selected_share:.2%} of the denoiser's parameters ({verdict} the target threshold):"]
+        rule = "its interval's lower bound" if self.settings.get("rule", "point") == "lower-bound" else "its point estimate"
+        lines += ["", f"selected {len(self.selected)} layer(s), {self.selected_share:.2%} of the denoiser's parameters ({rule} {verdict} the threshold):"]
         lines += [f"  {name}" for name in self.selected]
         if self.held_out:
             held = self.held_out
             where = "held-out pairs" if self.settings.get("held_out_pairs") else "the choice pairs again, none held out"
-            lines.append(
-                f"{where} ({int(held['patched']['n'])}): target read {_pct(held['patched']['target_hit'])} patched vs "
-                f"{_pct(held['direct']['target_hit'])} prompted directly and {_pct(held['unpatched']['target_hit'])} unpatched; "
-                f"scene kept {_pct(held['patched'].get('scene'))}, ssim {_num(held['patched']['ssim'])}"
-            )
-        if self.agreement:
-            agreement = self.agreement
-            lines.append(
-                f"attribution screen vs exact sweep: {agreement['time_ratio']:.1f}x less time; Spearman {agreement['spearman']:.2f} "
-                f"on the OCR ranking, {_num(agreement.get('spearman_pixels'))} on the pull toward the target image; "
-                f"screen+exact needs top_k >= {agreement.get('screen_top_k') or '-'} to sweep the selected layers"
-            )
+            if "patched" in held:
+                lines.append(
+                    f"{where} ({int(held['patched']['n'])}): target read {_rate(held['patched'], 'target_hit')} patched "
+                    f"({_share(held.get('share_of_direct'))}) vs {_rate(held['direct'], 'target_hit')} prompted directly and "
+                    f"{_rate(held['unpatched'], 'target_hit')} unpatched; scene kept {_pct(held['patched'].get('scene'))}, ssim {_num(held['patched']['ssim'])}"
+                )
+            if "necessity" in held:
+                removed = held["necessity"]
+                lines.append(
+                    f"{where}, necessity: the target word survives {_rate(removed['patched'], 'target_hit')} of the target's images "
+                    f"with the source's text at the selected layers (removed: {_share(removed.get('share_of_direct'))}), "
+                    f"against {_rate(removed['unpatched'], 'target_hit')} unpatched"
+                )
+        lines += self._agreement_lines()
         return "\n".join(lines)
+
+    def _agreement_lines(self) -> list[str]:
+        agreement = self.agreement
+        if not agreement or "screens" not in agreement:
+            return []
+        ceiling = agreement.get("exact_split_half")
+        lines = [
+            "",
+            f"screens vs the exact sweep, on the {len(agreement['distinguishable'])} of {agreement['layers']} layers whose exact pull "
+            f"toward the target image is distinguishable from 0 (exact sweep vs itself, split-half: {_median(ceiling)}):",
+        ]
+        for name, entry in agreement["screens"].items():
+            lines.append(
+                f"  {name:<11} {entry['time_ratio']:.1f}x less time; Spearman {_num(entry.get('spearman'))}, split-half {_median(entry.get('split_half'))}; "
+                f"top-{len(self.selected) or 1} recall {_pct(entry.get('top_k_recall'))}; screen+exact needs top_k >= {entry.get('screen_top_k') or '-'}"
+            )
+        return lines
+
+
+def _median(values: Sequence[float] | None) -> str:
+    """A split-half agreement: its median over halvings and their 95% range."""
+    return "-" if not values else f"{values[0]:.2f} [{values[1]:.2f}, {values[2]:.2f}]"
+
+
+def _columns(all_means: Sequence[dict[str, Any] | None]) -> list[str]:
+    """The CSV columns of some means: every metric, and ``<rate>_low``/``<rate>_high`` per interval."""
+    names, rates = set(), set()
+    for means in all_means:
+        names.update(key for key in (means or {}) if key != "ci")
+        rates.update((means or {}).get("ci", {}))
+    return sorted(names) + [f"{rate}_{end}" for rate in sorted(rates) for end in ("low", "high")]
+
+
+def _values(means: dict[str, Any] | None, columns: Sequence[str]) -> list[str]:
+    means = means or {}
+    intervals = {f"{rate}_{end}": bounds[i] for rate, bounds in means.get("ci", {}).items() for i, end in enumerate(("low", "high"))}
+    return [_cell(means.get(column, intervals.get(column))) for column in columns]
+
+
+def _rate(means: dict[str, Any] | None, name: str) -> str:
+    """A rate with its interval when it has one: ``84% [70, 95]``."""
+    if not means or means.get(name) is None:
+        return "-"
+    bounds = (means.get("ci") or {}).get(name)
+    return _pct(means[name]) if bounds is None else f"{_pct(means[name])} [{bounds[0]:.0%}, {bounds[1]:.0%}]".replace("%,", ",")
+
+
+def _share(share: Sequence[float | None] | None) -> str:
+    """A share of the directly prompted rate with its interval: ``108% of direct [96, 121]``."""
+    if not share or share[0] is None:
+        return "-"
+    return f"{share[0]:.0%} of direct [{share[1]:.0%}, {share[2]:.0%}]".replace("%,", ",")
 
 
 def _cell(value: Any) -> str:
@@ -232,12 +298,18 @@ def plot_layers(result: Localization, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [f"{layer['index']}: {_short(layer['name'])}" for layer in result.layers]
-    hits = [((layer.get("exact") or {}).get("target_hit") or 0.0) for layer in result.layers]
     panels = 1 + bool(result.sets)
     figure, axes = plt.subplots(panels, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 3.6 * panels), squeeze=False)
     axis = axes[0][0]
     colours = ["tab:red" if layer["name"] in result.selected else "tab:blue" for layer in result.layers]
-    axis.bar(range(len(names)), hits, color=colours)
+    necessity = any(layer.get("necessity") for layer in result.layers)
+    width = 0.4 if necessity else 0.8
+    positions = np.arange(len(names)) - (width / 2 if necessity else 0)
+    hits, errors = _bars([layer.get("exact") for layer in result.layers])
+    axis.bar(positions, hits, width, yerr=errors, color=colours, capsize=2, label="target read (sufficiency; red: selected)")
+    if necessity:
+        survives, errors = _bars([layer.get("necessity") for layer in result.layers])
+        axis.bar(positions + width, survives, width, yerr=errors, color="tab:gray", capsize=2, label="target survives (necessity)")
     for key, label, style in (("source", "unpatched source", ":"), ("target", "target prompted directly", "--")):
         value = result.baselines[key].get("target_hit")
         if value is not None:
@@ -247,8 +319,8 @@ def plot_layers(result: Localization, path: Path) -> None:
         scale = max(abs(v) for v in attributions if v is not None) or 1.0
         axis.plot(range(len(names)), [(v or 0.0) / scale for v in attributions], "o", color="tab:orange", label="attribution (scaled)")
     axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    axis.set_ylabel("target word read (rate)")
-    axis.set_title(f"{result.model}: patching one layer at a time (red: selected)")
+    axis.set_ylabel("target word (rate, 95% interval)")
+    axis.set_title(f"{result.model}: patching one layer at a time")
     axis.legend(fontsize=7, loc="upper left")
     if result.sets:
         axis = axes[1][0]
@@ -257,12 +329,30 @@ def plot_layers(result: Localization, path: Path) -> None:
             values = [entry["means"].get(metric) for entry in result.sets]
             if all(v is not None for v in values):
                 axis.plot(sizes, values, marker="o", label=label)
+        shares = [entry.get("share_of_direct") for entry in result.sets]
+        if all(share is not None for share in shares):
+            shares = np.array(shares, dtype=float)
+            axis.plot(sizes, shares[:, 0], marker="s", color="black", label="share of the direct rate")
+            axis.fill_between(sizes, shares[:, 1], shares[:, 2], color="black", alpha=0.12, label="its 95% interval")
+            axis.axhline(result.settings.get("threshold", 0.8), color="black", linestyle="--", linewidth=1)
         axis.set_xlabel(f"layers patched together ({result.settings.get('selection')})")
-        axis.set_ylim(-0.05, 1.05)
+        axis.set_ylim(-0.05, 1.3)
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _bars(all_means: Sequence[dict[str, Any] | None]) -> tuple[list[float], np.ndarray]:
+    """Target-word rates and their interval as error bar lengths (``[2, layers]``)."""
+    rates, below, above = [], [], []
+    for means in all_means:
+        rate = (means or {}).get("target_hit") or 0.0
+        low, high = ((means or {}).get("ci") or {}).get("target_hit", (rate, rate))
+        rates.append(rate)
+        below.append(max(0.0, rate - low))
+        above.append(max(0.0, high - rate))
+    return rates, np.array([below, above])
 
 
 def _short(name: str) -> str:

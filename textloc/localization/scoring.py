@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from textloc.localization.prompts import PromptPair
+from textloc.localization.stats import interval
 from textloc.metrics import image_scores, mse, text_scores
 from textloc.ocr import OCR
 
@@ -24,6 +25,8 @@ METRICS = (
     "scene",
     "mse_to_target",
 )
+# The metrics that are rates (a share of images), which carry a bootstrap interval over pairs.
+RATES = ("target_hit", "target_exact", "source_hit", "source_exact", "scene")
 
 
 def score_images(
@@ -62,11 +65,16 @@ def score_images(
     return scores
 
 
-def mean_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """The mean of every metric over rows, ``None`` where no row has it (no scene judge)."""
-    means: dict[str, float | None] = {}
+def mean_metrics(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """The mean of every metric over rows (one per pair), ``None`` where no row has it (no scene
+    judge), and under ``"ci"`` each rate's bootstrap interval over the rows (seeded by ``seed``)."""
+    means: dict[str, Any] = {}
+    intervals: dict[str, list[float]] = {}
     for name in METRICS:
         values = [row[name] for row in rows if row.get(name) is not None]
         means[name] = float(np.mean(values)) if values else None
+        if values and name in RATES:
+            intervals[name] = interval(values, seed)
     means["n"] = float(len(rows))
+    means["ci"] = intervals
     return means

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from textloc.localization.prompts import PromptPair
-from textloc.patching import BranchChoice, RowPatch, StepWindow, run_with_patches
+from textloc.patching import KV, BranchChoice, RowPatch, StepWindow, run_with_patches
 from textloc.seeding import generator
 
 SOURCE_ROW, TARGET_ROW = 0, 1
@@ -17,11 +17,12 @@ SOURCE_ROW, TARGET_ROW = 0, 1
 
 @dataclass(frozen=True)
 class PatchSettings:
-    """What every patch of a localization shares: step window, heads, CFG branch."""
+    """What every patch of a localization shares: step window, heads, CFG branch, keys and/or values."""
 
     patch_steps: StepWindow = None
     heads: tuple[int, ...] | None = None
     branch: BranchChoice = "cond"
+    kv: KV = "both"
 
 
 @dataclass
@@ -64,7 +65,7 @@ def generate_patched(
         sets = layer_sets[start : start + chunk]
         prompts = [pair.source, pair.target] + [pair.source] * len(sets)
         plan = [
-            RowPatch(tuple(layers), source=TARGET_ROW, row=2 + i, patch_steps=settings.patch_steps, heads=settings.heads, branch=settings.branch)
+            RowPatch(tuple(layers), source=TARGET_ROW, row=2 + i, patch_steps=settings.patch_steps, heads=settings.heads, branch=settings.branch, kv=settings.kv)
             for i, layers in enumerate(sets)
         ]
         images = np.asarray(run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs).images)
