@@ -143,6 +143,30 @@ def test_necessity_generates_the_target_with_the_sources_text_and_selects_what_r
         assert layer["necessity"]["mse_to_source"] == by_name[layer["name"]]["mse_to_target"]
 
 
+def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
+    pipe = _pipeline(arch)
+    ocr = ReadsNearestKnownImage(pipe, SIGNS)
+    result = localize(pipe, SIGNS, unit="head", ocr=ocr, progress=False, **kwargs(pipe))
+    heads = result.heads
+    in_model_order = [layer for layer in core.select_layers(pipe, "all") if layer.name in result.selected]
+    assert [row["name"] for row in heads["units"]] == [f"{layer.name}@{h}" for layer in in_model_order for h in range(layer.num_heads)]
+    assert sorted(row["rank"] for row in heads["units"]) == list(range(1, len(heads["units"]) + 1))
+    # One head is not the whole layer, and the heads of a layer differ from each other.
+    whole = {layer["name"]: layer["exact"]["mse"] for layer in result.layers}
+    for layer in in_model_order:
+        of_layer = [row["exact"]["mse"] for row in heads["units"] if row["layer"] == layer.name]
+        assert all(mse != pytest.approx(whole[layer.name], rel=1e-6, abs=1e-15) for mse in of_layer), layer.name
+        assert len(set(of_layer)) == len(of_layer) > 1
+    # Every head of the selected layers is the selected layers' patch: the same images.
+    every_head = heads["sets"][-1]
+    assert len(every_head["layers"]) == len(heads["units"])
+    as_layers = next(entry for entry in result.sets if entry["layers"] == result.selected)
+    assert every_head["means"]["mse"] == pytest.approx(as_layers["means"]["mse"], rel=1e-4, abs=1e-12)
+    assert every_head["means"]["target_hit"] == as_layers["means"]["target_hit"]
+    assert (heads["held_out"] is not None) == bool(heads["selected"])
+    assert "heads of the selected layers" in result.summary()
+
+
 def test_screen_then_exact_sweeps_only_the_top_layers():
     pipe = _pipeline("sdxl")
     result = localize(pipe, pairs(2), method="screen+exact", top_k=3, progress=False, **kwargs(pipe))
@@ -297,6 +321,17 @@ def test_bad_input_is_refused_clearly():
         localize(pipe, pairs(2), max_batch=2, progress=False)
     with pytest.raises(ValueError, match="outside the patch window"):
         localize(pipe, pairs(2), method="attribution", patch_steps=(0, 0.25), grad_steps=(0.5,), progress=False, **kwargs(pipe))
+    for option, value in (("direction", "reverse"), ("screen", "magic"), ("rule", "mean"), ("unit", "neuron")):
+        with pytest.raises(ValueError, match=f"Unknown {option}"):
+            localize(pipe, pairs(2), progress=False, **{option: value})
+    with pytest.raises(ValueError, match="necessity needs the exact sweep"):
+        localize(pipe, pairs(2), method="attribution", direction="necessity", progress=False)
+    with pytest.raises(ValueError, match="at least 1 point"):
+        localize(pipe, pairs(2), screen_points=0, progress=False)
+    with pytest.raises(ValueError, match="leave heads unset"):
+        localize(pipe, pairs(2), unit="head", heads=[0], progress=False)
+    with pytest.raises(ValueError, match="kv must be"):
+        localize(pipe, pairs(2), kv="keys", progress=False, **kwargs(pipe))
 
 
 def test_a_share_of_the_pairs_is_held_out_but_never_all_of_them():

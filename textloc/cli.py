@@ -361,7 +361,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc localize``."""
-    from textloc.localization import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS
+    from textloc.localization import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, UNITS
     from textloc.localization.core import SCREEN_POINTS
 
     parser = subcommands.add_parser(
@@ -397,6 +397,7 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method.add_argument("--screen-points", type=_positive_int, default=SCREEN_POINTS, metavar="K", help=f"strengths on the path of the integrated screen (default {SCREEN_POINTS})")
     method.add_argument("--selection", choices=SELECTIONS, default="cumulative", help="how layers are added to the chosen set (default cumulative)")
     method.add_argument("--threshold", type=float, default=0.8, help="the chosen set is the first that makes the OCR read the target text at this share of the directly prompted rate (default 0.8)")
+    method.add_argument("--unit", choices=UNITS, default="layer", help="head: go on from the selected layers to their heads, each patched alone, and choose the smallest head set that carries the word (default layer)")
     method.add_argument("--rule", choices=RULES, default="lower-bound", help="what must reach the threshold: the lower bound of the share's 95%% bootstrap interval over pairs, or the share itself (point) (default lower-bound)")
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
     method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
@@ -492,7 +493,7 @@ def run_localize(args: argparse.Namespace) -> int:
     result = localize(
         pipe, pairs, layers=_layer_selector(args.layers), method=args.method, direction=args.direction, screen=args.screen,
         screen_points=args.screen_points, selection=args.selection, threshold=args.threshold, rule=args.rule,
-        held_out=args.held_out, top_k=args.top_k, patch_steps=window, heads=heads, kv=args.kv, branch=args.branch,
+        unit=args.unit, held_out=args.held_out, top_k=args.top_k, patch_steps=window, heads=heads, kv=args.kv, branch=args.branch,
         seed=args.seed, max_batch=args.max_batch,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )

@@ -200,7 +200,9 @@ def window_steps(window: StepWindow, num_steps: int) -> range:
     return range(num_steps)[slice(start, stop)]
 
 
-def _validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
+def validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
+    """Raise ``ValueError`` with a one-line reason unless ``patch`` can run on ``layers`` (its
+    branch, kv, step window, heads and cache); with no layers, its shared settings alone."""
     if patch.branch not in ("cond", "uncond", "both"):
         raise ValueError(f"branch must be 'cond', 'uncond' or 'both', not {patch.branch!r}.")
     if patch.kv not in KV_CHOICES:
@@ -934,7 +936,7 @@ def patch(
         tuple(layer.name for layer in selected), source, patch_steps=patch_steps,
         heads=None if heads is None else tuple(heads), branch=branch, kv=kv,
     )
-    _validate_patch(row_patch, {layer.name: layer for layer in selected})
+    validate_patch(row_patch, {layer.name: layer for layer in selected})
     if isinstance(source, str):
         row_patch = RowPatch(**{**vars(row_patch), "source": record_text(pipe, selected, source, **text_kwargs)})
     elif text_kwargs:
@@ -965,7 +967,7 @@ def _patched_layers(pipe: Any, patches: Sequence[RowPatch]) -> list[AttentionLay
     selected = select_layers(pipe, names) if names else []
     by_name = {layer.name: layer for layer in selected}
     for p in patches:
-        _validate_patch(p, by_name)
+        validate_patch(p, by_name)
     return selected
 
 

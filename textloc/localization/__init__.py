@@ -1,6 +1,6 @@
 """Localization: find the attention layers that render the text in a model's images."""
 
-from textloc.localization.core import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, localize
+from textloc.localization.core import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, UNITS, localize
 from textloc.localization.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
 from textloc.localization.report import Localization
 from textloc.localization.stats import spearman
@@ -11,6 +11,7 @@ __all__ = [
     "RULES",
     "SCREENS",
     "SELECTIONS",
+    "UNITS",
     "Localization",
     "PromptPair",
     "load_glyphcontrol",

@@ -19,9 +19,9 @@ from textloc.localization.prompts import PromptPair
 from textloc.localization.report import Localization, ProgressLog
 from textloc.localization.scoring import SceneJudge, mean_metrics, score_images
 from textloc.distributed import Shards
-from textloc.localization.sweep import PatchSettings, check_max_batch, generate_patched
+from textloc.localization.sweep import PatchSettings, check_max_batch, generate_patched, head_unit, split_unit
 from textloc.ocr import OCR, get_ocr
-from textloc.patching import KV, BranchChoice, StepWindow, window_steps
+from textloc.patching import KV, BranchChoice, RowPatch, StepWindow, validate_patch, window_steps
 from textloc.pipelines import weights_fingerprint
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
@@ -29,11 +29,13 @@ Selection = Literal["cumulative", "greedy"]
 Screen = Literal["gradient", "integrated"]
 Direction = Literal["sufficiency", "necessity", "both"]
 Rule = Literal["lower-bound", "point"]
+Unit = Literal["layer", "head"]
 METHODS: tuple[str, ...] = ("activation", "attribution", "screen+exact", "both")
 SELECTIONS: tuple[str, ...] = ("cumulative", "greedy")
 SCREENS: tuple[str, ...] = ("gradient", "integrated")
 DIRECTIONS: tuple[str, ...] = ("sufficiency", "necessity", "both")
 RULES: tuple[str, ...] = ("lower-bound", "point")
+UNITS: tuple[str, ...] = ("layer", "head")
 # Points on the strength path of the integrated screen: on textloc-tiny's 24 choice pairs, 2 points
 # agreed with the exact sweep far better than 1 (the plain gradient) at 1.45x its time, and 4 or 8
 # did no better.
@@ -56,6 +58,7 @@ def localize(
     selection: Selection = "cumulative",
     threshold: float = 0.8,
     rule: Rule = "lower-bound",
+    unit: Unit = "layer",
     held_out: float = 0.25,
     top_k: int | None = None,
     grad_steps: Sequence[float] = (0.25,),
@@ -101,7 +104,9 @@ def localize(
     ``patch_steps``/``heads``/``branch``/``kv`` restrict the patch as in :func:`textloc.patch`
     (``kv="k"``: the text's keys only, where the image attends; ``"v"``: its values, what it
     reads); ``grad_steps`` are the fractions of the schedule where the screens take their
-    gradients. With ``out``, finished work is logged there pair by pair and a rerun with the same
+    gradients. ``unit="head"`` goes on from the selected layers to their heads: each head patched
+    alone (batched like the layer sweep), then the smallest head set that carries the word, by the
+    same rule, scored on the held-out pairs (``Localization.heads``). With ``out``, finished work is logged there pair by pair and a rerun with the same
     settings resumes; the report files are written at the end. ``generate_kwargs`` go to the
     pipeline (steps, guidance, size).
 
@@ -114,12 +119,14 @@ def localize(
         raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     if selection not in SELECTIONS:
         raise ValueError(f"Unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}.")
-    for name, value, choices in (("direction", direction, DIRECTIONS), ("screen", screen, SCREENS), ("rule", rule, RULES)):
+    for name, value, choices in (("direction", direction, DIRECTIONS), ("screen", screen, SCREENS), ("rule", rule, RULES), ("unit", unit, UNITS)):
         if value not in choices:
             raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(choices)}.")
     if direction != "sufficiency" and method == "attribution":
         raise ValueError("The screens estimate sufficiency only; necessity needs the exact sweep (method 'activation', 'screen+exact' or 'both').")
     path_points(screen_points)  # refuses a path without points before any work
+    if unit == "head" and heads is not None:
+        raise ValueError("unit='head' sweeps every head of the selected layers itself; leave heads unset.")
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold is a share of the directly prompted rate, in (0, 1]; got {threshold}.")
     if not 0.0 <= held_out < 1.0:
@@ -133,13 +140,15 @@ def localize(
     candidates = select_layers(pipe, layers)
     reader = get_ocr(ocr)
     settings = PatchSettings(patch_steps, None if heads is None else tuple(heads), branch, kv)
+    # The patch settings every patch shares, checked before any generation.
+    validate_patch(RowPatch((), source=0, patch_steps=patch_steps, heads=settings.heads, branch=branch, kv=kv), {})
     n_held = _held_out_count(held_out, len(pairs))
     choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
     model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
         "method": method, "direction": direction, "screen": screen, "screen_points": screen_points, "selection": selection,
-        "threshold": threshold, "rule": rule, "held_out": held_out, "top_k": top_k, "grad_steps": list(grad_steps),
+        "threshold": threshold, "rule": rule, "unit": unit, "held_out": held_out, "top_k": top_k, "grad_steps": list(grad_steps),
         "patch_steps": patch_steps, "heads": settings.heads, "branch": branch, "kv": kv, "seed": seed,
         "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
         # Not choices of the method, but a resumed run must not mix their results either.
@@ -171,7 +180,7 @@ def localize(
                 exact[way.name], way_baselines, sweeps[way.name] = run.sweep(choose_on, swept, way)
             baselines = baselines or way_baselines
 
-    ranked = _rank(candidates, exact.get(chooser.name, {}), attribution, chooser)
+    ranked = [layer.name for layer in _rank(candidates, exact.get(chooser.name, {}), attribution, chooser)]
     with run.timed("selection"):
         sets, chosen, reached, set_baselines = run.select(choose_on, ranked, selection, threshold, rule, chooser)
     baselines = baselines or set_baselines
@@ -179,9 +188,13 @@ def localize(
     if chosen:
         with run.timed("held_out"):
             held_result, examples = run.evaluate(held or choose_on, chosen, directions)
+    head_result = None
+    if unit == "head" and chosen:
+        with run.timed("heads"):
+            head_result = run.heads(choose_on, held or choose_on, [layer for layer in candidates if layer.name in chosen], selection, threshold, rule, chooser)
 
     total = denoiser_parameter_count(pipe)
-    rank_of = {layer.name: position + 1 for position, layer in enumerate(ranked)}
+    rank_of = {name: position + 1 for position, name in enumerate(ranked)}
     layer_rows = [
         {
             "name": layer.name, "kind": layer.kind, "index": layer.index, "num_text_kv_params": layer.num_text_kv_params,
@@ -198,7 +211,7 @@ def localize(
         model=model,
         settings={**{k: v for k, v in recorded.items() if k != "pairs"}, "held_out_pairs": len(held), "choice_pairs": len(choose_on)},
         layers=layer_rows, baselines=baselines, sets=sets, selected=chosen, reached=reached,
-        held_out=held_result, agreement=agreement, timings=run.timings,
+        held_out=held_result, agreement=agreement, heads=head_result, timings=run.timings,
     )
     if out is not None and shards.is_main:
         result.save(out, examples)
@@ -480,24 +493,25 @@ class _Run:
         ]
         return entries, baselines
 
-    def select(self, pairs, ranked: list[AttentionLayer], selection: str, threshold: float, rule: str, way: _Direction):
-        names = [layer.name for layer in ranked]
+    def select(self, pairs, names: list[str], selection: str, threshold: float, rule: str, way: _Direction, prefix: str = ""):
+        """The sets tried (in rank order of ``names``, or greedily), the chosen one, whether it
+        reached the threshold, and the baselines. ``prefix`` names the stages of another unit's selection."""
         if selection == "cumulative":
-            sets, baselines = self._scored_sets(way.stage("cumulative sets"), pairs, [names[: k + 1] for k in range(len(names))], way)
+            sets, baselines = self._scored_sets(way.stage(f"{prefix}cumulative sets"), pairs, [names[: k + 1] for k in range(len(names))], way)
         else:
-            sets, baselines = self._greedy(pairs, names, threshold, rule, way)
+            sets, baselines = self._greedy(pairs, names, threshold, rule, way, prefix)
         for entry in sets:
             if _reaches(entry["share_of_direct"], threshold, rule):
                 return sets, entry["layers"], True, baselines
         best = max(sets, key=lambda entry: (_or_lowest(entry["share_of_direct"][0]), -len(entry["layers"])), default=None)
         return sets, [] if best is None else best["layers"], False, baselines
 
-    def _greedy(self, pairs, names: list[str], threshold: float, rule: str, way: _Direction):
+    def _greedy(self, pairs, names: list[str], threshold: float, rule: str, way: _Direction, prefix: str = ""):
         chosen: list[str] = []
         sets, baselines = [], None
         while len(chosen) < len(names):
             remaining = [name for name in names if name not in chosen]
-            trials, baselines = self._scored_sets(way.stage(f"greedy set of {len(chosen) + 1}"), pairs, [chosen + [name] for name in remaining], way)
+            trials, baselines = self._scored_sets(way.stage(f"{prefix}greedy set of {len(chosen) + 1}"), pairs, [chosen + [name] for name in remaining], way)
             best = max(trials, key=lambda entry: way.merit(entry["means"]))
             chosen = best["layers"]
             sets.append(best)
@@ -505,12 +519,14 @@ class _Run:
                 break
         return sets, baselines
 
-    def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str], directions: Sequence[_Direction]) -> tuple[dict[str, Any], list[dict]]:
+    def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str], directions: Sequence[_Direction], prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
         """The chosen set on ``pairs`` in every measured direction, and the example grid's images."""
         result: dict[str, Any] = {"layers": chosen}
         examples: list[dict] = []
         for way in directions:
-            results = self._patch_sets(way.stage("held out"), way.pairs(pairs), [chosen], examples=EXAMPLES, desc=way.stage("held-out pairs"))
+            results = self._patch_sets(
+                way.stage(f"{prefix}held out"), way.pairs(pairs), [chosen], examples=EXAMPLES, desc=way.stage(f"{prefix}held-out pairs")
+            )
             floors = way.baselines(results, self.seed)
             # Unpatched: the prompt generated, as it is; direct: the prompt whose text is patched in.
             unpatched, direct = ("source", "target") if way.sufficiency else ("target", "source")
@@ -531,6 +547,19 @@ class _Run:
                     for done in results if "images" in done
                 ]
         return result, examples
+
+
+    def heads(self, pairs, held, layers: list[AttentionLayer], selection: str, threshold: float, rule: str, way: _Direction) -> dict[str, Any]:
+        """Every head of ``layers`` patched alone, ranked, the smallest head set that carries the
+        word (by the layers' selection and rule), and that set on the held-out pairs."""
+        units = [head_unit(layer.name, head) for layer in layers for head in range(layer.num_heads)]
+        means, _, _ = self._evaluate_sets(way.stage("head sweep"), pairs, [[unit] for unit in units], way, desc=f"head sweep ({len(units)} heads)")
+        by_unit = dict(zip(units, means))
+        ranked = sorted(units, key=lambda unit: tuple(-value for value in way.merit(by_unit[unit])))  # stable: ties keep layer order
+        sets, chosen, reached, _ = self.select(pairs, ranked, selection, threshold, rule, way, prefix="head ")
+        held_result = self.evaluate(held, chosen, [way], prefix="head ")[0] if chosen else None
+        rows = [{"name": unit, "layer": split_unit(unit)[0], "head": split_unit(unit)[1], "rank": ranked.index(unit) + 1, "exact": by_unit[unit]} for unit in units]
+        return {"units": rows, "sets": sets, "selected": chosen, "reached": reached, "held_out": held_result}
 
 
 def _or_lowest(value: float | None) -> float:

@@ -38,7 +38,9 @@ class Localization:
     prompted rate. ``selected``: the chosen layers; ``held_out``: that set on pairs not used to
     choose it. Every rate carries a bootstrap interval over pairs: ``means["ci"][rate]`` is
     ``[low, high]`` and a share is ``[share, low, high]``. ``agreement``: how well each screen
-    stands in for the exact sweep (see ``localize``'s ``method="both"``).
+    stands in for the exact sweep (see ``localize``'s ``method="both"``). ``heads`` (with
+    ``unit="head"``): every head of the selected layers patched alone (``units``, named
+    ``"<layer>@<head>"``), the head sets tried, the chosen heads and their held-out scores.
     """
 
     model: str
@@ -50,6 +52,7 @@ class Localization:
     reached: bool = False
     held_out: dict[str, Any] | None = None
     agreement: dict[str, Any] | None = None
+    heads: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -143,8 +146,25 @@ class Localization:
                     f"with the source's text at the selected layers (removed: {_share(removed.get('share_of_direct'))}), "
                     f"against {_rate(removed['unpatched'], 'target_hit')} unpatched"
                 )
-        lines += self._agreement_lines()
+        lines += self._agreement_lines() + self._head_lines()
         return "\n".join(lines)
+
+    def _head_lines(self) -> list[str]:
+        if not self.heads:
+            return []
+        heads = self.heads
+        verdict = "carry" if heads["reached"] else "do NOT carry"
+        lines = ["", f"heads of the selected layers, each patched alone ({len(heads['units'])}); the best:"]
+        for row in sorted(heads["units"], key=lambda row: row["rank"])[: max(5, len(heads["selected"]))]:
+            lines.append(f"{row['rank']:>4}  {row['name']:<60} target hit {_rate(row['exact'], 'target_hit'):>16}")
+        lines.append(f"selected {len(heads['selected'])} of {len(heads['units'])} heads, which {verdict} the word at the threshold: {', '.join(heads['selected'])}")
+        held = heads.get("held_out")
+        if held and "patched" in held:
+            lines.append(
+                f"  on the held-out pairs: target read {_rate(held['patched'], 'target_hit')} ({_share(held.get('share_of_direct'))}) "
+                f"vs {_rate(held['direct'], 'target_hit')} prompted directly"
+            )
+        return lines
 
     def _agreement_lines(self) -> list[str]:
         agreement = self.agreement
@@ -298,7 +318,7 @@ def plot_layers(result: Localization, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [f"{layer['index']}: {_short(layer['name'])}" for layer in result.layers]
-    panels = 1 + bool(result.sets)
+    panels = 1 + bool(result.sets) + bool(result.heads)
     figure, axes = plt.subplots(panels, 1, figsize=(max(6.0, 0.35 * len(names) + 2), 3.6 * panels), squeeze=False)
     axis = axes[0][0]
     colours = ["tab:red" if layer["name"] in result.selected else "tab:blue" for layer in result.layers]
@@ -338,6 +358,15 @@ def plot_layers(result: Localization, path: Path) -> None:
         axis.set_xlabel(f"layers patched together ({result.settings.get('selection')})")
         axis.set_ylim(-0.05, 1.3)
         axis.legend(fontsize=7)
+    if result.heads:
+        axis = axes[-1][0]
+        units = result.heads["units"]
+        hits, errors = _bars([row["exact"] for row in units])
+        colours = ["tab:red" if row["name"] in result.heads["selected"] else "tab:blue" for row in units]
+        axis.bar(range(len(units)), hits, yerr=errors, color=colours, capsize=2)
+        axis.set_xticks(range(len(units)), [f"{_short(row['layer'])} h{row['head']}" for row in units], rotation=90, fontsize=6)
+        axis.set_ylabel("target read (rate)")
+        axis.set_title("heads of the selected layers, each patched alone (red: the selected head set)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

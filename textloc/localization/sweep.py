@@ -40,6 +40,33 @@ def check_max_batch(max_batch: int) -> None:
         raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
 
 
+def head_unit(layer: str, head: int) -> str:
+    """The name of one attention head as a unit of a layer set: ``"<layer>@<head>"``."""
+    return f"{layer}@{head}"
+
+
+def split_unit(unit: str) -> tuple[str, int | None]:
+    """A unit's layer and head (``None`` for a whole layer)."""
+    layer, at, head = unit.rpartition("@")
+    return (layer, int(head)) if at else (unit, None)
+
+
+def unit_patches(units: Sequence[str], row: int, settings: PatchSettings) -> list[RowPatch]:
+    """The patches that give batch row ``row`` the target row's text at ``units``: one for the
+    whole layers, one per layer whose heads are patched one by one."""
+    layers, heads = [], {}
+    for unit in units:
+        layer, head = split_unit(unit)
+        if head is None:
+            layers.append(layer)
+        else:
+            heads.setdefault(layer, []).append(head)
+    shared = {"source": TARGET_ROW, "row": row, "patch_steps": settings.patch_steps, "branch": settings.branch, "kv": settings.kv}
+    patches = [RowPatch(tuple(layers), heads=settings.heads, **shared)] if layers else []
+    patches += [RowPatch((layer,), heads=tuple(sorted(chosen)), **shared) for layer, chosen in heads.items()]
+    return patches
+
+
 def generate_patched(
     pipe: Any,
     pair: PromptPair,
@@ -50,6 +77,8 @@ def generate_patched(
     generate_kwargs: dict[str, Any],
 ) -> PairImages:
     """Generate the source prompt with each layer set patched from the target prompt.
+
+    A set names whole layers or single heads of layers (:func:`head_unit`).
 
     Each batch holds the source row, the target row (the live source of every patch, so joint
     layers get the target's K/V of the same step) and up to ``max_batch - 2`` patched rows, all
@@ -64,10 +93,7 @@ def generate_patched(
     for start in range(0, len(layer_sets), chunk):
         sets = layer_sets[start : start + chunk]
         prompts = [pair.source, pair.target] + [pair.source] * len(sets)
-        plan = [
-            RowPatch(tuple(layers), source=TARGET_ROW, row=2 + i, patch_steps=settings.patch_steps, heads=settings.heads, branch=settings.branch, kv=settings.kv)
-            for i, layers in enumerate(sets)
-        ]
+        plan = [patch for i, units in enumerate(sets) for patch in unit_patches(units, 2 + i, settings)]
         images = np.asarray(run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs).images)
         if source is None:
             source, target = images[SOURCE_ROW], images[TARGET_ROW]
