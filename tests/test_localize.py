@@ -167,6 +167,18 @@ def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
     assert "heads of the selected layers" in result.summary()
 
 
+def test_a_finished_layer_run_goes_on_to_heads_without_redoing_its_layers(tmp_path, monkeypatch):
+    pipe = _pipeline("sd15")
+    first = localize(pipe, pairs(3), out=tmp_path, progress=False, **kwargs(pipe))
+    calls = []
+    real = core.generate_patched
+    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    again = localize(pipe, pairs(3), unit="head", out=tmp_path, progress=False, **kwargs(pipe))
+    assert again.selected == first.selected and again.heads["units"]
+    # Only head units were generated, but for the example grid's pairs, whose images the log never keeps.
+    assert all("@" in unit for sets in calls for units in sets for unit in units if sets != [first.selected])
+
+
 def test_screen_then_exact_sweeps_only_the_top_layers():
     pipe = _pipeline("sdxl")
     result = localize(pipe, pairs(2), method="screen+exact", top_k=3, progress=False, **kwargs(pipe))

@@ -83,7 +83,7 @@ def test_the_committed_finding_is_about_the_shipped_model(finding: Localization,
 
 def test_the_committed_report_follows_from_its_logged_readings(finding: Localization, log) -> None:
     settings, stages = log
-    assert {k: v for k, v in settings.items() if k != "pairs"} == {k: v for k, v in finding.settings.items() if k not in ("held_out_pairs", "choice_pairs")}
+    assert {k: v for k, v in settings.items() if k != "pairs"} == {k: v for k, v in finding.settings.items() if k not in ("held_out_pairs", "choice_pairs", "rule", "unit")}
     choice, held = settings["pairs"][: finding.settings["choice_pairs"]], settings["pairs"][finding.settings["choice_pairs"] :]
     assert len(held) == finding.settings["held_out_pairs"] and sorted(stages["sweep"]) == list(range(len(choice)))
 

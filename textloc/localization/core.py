@@ -148,7 +148,7 @@ def localize(
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
         "method": method, "direction": direction, "screen": screen, "screen_points": screen_points, "selection": selection,
-        "threshold": threshold, "rule": rule, "unit": unit, "held_out": held_out, "top_k": top_k, "grad_steps": list(grad_steps),
+        "threshold": threshold, "held_out": held_out, "top_k": top_k, "grad_steps": list(grad_steps),
         "patch_steps": patch_steps, "heads": settings.heads, "branch": branch, "kv": kv, "seed": seed,
         "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
         # Not choices of the method, but a resumed run must not mix their results either.
@@ -157,6 +157,10 @@ def localize(
         "dtype": str(getattr(pipe, "dtype", None)),
         "weights": weights_fingerprint(pipe),
     }
+    # Settings that change only which logged results are used or what comes after the layer
+    # stages, never a logged result: a run resumes under other values of them (the head stages
+    # added to a finished layer run, a selection redone by another rule).
+    after_the_sweep = {"rule": rule, "unit": unit}
     shards = Shards()
     run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index), shards)
 
@@ -209,7 +213,9 @@ def localize(
         agreement = _agreement(sweeps["sufficiency"], screens, [layer.name for layer in candidates], chosen, run.timings, seed)
     result = Localization(
         model=model,
-        settings={**{k: v for k, v in recorded.items() if k != "pairs"}, "held_out_pairs": len(held), "choice_pairs": len(choose_on)},
+        settings={
+            **{k: v for k, v in recorded.items() if k != "pairs"}, **after_the_sweep, "held_out_pairs": len(held), "choice_pairs": len(choose_on),
+        },
         layers=layer_rows, baselines=baselines, sets=sets, selected=chosen, reached=reached,
         held_out=held_result, agreement=agreement, heads=head_result, timings=run.timings,
     )
