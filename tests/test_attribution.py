@@ -14,17 +14,24 @@ at strength 1, where the derivative is smallest), and the test allows 1e-5. The 
 distance in float32, so its scores match to float32 precision. The joint architecture is SD3:
 FLUX's rotary embedding computes in float32 even in a float64 model, which leaves its differences
 accurate to only ~1e-4.
+
+The key-exact screen linearizes m in a layer's attention output only: its score is checked against
+a central difference of m along the straight line from the layer's unpatched output to its
+output in a run where it alone is patched, read and replaced by plain torch hooks: the reference
+never goes through the engine's replays.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from textloc.attention import select_layers
+from textloc.attention import denoiser, select_layers
 from textloc.localization import PromptPair, localize
 from textloc.patching import RowPatch, TextCache, record, run_with_patches
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
@@ -166,3 +173,84 @@ def test_the_integrated_screen_averages_the_gradient_along_the_path_where_every_
     at_zero, _ = distances(pipe, [blended(arch, name, step) for step in (H, -H) for name in names])
     first_order = [(q - p) / (2 * H) for p, q in zip(at_zero[: len(names)], at_zero[len(names) :])]
     assert max(abs(a - b) for a, b in zip(expected, first_order)) > 1e-3 * largest
+
+
+@contextlib.contextmanager
+def forward_hooks(hooks: dict[torch.nn.Module, Callable]):
+    """Plain torch forward hooks, none of the engine's: a hook's return value replaces the module's output."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def as_tuple(output) -> tuple[torch.Tensor, ...]:
+    return output if isinstance(output, tuple) else (output,)
+
+
+def attention_outputs(pipe, names: list[str]) -> dict[str, list[list[tuple[torch.Tensor, torch.Tensor]]]]:
+    """Per layer, per call of it at step 0 (FLUX's true CFG calls the denoiser once per branch) and
+    per tensor of its output: ``(O, ΔO)`` on the source's batch entries, ``O`` unpatched and ``ΔO``
+    what patching the layer alone with the target's text K/V changes. One batch: row 0 the target,
+    row 1 the source, row 2 + k the source with layer k patched."""
+    n = 2 + len(names)
+    modules = {dict(denoiser(pipe).named_modules())[name]: name for name in names}
+    calls = {name: [] for name in names}
+
+    def keep(module, args, output) -> None:
+        calls[modules[module]].append(as_tuple(output))
+
+    with forward_hooks(dict.fromkeys(modules, keep)):
+        distances(pipe, [None, *[RowPatch((name,), source=0) for name in names]])
+    # Under CFG prompt row r of n is the batch entries r::n, its unconditional and its conditional one.
+    return {
+        name: [[(tensor[1::n], tensor[2 + k :: n] - tensor[1::n]) for tensor in output] for output in calls[name]]
+        for k, name in enumerate(names)
+    }
+
+
+# FLUX's float32 rotary embedding rounds m (~0.04) by ~1e-10, which puts a 1e-5 step's difference
+# off by ~1e-5, several percent of its smaller scores; along t, m is so nearly quadratic that a step
+# of 0.1 keeps the central difference within 2e-6 of the derivative, rounding included (measured).
+@pytest.mark.parametrize("arch, step", [("sdxl", H), ("deepfloyd-if", H), ("sd3", H), ("flux", 0.1)])  # cross, added_kv, joint, joint + single
+def test_the_key_exact_screen_differentiates_along_the_exactly_patched_attention_output(arch, step):
+    # A layer's key-exact score is -dm/dt at t = 0 where the layer outputs O + t * ΔO: ΔO from full
+    # runs (the layer unpatched, and patched alone) read by plain forward hooks, the derivative by
+    # central differences of runs in which such a hook puts O + t * ΔO in the layer's place.
+    pipe = pipeline64(arch)
+    result = localize(
+        pipe, [PAIR], method="attribution", screen="key-exact", grad_steps=(0.0,), held_out=0.0, ocr=ReadsNothing(), progress=False,
+        **settings(pipe),
+    )
+    names = [layer["name"] for layer in result.layers]
+    changes = attention_outputs(pipe, names)
+    n = 1 + 2 * len(names)  # row 0 the target, rows 1 + 2k and 2 + 2k the source with layer k at t = +step and -step
+    modules = {dict(denoiser(pipe).named_modules())[name]: k for k, name in enumerate(names)}
+    seen = dict.fromkeys(modules, 0)
+
+    def shifted(module, args, output):
+        k, call = modules[module], seen[module]
+        seen[module] += 1
+        moved = tuple(tensor.clone() for tensor in as_tuple(output))
+        for tensor, (own, change) in zip(moved, changes[names[k]][call]):
+            for row, t in ((1 + 2 * k, step), (2 + 2 * k, -step)):
+                tensor[row::n] = own + t * change
+        return moved if isinstance(output, tuple) else moved[0]
+
+    with forward_hooks(dict.fromkeys(modules, shifted)):
+        m, _ = distances(pipe, [None] * (2 * len(names)))
+    expected = [-(plus - minus) / (2 * step) for plus, minus in zip(m[0::2], m[1::2])]
+    largest = max(map(abs, expected))
+    assert largest > 1e-9  # the patches change the outputs, and the changes move the prediction
+    assert [layer["attribution"] for layer in result.layers] == pytest.approx(expected, rel=1e-5, abs=1e-9 * largest)
+
+
+def test_a_layer_is_replayed_once_and_only_at_gradient_steps():
+    pipe = pipeline64("sdxl")
+    name = select_layers(pipe, "all")[0].name
+    replay = RowPatch((name,), source=1, row=0)
+    for extra, message in (({}, "without grad_steps"), ({"grad_steps": [0], "on_output": print, "replays": [replay, replay]}, "more than once")):
+        with pytest.raises(ValueError, match=message):
+            run_with_patches(pipe, [PAIR.source, PAIR.target], [], **{"replays": [replay], **extra}, **settings(pipe))

@@ -248,8 +248,11 @@ def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):
 def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
     pipe = _pipeline("sd15")
     localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
-    # Each timed stage and the log stage of its work: the plain gradient, the integrated path's strengths.
-    stages = {"sweep": "sweep", "gradient screen": "attribution", "integrated screen": "attribution at strengths 0.25, 0.75"}
+    # Each timed stage and the log stage of its work: the plain gradient, the integrated path's strengths, key-exact.
+    stages = {
+        "sweep": "sweep", "gradient screen": "attribution", "integrated screen": "attribution at strengths 0.25, 0.75",
+        "key-exact screen": "key-exact attribution",
+    }
     logged = dict.fromkeys(stages.values(), 0.0)
     for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()[1:]:
         line = json.loads(line)
@@ -258,6 +261,7 @@ def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
     again = localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
     for timed, stage in stages.items():
         assert again.timings[timed] >= logged[stage] > 0, timed
+    assert list(again.agreement["screens"]) == list(core.SCREENS)  # every screen judged beside the sweep
     assert all(entry["time_ratio"] > 0 for entry in again.agreement["screens"].values())
 
 
@@ -290,7 +294,7 @@ def test_step_window_and_heads_reach_every_patch(monkeypatch):
     plans = {}
     for module in (sweep, attribution):  # the exact sweep's patches and the screens'
         real = module.run_with_patches
-        monkeypatch.setattr(module, "run_with_patches", lambda pipe, prompts, plan, real=real, name=module.__name__, **kw: plans.setdefault(name, []).append(plan) or real(pipe, prompts, plan, **kw))
+        monkeypatch.setattr(module, "run_with_patches", lambda pipe, prompts, plan, real=real, name=module.__name__, **kw: plans.setdefault(name, []).append([*plan, *kw.get("replays", ())]) or real(pipe, prompts, plan, **kw))
     localize(pipe, pairs(2), method="both", direction="both", patch_steps=(1, None), heads=[0], kv="k", branch="both", grad_steps=(0.99,), held_out=0.0, progress=False, **kwargs(pipe))
     assert len(plans) == 2
     patches = [patch for module_plans in plans.values() for plan in module_plans for patch in plan]

@@ -230,6 +230,22 @@ class _Call:
     position: int  # index into the scheduler's timesteps: a second-order step has two
     branch_rows: dict[Branch, list[int]]  # branch -> batch indices, in row order
     text_len: int | None
+    replays: dict[str, LayerReplay] = field(default_factory=dict)  # layer name -> its replay in this call
+
+
+@dataclass
+class LayerReplay:
+    """An attention layer's call at a gradient step, and the same call made again with a patch.
+
+    ``output`` is what the layer returned to the denoiser (one tensor, or a joint layer's image
+    and text outputs), kept in the autograd graph: ``torch.autograd.grad`` of anything computed
+    from the prediction can be taken with respect to it. ``patched`` is the layer's output, without
+    autograd history, when it is called again on the same inputs with its replay patch applied:
+    the layer alone is patched, exactly, through its own processor.
+    """
+
+    output: tuple[torch.Tensor, ...]
+    patched: tuple[torch.Tensor, ...]
 
 
 class _StopRun(Exception):
@@ -462,13 +478,23 @@ class _Writes:
 
 
 class _LayerHooks:
-    """Records and patches one layer's text K/V; shared by its projection and attention hooks."""
+    """Records and patches one layer's text K/V; shared by its projection and attention hooks.
 
-    def __init__(self, layer: AttentionLayer, state: _RunState, recorder: _Recorder | None, patches: list[RowPatch]):
+    With a ``replay`` patch, at each of ``replay_steps`` the layer's output is kept in the autograd
+    graph and the layer is called again on the same inputs with ``replay`` added to its patches
+    (see :class:`LayerReplay`); the run itself goes on with the unreplayed output.
+    """
+
+    def __init__(
+        self, layer: AttentionLayer, state: _RunState, recorder: _Recorder | None, patches: list[RowPatch],
+        replay: RowPatch | None = None, replay_steps: frozenset[int] = frozenset(),
+    ):
         self.layer, self.state, self.recorder, self.patches = layer, state, recorder, patches
+        self.replay, self.replay_steps = replay, replay_steps
         self.mask: torch.Tensor | None = None  # this call's text attention mask, as the layer saw it
         self.pending: dict[Branch, dict[str, torch.Tensor]] = {}
         self._writes: _Writes | None = None
+        self._inputs: tuple[tuple, dict] | None = None  # the call to replay, as the layer received it
 
     def text_slice(self, output: torch.Tensor) -> torch.Tensor:
         if self.layer.kind == "single":  # FLUX single blocks: [text, image] tokens
@@ -556,6 +582,43 @@ class _LayerHooks:
             swapped[targets] = source_mask
         return {**kwargs, "attention_mask": swapped}
 
+    def keep_inputs(self, args: tuple, kwargs: dict) -> None:
+        """Keep the call's inputs where it is to be replayed, before any patch swaps its mask: the
+        replay swaps it anew, for its own patches."""
+        due = self.replay is not None and self.state.call.step in self.replay_steps
+        self._inputs = (args, kwargs) if due else None
+
+    def replayed(self, output: Any, call_again: Callable[[tuple, dict], Any]) -> Any:
+        """``output``, made a node of the autograd graph where this call is replayed: by
+        ``call_again(args, kwargs)``, with the replay's patch, into the denoiser call's ``replays``."""
+        if self._inputs is None:
+            return output
+        args, kwargs = self._inputs
+        # A layer with nothing upstream that requires grad returns a tensor outside the graph:
+        # it becomes a leaf that the rest of the pass, and so the prediction, depends on.
+        output = _map_tensors(output, lambda tensor: tensor if tensor.requires_grad else tensor.detach().requires_grad_())
+        patches, self.patches = self.patches, [*self.patches, self.replay]
+        self._writes = None  # this call's writes, worked out again with the replay's patch
+        try:
+            with torch.no_grad():
+                patched = call_again(args, kwargs)
+        finally:
+            self.patches, self._writes, self._inputs = patches, None, None
+        self.state.call.replays[self.layer.name] = LayerReplay(_tensors(output), _tensors(patched))
+        return output
+
+
+def _map_tensors(output: Any, function: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``function`` applied to an attention module's output: a tensor, or a tuple of them (joint layers)."""
+    if isinstance(output, tuple):
+        return tuple(function(item) if torch.is_tensor(item) else item for item in output)
+    return function(output)
+
+
+def _tensors(output: Any) -> tuple[torch.Tensor, ...]:
+    """The tensors of an attention module's output, in order."""
+    return tuple(item for item in output if torch.is_tensor(item)) if isinstance(output, tuple) else (output,)
+
 
 class _Recorder:
     """Fills a :class:`TextCache` as the layers compute their text K/V, straight onto ``device``.
@@ -610,7 +673,15 @@ class _AttentionHook(ModelHook):
         self.hooks = hooks
 
     def pre_forward(self, module, *args, **kwargs):
+        self.hooks.keep_inputs(args, kwargs)
         return args, self.hooks.on_attention(kwargs)
+
+    def post_forward(self, module, output):
+        return self.hooks.replayed(output, self._call_again)
+
+    def _call_again(self, args: tuple, kwargs: dict) -> Any:
+        # From this hook inwards, as the call went: hooks outside it have already prepared the inputs.
+        return self.fn_ref.forward(*args, **self.hooks.on_attention(kwargs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,6 +698,7 @@ def _hooked(
     grad_steps: frozenset[int] = frozenset(),
     on_output=None,
     on_call: Callable[[_Call, tuple, dict], None] | None = None,
+    replays: Sequence[RowPatch] = (),
 ) -> Iterator[_RunState]:
     model = denoiser(pipe)
     state = _RunState(pipe, stop_at_step)
@@ -648,8 +720,8 @@ def _hooked(
                     f"timesteps) but the run has {run.num_steps} ({run.num_positions}); record the source with "
                     "the same num_inference_steps and scheduler."
                 )
-        run.windows = {id(p): window_steps(p.patch_steps, run.num_steps) for p in patches}
-        for p in patches:
+        run.windows = {id(p): window_steps(p.patch_steps, run.num_steps) for p in [*patches, *replays]}
+        for p in [*patches, *replays]:
             if not run.windows[id(p)]:
                 raise ValueError(f"patch_steps {p.patch_steps} covers no step of this {run.num_steps}-step run.")
 
@@ -672,7 +744,8 @@ def _hooked(
             register(model, _DenoiserHook(state, on_call), f"{tag}_denoiser")
             for layer in layers:
                 layer_patches = [p for p in patches if layer.name in p.layers]
-                hooks = _LayerHooks(layer, state, recorder, layer_patches)
+                replay = next((p for p in replays if layer.name in p.layers), None)
+                hooks = _LayerHooks(layer, state, recorder, layer_patches, replay, grad_steps)
                 key_proj, value_proj = layer.text_kv_projections
                 register(layer.module, _AttentionHook(hooks), f"{tag}_attention")
                 register(key_proj, _ProjectionHook(hooks, "key"), f"{tag}_key")
@@ -980,6 +1053,7 @@ def run_with_patches(
     on_output: Callable[[Any, torch.Tensor], None] | None = None,
     grad_steps: Collection[int] = (),
     stop_at_step: int | None = None,
+    replays: Sequence[RowPatch] = (),
     **generate_kwargs: Any,
 ) -> Any:
     """One batched generation in which each row may carry its own patch.
@@ -994,6 +1068,14 @@ def run_with_patches(
     ``call.branch_rows``); at ``grad_steps`` the prediction carries autograd history back to any
     tensor ``strength`` of the patches. ``stop_at_step`` ends the generation when that step would
     begin (the return value is then ``None``).
+
+    ``replays`` are patches that never enter the run: at ``grad_steps``, each layer that one of
+    them names (one replay per layer) is called a second time on the inputs it has just received,
+    with the replay added to its patches, and ``call.replays[layer name]`` holds a
+    :class:`LayerReplay`: the layer's output as a node of the autograd graph, and its exactly
+    patched output. A live source row of a replay is read inside that second call, from the
+    same batch. This is how the attention output of a patched layer is computed, not linearized,
+    while the rest of the pass is differentiated.
     """
     if isinstance(prompts, str):
         raise TypeError("prompts is a list with one prompt per batch row, not a single string.")
@@ -1001,17 +1083,25 @@ def run_with_patches(
         raise TypeError("run_with_patches takes generator= (e.g. tl.generator(0), copied to every row), not seed=.")
     prompts = list(prompts)
     generators = seeding.per_row(generator, len(prompts))
-    selected = _patched_layers(pipe, patches)
-    for p in patches:
+    selected = _patched_layers(pipe, [*patches, *replays])
+    for p in [*patches, *replays]:
         for row in (p.row, p.source if isinstance(p.source, int) else None):
             if row is not None and not 0 <= row < len(prompts):
                 raise ValueError(f"Patch row {row} is outside the batch of {len(prompts)} prompts.")
+    replayed = [name for p in replays for name in p.layers]
+    twice = sorted({name for name in replayed if replayed.count(name) > 1})
+    if twice:
+        raise ValueError(f"One replay per layer: {', '.join(twice)} would be replayed more than once.")
     kwargs = _run_kwargs(pipe, generate_kwargs)
     if kwargs.get("num_images_per_prompt", 1) != 1:
         raise ValueError("run_with_patches addresses rows by prompt: repeat a prompt instead of num_images_per_prompt.")
     if grad_steps and on_output is None:
         raise ValueError("grad_steps without on_output: nothing would use the gradients.")
-    hooks = _hooked(pipe, selected, patches, stop_at_step=stop_at_step, grad_steps=frozenset(grad_steps), on_output=on_output)
+    if replays and not grad_steps:
+        raise ValueError("replays without grad_steps: layers are replayed at the gradient steps only.")
+    hooks = _hooked(
+        pipe, selected, patches, stop_at_step=stop_at_step, grad_steps=frozenset(grad_steps), on_output=on_output, replays=replays,
+    )
     with hooks:
         return _run(pipe, prompt=prompts, generator=generators, **kwargs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 
 from textloc.attention import AttentionLayer, LayerSelector, denoiser_parameter_count, select_layers
 from textloc.localization import stats
-from textloc.localization.attribution import attribution_scores, path_points
+from textloc.localization.attribution import attribution_scores, key_exact_scores, path_points
 from textloc.localization.prompts import PromptPair
 from textloc.localization.report import Localization, ProgressLog
 from textloc.localization.scoring import SceneJudge, mean_metrics, score_images
@@ -26,16 +27,18 @@ from textloc.pipelines import weights_fingerprint
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
 Selection = Literal["cumulative", "greedy"]
-Screen = Literal["gradient", "integrated"]
+Screen = Literal["gradient", "integrated", "key-exact"]
 Direction = Literal["sufficiency", "necessity", "both"]
 Rule = Literal["lower-bound", "point"]
 Unit = Literal["layer", "head"]
 METHODS: tuple[str, ...] = ("activation", "attribution", "screen+exact", "both")
 SELECTIONS: tuple[str, ...] = ("cumulative", "greedy")
-SCREENS: tuple[str, ...] = ("gradient", "integrated")
+SCREENS: tuple[str, ...] = ("gradient", "integrated", "key-exact")
 DIRECTIONS: tuple[str, ...] = ("sufficiency", "necessity", "both")
 RULES: tuple[str, ...] = ("lower-bound", "point")
 UNITS: tuple[str, ...] = ("layer", "head")
+# A screen's scores for one pair: (pipe, pair, layers, settings, seed, gradient step indices, generate_kwargs) -> one per layer.
+Scorer = Callable[[Any, PromptPair, Sequence[AttentionLayer], PatchSettings, int, Sequence[int], dict[str, Any]], list[float]]
 # Points on the strength path of the integrated screen: on textloc-tiny's 24 choice pairs, 2 points
 # agreed with the exact sweep far better than 1 (the plain gradient) at 1.45x its time, and 4 or 8
 # did no better.
@@ -90,7 +93,8 @@ def localize(
       many layers), ranked by how often the target text appears (or, for necessity alone, vanishes);
     - ``"attribution"``: the fast screen alone, every layer ranked at once by ``screen``
       (``"integrated"``: gradients averaged over ``screen_points`` strengths along the path from
-      no patch to a full one; ``"gradient"``: plain attribution patching, the gradient at no patch);
+      no patch to a full one; ``"gradient"``: plain attribution patching, the gradient at no patch;
+      ``"key-exact"``: each layer's patched attention output computed exactly, what follows it linearized);
     - ``"screen+exact"``: the screen, then the exact sweep on its ``top_k`` layers;
     - ``"both"``: every screen and the full sweep, each screen's agreement with the sweep and
       time beside it (``Localization.agreement``).
@@ -168,7 +172,7 @@ def localize(
     if method != "activation":
         for name in SCREENS if method == "both" else (screen,):
             with run.timed(f"{name} screen"):
-                screens[name] = run.attribution(choose_on, candidates, grad_steps, _screen_points(name, screen_points))
+                screens[name] = run.attribution(choose_on, candidates, grad_steps, *_screen(name, screen_points))
     attribution = None if screen not in screens else dict(zip((layer.name for layer in candidates), map(float, screens[screen].mean(axis=0))))
     swept = candidates
     if method == "screen+exact":
@@ -224,9 +228,14 @@ def localize(
     return result
 
 
-def _screen_points(screen: str, points: int) -> tuple[float, ...]:
-    """The patch strengths a screen takes its gradients at."""
-    return (0.0,) if screen == "gradient" else path_points(points)
+def _screen(screen: str, points: int) -> tuple[str, Scorer]:
+    """A screen's log stage and its scoring function; ``points`` are the integrated screen's."""
+    if screen == "key-exact":
+        return "key-exact attribution", key_exact_scores
+    strengths = (0.0,) if screen == "gradient" else path_points(points)
+    # The plain gradient keeps the stage name it always had, so its logs still resume.
+    stage = "attribution" if screen == "gradient" else f"attribution at strengths {', '.join(map(str, strengths))}"
+    return stage, functools.partial(attribution_scores, points=strengths)
 
 
 def _held_out_count(share: float, num_pairs: int) -> int:
@@ -451,8 +460,8 @@ class _Run:
 
         return self._map(stage, pairs, compute, valid=lambda done: done["layer_sets"] == layer_sets, logged=lambda index: index >= examples, desc=desc)
 
-    def attribution(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], grad_steps: Sequence[float], points: Sequence[float]) -> np.ndarray:
-        """Each pair's screen scores, ``[pairs, layers]``, with gradients at patch strengths ``points``."""
+    def attribution(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], grad_steps: Sequence[float], stage: str, score: Scorer) -> np.ndarray:
+        """Each pair's screen scores, ``[pairs, layers]``, by ``score``, logged under ``stage``."""
         if not grad_steps:
             raise ValueError("Attribution needs at least one gradient step (grad_steps).")
         num_steps = self._num_steps()
@@ -466,10 +475,8 @@ class _Run:
                 f"grad_steps {list(grad_steps)} fall outside the patch window {self.settings.patch_steps} of {num_steps} steps; "
                 "choose gradient steps inside the window."
             )
-        # The plain gradient keeps the stage name it always had, so its logs still resume.
-        stage = "attribution" if tuple(points) == (0.0,) else f"attribution at strengths {', '.join(map(str, points))}"
         results = self._map(stage, pairs, lambda index, pair: {
-            "scores": attribution_scores(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs, points)}, desc=stage)
+            "scores": score(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)}, desc=stage)
         return np.array([done["scores"] for done in results], dtype=float)
 
     def _num_steps(self) -> int:
