@@ -17,8 +17,9 @@ from textloc.localization import Localization
 from textloc.localization.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.scoring import mean_metrics, score_images
+from textloc.localization.stats import share_interval
 from textloc.localization.sweep import PatchSettings, generate_patched
-from textloc.metrics import text_scores
+from textloc.metrics import contains, text_scores
 from textloc.ocr import get_ocr
 from textloc.pipelines import recommended_settings, weights_fingerprint
 from textloc.tiny.pairs import localization_pairs, scene_judge
@@ -102,7 +103,18 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     direct_rate = rescored([done["target"] for done in cumulative], choice)["target_hit"]
     rates = [rescored([done["patched"][k] for done in cumulative], choice)["target_hit"] for k in range(len(ranked))]
     assert rates == pytest.approx([entry["means"]["target_hit"] for entry in finding.sets])
-    first = next(k for k, rate in enumerate(rates) if rate >= finding.settings["threshold"] * direct_rate)
+    threshold = finding.settings["threshold"]
+    if finding.settings.get("rule", "point") == "point":
+        first = next(k for k, rate in enumerate(rates) if rate >= threshold * direct_rate)
+    else:  # the lower end of the share's interval over pairs, resampled from the readings
+        direct_hits = [float(contains(done["target"]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)]
+        shares = [
+            share_interval([float(contains(done["patched"][k]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)],
+                           direct_hits, seed=finding.settings["seed"])
+            for k in range(len(ranked))
+        ]
+        assert shares == pytest.approx([entry["share_of_direct"] for entry in finding.sets])
+        first = next(k for k, share in enumerate(shares) if share[1] >= threshold)
     assert finding.reached and finding.selected == ranked[: first + 1]
 
     # The report's held-out claim, and the same claim from the readings of the held-out pairs the
