@@ -443,9 +443,11 @@ def test_screens_are_judged_on_the_layers_whose_exact_effect_is_not_noise():
     # Over every layer the faithful screen's top 2 holds z, so it recalls one of the exact top 2.
     assert good["top_k_recall"] == 0.5 and bad["top_k_recall"] == 0.0
     assert good["screen_top_k"] == 3 and good["time_ratio"] == 5.0 and bad["time_ratio"] == 2.0
-    # With fewer than three layers that matter there is no ranking to compare.
-    few = core._agreement(sweep_of(effects[:, [0, 1, 4]]), {"faithful": faithful[:, [0, 1, 4]]}, ["a", "b", "z"], ["a"], timings, seed=0)
-    assert few["screens"]["faithful"]["spearman"] is None and few["exact_split_half"] is None
+    # Two layers that matter are ranked by their order; with one there is no ranking to compare.
+    two = core._agreement(sweep_of(effects[:, [0, 1, 4]]), {"backwards": backwards[:, [0, 1, 4]]}, ["a", "b", "z"], ["a"], timings, seed=0)
+    assert two["distinguishable"] == ["a", "b"] and two["screens"]["backwards"]["spearman"] == pytest.approx(-1.0)
+    one = core._agreement(sweep_of(effects[:, [0, 4]]), {"faithful": faithful[:, [0, 4]]}, ["a", "z"], ["a"], timings, seed=0)
+    assert one["screens"]["faithful"]["spearman"] is None and one["exact_split_half"] is None
 
 
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):

@@ -355,11 +355,12 @@ def _agreement(
     The exact effect of a layer on a pair is how much its patch brought the image closer to the
     target prompt's (``mse_to_target`` of the unpatched source minus the patched one's): the
     continuous quantity the screens estimate. Layers whose mean effect is not distinguishable from
-    zero (its bootstrap interval holds 0) tie up to noise and are left out of the rank correlations:
+    zero (its bootstrap interval holds 0) tie up to noise and are left out of the rank correlations,
+    which need two layers that matter (then a correlation says whether they are in the same order):
 
     - ``spearman``: the screen's mean score against the mean exact effect, on all pairs;
     - ``split_half``: the screen on half the pairs against the exact effect on the other half,
-      over random halvings (median and 95% range); ``same_half``: against the same half;
+      over random halvings (mean and 95% range); ``same_half``: against the same half;
     - ``exact_split_half`` (beside the screens): the exact sweep against itself the same way, the
       ceiling a screen scored by ``split_half`` can reach;
     - ``top_k_recall``: the share of the exact top ``k`` (k: the selected set's size) in the screen's
@@ -368,7 +369,7 @@ def _agreement(
     """
     effect = np.array([[done["source"]["mse_to_target"] - row["mse_to_target"] for row in done["patched"]] for done in sweep])
     keep = [i for i in range(len(names)) if stats.excludes_zero(effect[:, i], seed)]
-    ranked = len(keep) >= 3
+    ranked = len(keep) >= 2
     result: dict[str, Any] = {
         "distinguishable": [names[i] for i in keep],
         "layers": len(names),

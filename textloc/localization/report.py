@@ -174,18 +174,18 @@ class Localization:
         lines = [
             "",
             f"screens vs the exact sweep, on the {len(agreement['distinguishable'])} of {agreement['layers']} layers whose exact pull "
-            f"toward the target image is distinguishable from 0 (exact sweep vs itself, split-half: {_median(ceiling)}):",
+            f"toward the target image is distinguishable from 0 (exact sweep vs itself, split-half: {_split(ceiling)}):",
         ]
         for name, entry in agreement["screens"].items():
             lines.append(
-                f"  {name:<11} {entry['time_ratio']:.1f}x less time; Spearman {_num(entry.get('spearman'))}, split-half {_median(entry.get('split_half'))}; "
+                f"  {name:<11} {entry['time_ratio']:.1f}x less time; Spearman {_num(entry.get('spearman'))}, split-half {_split(entry.get('split_half'))}; "
                 f"top-{len(self.selected) or 1} recall {_pct(entry.get('top_k_recall'))}; screen+exact needs top_k >= {entry.get('screen_top_k') or '-'}"
             )
         return lines
 
 
-def _median(values: Sequence[float] | None) -> str:
-    """A split-half agreement: its median over halvings and their 95% range."""
+def _split(values: Sequence[float] | None) -> str:
+    """A split-half agreement: its mean over halvings and their 95% range."""
     return "-" if not values else f"{values[0]:.2f} [{values[1]:.2f}, {values[2]:.2f}]"
 
 

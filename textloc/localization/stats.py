@@ -69,7 +69,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 
 def split_half(predictor: np.ndarray, reference: np.ndarray, seed: int = 0, across: bool = True) -> list[float]:
     """How well ``predictor`` measured on half the pairs ranks the layers as ``reference`` does on
-    the other half (``across=False``: on the same half): ``[median, low, high]`` of the Spearman
+    the other half (``across=False``: on the same half): ``[mean, low, high]`` of the Spearman
     over :data:`SPLITS` random halvings.
 
     Both are ``[pairs, layers]`` per-pair effects. With ``predictor`` the exact sweep itself this is
@@ -85,7 +85,8 @@ def split_half(predictor: np.ndarray, reference: np.ndarray, seed: int = 0, acro
         first, second = order[: pairs // 2], order[pairs // 2 :]
         values.append(spearman(predictor[first].mean(axis=0), reference[second if across else first].mean(axis=0)))
     tail = (1 - CONFIDENCE) / 2 * 100
-    return [float(np.median(values)), *map(float, np.percentile(values, [tail, 100 - tail]))]
+    # The mean, not the median: with two layers every halving scores +1 or -1, and the mean says how often each.
+    return [float(np.mean(values)), *map(float, np.percentile(values, [tail, 100 - tail]))]
 
 
 def top_k_recall(screen: Sequence[float], exact: Sequence[float], k: int) -> float:
