@@ -39,9 +39,9 @@ RULES: tuple[str, ...] = ("lower-bound", "point")
 UNITS: tuple[str, ...] = ("layer", "head")
 # A screen's scores for one pair: (pipe, pair, layers, settings, seed, gradient step indices, generate_kwargs) -> one per layer.
 Scorer = Callable[[Any, PromptPair, Sequence[AttentionLayer], PatchSettings, int, Sequence[int], dict[str, Any]], list[float]]
-# Points on the strength path of the integrated screen: on textloc-tiny's 24 choice pairs, 2 points
-# agreed with the exact sweep far better than 1 (the plain gradient) at 1.45x its time, and 4 or 8
-# did no better.
+# Points on the strength path of the integrated screen. On textloc-tiny's 24 choice pairs, 2 points
+# ordered the layers that matter as the exact sweep does in 94% of split halves, against 73% for 1
+# point (the plain gradient), at 1.46x its time; 4 and 8 points are not measured here.
 SCREEN_POINTS = 2
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
