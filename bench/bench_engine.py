@@ -2,7 +2,8 @@
 
 Run from the repository root:
 
-    python bench/bench_engine.py [--repeats 7] [--steps 10] [--size 64] [--archs sdxl sd3 flux deepfloyd-if]
+    python bench/bench_engine.py [--repeats 7] [--overhead-repeats 21] [--steps 10] [--size 64]
+        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead sweep cache]
 
 It prints markdown tables and writes ``bench/results/engine.json``. Every ratio compares runs made
 side by side in this one process on the tiny random pipelines of :mod:`textloc.testing`: within a
@@ -12,7 +13,12 @@ work on shared cores disturbs less than a ratio of medians. One torch thread thr
 
 1. Hook overhead: a generation inside ``tl.patch(pipe, "all", cache)`` (the cache recorded from
    the same prompt, so the image must come out bit-identical) against the plain generation, same
-   seed. The timed patched run includes entering and leaving the context.
+   seed. The timed patched run includes entering and leaving the context. The ratio carries a
+   seeded 95% bootstrap interval over the repeats: a few percent is near the noise of shared cores.
+   The engine's own cost is timed apart, in tight loops where noise weighs less: each text layer
+   called on its inputs inside the context and outside it (microseconds per layer call, the figure
+   that carries to other model sizes), and entering the context; with the plain time they give
+   the estimated ratio.
 2. Sweep: patching each of the L text layers in turn from a second prompt, as one
    ``tl.run_with_patches`` batch of L+1 rows, against recording that prompt once and running L
    separate ``with tl.patch(...)`` generations. The largest difference between a batched row and
@@ -37,6 +43,7 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
+from scipy import stats
 import transformers
 from diffusers import FluxTransformer2DModel
 
@@ -78,6 +85,14 @@ def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
 
 
+def paired_ratio_interval(times: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
+    """A seeded 95% bootstrap interval of the median per-repeat ratio: how far noise on shared
+    cores leaves the ratio uncertain."""
+    ratios = np.array([a / b for a, b in zip(times[numerator], times[denominator])])
+    interval = stats.bootstrap((ratios,), np.median, confidence_level=0.95, random_state=0).confidence_interval
+    return [float(interval.low), float(interval.high)]
+
+
 def median_ms(values: list[float]) -> float:
     return 1000 * statistics.median(values)
 
@@ -117,19 +132,74 @@ def measure_overhead(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[st
 
     identical = np.array_equal(plain(), patched())
     times = interleaved({"plain": plain, "patched": patched}, repeats)
-    num_layers = len(cache.layers)
-    calls = denoiser_calls(pipe, kwargs)
-    extra_seconds = statistics.median(p - q for p, q in zip(times["patched"], times["plain"]))
     return {
-        "layers": num_layers,
-        "denoiser_calls": calls,
+        "layers": len(cache.layers),
+        "denoiser_calls": denoiser_calls(pipe, kwargs),
         "plain_ms": median_ms(times["plain"]),
         "patched_ms": median_ms(times["patched"]),
         "ratio": paired_ratio(times, "patched", "plain"),
-        # The hooks' cost is per patched layer and denoiser call; this is what carries to other sizes.
-        "extra_us_per_layer_call": 1e6 * extra_seconds / (num_layers * calls),
+        "ratio_interval": paired_ratio_interval(times, "patched", "plain"),
         "bit_identical": identical,
         "times_s": times,
+        **measure_hook_cost(pipe, kwargs, median_ms(times["plain"])),
+    }
+
+
+def measure_hook_cost(pipe: Any, kwargs: dict[str, Any], plain_ms: float, blocks: int = 21, loops: int = 50) -> dict[str, Any]:
+    """The engine's own cost, timed where noise cannot hide a few percent: in tight loops.
+
+    Every text layer is called ``loops`` times on the inputs it had at the last step of a generation,
+    inside ``tl.patch(pipe, "all", cache)`` (after one generation there, so that the hooks know the
+    step and branches) and outside it, alternating over ``blocks``; the difference per layer call
+    is the hooks' cost, attention compute included on both sides. Entering and leaving the context
+    is timed on its own. Their sum over one generation, over the plain generation's time, is the
+    overhead that the end-to-end ratio estimates with more noise.
+    """
+    cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
+    layers = tl.select_layers(pipe, "all")
+    inputs: dict[str, tuple[tuple, dict]] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, layer_kwargs: dict) -> None:
+            inputs[name] = (args, layer_kwargs)
+        return hook
+
+    handles = [layer.module.register_forward_pre_hook(keep(layer.name), with_kwargs=True) for layer in layers]
+    try:
+        pipe(PROMPT, **seeded(kwargs))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    def call_layers() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(loops):
+                for layer in layers:
+                    args, layer_kwargs = inputs[layer.name]
+                    layer.module(*args, **layer_kwargs)
+        return time.perf_counter() - start
+
+    extra = []
+    for block in range(blocks):
+        with tl.patch(pipe, "all", cache):
+            pipe(PROMPT, **seeded(kwargs))
+            hooked = call_layers()
+        plain = call_layers()
+        extra.append((hooked - plain) / (loops * len(layers)))
+
+    def enter_and_leave() -> None:
+        with tl.patch(pipe, "all", cache):
+            pass
+
+    enter_ms = 1000 * statistics.median(seconds(enter_and_leave) for _ in range(blocks))
+    hook_us = 1e6 * statistics.median(extra)
+    layer_calls = len(layers) * denoiser_calls(pipe, kwargs)
+    return {
+        "hook_us_per_layer_call": hook_us,
+        "enter_ms": enter_ms,
+        "layer_calls": layer_calls,
+        "estimated_ratio": 1 + (enter_ms + hook_us * layer_calls / 1000) / plain_ms,
     }
 
 
@@ -259,12 +329,16 @@ def mib(n: float) -> str:
 
 def print_tables(results: dict[str, Any]) -> None:
     settings = results["settings"]
-    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG, {settings['repeats']} repeats; goal <= {OVERHEAD_GOAL})\n")
-    print("| arch | text layers | denoiser calls | plain ms | patched ms | patched/plain | extra us per layer-call | bit-identical |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG, {settings['overhead_repeats']} repeats; goal <= {OVERHEAD_GOAL})\n")
+    print("| arch | text layers | denoiser calls | plain ms | patched ms | patched/plain [95% interval] | hooks, us per layer call | entering, ms | estimated ratio | bit-identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for arch, r in results["archs"].items():
         o = r["overhead"]
-        print(f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} | {o['extra_us_per_layer_call']:.0f} | {o['bit_identical']} |")
+        low, high = o["ratio_interval"]
+        print(
+            f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} [{low:.3f}, {high:.3f}] "
+            f"| {o['hook_us_per_layer_call']:.0f} | {o['enter_ms']:.1f} | {o['estimated_ratio']:.3f} | {o['bit_identical']} |"
+        )
 
     print("\n## Sweep over every text layer: one batch vs separate patched runs\n")
     print("| arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff |")
@@ -305,31 +379,56 @@ def environment() -> dict[str, Any]:
     }
 
 
+PARTS = ("overhead", "sweep", "cache")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant (default 7)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per variant of the sweep (default 7)")
+    parser.add_argument(
+        "--overhead-repeats", type=int, default=21,
+        help="timed runs per variant of the overhead (default 21: a few percent needs many repeats on shared cores)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64; tiny SD3 allows at most 64)")
     parser.add_argument("--archs", nargs="+", default=["sdxl", "sd3", "flux", "deepfloyd-if"])
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS),
+        help="what to measure (default all); the others are kept from --out, which must hold the same steps and size",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
-    results: dict[str, Any] = {
-        "settings": {"steps": args.steps, "size": args.size, "repeats": args.repeats, "prompt": PROMPT, "other": OTHER},
-        "environment": environment(),
-        "archs": {},
-    }
+    settings = {"steps": args.steps, "size": args.size, "prompt": PROMPT, "other": OTHER}
+    results: dict[str, Any] = {"settings": dict(settings), "archs": {}}
+    if set(args.parts) != set(PARTS):
+        if not args.out.is_file():
+            raise SystemExit(f"--parts {' '.join(args.parts)} keeps the other parts from {args.out}, which does not exist; measure all parts first.")
+        results = json.loads(args.out.read_text())
+        kept = {key: results["settings"].get(key) for key in settings}
+        if kept != settings:
+            raise SystemExit(f"{args.out} was measured with other settings ({kept}); measure all parts again, or pass the same ones.")
+    results["environment"] = environment()
+    if "overhead" in args.parts:
+        results["settings"]["overhead_repeats"] = args.overhead_repeats
+    if "sweep" in args.parts:
+        results["settings"]["repeats"] = args.repeats
     for arch in args.archs:
         pipe = tiny_pipeline(arch)
         kwargs = generation_kwargs(pipe, args.steps, args.size)
-        print(f"{arch}: overhead...", flush=True)
-        overhead = measure_overhead(pipe, kwargs, args.repeats)
-        print(f"{arch}: sweep...", flush=True)
-        sweep = measure_sweep(pipe, kwargs, args.repeats)
-        results["archs"][arch] = {"overhead": overhead, "sweep": sweep, "cache": measure_cache(pipe, kwargs)}
-    results["real_sizes"] = real_cache_sizes()
+        measured = results["archs"].setdefault(arch, {})
+        if "overhead" in args.parts:
+            print(f"{arch}: overhead...", flush=True)
+            measured["overhead"] = measure_overhead(pipe, kwargs, args.overhead_repeats)
+        if "sweep" in args.parts:
+            print(f"{arch}: sweep...", flush=True)
+            measured["sweep"] = measure_sweep(pipe, kwargs, args.repeats)
+        if "cache" in args.parts:
+            measured["cache"] = measure_cache(pipe, kwargs)
+    if "cache" in args.parts:
+        results["real_sizes"] = real_cache_sizes()
 
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,8 +88,9 @@ def denoiser(pipe_or_model: object) -> torch.nn.Module:
 
 
 def _is_attention(module: torch.nn.Module) -> bool:
-    # Every diffusers attention module (Attention, FluxAttention, ...) carries a processor.
-    return hasattr(module, "processor") and hasattr(module, "set_processor") and hasattr(module, "to_q")
+    # Every diffusers attention module (Attention, FluxAttention, ...) carries a processor. The class
+    # is asked first: hasattr on any other module goes through nn.Module.__getattr__ and raises.
+    return hasattr(type(module), "set_processor") and hasattr(module, "processor") and hasattr(module, "to_q")
 
 
 def _kind(module: torch.nn.Module) -> Kind:
