@@ -167,6 +167,41 @@ def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
     assert "heads of the selected layers" in result.summary()
 
 
+def test_stability_seeds_repeat_the_sweep_at_each_seed_and_compare_the_rankings(arch, tmp_path):
+    pipe = _pipeline(arch)
+    ocr = ReadsNearestKnownImage(pipe, SIGNS)
+    result = localize(pipe, SIGNS, stability_seeds=[1], ocr=ocr, out=tmp_path, progress=False, **kwargs(pipe))
+    at_seed_1 = localize(pipe, SIGNS, seed=1, ocr=ocr, progress=False, **kwargs(pipe))
+    stability = result.seed_stability
+
+    def ranking(run: Localization) -> list[str]:
+        return [layer["name"] for layer in sorted(run.layers, key=lambda layer: layer["rank"])]
+
+    def effect(run: Localization) -> np.ndarray:  # each layer's mean pull toward the target's image
+        return np.array([run.baselines["source"]["mse_to_target"] - layer["exact"]["mse_to_target"] for layer in run.layers])
+
+    # The second sweep is seed 1's own: the same images as a localization at seed 1 (its pixels
+    # differ from seed 0's), so the same ranking.
+    assert not np.allclose(effect(result), effect(at_seed_1), rtol=1e-6, atol=0)
+    assert stability["seeds"] == [0, 1]
+    assert stability["rankings"] == {"0": ranking(result), "1": ranking(at_seed_1)}
+    k = len(result.selected)
+    assert stability["same_top_k"] == float(set(ranking(result)[:k]) == set(ranking(at_seed_1)[:k]))
+    names = [layer["name"] for layer in result.layers]
+    keep = [names.index(name) for name in stability["distinguishable"]]
+    expected = spearman(effect(result)[keep], effect(at_seed_1)[keep]) if len(keep) >= 2 else None
+    assert stability["spearman"] == (pytest.approx(expected) if expected is not None else None)
+    assert "ranking from seed to seed (0, 1)" in result.summary()
+    assert Localization.load(tmp_path).seed_stability == json.loads(json.dumps(stability))
+    # Nothing else changes: the selection and its scores are seed 0's.
+    plain = localize(pipe, SIGNS, ocr=ocr, progress=False, **kwargs(pipe))
+    assert plain.selected == result.selected and plain.held_out == result.held_out
+    with pytest.raises(ValueError, match="differ"):
+        localize(pipe, SIGNS, stability_seeds=[0], ocr=ocr, progress=False, **kwargs(pipe))
+    with pytest.raises(ValueError, match="exact sweep"):
+        localize(pipe, SIGNS, method="attribution", stability_seeds=[1], ocr=ocr, progress=False, **kwargs(pipe))
+
+
 def test_a_finished_layer_run_goes_on_to_heads_without_redoing_its_layers(tmp_path, monkeypatch):
     pipe = _pipeline("sd15")
     first = localize(pipe, pairs(3), out=tmp_path, progress=False, **kwargs(pipe))
@@ -465,6 +500,10 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     assert "START:STOP" in capsys.readouterr().err
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--heads", "first"]) == 2
     assert "head indices" in capsys.readouterr().err
+    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--seeds", "0"]) == 2
+    assert "two or more distinct seeds" in capsys.readouterr().err
+    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--seed", "3", "--seeds", "0,1"]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_tiny_colour_judge_goes_only_with_tiny_captions(tmp_path):

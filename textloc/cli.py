@@ -409,10 +409,22 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     run = parser.add_argument_group("generation")
     run.add_argument("--seed", type=int, default=0, help="seed of the noise shared by every row, and of which prompt pairs are drawn (default 0)")
+    run.add_argument("--seeds", metavar="S,S,...", help="several noise seeds: the first serves as --seed, and the exact sweep is repeated at the others to report how stable the ranking is from seed to seed")
     _add_sampler_options(run)
     run.add_argument("--max-batch", type=_positive_int, default=16, metavar="B", help="most rows in one generation (default 16; lower it if memory runs out)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumes a run already there)")
     parser.set_defaults(run=run_localize)
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    """--seeds as a list of distinct seeds; its first replaces --seed, which must then be left out."""
+    if args.seeds is None:
+        return [args.seed]
+    if not re.fullmatch(r"\d+(,\d+)+", args.seeds) or len(set(args.seeds.split(","))) < len(args.seeds.split(",")):
+        raise CommandError(f"--seeds takes two or more distinct seeds separated by commas (e.g. 0,1,2), not {args.seeds!r}.")
+    if args.seed != 0:
+        raise CommandError("Give --seed or --seeds, not both: the first of --seeds is the seed.")
+    return [int(seed) for seed in args.seeds.split(",")]
 
 
 def _heads(text: str) -> list[int]:
@@ -485,6 +497,7 @@ def run_localize(args: argparse.Namespace) -> int:
 
     # Options are checked before the model loads, which can take minutes.
     window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)
+    args.seed, *stability_seeds = _seeds(args)
     pipe = load_model(args)
     settings = generate_kwargs(pipe, args.model, args, num=None)
     settings.pop("generator")
@@ -494,7 +507,7 @@ def run_localize(args: argparse.Namespace) -> int:
         pipe, pairs, layers=_layer_selector(args.layers), method=args.method, direction=args.direction, screen=args.screen,
         screen_points=args.screen_points, selection=args.selection, threshold=args.threshold, rule=args.rule,
         unit=args.unit, held_out=args.held_out, top_k=args.top_k, patch_steps=window, heads=heads, kv=args.kv, branch=args.branch,
-        seed=args.seed, max_batch=args.max_batch,
+        seed=args.seed, stability_seeds=stability_seeds, max_batch=args.max_batch,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )
     if is_main_process():  # every process of a launched run has the result; one prints it

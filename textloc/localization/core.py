@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -70,6 +71,7 @@ def localize(
     branch: BranchChoice = "cond",
     kv: KV = "both",
     seed: int = 0,
+    stability_seeds: Sequence[int] = (),
     max_batch: int = 16,
     ocr: str | OCR = "rapidocr",
     scene_judge: SceneJudge | None = None,
@@ -110,9 +112,12 @@ def localize(
     reads); ``grad_steps`` are the fractions of the schedule where the screens take their
     gradients. ``unit="head"`` goes on from the selected layers to their heads: each head patched
     alone (batched like the layer sweep), then the smallest head set that carries the word, by the
-    same rule, scored on the held-out pairs (``Localization.heads``). With ``out``, finished work is logged there pair by pair and a rerun with the same
-    settings resumes; the report files are written at the end. ``generate_kwargs`` go to the
-    pipeline (steps, guidance, size).
+    same rule, scored on the held-out pairs (``Localization.heads``). ``seed`` is the noise every
+    generation starts from; ``stability_seeds`` are more noise seeds at which the exact sweep is
+    repeated on the choice pairs, to say how far the ranking holds from one seed to another
+    (``Localization.seed_stability``); they change nothing else. With ``out``, finished work is
+    logged there pair by pair and a rerun with the same settings resumes; the report files are
+    written at the end. ``generate_kwargs`` go to the pipeline (steps, guidance, size).
 
     Under ``accelerate launch`` (or ``torchrun``) the pairs are shared out among the processes,
     each with the pipeline on its own device; every process returns the same result and the main
@@ -138,6 +143,7 @@ def localize(
     if top_k is not None and method != "screen+exact":
         raise ValueError(f"top_k only applies to method='screen+exact' (got method={method!r}).")
     check_max_batch(max_batch)  # before the screen runs, not at the sweep's first generation
+    stability_seeds = _check_stability_seeds(stability_seeds, seed, method)
     reserved = sorted(set(generate_kwargs) & set(_RESERVED))
     if reserved:
         raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")
@@ -164,7 +170,7 @@ def localize(
     # Settings that change only which logged results are used or what comes after the layer
     # stages, never a logged result: a run resumes under other values of them (the head stages
     # added to a finished layer run, a selection redone by another rule).
-    after_the_sweep = {"rule": rule, "unit": unit}
+    after_the_sweep = {"rule": rule, "unit": unit, "stability_seeds": stability_seeds}
     shards = Shards()
     run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index), shards)
 
@@ -196,6 +202,10 @@ def localize(
     if chosen:
         with run.timed("held_out"):
             held_result, examples = run.evaluate(held or choose_on, chosen, directions)
+    seed_stability = None
+    if stability_seeds:
+        with run.timed("seed sweeps"):
+            seed_stability = run.seed_stability(choose_on, swept, chooser, sweeps[chooser.name], stability_seeds, len(chosen))
     head_result = None
     if unit == "head" and chosen:
         with run.timed("heads"):
@@ -221,7 +231,7 @@ def localize(
             **{k: v for k, v in recorded.items() if k != "pairs"}, **after_the_sweep, "held_out_pairs": len(held), "choice_pairs": len(choose_on),
         },
         layers=layer_rows, baselines=baselines, sets=sets, selected=chosen, reached=reached,
-        held_out=held_result, agreement=agreement, heads=head_result, timings=run.timings,
+        held_out=held_result, agreement=agreement, heads=head_result, seed_stability=seed_stability, timings=run.timings,
     )
     if out is not None and shards.is_main:
         result.save(out, examples)
@@ -254,6 +264,19 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
         if not isinstance(pair, PromptPair):
             raise TypeError(f"Pairs are PromptPair objects (see textloc.localization.make_pairs), not {type(pair).__name__}.")
     return pairs
+
+
+def _check_stability_seeds(seeds: Sequence[int], seed: int, method: str) -> list[int]:
+    seeds = list(seeds)
+    if not seeds:
+        return []
+    if any(isinstance(other, bool) or not isinstance(other, int) for other in seeds):
+        raise TypeError(f"stability_seeds are integer noise seeds; got {seeds!r}.")
+    if seed in seeds or len(set(seeds)) < len(seeds):
+        raise ValueError(f"stability_seeds {seeds} must differ from each other and from seed={seed}, which the localization itself uses.")
+    if method == "attribution":
+        raise ValueError("stability_seeds repeat the exact sweep; method='attribution' runs none (use 'activation', 'screen+exact' or 'both').")
+    return seeds
 
 
 def _merit(means: dict[str, float]) -> tuple[float, ...]:
@@ -367,7 +390,7 @@ def _agreement(
       top ``k``, over every layer; ``screen_top_k``: the smallest ``top_k`` with which
       ``"screen+exact"`` sweeps every selected layer; ``time_ratio``: the sweep's time over the screen's.
     """
-    effect = np.array([[done["source"]["mse_to_target"] - row["mse_to_target"] for row in done["patched"]] for done in sweep])
+    effect = _effects(sweep)
     keep = [i for i in range(len(names)) if stats.excludes_zero(effect[:, i], seed)]
     ranked = len(keep) >= 2
     result: dict[str, Any] = {
@@ -387,6 +410,13 @@ def _agreement(
             "time_ratio": timings["sweep"] / timings[f"{name} screen"],
         }
     return result
+
+
+def _effects(sweep: Sequence[dict]) -> np.ndarray:
+    """Each pair's exact effect of each layer, ``[pairs, layers]``: how much closer its patch
+    brought the image to that of the prompt whose text was patched in (unpatched ``mse_to_target``
+    minus patched), the continuous quantity behind a ranking."""
+    return np.array([[done["source"]["mse_to_target"] - row["mse_to_target"] for row in done["patched"]] for done in sweep])
 
 
 class _Run:
@@ -440,20 +470,23 @@ class _Run:
         self.reused_seconds += sum(done["seconds"] for index, done in everyone.items() if index not in mine)
         return [everyone[index] for index in range(len(pairs))]
 
-    def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]]) -> tuple[dict, dict, list[dict], Any]:
-        images = generate_patched(self.pipe, pair, layer_sets, self.settings, self.seed, self.max_batch, self.generate_kwargs)
+    def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]], seed: int) -> tuple[dict, dict, list[dict], Any]:
+        images = generate_patched(self.pipe, pair, layer_sets, self.settings, seed, self.max_batch, self.generate_kwargs)
         rows = score_images([images.source, images.target, *images.patched], pair, images.source, images.target, self.ocr, self.judge)
         return rows[0], rows[1], rows[2:], images
 
-    def _patch_sets(self, stage: str, pairs: Sequence[PromptPair], layer_sets: Sequence[Sequence[str]], examples: int = 0, desc: str | None = None) -> list[dict]:
-        """Every pair's scores with each layer set patched. The first ``examples`` pairs also keep
-        their images (for the example grid); the log does not keep images, so those are never logged."""
+    def _patch_sets(
+        self, stage: str, pairs: Sequence[PromptPair], layer_sets: Sequence[Sequence[str]], examples: int = 0, desc: str | None = None, seed: int | None = None,
+    ) -> list[dict]:
+        """Every pair's scores with each layer set patched, from the noise of ``seed`` (default the
+        run's). The first ``examples`` pairs also keep their images (for the example grid); the log
+        does not keep images, so those are never logged."""
         # The sets of a selection stage follow the ranking, so a log written by another version
         # can hold other sets under the same stage: only the same sets are reused.
         layer_sets = [list(layers) for layers in layer_sets]
 
         def compute(index: int, pair: PromptPair) -> dict:
-            source, target, patched, images = self._generate_and_score(pair, layer_sets)
+            source, target, patched, images = self._generate_and_score(pair, layer_sets, self.seed if seed is None else seed)
             done = {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
             if index < examples:
                 done["images"] = images
@@ -486,15 +519,47 @@ class _Run:
             steps = inspect.signature(self.pipe.__call__).parameters["num_inference_steps"].default
         return int(steps)
 
-    def sweep(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: _Direction) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
-        """Every layer patched alone in direction ``way``: per layer its means, the baselines, and each pair's results."""
+    def sweep(
+        self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: _Direction, seed: int | None = None
+    ) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
+        """Every layer patched alone in direction ``way``: per layer its means, the baselines, and
+        each pair's results; from another noise ``seed`` than the run's under its own stage."""
+        at = "" if seed is None else f" at seed {seed}"
         means, baselines, results = self._evaluate_sets(
-            way.stage("sweep"), pairs, [[layer.name] for layer in layers], way, desc=f"{way.stage('exact sweep')} ({len(layers)} layers)"
+            way.stage(f"sweep{at}"), pairs, [[layer.name] for layer in layers], way, desc=f"{way.stage('exact sweep')}{at} ({len(layers)} layers)", seed=seed,
         )
         return {layer.name: m for layer, m in zip(layers, means)}, baselines, results
 
-    def _evaluate_sets(self, stage: str, pairs: Sequence[PromptPair], layer_sets: list[list[str]], way: _Direction, desc: str | None = None) -> tuple[list[dict], dict, list[dict]]:
-        results = self._patch_sets(stage, way.pairs(pairs), layer_sets, desc=desc)
+    def seed_stability(
+        self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: _Direction, sweep: Sequence[dict], seeds: Sequence[int], k: int
+    ) -> dict[str, Any]:
+        """The exact sweep repeated at each of ``seeds``, against the run's own (``sweep``): each
+        seed's ranking, and per pair of seeds the Spearman correlation of the layers' mean exact
+        effects (over the layers distinguishable from zero at some seed; ``None`` with fewer than
+        two) and whether the top ``k`` layers (the selected set's size) are the same."""
+        names = [layer.name for layer in layers]
+        rankings, effects = {}, {}
+        for seed, results in [(self.seed, sweep), *((other, self.sweep(pairs, layers, way, seed=other)[2]) for other in seeds)]:
+            means = {name: way.means([done["patched"][i] for done in results], self.seed) for i, name in enumerate(names)}
+            rankings[seed] = [layer.name for layer in _rank(layers, means, None, way)]
+            effects[seed] = _effects(results)
+        keep = [i for i in range(len(names)) if any(stats.excludes_zero(effect[:, i], self.seed) for effect in effects.values())]
+        pairwise = []
+        for a, b in itertools.combinations(rankings, 2):
+            rho = stats.spearman(effects[a].mean(axis=0)[keep], effects[b].mean(axis=0)[keep]) if len(keep) >= 2 else None
+            pairwise.append({"seeds": [a, b], "spearman": rho, "same_top_k": set(rankings[a][:k]) == set(rankings[b][:k])})
+        correlations = [entry["spearman"] for entry in pairwise if entry["spearman"] is not None]
+        return {
+            "seeds": list(rankings), "rankings": {str(seed): ranked for seed, ranked in rankings.items()},
+            "distinguishable": [names[i] for i in keep], "k": k, "pairwise": pairwise,
+            "spearman": float(np.mean(correlations)) if correlations else None,
+            "same_top_k": sum(entry["same_top_k"] for entry in pairwise) / len(pairwise),
+        }
+
+    def _evaluate_sets(
+        self, stage: str, pairs: Sequence[PromptPair], layer_sets: list[list[str]], way: _Direction, desc: str | None = None, seed: int | None = None
+    ) -> tuple[list[dict], dict, list[dict]]:
+        results = self._patch_sets(stage, way.pairs(pairs), layer_sets, desc=desc, seed=seed)
         means = [way.means([done["patched"][i] for done in results], self.seed) for i in range(len(layer_sets))]
         return means, way.baselines(results, self.seed), results
 

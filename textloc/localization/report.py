@@ -41,6 +41,8 @@ class Localization:
     stands in for the exact sweep (see ``localize``'s ``method="both"``). ``heads`` (with
     ``unit="head"``): every head of the selected layers patched alone (``units``, named
     ``"<layer>@<head>"``), the head sets tried, the chosen heads and their held-out scores.
+    ``seed_stability`` (with ``stability_seeds``): each noise seed's ranking and, per pair of
+    seeds, the rank correlation of the layers' exact effects and whether the top layers agree.
     """
 
     model: str
@@ -53,6 +55,7 @@ class Localization:
     held_out: dict[str, Any] | None = None
     agreement: dict[str, Any] | None = None
     heads: dict[str, Any] | None = None
+    seed_stability: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -146,8 +149,20 @@ class Localization:
                     f"with the source's text at the selected layers (removed: {_share(removed.get('share_of_direct'))}), "
                     f"against {_rate(removed['unpatched'], 'target_hit')} unpatched"
                 )
-        lines += self._agreement_lines() + self._head_lines()
+        lines += self._agreement_lines() + self._seed_lines() + self._head_lines()
         return "\n".join(lines)
+
+    def _seed_lines(self) -> list[str]:
+        stability = self.seed_stability
+        if not stability:
+            return []
+        seeds, pairs = stability["seeds"], len(stability["pairwise"])
+        same = round(stability["same_top_k"] * pairs)
+        return [
+            "",
+            f"ranking from seed to seed ({', '.join(map(str, seeds))}): Spearman {_num(stability['spearman'])} on the "
+            f"{len(stability['distinguishable'])} layers distinguishable from 0; the same top {stability['k']} in {same} of {pairs} pairs of seeds",
+        ]
 
     def _head_lines(self) -> list[str]:
         if not self.heads:
