@@ -356,7 +356,8 @@ def plot_layers(result: Localization, path: Path) -> None:
     axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     axis.set_ylabel("target word (rate, 95% interval)")
     axis.set_title(f"{result.model}: patching one layer at a time")
-    axis.legend(fontsize=7, loc="upper left")
+    axis.set_ylim(-0.05, 1.5)  # room above the bars for the legend
+    axis.legend(fontsize=7, loc="upper left", ncol=2)
     if result.sets:
         axis = axes[1][0]
         sizes = [len(entry["layers"]) for entry in result.sets]
