@@ -214,6 +214,20 @@ def test_a_finished_layer_run_goes_on_to_heads_without_redoing_its_layers(tmp_pa
     assert all("@" in unit for sets in calls for units in sets for unit in units if sets != [first.selected])
 
 
+def test_another_screen_resumes_a_finished_run_and_adds_only_its_own_stage(tmp_path, monkeypatch):
+    pipe = _pipeline("sd15")
+    first = localize(pipe, pairs(3), method="both", screen_points=2, out=tmp_path, progress=False, **kwargs(pipe))
+    calls = []
+    real = core.generate_patched
+    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    again = localize(pipe, pairs(3), method="both", screen_points=3, out=tmp_path, progress=False, **kwargs(pipe))
+    # No sweep or selection was generated again, only the example grid's pairs, whose images the log never keeps.
+    assert all(sets == [first.selected] for sets in calls)
+    assert again.layers[0]["exact"] == first.layers[0]["exact"] and again.settings["screen_points"] == 3
+    stages = {json.loads(line).get("stage") for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()}
+    assert {"attribution at strengths 0.25, 0.75", "attribution at strengths 0.166667, 0.5, 0.833333"} <= stages
+
+
 def test_screen_then_exact_sweeps_only_the_top_layers():
     pipe = _pipeline("sdxl")
     result = localize(pipe, pairs(2), method="screen+exact", top_k=3, progress=False, **kwargs(pipe))
@@ -285,7 +299,7 @@ def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
     localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
     # Each timed stage and the log stage of its work: the plain gradient, the integrated path's strengths, key-exact.
     stages = {
-        "sweep": "sweep", "gradient screen": "attribution", "integrated screen": "attribution at strengths 0.25, 0.75",
+        "sweep": "sweep", "gradient screen": "attribution", "integrated screen": "attribution at strengths 0.166667, 0.5, 0.833333",
         "key-exact screen": "key-exact attribution",
     }
     logged = dict.fromkeys(stages.values(), 0.0)

@@ -40,10 +40,12 @@ RULES: tuple[str, ...] = ("lower-bound", "point")
 UNITS: tuple[str, ...] = ("layer", "head")
 # A screen's scores for one pair: (pipe, pair, layers, settings, seed, gradient step indices, generate_kwargs) -> one per layer.
 Scorer = Callable[[Any, PromptPair, Sequence[AttentionLayer], PatchSettings, int, Sequence[int], dict[str, Any]], list[float]]
-# Points on the strength path of the integrated screen. On textloc-tiny's 24 choice pairs, 2 points
-# ordered the layers that matter as the exact sweep does in 94% of split halves, against 73% for 1
-# point (the plain gradient), at 1.46x its time; 4 and 8 points are not measured here.
-SCREEN_POINTS = 2
+# Points on the strength path of the integrated screen: the fewest that agreed with the exact sweep
+# as well as the sweep agrees with itself. On textloc-tiny's 24 choice pairs (the split-half protocol
+# of Localization.agreement, on the 2 layers whose effect is not noise), 1 point (the plain gradient)
+# ordered them as the sweep does in 73% of halvings, 2 points in 94%, 3 and 4 points in 100%, the
+# sweep's own rate, at about a tenth of its time (README: "On textloc-tiny").
+SCREEN_POINTS = 3
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
 # Held-out pairs shown in the example grid (source | patched | target).
@@ -157,7 +159,7 @@ def localize(
     model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
-        "method": method, "direction": direction, "screen": screen, "screen_points": screen_points, "selection": selection,
+        "method": method, "direction": direction, "selection": selection,
         "threshold": threshold, "held_out": held_out, "top_k": top_k, "grad_steps": list(grad_steps),
         "patch_steps": patch_steps, "heads": settings.heads, "branch": branch, "kv": kv, "seed": seed,
         "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
@@ -169,8 +171,10 @@ def localize(
     }
     # Settings that change only which logged results are used or what comes after the layer
     # stages, never a logged result: a run resumes under other values of them (the head stages
-    # added to a finished layer run, a selection redone by another rule).
-    after_the_sweep = {"rule": rule, "unit": unit, "stability_seeds": stability_seeds}
+    # added to a finished layer run, a selection redone by another rule, another screen: each
+    # screen logs under a stage named after it and its points, and a selection stage reuses only
+    # the layer sets it asks for).
+    after_the_sweep = {"screen": screen, "screen_points": screen_points, "rule": rule, "unit": unit, "stability_seeds": stability_seeds}
     shards = Shards()
     run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index), shards)
 
@@ -244,7 +248,7 @@ def _screen(screen: str, points: int) -> tuple[str, Scorer]:
         return "key-exact attribution", key_exact_scores
     strengths = (0.0,) if screen == "gradient" else path_points(points)
     # The plain gradient keeps the stage name it always had, so its logs still resume.
-    stage = "attribution" if screen == "gradient" else f"attribution at strengths {', '.join(map(str, strengths))}"
+    stage = "attribution" if screen == "gradient" else f"attribution at strengths {', '.join(f'{a:g}' for a in strengths)}"
     return stage, functools.partial(attribution_scores, points=strengths)
 
 
@@ -390,7 +394,7 @@ def _agreement(
       top ``k``, over every layer; ``screen_top_k``: the smallest ``top_k`` with which
       ``"screen+exact"`` sweeps every selected layer; ``time_ratio``: the sweep's time over the screen's.
     """
-    effect = _effects(sweep)
+    effect = exact_effects(sweep)
     keep = [i for i in range(len(names)) if stats.excludes_zero(effect[:, i], seed)]
     ranked = len(keep) >= 2
     result: dict[str, Any] = {
@@ -412,7 +416,7 @@ def _agreement(
     return result
 
 
-def _effects(sweep: Sequence[dict]) -> np.ndarray:
+def exact_effects(sweep: Sequence[dict]) -> np.ndarray:
     """Each pair's exact effect of each layer, ``[pairs, layers]``: how much closer its patch
     brought the image to that of the prompt whose text was patched in (unpatched ``mse_to_target``
     minus patched), the continuous quantity behind a ranking."""
@@ -542,7 +546,7 @@ class _Run:
         for seed, results in [(self.seed, sweep), *((other, self.sweep(pairs, layers, way, seed=other)[2]) for other in seeds)]:
             means = {name: way.means([done["patched"][i] for done in results], self.seed) for i, name in enumerate(names)}
             rankings[seed] = [layer.name for layer in _rank(layers, means, None, way)]
-            effects[seed] = _effects(results)
+            effects[seed] = exact_effects(results)
         keep = [i for i in range(len(names)) if any(stats.excludes_zero(effect[:, i], self.seed) for effect in effects.values())]
         pairwise = []
         for a, b in itertools.combinations(rankings, 2):
