@@ -217,6 +217,11 @@ def test_a_finished_layer_run_goes_on_to_heads_without_redoing_its_layers(tmp_pa
 def test_another_screen_resumes_a_finished_run_and_adds_only_its_own_stage(tmp_path, monkeypatch):
     pipe = _pipeline("sd15")
     first = localize(pipe, pairs(3), method="both", screen_points=2, out=tmp_path, progress=False, **kwargs(pipe))
+    # Older versions checked the screen on resume, so their logs name it in the settings line.
+    log = tmp_path / PROGRESS_FILE
+    header, *rest = log.read_text().splitlines()
+    older = {"settings": {**json.loads(header)["settings"], "screen": "integrated", "screen_points": 2}}
+    log.write_text("\n".join([json.dumps(older), *rest]) + "\n")
     calls = []
     real = core.generate_patched
     monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))

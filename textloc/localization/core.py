@@ -176,7 +176,7 @@ def localize(
     # the layer sets it asks for).
     after_the_sweep = {"screen": screen, "screen_points": screen_points, "rule": rule, "unit": unit, "stability_seeds": stability_seeds}
     shards = Shards()
-    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index), shards)
+    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index, unchecked=after_the_sweep), shards)
 
     screens: dict[str, np.ndarray] = {}  # per screen, its [pairs, layers] scores
     if method != "activation":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,7 +271,9 @@ class ProgressLog:
     whatever the number of processes before and now.
     """
 
-    def __init__(self, directory: str | Path | None, settings: dict[str, Any], process: int = 0):
+    def __init__(self, directory: str | Path | None, settings: dict[str, Any], process: int = 0, unchecked: Collection[str] = ()):
+        """``unchecked``: settings that never change a logged result, left out of ``settings``; a
+        log whose first line still holds them (written when they were checked) resumes all the same."""
         self.path = None if directory is None else Path(directory) / progress_file(process)
         self.done: dict[tuple[str, int], Any] = {}
         if self.path is None:
@@ -282,7 +284,8 @@ class ProgressLog:
             _drop_torn_tail(self.path)  # only this process's own file: the others may be mid-write
         for path in sorted(self.path.parent.glob(PROGRESS_PATTERN)):
             lines = list(_read_lines(path))
-            if lines and lines[0].get("settings") != settings:
+            logged = {key: value for key, value in (lines[0].get("settings") or {}).items() if key not in unchecked} if lines else None
+            if lines and logged != settings:
                 raise ValueError(
                     f"{self.path.parent} holds a localization run with other settings; resume it with the "
                     "same settings, or choose another output directory."
