@@ -174,9 +174,9 @@ def localize(
     # added to a finished layer run, a selection redone by another rule, another screen: each
     # screen logs under a stage named after it and its points, and a selection stage reuses only
     # the layer sets it asks for).
-    after_the_sweep = {"screen": screen, "screen_points": screen_points, "rule": rule, "unit": unit, "stability_seeds": stability_seeds}
+    unchecked_on_resume = {"screen": screen, "screen_points": screen_points, "rule": rule, "unit": unit, "stability_seeds": stability_seeds}
     shards = Shards()
-    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index, unchecked=after_the_sweep), shards)
+    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index, unchecked=unchecked_on_resume), shards)
 
     screens: dict[str, np.ndarray] = {}  # per screen, its [pairs, layers] scores
     if method != "activation":
@@ -232,7 +232,7 @@ def localize(
     result = Localization(
         model=model,
         settings={
-            **{k: v for k, v in recorded.items() if k != "pairs"}, **after_the_sweep, "held_out_pairs": len(held), "choice_pairs": len(choose_on),
+            **{k: v for k, v in recorded.items() if k != "pairs"}, **unchecked_on_resume, "held_out_pairs": len(held), "choice_pairs": len(choose_on),
         },
         layers=layer_rows, baselines=baselines, sets=sets, selected=chosen, reached=reached,
         held_out=held_result, agreement=agreement, heads=head_result, seed_stability=seed_stability, timings=run.timings,
