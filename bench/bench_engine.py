@@ -334,6 +334,9 @@ def print_tables(results: dict[str, Any]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch, r in results["archs"].items():
         o = r["overhead"]
+        if "hook_us_per_layer_call" not in o:  # measured by an older version of this script
+            print(f"| {arch} | (measured before the interval and the hooks' own cost; run --parts overhead) |")
+            continue
         low, high = o["ratio_interval"]
         print(
             f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} [{low:.3f}, {high:.3f}] "
