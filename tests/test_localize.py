@@ -187,17 +187,27 @@ def test_stability_seeds_repeat_the_sweep_at_each_seed_and_compare_the_rankings(
     assert stability["rankings"] == {"0": ranking(result), "1": ranking(at_seed_1)}
     k = len(result.selected)
     assert stability["same_top_k"] == float(set(ranking(result)[:k]) == set(ranking(at_seed_1)[:k]))
-    names = [layer["name"] for layer in result.layers]
-    keep = [names.index(name) for name in stability["distinguishable"]]
+    # The correlation is taken on the layers whose per-pair effect is distinguishable from 0 at either seed.
+    stages: dict[str, dict[int, dict]] = {}
+    for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()[1:]:
+        line = json.loads(line)
+        stages.setdefault(line["stage"], {})[line["pair"]] = line["result"]
+    per_pair = [core.exact_effects([done[i] for i in sorted(done)]) for done in (stages["sweep"], stages["sweep at seed 1"])]
+    keep = [i for i in range(len(result.layers)) if any(stats.excludes_zero(effects[:, i], 0) for effects in per_pair)]
+    assert stability["distinguishable"] == [result.layers[i]["name"] for i in keep]
     expected = spearman(effect(result)[keep], effect(at_seed_1)[keep]) if len(keep) >= 2 else None
     assert stability["spearman"] == (pytest.approx(expected) if expected is not None else None)
-    assert "ranking from seed to seed (0, 1)" in result.summary()
+    assert "sufficiency ranking from seed to seed (0, 1)" in result.summary()
     assert Localization.load(tmp_path).seed_stability == json.loads(json.dumps(stability))
     # Nothing else changes: the selection and its scores are seed 0's.
     plain = localize(pipe, SIGNS, ocr=ocr, progress=False, **kwargs(pipe))
     assert plain.selected == result.selected and plain.held_out == result.held_out
     with pytest.raises(ValueError, match="differ"):
         localize(pipe, SIGNS, stability_seeds=[0], ocr=ocr, progress=False, **kwargs(pipe))
+    with pytest.raises(ValueError, match="differ"):
+        localize(pipe, SIGNS, stability_seeds=[2, 2], ocr=ocr, progress=False, **kwargs(pipe))
+    with pytest.raises(TypeError, match="integer"):
+        localize(pipe, SIGNS, stability_seeds=[True], ocr=ocr, progress=False, **kwargs(pipe))
     with pytest.raises(ValueError, match="exact sweep"):
         localize(pipe, SIGNS, method="attribution", stability_seeds=[1], ocr=ocr, progress=False, **kwargs(pipe))
 
@@ -519,10 +529,19 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     assert "START:STOP" in capsys.readouterr().err
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--heads", "first"]) == 2
     assert "head indices" in capsys.readouterr().err
-    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--seeds", "0"]) == 2
-    assert "two or more distinct seeds" in capsys.readouterr().err
-    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--seed", "3", "--seeds", "0,1"]) == 2
+    for seeds in ("0", "1,01", "1,x"):
+        assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--seeds", seeds]) == 2
+        assert "two or more distinct seeds" in capsys.readouterr().err
+    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--seed", "0", "--seeds", "1,2"]) == 2
     assert "not both" in capsys.readouterr().err
+    assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--method", "attribution", "--seeds", "1,2"]) == 2
+    assert "--method attribution" in capsys.readouterr().err
+    # The first of --seeds is the seed, the others repeat the sweep.
+    status = main(["--threads", "1", "localize", "--model", "tiny-random-sd3", "--pairs", "2", "--out", str(tmp_path / "seeds"),
+                   "--layers", "0", "--layers", "-1", "--seeds", "3,1"])
+    assert status == 0
+    report = Localization.load(tmp_path / "seeds")
+    assert report.settings["seed"] == 3 and report.seed_stability["seeds"] == [3, 1]
 
 
 def test_tiny_colour_judge_goes_only_with_tiny_captions(tmp_path):

@@ -408,7 +408,7 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
     method.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     run = parser.add_argument_group("generation")
-    run.add_argument("--seed", type=int, default=0, help="seed of the noise shared by every row, and of which prompt pairs are drawn (default 0)")
+    run.add_argument("--seed", type=int, help="seed of the noise shared by every row, and of which prompt pairs are drawn (default 0)")
     run.add_argument("--seeds", metavar="S,S,...", help="several noise seeds: the first serves as --seed, and the exact sweep is repeated at the others to report how stable the ranking is from seed to seed")
     _add_sampler_options(run)
     run.add_argument("--max-batch", type=_positive_int, default=16, metavar="B", help="most rows in one generation (default 16; lower it if memory runs out)")
@@ -417,14 +417,17 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
-    """--seeds as a list of distinct seeds; its first replaces --seed, which must then be left out."""
+    """--seeds as a list of distinct seeds, the first replacing --seed; else [--seed]."""
     if args.seeds is None:
-        return [args.seed]
-    if not re.fullmatch(r"\d+(,\d+)+", args.seeds) or len(set(args.seeds.split(","))) < len(args.seeds.split(",")):
+        return [0 if args.seed is None else args.seed]
+    seeds = [int(seed) for seed in args.seeds.split(",")] if re.fullmatch(r"\d+(,\d+)+", args.seeds) else []
+    if len(set(seeds)) < 2 or len(set(seeds)) < len(seeds):
         raise CommandError(f"--seeds takes two or more distinct seeds separated by commas (e.g. 0,1,2), not {args.seeds!r}.")
-    if args.seed != 0:
+    if args.seed is not None:
         raise CommandError("Give --seed or --seeds, not both: the first of --seeds is the seed.")
-    return [int(seed) for seed in args.seeds.split(",")]
+    if args.method == "attribution":
+        raise CommandError("--seeds repeats the exact sweep, which --method attribution does not run; use activation, screen+exact or both.")
+    return seeds
 
 
 def _heads(text: str) -> list[int]:
@@ -471,16 +474,17 @@ def localization_pairs(model: str, args: argparse.Namespace) -> tuple[list, Call
 
     templates = args.template
     named = find_named_model(model)
+    seed = 0 if args.seed is None else args.seed
     if args.glyphcontrol is not None:
         bench = load_glyphcontrol(args.glyphcontrol, args.bench)
         words, templates = bench.all_words(), templates or list(bench.templates)
     elif args.words is not None:
         words = load_words(args.words)
     elif named is not None and named.prompt_pairs is not None and templates is None:
-        return named.prompt_pairs(args.pairs, args.seed), named.scene_judge
+        return named.prompt_pairs(args.pairs, seed), named.scene_judge
     else:
         words = list(DEFAULT_WORDS)
-    return make_pairs(words, n=args.pairs, templates=templates, seed=args.seed), None
+    return make_pairs(words, n=args.pairs, templates=templates, seed=seed), None
 
 
 def _layer_selector(values: list[str] | None) -> str | list[str | int]:

@@ -209,7 +209,7 @@ def localize(
     seed_stability = None
     if stability_seeds:
         with run.timed("seed sweeps"):
-            seed_stability = run.seed_stability(choose_on, swept, chooser, sweeps[chooser.name], stability_seeds, len(chosen))
+            seed_stability = run.seed_stability(choose_on, swept, chooser, sweeps[chooser.name], stability_seeds, len(chosen), attribution)
     head_result = None
     if unit == "head" and chosen:
         with run.timed("heads"):
@@ -423,6 +423,21 @@ def exact_effects(sweep: Sequence[dict]) -> np.ndarray:
     return np.array([[done["source"]["mse_to_target"] - row["mse_to_target"] for row in done["patched"]] for done in sweep])
 
 
+def gradient_step_indices(grad_steps: Sequence[float], num_steps: int, patch_steps: StepWindow) -> list[int]:
+    """The step indices where a screen takes its gradients: each fraction of the schedule names a
+    step by the same rule as a patch window's bound, and only steps inside the patch window count,
+    because the screen estimates the exact patch, which acts nowhere else."""
+    indices = sorted({min(num_steps - 1, int(fraction * num_steps)) for fraction in grad_steps})
+    window = window_steps(patch_steps, num_steps)
+    indices = [index for index in indices if index in window]
+    if not indices:
+        raise ValueError(
+            f"grad_steps {list(grad_steps)} fall outside the patch window {patch_steps} of {num_steps} steps; "
+            "choose gradient steps inside the window."
+        )
+    return indices
+
+
 class _Run:
     """One localization's shared state: the pipeline, the scorer, the log, the timings.
 
@@ -502,17 +517,7 @@ class _Run:
         """Each pair's screen scores, ``[pairs, layers]``, by ``score``, logged under ``stage``."""
         if not grad_steps:
             raise ValueError("Attribution needs at least one gradient step (grad_steps).")
-        num_steps = self._num_steps()
-        # A fraction names a step by the same rule as a patch window's bound.
-        indices = sorted({min(num_steps - 1, int(fraction * num_steps)) for fraction in grad_steps})
-        # The screen estimates the exact patch, so it takes gradients only where that patch acts.
-        window = window_steps(self.settings.patch_steps, num_steps)
-        indices = [index for index in indices if index in window]
-        if not indices:
-            raise ValueError(
-                f"grad_steps {list(grad_steps)} fall outside the patch window {self.settings.patch_steps} of {num_steps} steps; "
-                "choose gradient steps inside the window."
-            )
+        indices = gradient_step_indices(grad_steps, self._num_steps(), self.settings.patch_steps)
         results = self._map(stage, pairs, lambda index, pair: {
             "scores": score(self.pipe, pair, layers, self.settings, self.seed, indices, self.generate_kwargs)}, desc=stage)
         return np.array([done["scores"] for done in results], dtype=float)
@@ -535,29 +540,35 @@ class _Run:
         return {layer.name: m for layer, m in zip(layers, means)}, baselines, results
 
     def seed_stability(
-        self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: _Direction, sweep: Sequence[dict], seeds: Sequence[int], k: int
+        self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: _Direction, sweep: Sequence[dict], seeds: Sequence[int],
+        selected: int, attribution: dict[str, float] | None,
     ) -> dict[str, Any]:
-        """The exact sweep repeated at each of ``seeds``, against the run's own (``sweep``): each
-        seed's ranking, and per pair of seeds the Spearman correlation of the layers' mean exact
-        effects (over the layers distinguishable from zero at some seed; ``None`` with fewer than
-        two) and whether the top ``k`` layers (the selected set's size) are the same."""
+        """The exact sweep (of the swept ``layers``, in the choosing direction ``way``) repeated at
+        each of ``seeds``, against the run's own (``sweep``): each seed's ranking (by the run's rule,
+        ``attribution`` breaking ties), and per pair of seeds the Spearman correlation of the
+        layers' mean exact effects (over the layers distinguishable from zero at some seed; ``None``
+        with fewer than two) and whether their top k layers are the same, k being the selected
+        set's size within the swept layers (``None`` when nothing was selected)."""
         names = [layer.name for layer in layers]
+        k = min(selected, len(layers))
         rankings, effects = {}, {}
         for seed, results in [(self.seed, sweep), *((other, self.sweep(pairs, layers, way, seed=other)[2]) for other in seeds)]:
             means = {name: way.means([done["patched"][i] for done in results], self.seed) for i, name in enumerate(names)}
-            rankings[seed] = [layer.name for layer in _rank(layers, means, None, way)]
+            rankings[seed] = [layer.name for layer in _rank(layers, means, attribution, way)]
             effects[seed] = exact_effects(results)
         keep = [i for i in range(len(names)) if any(stats.excludes_zero(effect[:, i], self.seed) for effect in effects.values())]
         pairwise = []
         for a, b in itertools.combinations(rankings, 2):
             rho = stats.spearman(effects[a].mean(axis=0)[keep], effects[b].mean(axis=0)[keep]) if len(keep) >= 2 else None
-            pairwise.append({"seeds": [a, b], "spearman": rho, "same_top_k": set(rankings[a][:k]) == set(rankings[b][:k])})
+            same = set(rankings[a][:k]) == set(rankings[b][:k]) if k else None
+            pairwise.append({"seeds": [a, b], "spearman": rho, "same_top_k": same})
         correlations = [entry["spearman"] for entry in pairwise if entry["spearman"] is not None]
         return {
-            "seeds": list(rankings), "rankings": {str(seed): ranked for seed, ranked in rankings.items()},
+            "direction": way.name, "seeds": list(rankings), "rankings": {str(seed): ranked for seed, ranked in rankings.items()},
             "distinguishable": [names[i] for i in keep], "k": k, "pairwise": pairwise,
             "spearman": float(np.mean(correlations)) if correlations else None,
-            "same_top_k": sum(entry["same_top_k"] for entry in pairwise) / len(pairwise),
+            "spearman_range": [float(min(correlations)), float(max(correlations))] if correlations else None,
+            "same_top_k": sum(entry["same_top_k"] for entry in pairwise) / len(pairwise) if k else None,
         }
 
     def _evaluate_sets(

@@ -157,11 +157,16 @@ class Localization:
         if not stability:
             return []
         seeds, pairs = stability["seeds"], len(stability["pairwise"])
-        same = round(stability["same_top_k"] * pairs)
+        spread = stability.get("spearman_range")
+        correlation = _num(stability["spearman"]) + (f" (pairs of seeds: {spread[0]:.2f} to {spread[1]:.2f})" if spread and pairs > 1 else "")
+        top = (
+            f"the same top {stability['k']} in {round(stability['same_top_k'] * pairs)} of {pairs} pairs of seeds"
+            if stability["same_top_k"] is not None else "no layer selected to compare"
+        )
         return [
             "",
-            f"ranking from seed to seed ({', '.join(map(str, seeds))}): Spearman {_num(stability['spearman'])} on the "
-            f"{len(stability['distinguishable'])} layers distinguishable from 0; the same top {stability['k']} in {same} of {pairs} pairs of seeds",
+            f"{stability.get('direction', 'sufficiency')} ranking from seed to seed ({', '.join(map(str, seeds))}): Spearman {correlation} "
+            f"on the {len(stability['distinguishable'])} layers distinguishable from 0; {top}",
         ]
 
     def _head_lines(self) -> list[str]:
