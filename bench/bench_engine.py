@@ -89,7 +89,8 @@ def paired_ratio_interval(times: dict[str, list[float]], numerator: str, denomin
     """A seeded 95% bootstrap interval of the median per-repeat ratio: how far noise on shared
     cores leaves the ratio uncertain."""
     ratios = np.array([a / b for a, b in zip(times[numerator], times[denominator])])
-    interval = stats.bootstrap((ratios,), np.median, confidence_level=0.95, random_state=0).confidence_interval
+    # Percentile, not BCa: BCa's acceleration is undefined (NaN) when resampled medians tie.
+    interval = stats.bootstrap((ratios,), np.median, confidence_level=0.95, method="percentile", rng=np.random.default_rng(0)).confidence_interval
     return [float(interval.low), float(interval.high)]
 
 
@@ -146,14 +147,15 @@ def measure_overhead(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[st
 
 
 def measure_hook_cost(pipe: Any, kwargs: dict[str, Any], plain_ms: float, blocks: int = 21, loops: int = 50) -> dict[str, Any]:
-    """The engine's own cost, timed where noise cannot hide a few percent: in tight loops.
+    """The layer hooks' own cost, timed in tight loops, where the rest of a generation adds no noise.
 
     Every text layer is called ``loops`` times on the inputs it had at the last step of a generation,
     inside ``tl.patch(pipe, "all", cache)`` (after one generation there, so that the hooks know the
-    step and branches) and outside it, alternating over ``blocks``; the difference per layer call
-    is the hooks' cost, attention compute included on both sides. Entering and leaving the context
-    is timed on its own. Their sum over one generation, over the plain generation's time, is the
-    overhead that the end-to-end ratio estimates with more noise.
+    step and branches) and outside it, the two in alternating order over ``blocks``; the difference
+    per layer call is the layer hooks' cost, attention compute included on both sides. Entering and
+    leaving the context is timed on its own. Their sum over one generation, over the plain
+    generation's time, estimates the overhead; it leaves out the once-per-denoiser-call work (the
+    step and branch bookkeeping, the scheduler's wrapper), which the end-to-end ratio includes.
     """
     cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
     layers = tl.select_layers(pipe, "all")
@@ -182,10 +184,12 @@ def measure_hook_cost(pipe: Any, kwargs: dict[str, Any], plain_ms: float, blocks
 
     extra = []
     for block in range(blocks):
+        plain = call_layers() if block % 2 else None
         with tl.patch(pipe, "all", cache):
             pipe(PROMPT, **seeded(kwargs))
             hooked = call_layers()
-        plain = call_layers()
+        if plain is None:
+            plain = call_layers()
         extra.append((hooked - plain) / (loops * len(layers)))
 
     def enter_and_leave() -> None:
@@ -329,11 +333,11 @@ def mib(n: float) -> str:
 
 def print_tables(results: dict[str, Any]) -> None:
     settings = results["settings"]
-    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG, {settings['overhead_repeats']} repeats; goal <= {OVERHEAD_GOAL})\n")
+    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG, {settings.get('overhead_repeats', '?')} repeats; goal <= {OVERHEAD_GOAL})\n")
     print("| arch | text layers | denoiser calls | plain ms | patched ms | patched/plain [95% interval] | hooks, us per layer call | entering, ms | estimated ratio | bit-identical |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch, r in results["archs"].items():
-        o = r["overhead"]
+        o = r.get("overhead", {})
         if "hook_us_per_layer_call" not in o:  # measured by an older version of this script
             print(f"| {arch} | (measured before the interval and the hooks' own cost; run --parts overhead) |")
             continue
@@ -347,6 +351,8 @@ def print_tables(results: dict[str, Any]) -> None:
     print("| arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff |")
     print("|---|---|---|---|---|---|")
     for arch, r in results["archs"].items():
+        if "sweep" not in r:
+            continue
         s = r["sweep"]
         print(f"| {arch} | {s['layers']} | {s['batched_ms']:.0f} | {s['separate_ms']:.0f} | {s['separate_over_batched']:.2f} | {s['max_abs_difference']:.1e} |")
 
@@ -354,6 +360,8 @@ def print_tables(results: dict[str, Any]) -> None:
     print("| arch | bytes per entry (kind) | entries | steps stored | total |")
     print("|---|---|---|---|---|")
     for arch, r in results["archs"].items():
+        if "cache" not in r:
+            continue
         c = r["cache"]
         per_entry = ", ".join(f"{'/'.join(map(str, sizes))} ({kind})" for kind, sizes in c["entry_bytes"].items())
         steps = "once" if c["steps_stored"] == [None] else f"{len(c['steps_stored'])} steps"
@@ -364,7 +372,7 @@ def print_tables(results: dict[str, Any]) -> None:
     print("joint/single layers one per branch and step.\n")
     print("| model | denoiser params | text layers | tokens | K/V widths | bytes per entry | steps x branches | whole cache |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in results["real_sizes"]:
+    for r in results.get("real_sizes", []):
         entries = "/".join(mib(b) for b in r["entry_bytes"])
         print(f"| {r['model']} | {r['denoiser_params']:,} | {r['text_layers']} ({'/'.join(r['kinds'])}) | {r['text_tokens']} | {'/'.join(map(str, r['kv_widths']))} | {entries} | {r['steps']} x {r['branches']} | {mib(r['all_layers_bytes_per_prompt'])} |")
 
@@ -413,7 +421,11 @@ def main() -> None:
         kept = {key: results["settings"].get(key) for key in settings}
         if kept != settings:
             raise SystemExit(f"{args.out} was measured with other settings ({kept}); measure all parts again, or pass the same ones.")
-    results["environment"] = environment()
+    # Parts kept from an earlier run keep the machine they were measured on.
+    earlier = results.get("environment", {})
+    if "machine" in earlier:  # one environment for every part, as older versions wrote it
+        earlier = dict.fromkeys(PARTS, earlier)
+    results["environment"] = {**earlier, **dict.fromkeys(args.parts, environment())}
     if "overhead" in args.parts:
         results["settings"]["overhead_repeats"] = args.overhead_repeats
     if "sweep" in args.parts:

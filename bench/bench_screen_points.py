@@ -6,7 +6,9 @@ The integrated screen averages the strength gradient over k points of the path f
 full one (k = 1 is the plain gradient at strength 0.5; localize's ``screen="gradient"`` takes it at
 0). For each k it scores textloc-tiny's choice pairs with ``attribution_scores``, exactly as
 ``localize`` does, and judges the scores against the exact sweep that the localization logged on
-the same pairs, noise and settings, by ``Localization.agreement``'s protocol: on the layers whose
+the same pairs, noise and settings (the script checks them against the log's; it reads the main
+process's log, so a localization launched on several processes is not supported), by
+``Localization.agreement``'s protocol: on the layers whose
 exact effect is distinguishable from zero, the screen on half the pairs against the sweep on the
 other half over 300 halvings, beside the sweep against itself; the recall of the exact top 3; the
 sweep's logged time over the screen's. Scores go to bench/results/screen_points.json after each k,
@@ -26,7 +28,7 @@ import torch
 import textloc as tl
 from textloc.localization import stats
 from textloc.localization.attribution import attribution_scores, path_points
-from textloc.localization.core import exact_effects
+from textloc.localization.core import exact_effects, gradient_step_indices
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.sweep import PatchSettings
 from textloc.pipelines import recommended_settings, weights_fingerprint
@@ -59,11 +61,16 @@ def main() -> None:
     pairs = localization_pairs(56, seed=0)[: len(sweep)]
     if [[pair.source, pair.target] for pair in pairs] != settings["pairs"][: len(sweep)]:
         raise SystemExit(f"{args.localization} chose on other pairs than localization_pairs(56, seed=0).")
-    layers = tl.select_layers(pipe, settings["layers"])
-    patch = PatchSettings(settings["patch_steps"], settings["heads"], settings["branch"], settings["kv"])
+    if any(done["layer_sets"] != [[name] for name in settings["layers"]] for done in sweep):
+        raise SystemExit(f"{args.localization} swept other layers than its candidates (screen+exact?); it needs the whole exact sweep.")
     generate_kwargs = recommended_settings("textloc-tiny")
-    steps = generate_kwargs["num_inference_steps"]
-    grad_steps = sorted({min(steps - 1, int(fraction * steps)) for fraction in settings["grad_steps"]})
+    logged = {key: value for key, value in settings["generate_kwargs"].items() if key in generate_kwargs}
+    if logged != {key: repr(value) for key, value in generate_kwargs.items()}:
+        raise SystemExit(f"{args.localization} generated with {settings['generate_kwargs']}, not textloc-tiny's settings {generate_kwargs}.")
+    layers = tl.select_layers(pipe, settings["layers"])
+    window = tuple(settings["patch_steps"]) if settings["patch_steps"] is not None else None
+    patch = PatchSettings(window, settings["heads"], settings["branch"], settings["kv"])
+    grad_steps = gradient_step_indices(settings["grad_steps"], generate_kwargs["num_inference_steps"], window)
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     for k in args.points:
@@ -78,6 +85,8 @@ def main() -> None:
 
     effect = exact_effects(sweep)
     keep = [i for i in range(len(layers)) if stats.excludes_zero(effect[:, i], settings["seed"])]
+    if len(keep) < 2:
+        raise SystemExit(f"Only {len(keep)} layer(s) have an exact effect distinguishable from 0: there is no order to agree on.")
     sweep_seconds = sum(done["seconds"] for done in sweep)
     ceiling = stats.split_half(effect[:, keep], effect[:, keep], settings["seed"])
     print(f"\n{len(keep)} of {len(layers)} layers distinguishable from 0; the exact sweep against itself, split-half {ceiling[0]:.2f}"
