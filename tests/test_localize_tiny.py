@@ -82,9 +82,24 @@ def test_the_committed_finding_is_about_the_shipped_model(finding: Localization,
     assert set(finding.selected) < {layer.name for layer in shipped}
 
 
+def test_the_committed_necessity_follows_from_its_logged_readings(finding: Localization, log) -> None:
+    settings, stages = log
+    if "necessity sweep" not in stages:
+        pytest.skip("the committed localization measured sufficiency only")
+    choice = settings["pairs"][: finding.settings["choice_pairs"]]
+    # Necessity generates the target prompt with the source's text: its log rows are the swapped pair's.
+    swapped = [(target, source) for source, target in choice]
+    sweep = [stages["necessity sweep"][index] for index in range(len(choice))]
+    for k, row in enumerate(finding.layers):
+        assert sweep[0]["layer_sets"][k] == [row["name"]]
+        survives = rescored([done["patched"][k] for done in sweep], swapped)["source_hit"]  # the target's word, still read
+        assert row["necessity"]["target_hit"] == pytest.approx(survives), row["name"]
+
+
 def test_the_committed_report_follows_from_its_logged_readings(finding: Localization, log) -> None:
     settings, stages = log
-    assert {k: v for k, v in settings.items() if k != "pairs"} == {k: v for k, v in finding.settings.items() if k not in ("held_out_pairs", "choice_pairs", "rule", "unit")}
+    # The log's settings are the report's (which adds those a resume does not check, and the counts).
+    assert {k: v for k, v in settings.items() if k != "pairs"} == {k: finding.settings[k] for k in settings if k != "pairs"}
     choice, held = settings["pairs"][: finding.settings["choice_pairs"]], settings["pairs"][finding.settings["choice_pairs"] :]
     assert len(held) == finding.settings["held_out_pairs"] and sorted(stages["sweep"]) == list(range(len(choice)))
 
@@ -113,7 +128,7 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
                            direct_hits, seed=finding.settings["seed"])
             for k in range(len(ranked))
         ]
-        assert shares == pytest.approx([entry["share_of_direct"] for entry in finding.sets])
+        np.testing.assert_allclose(shares, [entry["share_of_direct"] for entry in finding.sets], rtol=1e-9)
         first = next(k for k, share in enumerate(shares) if share[1] >= threshold)
     assert finding.reached and finding.selected == ranked[: first + 1]
 
