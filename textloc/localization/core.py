@@ -40,11 +40,13 @@ RULES: tuple[str, ...] = ("lower-bound", "point")
 UNITS: tuple[str, ...] = ("layer", "head")
 # A screen's scores for one pair: (pipe, pair, layers, settings, seed, gradient step indices, generate_kwargs) -> one per layer.
 Scorer = Callable[[Any, PromptPair, Sequence[AttentionLayer], PatchSettings, int, Sequence[int], dict[str, Any]], list[float]]
-# Points on the strength path of the integrated screen: the fewest that agreed with the exact sweep
-# as well as the sweep agrees with itself. On textloc-tiny's 24 choice pairs (the split-half protocol
-# of Localization.agreement, on the 2 layers whose effect is not noise), 1 point (the plain gradient)
-# ordered them as the sweep does in 73% of halvings, 2 points in 94%, 3 and 4 points in 100%, the
-# sweep's own rate, at about a tenth of its time (README: "On textloc-tiny").
+# Points on the strength path of the integrated screen. On textloc-tiny's 24 choice pairs
+# (bench/bench_screen_points.py: the split-half protocol of Localization.agreement, on the 2 layers
+# whose effect is not noise), the gradient at strength 0 (screen="gradient") ordered them as the
+# exact sweep does in 73% of halvings, k = 2 points (0.25, 0.75) in 94%, and k = 1 (the midpoint),
+# 3 and 4 in 100%, the sweep's own rate, k <= 3 at a tenth of its time or less. That the two points
+# either side of the midpoint did worse than the midpoint alone says the estimate depends on where
+# the path is sampled; 3 points take the midpoint and both halves for 1.5x the cost of 2.
 SCREEN_POINTS = 3
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
