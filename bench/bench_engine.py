@@ -150,12 +150,15 @@ def measure_hook_cost(pipe: Any, kwargs: dict[str, Any], plain_ms: float, blocks
     """The layer hooks' own cost, timed in tight loops, where the rest of a generation adds no noise.
 
     Every text layer is called ``loops`` times on the inputs it had at the last step of a generation,
-    inside ``tl.patch(pipe, "all", cache)`` (after one generation there, so that the hooks know the
-    step and branches) and outside it, the two in alternating order over ``blocks``; the difference
-    per layer call is the layer hooks' cost, attention compute included on both sides. Entering and
-    leaving the context is timed on its own. Their sum over one generation, over the plain
-    generation's time, estimates the overhead; it leaves out the once-per-denoiser-call work (the
-    step and branch bookkeeping, the scheduler's wrapper), which the end-to-end ratio includes.
+    inside ``tl.patch(pipe, "all", cache, branch="both")`` (after one generation there, so that the
+    hooks know the step and branches) and outside it, the two in alternating order over ``blocks``;
+    the difference per layer call is the layer hooks' cost, attention compute included on both
+    sides. Both branches are patched there because the last denoiser call may run only one (FLUX's
+    true CFG ends on its negative pass, which a ``branch="cond"`` patch leaves alone): every timed
+    call writes, the most any call of the end-to-end run writes. Entering and leaving the context
+    is timed on its own. Their sum over one generation, over the plain generation's time, bounds
+    the overhead from above as far as the layers go; it leaves out the once-per-denoiser-call work
+    (the step and branch bookkeeping, the scheduler's wrapper), which the end-to-end ratio includes.
     """
     cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
     layers = tl.select_layers(pipe, "all")
@@ -185,7 +188,7 @@ def measure_hook_cost(pipe: Any, kwargs: dict[str, Any], plain_ms: float, blocks
     extra = []
     for block in range(blocks):
         plain = call_layers() if block % 2 else None
-        with tl.patch(pipe, "all", cache):
+        with tl.patch(pipe, "all", cache, branch="both"):
             pipe(PROMPT, **seeded(kwargs))
             hooked = call_layers()
         if plain is None:
