@@ -14,6 +14,7 @@ import pytest
 import textloc as tl
 from textloc.attention import denoiser_parameter_count
 from textloc.localization import Localization
+from textloc.localization.core import UNCHECKED_ON_RESUME
 from textloc.localization.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.scoring import mean_metrics, score_images
@@ -65,6 +66,28 @@ def rescored(rows: list[dict], pairs: list[tuple[str, str]]) -> dict[str, float]
     return {name: float(np.mean([score[name] for score in scores])) for name in scores[0]}
 
 
+def first_set_reaching(finding: Localization, cumulative: list[dict], choice: list, ranked: list[str], sets: list[dict]) -> int:
+    """Check the report's cumulative ``sets`` (of layers or heads, in ``ranked`` order) against their
+    logged readings; return the index of the first set whose share of the direct rate reaches the
+    threshold by the report's rule."""
+    assert cumulative[0]["layer_sets"] == [ranked[: k + 1] for k in range(len(ranked))] == [entry["layers"] for entry in sets]
+    direct_rate = rescored([done["target"] for done in cumulative], choice)["target_hit"]
+    rates = [rescored([done["patched"][k] for done in cumulative], choice)["target_hit"] for k in range(len(ranked))]
+    assert rates == pytest.approx([entry["means"]["target_hit"] for entry in sets])
+    threshold = finding.settings["threshold"]
+    if finding.settings.get("rule", "point") == "point":
+        return next(k for k, rate in enumerate(rates) if rate >= threshold * direct_rate)
+    # The lower end of the share's interval over pairs, resampled from the readings.
+    direct_hits = [float(contains(done["target"]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)]
+    shares = [
+        share_interval([float(contains(done["patched"][k]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)],
+                       direct_hits, seed=finding.settings["seed"])
+        for k in range(len(ranked))
+    ]
+    np.testing.assert_allclose(shares, [entry["share_of_direct"] for entry in sets], rtol=1e-9)
+    return next(k for k, share in enumerate(shares) if share[1] >= threshold)
+
+
 def merit(means: dict) -> tuple[float, ...]:
     """localize's ranking rule: target hits, word F1, edit distance moved toward the target, pixels."""
     return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
@@ -98,8 +121,10 @@ def test_the_committed_necessity_follows_from_its_logged_readings(finding: Local
 
 def test_the_committed_report_follows_from_its_logged_readings(finding: Localization, log) -> None:
     settings, stages = log
-    # The log's settings are the report's (which adds those a resume does not check, and the counts).
-    assert {k: v for k, v in settings.items() if k != "pairs"} == {k: finding.settings[k] for k in settings if k != "pairs"}
+    # The log's settings are the report's, but for those a resume does not check (the log keeps the
+    # values of the run that began it) and the counts the report adds.
+    checked = [k for k in settings if k != "pairs" and k not in UNCHECKED_ON_RESUME]
+    assert {k: settings[k] for k in checked} == {k: finding.settings[k] for k in checked}
     choice, held = settings["pairs"][: finding.settings["choice_pairs"]], settings["pairs"][finding.settings["choice_pairs"] :]
     assert len(held) == finding.settings["held_out_pairs"] and sorted(stages["sweep"]) == list(range(len(choice)))
 
@@ -113,23 +138,7 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
         assert means[row["name"]] == pytest.approx({name: row["exact"][name] for name in means[row["name"]]}), row["name"]
     ranked = [row["name"] for row in sorted(finding.layers, key=lambda row: row["rank"])]
     assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True)
-    cumulative = [stages["cumulative sets"][index] for index in range(len(choice))]
-    assert cumulative[0]["layer_sets"] == [ranked[: k + 1] for k in range(len(ranked))] == [entry["layers"] for entry in finding.sets]
-    direct_rate = rescored([done["target"] for done in cumulative], choice)["target_hit"]
-    rates = [rescored([done["patched"][k] for done in cumulative], choice)["target_hit"] for k in range(len(ranked))]
-    assert rates == pytest.approx([entry["means"]["target_hit"] for entry in finding.sets])
-    threshold = finding.settings["threshold"]
-    if finding.settings.get("rule", "point") == "point":
-        first = next(k for k, rate in enumerate(rates) if rate >= threshold * direct_rate)
-    else:  # the lower end of the share's interval over pairs, resampled from the readings
-        direct_hits = [float(contains(done["target"]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)]
-        shares = [
-            share_interval([float(contains(done["patched"][k]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)],
-                           direct_hits, seed=finding.settings["seed"])
-            for k in range(len(ranked))
-        ]
-        np.testing.assert_allclose(shares, [entry["share_of_direct"] for entry in finding.sets], rtol=1e-9)
-        first = next(k for k, share in enumerate(shares) if share[1] >= threshold)
+    first = first_set_reaching(finding, [stages["cumulative sets"][index] for index in range(len(choice))], choice, ranked, finding.sets)
     assert finding.reached and finding.selected == ranked[: first + 1]
 
     # The report's held-out claim, and the same claim from the readings of the held-out pairs the
@@ -152,6 +161,33 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     for name, means in (("unpatched", unpatched), ("direct", direct), ("patched", patched)):
         hits_in_report, hits_logged = held_out[name]["target_hit"] * len(held), means["target_hit"] * len(logged)
         assert 0 <= round(hits_in_report - hits_logged) <= EXAMPLES
+
+
+def test_the_committed_head_set_follows_from_its_logged_readings(finding: Localization, log) -> None:
+    settings, stages = log
+    if not finding.heads:
+        pytest.skip("the committed localization swept no heads")
+    heads = finding.heads
+    choice, held = settings["pairs"][: finding.settings["choice_pairs"]], settings["pairs"][finding.settings["choice_pairs"] :]
+    # Each head of the selected layers patched alone: its scores and rank from the readings.
+    sweep = [stages["head sweep"][index] for index in range(len(choice))]
+    assert sorted(name for (name,) in sweep[0]["layer_sets"]) == sorted(
+        f"{layer}@{head}" for layer in finding.selected for head in range(len(sweep[0]["layer_sets"]) // len(finding.selected)))
+    means = {name: rescored([done["patched"][i] for done in sweep], choice) for i, (name,) in enumerate(sweep[0]["layer_sets"])}
+    for unit in heads["units"]:
+        assert means[unit["name"]] == pytest.approx({name: unit["exact"][name] for name in means[unit["name"]]}), unit["name"]
+    ranked = [unit["name"] for unit in sorted(heads["units"], key=lambda unit: unit["rank"])]
+    assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True)
+    first = first_set_reaching(finding, [stages["head cumulative sets"][index] for index in range(len(choice))], choice, ranked, heads["sets"])
+    assert heads["reached"] and heads["selected"] == ranked[: first + 1]
+    # The head set's held-out rates, from the held-out pairs the log keeps (the grid's are not).
+    logged = sorted(stages["head held out"])
+    assert logged == list(range(EXAMPLES, len(held)))
+    done = [stages["head held out"][index] for index in logged]
+    assert all(entry["layer_sets"] == [heads["selected"]] for entry in done)
+    patched = rescored([entry["patched"][0] for entry in done], [held[index] for index in logged])
+    hits_in_report, hits_logged = heads["held_out"]["patched"]["target_hit"] * len(held), patched["target_hit"] * len(logged)
+    assert 0 <= round(hits_in_report - hits_logged) <= EXAMPLES
 
 
 def test_the_selected_layers_carry_the_word_on_new_pairs(finding: Localization, pipe) -> None:

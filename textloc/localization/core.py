@@ -48,6 +48,14 @@ Scorer = Callable[[Any, PromptPair, Sequence[AttentionLayer], PatchSettings, int
 # either side of the midpoint did worse than the midpoint alone says the estimate depends on where
 # the path is sampled; 3 points take the midpoint and both halves for 1.5x the cost of 2.
 SCREEN_POINTS = 3
+
+#: Settings that change only which logged results are used or what comes after the layer stages,
+#: never a logged result: a run resumes under other values of them (the head stages added to a
+#: finished layer run, a selection redone by another rule, another screen: each screen logs under
+#: a stage named after it and its points, and a selection stage reuses only the layer sets it asks
+#: for). A log's first line may hold the values of the run that began it.
+UNCHECKED_ON_RESUME: tuple[str, ...] = ("screen", "screen_points", "rule", "unit", "stability_seeds")
+
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
 # Held-out pairs shown in the example grid (source | patched | target).
@@ -171,12 +179,7 @@ def localize(
         "dtype": str(getattr(pipe, "dtype", None)),
         "weights": weights_fingerprint(pipe),
     }
-    # Settings that change only which logged results are used or what comes after the layer
-    # stages, never a logged result: a run resumes under other values of them (the head stages
-    # added to a finished layer run, a selection redone by another rule, another screen: each
-    # screen logs under a stage named after it and its points, and a selection stage reuses only
-    # the layer sets it asks for).
-    unchecked_on_resume = {"screen": screen, "screen_points": screen_points, "rule": rule, "unit": unit, "stability_seeds": stability_seeds}
+    unchecked_on_resume = dict(zip(UNCHECKED_ON_RESUME, (screen, screen_points, rule, unit, stability_seeds)))
     shards = Shards()
     run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index, unchecked=unchecked_on_resume), shards)
 
