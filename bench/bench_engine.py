@@ -336,9 +336,9 @@ def mib(n: float) -> str:
 
 def print_tables(results: dict[str, Any]) -> None:
     settings = results["settings"]
-    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG, {settings.get('overhead_repeats', '?')} repeats; goal <= {OVERHEAD_GOAL})\n")
-    print("| arch | text layers | denoiser calls | plain ms | patched ms | patched/plain [95% interval] | hooks, us per layer call | entering, ms | estimated ratio | bit-identical |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG; goal <= {OVERHEAD_GOAL})\n")
+    print("| arch | text layers | denoiser calls | repeats | plain ms | patched ms | patched/plain [95% interval] | hooks, us per layer call | entering, ms | estimated ratio | bit-identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for arch, r in results["archs"].items():
         o = r.get("overhead", {})
         if "hook_us_per_layer_call" not in o:  # measured by an older version of this script
@@ -346,7 +346,7 @@ def print_tables(results: dict[str, Any]) -> None:
             continue
         low, high = o["ratio_interval"]
         print(
-            f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} [{low:.3f}, {high:.3f}] "
+            f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {len(o['times_s']['plain'])} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} [{low:.3f}, {high:.3f}] "
             f"| {o['hook_us_per_layer_call']:.0f} | {o['enter_ms']:.1f} | {o['estimated_ratio']:.3f} | {o['bit_identical']} |"
         )
 
@@ -429,8 +429,6 @@ def main() -> None:
     if "machine" in earlier:  # one environment for every part, as older versions wrote it
         earlier = dict.fromkeys(PARTS, earlier)
     results["environment"] = {**earlier, **dict.fromkeys(args.parts, environment())}
-    if "overhead" in args.parts:
-        results["settings"]["overhead_repeats"] = args.overhead_repeats
     if "sweep" in args.parts:
         results["settings"]["repeats"] = args.repeats
     for arch in args.archs:
