@@ -46,8 +46,12 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def log() -> tuple[dict, dict[str, dict[int, dict]]]:
-    """The run's settings and, per stage and pair, what it logged (OCR readings and pixel scores)."""
-    lines = [json.loads(line) for line in (FINDING / PROGRESS_FILE).read_text().splitlines()]
+    return read_log(FINDING)
+
+
+def read_log(folder: Path) -> tuple[dict, dict[str, dict[int, dict]]]:
+    """A run's settings and, per stage and pair, what it logged (OCR readings and pixel scores)."""
+    lines = [json.loads(line) for line in (folder / PROGRESS_FILE).read_text().splitlines()]
     stages: dict[str, dict[int, dict]] = {}
     for line in lines[1:]:
         stages.setdefault(line["stage"], {})[line["pair"]] = line["result"]
@@ -69,14 +73,14 @@ def rescored(rows: list[dict], pairs: list[tuple[str, str]]) -> dict[str, float]
 def first_set_reaching(finding: Localization, cumulative: list[dict], choice: list, ranked: list[str], sets: list[dict]) -> int:
     """Check the report's cumulative ``sets`` (of layers or heads, in ``ranked`` order) against their
     logged readings; return the index of the first set whose share of the direct rate reaches the
-    threshold by the report's rule."""
+    threshold by the report's rule, or ``None``."""
     assert cumulative[0]["layer_sets"] == [ranked[: k + 1] for k in range(len(ranked))] == [entry["layers"] for entry in sets]
     direct_rate = rescored([done["target"] for done in cumulative], choice)["target_hit"]
     rates = [rescored([done["patched"][k] for done in cumulative], choice)["target_hit"] for k in range(len(ranked))]
     assert rates == pytest.approx([entry["means"]["target_hit"] for entry in sets])
     threshold = finding.settings["threshold"]
     if finding.settings.get("rule", "point") == "point":
-        return next(k for k, rate in enumerate(rates) if rate >= threshold * direct_rate)
+        return next((k for k, rate in enumerate(rates) if rate >= threshold * direct_rate), None)
     # The lower end of the share's interval over pairs, resampled from the readings.
     direct_hits = [float(contains(done["target"]["read"], quoted_text(target))) for done, (_, target) in zip(cumulative, choice)]
     shares = [
@@ -85,7 +89,7 @@ def first_set_reaching(finding: Localization, cumulative: list[dict], choice: li
         for k in range(len(ranked))
     ]
     np.testing.assert_allclose(shares, [entry["share_of_direct"] for entry in sets], rtol=1e-9)
-    return next(k for k, share in enumerate(shares) if share[1] >= threshold)
+    return next((k for k, share in enumerate(shares) if share[1] >= threshold), None)
 
 
 def merit(means: dict) -> tuple[float, ...]:
@@ -105,11 +109,8 @@ def test_the_committed_finding_is_about_the_shipped_model(finding: Localization,
     assert set(finding.selected) < {layer.name for layer in shipped}
 
 
-def test_the_committed_necessity_follows_from_its_logged_readings(finding: Localization, log) -> None:
-    settings, stages = log
-    if "necessity sweep" not in stages:
-        pytest.skip("the committed localization measured sufficiency only")
-    choice = settings["pairs"][: finding.settings["choice_pairs"]]
+def check_necessity(finding: Localization, stages: dict, choice: list) -> None:
+    """Each layer's necessity row, recomputed from the logged readings."""
     # Necessity generates the target prompt with the source's text: its log rows are the swapped pair's.
     swapped = [(target, source) for source, target in choice]
     sweep = [stages["necessity sweep"][index] for index in range(len(choice))]
@@ -119,8 +120,9 @@ def test_the_committed_necessity_follows_from_its_logged_readings(finding: Local
         assert row["necessity"]["target_hit"] == pytest.approx(survives), row["name"]
 
 
-def test_the_committed_report_follows_from_its_logged_readings(finding: Localization, log) -> None:
-    settings, stages = log
+def check_layers(finding: Localization, settings: dict, stages: dict) -> tuple[list, list[str], int | None]:
+    """The report's settings, floors, layer scores, ranks and cumulative sets against its log; the
+    choice pairs, the ranked layers and the index of the first set that reaches the threshold."""
     # The log's settings are the report's, but for those a resume does not check (the log keeps the
     # values of the run that began it) and the counts the report adds.
     checked = [k for k in settings if k != "pairs" and k not in UNCHECKED_ON_RESUME]
@@ -139,6 +141,32 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     ranked = [row["name"] for row in sorted(finding.layers, key=lambda row: row["rank"])]
     assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True)
     first = first_set_reaching(finding, [stages["cumulative sets"][index] for index in range(len(choice))], choice, ranked, finding.sets)
+    return choice, ranked, first
+
+
+def test_the_committed_necessity_follows_from_its_logged_readings(finding: Localization, log) -> None:
+    settings, stages = log
+    if "necessity sweep" not in stages:
+        pytest.skip("the committed localization measured sufficiency only")
+    check_necessity(finding, stages, settings["pairs"][: finding.settings["choice_pairs"]])
+
+
+@pytest.mark.parametrize("kv", ["k", "v"])
+def test_the_committed_keys_only_and_values_only_runs_follow_from_their_logs(kv: str) -> None:
+    folder = FINDING.parent / f"localize-kv-{kv}"
+    finding, (settings, stages) = Localization.load(folder), read_log(folder)
+    assert finding.settings["kv"] == kv and finding.settings["direction"] == "both"
+    choice, ranked, first = check_layers(finding, settings, stages)
+    assert finding.reached == (first is not None)
+    if finding.reached:
+        assert finding.selected == ranked[: first + 1]
+    check_necessity(finding, stages, choice)
+
+
+def test_the_committed_report_follows_from_its_logged_readings(finding: Localization, log) -> None:
+    settings, stages = log
+    choice, ranked, first = check_layers(finding, settings, stages)
+    held = settings["pairs"][len(choice) :]
     assert finding.reached and finding.selected == ranked[: first + 1]
 
     # The report's held-out claim, and the same claim from the readings of the held-out pairs the
