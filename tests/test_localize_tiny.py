@@ -70,7 +70,7 @@ def rescored(rows: list[dict], pairs: list[tuple[str, str]]) -> dict[str, float]
     return {name: float(np.mean([score[name] for score in scores])) for name in scores[0]}
 
 
-def first_set_reaching(finding: Localization, cumulative: list[dict], choice: list, ranked: list[str], sets: list[dict]) -> int:
+def first_set_reaching(finding: Localization, cumulative: list[dict], choice: list, ranked: list[str], sets: list[dict]) -> int | None:
     """Check the report's cumulative ``sets`` (of layers or heads, in ``ranked`` order) against their
     logged readings; return the index of the first set whose share of the direct rate reaches the
     threshold by the report's rule, or ``None``."""
