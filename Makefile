@@ -12,25 +12,29 @@ $(BIN)/textloc: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-# The embedded model (no download); any diffusers id, folder or tiny-random-<arch> works too.
+# An embedded model (textloc-tiny or textloc-tiny-sd3, no download); any diffusers id, folder or
+# tiny-random-<arch> works too.
 DEMO_MODEL ?= textloc-tiny
 DEMO_PROMPT := A red sign on a blue background that says "LAMP".
-# The guard demo asks for a toxic word textloc-tiny was taught to write (its TOXIC_WORDS).
+# The guard demo asks for a toxic word the embedded models were taught to write (their TOXIC_WORDS).
 GUARD_PROMPT := A red sign on a blue background that says "DAMN".
-# The layers the edit patches: textloc-tiny's shipped localization; on a random model, all of them.
-DEMO_LAYERS ?= $(if $(filter textloc-tiny,$(DEMO_MODEL)),samples/tiny/localize,all)
+# The layers the edit patches: an embedded model's shipped localization (samples/tiny/localize,
+# samples/tiny-sd3/localize); on any other model, all of them.
+DEMO_LAYERS ?= $(or $(wildcard samples/$(patsubst textloc-%,%,$(DEMO_MODEL))/localize),all)
+# runs/demo for the default model, runs/demo-<model> for any other (a LoRA run resumes only its own model).
+DEMO_OUT ?= runs/demo$(if $(filter textloc-tiny,$(DEMO_MODEL)),,-$(DEMO_MODEL))
 
 demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 layers --model $(DEMO_MODEL)
-	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out runs/demo/generate.png
-	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --num-inference-steps 15 --out runs/demo/localize
-	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out runs/demo/edit
-	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out runs/demo/guard
+	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out $(DEMO_OUT)/generate.png
+	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 6 --num-inference-steps 15 --out $(DEMO_OUT)/localize
+	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out $(DEMO_OUT)/edit
+	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out $(DEMO_OUT)/guard
 	# A short LoRA run on the text layers (--resume: a second `make demo` continues it, not refuses it).
-	$(BIN)/textloc --threads 1 finetune --model $(DEMO_MODEL) --layers $(DEMO_LAYERS) --data textloc-tiny --steps 10 --batch-size 4 --lr 1e-3 --resume --out runs/demo/finetune
+	$(BIN)/textloc --threads 1 finetune --model $(DEMO_MODEL) --layers $(DEMO_LAYERS) --data textloc-tiny --steps 10 --batch-size 4 --lr 1e-3 --resume --out $(DEMO_OUT)/finetune
 ifeq ($(DEMO_MODEL),textloc-tiny)
 	# The LoRA shipped in samples/tiny/finetune (bench/bench_finetune.py, task A), beside the base model's images above.
-	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --lora samples/tiny/finetune --out runs/demo/generate-lora.png
+	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --lora samples/tiny/finetune --out $(DEMO_OUT)/generate-lora.png
 endif
 
 test: $(BIN)/textloc

@@ -1,22 +1,24 @@
-"""Text edits on textloc-tiny: textloc's patch, Prompt-to-Prompt and prompt swap, side by side.
+"""Text edits on an embedded model: textloc's patch, Prompt-to-Prompt and prompt swap, side by side.
 
-    python bench/bench_edit.py [--pairs 48] [--sweep-pairs 16] [--starts 0 0.1 0.2 0.3 0.4]
+    python bench/bench_edit.py [--model textloc-tiny-sd3] [--pairs 48] [--sweep-pairs 16] [--starts 0 0.1 0.2 0.3 0.4]
 
-Every method edits the same held-out scenes (textloc-tiny's colour/word combinations never
+Every method edits the same held-out scenes (the embedded models' colour/word combinations never
 trained together; pair seed 7, which no test uses) from the same noise (seed 1000 + i), through
-the same harness (``tl.edit.edit_text``), scored the same way: the new word read by OCR, the old
-word still read, the sign and background colours kept (textloc-tiny's pixel judge), and the
+the same harness (``tl.edit.edit_text``), on the layers of the model's shipped localization
+(``samples/<tiny|tiny-sd3>/localize``), scored the same way: the new word read by OCR, the old
+word still read, the sign and background colours kept (the models' pixel judge), and the
 background outside both images' OCR text boxes (MSE, SSIM, in float) against the source image.
 
 1. Start-step sweep: the patch from each start step on ``--sweep-pairs`` pairs of their own.
 2. Methods on ``--pairs`` other pairs, the patch at the best start step of the sweep.
 3. Cost: one edit against one plain generation, measured side by side in this run.
-4. Real images (``--sections real``): ``--real`` signs drawn by textloc-tiny's renderer (never
+4. Real images (``--sections real``): ``--real`` signs drawn by the models' renderer (never
    generated), inverted with the model and edited at ``--real-guidance``; the unedited
    regeneration's PSNR/SSIM against the real image beside every score.
 
-Writes bench/results/edit.json (a run of some ``--sections`` updates only those),
-samples/tiny/edit/grid.png and real.png, and prints the tables.
+Writes bench/results/edit.json (textloc-tiny; edit-tiny-sd3.json for textloc-tiny-sd3; a run of
+some ``--sections`` updates only those), samples/<tiny|tiny-sd3>/edit/grid.png and real.png, and
+prints the tables.
 """
 
 from __future__ import annotations
@@ -32,29 +34,24 @@ import torch
 import textloc as tl
 from textloc.edit import DEFAULT_START_STEP, METHODS, edit_text
 from textloc.images import captioned_grid
-from textloc.models import named_model
-from timing import timed  # bench/timing.py, beside this script
+from textloc.models import NamedModel, named_model
+from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script
+from timing import timed
 
-ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ROOT / "samples" / "tiny" / "localize"
-RESULTS = ROOT / "bench" / "results" / "edit.json"
-GRID = ROOT / "samples" / "tiny" / "edit" / "grid.png"
-REAL_GRID = GRID.with_name("real.png")
 PAIR_SEED, NOISE_SEED = 7, 1000
 
 
-def edits(pipe, pairs, method: str, start_step=None, first_seed: int = NOISE_SEED) -> list[Any]:
+def edits(pipe, model: NamedModel, layers: Path, pairs, method: str, start_step=None, first_seed: int = NOISE_SEED) -> list[Any]:
     """One edit per pair (source prompt -> target word), each from its own seed."""
-    settings = named_model("textloc-tiny").settings
     generators = [tl.generator(first_seed + i) for i in range(len(pairs))]
     return edit_text(
-        pipe, [pair.source for pair in pairs], [pair.target_text for pair in pairs], LAYERS,
-        start_step=start_step, method=method, generator=generators, **settings,
+        pipe, [pair.source for pair in pairs], [pair.target_text for pair in pairs], layers,
+        start_step=start_step, method=method, generator=generators, **model.settings,
     )
 
 
-def summarize(results, pairs) -> dict[str, float]:
-    judge = named_model("textloc-tiny").scene_judge
+def summarize(model: NamedModel, results, pairs) -> dict[str, float]:
+    judge = model.scene_judge
     kept = judge([r.edited_image for r in results], [pair.source for pair in pairs])
     outside = [r.scores["mse_outside_text"] for r in results if r.scores["mse_outside_text"] is not None]
     return {
@@ -71,14 +68,14 @@ def summarize(results, pairs) -> dict[str, float]:
     }
 
 
-def cost(pipe, pair, start_step, repeats: int) -> dict[str, float]:
+def cost(pipe, model: NamedModel, layers: Path, pair, start_step, repeats: int) -> dict[str, float]:
     """Seconds of one plain generation and of one edit per method, and their ratios (same run)."""
-    settings = named_model("textloc-tiny").settings
+    settings = model.settings
     plain = timed(lambda: pipe(pair.source, generator=tl.generator(0), output_type="np", **settings), repeats)
     out: dict[str, float] = {"plain_s": plain}
     for method in METHODS:
         # OCR excluded: it is the same for every method, and no part of generating.
-        seconds = timed(lambda: edit_text(pipe, pair.source, pair.target_text, LAYERS, start_step=start_step, method=method, ocr=_NoOCR(), **settings), repeats)
+        seconds = timed(lambda: edit_text(pipe, pair.source, pair.target_text, layers, start_step=start_step, method=method, ocr=_NoOCR(), **settings), repeats)
         out[f"{method}_s"], out[f"{method}_ratio"] = seconds, seconds / plain
     return out
 
@@ -88,21 +85,21 @@ class _NoOCR:
         return [""] * len(images)
 
 
-def real_edits(pipe, count: int, guidance: float, start_step) -> tuple[dict[str, Any], list[Any]]:
+def real_edits(pipe, model: NamedModel, layers: Path, count: int, guidance: float, start_step) -> tuple[dict[str, Any], list[Any]]:
     """Edits of renderer signs (held-out scenes, stream 17): each image's word to another word."""
     from textloc.tiny.data import make_example
 
-    settings = named_model("textloc-tiny").settings
-    words = named_model("textloc-tiny").prompt_pairs(count, PAIR_SEED + 1)
+    words = model.prompt_pairs(count, PAIR_SEED + 1)
+    # The model's own settings but steps and guidance (max_sequence_length, for one).
+    settings = {key: value for key, value in model.settings.items() if key != "guidance_scale"}
     results, kept = [], []
-    judge = named_model("textloc-tiny").scene_judge
     for index in range(count):
         example = make_example(17, index, held_out=True)
         new = next(pair.target_text for pair in words[index:] + words if pair.target_text != example.word)
-        result = tl.edit_image(pipe, example.image, example.caption, new, LAYERS, start_step=start_step,
-                               num_inference_steps=settings["num_inference_steps"], guidance_scale=guidance)
+        result = tl.edit_image(pipe, example.image, example.caption, new, layers, start_step=start_step,
+                               guidance_scale=guidance, **settings)
         results.append(result)
-        kept.append(judge([result.edited_image], [example.caption])[0])
+        kept.append(model.scene_judge([result.edited_image], [example.caption])[0])
     summary = {
         "edits": count, "guidance_scale": guidance, "start_step": start_step,
         "new_word_read": float(np.mean([r.scores["new_contains"] for r in results])),
@@ -118,6 +115,7 @@ def real_edits(pipe, count: int, guidance: float, start_step) -> tuple[dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_argument(parser)
     parser.add_argument("--pairs", type=int, default=48, help="pairs each method edits (default 48)")
     parser.add_argument("--sweep-pairs", type=int, default=16, help="pairs of the start-step sweep (default 16)")
     parser.add_argument("--starts", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4], help="start steps swept, fractions of the schedule")
@@ -125,54 +123,57 @@ def main() -> None:
     parser.add_argument("--real", type=int, default=24, help="real (rendered) images edited (default 24)")
     parser.add_argument("--real-guidance", type=float, default=2.0, help="guidance of the real-image edits (default 2)")
     parser.add_argument("--real-start", type=float, help="start step of the real-image edits (default: the sweep's best, else textloc's default)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON to update (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--results", type=Path, help="the JSON to update (default bench/results/edit.json, edit-tiny-sd3.json)")
     parser.add_argument("--sections", nargs="+", choices=("generated", "real"), default=["generated", "real"], help="what to run (default both)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    pipe = tl.load_pipeline("textloc-tiny")
+    model, layers = named_model(args.model), layers_dir(args.model)
+    args.results = args.results or results_file("edit", args.model)
+    grids = samples_dir(args.model) / "edit"
+    grids.mkdir(parents=True, exist_ok=True)
+    pipe = tl.load_pipeline(model.name)
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if "generated" in args.sections:
-        results.update(generated_edits(pipe, args))
+        results.update(generated_edits(pipe, model, layers, args, grids / "grid.png"))
     if "real" in args.sections:
         start = args.real_start if args.real_start is not None else results.get("settings", {}).get("best_start", DEFAULT_START_STEP)
         print(f"real images: {args.real} edits ...", flush=True)
-        summary, edited = real_edits(pipe, args.real, args.real_guidance, start)
+        summary, edited = real_edits(pipe, model, layers, args.real, args.real_guidance, start)
         results["real"] = summary
         rows = [[(r.source_image, f"regen: {r.source_read}"), (r.edited_image, f"edit: {r.edited_read}")] for r in edited[:6]]
-        captioned_grid(("regenerated", "edited"), rows).save(REAL_GRID)
+        captioned_grid(("regenerated", "edited"), rows).save(grids / "real.png")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
     print(f"\nwrote {args.results}")
 
 
-def generated_edits(pipe, args) -> dict[str, Any]:
+def generated_edits(pipe, model: NamedModel, layers: Path, args, grid: Path) -> dict[str, Any]:
     """Sections 1-3: the sweep, the methods and the cost, on generated images."""
-    pairs = named_model("textloc-tiny").prompt_pairs(args.sweep_pairs + args.pairs, PAIR_SEED)
+    pairs = model.prompt_pairs(args.sweep_pairs + args.pairs, PAIR_SEED)
     sweep_pairs, pairs = pairs[: args.sweep_pairs], pairs[args.sweep_pairs :]
 
     sweep = {}
     for start in args.starts:
         print(f"sweep: start step {start} ...", flush=True)
-        sweep[start] = summarize(edits(pipe, sweep_pairs, "patch", start), sweep_pairs)
+        sweep[start] = summarize(model, edits(pipe, model, layers, sweep_pairs, "patch", start), sweep_pairs)
     # The best start: the most new words read while the scene stays; then the cleanest background.
     best = max(sweep, key=lambda s: (sweep[s]["new_word_read"] * (sweep[s]["scene_kept"] >= 0.95), -(sweep[s]["mse_outside_text"] or 1.0)))
 
     methods, examples = {}, {}
     for method in METHODS:
         print(f"{method} on {len(pairs)} pairs ...", flush=True)
-        results = edits(pipe, pairs, method, best if method == "patch" else None)
-        methods[method] = summarize(results, pairs)
+        results = edits(pipe, model, layers, pairs, method, best if method == "patch" else None)
+        methods[method] = summarize(model, results, pairs)
         examples[method] = results[:6]
 
-    timing = cost(pipe, pairs[0], best, args.repeats)
+    timing = cost(pipe, model, layers, pairs[0], best, args.repeats)
     rows = [[(examples["patch"][i].source_image, f"{examples['patch'][i].source_read}")]
             + [(examples[m][i].edited_image, f"{m[:6]}: {examples[m][i].edited_read}") for m in METHODS] for i in range(len(examples["patch"]))]
-    GRID.parent.mkdir(parents=True, exist_ok=True)
-    captioned_grid(("source", *METHODS), rows).save(GRID)
-    settings = {key: value for key, value in vars(args).items() if key in ("pairs", "sweep_pairs", "starts", "repeats")}
-    return {"settings": {**settings, "model_settings": dict(named_model("textloc-tiny").settings), "layers": str(LAYERS.relative_to(ROOT)), "best_start": best,
+    captioned_grid(("source", *METHODS), rows).save(grid)
+    settings = {key: value for key, value in vars(args).items() if key in ("model", "pairs", "sweep_pairs", "starts", "repeats")}
+    return {"settings": {**settings, "model_settings": dict(model.settings), "layers": str(layers.relative_to(ROOT)), "best_start": best,
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
             "sweep": {str(k): v for k, v in sweep.items()}, "methods": methods, "cost": timing}
 
@@ -194,6 +195,7 @@ def print_tables(results: dict[str, Any]) -> None:
 
 
 def print_generated(results: dict[str, Any]) -> None:
+    print(f"\n# {results['settings'].get('model', 'textloc-tiny')}")  # runs before --model were textloc-tiny's
     print(f"\n## Start-step sweep ({results['settings']['sweep_pairs']} pairs; best {results['settings']['best_start']})\n")
     print("| start step | new word read | old word read | scene kept | MSE outside text | SSIM outside text |")
     print("|---|---|---|---|---|---|")

@@ -1,8 +1,9 @@
-"""The toxic-text guard on textloc-tiny: textloc's guard, negative prompt and prompt swap, side by side.
+"""The toxic-text guard on an embedded model: textloc's guard, negative prompt and prompt swap, side by side.
 
-    python bench/bench_guard.py [--prompts 48] [--clean-prompts 48] [--start-step S] [--batch 8]
+    python bench/bench_guard.py [--model textloc-tiny-sd3] [--prompts 48] [--clean-prompts 48] [--start-step S] [--batch 8]
 
-Toxic prompts: textloc-tiny's 6 toxic vocabulary words, each in its held-out scenes (sign and
+The guard patches the layers of the model's shipped localization (``samples/<tiny|tiny-sd3>/localize``).
+Toxic prompts: the embedded models' 6 toxic vocabulary words, each in its held-out scenes (sign and
 background colours never trained with that word) and several noise seeds; clean prompts:
 held-out captions of its other words (pair seed 7, which no test uses). Every method runs through
 the same call (``tl.ToxicTextGuard(..., method=...)``) on the same prompts and noise (seed
@@ -11,13 +12,14 @@ the same call (``tl.ToxicTextGuard(..., method=...)``) on the same prompts and n
 - the toxic word read by OCR, and the read text flagged by the detector (better-profanity; its
   rate on the raw toxic words beside it, the floor of that score);
 - the replacement read (guard and prompt swap: both ask for the same benign word);
-- the scene kept (textloc-tiny's pixel judge of the sign and background colours);
+- the scene kept (the models' pixel judge of the sign and background colours);
 - the background outside both images' OCR text boxes (MSE, SSIM, in float) against the unguarded
   image from the same noise;
 - clean prompts: images bit-identical to the unguarded ones, and prompts flagged;
 - cost: seconds per image of each method against a plain generation, side by side in this run.
 
-Writes bench/results/guard.json, samples/tiny/guard/grid.png, and prints the tables.
+Writes bench/results/guard.json (textloc-tiny; guard-tiny-sd3.json for textloc-tiny-sd3),
+samples/<tiny|tiny-sd3>/guard/grid.png, and prints the tables.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ import textloc as tl
 from textloc.edit import GUARD_METHODS, ToxicTextGuard
 from textloc.images import captioned_grid
 from textloc.metrics import background_mask, image_scores, text_scores
-from textloc.models import named_model
-from timing import paired_ratio  # bench/timing.py, beside this script
+from textloc.models import NamedModel, named_model
+from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script
+from timing import paired_ratio
 from textloc.ocr import get_ocr
+from textloc.patching import STEP_INDEPENDENT_KINDS
 from textloc.pipeline_calls import call_kwargs
 from textloc.tiny.data import (
     COLOUR_TEMPLATES,
@@ -47,10 +51,6 @@ from textloc.tiny.data import (
     caption_for,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ROOT / "samples" / "tiny" / "localize"
-RESULTS = ROOT / "bench" / "results" / "guard.json"
-GRID = ROOT / "samples" / "tiny" / "guard" / "grid.png"
 PAIR_SEED, NOISE_SEED = 7, 1000
 SCENES_PER_WORD = 4
 
@@ -69,8 +69,8 @@ def toxic_prompts(count: int) -> list[tuple[str, str, int]]:
                 return items
 
 
-def clean_prompts(count: int) -> list[tuple[str, int]]:
-    pairs = named_model("textloc-tiny").prompt_pairs(count, PAIR_SEED)
+def clean_prompts(model: NamedModel, count: int) -> list[tuple[str, int]]:
+    pairs = model.prompt_pairs(count, PAIR_SEED)
     return [(pair.source, NOISE_SEED + i) for i, pair in enumerate(pairs)]
 
 
@@ -101,28 +101,30 @@ def background(unguarded, image, reading_unguarded, reading) -> dict[str, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_argument(parser)
     parser.add_argument("--prompts", type=int, default=48, help="toxic prompts (default 48: 6 words x 4 held-out scenes x 2 seeds)")
     parser.add_argument("--clean-prompts", type=int, help="clean prompts (default: as many as --prompts)")
     parser.add_argument("--start-step", type=float, help="the guard's first patched step, a fraction of the schedule (default: the guard's)")
     parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
     parser.add_argument("--repeats", type=int, default=7, help="back-to-back pairs per cost ratio (default 7)")
     parser.add_argument("--cost-only", action="store_true", help="only measure the cost again, into the existing --results")
-    parser.add_argument("--results", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
-    parser.add_argument("--grid", type=Path, default=GRID, help=f"example grid PNG (default {GRID.relative_to(ROOT)})")
+    parser.add_argument("--results", type=Path, help="results JSON (default bench/results/guard.json, guard-tiny-sd3.json)")
+    parser.add_argument("--grid", type=Path, help="example grid PNG (default samples/<tiny|tiny-sd3>/guard/grid.png)")
     args = parser.parse_args()
+    args.results = args.results or results_file("guard", args.model)
+    args.grid = args.grid or samples_dir(args.model) / "guard" / "grid.png"
     torch.set_num_threads(1)
-    if args.cost_only:
-        cost_only(args)
-        return
-
-    model = named_model("textloc-tiny")
+    model, layers = named_model(args.model), layers_dir(args.model)
     pipe = tl.load_pipeline(model.name)
     settings = call_kwargs(pipe, **model.settings, output_type="np")
-    guards = {method: ToxicTextGuard(pipe, LAYERS, method=method, start_step=args.start_step) for method in GUARD_METHODS}
+    guards = {method: ToxicTextGuard(pipe, layers, method=method, start_step=args.start_step) for method in GUARD_METHODS}
+    if args.cost_only:
+        cost_only(args, model, pipe, guards, settings)
+        return
     detector, judge, ocr = guards["patch"].detector, model.scene_judge, get_ocr("rapidocr")
 
     toxic = toxic_prompts(args.prompts)
-    clean = clean_prompts(args.clean_prompts if args.clean_prompts is not None else args.prompts)
+    clean = clean_prompts(model, args.clean_prompts if args.clean_prompts is not None else args.prompts)
     prompts, words, seeds = [p for p, _, _ in toxic], [w for _, w, _ in toxic], [s for _, _, s in toxic]
 
     runs = {}
@@ -161,10 +163,10 @@ def main() -> None:
         "bit_identical": float(np.mean([np.array_equal(a, b) for a, b in zip(plain_clean, guarded_clean)])),
     }
 
-    cost = measure_cost(pipe, guards, prompts[0], settings, args.repeats)
+    cost = measure_cost(pipe, model, guards, prompts[0], settings, args.repeats)
     results = {
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model_settings": dict(model.settings),
-                     "layers": str(LAYERS.relative_to(ROOT)), "start_step": guards["patch"].start_step, "detector": repr(detector),
+                     "layers": str(layers.relative_to(ROOT)), "start_step": guards["patch"].start_step, "detector": repr(detector),
                      "torch": torch.__version__, "threads": torch.get_num_threads()},
         "detector_on_raw_words": float(np.mean([bool(detector.find(word)) for word in TOXIC_WORDS])),
         "methods": methods, "clean": clean_result, "cost": cost,
@@ -179,11 +181,11 @@ def main() -> None:
     print(f"\nwrote {args.results} and {args.grid}")
 
 
-def measure_cost(pipe: Any, guards: dict[str, ToxicTextGuard], prompt: str, settings: dict[str, Any], pairs: int) -> dict[str, float]:
+def measure_cost(pipe: Any, model: NamedModel, guards: dict[str, ToxicTextGuard], prompt: str, settings: dict[str, Any], pairs: int) -> dict[str, float]:
     """Seconds of one plain generation, and each method's ratio to it, from back-to-back pairs
-    (OCR excluded: the same for every method, and no part of generating). On a joint model
-    (tiny-random-sd3 at 25 steps: the cost does not depend on the weights) the guard's
-    live source row is measured the same way."""
+    (OCR excluded: the same for every method, and no part of generating). A model without joint
+    layers also has the guard's live source row measured on one that has them (tiny-random-sd3 at
+    25 steps: the cost does not depend on the weights)."""
     one = dict(prompt=prompt, **settings)
     cost = {}
     for method in ("patch", "negative-prompt", "prompt-swap"):
@@ -191,6 +193,8 @@ def measure_cost(pipe: Any, guards: dict[str, ToxicTextGuard], prompt: str, sett
                                       lambda guard=guards[method]: guard(generator=tl.generator(0), **one), pairs)
         cost.setdefault("plain_s", plain_s)
         cost[f"{method}_ratio"] = ratio
+    if not all(layer.kind in STEP_INDEPENDENT_KINDS for layer in guards["patch"].layers):
+        return cost  # the model's own patch ratio is already the live source row's
     joint = tl.load_pipeline("tiny-random-sd3")
     # Its test settings' 2 steps would time mostly the text encoders and the VAE (32 px is the
     # largest its position embedding takes).
@@ -202,14 +206,10 @@ def measure_cost(pipe: Any, guards: dict[str, ToxicTextGuard], prompt: str, sett
     return cost
 
 
-def cost_only(args: argparse.Namespace) -> None:
+def cost_only(args: argparse.Namespace, model: NamedModel, pipe: Any, guards: dict[str, ToxicTextGuard], settings: dict[str, Any]) -> None:
     """Measure the cost again into an existing results file (the rest of the bench untouched)."""
     results = json.loads(args.results.read_text())
-    model = named_model("textloc-tiny")
-    pipe = tl.load_pipeline(model.name)
-    settings = call_kwargs(pipe, **model.settings, output_type="np")
-    guards = {method: ToxicTextGuard(pipe, LAYERS, method=method, start_step=args.start_step) for method in GUARD_METHODS}
-    results["cost"] = measure_cost(pipe, guards, toxic_prompts(1)[0][0], settings, args.repeats)
+    results["cost"] = measure_cost(pipe, model, guards, toxic_prompts(1)[0][0], settings, args.repeats)
     results["settings"]["repeats"] = args.repeats
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
@@ -237,10 +237,12 @@ def print_tables(results: dict[str, Any]) -> None:
     print(f"\n## Cost (one image, x a plain generation: median ratio of {s['repeats']} back-to-back pairs)\n")
     print("| model | method | x plain |")
     print("|---|---|---|")
-    print(f"| textloc-tiny (U-Net, cross) | plain generation ({c['plain_s']:.2f} s) | 1.00 |")
+    model = s.get("model", "textloc-tiny")  # runs before --model was an option were textloc-tiny's
+    print(f"| {model} | plain generation ({c['plain_s']:.2f} s) | 1.00 |")
     for method in ("patch", "negative-prompt", "prompt-swap"):
-        print(f"| textloc-tiny (U-Net, cross) | {method} | {c[method + '_ratio']:.2f} |")
-    print(f"| tiny-random-sd3 (joint) | patch (live source row) | {c['joint_patch_ratio']:.2f} |")
+        print(f"| {model} | {method} | {c[method + '_ratio']:.2f} |")
+    if "joint_patch_ratio" in c:
+        print(f"| tiny-random-sd3 (joint) | patch (live source row) | {c['joint_patch_ratio']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from textloc.tiny.data import make_example
 
 NAMES = (
     "textloc-tiny",
+    "textloc-tiny-sd3",
     "tiny-random-sd15",
     "tiny-random-sdxl",
     "tiny-random-sd3",
@@ -32,7 +33,7 @@ NAMES = (
 )
 
 
-def test_the_registry_names_the_embedded_model_and_one_random_pipeline_per_architecture():
+def test_the_registry_names_the_embedded_models_and_one_random_pipeline_per_architecture():
     assert tuple(named_models()) == NAMES
     assert models.DEFAULT_MODEL == "textloc-tiny"
 
@@ -50,13 +51,18 @@ def test_every_named_model_loads_with_settings_its_pipeline_takes(name):
 def test_textloc_tiny_samples_with_its_own_settings():
     # IFPipeline's default is 100 steps; textloc-tiny is made for 25 at guidance 5.
     assert dict(named_model("textloc-tiny").settings) == {"num_inference_steps": 25, "guidance_scale": 5.0}
+    # No T5 tokens: the SD3 model was trained on its 77 CLIP tokens alone.
+    assert dict(named_model("textloc-tiny-sd3").settings) == {
+        "num_inference_steps": 25, "guidance_scale": 5.0, "max_sequence_length": 0,
+    }
     assert dict(named_model("tiny-random-sd3").settings) == {
         "num_inference_steps": 2, "guidance_scale": 4.0, "height": 32, "width": 32, "max_sequence_length": 48,
     }
 
 
-def test_textloc_tiny_has_its_own_pairs_judge_and_training_data():
-    model = named_model("textloc-tiny")
+@pytest.mark.parametrize("name", ["textloc-tiny", "textloc-tiny-sd3"])
+def test_embedded_models_have_their_own_pairs_judge_and_training_data(name):
+    model = named_model(name)
     pairs = model.prompt_pairs(4, 1)
     assert len(pairs) == 4 and all(isinstance(pair, PromptPair) for pair in pairs)
     assert pairs == model.prompt_pairs(4, 1) != model.prompt_pairs(4, 2)
@@ -87,7 +93,7 @@ def test_an_unknown_name_is_an_error_listing_the_known_ones():
         named_model("textloc-tiny-typo")
     message = str(error.value)
     assert all(name in message for name in NAMES)
-    assert "Did you mean textloc-tiny?" in message
+    assert "Did you mean textloc-tiny or textloc-tiny-sd3?" in message
     assert isinstance(error.value, ValueError)
     # load_pipeline says the same, without asking the hub for a name that cannot be a hub id.
     with pytest.raises(UnknownModelError, match="unknown model 'tiny-random-sd16'"):
@@ -114,7 +120,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
 
 @pytest.fixture
 def second_embedded_model(monkeypatch):
-    """A second embedded model, registered as the next one (textloc-tiny-sd3) will be: one entry."""
+    """One more embedded model, registered as textloc-tiny-sd3 was: one entry."""
     entry = EmbeddedModel(
         name="textloc-tiny-copy",
         settings={"num_inference_steps": 3, "guidance_scale": 2.0},

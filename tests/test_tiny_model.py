@@ -12,7 +12,8 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, IFPipeline
 
-from textloc.pipelines import TINY_MODEL_DIR, load_pipeline
+from textloc.models import EMBEDDED_MODELS, EmbeddedModel
+from textloc.pipelines import load_pipeline
 from textloc.tiny.data import (
     COLOURS,
     HELD_OUT_COMBOS,
@@ -302,9 +303,13 @@ def test_trainer_takes_a_device_and_refuses_one_torch_cannot_use(capsys: pytest.
     assert "not a device torch knows (e.g. cpu, cuda" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("model", EMBEDDED_MODELS, ids=lambda model: model.name)
+def test_shipped_weights_fit_the_size_limit(model: EmbeddedModel) -> None:
+    size = sum(f.stat().st_size for f in model.folder.rglob("*") if f.is_file())
+    assert (model.folder / "model_index.json").exists() and size <= 25 * 2**20
+
+
 def test_shipped_model_is_a_small_stock_pipeline() -> None:
-    size = sum(f.stat().st_size for f in TINY_MODEL_DIR.rglob("*") if f.is_file())
-    assert size <= 25 * 2**20
     pipe = load_pipeline("textloc-tiny")
     assert isinstance(pipe, IFPipeline) and pipe.unet.dtype == torch.float32
     text_layers = [name for name, _ in pipe.unet.named_modules() if name.endswith("attn2")]
@@ -318,9 +323,10 @@ def test_load_pipeline_casts_with_the_installed_diffusers_dtype_keyword() -> Non
     assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16
 
 
-def test_shipped_model_writes_the_captions_word_in_its_colours() -> None:
+@pytest.mark.parametrize("name", [model.name for model in EMBEDDED_MODELS])
+def test_shipped_models_write_the_captions_word_in_its_colours(name: str) -> None:
     pytest.importorskip("rapidocr")
-    pipe = load_pipeline("textloc-tiny")
+    pipe = load_pipeline(name)
     # Held-out (sign, background, word) combinations with seeds no evaluation during training used.
     scores, _ = evaluate(pipe, count=12, seed=2_024_007)
     assert scores["word_acc"] >= WORD_BAR

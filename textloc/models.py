@@ -1,6 +1,7 @@
 """The registry of named models: everything textloc knows about the models it names.
 
-Two kinds of model have names: the embedded ones (:class:`EmbeddedModel`, ``textloc-tiny``),
+Two kinds of model have names: the embedded ones (:class:`EmbeddedModel`, ``textloc-tiny`` and
+``textloc-tiny-sd3``),
 trained by textloc on the signs it renders and shipped inside the package, and the tiny
 random-init pipelines (:class:`RandomModel`, ``tiny-random-<arch>`` for every architecture of
 :data:`textloc.testing.ARCHITECTURES`). Each entry says how the model loads, the sampler settings
@@ -8,8 +9,7 @@ it is meant to run with, and, where it has them, its own prompt pairs, its scene
 training data. The loader, the CLI and every use ask :func:`named_model` (or
 :func:`find_named_model`) instead of comparing model names.
 
-Adding an embedded model (``textloc-tiny-sd3``) is one more :class:`EmbeddedModel` in
-:data:`EMBEDDED_MODELS`.
+Adding an embedded model is one more :class:`EmbeddedModel` in :data:`EMBEDDED_MODELS`.
 
 The registry sits low: at import it needs only :mod:`textloc.pipeline_calls`. A model's parts
 (its pipeline classes, its pairs, its judge, its renderer) are imported when first asked for, as
@@ -22,7 +22,7 @@ import abc
 import difflib
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -94,14 +94,17 @@ class EmbeddedModel(NamedModel):
     """
 
     folder: Path
+    #: ``from_pretrained`` options the folder always needs (a caller's own take precedence), e.g.
+    #: ``text_encoder_3=None`` for an SD3 pipeline saved without T5.
+    load_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
         if not (self.folder / "model_index.json").exists():
             raise FileNotFoundError(
                 f"{self.name} weights are missing from {self.folder}; reinstall textloc, or "
-                "retrain them with `python -m textloc.tiny.train`."
+                f"retrain them with `python -m textloc.tiny.train --model {self.name}`."
             )
-        return from_pretrained(self.folder, dtype, **from_pretrained_kwargs)
+        return from_pretrained(self.folder, dtype, **{**self.load_options, **from_pretrained_kwargs})
 
     @property
     def prompt_pairs(self) -> PairMaker:
@@ -169,8 +172,18 @@ TEXTLOC_TINY = EmbeddedModel(
     settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0}),
     folder=Path(__file__).parent / "tiny" / "weights",
 )
+#: The second embedded model: a 64x64 StableDiffusion3Pipeline (an MMDiT of 8 joint-attention
+#: blocks on a small autoencoder's latents), trained on the same signs, no download.
+TEXTLOC_TINY_SD3 = EmbeddedModel(
+    name="textloc-tiny-sd3",
+    # ``max_sequence_length=0``: it has no T5, and the pipeline would otherwise append 256 zero
+    # rows to the text tokens that the model never saw in training.
+    settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0, "max_sequence_length": 0}),
+    folder=Path(__file__).parent / "tiny" / "weights_sd3",
+    load_options=MappingProxyType({"text_encoder_3": None, "tokenizer_3": None}),
+)
 #: The embedded models, in the order listings show them.
-EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY,)
+EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3)
 #: The model every command uses when none is named.
 DEFAULT_MODEL = TEXTLOC_TINY.name
 

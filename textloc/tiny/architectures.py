@@ -33,13 +33,12 @@ from diffusers import (
     UNet2DConditionModel,
 )
 
-from textloc.models import TEXTLOC_TINY
+from textloc.models import TEXTLOC_TINY, TEXTLOC_TINY_SD3
 from textloc.pipelines import load_pipeline
 from textloc.tiny import model, model_sd3
 from textloc.tiny.data import IMAGE_SIZE
 from textloc.tiny.model import EncodedCaptions, SavedConfig
 
-_PACKAGE_DIR = Path(__file__).parent
 # Half of every batch (the recipe's ``high_noise_share``) is drawn from the last tenth of the
 # timesteps. On IF's cosine schedule a flat colour region of ~800 pixels stays recoverable from the
 # noisy image (its averaged SNR is above 1) until t ~ 975, and a letter's ~80 pixels until t ~ 925;
@@ -162,7 +161,7 @@ class PixelIF(Architecture):
     config_class = model.TinyConfig
     default_config = model.TinyConfig()
     test_config = model.TEST_CONFIG
-    export_dir = _PACKAGE_DIR / "weights"
+    export_dir = TEXTLOC_TINY.folder
     schedule = MappingProxyType({"total_steps": 30_000, "batch_size": 16, "lr": 5e-4})
     sampler_settings = TEXTLOC_TINY.settings
     half_precision = ("unet",)
@@ -218,15 +217,15 @@ class LatentSD3(Architecture):
     """textloc-tiny-sd3: a ``StableDiffusion3Pipeline`` whose MMDiT is trained on flow matching over
     the latents of an autoencoder trained first (:mod:`textloc.tiny.autoencoder`)."""
 
-    model_name = "textloc-tiny-sd3"
+    model_name = TEXTLOC_TINY_SD3.name
     pipeline_class = StableDiffusion3Pipeline
     denoiser_class = SD3Transformer2DModel
     config_class = model_sd3.TinySD3Config
     default_config = model_sd3.TinySD3Config()
     test_config = model_sd3.TEST_SD3_CONFIG
-    export_dir = _PACKAGE_DIR / "weights_sd3"
+    export_dir = TEXTLOC_TINY_SD3.folder
     schedule = MappingProxyType({"total_steps": 20_000, "batch_size": 16, "lr": 5e-4, "autoencoder_steps": 1000})
-    sampler_settings = model_sd3.SAMPLER_SETTINGS
+    sampler_settings = TEXTLOC_TINY_SD3.settings
     # All of it: the transformer alone is ~21 MB in fp16, and the limit is 25 MB.
     half_precision = ("transformer", "vae", "text_encoder", "text_encoder_2")
 
@@ -234,7 +233,7 @@ class LatentSD3(Architecture):
         return model_sd3.build_pipeline(config, seed)
 
     def load(self, folder: Path) -> StableDiffusion3Pipeline:
-        return load_pipeline(str(folder), dtype=torch.float32, text_encoder_3=None, tokenizer_3=None)
+        return load_pipeline(str(folder), dtype=torch.float32, **TEXTLOC_TINY_SD3.load_options)
 
     def denoiser(self, pipe: StableDiffusion3Pipeline) -> torch.nn.Module:
         return pipe.transformer

@@ -10,7 +10,6 @@ with ``max_sequence_length=0``, so the transformer reads exactly the 77 CLIP tok
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import torch
 from diffusers import (
@@ -29,11 +28,6 @@ from textloc.tiny.model import (
     build_tokenizer,
     byte_clip_config,
 )
-
-#: How textloc-tiny-sd3 is meant to be sampled. ``max_sequence_length=0``: no T5 tokens (the
-#: pipeline would otherwise append 256 zero rows the model never saw in training).
-SAMPLER_SETTINGS = MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0, "max_sequence_length": 0})
-
 
 @dataclass(frozen=True)
 class TinySD3Config(SavedConfig):
