@@ -1,7 +1,8 @@
-"""The localization of textloc-tiny committed in samples/tiny/localize, checked against what it
-did not compute itself: the shipped model (its layers, their sizes, its weights), the raw OCR
-readings in the run's committed progress log, and a fresh run of its selected layers on pairs and
-noise it never saw."""
+"""The localizations of the embedded models committed in samples/tiny/localize (textloc-tiny) and
+samples/tiny-sd3/localize (textloc-tiny-sd3), checked against what they did not compute
+themselves: the shipped model (its layers, their sizes, its weights), the raw OCR readings in the
+run's committed progress log, and a fresh run of its selected layers on pairs and noise it never
+saw."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 
 import textloc as tl
 from textloc.attention import denoiser_parameter_count
@@ -25,28 +27,34 @@ from textloc.ocr import get_ocr
 from textloc.pipelines import recommended_settings, weights_fingerprint
 from textloc.tiny.pairs import localization_pairs, scene_judge
 
-FINDING = Path(__file__).resolve().parents[1] / "samples" / "tiny" / "localize"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+FINDINGS = {"textloc-tiny": SAMPLES / "tiny" / "localize", "textloc-tiny-sd3": SAMPLES / "tiny-sd3" / "localize"}
 # The share of images on which the source's scene (sign and background colours) must stay.
 SHARE = 0.8
 # Held-out pairs whose images went to the example grid: the log keeps no images, so not these.
 EXAMPLES = 6
 
-pytestmark = pytest.mark.skipif(not (FINDING / "report.json").exists(), reason="no localization of textloc-tiny committed")
+
+@pytest.fixture(scope="module", params=list(FINDINGS))
+def model(request) -> str:
+    if not (FINDINGS[request.param] / "report.json").exists():
+        pytest.skip(f"no localization of {request.param} committed")
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def finding() -> Localization:
-    return Localization.load(FINDING)
+def finding(model: str) -> Localization:
+    return Localization.load(FINDINGS[model])
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return tl.load_pipeline("textloc-tiny")
+def pipe(model: str):
+    return tl.load_pipeline(model)
 
 
 @pytest.fixture(scope="module")
-def log() -> tuple[dict, dict[str, dict[int, dict]]]:
-    return read_log(FINDING)
+def log(model: str) -> tuple[dict, dict[str, dict[int, dict]]]:
+    return read_log(FINDINGS[model])
 
 
 def read_log(folder: Path) -> tuple[dict, dict[str, dict[int, dict]]]:
@@ -97,8 +105,8 @@ def merit(means: dict) -> tuple[float, ...]:
     return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
 
 
-def test_the_committed_finding_is_about_the_shipped_model(finding: Localization, pipe) -> None:
-    assert finding.model == "textloc-tiny"
+def test_the_committed_finding_is_about_the_shipped_model(model: str, finding: Localization, pipe) -> None:
+    assert finding.model == model
     assert finding.settings["weights"] == weights_fingerprint(pipe)  # made on these weights, not older ones
     shipped = tl.select_layers(pipe, "all")
     assert [(layer["name"], layer["kind"], layer["index"], layer["num_text_kv_params"]) for layer in finding.layers] == [
@@ -149,11 +157,20 @@ def test_the_committed_necessity_follows_from_its_logged_readings(finding: Local
     if "necessity sweep" not in stages:
         pytest.skip("the committed localization measured sufficiency only")
     check_necessity(finding, stages, settings["pairs"][: finding.settings["choice_pairs"]])
+    # The held-out survival rate, from the readings of the held-out pairs the log keeps (the
+    # necessity run generates each target prompt with the source's text: the swapped pair).
+    held = settings["pairs"][finding.settings["choice_pairs"] :]
+    logged = sorted(stages["necessity held out"])
+    assert logged == list(range(EXAMPLES, len(held)))
+    done = [stages["necessity held out"][index] for index in logged]
+    survives = rescored([entry["patched"][0] for entry in done], [(held[i][1], held[i][0]) for i in logged])["source_hit"]
+    hits_in_report = finding.held_out["necessity"]["patched"]["target_hit"] * len(held)
+    assert 0 <= round(hits_in_report - survives * len(logged)) <= EXAMPLES
 
 
 @pytest.mark.parametrize("kv", ["k", "v"])
 def test_the_committed_keys_only_and_values_only_runs_follow_from_their_logs(kv: str) -> None:
-    folder = FINDING.parent / f"localize-kv-{kv}"
+    folder = FINDINGS["textloc-tiny"].parent / f"localize-kv-{kv}"
     finding, (settings, stages) = Localization.load(folder), read_log(folder)
     assert finding.settings["kv"] == kv and finding.settings["direction"] == "both"
     choice, ranked, first = check_layers(finding, settings, stages)
@@ -167,15 +184,16 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     settings, stages = log
     choice, ranked, first = check_layers(finding, settings, stages)
     held = settings["pairs"][len(choice) :]
-    assert finding.reached and finding.selected == ranked[: first + 1]
+    assert finding.reached == (first is not None)
+    if finding.reached:
+        assert finding.selected == ranked[: first + 1]
+    else:  # no set reaches the threshold: the set with the highest lower bound, the smallest of equals
+        best = max(finding.sets, key=lambda entry: (entry["share_of_direct"][0], -len(entry["layers"])))
+        assert finding.selected == best["layers"]
 
-    # The report's held-out claim, and the same claim from the readings of the held-out pairs the
-    # log keeps: the set writes the target word where the unpatched prompt never does, at 80% or
-    # more of the rate of the target prompted directly, takes the reading most of the way (edit
-    # distance) to the target prompt's, and keeps the scene. The report's rates count the grid's
-    # pairs too, so they exceed the log's by at most those pairs.
+    # The report's held-out rates, recomputed from the readings of the held-out pairs the log keeps.
+    # The report's rates count the grid's pairs too, so they exceed the log's by at most those pairs.
     held_out = finding.held_out
-    assert held_out["patched"]["target_hit"] >= 0.8 * held_out["direct"]["target_hit"] > held_out["unpatched"]["target_hit"] == 0
     logged = sorted(stages["held out"])
     assert logged == list(range(EXAMPLES, len(held)))
     done = [stages["held out"][index] for index in logged]
@@ -183,12 +201,45 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     held_pairs = [held[index] for index in logged]
     unpatched, direct, patched = (rescored(rows, held_pairs) for rows in (
         [entry["source"] for entry in done], [entry["target"] for entry in done], [entry["patched"][0] for entry in done]))
-    assert patched["target_hit"] >= 0.8 * direct["target_hit"] > unpatched["target_hit"] == 0
-    assert unpatched["target_ned"] - patched["target_ned"] >= 0.8 * (unpatched["target_ned"] - direct["target_ned"]) > 0
-    assert np.mean([entry["patched"][0]["scene"] for entry in done]) >= SHARE
     for name, means in (("unpatched", unpatched), ("direct", direct), ("patched", patched)):
         hits_in_report, hits_logged = held_out[name]["target_hit"] * len(held), means["target_hit"] * len(logged)
         assert 0 <= round(hits_in_report - hits_logged) <= EXAMPLES
+    assert direct["target_hit"] > unpatched["target_hit"] == held_out["unpatched"]["target_hit"] == 0
+    assert np.mean([entry["patched"][0]["scene"] for entry in done]) >= SHARE
+    if finding.reached:
+        # The claim: the set writes the target word where the unpatched prompt never does, at 80% or
+        # more of the rate of the target prompted directly, and takes the reading most of the way
+        # (edit distance) to the target prompt's.
+        assert held_out["patched"]["target_hit"] >= 0.8 * held_out["direct"]["target_hit"]
+        assert patched["target_hit"] >= 0.8 * direct["target_hit"]
+        assert unpatched["target_ned"] - patched["target_ned"] >= 0.8 * (unpatched["target_ned"] - direct["target_ned"]) > 0
+
+
+def test_the_committed_seed_stability_follows_from_its_logged_sweeps(finding: Localization, log) -> None:
+    settings, stages = log
+    stability = finding.seed_stability
+    if stability is None:
+        pytest.skip("the committed localization swept no other seeds")
+    choice = settings["pairs"][: finding.settings["choice_pairs"]]
+    sweeps = {seed: stages["sweep" if seed == finding.settings["seed"] else f"sweep at seed {seed}"] for seed in stability["seeds"]}
+    names = [name for (name,) in sweeps[finding.settings["seed"]][0]["layer_sets"]]
+    effects = {}
+    for seed, sweep in sweeps.items():
+        done = [sweep[index] for index in range(len(choice))]
+        means = {name: rescored([entry["patched"][i] for entry in done], choice) for i, name in enumerate(names)}
+        ranked = stability["rankings"][str(seed)]
+        assert sorted(ranked) == sorted(names)
+        assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True), seed
+        # How much closer each layer's patch brought the image to the target's, per pair.
+        effects[seed] = np.array([[entry["source"]["mse_to_target"] - row["mse_to_target"] for row in entry["patched"]] for entry in done])
+    keep = [names.index(name) for name in stability["distinguishable"]]
+    k = stability["k"]
+    for entry in stability["pairwise"]:
+        a, b = entry["seeds"]
+        rho = scipy.stats.spearmanr(effects[a].mean(axis=0)[keep], effects[b].mean(axis=0)[keep]).statistic
+        assert entry["spearman"] == pytest.approx(rho)
+        assert entry["same_top_k"] == (set(stability["rankings"][str(a)][:k]) == set(stability["rankings"][str(b)][:k]))
+    assert stability["spearman"] == pytest.approx(np.mean([entry["spearman"] for entry in stability["pairwise"]]))
 
 
 def test_the_committed_head_set_follows_from_its_logged_readings(finding: Localization, log) -> None:
@@ -218,23 +269,36 @@ def test_the_committed_head_set_follows_from_its_logged_readings(finding: Locali
     assert 0 <= round(hits_in_report - hits_logged) <= EXAMPLES
 
 
-def test_the_selected_layers_carry_the_word_on_new_pairs(finding: Localization, pipe) -> None:
+def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Localization, pipe) -> None:
+    """What the report claims of its selected layers holds on pairs and noise it never used (it
+    ran on seed 0): that they write the target word (when the selection reached the threshold),
+    and that they erase it (when held-out necessity removed it from nearly every image)."""
     pytest.importorskip("rapidocr")
-    settings = recommended_settings("textloc-tiny", pipe)
+    settings = recommended_settings(model, pipe)
     ocr = get_ocr("rapidocr")
-    rows: dict[str, list[dict]] = {"unpatched": [], "direct": [], "patched": []}
-    # Pairs and noise the localization never used (it ran on seed 0).
-    for pair in localization_pairs(6, seed=1):
+    pairs = localization_pairs(6, seed=1)
+    sufficiency = finding.reached
+    necessity = finding.held_out.get("necessity", {}).get("patched", {}).get("target_hit", 1.0) <= 0.1
+    assert sufficiency or necessity, "the committed localization claims nothing this test can check"
+    directions = [("sufficiency", pair) for pair in pairs if sufficiency] + [("necessity", pair.swapped()) for pair in pairs if necessity]
+    rows: dict[tuple[str, str], list[dict]] = {}
+    for direction, pair in directions:
         images = generate_patched(pipe, pair, [finding.selected], PatchSettings(), 1, 3, settings)
         scored = score_images([images.source, images.target, images.patched[0]], pair, images.source, images.target, ocr, scene_judge)
-        for name, row in zip(rows, scored):
-            rows[name].append(row)
-    unpatched, direct, patched = (mean_metrics(rows[name]) for name in rows)
-    assert unpatched["target_hit"] == 0 and patched["source_hit"] == 0
-    assert patched["target_hit"] >= 0.8 * direct["target_hit"] > 0
-    # Over 6 pairs one misread flips a hit, so the edit distance is checked too: the patch must
-    # take the reading at least half of the way from the source prompt's to the target prompt's
-    # (a set that does not carry the word takes it nowhere, or further away).
-    gap = unpatched["target_ned"] - direct["target_ned"]
-    assert gap > 0 and unpatched["target_ned"] - patched["target_ned"] >= 0.5 * gap
-    assert patched["scene"] >= SHARE
+        for name, row in zip(("unpatched", "direct", "patched"), scored):
+            rows.setdefault((direction, name), []).append(row)
+    means = {key: mean_metrics(value) for key, value in rows.items()}
+    if sufficiency:
+        unpatched, direct, patched = (means["sufficiency", name] for name in ("unpatched", "direct", "patched"))
+        assert unpatched["target_hit"] == 0 and patched["source_hit"] == 0
+        assert patched["target_hit"] >= 0.8 * direct["target_hit"] > 0
+        # Over 6 pairs one misread flips a hit, so the edit distance is checked too: the patch must
+        # take the reading at least half of the way from the source prompt's to the target prompt's
+        # (a set that does not carry the word takes it nowhere, or further away).
+        gap = unpatched["target_ned"] - direct["target_ned"]
+        assert gap > 0 and unpatched["target_ned"] - patched["target_ned"] >= 0.5 * gap
+        assert patched["scene"] >= SHARE
+    if necessity:
+        # The swapped pair's source is the target prompt: its word is the swapped pair's source text.
+        unpatched, patched = means["necessity", "unpatched"], means["necessity", "patched"]
+        assert unpatched["source_hit"] >= 0.5 and patched["source_hit"] <= 1 / 6
