@@ -68,12 +68,12 @@ def summarize(model: NamedModel, results, pairs) -> dict[str, float]:
     }
 
 
-def cost(pipe, model: NamedModel, layers: Path, pair, start_step, repeats: int) -> dict[str, float]:
+def cost(pipe, model: NamedModel, layers: Path, pair, start_step, repeats: int, methods: list[str]) -> dict[str, float]:
     """Seconds of one plain generation and of one edit per method, and their ratios (same run)."""
     settings = model.settings
     plain = timed(lambda: pipe(pair.source, generator=tl.generator(0), output_type="np", **settings), repeats)
     out: dict[str, float] = {"plain_s": plain}
-    for method in METHODS:
+    for method in methods:
         # OCR excluded: it is the same for every method, and no part of generating.
         seconds = timed(lambda: edit_text(pipe, pair.source, pair.target_text, layers, start_step=start_step, method=method, ocr=_NoOCR(), **settings), repeats)
         out[f"{method}_s"], out[f"{method}_ratio"] = seconds, seconds / plain
@@ -161,21 +161,26 @@ def generated_edits(pipe, model: NamedModel, layers: Path, args, grid: Path) -> 
     # The best start: the most new words read while the scene stays; then the cleanest background.
     best = max(sweep, key=lambda s: (sweep[s]["new_word_read"] * (sweep[s]["scene_kept"] >= 0.95), -(sweep[s]["mse_outside_text"] or 1.0)))
 
-    methods, examples = {}, {}
+    methods, examples, not_applicable = {}, {}, {}
     for method in METHODS:
         print(f"{method} on {len(pairs)} pairs ...", flush=True)
-        results = edits(pipe, model, layers, pairs, method, best if method == "patch" else None)
+        try:
+            results = edits(pipe, model, layers, pairs, method, best if method == "patch" else None)
+        except ValueError as error:  # a method that cannot edit this model says why before it generates
+            print(f"  not applicable: {error}", flush=True)
+            not_applicable[method] = str(error)
+            continue
         methods[method] = summarize(model, results, pairs)
         examples[method] = results[:6]
 
-    timing = cost(pipe, model, layers, pairs[0], best, args.repeats)
+    timing = cost(pipe, model, layers, pairs[0], best, args.repeats, list(methods))
     rows = [[(examples["patch"][i].source_image, f"{examples['patch'][i].source_read}")]
-            + [(examples[m][i].edited_image, f"{m[:6]}: {examples[m][i].edited_read}") for m in METHODS] for i in range(len(examples["patch"]))]
-    captioned_grid(("source", *METHODS), rows).save(grid)
+            + [(examples[m][i].edited_image, f"{m[:6]}: {examples[m][i].edited_read}") for m in methods] for i in range(len(examples["patch"]))]
+    captioned_grid(("source", *methods), rows).save(grid)
     settings = {key: value for key, value in vars(args).items() if key in ("model", "pairs", "sweep_pairs", "starts", "repeats")}
     return {"settings": {**settings, "model_settings": dict(model.settings), "layers": str(layers.relative_to(ROOT)), "best_start": best,
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
-            "sweep": {str(k): v for k, v in sweep.items()}, "methods": methods, "cost": timing}
+            "sweep": {str(k): v for k, v in sweep.items()}, "methods": methods, "not_applicable": not_applicable, "cost": timing}
 
 
 def _pct(value):
@@ -211,8 +216,10 @@ def print_generated(results: dict[str, Any]) -> None:
     print("| method | seconds | x plain |")
     print("|---|---|---|")
     print(f"| plain generation | {c['plain_s']:.2f} | 1.00 |")
-    for method in METHODS:
+    for method in results["methods"]:
         print(f"| {method} | {c[method + '_s']:.2f} | {c[method + '_ratio']:.2f} |")
+    for method, reason in results.get("not_applicable", {}).items():
+        print(f"\n{method}: not applicable ({reason})")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,16 @@ def first_set_reaching(finding: Localization, cumulative: list[dict], choice: li
     return next((k for k, share in enumerate(shares) if share[1] >= threshold), None)
 
 
+def check_selected(reached: bool, selected: list[str], ranked: list[str], first: int | None, sets: list[dict]) -> None:
+    """The selection rule: the first cumulative set that reaches the threshold; when none does,
+    the set with the highest lower bound of its share of the direct rate, the smallest of equals."""
+    assert reached == (first is not None)
+    if reached:
+        assert selected == ranked[: first + 1]
+    else:
+        assert selected == max(sets, key=lambda entry: (entry["share_of_direct"][0], -len(entry["layers"])))["layers"]
+
+
 def merit(means: dict) -> tuple[float, ...]:
     """localize's ranking rule: target hits, word F1, edit distance moved toward the target, pixels."""
     return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
@@ -184,12 +194,7 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     settings, stages = log
     choice, ranked, first = check_layers(finding, settings, stages)
     held = settings["pairs"][len(choice) :]
-    assert finding.reached == (first is not None)
-    if finding.reached:
-        assert finding.selected == ranked[: first + 1]
-    else:  # no set reaches the threshold: the set with the highest lower bound, the smallest of equals
-        best = max(finding.sets, key=lambda entry: (entry["share_of_direct"][0], -len(entry["layers"])))
-        assert finding.selected == best["layers"]
+    check_selected(finding.reached, finding.selected, ranked, first, finding.sets)
 
     # The report's held-out rates, recomputed from the readings of the held-out pairs the log keeps.
     # The report's rates count the grid's pairs too, so they exceed the log's by at most those pairs.
@@ -258,7 +263,7 @@ def test_the_committed_head_set_follows_from_its_logged_readings(finding: Locali
     ranked = [unit["name"] for unit in sorted(heads["units"], key=lambda unit: unit["rank"])]
     assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True)
     first = first_set_reaching(finding, [stages["head cumulative sets"][index] for index in range(len(choice))], choice, ranked, heads["sets"])
-    assert heads["reached"] and heads["selected"] == ranked[: first + 1]
+    check_selected(heads["reached"], heads["selected"], ranked, first, heads["sets"])
     # The head set's held-out rates, from the held-out pairs the log keeps (the grid's are not).
     logged = sorted(stages["head held out"])
     assert logged == list(range(EXAMPLES, len(held)))

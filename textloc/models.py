@@ -1,12 +1,11 @@
 """The registry of named models: everything textloc knows about the models it names.
 
 Two kinds of model have names: the embedded ones (:class:`EmbeddedModel`, ``textloc-tiny`` and
-``textloc-tiny-sd3``),
-trained by textloc on the signs it renders and shipped inside the package, and the tiny
-random-init pipelines (:class:`RandomModel`, ``tiny-random-<arch>`` for every architecture of
-:data:`textloc.testing.ARCHITECTURES`). Each entry says how the model loads, the sampler settings
-it is meant to run with, and, where it has them, its own prompt pairs, its scene judge and its
-training data. The loader, the CLI and every use ask :func:`named_model` (or
+``textloc-tiny-sd3``), trained by textloc on the signs it renders and shipped inside the package,
+and the tiny random-init pipelines (:class:`RandomModel`, ``tiny-random-<arch>`` for every
+architecture of :data:`textloc.testing.ARCHITECTURES`). Each entry says how the model loads, the
+sampler settings it is meant to run with, and, where it has them, its own prompt pairs, its scene
+judge and its training data. The loader, the CLI and every use ask :func:`named_model` (or
 :func:`find_named_model`) instead of comparing model names.
 
 Adding an embedded model is one more :class:`EmbeddedModel` in :data:`EMBEDDED_MODELS`.
