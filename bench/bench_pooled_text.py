@@ -1,13 +1,13 @@
 """How much of the word reaches an SD3 model through its pooled text vector, which no attention layer carries.
 
-    python bench/bench_pooled_text.py [--model textloc-tiny-sd3] [--pairs 24]
+    python bench/bench_pooled_text.py [--model textloc-tiny-sd3] [--held-out]
 
 SD3's transformer reads the prompt twice: the text tokens, which every joint block attends to
 (the K/V that localization patches), and the pooled CLIP vectors, which modulate every block's
 norms (AdaLN) and never pass through attention. Patching the text K/V of every block can only
 move what the tokens carry. This bench measures the other path, alone and with the K/V of the
-blocks the model's shipped localization selected, on its pairs (the first ``--pairs``: its choice
-pairs), seed and sampler settings. The pooled vector is swapped with the pipeline's own
+blocks the model's shipped localization selected, on its pairs (its choice pairs, or with
+``--held-out`` its held-out pairs), seed and sampler settings. The pooled vector is swapped with the pipeline's own
 ``prompt_embeds`` / ``pooled_prompt_embeds`` arguments (conditional branch only, as the K/V patch),
 the K/V with ``tl.patch`` from a cache of the other prompt recorded with the same noise:
 
@@ -17,7 +17,7 @@ the K/V with ``tl.patch`` from a cache of the other prompt recorded with the sam
 beside the source and target prompts generated as they are, every row of a pair from the same
 noise, scored as localization scores (OCR word hits, the scene judge).
 
-Writes bench/results/pooled_text-tiny-sd3.json and prints the table.
+Writes bench/results/pooled_text-tiny-sd3.json (pooled_text-held-out-tiny-sd3.json) and prints the table.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def generate(pipe: Any, blocks: list[str], pair: PromptPair, seed: int, settings
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_argument(parser)
-    parser.add_argument("--pairs", type=int, default=24, help="the localization's first pairs (default 24: its choice pairs)")
+    parser.add_argument("--held-out", action="store_true", help="the localization's held-out pairs (default: its choice pairs)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = named_model(args.model)
@@ -91,7 +91,8 @@ def main() -> None:
     if not hasattr(pipe, "transformer") or "pooled_projection_dim" not in pipe.transformer.config:
         raise SystemExit(f"{model.name} has no pooled text vector: this bench is for SD3-style models.")
     settings = {"max_sequence_length": 256, **call_kwargs(pipe, **model.settings)}
-    pairs = logged_pairs(layers_dir(args.model))[: args.pairs]
+    choice = finding.settings["choice_pairs"]
+    pairs = logged_pairs(layers_dir(args.model))[choice:] if args.held_out else logged_pairs(layers_dir(args.model))[:choice]
     ocr = get_ocr("rapidocr")
     scored: dict[str, list[dict]] = {row: [] for row in ROWS}
     for index, pair in enumerate(pairs):
@@ -101,15 +102,15 @@ def main() -> None:
             scored[row].append(score)
     means = {row: mean_metrics(scored[row]) for row in ROWS}
     results = {
-        "settings": {"model": model.name, "pairs": len(pairs), "blocks": finding.selected, "seed": finding.settings["seed"], "model_settings": dict(model.settings),
+        "settings": {"model": model.name, "pairs": len(pairs), "split": "held out" if args.held_out else "choice", "blocks": finding.selected, "seed": finding.settings["seed"], "model_settings": dict(model.settings),
                      "localization": str(layers_dir(args.model).relative_to(ROOT)), "torch": torch.__version__},
         "rows": {row: {key: means[row][key] for key in ("target_hit", "source_hit", "scene")} for row in ROWS},
         "intervals": {row: means[row]["ci"]["target_hit"] for row in ROWS},
         "reads": {row: [score["read"] for score in scored[row]] for row in ROWS},
     }
-    out = results_file("pooled_text", model.name)
+    out = results_file("pooled_text" + ("-held-out" if args.held_out else ""), model.name)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\n| {len(pairs)} pairs, seed {results['settings']['seed']} | target word read | source word read | scene (source's colours) |")
+    print(f"\n| {len(pairs)} {'held-out' if args.held_out else 'choice'} pairs, seed {results['settings']['seed']} | target word read | source word read | scene (source's colours) |")
     print("|---|---|---|---|")
     for row, r in results["rows"].items():
         low, high = results["intervals"][row]
