@@ -71,10 +71,9 @@ def generate(pipe: Any, blocks: list[str], pair: PromptPair, seed: int, settings
                 stack.enter_context(tl.patch(pipe, blocks, caches[kv]))
             return np.asarray(pipe(**embeds, generator=tl.generator(seed), output_type="np", **call).images[0])
 
-    images = []
-    for own, other in (prompts, prompts[::-1]):
-        if not images:
-            images += [run(own, own, own), run(other, other, other)]
+    source, target = prompts
+    images = [run(source, source, source), run(target, target, target)]
+    for own, other in ((source, target), (target, source)):
         images += [run(own, other, own), run(own, own, other), run(own, other, other)]
     return images
 
@@ -92,7 +91,8 @@ def main() -> None:
         raise SystemExit(f"{model.name} has no pooled text vector: this bench is for SD3-style models.")
     settings = {"max_sequence_length": 256, **call_kwargs(pipe, **model.settings)}
     choice = finding.settings["choice_pairs"]
-    pairs = logged_pairs(layers_dir(args.model))[choice:] if args.held_out else logged_pairs(layers_dir(args.model))[:choice]
+    logged = logged_pairs(layers_dir(args.model))
+    pairs = logged[choice:] if args.held_out else logged[:choice]
     ocr = get_ocr("rapidocr")
     scored: dict[str, list[dict]] = {row: [] for row in ROWS}
     for index, pair in enumerate(pairs):
@@ -102,7 +102,8 @@ def main() -> None:
             scored[row].append(score)
     means = {row: mean_metrics(scored[row]) for row in ROWS}
     results = {
-        "settings": {"model": model.name, "pairs": len(pairs), "split": "held out" if args.held_out else "choice", "blocks": finding.selected, "seed": finding.settings["seed"], "model_settings": dict(model.settings),
+        "settings": {"model": model.name, "pairs": len(pairs), "split": "held out" if args.held_out else "choice",
+                     "blocks": finding.selected, "seed": finding.settings["seed"], "model_settings": dict(model.settings),
                      "localization": str(layers_dir(args.model).relative_to(ROOT)), "torch": torch.__version__},
         "rows": {row: {key: means[row][key] for key in ("target_hit", "source_hit", "scene")} for row in ROWS},
         "intervals": {row: means[row]["ci"]["target_hit"] for row in ROWS},
