@@ -80,6 +80,18 @@ def cost(pipe, model: NamedModel, layers: Path, pair, start_step, repeats: int, 
     return out
 
 
+def refused(pipe, model: NamedModel, layers: Path, pair, method: str) -> str | None:
+    """Why ``method`` cannot edit this model (e.g. Prompt-to-Prompt on joint blocks), or ``None``.
+
+    Asked with a one-step edit, so an error of the bench's real run is never taken for a refusal.
+    """
+    try:
+        edit_text(pipe, pair.source, pair.target_text, layers, method=method, ocr=_NoOCR(), **{**model.settings, "num_inference_steps": 1})
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 class _NoOCR:
     def read(self, images):
         return [""] * len(images)
@@ -90,7 +102,7 @@ def real_edits(pipe, model: NamedModel, layers: Path, count: int, guidance: floa
     from textloc.tiny.data import make_example
 
     words = model.prompt_pairs(count, PAIR_SEED + 1)
-    # The model's own settings but steps and guidance (max_sequence_length, for one).
+    # The model's own settings (max_sequence_length, for one) but its guidance: --real-guidance.
     settings = {key: value for key, value in model.settings.items() if key != "guidance_scale"}
     results, kept = [], []
     for index in range(count):
@@ -163,13 +175,13 @@ def generated_edits(pipe, model: NamedModel, layers: Path, args, grid: Path) -> 
 
     methods, examples, not_applicable = {}, {}, {}
     for method in METHODS:
-        print(f"{method} on {len(pairs)} pairs ...", flush=True)
-        try:
-            results = edits(pipe, model, layers, pairs, method, best if method == "patch" else None)
-        except ValueError as error:  # a method that cannot edit this model says why before it generates
-            print(f"  not applicable: {error}", flush=True)
-            not_applicable[method] = str(error)
+        refusal = refused(pipe, model, layers, pairs[0], method)
+        if refusal:
+            print(f"{method}: not applicable: {refusal}", flush=True)
+            not_applicable[method] = refusal
             continue
+        print(f"{method} on {len(pairs)} pairs ...", flush=True)
+        results = edits(pipe, model, layers, pairs, method, best if method == "patch" else None)
         methods[method] = summarize(model, results, pairs)
         examples[method] = results[:6]
 
