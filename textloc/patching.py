@@ -417,18 +417,24 @@ def _prediction(output: Any) -> torch.Tensor:
 _MASKED_BIAS = -10000.0
 
 
+_ALL_ROWS = slice(None)
+
+
 @dataclass
 class _Source:
     """Where one patch reads from in the call now running: a batch row, or rows of a cache entry."""
 
     batch_index: int | None = None
     entry: TextKV | None = None
-    rows: slice = field(default_factory=lambda: slice(None))
+    rows: slice = field(default_factory=lambda: _ALL_ROWS)
 
     def values(self, role: str, text: torch.Tensor) -> torch.Tensor:
         if self.entry is None:
             return text[self.batch_index : self.batch_index + 1]
-        cached = (self.entry.key if role == "key" else self.entry.value)[self.rows]
+        cached = self.entry.key if role == "key" else self.entry.value
+        # Each tensor op costs microseconds on every patched layer call: skip the ones that do nothing.
+        if self.rows != _ALL_ROWS:
+            cached = cached[self.rows]
         if cached.shape[1] != text.shape[1]:
             if self.entry.mask is None:
                 raise ValueError(
@@ -436,6 +442,8 @@ class _Source:
                     "the source with the same text length (max_sequence_length)."
                 )
             cached = _fit_tokens(cached, text.shape[1], dim=1, fill=0.0)
+        if cached.device == text.device and cached.dtype == text.dtype:
+            return cached
         return cached.to(text.device, text.dtype)
 
     def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
@@ -526,7 +534,7 @@ class _LayerHooks:
                     continue
                 entry = patch.source.get(self.layer.name, call.position, branch)
                 row_wise = patch.row is None and entry.key.shape[0] == len(rows)
-                picks = slice(None) if row_wise else slice(patch.source_row, patch.source_row + 1)
+                picks = _ALL_ROWS if row_wise else slice(patch.source_row, patch.source_row + 1)
                 found.append((patch, targets, _Source(entry=entry, rows=picks)))
         # Writing in place is safe unless a row that is read as a source also gets written.
         overlap = any(target.start <= index < target.stop for _, target, _ in found for index in sources)
