@@ -48,6 +48,10 @@ BranchChoice = Literal["cond", "uncond", "both"]
 KV = Literal["k", "v", "both"]
 KV_CHOICES: tuple[KV, ...] = ("k", "v", "both")
 _KV_ROLES: dict[KV, tuple[str, ...]] = {"k": ("key",), "v": ("value",), "both": ("key", "value")}
+# "cond" covers SD3's skip-layer pass, which reruns the conditional rows.
+_BRANCHES_WRITTEN: dict[BranchChoice, tuple[Branch, ...]] = {
+    "cond": ("cond", "skip_layer"), "uncond": ("uncond",), "both": ("cond", "uncond", "skip_layer"),
+}
 StepWindow = Union[tuple[Union[int, float, None], Union[int, float, None]], None]
 
 STEP_INDEPENDENT_KINDS = ("cross", "added_kv")
@@ -147,7 +151,7 @@ class RowPatch:
 
     def branches(self) -> tuple[Branch, ...]:
         """The branches this patch writes to."""
-        return {"cond": ("cond", "skip_layer"), "uncond": ("uncond",)}.get(self.branch, ("cond", "uncond", "skip_layer"))
+        return _BRANCHES_WRITTEN[self.branch]
 
     def roles(self) -> tuple[str, ...]:
         """The projection roles (``"key"``, ``"value"``) this patch writes to."""
@@ -279,6 +283,8 @@ class _RunState:
         self.call: _Call | None = None
         self.windows: dict[int, range] = {}  # id(patch) -> the steps it covers in this run
         self.on_new_run: list[Callable[[_RunState], None]] = []
+        # Asked once: inspecting the class on every denoiser call would cost more than the answer.
+        self.cfg_property = isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property)
 
     def begin_call(self, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]) -> None:
         scheduler = self.pipe.scheduler
@@ -317,7 +323,7 @@ class _RunState:
         return {"uncond": rows[: batch // 2], "cond": rows[batch // 2 :]}
 
     def _classifier_free_guidance(self) -> bool:
-        if isinstance(inspect.getattr_static(type(self.pipe), "do_classifier_free_guidance", None), property):
+        if self.cfg_property:
             return bool(self.pipe.do_classifier_free_guidance)
         if self.encoded_cfg is not None:
             return self.encoded_cfg
@@ -328,7 +334,7 @@ class _RunState:
             "FLUX, IF, PixArt, Sana)."
         )
 
-    def count_scheduler_step(self, arguments: dict[str, Any]) -> None:
+    def count_scheduler_step(self) -> None:
         self.scheduler_steps += 1
 
     def note_encode_prompt(self, arguments: dict[str, Any]) -> None:
@@ -742,8 +748,8 @@ def _hooked(
 
     tag = f"{_HOOK_PREFIX}_{id(state)}"
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_wrapped(pipe.scheduler, "step", state.count_scheduler_step))
-        if not isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property):
+        stack.enter_context(_wrapped(pipe.scheduler, "step", state.count_scheduler_step, arguments=False))
+        if not state.cfg_property:
             stack.enter_context(_wrapped(pipe, "encode_prompt", state.note_encode_prompt))
         try:
             if grad_steps or on_output is not None:
@@ -765,8 +771,9 @@ def _hooked(
 
 
 @contextlib.contextmanager
-def _wrapped(owner: Any, method: str, before: Callable[[dict[str, Any]], None]) -> Iterator[None]:
-    """Call ``before(arguments)`` (by parameter name, defaults filled in) ahead of ``owner.method``.
+def _wrapped(owner: Any, method: str, before: Callable[..., None], arguments: bool = True) -> Iterator[None]:
+    """Call ``before(arguments)`` (by parameter name, defaults filled in) ahead of ``owner.method``;
+    with ``arguments=False``, ``before()``: binding them costs more than a scheduler step's own work.
 
     The wrapper is an instance attribute that shadows the class's method, so other instances are
     untouched; on exit the attribute the instance had before (none, or an outer wrapper) is back.
@@ -780,9 +787,12 @@ def _wrapped(owner: Any, method: str, before: Callable[[dict[str, Any]], None]) 
 
     @functools.wraps(original)  # pipelines read the signature (prepare_extra_step_kwargs)
     def wrapper(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        before(bound.arguments)
+        if arguments:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            before(bound.arguments)
+        else:
+            before()
         return original(*args, **kwargs)
 
     object.__setattr__(owner, method, wrapper)
