@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python bench/bench_engine.py [--repeats 7] [--overhead-repeats 21] [--steps 10] [--size 64]
-        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead sweep cache]
+        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead work sweep cache]
 
 It prints markdown tables and writes ``bench/results/engine.json``. Every ratio compares runs made
 side by side in this one process on the tiny random pipelines of :mod:`textloc.testing`: within a
@@ -19,11 +19,13 @@ work on shared cores disturbs less than a ratio of medians. One torch thread thr
    called on its inputs inside the context and outside it (microseconds per layer call, the figure
    that carries to other model sizes), and entering the context; with the plain time they give
    the estimated ratio.
-2. Sweep: patching each of the L text layers in turn from a second prompt, as one
+2. Work: the aten operations and Python function calls of one plain and one patched generation,
+   counted, not timed: the part of the overhead that these shared cores cannot blur.
+3. Sweep: patching each of the L text layers in turn from a second prompt, as one
    ``tl.run_with_patches`` batch of L+1 rows, against recording that prompt once and running L
    separate ``with tl.patch(...)`` generations. The largest difference between a batched row and
    its separate run is reported too: batching must not change the result beyond float noise.
-3. Memory: ``TextCache.nbytes`` per entry on the tiny models, and the same formula at the real
+4. Memory: ``TextCache.nbytes`` per entry on the tiny models, and the same formula at the real
    models' sizes, computed from their denoisers built on the meta device (no weights needed).
 """
 
@@ -34,6 +36,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,6 +49,7 @@ import torch
 from scipy import stats
 import transformers
 from diffusers import FluxTransformer2DModel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import textloc as tl
 from textloc.attention import denoiser, denoiser_parameter_count
@@ -210,6 +214,55 @@ def measure_hook_cost(pipe: Any, kwargs: dict[str, Any], plain_ms: float, blocks
     }
 
 
+class _CountOps(TorchDispatchMode):
+    """Counts the aten operations dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def counted_work(run: Callable[[], Any]) -> dict[str, int]:
+    """The aten operations and Python function calls (generator resumptions included) of ``run()``."""
+    calls = 0
+
+    def profile(frame, event, arg) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    ops = _CountOps()
+    with ops:
+        sys.setprofile(profile)
+        try:
+            run()
+        finally:
+            sys.setprofile(None)
+    return {"aten_ops": ops.count, "python_calls": calls}
+
+
+def measure_work(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a patched generation does beyond a plain one, in counts (the same setup as the overhead)."""
+    cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
+
+    def plain() -> None:
+        pipe(PROMPT, **seeded(kwargs))
+
+    def patched() -> None:
+        with tl.patch(pipe, "all", cache):
+            pipe(PROMPT, **seeded(kwargs))
+
+    def entering() -> None:
+        with tl.patch(pipe, "all", cache):
+            pass
+
+    return {"plain": counted_work(plain), "patched": counted_work(patched), "entering": counted_work(entering)}
+
+
 def measure_sweep(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, Any]:
     names = [layer.name for layer in tl.select_layers(pipe, "all")]
     source_row = len(names)
@@ -350,6 +403,20 @@ def print_tables(results: dict[str, Any]) -> None:
             f"| {o['hook_us_per_layer_call']:.0f} | {o['enter_ms']:.1f} | {o['estimated_ratio']:.3f} | {o['bit_identical']} |"
         )
 
+    print("\n## Work per generation, counted: the same plain and patched generations\n")
+    print("| arch | aten ops, plain | patched | extra | Python calls, plain | patched | extra | of which entering |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arch, r in results["archs"].items():
+        if "work" not in r:
+            continue
+        plain, patched, entering = (r["work"][run] for run in ("plain", "patched", "entering"))
+        extra = {key: patched[key] - plain[key] for key in plain}
+        print(
+            f"| {arch} | {plain['aten_ops']:,} | {patched['aten_ops']:,} | +{extra['aten_ops']:,} ({extra['aten_ops'] / plain['aten_ops']:.1%}) "
+            f"| {plain['python_calls']:,} | {patched['python_calls']:,} | +{extra['python_calls']:,} ({extra['python_calls'] / plain['python_calls']:.1%}) "
+            f"| {entering['python_calls']:,} |"
+        )
+
     print("\n## Sweep over every text layer: one batch vs separate patched runs\n")
     print("| arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff |")
     print("|---|---|---|---|---|---|")
@@ -393,7 +460,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-PARTS = ("overhead", "sweep", "cache")
+PARTS = ("overhead", "work", "sweep", "cache")
 
 
 def main() -> None:
@@ -438,6 +505,8 @@ def main() -> None:
         if "overhead" in args.parts:
             print(f"{arch}: overhead...", flush=True)
             measured["overhead"] = measure_overhead(pipe, kwargs, args.overhead_repeats)
+        if "work" in args.parts:
+            measured["work"] = measure_work(pipe, kwargs)
         if "sweep" in args.parts:
             print(f"{arch}: sweep...", flush=True)
             measured["sweep"] = measure_sweep(pipe, kwargs, args.repeats)
