@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -387,13 +387,28 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
 
 
+def table_head(title: str, columns: str) -> None:
+    """A markdown section title and table header; ``columns`` separated by `` | ``."""
+    print(f"\n## {title}\n")
+    print(f"| {columns} |")
+    print("|" + "---|" * len(columns.split(" | ")))
+
+
+def measured(results: dict[str, Any], part: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(arch, that arch's results of ``part``) for every arch that has them."""
+    for arch, parts in results["archs"].items():
+        if part in parts:
+            yield arch, parts[part]
+
+
 def print_tables(results: dict[str, Any]) -> None:
     settings = results["settings"]
-    print(f"\n## Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG; goal <= {OVERHEAD_GOAL})\n")
-    print("| arch | text layers | denoiser calls | repeats | plain ms | patched ms | patched/plain [95% interval] | hooks, us per layer call | entering, ms | estimated ratio | bit-identical |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for arch, r in results["archs"].items():
-        o = r.get("overhead", {})
+    table_head(
+        f"Hook overhead ({settings['steps']} steps, {settings['size']}px, CFG; goal <= {OVERHEAD_GOAL})",
+        "arch | text layers | denoiser calls | repeats | plain ms | patched ms | patched/plain [95% interval] "
+        "| hooks, us per layer call | entering, ms | estimated ratio | bit-identical",
+    )
+    for arch, o in measured(results, "overhead"):
         if "hook_us_per_layer_call" not in o:  # measured by an older version of this script
             print(f"| {arch} | (measured before the interval and the hooks' own cost; run --parts overhead) |")
             continue
@@ -403,13 +418,12 @@ def print_tables(results: dict[str, Any]) -> None:
             f"| {o['hook_us_per_layer_call']:.0f} | {o['enter_ms']:.1f} | {o['estimated_ratio']:.3f} | {o['bit_identical']} |"
         )
 
-    print("\n## Work per generation, counted: the same plain and patched generations\n")
-    print("| arch | aten ops, plain | patched | extra | Python calls, plain | patched | extra | of which entering |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arch, r in results["archs"].items():
-        if "work" not in r:
-            continue
-        plain, patched, entering = (r["work"][run] for run in ("plain", "patched", "entering"))
+    table_head(
+        "Work per generation, counted: the same plain and patched generations",
+        "arch | aten ops, plain | patched | extra | Python calls, plain | patched | extra | of which entering",
+    )
+    for arch, work in measured(results, "work"):
+        plain, patched, entering = (work[run] for run in ("plain", "patched", "entering"))
         extra = {key: patched[key] - plain[key] for key in plain}
         print(
             f"| {arch} | {plain['aten_ops']:,} | {patched['aten_ops']:,} | +{extra['aten_ops']:,} ({extra['aten_ops'] / plain['aten_ops']:.1%}) "
@@ -417,22 +431,15 @@ def print_tables(results: dict[str, Any]) -> None:
             f"| {entering['python_calls']:,} |"
         )
 
-    print("\n## Sweep over every text layer: one batch vs separate patched runs\n")
-    print("| arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff |")
-    print("|---|---|---|---|---|---|")
-    for arch, r in results["archs"].items():
-        if "sweep" not in r:
-            continue
-        s = r["sweep"]
+    table_head(
+        "Sweep over every text layer: one batch vs separate patched runs",
+        "arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff",
+    )
+    for arch, s in measured(results, "sweep"):
         print(f"| {arch} | {s['layers']} | {s['batched_ms']:.0f} | {s['separate_ms']:.0f} | {s['separate_over_batched']:.2f} | {s['max_abs_difference']:.1e} |")
 
-    print("\n## TextCache memory, tiny models (float32, 1 prompt)\n")
-    print("| arch | bytes per entry (kind) | entries | steps stored | total |")
-    print("|---|---|---|---|---|")
-    for arch, r in results["archs"].items():
-        if "cache" not in r:
-            continue
-        c = r["cache"]
+    table_head("TextCache memory, tiny models (float32, 1 prompt)", "arch | bytes per entry (kind) | entries | steps stored | total")
+    for arch, c in measured(results, "cache"):
         per_entry = ", ".join(f"{'/'.join(map(str, sizes))} ({kind})" for kind, sizes in c["entry_bytes"].items())
         steps = "once" if c["steps_stored"] == [None] else f"{len(c['steps_stored'])} steps"
         print(f"| {arch} | {per_entry} | {c['entries']} | {steps} | {c['nbytes']:,} B |")
