@@ -8,7 +8,7 @@ import torch
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
 from textloc.attention import attention_layers, denoiser, select_layers
-from textloc.patching import RowPatch, denoiser_inputs, record, run_with_patches
+from textloc.patching import RowPatch, TextCache, TextKV, denoiser_inputs, record, run_with_patches
 
 EXPECTED_KINDS = {
     "sd15": {"cross"},
@@ -135,6 +135,22 @@ def test_batched_plan_equals_separate_patched_runs(arch, pipe):
             separate = generate(pipe)[0]
         torch.testing.assert_close(batched[row], separate, atol=BATCH_TOLERANCE, rtol=0)
     torch.testing.assert_close(batched[2], generate(pipe, OTHER)[0], atol=BATCH_TOLERANCE, rtol=0)
+
+
+def test_source_row_picks_that_prompt_of_a_cache(arch, pipe):
+    names = tuple(layer.name for layer in text_layers(pipe))
+    both = cache_of(pipe, [OTHER, THIRD])
+    second = TextCache(
+        both.fingerprint, both.prompts[1:], both.num_steps, both.layers,
+        {key: TextKV(e.key[1:], e.value[1:], None if e.mask is None else e.mask[1:]) for key, e in both.entries.items()},
+        both.num_positions,
+    )
+    with tl.patch(pipe, names, second):
+        expected = generate(pipe)
+    for source_row in (1, 0):
+        with tl.patch_rows(pipe, [RowPatch(names, source=both, source_row=source_row, row=0)]):
+            images = generate(pipe)
+        assert torch.equal(images, expected) == (source_row == 1)
 
 
 def tiny_kwargs(pipe):
