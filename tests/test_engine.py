@@ -254,6 +254,16 @@ def test_unknown_layer_names_the_closest_real_ones(pipe):
         select_layers(pipe, [])
 
 
+def test_block_name_selects_the_text_layers_inside_it(arch, pipe):
+    layers = text_layers(pipe)
+    block = layers[-1].name.rsplit(".", 1)[0]  # the module that holds the last text layer
+    inside = [layer.name for layer in layers if layer.name.startswith(block + ".")]
+    assert [layer.name for layer in select_layers(pipe, block)] == inside
+    assert len(select_layers(pipe, block.split(".")[0])) >= len(inside)
+    with pytest.raises(ValueError, match="Unknown layer"):
+        select_layers(pipe, block[:-1])  # a name cut short is not a block
+
+
 def test_self_layer_cannot_be_patched():
     pipe = _pipeline("sdxl")
     self_layer = next(layer for layer in attention_layers(pipe) if layer.kind == "self")

@@ -145,9 +145,11 @@ def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None =
 def select_layers(pipe_or_model: object, selector: LayerSelector = "all") -> list[AttentionLayer]:
     """Resolve a layer selector to text-conditioned layers, in forward order, without repeats.
 
-    A selector is ``"all"``, a full module name, a glob (``up_blocks.0.*attn2``), a forward index
-    among the text-conditioned layers, an :class:`AttentionLayer`, or a list of these. A name or
-    glob that matches nothing, an index out of range, or a ``self`` layer raise ``ValueError``.
+    A selector is ``"all"``, a full module name, the name of a block that holds text-conditioned
+    layers (``up_blocks.1.attentions.1``, ``transformer_blocks.3``: every one inside it), a glob
+    (``up_blocks.0.*attn2``), a forward index among the text-conditioned layers, an
+    :class:`AttentionLayer`, or a list of these. A name or glob that matches nothing, an index out
+    of range, or a ``self`` layer raise ``ValueError``.
     """
     every = attention_layers(pipe_or_model)
     text_layers = [layer for layer in every if layer.kind != "self"]
@@ -181,6 +183,9 @@ def _resolve_one(item, every, text_layers, by_name) -> list[AttentionLayer]:
         return [text_layers[item]]
     if item in by_name:
         return [by_name[item]]
+    inside = [layer for layer in text_layers if layer.name.startswith(f"{item}.")]
+    if inside:
+        return inside
     if any(char in item for char in "*?["):
         matches = [layer for layer in text_layers if fnmatch.fnmatchcase(layer.name, item)]
         if matches:

@@ -401,7 +401,7 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     method.add_argument("--rule", choices=RULES, default="lower-bound", help="what must reach the threshold: the lower bound of the share's 95%% bootstrap interval over pairs, or the share itself (point) (default lower-bound)")
     method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
     method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
-    method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
+    method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a block (every text layer inside it), a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
     method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window of the denoising steps, stop excluded, either bound may be left out: step indices (0:10, 4:; negative ones count from the end: --patch-steps=-2:) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
     method.add_argument("--kv", choices=KV_CHOICES, default="both", help="patch the text's keys only (where the image attends), its values only (what it reads) or both (default both)")
@@ -549,7 +549,7 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
     parser.add_argument(
         "--layers", action="append", metavar="SEL",
         help="the text layers: a localization's output folder, 'preset' (the paper's layers for SDXL base, SD3-medium, "
-        "IF-I-XL; the default), or layer names, globs or indices as `textloc layers` lists them (repeatable)",
+        "IF-I-XL; the default), or layer names, blocks, globs or indices as `textloc layers` lists them (repeatable)",
     )
     parser.add_argument("--start-step", type=_start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
     parser.add_argument("--method", choices=METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
@@ -635,7 +635,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
     parser.add_argument("--prompt", required=True, help='the prompt; the text to write is in double quotes: A sign that says "OPEN".')
     parser.add_argument(
         "--layers", action="append", metavar="SEL",
-        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, globs or indices (repeatable)",
+        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, blocks, globs or indices (repeatable)",
     )
     parser.add_argument(
         "--detector", default="better-profanity", metavar="D",
@@ -709,7 +709,7 @@ def add_finetune(subcommands: argparse._SubParsersAction, parents: list[argparse
     )
     parser.add_argument(
         "--layers", action="append", metavar="SEL",
-        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, globs or indices (repeatable)",
+        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, blocks, globs or indices (repeatable)",
     )
     parser.add_argument(
         "--data", required=True, metavar="DIR|MODEL[:WORDS]",
