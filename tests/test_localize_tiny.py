@@ -20,6 +20,7 @@ from textloc.localization.core import UNCHECKED_ON_RESUME
 from textloc.localization.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.scoring import mean_metrics, score_images
+from textloc.layers import find_preset, resolve_layers
 from textloc.localization.stats import share_interval
 from textloc.localization.sweep import PatchSettings, generate_patched
 from textloc.metrics import contains, text_scores
@@ -125,6 +126,12 @@ def test_the_committed_finding_is_about_the_shipped_model(model: str, finding: L
     total = denoiser_parameter_count(pipe)
     assert [layer["param_share"] for layer in finding.layers] == pytest.approx([layer.num_text_kv_params / total for layer in shipped])
     assert set(finding.selected) < {layer.name for layer in shipped}
+
+
+def test_the_preset_of_an_embedded_model_is_its_committed_localization(model: str, finding: Localization, pipe) -> None:
+    assert find_preset(pipe).model == model
+    assert list(find_preset(pipe).layers) == finding.selected
+    assert {layer.name for layer in resolve_layers(pipe, "preset")} == set(finding.selected)
 
 
 def check_necessity(finding: Localization, stages: dict, choice: list) -> None:

@@ -96,6 +96,9 @@ class EmbeddedModel(NamedModel):
     #: ``from_pretrained`` options the folder always needs (a caller's own take precedence), e.g.
     #: ``text_encoder_3=None`` for an SD3 pipeline saved without T5.
     load_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The layers its committed localization selected (``samples/<short name>/localize``; a test
+    #: holds the two equal): what ``layers="preset"`` names for it.
+    text_layers: tuple[str, ...] = ()
 
     def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
         if not (self.folder / "model_index.json").exists():
@@ -170,6 +173,7 @@ TEXTLOC_TINY = EmbeddedModel(
     # IFPipeline's own default is 100 steps; textloc-tiny samples as well in 25.
     settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0}),
     folder=Path(__file__).parent / "tiny" / "weights",
+    text_layers=tuple(f"up_blocks.1.attentions.{block}.transformer_blocks.0.attn2" for block in (1, 2, 0)),
 )
 #: The second embedded model: a 64x64 StableDiffusion3Pipeline (an MMDiT of 8 joint-attention
 #: blocks on a small autoencoder's latents), trained on the same signs, no download.
@@ -180,6 +184,7 @@ TEXTLOC_TINY_SD3 = EmbeddedModel(
     settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0, "max_sequence_length": 0}),
     folder=Path(__file__).parent / "tiny" / "weights_sd3",
     load_options=MappingProxyType({"text_encoder_3": None, "tokenizer_3": None}),
+    text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (3, 2, 1)),
 )
 #: The embedded models, in the order listings show them.
 EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3)
@@ -208,6 +213,14 @@ def named_model(name: str) -> NamedModel:
         f"unknown model {name!r}: the named models are {', '.join(models)}; anything else is a "
         f"diffusers hub id (owner/name) or a local folder.{hint}"
     )
+
+
+def embedded_model_of(pipe: Any) -> EmbeddedModel | None:
+    """The embedded model ``pipe`` was loaded from, by its folder; ``None`` for any other pipeline."""
+    loaded_from = getattr(pipe, "name_or_path", None)
+    if not loaded_from:
+        return None
+    return next((model for model in EMBEDDED_MODELS if Path(loaded_from).resolve() == model.folder.resolve()), None)
 
 
 def find_named_model(name: str) -> NamedModel | None:

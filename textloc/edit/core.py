@@ -29,20 +29,13 @@ from textloc import seeding
 from textloc.attention import AttentionLayer
 from textloc.quoted import replace_quoted
 from textloc.images import captioned_grid
-from textloc.layers import LayerSource, find_preset, resolve_layers
+from textloc.layers import DEFAULT_START_STEP, LayerSource, find_preset, resolve_layers
 from textloc.metrics import background_mask, image_scores, text_scores
 from textloc.ocr import OCR, Reading, get_ocr, to_pil_list
 from textloc.patching import STEP_INDEPENDENT_KINDS, RowPatch, StepWindow, check_step_window, record_text, run_with_patches
 
 Method = Literal["patch", "prompt-swap", "prompt-to-prompt"]
 METHODS: tuple[Method, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
-
-#: Where an edit starts patching when neither the caller nor a preset says: a fraction of the
-#: schedule (see :func:`textloc.patching.window_steps`). The best of bench/bench_edit.py's sweep on
-#: textloc-tiny (12 held-out pairs, 25 steps): the new word read on 67% / 75% / 83% / 75% / 25% of
-#: edits from 0, 0.1, 0.2, 0.3, 0.4, the background outside the text closer to the source the
-#: later the start (MSE 0.0037 ... 0.0009), the scene kept on 100% throughout.
-DEFAULT_START_STEP: float = 0.2
 
 EDIT_FILE, PAIR_FILE = "edit.json", "edit.png"
 
