@@ -294,8 +294,11 @@ def test_cache_follows_the_weights_not_the_folder(tmp_path):
 
 def test_cache_from_another_architecture_or_step_count_is_refused():
     sd15, sdxl = _pipeline("sd15"), _pipeline("sdxl")
-    with pytest.raises(ValueError, match="holds no layer|not recorded at"):
+    with pytest.raises(ValueError, match="recorded on other weights"):
         with tl.patch(sdxl, "all", cache_of(sd15, OTHER)):
+            generate(sdxl)
+    with pytest.raises(ValueError, match="not recorded at .*; record those layers too"):
+        with tl.patch(sdxl, "all", cache_of(sdxl, OTHER, layers=0)):
             generate(sdxl)
     sd3 = _pipeline("sd3")
     three_steps = cache_of(sd3, OTHER, num_inference_steps=3)

@@ -206,7 +206,8 @@ def window_steps(window: StepWindow, num_steps: int) -> range:
 
 def validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
     """Raise ``ValueError`` with a one-line reason unless ``patch`` can run on ``layers`` (its
-    branch, kv, step window, heads and cache); with no layers, its shared settings alone."""
+    branch, kv, step window and heads); with no layers, its shared settings alone. A cache source
+    is checked where the patch is applied, against the pipeline's weights first."""
     if patch.branch not in ("cond", "uncond", "both"):
         raise ValueError(f"branch must be 'cond', 'uncond' or 'both', not {patch.branch!r}.")
     if patch.kv not in KV_CHOICES:
@@ -217,10 +218,6 @@ def validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
             bad = [h for h in patch.heads if not 0 <= h < layers[name].num_heads]
             if bad:
                 raise ValueError(f"Heads {bad} do not exist in {name}, which has {layers[name].num_heads} heads.")
-    if isinstance(patch.source, TextCache):
-        missing = [name for name in patch.layers if name not in patch.source.layers]
-        if missing:
-            raise ValueError(f"The cache was not recorded at {', '.join(missing)}; record those layers too.")
 
 # --------------------------------------------------------------------------------------------
 # Run state shared by the hooks of one context: step and branch, as the pipeline states them
@@ -724,6 +721,10 @@ def _hooked(
                 f"This cache was recorded on other weights ({cache.fingerprint}); this pipeline's denoiser "
                 f"is {fingerprint}. Record the source on this pipeline."
             )
+    for p in patches:
+        missing = [name for name in p.layers if name not in p.source.layers] if isinstance(p.source, TextCache) else []
+        if missing:
+            raise ValueError(f"The cache was not recorded at {', '.join(missing)}; record those layers too.")
 
     def start_run(run: _RunState) -> None:
         for cache in caches.values():
