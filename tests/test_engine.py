@@ -341,10 +341,28 @@ def test_bad_heads_steps_branch_and_kv_are_refused():
         ({"patch_steps": (0.5, 1.5)}, r"lies in \[0, 1\]"),
         ({"branch": "neg"}, "branch must be"),
         ({"kv": "key"}, "kv must be 'k' .* or 'both', not 'key'"),
+        ({"patch_steps": "3:"}, r"write e.g. \(3, None\) for '3:'"),
     ]:
         with pytest.raises(ValueError, match=message):
             with tl.patch(pipe, layer.name, PROMPT, **kwargs):
                 pass
+
+
+def test_arguments_of_the_wrong_type_are_told_their_right_form():
+    pipe = _pipeline("sdxl")
+    name = text_layers(pipe)[0].name
+    with pytest.raises(TypeError, match=r"heads is a list of head indices, e.g. \[1\]"):
+        with tl.patch(pipe, name, PROMPT, heads=1):
+            pass
+    calls = [
+        (lambda: run_with_patches(pipe, [PROMPT, OTHER], [RowPatch(name, source=1, row=0)]), r"write \('.*attn2',\)"),
+        (lambda: run_with_patches(pipe, [PROMPT, OTHER], RowPatch((name,), source=1, row=0)), r"write \[RowPatch"),
+        (lambda: tl.run_with_cache(pipe, name, PROMPT, generator=0), r"torch.Generator \(e.g. tl.generator\(0\)\)"),
+        (lambda: run_with_patches(pipe, [PROMPT], [], generator=3), r"tl.generator\(3\)"),
+    ]
+    for call, message in calls:
+        with pytest.raises(TypeError, match=message):
+            call()
 
 
 def test_strength_blends_and_carries_gradients(pipe):

@@ -26,7 +26,7 @@ import contextlib
 import difflib
 import functools
 import inspect
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -168,6 +168,11 @@ def check_step_window(window: object) -> None:
     """Raise ``ValueError`` unless ``window`` is a step window that can cover some step."""
     if window is None:
         return
+    if isinstance(window, str):
+        raise ValueError(
+            f"A step window is (start, stop), not the string {window!r} (the command line's form): write "
+            "e.g. (3, None) for '3:' or (0.2, 0.8) for '0.2:0.8'."
+        )
     if isinstance(window, (int, float)) and not isinstance(window, bool):
         raise ValueError(
             f"A step window is (start, stop), not the single number {window!r}: write ({window!r}, None) "
@@ -826,6 +831,8 @@ def _run_kwargs(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             close = difflib.get_close_matches(name, parameters, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "."
             raise TypeError(f"{name!r} is not an argument of {type(pipe).__name__}.__call__{hint}")
+    if kwargs.get("generator") is not None:
+        seeding.check_generator(kwargs["generator"])
     return call_kwargs(pipe, **kwargs)
 
 
@@ -1024,6 +1031,8 @@ def patch(
     if "steps" in text_kwargs:
         raise TypeError("patch's step window is called patch_steps (steps= was its old name).")
     selected = select_layers(pipe, layers)
+    if heads is not None and (isinstance(heads, (int, str)) or not isinstance(heads, Iterable)):
+        raise TypeError(f"heads is a list of head indices, e.g. [{heads if isinstance(heads, int) else 0}], not {heads!r}.")
     row_patch = RowPatch(
         tuple(layer.name for layer in selected), source, patch_steps=patch_steps,
         heads=None if heads is None else tuple(heads), branch=branch, kv=kv,
@@ -1055,12 +1064,23 @@ def patch_rows(pipe: Any, patches: Sequence[RowPatch]) -> Iterator[None]:
 
 def _patched_layers(pipe: Any, patches: Sequence[RowPatch]) -> list[AttentionLayer]:
     """The layers ``patches`` name, each patch checked against them."""
+    _check_patch_list(patches)
     names = sorted({name for p in patches for name in p.layers})
     selected = select_layers(pipe, names) if names else []
     by_name = {layer.name: layer for layer in selected}
     for p in patches:
         validate_patch(p, by_name)
     return selected
+
+
+def _check_patch_list(patches: object) -> None:
+    if isinstance(patches, RowPatch):
+        raise TypeError("patches is a list of RowPatch: write [RowPatch(...)].")
+    for p in patches:
+        if not isinstance(p, RowPatch):
+            raise TypeError(f"patches is a list of RowPatch, not of {type(p).__name__}.")
+        if isinstance(p.layers, str):
+            raise TypeError(f"RowPatch.layers is a tuple of layer names: write ({p.layers!r},), not {p.layers!r}.")
 
 
 def run_with_patches(
@@ -1102,6 +1122,8 @@ def run_with_patches(
         raise TypeError("run_with_patches takes generator= (e.g. tl.generator(0), copied to every row), not seed=.")
     prompts = list(prompts)
     generators = seeding.per_row(generator, len(prompts))
+    _check_patch_list(patches)
+    _check_patch_list(replays)
     selected = _patched_layers(pipe, [*patches, *replays])
     for p in [*patches, *replays]:
         for row in (p.row, p.source if isinstance(p.source, int) else None):

@@ -50,12 +50,23 @@ def per_row(source: torch.Generator | Iterable[torch.Generator] | None, rows: in
     each; ``None`` is seed 0), a list must hold one generator per row."""
     if source is None:
         source = generator(0)
+    check_generator(source)
     if isinstance(source, torch.Generator):
         return copies(source, rows)
     generators = list(source)
     if len(generators) != rows:
         raise ValueError(f"{len(generators)} generators for {rows} rows; give one generator (copied to every row) or one per row.")
     return generators
+
+
+def check_generator(value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is what diffusers takes as ``generator=``."""
+    if isinstance(value, torch.Generator) or isinstance(value, (list, tuple)) and all(isinstance(g, torch.Generator) for g in value):
+        return
+    raise TypeError(
+        f"generator is a torch.Generator (e.g. tl.generator({value if isinstance(value, int) else 0})) or a list "
+        f"of them, one per image, not {type(value).__name__}."
+    )
 
 
 def derived_seed(seed: int, *keys: int) -> int:
