@@ -73,6 +73,13 @@ def test_a_clean_prompt_is_the_plain_pipeline_with_no_hooks(arch, pipe, monkeypa
     assert output.reports[0].found == [] and output.guarded_rows == []
 
 
+def test_the_report_tells_a_clean_prompt_from_one_with_nothing_to_check():
+    pipe = _pipeline("sd15")
+    unquoted, quoted = ToxicTextGuard(pipe, "all")([f"A sign that says {TOXIC_WORDS[0]}.", PROMPT], **seeded(pipe)).reports
+    assert unquoted.summary().startswith("nothing checked") and "no quoted text" in unquoted.summary()
+    assert quoted.summary().startswith("clean:")
+
+
 def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     kwargs = tiny_call_kwargs(pipe)
     guard = ToxicTextGuard(pipe, "all", start_step=0)

@@ -190,6 +190,8 @@ class PromptReport:
         return bool(self.found)
 
     def summary(self) -> str:
+        if not self.found and not quoted_spans(self.prompt):
+            return f"nothing checked: {self.prompt!r} has no quoted text, the only text the guard reads"
         if not self.found:
             return f"clean: {self.prompt!r}"
         swaps = ", ".join(f"{word!r} -> {new!r}" for word, new in self.replacements.items())
