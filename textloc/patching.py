@@ -1064,7 +1064,7 @@ def patch_rows(pipe: Any, patches: Sequence[RowPatch]) -> Iterator[None]:
 
 def _patched_layers(pipe: Any, patches: Sequence[RowPatch]) -> list[AttentionLayer]:
     """The layers ``patches`` name, each patch checked against them."""
-    _check_patch_list(patches)
+    patches = _patch_list(patches)
     names = sorted({name for p in patches for name in p.layers})
     selected = select_layers(pipe, names) if names else []
     by_name = {layer.name: layer for layer in selected}
@@ -1073,14 +1073,17 @@ def _patched_layers(pipe: Any, patches: Sequence[RowPatch]) -> list[AttentionLay
     return selected
 
 
-def _check_patch_list(patches: object) -> None:
+def _patch_list(patches: object) -> list[RowPatch]:
+    """``patches`` as a list; a clear error unless each is a :class:`RowPatch` with a tuple of layer names."""
     if isinstance(patches, RowPatch):
         raise TypeError("patches is a list of RowPatch: write [RowPatch(...)].")
+    patches = list(patches)
     for p in patches:
         if not isinstance(p, RowPatch):
             raise TypeError(f"patches is a list of RowPatch, not of {type(p).__name__}.")
         if isinstance(p.layers, str):
             raise TypeError(f"RowPatch.layers is a tuple of layer names: write ({p.layers!r},), not {p.layers!r}.")
+    return patches
 
 
 def run_with_patches(
@@ -1122,8 +1125,7 @@ def run_with_patches(
         raise TypeError("run_with_patches takes generator= (e.g. tl.generator(0), copied to every row), not seed=.")
     prompts = list(prompts)
     generators = seeding.per_row(generator, len(prompts))
-    _check_patch_list(patches)
-    _check_patch_list(replays)
+    patches, replays = _patch_list(patches), _patch_list(replays)
     selected = _patched_layers(pipe, [*patches, *replays])
     for p in [*patches, *replays]:
         for row in (p.row, p.source if isinstance(p.source, int) else None):
