@@ -15,12 +15,12 @@ import scipy.stats
 
 import textloc as tl
 from textloc.attention import denoiser_parameter_count
+from textloc.layers import find_preset, resolve_layers
 from textloc.localization import Localization
 from textloc.localization.core import UNCHECKED_ON_RESUME
 from textloc.localization.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.scoring import mean_metrics, score_images
-from textloc.layers import find_preset, resolve_layers
 from textloc.localization.stats import share_interval
 from textloc.localization.sweep import PatchSettings, generate_patched
 from textloc.metrics import contains, text_scores
