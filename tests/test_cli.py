@@ -143,6 +143,9 @@ def test_generate_same_seed_same_image(capsys, tmp_path):
         assert run(capsys, "generate", "--model", "tiny-random-sdxl", "a sign", "--seed", seed, "--device", "cpu", "--out", str(path))[0] == 0
     pixels = [Image.open(path).tobytes() for path in paths]
     assert pixels[0] == pixels[1] != pixels[2]
+    # --prompt, as edit and guard take it, is the same prompt.
+    assert run(capsys, "generate", "--model", "tiny-random-sdxl", "--prompt", "a sign", "--seed", "1", "--device", "cpu", "--out", str(paths[2]))[0] == 0
+    assert Image.open(paths[2]).tobytes() == pixels[0]
 
 
 def test_generate_takes_diffusers_option_names_over_the_models_settings(capsys, tmp_path, monkeypatch):
@@ -179,6 +182,9 @@ def test_bad_generate_options_are_errors_with_status_2(capsys, tmp_path):
     assert status == 2 and "must be 1 or more" in err
     status, _, err = exit_of(capsys, "generate", "x", "--num-inference-steps", "0")
     assert status == 2 and "must be 1 or more" in err
+    for prompts in ([], ["x", "--prompt", "y"]):
+        status, _, err = run(capsys, "generate", "--model", "tiny-random-sdxl", *prompts)
+        assert status == 2 and "give the prompt once" in err
 
 
 # --------------------------------------------------------------------------------------------

@@ -315,7 +315,8 @@ def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse
         ),
         formatter_class=_HelpFormatter,
     )
-    parser.add_argument("prompt", metavar="PROMPT", help="the text prompt")
+    parser.add_argument("prompt", metavar="PROMPT", nargs="?", help="the text prompt")
+    parser.add_argument("--prompt", dest="prompt_option", metavar="PROMPT", help="the text prompt given as edit and guard take it, instead of PROMPT")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise, drawn on the CPU so it is alike on every device (default 0)")
     _add_sampler_options(parser)
     parser.add_argument("--num", type=_positive_int, default=1, metavar="K", help="number of images (default 1)")
@@ -338,6 +339,9 @@ def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | 
 
 def run_generate(args: argparse.Namespace) -> int:
     """Generate ``--num`` images of the prompt and save them as one PNG."""
+    if (args.prompt is None) == (args.prompt_option is None):
+        raise CommandError("give the prompt once: textloc generate 'A sign that says \"OPEN\".', or --prompt '...'.")
+    prompt = args.prompt if args.prompt is not None else args.prompt_option
     if args.out.suffix.lower() != ".png":
         raise CommandError(f"--out must be a .png file, not {str(args.out)!r}.")
     pipe = load_model(args)
@@ -346,7 +350,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
         load_lora(pipe, args.lora)
     pipe.set_progress_bar_config(disable=False, leave=False)
-    images = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=args.num)).images
+    images = pipe(prompt, **generate_kwargs(pipe, args.model, args, num=args.num)).images
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(args.out)
     width, height = images[0].size
