@@ -11,7 +11,7 @@ This module imports nothing from textloc, so every layer can use it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def copies(source: torch.Generator, count: int) -> list[torch.Generator]:
     return duplicates
 
 
-def per_row(source: torch.Generator | Iterable[torch.Generator] | None, rows: int) -> list[torch.Generator]:
+def per_row(source: torch.Generator | Sequence[torch.Generator] | None, rows: int) -> list[torch.Generator]:
     """One generator per batch row: a single generator is copied to every row (the same noise on
     each; ``None`` is seed 0), a list must hold one generator per row."""
     if source is None:
