@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 import textloc as tl
-from textloc.edit import DEFAULT_START_STEP, METHODS, edit_text
+from textloc.edit import METHODS, edit_text
+from textloc.engine import DEFAULT_START_STEP
 from textloc.images import captioned_grid
 from textloc.models import NamedModel, named_model
 from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script

@@ -52,9 +52,8 @@ from diffusers import FluxTransformer2DModel
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import textloc as tl
-from textloc.attention import denoiser, denoiser_parameter_count
+from textloc.engine import STEP_INDEPENDENT_KINDS, RowPatch, denoiser, denoiser_parameter_count
 from textloc.layers import SD3_MEDIUM, SDXL_BASE
-from textloc.patching import STEP_INDEPENDENT_KINDS, RowPatch
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
 PROMPT = 'A sign that says "HELLO".'

@@ -39,7 +39,7 @@ import scipy.stats
 import torch
 
 import textloc as tl
-from textloc.attention import attention_layers
+from textloc.engine import attention_layers
 from textloc.finetune import RenderedSigns, train_lora
 from textloc.finetune.objective import Objective
 from textloc.finetune.train import batch_loss, capture_settings, last_checkpoint, native_resolution

@@ -42,7 +42,7 @@ from textloc.models import NamedModel, named_model
 from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script
 from timing import paired_ratio
 from textloc.ocr import get_ocr
-from textloc.patching import STEP_INDEPENDENT_KINDS
+from textloc.engine import STEP_INDEPENDENT_KINDS
 from textloc.pipeline_calls import call_kwargs
 from textloc.tiny.data import (
     COLOUR_TEMPLATES,

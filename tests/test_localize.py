@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import _pipeline
-from textloc.attention import select_layers
+from textloc.engine import select_layers
 from textloc.localization import Localization, PromptPair, core, localize, make_pairs, spearman, stats
 from textloc.localization.scoring import mean_metrics
 from textloc.localization.report import PROGRESS_FILE, REPORT_FILE

@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 
 import textloc as tl
-from textloc.attention import denoiser_parameter_count
+from textloc.engine import denoiser_parameter_count
 from textloc.layers import find_preset, resolve_layers
 from textloc.localization import Localization
 from textloc.localization.core import UNCHECKED_ON_RESUME

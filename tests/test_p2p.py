@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from conftest import OTHER, PROMPT, _pipeline, generate
-from textloc.attention import attention_layers
+from textloc.engine import attention_layers, edit_attention_probabilities, has_attention_probabilities
 from textloc.edit.p2p import prompt_to_prompt, token_mapping
-from textloc.patching import edit_attention_probabilities, has_attention_probabilities
 from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 

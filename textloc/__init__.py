@@ -1,11 +1,22 @@
 """textloc: find and use the attention layers that render text in diffusion models."""
 
-from textloc import attention
-from textloc.attention import AttentionLayer, attention_layers, select_layers
+from textloc import engine
 from textloc.edit import EditResult, ToxicTextGuard, edit_image, edit_text
 from textloc.finetune import TrainedLora, load_lora, train_lora
 from textloc.localization import Localization, PromptPair, localize, make_pairs
-from textloc.patching import RowPatch, TextCache, patch, patch_rows, record, record_text, run_with_cache, run_with_patches
+from textloc.engine import (
+    AttentionLayer,
+    RowPatch,
+    TextCache,
+    attention_layers,
+    patch,
+    patch_rows,
+    record,
+    record_text,
+    run_with_cache,
+    run_with_patches,
+    select_layers,
+)
 from textloc.pipelines import load_pipeline
 from textloc.seeding import generator
 
@@ -18,10 +29,10 @@ __all__ = [
     "TextCache",
     "ToxicTextGuard",
     "TrainedLora",
-    "attention",
     "attention_layers",
     "edit_image",
     "edit_text",
+    "engine",
     "generator",
     "load_lora",
     "load_pipeline",

@@ -31,10 +31,19 @@ import torch
 import transformers
 from PIL import Image
 
-from textloc.attention import KINDS, TEXT_KINDS, AttentionLayer, attention_layers, denoiser, denoiser_parameter_count
+from textloc.engine import (
+    DEFAULT_START_STEP,
+    KINDS,
+    KV_CHOICES,
+    TEXT_KINDS,
+    AttentionLayer,
+    attention_layers,
+    check_step_window,
+    denoiser,
+    denoiser_parameter_count,
+)
 from textloc.images import image_grid
 from textloc.ocr import ENGINES as OCR_ENGINES
-from textloc.patching import KV_CHOICES, check_step_window
 from textloc.models import DEFAULT_MODEL, UnknownModelError, find_named_model, named_model, named_models
 from textloc.pipeline_calls import call_kwargs
 from textloc.pipelines import load_pipeline
@@ -530,7 +539,7 @@ def run_localize(args: argparse.Namespace) -> int:
 
 def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc edit``."""
-    from textloc.edit import DEFAULT_START_STEP, METHODS
+    from textloc.edit import METHODS
 
     parser = subcommands.add_parser(
         "edit",
@@ -618,7 +627,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
 def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc guard``."""
-    from textloc.edit import DEFAULT_START_STEP, DETECTORS, GUARD_METHODS
+    from textloc.edit import DETECTORS, GUARD_METHODS
 
     parser = subcommands.add_parser(
         "guard",

@@ -7,7 +7,7 @@ Every use takes its layers the same way:
 - ``"preset"``: the layers the paper found for SDXL base 1.0, SD3-medium or DeepFloyd IF-I-XL,
   recognised by the pipeline's model id or its denoiser's config (:data:`PRESETS`), and for
   textloc's embedded models the layers their committed localization selected;
-- any layer selector :func:`textloc.attention.select_layers` takes: a full name, a glob, a forward
+- any layer selector :func:`textloc.engine.select_layers` takes: a full name, a glob, a forward
   index, a list of these, or ``"all"``.
 """
 
@@ -22,17 +22,11 @@ from typing import Any, Union
 import torch
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
-from textloc.attention import AttentionLayer, LayerSelector, denoiser, select_layers
+from textloc.engine import AttentionLayer, LayerSelector, check_step_window, denoiser, select_layers
+from textloc.engine.text_swap import DEFAULT_START_STEP
 from textloc.localization.report import REPORT_FILE, Localization
 from textloc.models import embedded_model_of
 from textloc.pipelines import weights_fingerprint
-
-#: Where an edit starts patching when neither the caller nor a preset says: a fraction of the
-#: schedule (see :func:`textloc.patching.window_steps`). The best of bench/bench_edit.py's sweep on
-#: textloc-tiny (12 held-out pairs, 25 steps): the new word read on 67% / 75% / 83% / 75% / 25% of
-#: edits from 0, 0.1, 0.2, 0.3, 0.4, the background outside the text closer to the source the
-#: later the start (MSE 0.0037 ... 0.0009), the scene kept on 100% throughout.
-DEFAULT_START_STEP: float = 0.2
 
 PAPER = "Staniszewski et al., Precise Parameter Localization for Textual Generation in Diffusion Models, ICLR 2025 (arXiv 2502.09935)"
 
@@ -228,3 +222,14 @@ def _from_localization(pipe: Any, localization: Localization, where: str) -> lis
     if not localization.selected:
         raise ValueError(f"{where} selected no layer: nothing reached its threshold. Name the layers instead.")
     return select_layers(pipe, localization.selected)
+
+
+def start_step_for(pipe: Any, layers: LayerSource, start_step: int | float | None) -> int | float:
+    """The step an edit or guard of ``layers`` starts patching from: ``start_step`` if given, else
+    the preset's with ``layers="preset"``, else :data:`~textloc.engine.text_swap.DEFAULT_START_STEP`;
+    a clear error unless it starts a window that can cover some step."""
+    if start_step is None:
+        preset = isinstance(layers, str) and layers == "preset"
+        start_step = find_preset(pipe).start_step if preset else DEFAULT_START_STEP
+    check_step_window((start_step, None))
+    return start_step

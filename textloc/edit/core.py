@@ -26,13 +26,12 @@ import torch
 from PIL import Image
 
 from textloc import seeding
-from textloc.attention import AttentionLayer
-from textloc.quoted import replace_quoted
+from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
-from textloc.layers import DEFAULT_START_STEP, LayerSource, find_preset, resolve_layers
+from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.metrics import background_mask, image_scores, text_scores
 from textloc.ocr import OCR, Reading, get_ocr, to_pil_list
-from textloc.patching import STEP_INDEPENDENT_KINDS, RowPatch, StepWindow, check_step_window, record_text, run_with_patches
+from textloc.quoted import replace_quoted
 
 Method = Literal["patch", "prompt-swap", "prompt-to-prompt"]
 METHODS: tuple[Method, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
@@ -104,7 +103,7 @@ def edit_text(
     ``layers``: a :class:`~textloc.localization.Localization` (or its folder), ``"preset"`` (the
     paper's layers for SDXL, SD3-medium, IF-I-XL) or any layer selector. ``start_step``: the
     first patched step, an index or a fraction of the schedule; default: the preset's when
-    ``layers="preset"``, else :data:`DEFAULT_START_STEP`. ``generator``: one generator whose noise
+    ``layers="preset"``, else :data:`textloc.engine.text_swap.DEFAULT_START_STEP`. ``generator``: one generator whose noise
     every edit starts from (default seed 0), or one per edit. ``method`` picks textloc's patch or
     a baseline run through the same harness. Lists of prompts and new texts edit a batch at once
     and return a list. ``generate_kwargs`` go to the pipeline (``num_inference_steps``,
@@ -118,16 +117,14 @@ def edit_text(
         raise ValueError("edit_text sets output_type itself (it scores float images); leave it out.")
     swaps = [replace_quoted(p, t) for p, t in zip(prompts, new_texts)]
     selected = resolve_layers(pipe, layers) if method == "patch" else []
-    start = _start_step(pipe, layers, start_step) if method == "patch" else None
-    if start is not None:
-        check_step_window((start, None))
+    start = start_step_for(pipe, layers, start_step) if method == "patch" else None
     generators = seeding.per_row(generator, len(prompts))
     reader = get_ocr(ocr)
 
     began = time.perf_counter()
     new_prompts = [new_prompt for _, new_prompt in swaps]
     if method == "patch":
-        sources, edited = _patched(pipe, prompts, new_prompts, selected, (start, None), generators, generate_kwargs)
+        sources, edited = _patched(pipe, prompts, new_prompts, selected, start, generators, generate_kwargs)
     elif method == "prompt-swap":
         sources, edited = _generate_rows(pipe, prompts + new_prompts, generators * 2, [], generate_kwargs, len(prompts))
     else:
@@ -225,31 +222,20 @@ def _as_batch(prompt: str | Sequence[str], new_text: str | Sequence[str]) -> tup
     return prompts, new_texts
 
 
-def _start_step(pipe: Any, layers: LayerSource, start_step: int | float | None) -> int | float:
-    if start_step is not None:
-        return start_step
-    if isinstance(layers, str) and layers == "preset":
-        return find_preset(pipe).start_step
-    return DEFAULT_START_STEP
-
-
 def _patched(
     pipe: Any,
     prompts: list[str],
     new_prompts: list[str],
     layers: list[AttentionLayer],
-    window: StepWindow,
+    start: int | float,
     generators: list[torch.Generator],
     generate_kwargs: dict[str, Any],
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Rows: the sources, then the edits (source prompt, patched); joint layers add live new-prompt rows."""
-    n, names = len(prompts), tuple(layer.name for layer in layers)
-    if all(layer.kind in STEP_INDEPENDENT_KINDS for layer in layers):
-        cache = record_text(pipe, names, new_prompts, **generate_kwargs)
-        plan = [RowPatch(names, source=cache, source_row=i, row=n + i, patch_steps=window) for i in range(n)]
-        return _generate_rows(pipe, prompts * 2, generators * 2, plan, generate_kwargs, n)
-    plan = [RowPatch(names, source=2 * n + i, row=n + i, patch_steps=window) for i in range(n)]
-    return _generate_rows(pipe, prompts * 2 + new_prompts, generators * 3, plan, generate_kwargs, n)
+    """Rows: the sources, then the edits (source prompt, patched), then any live new-prompt rows."""
+    n = len(prompts)
+    swap = plan_text_swap(pipe, layers, [[n + i] for i in range(n)], new_prompts, 2 * n, start, **generate_kwargs)
+    noise = generators * 2
+    return _generate_rows(pipe, prompts * 2 + swap.extra_prompts, noise + [noise[row] for row in swap.extra_noise_rows], swap.patches, generate_kwargs, n)
 
 
 def _generate_rows(pipe, prompts, generators, plan, generate_kwargs, edits: int) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -35,16 +35,9 @@ import numpy as np
 import torch
 
 from textloc import seeding
-from textloc.edit.core import DEFAULT_START_STEP
 from textloc.edit.detectors import Detector, get_detector
-from textloc.layers import LayerSource, find_preset, resolve_layers
-from textloc.patching import (
-    STEP_INDEPENDENT_KINDS,
-    RowPatch,
-    check_step_window,
-    patch_rows,
-    record_text,
-)
+from textloc.engine import STEP_INDEPENDENT_KINDS, patch_rows, plan_text_swap
+from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.quoted import quoted_spans
 
 GuardMethod = Literal["patch", "negative-prompt", "prompt-swap", "unguarded"]
@@ -232,7 +225,7 @@ class ToxicTextGuard:
     (:class:`Drop`), or a mapping ``{toxic word: replacement}`` (a replacement the detector flags is
     refused; words the mapping does not name get a benign word). ``start_step``: the first patched
     step, an index or a fraction of the schedule (default: the preset's with ``layers="preset"``,
-    else :data:`~textloc.edit.core.DEFAULT_START_STEP`). ``method``: the guard (``"patch"``) or a
+    else :data:`~textloc.engine.text_swap.DEFAULT_START_STEP`). ``method``: the guard (``"patch"``) or a
     baseline through the same call (see the module docstring).
     """
 
@@ -257,10 +250,7 @@ class ToxicTextGuard:
             if layers is None:
                 raise ValueError("The guard patches text layers: give layers (a localization, its folder, 'preset' or a selector).")
             self.layers = resolve_layers(pipe, layers)
-            if start_step is None:
-                start_step = find_preset(pipe).start_step if isinstance(layers, str) and layers == "preset" else DEFAULT_START_STEP
-            check_step_window((start_step, None))
-            self.start_step = start_step
+            self.start_step = start_step_for(pipe, layers, start_step)
 
     def clean(self, prompt: str) -> PromptReport:
         """The toxic words of ``prompt``'s quoted texts and the prompt with them replaced."""
@@ -307,23 +297,22 @@ class ToxicTextGuard:
             negatives = self._negative_prompts(reports, kwargs.get("negative_prompt"))
             negative = negatives[0] if isinstance(prompt, str) else negatives  # pipelines want the prompt's type
             return GuardOutput(self.pipe(prompt=prompt, **{**kwargs, "negative_prompt": negative}), reports, self.method)
-        names = tuple(layer.name for layer in self.layers)
-        window = (self.start_step, None)
+        cleaned = [reports[i].cleaned_prompt for i in toxic]
+        groups = [reports[i].rows for i in toxic]
+        images = len(prompts) * per_prompt
         if all(layer.kind in STEP_INDEPENDENT_KINDS for layer in self.layers):
             text_kwargs = {key: _rows(value, toxic, len(prompts)) for key, value in kwargs.items() if key != "num_images_per_prompt"}
-            cache = record_text(self.pipe, names, [reports[i].cleaned_prompt for i in toxic], **text_kwargs)
-            plan = [RowPatch(names, source=cache, source_row=j, row=row, patch_steps=window) for j, i in enumerate(toxic) for row in reports[i].rows]
-            with patch_rows(self.pipe, plan):
+            swap = plan_text_swap(self.pipe, self.layers, groups, cleaned, images, self.start_step, **text_kwargs)
+            with patch_rows(self.pipe, swap.patches):
                 return GuardOutput(self.pipe(prompt=prompt, **kwargs), reports, self.method)
-        images = len(prompts) * per_prompt
+        # Extra rows change no row's noise only when every row has a generator of its own.
         generators = _row_generators(kwargs.get("generator"), images)
-        guarded = [row for i in toxic for row in reports[i].rows]
-        sources = [seeding.copies(generators[row], 1)[0] for row in guarded]  # before the call draws from them
-        plan = [RowPatch(names, source=images + k, row=row, patch_steps=window) for k, row in enumerate(guarded)]
+        swap = plan_text_swap(self.pipe, self.layers, groups, cleaned, images, self.start_step)
+        sources = [seeding.copies(generators[row], 1)[0] for row in swap.extra_noise_rows]  # before the call draws from them
         extended = {key: value + _rows(value, toxic, len(prompts)) if _per_prompt(value, len(prompts)) else value for key, value in kwargs.items()}
         extended["generator"] = generators + sources
-        with patch_rows(self.pipe, plan):
-            output = self.pipe(prompt=prompts + [reports[i].cleaned_prompt for i in toxic], **extended)
+        with patch_rows(self.pipe, swap.patches):
+            output = self.pipe(prompt=prompts + swap.extra_prompts, **extended)
         return GuardOutput(_first_rows(output, images), reports, self.method)
 
     @staticmethod

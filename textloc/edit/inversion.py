@@ -52,7 +52,7 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
-from textloc.attention import denoiser
+from textloc.engine import denoiser
 from textloc.metrics import psnr, ssim, to_float_array
 from textloc.pipeline_calls import call_kwargs
 

@@ -22,9 +22,10 @@ from typing import Any
 import torch
 
 from textloc import seeding
-from textloc.attention import AttentionLayer, attention_layers
-from textloc.patching import (
+from textloc.engine import (
     AttentionCall,
+    AttentionLayer,
+    attention_layers,
     StepWindow,
     check_step_window,
     edit_attention_probabilities,
@@ -51,7 +52,7 @@ def prompt_to_prompt(
     """The source image and the word-swapped image, as one 2-row batched generation from one noise.
 
     ``new_prompt`` is ``prompt`` with one run of words replaced (a word swap). The windows are
-    step windows as in :func:`textloc.patching.window_steps` (a fraction ``f`` is step
+    step windows as in :func:`textloc.engine.window_steps` (a fraction ``f`` is step
     ``floor(f * num_steps)``, the stop excluded); ``None`` switches that replacement off, and
     ``(0.0, 1.0)`` covers every step. ``generator`` (default ``textloc.seeding.generator(0)``) is
     copied to both rows, so both start from the same noise. ``generate_kwargs`` go to the pipeline

@@ -21,7 +21,7 @@ from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from textloc.attention import denoiser
+from textloc.engine import denoiser
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"

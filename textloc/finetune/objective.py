@@ -26,7 +26,7 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 from PIL import Image
 
 from textloc import seeding
-from textloc.patching import DenoiserInputs
+from textloc.engine import DenoiserInputs
 
 # SD3's training defaults (diffusers' train_dreambooth_lora_sd3.py): timesteps from a logit-normal density.
 LOGIT_MEAN, LOGIT_STD = 0.0, 1.0

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import torch
 
-from textloc.attention import AttentionLayer, Kind, denoiser
+from textloc.engine import AttentionLayer, Kind, denoiser
 from textloc.layers import LayerSource, resolve_layers
 
 #: The projections a LoRA trains by default, per layer kind (``joint``: see :data:`JOINT_STREAMS`).

@@ -8,7 +8,7 @@ three things they leave to chance made exact:
   example (a per-epoch shuffle), its VAE sample, timestep and noise. A checkpoint therefore needs
   only the LoRA, the optimizer and the step, a resumed run ends where an uninterrupted one does,
   and N processes with batch B/N train the LoRA one process trains with batch B.
-- **The denoiser is conditioned by its own pipeline** (:func:`textloc.patching.denoiser_inputs`):
+- **The denoiser is conditioned by its own pipeline** (:func:`textloc.engine.denoiser_inputs`):
   text embeddings, pooled projections, SDXL's time ids, FLUX's ids and guidance, masks; no
   per-architecture code here to drift from the pipeline.
 - **Bad input stops the run before its first step**: an empty or unreadable dataset, a caption
@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from textloc import distributed, seeding
-from textloc.attention import denoiser, denoiser_parameter_count
+from textloc.engine import denoiser, denoiser_inputs, denoiser_parameter_count
 from textloc.finetune.data import as_captioned_images, example_index
 from textloc.finetune.lora import add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
 from textloc.finetune.objective import Objective
@@ -45,7 +45,6 @@ from textloc.finetune.targets import Targets, check_rank, lora_targets
 from textloc.finetune.validation import Validation
 from textloc.layers import LayerSource, resolve_layers
 from textloc.localization.report import write_json_atomic
-from textloc.patching import denoiser_inputs
 from textloc.pipeline_calls import call_kwargs
 from textloc.pipelines import weights_fingerprint
 

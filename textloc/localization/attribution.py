@@ -17,7 +17,7 @@ effect of a full patch (a = 1) on m:
   it is linearized: ``-(dm/dO_l) . (O_l(patched) - O_l(clean))``, ``O_l`` the attention module's
   output (a joint layer's image and text outputs both) and ``dm/dO_l`` taken in the unpatched run.
   Every layer kind, FLUX's single-stream blocks included, goes through the engine's replays
-  (:func:`textloc.patching.run_with_patches`).
+  (:func:`textloc.engine.run_with_patches`).
 
 Cost per pair: a generation of k + 1 rows (two for ``key-exact``) up to the last gradient step and
 one backward pass per gradient step; ``key-exact`` calls every layer once more at each gradient step.
@@ -30,10 +30,9 @@ from typing import Any
 
 import torch
 
-from textloc.attention import AttentionLayer
+from textloc.engine import AttentionLayer, RowPatch, run_with_patches
 from textloc.localization.prompts import PromptPair
 from textloc.localization.sweep import SOURCE_ROW, TARGET_ROW, PatchSettings
-from textloc.patching import RowPatch, run_with_patches
 from textloc.seeding import generator
 
 

@@ -14,7 +14,18 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from textloc.attention import AttentionLayer, LayerSelector, denoiser_parameter_count, select_layers
+from textloc.engine import (
+    KV,
+    AttentionLayer,
+    BranchChoice,
+    LayerSelector,
+    RowPatch,
+    StepWindow,
+    denoiser_parameter_count,
+    select_layers,
+    validate_patch,
+    window_steps,
+)
 from textloc.localization import stats
 from textloc.localization.attribution import attribution_scores, key_exact_scores, path_points
 from textloc.localization.prompts import PromptPair
@@ -23,7 +34,6 @@ from textloc.localization.scoring import SceneJudge, mean_metrics, score_images
 from textloc.distributed import Shards
 from textloc.localization.sweep import PatchSettings, check_max_batch, generate_patched, head_unit, split_unit
 from textloc.ocr import OCR, get_ocr
-from textloc.patching import KV, BranchChoice, RowPatch, StepWindow, validate_patch, window_steps
 from textloc.pipelines import weights_fingerprint
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]

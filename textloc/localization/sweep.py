@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from textloc.localization.prompts import PromptPair
-from textloc.patching import KV, BranchChoice, RowPatch, StepWindow, run_with_patches
+from textloc.engine import KV, BranchChoice, RowPatch, StepWindow, run_with_patches
 from textloc.seeding import generator
 
 SOURCE_ROW, TARGET_ROW = 0, 1

@@ -25,6 +25,9 @@ import torch
 Kind = Literal["cross", "added_kv", "joint", "single", "self"]
 TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single")
 KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
+# Kinds whose text K/V depend on the prompt only, not on the step or the image: a cache holds them
+# once, and a prompt can be injected into them directly.
+STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv")
 
 # The projections whose outputs are a layer's text keys and values, per kind.
 TEXT_KV_PROJECTIONS: dict[Kind, tuple[str, str]] = {

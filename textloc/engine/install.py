@@ -1,0 +1,131 @@
+"""The one context that installs the engine's hooks on a pipeline and removes them, whatever happens.
+
+Every engine call (record, patch, replays, capture, explicit probabilities) runs inside
+:func:`hooked`: ``diffusers.hooks`` on the denoiser (step and branch) and on each chosen layer and
+its text K/V projections, and method shadows on the scheduler's ``step`` and, where needed, the
+pipeline's ``encode_prompt``. Leaving it, normally or through an exception, removes them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from textloc import seeding
+from textloc.engine.cache import TextCache
+from textloc.engine.layer_hooks import AttentionHook, LayerHooks, ProjectionHook
+from textloc.engine.plan import RowPatch, window_steps
+from textloc.engine.recorder import Recorder
+from textloc.engine.replays import GradientHook
+from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, shadowed
+from textloc.engine.units import AttentionLayer, denoiser
+from textloc.fingerprint import module_fingerprint
+from textloc.pipeline_calls import call_kwargs
+
+_HOOK_PREFIX = "textloc"
+
+
+@contextlib.contextmanager
+def hooked(
+    pipe: Any,
+    layers: Sequence[AttentionLayer],
+    patches: Sequence[RowPatch] = (),
+    recorder: Recorder | None = None,
+    stop_at_step: int | None = None,
+    grad_steps: frozenset[int] = frozenset(),
+    on_output=None,
+    on_call: Callable[[DenoiserCall, tuple, dict], None] | None = None,
+    replays: Sequence[RowPatch] = (),
+) -> Iterator[RunState]:
+    model = denoiser(pipe)
+    state = RunState(pipe, stop_at_step)
+    caches = {id(p.source): p.source for p in patches if isinstance(p.source, TextCache)}
+    fingerprint = module_fingerprint(model) if caches else None
+    for cache in caches.values():
+        if cache.fingerprint != fingerprint:
+            raise ValueError(
+                f"This cache was recorded on other weights ({cache.fingerprint}); this pipeline's denoiser "
+                f"is {fingerprint}. Record the source on this pipeline."
+            )
+    for p in patches:
+        missing = [name for name in p.layers if name not in p.source.layers] if isinstance(p.source, TextCache) else []
+        if missing:
+            raise ValueError(f"The cache was not recorded at {', '.join(missing)}; record those layers too.")
+
+    def start_run(run: RunState) -> None:
+        for cache in caches.values():
+            stepped = any(position is not None for (_, position, _) in cache.entries)
+            if stepped and (cache.num_steps, cache.num_positions) != (run.num_steps, run.num_positions):
+                raise ValueError(
+                    f"This cache was recorded over {cache.num_steps} steps ({cache.num_positions} scheduler "
+                    f"timesteps) but the run has {run.num_steps} ({run.num_positions}); record the source with "
+                    "the same num_inference_steps and scheduler."
+                )
+        run.windows = {id(p): window_steps(p.patch_steps, run.num_steps) for p in [*patches, *replays]}
+        for p in [*patches, *replays]:
+            if not run.windows[id(p)]:
+                raise ValueError(f"patch_steps {p.patch_steps} covers no step of this {run.num_steps}-step run.")
+
+    state.on_new_run.append(start_run)
+    registered: list[tuple[torch.nn.Module, str]] = []
+
+    def register(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+        registered.append((module, name))
+
+    tag = f"{_HOOK_PREFIX}_{id(state)}"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(shadowed(pipe.scheduler, "step", state.count_scheduler_step, arguments=False))
+        if not state.cfg_property:
+            stack.enter_context(shadowed(pipe, "encode_prompt", state.note_encode_prompt))
+        try:
+            if grad_steps or on_output is not None:
+                register(model, GradientHook(state, grad_steps, on_output), f"{tag}_gradient")
+            # Registered last, so outermost: it must know the step before the gradient hook runs.
+            register(model, DenoiserHook(state, on_call), f"{tag}_denoiser")
+            for layer in layers:
+                layer_patches = [p for p in patches if layer.name in p.layers]
+                replay = next((p for p in replays if layer.name in p.layers), None)
+                hooks = LayerHooks(layer, state, recorder, layer_patches, replay, grad_steps)
+                key_proj, value_proj = layer.text_kv_projections
+                register(layer.module, AttentionHook(hooks), f"{tag}_attention")
+                register(key_proj, ProjectionHook(hooks, "key"), f"{tag}_key")
+                register(value_proj, ProjectionHook(hooks, "value"), f"{tag}_value")
+            yield state
+        finally:
+            for module, name in reversed(registered):
+                module._diffusers_hook.remove_hook(name, recurse=False)
+
+
+
+def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
+    """Call the pipeline; ``None`` when a hook ended the run early, with offloaded models freed."""
+    try:
+        return pipe(**kwargs)
+    except StopRun:
+        # The pipeline's own cleanup never ran: hand models back to their offload device.
+        if hasattr(pipe, "maybe_free_model_hooks"):
+            pipe.maybe_free_model_hooks()
+        return None
+
+
+def pipeline_kwargs(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline-call arguments, with an error naming any that the pipeline does not take."""
+    # Named parameters only: SD/SDXL's **kwargs swallow a misspelt argument without a word.
+    parameters = [name for name, p in inspect.signature(pipe.__call__).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    for name in kwargs:
+        if name not in parameters:
+            close = difflib.get_close_matches(name, parameters, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "."
+            raise TypeError(f"{name!r} is not an argument of {type(pipe).__name__}.__call__{hint}")
+    if kwargs.get("generator") is not None:
+        seeding.check_generator(kwargs["generator"])
+    return call_kwargs(pipe, **kwargs)
+
+

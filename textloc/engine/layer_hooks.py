@@ -1,0 +1,261 @@
+"""The hooks on one attention layer: record its text K/V, and overwrite them for chosen rows, heads and steps.
+
+Only projection outputs change (and, where the model pads its text, the attention mask), so every
+processor (SDPA, FLUX, joint, added-KV, LoRA-wrapped, a user's own) keeps working unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from textloc.engine.cache import TextKV
+from textloc.engine.plan import RowPatch
+from textloc.engine.replays import LayerReplay, map_tensors, output_tensors
+from textloc.engine.run_state import DenoiserCall, RunState
+from textloc.engine.units import AttentionLayer
+
+if TYPE_CHECKING:
+    from textloc.engine.recorder import Recorder
+
+
+
+# diffusers turns text masks into additive biases with this value (PixArt, Sana).
+_MASKED_BIAS = -10000.0
+
+
+_ALL_ROWS = slice(None)
+
+
+@dataclass
+class _Source:
+    """Where one patch reads from in the call now running: a batch row, or rows of a cache entry."""
+
+    batch_index: int | None = None
+    entry: TextKV | None = None
+    rows: slice = field(default_factory=lambda: _ALL_ROWS)
+
+    def values(self, role: str, text: torch.Tensor) -> torch.Tensor:
+        if self.entry is None:
+            return text[self.batch_index : self.batch_index + 1]
+        cached = self.entry.key if role == "key" else self.entry.value
+        # Each tensor op costs microseconds on every patched layer call: skip the ones that do nothing.
+        if self.rows != _ALL_ROWS:
+            cached = cached[self.rows]
+        if cached.shape[1] != text.shape[1]:
+            if self.entry.mask is None:
+                raise ValueError(
+                    f"The source has {cached.shape[1]} text tokens and this run {text.shape[1]}; record "
+                    "the source with the same text length (max_sequence_length)."
+                )
+            cached = _fit_tokens(cached, text.shape[1], dim=1, fill=0.0)
+        if cached.device == text.device and cached.dtype == text.dtype:
+            return cached
+        return cached.to(text.device, text.dtype)
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        if self.entry is None:
+            return mask[self.batch_index : self.batch_index + 1]
+        if self.entry.mask is None:
+            return None
+        cached = self.entry.mask[self.rows]
+        length = mask.shape[-1]
+        if cached.shape[-1] > length and _attends(cached[..., length:]).any():
+            raise ValueError(
+                f"The source prompt needs {int(_attends(cached).sum(-1).max())} text tokens but this run "
+                f"keeps {length}; raise max_sequence_length."
+            )
+        masked = False if cached.dtype == torch.bool else _MASKED_BIAS
+        return _fit_tokens(cached, length, dim=-1, fill=masked).to(mask.device, mask.dtype)
+
+
+def _attends(mask: torch.Tensor) -> torch.Tensor:
+    return mask if mask.dtype == torch.bool else mask > _MASKED_BIAS / 2
+
+
+def _fit_tokens(tensor: torch.Tensor, length: int, dim: int, fill: float | bool) -> torch.Tensor:
+    """Cut or pad a text axis to ``length``; what is cut or padded is masked out by the caller."""
+    size = tensor.shape[dim]
+    if size >= length:
+        return tensor.narrow(dim, 0, length)
+    pad_shape = list(tensor.shape)
+    pad_shape[dim] = length - size
+    return torch.cat([tensor, tensor.new_full(pad_shape, fill)], dim=dim)
+
+
+@dataclass
+class _Writes:
+    """The patches one layer applies during one denoiser call."""
+
+    call: DenoiserCall
+    patches: list[tuple[RowPatch, slice, _Source]]
+    copy: bool
+
+
+class LayerHooks:
+    """Records and patches one layer's text K/V; shared by its projection and attention hooks.
+
+    With a ``replay`` patch, at each of ``replay_steps`` the layer's output is kept in the autograd
+    graph and the layer is called again on the same inputs with ``replay`` added to its patches
+    (see :class:`LayerReplay`); the run itself goes on with the unreplayed output.
+    """
+
+    def __init__(
+        self, layer: AttentionLayer, state: RunState, recorder: Recorder | None, patches: list[RowPatch],
+        replay: RowPatch | None = None, replay_steps: frozenset[int] = frozenset(),
+    ):
+        self.layer, self.state, self.recorder, self.patches = layer, state, recorder, patches
+        self.replay, self.replay_steps = replay, replay_steps
+        self.mask: torch.Tensor | None = None  # this call's text attention mask, as the layer saw it
+        self._replaying = False  # inside the replay's second call: its patch joins the others
+        self._writes: _Writes | None = None
+        self._inputs: tuple[tuple, dict] | None = None  # the call to replay, as the layer received it
+
+    def text_slice(self, output: torch.Tensor) -> torch.Tensor:
+        if self.layer.kind == "single":  # FLUX single blocks: [text, image] tokens
+            return output[:, : self.state.call.text_len]
+        return output
+
+    def writes(self) -> _Writes:
+        """The active patches of the call now running, worked out once per layer and call."""
+        call = self.state.call
+        if self._writes is not None and self._writes.call is call:
+            return self._writes
+        found, sources = [], set()
+        for patch in [*self.patches, self.replay] if self._replaying else self.patches:
+            if call.step not in self.state.windows[id(patch)]:
+                continue
+            for branch in patch.branches():
+                rows = call.branch_rows.get(branch)
+                if rows is None:
+                    continue
+                for row in (patch.row, patch.source if isinstance(patch.source, int) else None):
+                    if row is not None and row >= len(rows):
+                        raise ValueError(f"Patch row {row} is outside this call's batch of {len(rows)} rows per branch.")
+                # A branch's rows are contiguous, so every target is a slice: no index tensors.
+                first = rows[0] if patch.row is None else rows[patch.row]
+                targets = slice(first, first + (len(rows) if patch.row is None else 1))
+                if isinstance(patch.source, int):
+                    sources.add(rows[patch.source])
+                    found.append((patch, targets, _Source(batch_index=rows[patch.source])))
+                    continue
+                entry = patch.source.get(self.layer.name, call.position, branch)
+                row_wise = patch.row is None and entry.key.shape[0] == len(rows)
+                picks = _ALL_ROWS if row_wise else slice(patch.source_row, patch.source_row + 1)
+                found.append((patch, targets, _Source(entry=entry, rows=picks)))
+        # Writing in place is safe unless a row that is read as a source also gets written.
+        overlap = any(target.start <= index < target.stop for _, target, _ in found for index in sources)
+        self._writes = _Writes(call, found, copy=overlap)
+        return self._writes
+
+    def on_projection(self, role: str, output: torch.Tensor) -> torch.Tensor:
+        if self.recorder is not None:
+            self.recorder.add(self, role, output)
+        writes = self.writes()
+        if not writes.patches:
+            return output
+        # The projection's output is a fresh tensor that only this layer's processor reads.
+        patched = output.clone() if writes.copy else output
+        source_text, text = self.text_slice(output), self.text_slice(patched)
+        head_dim = output.shape[-1] // self.layer.num_heads
+        for patch, targets, source in writes.patches:
+            if role not in patch.roles():
+                continue
+            values = source.values(role, source_text)
+            if not (isinstance(patch.strength, float) and patch.strength == 1.0):
+                own = source_text[targets]
+                values = own + patch.strength * (values - own)
+            if patch.heads is None:
+                text[targets] = values
+            else:
+                for head in patch.heads:
+                    columns = slice(head * head_dim, (head + 1) * head_dim)
+                    text[targets, :, columns] = values[..., columns]
+        return patched
+
+    def on_attention(self, kwargs: dict) -> dict:
+        mask = self.mask = kwargs.get("attention_mask")
+        if mask is None:
+            return kwargs
+        writes = self.writes()
+        if not writes.patches:
+            return kwargs
+        swapped = mask.clone()
+        for patch, targets, source in writes.patches:
+            source_mask = source.mask(mask)
+            if source_mask is None:
+                continue
+            # One mask serves every head, key and value of a row: a patch that keeps part of the
+            # row's own K/V can only take the source's mask when the two are the same.
+            part = patch.partial()
+            if part is not None and not torch.equal(source_mask.expand_as(mask[targets]), mask[targets]):
+                raise ValueError(
+                    f"{self.layer.name} masks padded text tokens, and the source's text length differs "
+                    f"from the prompt's: patching {part} would mix two masks. Patch all heads with "
+                    "kv='both', or give source and prompt the same token length."
+                )
+            swapped[targets] = source_mask
+        return {**kwargs, "attention_mask": swapped}
+
+    def keep_inputs(self, args: tuple, kwargs: dict) -> None:
+        """Keep the call's inputs where it is to be replayed, before any patch swaps its mask: the
+        replay swaps it anew, for its own patches."""
+        due = self.replay is not None and self.state.call.step in self.replay_steps
+        self._inputs = (args, kwargs) if due else None
+
+    @contextlib.contextmanager
+    def _replay_call(self) -> Iterator[None]:
+        # This call's writes are worked out again, with the replay's patch, and once more after.
+        self._replaying, self._writes = True, None
+        try:
+            yield
+        finally:
+            self._replaying, self._writes, self._inputs = False, None, None
+
+    def replayed(self, output: Any, call_again: Callable[[tuple, dict], Any]) -> Any:
+        """``output``, made a node of the autograd graph where this call is replayed: by
+        ``call_again(args, kwargs)``, with the replay's patch, into the denoiser call's ``replays``."""
+        if self._inputs is None:
+            return output
+        args, kwargs = self._inputs
+        # A layer with nothing upstream that requires grad returns a tensor outside the graph:
+        # it becomes a leaf that the rest of the pass, and so the prediction, depends on.
+        output = map_tensors(output, lambda tensor: tensor if tensor.requires_grad else tensor.detach().requires_grad_())
+        with self._replay_call(), torch.no_grad():
+            patched = call_again(args, kwargs)
+        self.state.call.replays[self.layer.name] = LayerReplay(output_tensors(output), output_tensors(patched))
+        return output
+
+
+
+class ProjectionHook(ModelHook):
+    def __init__(self, hooks: LayerHooks, role: str):
+        super().__init__()
+        self.hooks, self.role = hooks, role
+
+    def post_forward(self, module, output):
+        return self.hooks.on_projection(self.role, output)
+
+
+class AttentionHook(ModelHook):
+    def __init__(self, hooks: LayerHooks):
+        super().__init__()
+        self.hooks = hooks
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.hooks.keep_inputs(args, kwargs)
+        return args, self.hooks.on_attention(kwargs)
+
+    def post_forward(self, module, output):
+        return self.hooks.replayed(output, self._call_again)
+
+    def _call_again(self, args: tuple, kwargs: dict) -> Any:
+        # From this hook inwards, as the call went: hooks outside it have already prepared the inputs.
+        return self.fn_ref.forward(*args, **self.hooks.on_attention(kwargs))
+
+

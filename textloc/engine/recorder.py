@@ -1,0 +1,51 @@
+"""Fills a :class:`~textloc.engine.cache.TextCache` as the hooked layers compute their text K/V."""
+
+from __future__ import annotations
+
+import torch
+
+from textloc.engine.branches import Branch
+from textloc.engine.cache import TextCache, TextKV
+from textloc.engine.layer_hooks import LayerHooks
+from textloc.engine.run_state import DenoiserCall, StopRun
+from textloc.engine.units import STEP_INDEPENDENT_KINDS
+
+
+class Recorder:
+    """Fills a :class:`TextCache` as the layers compute their text K/V, straight onto ``device``.
+
+    With ``stop_when_complete`` the run ends as soon as every step-independent layer holds an
+    entry for every branch of the first pass: nothing later can add to the cache.
+    """
+
+    def __init__(self, cache: TextCache, device: torch.device | str | None, stop_when_complete: bool):
+        self.cache, self.device, self.stop_when_complete = cache, device, stop_when_complete
+        self.pending: dict[tuple[str, Branch], dict[str, torch.Tensor]] = {}
+
+    def add(self, hooks: LayerHooks, role: str, output: torch.Tensor) -> None:
+        call, layer = hooks.state.call, hooks.layer
+        static = layer.kind in STEP_INDEPENDENT_KINDS
+        text = hooks.text_slice(output).detach()
+        for branch, rows in call.branch_rows.items():
+            if static and branch == "skip_layer":
+                continue  # the conditional branch's entry serves that pass
+            key = (layer.name, None if static else call.position, branch)
+            if static and key in self.cache.entries:
+                continue  # recorded at the first pass; identical at every other
+            pending = self.pending.setdefault((layer.name, branch), {})
+            pending[role] = self._keep(text[rows])
+            if len(pending) == 2:
+                mask = None if hooks.mask is None else self._keep(hooks.mask[rows])
+                self.cache.entries[key] = TextKV(pending["key"], pending["value"], mask)
+                del self.pending[layer.name, branch]
+        if self.stop_when_complete and self._complete(call):
+            raise StopRun
+
+    def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
+        kept = tensor.to(self.device) if self.device is not None else tensor
+        return kept.clone() if kept.data_ptr() == tensor.data_ptr() else kept
+
+    def _complete(self, call: DenoiserCall) -> bool:
+        return all((name, None, branch) in self.cache.entries for name in self.cache.layers for branch in call.branch_rows)
+
+

@@ -1,0 +1,200 @@
+"""Which step and CFG branch each denoiser call belongs to, read from the pipeline's own state.
+
+One :class:`RunState` serves every hook of one engine context. It never guesses from batch
+contents: the step comes from counting the scheduler's ``step()`` calls, the branch from what the
+pipeline says (a ``cache_context``, a ``skip_layers`` argument, ``do_classifier_free_guidance``, or
+the flag it passes to its own ``encode_prompt``); what none of these tells is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.hooks import ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from textloc.engine.branches import Branch
+
+if TYPE_CHECKING:
+    from textloc.engine.replays import LayerReplay
+
+
+@dataclass
+class DenoiserCall:
+    """What the denoiser call now running holds: its step, and which branch each batch row is."""
+
+    step: int
+    position: int  # index into the scheduler's timesteps: a second-order step has two
+    branch_rows: dict[Branch, list[int]]  # branch -> batch indices, in row order
+    text_len: int | None
+    replays: dict[str, LayerReplay] = field(default_factory=dict)  # layer name -> its replay in this call
+
+
+class StopRun(Exception):
+    """Raised inside the denoiser to end a generation once what was wanted is recorded."""
+
+
+class RunState:
+    """Step and CFG layout of each denoiser call, read from the pipeline's own state.
+
+    - The step: the scheduler's ``step()`` calls are counted, so the n-th denoiser pass of a run is
+      at scheduler position ``begin_index + n``, and position p of ``len(timesteps)`` is step
+      ``p * num_inference_steps // len(timesteps)``: the step itself for first-order schedulers,
+      both passes of a second-order step (Heun, KDPM2: 2n - 1 timesteps) and PLMS's warm-up pass
+      (n + 1 timesteps) in their step.
+    - The branch: a ``cache_context("cond"/"uncond")`` the pipeline opens around a call (FLUX true
+      CFG runs the branches as two calls); a ``skip_layers`` argument (SD3 skip-layer guidance);
+      else the pipeline's ``do_classifier_free_guidance`` property (SD, SDXL, SD3, Sana; it knows
+      that LCM-distilled U-Nets run no CFG batch), else the ``do_classifier_free_guidance`` the
+      pipeline passed to its own ``encode_prompt`` (IF, PixArt). Under CFG the batch is
+      ``cat([uncond, cond])``. A pipeline that states none of these is refused, never guessed.
+    """
+
+    def __init__(self, pipe: Any, stop_at_step: int | None = None):
+        self.pipe = pipe
+        self.stop_at_step = stop_at_step
+        self.context = StateManager(_NoState)  # diffusers' cache_context() sets its context
+        self.encoded_cfg: bool | None = None  # the flag the pipeline last passed to encode_prompt
+        self.scheduler_steps = 0  # scheduler.step() calls in this run
+        self.schedule: torch.Tensor | None = None
+        self.begin = self.num_steps = self.num_positions = 0
+        self.call: DenoiserCall | None = None
+        self.windows: dict[int, range] = {}  # id(patch) -> the steps it covers in this run
+        self.on_new_run: list[Callable[[RunState], None]] = []
+        # Asked once: inspecting the class on every denoiser call would cost more than the answer.
+        self.cfg_property = isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property)
+
+    def begin_call(self, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]) -> None:
+        scheduler = self.pipe.scheduler
+        schedule = scheduler.timesteps
+        if schedule is not self.schedule:  # set_timesteps made a new schedule: a new generation
+            self.schedule, self.scheduler_steps = schedule, 0
+            self.begin = getattr(scheduler, "begin_index", None) or 0  # img2img starts part-way
+            self.num_positions = len(schedule)
+            self.num_steps = getattr(scheduler, "num_inference_steps", None) or self.num_positions
+            for callback in self.on_new_run:
+                callback(self)
+        position = self.begin + self.scheduler_steps
+        if position >= self.num_positions:
+            raise ValueError(
+                f"The denoiser ran after the last of the scheduler's {self.num_positions} timesteps; textloc "
+                "follows the steps of a pipeline call and cannot place this one."
+            )
+        step = position * self.num_steps // self.num_positions
+        if step == self.stop_at_step:
+            raise StopRun
+        encoder_states = kwargs.get("encoder_hidden_states")
+        text_len = None if encoder_states is None else encoder_states.shape[1]
+        self.call = DenoiserCall(step, position, self._branch_rows(sample.shape[0], kwargs), text_len)
+
+    def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:
+        rows = list(range(batch))
+        if kwargs.get("skip_layers") is not None:
+            return {"skip_layer": rows}
+        context = self.context._context
+        if context is not None and context.name in ("cond", "uncond"):
+            return {context.name: rows}
+        if not self._classifier_free_guidance():
+            return {"cond": rows}
+        if batch % 2:
+            raise ValueError(f"{type(self.pipe).__name__} runs classifier-free guidance on an odd batch of {batch}; textloc cannot split it into branches.")
+        return {"uncond": rows[: batch // 2], "cond": rows[batch // 2 :]}
+
+    def _classifier_free_guidance(self) -> bool:
+        if self.cfg_property:
+            return bool(self.pipe.do_classifier_free_guidance)
+        if self.encoded_cfg is not None:
+            return self.encoded_cfg
+        raise ValueError(
+            f"textloc cannot tell the classifier-free guidance layout of {type(self.pipe).__name__}: it has no "
+            "do_classifier_free_guidance property, passes no such flag to encode_prompt and opens no "
+            "cache_context around its denoiser calls. Patch through a pipeline that does (SD, SDXL, SD3, "
+            "FLUX, IF, PixArt, Sana)."
+        )
+
+    def count_scheduler_step(self) -> None:
+        self.scheduler_steps += 1
+
+    def note_encode_prompt(self, arguments: dict[str, Any]) -> None:
+        if "do_classifier_free_guidance" in arguments:
+            self.encoded_cfg = bool(arguments["do_classifier_free_guidance"])
+
+
+class _NoState(BaseState):
+    """The engine keeps no per-context state; it only reads which context the pipeline opened."""
+
+    def reset(self) -> None:
+        pass
+
+
+class DenoiserHook(ModelHook):
+    _is_stateful = True  # so that diffusers' cache_context() hands it the branch name
+
+    def __init__(self, state: RunState, on_call: Callable[[DenoiserCall, tuple, dict], None] | None = None):
+        super().__init__()
+        self.state = state
+        self.context = state.context
+        self.on_call = on_call
+
+    def pre_forward(self, module, *args, **kwargs):
+        sample, timestep = sample_and_timestep(args, kwargs)
+        self.state.begin_call(sample, timestep, kwargs)
+        if self.on_call is not None:
+            self.on_call(self.state.call, args, kwargs)
+        return args, kwargs
+
+    def reset_state(self, module):
+        return module
+
+
+def sample_and_timestep(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    # Pipelines call U-Nets as unet(sample, t, ...) and transformers with keywords.
+    sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
+    timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+    return sample, timestep
+
+
+def prediction_of(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output.sample
+
+
+@contextlib.contextmanager
+def shadowed(owner: Any, method: str, before: Callable[..., None], arguments: bool = True) -> Iterator[None]:
+    """Call ``before(arguments)`` (by parameter name, defaults filled in) ahead of ``owner.method``;
+    with ``arguments=False``, ``before()``: binding them costs more than a scheduler step's own work.
+
+    The wrapper is an instance attribute that shadows the class's method, so other instances are
+    untouched; on exit the attribute the instance had before (none, or an outer wrapper) is back.
+    """
+    original = getattr(owner, method, None)
+    if original is None:
+        yield
+        return
+    signature = inspect.signature(original)
+    shadowed = owner.__dict__.get(method)
+
+    @functools.wraps(original)  # pipelines read the signature (prepare_extra_step_kwargs)
+    def wrapper(*args, **kwargs):
+        if arguments:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            before(bound.arguments)
+        else:
+            before()
+        return original(*args, **kwargs)
+
+    object.__setattr__(owner, method, wrapper)
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            object.__delattr__(owner, method)
+        else:
+            object.__setattr__(owner, method, shadowed)
+
