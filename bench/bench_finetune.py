@@ -44,11 +44,12 @@ from textloc.finetune import RenderedSigns, train_lora
 from textloc.finetune.objective import Objective
 from textloc.finetune.train import batch_loss, capture_settings, last_checkpoint, native_resolution
 from textloc.images import captioned_grid
-from textloc.metrics import background_mask, mse
+from textloc.scoring.metrics import background_mask, mse
 from textloc.models import named_model
-from textloc.ocr import get_ocr
+from textloc.scoring.ocr import get_ocr
 from textloc.tiny.data import VOCABULARY, make_example
-from textloc.tiny.evaluate import EVAL_SEED, heldout_examples, score
+from textloc.tiny.data import EVAL_SEED
+from textloc.tiny.evaluate import heldout_examples, score
 from textloc.tiny.evaluate import generate as generate_batch
 
 ROOT = Path(__file__).resolve().parent.parent

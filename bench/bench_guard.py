@@ -37,11 +37,11 @@ import torch
 import textloc as tl
 from textloc.edit import GUARD_METHODS, ToxicTextGuard
 from textloc.images import captioned_grid
-from textloc.metrics import background_mask, image_scores, text_scores
+from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.models import NamedModel, named_model
 from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script
 from timing import paired_ratio
-from textloc.ocr import get_ocr
+from textloc.scoring.ocr import get_ocr
 from textloc.engine import STEP_INDEPENDENT_KINDS
 from textloc.pipeline_calls import call_kwargs
 from textloc.tiny.data import (

@@ -59,7 +59,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     pipe = tl.load_pipeline(args.model)
-    settings = recommended_settings(args.model, pipe)
+    settings = recommended_settings(args.model)
     layers = [layer.name for layer in tl.select_layers(pipe, "all")]
     pairs = make_pairs(["HELLO", "WORLD", "LAMP", "STOP", "OPEN", "CAFE"], n=args.pairs, seed=0)
     if args.model == "textloc-tiny":

@@ -63,7 +63,7 @@ def main() -> None:
 
     pipe = tl.load_pipeline("textloc-tiny")
     model = named_model("textloc-tiny")
-    settings = recommended_settings("textloc-tiny", pipe)
+    settings = recommended_settings("textloc-tiny")
     every = localization_pairs(56, seed=0)
     choice, held = every[:CHOICE_PAIRS], every[CHOICE_PAIRS : CHOICE_PAIRS + args.held]
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}

@@ -32,11 +32,11 @@ import torch
 
 import textloc as tl
 from textloc.localization import Localization
-from textloc.localization.prompts import PromptPair, as_template, quoted_text
+from textloc.scoring.prompts import PromptPair, as_template, quoted_text
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.scoring import mean_metrics, score_images
 from textloc.models import named_model
-from textloc.ocr import get_ocr
+from textloc.scoring.ocr import get_ocr
 from textloc.pipeline_calls import call_kwargs
 from embedded import ROOT, add_model_argument, layers_dir, results_file  # beside this script
 

@@ -31,7 +31,8 @@ from textloc.localization.attribution import attribution_scores, path_points
 from textloc.localization.core import exact_effects, gradient_step_indices
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.sweep import PatchSettings
-from textloc.pipelines import recommended_settings, weights_fingerprint
+from textloc.fingerprint import weights_fingerprint
+from textloc.pipelines import recommended_settings
 from textloc.tiny.pairs import localization_pairs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -196,8 +196,8 @@ def localize_calls(monkeypatch):
     """Replace the localization with a recorder: the CLI's part ends at the call."""
     calls = []
 
-    def record(pipe, pairs, **kwargs):
-        calls.append({"pipe": pipe, "pairs": pairs, **kwargs})
+    def record(pipe, pairs, layers="all", config=None, **kwargs):
+        calls.append({"pipe": pipe, "pairs": pairs, "layers": layers, "config": config, **kwargs})
         return SimpleNamespace(summary=lambda: "summary")
 
     # The package, not textloc.localization: the top-level API exports the function under that name.
@@ -229,7 +229,7 @@ def test_localize_passes_the_models_settings_pairs_and_judge(capsys, tmp_path, l
 )
 def test_patch_steps_reach_localize_as_a_window(capsys, tmp_path, localize_calls, text, window):
     assert run(capsys, "localize", "--model", "tiny-random-sd15", "--pairs", "2", "--device", "cpu", "--out", str(tmp_path), f"--patch-steps={text}")[0] == 0
-    assert localize_calls[-1]["patch_steps"] == window
+    assert localize_calls[-1]["config"].patch_steps == window
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from conftest import PROMPT, _pipeline
 from textloc.edit import edit_text, quoted_spans, replace_quoted, score_edit
 from textloc.layers import PRESETS, find_preset, resolve_layers
 from textloc.localization import Localization
-from textloc.ocr import Reading
+from textloc.scoring.ocr import Reading
 from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs
 

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import textloc as tl
 from textloc.engine import denoiser, select_layers
+from textloc.fingerprint import weights_fingerprint
 from textloc.finetune import ImageFolder, RenderedSigns, RowsDataset, load_lora, lora_targets, train_lora
 from textloc.finetune.train import CHECKPOINT_PREFIX, TRAINING_FILE
 from textloc.localization import Localization
@@ -329,7 +330,7 @@ def test_the_shipped_textloc_tiny_lora_loads_with_plain_diffusers_on_its_localiz
     shipped = Path(__file__).resolve().parent.parent / "samples" / "tiny" / "finetune"
     record = json.loads((shipped / TRAINING_FILE).read_text())
     base = tl.load_pipeline("textloc-tiny")
-    assert record["targets"] == lora_targets(base, shipped.parent / "localize") and record["weights"] == tl.pipelines.weights_fingerprint(base)
+    assert record["targets"] == lora_targets(base, shipped.parent / "localize") and record["weights"] == weights_fingerprint(base)
     assert record["trainable_share"] <= 0.01
     kwargs = dict(prompt='A red sign on a blue background that says "LAMP".', num_inference_steps=4, guidance_scale=5.0,
                   clean_caption=False, output_type="np")

@@ -286,7 +286,7 @@ def test_cli_prints_what_it_replaced_and_saves_both_images(tmp_path, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("rapidocr") is None, reason="needs rapidocr")
 def test_textloc_tiny_does_not_write_a_guarded_toxic_word():
-    from textloc.ocr import get_ocr
+    from textloc.scoring.ocr import get_ocr
 
     pipe = tl.load_pipeline("textloc-tiny")
     settings = {**named_model("textloc-tiny").settings, "clean_caption": False, "output_type": "np"}

@@ -17,15 +17,16 @@ import textloc as tl
 from textloc.engine import denoiser_parameter_count
 from textloc.layers import find_preset, resolve_layers
 from textloc.localization import Localization
-from textloc.localization.core import UNCHECKED_ON_RESUME
-from textloc.localization.prompts import quoted_text
+from textloc.localization import LocalizeConfig
+from textloc.scoring.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.scoring import mean_metrics, score_images
 from textloc.localization.stats import share_interval
 from textloc.localization.sweep import PatchSettings, generate_patched
-from textloc.metrics import contains, text_scores
-from textloc.ocr import get_ocr
-from textloc.pipelines import recommended_settings, weights_fingerprint
+from textloc.scoring.metrics import contains, text_scores
+from textloc.scoring.ocr import get_ocr
+from textloc.fingerprint import weights_fingerprint
+from textloc.pipelines import recommended_settings
 from textloc.tiny.pairs import localization_pairs, scene_judge
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
@@ -150,7 +151,7 @@ def check_layers(finding: Localization, settings: dict, stages: dict) -> tuple[l
     choice pairs, the ranked layers and the index of the first set that reaches the threshold."""
     # The log's settings are the report's, but for those a resume does not check (the log keeps the
     # values of the run that began it) and the counts the report adds.
-    checked = [k for k in settings if k != "pairs" and k not in UNCHECKED_ON_RESUME]
+    checked = [k for k in settings if k != "pairs" and k not in LocalizeConfig().unchecked()]
     assert {k: settings[k] for k in checked} == {k: finding.settings[k] for k in checked}
     choice, held = settings["pairs"][: finding.settings["choice_pairs"]], settings["pairs"][finding.settings["choice_pairs"] :]
     assert len(held) == finding.settings["held_out_pairs"] and sorted(stages["sweep"]) == list(range(len(choice)))
@@ -286,7 +287,7 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
     ran on seed 0): that they write the target word (when the selection reached the threshold),
     and that they erase it (when held-out necessity removed it from nearly every image)."""
     pytest.importorskip("rapidocr")
-    settings = recommended_settings(model, pipe)
+    settings = recommended_settings(model)
     ocr = get_ocr("rapidocr")
     pairs = localization_pairs(6, seed=1)
     sufficiency = finding.reached

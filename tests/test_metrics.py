@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from textloc.metrics import (
+from textloc.scoring.metrics import (
     Score,
     background_mask,
     compare,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 from pathlib import Path
@@ -150,29 +149,3 @@ def test_adding_an_embedded_model_is_one_entry(second_embedded_model, tmp_path, 
     assert (call["num_inference_steps"], call["guidance_scale"]) == (3, 2.0)
     assert call["pairs"] == second_embedded_model.prompt_pairs(2, 0)
     assert call["scene_judge"] is second_embedded_model.scene_judge
-
-
-# Which textloc modules each low module may import when it is imported: imports flow one way.
-_TOP_LEVEL_IMPORTS = {
-    "pipeline_calls": set(),
-    "seeding": set(),
-    "fingerprint": set(),
-    "testing": {"textloc.pipeline_calls"},
-    "models": {"textloc.pipeline_calls"},
-    "pipelines": {"textloc.fingerprint", "textloc.models", "textloc.pipeline_calls"},
-}
-
-
-@pytest.mark.parametrize("module", _TOP_LEVEL_IMPORTS)
-def test_imports_flow_one_way(module):
-    source = Path(models.__file__).with_name(f"{module}.py").read_text()
-    imported = set()
-    for node in ast.parse(source).body:  # the module's own top level: what importing it runs
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("textloc"):
-            imported.add(node.module)
-        elif isinstance(node, ast.Import):
-            imported.update(alias.name for alias in node.names if alias.name.startswith("textloc"))
-    assert imported == _TOP_LEVEL_IMPORTS[module]
-    # And the loader never reaches up to the tiny random pipelines or the tiny model's judge.
-    if module == "pipelines":
-        assert "textloc.testing" not in source and "textloc.tiny" not in source

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from textloc import ocr as ocr_module
-from textloc.ocr import OCR, TesseractOCR, get_ocr, to_pil_list
+from textloc.scoring import ocr as ocr_module
+from textloc.scoring.ocr import OCR, TesseractOCR, get_ocr, to_pil_list
 
 WORDS = ["LAMP", "garden", "STOP", "coffee", "Paris"]
 COLOURS = [("black", "white"), ("white", "navy"), ("yellow", "red"), ("black", "orange"), ("white", "green")]

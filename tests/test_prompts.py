@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from textloc.localization.prompts import (
+from textloc.scoring.prompts import (
     DEFAULT_TEMPLATES,
     SIMPLE_TEMPLATE,
     PromptPair,

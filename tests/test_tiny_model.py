@@ -156,7 +156,7 @@ class _FixedReads:
 
 
 def test_tiny_word_accuracy_and_localize_count_a_read_word_by_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    from textloc.localization.prompts import PromptPair
+    from textloc.scoring.prompts import PromptPair
     from textloc.localization.scoring import score_images
 
     # textloc-tiny's captions quote upper-case words; the IF pipeline lower-cases the prompt, and

@@ -3,7 +3,7 @@
 from textloc import engine
 from textloc.edit import EditResult, ToxicTextGuard, edit_image, edit_text
 from textloc.finetune import TrainedLora, load_lora, train_lora
-from textloc.localization import Localization, PromptPair, localize, make_pairs
+from textloc.localization import Localization, LocalizeConfig, PromptPair, localize, make_pairs
 from textloc.engine import (
     AttentionLayer,
     RowPatch,
@@ -24,6 +24,7 @@ __all__ = [
     "AttentionLayer",
     "EditResult",
     "Localization",
+    "LocalizeConfig",
     "PromptPair",
     "RowPatch",
     "TextCache",

@@ -17,6 +17,7 @@ when they are left out comes from the registry (:mod:`textloc.models`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import re
@@ -34,7 +35,6 @@ from PIL import Image
 from textloc.engine import (
     DEFAULT_START_STEP,
     KINDS,
-    KV_CHOICES,
     TEXT_KINDS,
     AttentionLayer,
     attention_layers,
@@ -43,7 +43,7 @@ from textloc.engine import (
     denoiser_parameter_count,
 )
 from textloc.images import image_grid
-from textloc.ocr import ENGINES as OCR_ENGINES
+from textloc.scoring.ocr import ENGINES as OCR_ENGINES
 from textloc.models import DEFAULT_MODEL, UnknownModelError, find_named_model, named_model, named_models
 from textloc.pipeline_calls import call_kwargs
 from textloc.pipelines import load_pipeline
@@ -374,8 +374,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc localize``."""
-    from textloc.localization import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, UNITS
-    from textloc.localization.core import SCREEN_POINTS
+    from textloc.localization import LocalizeConfig
 
     parser = subcommands.add_parser(
         "localize",
@@ -404,29 +403,35 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     source.add_argument("--bench", choices=("simple", "creative"), default="simple", help="which GlyphControl benchmark, with --glyphcontrol (default simple)")
     source.add_argument("--template", action="append", metavar="T", help="prompt template with \"{}\" where the text goes (repeatable)")
     method = parser.add_argument_group("method")
-    method.add_argument("--method", choices=METHODS, default="activation", help="exact sweep (activation), attribution screen, screen then exact on --top-k, or every screen and the sweep compared (default activation)")
-    method.add_argument("--direction", choices=DIRECTIONS, default="sufficiency", help="sufficiency: the source generated with the target's text at a layer, does the target word appear? necessity: the target generated with the source's text, does the target word survive? both: measure both, select by sufficiency (default sufficiency)")
-    method.add_argument("--screen", choices=SCREENS, default="integrated", help="the attribution screen: gradients averaged along the patch-strength path (integrated), the gradient at no patch (gradient), or each layer's patched attention output computed exactly with what follows it linearized (key-exact) (default integrated)")
-    method.add_argument("--screen-points", type=_positive_int, default=SCREEN_POINTS, metavar="K", help=f"strengths on the path of the integrated screen (default {SCREEN_POINTS})")
-    method.add_argument("--selection", choices=SELECTIONS, default="cumulative", help="how layers are added to the chosen set (default cumulative)")
-    method.add_argument("--threshold", type=float, default=0.8, help="the chosen set is the first that makes the OCR read the target text at this share of the directly prompted rate (default 0.8)")
-    method.add_argument("--unit", choices=UNITS, default="layer", help="head: go on from the selected layers to their heads, each patched alone, and choose the smallest head set that carries the word (default layer)")
-    method.add_argument("--rule", choices=RULES, default="lower-bound", help="what must reach the threshold: the lower bound of the share's 95%% bootstrap interval over pairs, or the share itself (point) (default lower-bound)")
-    method.add_argument("--held-out", type=float, default=0.25, metavar="F", help="share of the pairs kept to score the chosen set (default 0.25)")
-    method.add_argument("--top-k", type=_positive_int, metavar="K", help="layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
+    # The method's options are LocalizeConfig's fields: the same defaults and help as the Python API.
+    for name in ("method", "direction", "screen", "screen_points", "selection", "threshold", "unit", "rule", "held_out", "top_k"):
+        _add_config_option(method, LocalizeConfig, name, {"top_k": "K", "screen_points": "K", "held_out": "F", "threshold": "F"}.get(name))
     method.add_argument("--layers", action="append", metavar="SEL", help="candidate layers: a full module name, a block (every text layer inside it), a glob (\"up_blocks.0.*attn2\") or an index among the text layers, as `textloc layers` lists them (repeatable; default all)")
     method.add_argument("--patch-steps", metavar="START:STOP", help="patch only in this step window of the denoising steps, stop excluded, either bound may be left out: step indices (0:10, 4:; negative ones count from the end: --patch-steps=-2:) or fractions of the schedule, written with a point (0:0.5, 0.5:1.0)")
     method.add_argument("--heads", metavar="H,H", help="patch only these heads (comma-separated)")
-    method.add_argument("--kv", choices=KV_CHOICES, default="both", help="patch the text's keys only (where the image attends), its values only (what it reads) or both (default both)")
-    method.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond", help="CFG branch to patch (default cond)")
+    _add_config_option(method, LocalizeConfig, "kv")
+    _add_config_option(method, LocalizeConfig, "branch")
     method.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
     run = parser.add_argument_group("generation")
     run.add_argument("--seed", type=int, help="seed of the noise shared by every row, and of which prompt pairs are drawn (default 0)")
     run.add_argument("--seeds", metavar="S,S,...", help="several noise seeds: the first serves as --seed, and the exact sweep is repeated at the others to report how stable the ranking is from seed to seed")
     _add_sampler_options(run)
-    run.add_argument("--max-batch", type=_positive_int, default=16, metavar="B", help="most rows in one generation (default 16; lower it if memory runs out)")
+    _add_config_option(run, LocalizeConfig, "max_batch", "B")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumes a run already there)")
     parser.set_defaults(run=run_localize)
+
+
+def _add_config_option(group: argparse._ArgumentGroup, config: type, name: str, metavar: str | None = None) -> None:
+    """``--<name>`` for the field ``name`` of a config dataclass, with its default, choices and help."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    choices, default = field.metadata["choices"], field.default
+    # Numbers by their default's type (an unset top_k counts layers); choices are strings.
+    kind = None if choices else float if isinstance(default, float) else _positive_int
+    shown = "" if default is None else f" (default {default})"
+    group.add_argument(
+        f"--{name.replace('_', '-')}", choices=choices, type=kind, default=default, metavar=metavar,
+        help=field.metadata["help"].replace("%", "%%") + shown,
+    )
 
 
 def _seeds(args: argparse.Namespace) -> list[int]:
@@ -483,7 +488,7 @@ def localization_pairs(model: str, args: argparse.Namespace) -> tuple[list, Call
     that has pairs, such as textloc-tiny), else built-in words and templates; and the scene judge
     that goes with the model's own pairs (``None`` with any other pairs)."""
     from textloc.localization import load_glyphcontrol, load_words, make_pairs
-    from textloc.localization.prompts import DEFAULT_WORDS
+    from textloc.scoring.prompts import DEFAULT_WORDS
 
     templates = args.template
     named = find_named_model(model)
@@ -510,21 +515,27 @@ def _layer_selector(values: list[str] | None) -> str | list[str | int]:
 def run_localize(args: argparse.Namespace) -> int:
     """Localize the text-rendering layers and print the summary table."""
     from textloc.distributed import is_main_process
-    from textloc.localization import localize
+    from textloc.localization import LocalizeConfig, localize
 
     # Options are checked before the model loads, which can take minutes.
     window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)
     args.seed, *stability_seeds = _seeds(args)
+    try:
+        config = LocalizeConfig(
+            method=args.method, direction=args.direction, screen=args.screen, screen_points=args.screen_points,
+            selection=args.selection, threshold=args.threshold, rule=args.rule, unit=args.unit, held_out=args.held_out,
+            top_k=args.top_k, patch_steps=window, heads=heads, kv=args.kv, branch=args.branch, seed=args.seed,
+            stability_seeds=stability_seeds, max_batch=args.max_batch,
+        )
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
     pipe = load_model(args)
     settings = generate_kwargs(pipe, args.model, args, num=None)
     settings.pop("generator")
     settings.pop("output_type")
     pairs, judge = localization_pairs(args.model, args)
     result = localize(
-        pipe, pairs, layers=_layer_selector(args.layers), method=args.method, direction=args.direction, screen=args.screen,
-        screen_points=args.screen_points, selection=args.selection, threshold=args.threshold, rule=args.rule,
-        unit=args.unit, held_out=args.held_out, top_k=args.top_k, patch_steps=window, heads=heads, kv=args.kv, branch=args.branch,
-        seed=args.seed, stability_seeds=stability_seeds, max_batch=args.max_batch,
+        pipe, pairs, _layer_selector(args.layers), config,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )
     if is_main_process():  # every process of a launched run has the result; one prints it
@@ -673,7 +684,7 @@ def run_guard(args: argparse.Namespace) -> int:
 
     from textloc.edit import ToxicTextGuard
     from textloc.images import captioned_grid
-    from textloc.quoted import quoted_spans
+    from textloc.scoring.quoted import quoted_spans
 
     pipe = load_model(args)
     pipe.set_progress_bar_config(disable=False, leave=False)

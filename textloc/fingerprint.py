@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -42,13 +43,15 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 _remembered: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
-def pipeline_fingerprint(components: dict[str, object]) -> str:
-    """A 16-hex-digit hash of the leading values of every ``torch.nn.Module`` among ``components``.
+def weights_fingerprint(pipe: Any) -> str:
+    """A 16-hex-digit hash of the leading values of every ``torch.nn.Module`` among a pipeline's components.
 
-    It hashes exactly what localization logs have always recorded, so their fingerprints stay valid.
+    What a localization, a LoRA or a resumed run records of the weights it was made on, so that
+    new weights under the same model name are never scored together with the old. It hashes
+    exactly what localization logs have always recorded, so their fingerprints stay valid.
     """
     digest = hashlib.sha1()
-    for name, component in sorted(components.items()):
+    for name, component in sorted(pipe.components.items()):
         if isinstance(component, torch.nn.Module):
             _, values = _leading_values(component)
             if values.numel():

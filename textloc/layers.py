@@ -26,7 +26,7 @@ from textloc.engine import AttentionLayer, LayerSelector, check_step_window, den
 from textloc.engine.text_swap import DEFAULT_START_STEP
 from textloc.localization.report import REPORT_FILE, Localization
 from textloc.models import embedded_model_of
-from textloc.pipelines import weights_fingerprint
+from textloc.fingerprint import weights_fingerprint
 
 PAPER = "Staniszewski et al., Precise Parameter Localization for Textual Generation in Diffusion Models, ICLR 2025 (arXiv 2502.09935)"
 

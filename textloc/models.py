@@ -10,9 +10,10 @@ judge and its training data. The loader, the CLI and every use ask :func:`named_
 
 Adding an embedded model is one more :class:`EmbeddedModel` in :data:`EMBEDDED_MODELS`.
 
-The registry sits low: at import it needs only :mod:`textloc.pipeline_calls`. A model's parts
-(its pipeline classes, its pairs, its judge, its renderer) are imported when first asked for, as
-some build on layers above this one (a prompt pair is a ``textloc.localization.PromptPair``).
+The registry sits below the uses, which ask it (a guard for a model's vocabulary, ``"preset"`` for an
+embedded model's layers): it builds on the engine, the scoring and the embedded models' renderer
+only (``tests/test_layering.py``). The tiny random pipelines are imported when first asked for:
+listing their architectures imports every pipeline class.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from textloc.pipeline_calls import from_pretrained
+from textloc.tiny.data import TOXIC_WORDS, VOCABULARY, TrainingBatch, training_batch
+from textloc.tiny.pairs import localization_pairs
+from textloc.tiny.pairs import scene_judge as tiny_scene_judge
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from textloc.localization.prompts import PromptPair
-    from textloc.localization.scoring import SceneJudge
-    from textloc.tiny.data import TrainingBatch
+    from textloc.scoring.prompts import PromptPair, SceneJudge
 
 #: ``pairs(n, seed)``: ``n`` prompt pairs of the model's own scenes, the same for the same seed.
 PairMaker = Callable[[int, int], "list[PromptPair]"]
@@ -110,26 +112,18 @@ class EmbeddedModel(NamedModel):
 
     @property
     def prompt_pairs(self) -> PairMaker:
-        from textloc.tiny.pairs import localization_pairs
-
         return localization_pairs
 
     @property
     def scene_judge(self) -> SceneJudge:
-        from textloc.tiny.pairs import scene_judge
-
-        return scene_judge
+        return tiny_scene_judge
 
     @property
     def training_data(self) -> BatchMaker:
-        from textloc.tiny.data import training_batch
-
         return training_batch
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
-        from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
-
         return tuple(word for word in VOCABULARY if word not in TOXIC_WORDS)
 
 

@@ -7,11 +7,10 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from textloc.fingerprint import pipeline_fingerprint
 from textloc.models import DEFAULT_MODEL, TEXTLOC_TINY, find_named_model
 from textloc.pipeline_calls import call_kwargs, from_pretrained
 
-__all__ = ["TINY_MODEL_DIR", "call_kwargs", "load_pipeline", "recommended_settings", "weights_fingerprint"]
+__all__ = ["TINY_MODEL_DIR", "call_kwargs", "load_pipeline", "recommended_settings"]
 
 #: Where textloc-tiny's weights are shipped.
 TINY_MODEL_DIR = TEXTLOC_TINY.folder
@@ -42,21 +41,8 @@ def load_pipeline(
     return pipe
 
 
-def recommended_settings(model: str, pipe: DiffusionPipeline | None = None) -> dict[str, Any]:
+def recommended_settings(model: str) -> dict[str, Any]:
     """The sampler settings of a named model (:attr:`textloc.models.NamedModel.settings`); empty
-    for other models.
-
-    ``pipe`` is not used: the registry knows the settings from the name. It stays for the callers
-    written before the registry.
-    """
+    for other models."""
     named = find_named_model(model)
     return {} if named is None else dict(named.settings)
-
-
-def weights_fingerprint(pipe: DiffusionPipeline) -> str:
-    """A short hash of the pipeline's weights, the same on every device, offloaded ones included.
-
-    A run that resumes from its log compares it, so that new weights under the same model name
-    are never scored together with the old (see :mod:`textloc.fingerprint`).
-    """
-    return pipeline_fingerprint(pipe.components)

@@ -3,7 +3,7 @@
 from textloc.edit.core import METHODS, EditResult, edit_image, edit_text, score_edit
 from textloc.edit.detectors import DETECTORS, Detector, WordDetector, get_detector
 from textloc.edit.guard import BENIGN_WORDS, GUARD_METHODS, Benign, Drop, GuardOutput, Mask, PromptReport, ToxicTextGuard
-from textloc.quoted import quoted_spans, replace_quoted
+from textloc.scoring.quoted import quoted_spans, replace_quoted
 
 __all__ = [
     "BENIGN_WORDS", "DETECTORS", "GUARD_METHODS", "METHODS", "Benign", "Detector", "Drop", "EditResult",

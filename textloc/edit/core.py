@@ -26,12 +26,14 @@ import torch
 from PIL import Image
 
 from textloc import seeding
+from textloc.edit.inversion import invert, starting_from
+from textloc.edit.p2p import prompt_to_prompt
 from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, resolve_layers, start_step_for
-from textloc.metrics import background_mask, image_scores, text_scores
-from textloc.ocr import OCR, Reading, get_ocr, to_pil_list
-from textloc.quoted import replace_quoted
+from textloc.scoring.metrics import background_mask, image_scores, text_scores
+from textloc.scoring.ocr import OCR, Reading, get_ocr, to_pil_list
+from textloc.scoring.quoted import replace_quoted
 
 Method = Literal["patch", "prompt-swap", "prompt-to-prompt"]
 METHODS: tuple[Method, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
@@ -128,8 +130,6 @@ def edit_text(
     elif method == "prompt-swap":
         sources, edited = _generate_rows(pipe, prompts + new_prompts, generators * 2, [], generate_kwargs, len(prompts))
     else:
-        from textloc.edit.p2p import prompt_to_prompt
-
         pairs = [prompt_to_prompt(pipe, p, n, generator=g, output_type="np", **generate_kwargs) for p, n, g in zip(prompts, new_prompts, generators)]
         sources, edited = [np.asarray(s) for s, _ in pairs], [np.asarray(e) for _, e in pairs]
     seconds = (time.perf_counter() - began) / len(prompts)
@@ -175,8 +175,6 @@ def edit_image(
     at its usual 5). The result's ``reconstruction`` scores the unedited regeneration against the
     image.
     """
-    from textloc.edit.inversion import invert, starting_from
-
     replace_quoted(prompt, new_text)  # bad text is refused before the inversion runs
     settings = {"num_inference_steps": num_inference_steps, **generate_kwargs}
     latents = invert(pipe, image, prompt, **settings)

@@ -38,7 +38,8 @@ from textloc import seeding
 from textloc.edit.detectors import Detector, get_detector
 from textloc.engine import STEP_INDEPENDENT_KINDS, patch_rows, plan_text_swap
 from textloc.layers import LayerSource, resolve_layers, start_step_for
-from textloc.quoted import quoted_spans
+from textloc.models import embedded_model_of
+from textloc.scoring.quoted import quoted_spans
 
 GuardMethod = Literal["patch", "negative-prompt", "prompt-swap", "unguarded"]
 GUARD_METHODS: tuple[GuardMethod, ...] = ("patch", "negative-prompt", "prompt-swap", "unguarded")
@@ -243,7 +244,8 @@ class ToxicTextGuard:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(GUARD_METHODS)}.")
         self.pipe, self.method = pipe, method
         self.detector = get_detector(detector)
-        self.replacer = _Replacer(replace, self.detector, _model_vocabulary(pipe))
+        embedded = embedded_model_of(pipe)
+        self.replacer = _Replacer(replace, self.detector, None if embedded is None else embedded.vocabulary)
         self.layers = []
         self.start_step: int | float | None = None
         if method == "patch":
@@ -368,17 +370,3 @@ def _first_rows(output: Any, keep: int) -> Any:
     if isinstance(output, tuple):
         return tuple(cut(value) for value in output)
     return type(output)(**{key: cut(value) for key, value in output.items()})
-
-
-def _model_vocabulary(pipe: Any) -> tuple[str, ...] | None:
-    """The registry's vocabulary of the named model ``pipe`` was loaded from, if it names one."""
-    from textloc.models import named_models
-
-    where = getattr(pipe, "name_or_path", None)
-    if not where or not Path(where).is_dir():
-        return None
-    for model in named_models().values():
-        folder = getattr(model, "folder", None)
-        if model.vocabulary and folder is not None and Path(folder).resolve() == Path(where).resolve():
-            return model.vocabulary
-    return None

@@ -53,7 +53,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from PIL import Image
 
 from textloc.engine import denoiser
-from textloc.metrics import psnr, ssim, to_float_array
+from textloc.scoring.metrics import psnr, ssim, to_float_array
 from textloc.pipeline_calls import call_kwargs
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor

@@ -30,7 +30,7 @@ from textloc.engine.patching import patch, patch_rows, run_with_patches
 from textloc.engine.plan import KV, KV_CHOICES, RowPatch, StepWindow, check_step_window, validate_patch, window_steps
 from textloc.engine.probabilities import AttentionCall, edit_attention_probabilities, has_attention_probabilities
 from textloc.engine.recording import record, record_text, run_with_cache
-from textloc.engine.replays import LayerReplay
+from textloc.engine.run_state import LayerReplay
 from textloc.engine.text_swap import DEFAULT_START_STEP, TextSwap, plan_text_swap
 from textloc.engine.units import (
     KINDS,

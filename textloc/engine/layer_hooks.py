@@ -9,19 +9,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
 
 from textloc.engine.cache import TextKV
 from textloc.engine.plan import RowPatch
-from textloc.engine.replays import LayerReplay, map_tensors, output_tensors
-from textloc.engine.run_state import DenoiserCall, RunState
+from textloc.engine.recorder import Recorder
+from textloc.engine.replays import map_tensors, output_tensors
+from textloc.engine.run_state import DenoiserCall, LayerReplay, RunState
 from textloc.engine.units import AttentionLayer
-
-if TYPE_CHECKING:
-    from textloc.engine.recorder import Recorder
 
 
 
@@ -155,7 +153,7 @@ class LayerHooks:
 
     def on_projection(self, role: str, output: torch.Tensor) -> torch.Tensor:
         if self.recorder is not None:
-            self.recorder.add(self, role, output)
+            self.recorder.add(self.layer, self.state.call, role, self.text_slice(output), self.mask)
         writes = self.writes()
         if not writes.patches:
             return output

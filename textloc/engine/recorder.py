@@ -6,9 +6,8 @@ import torch
 
 from textloc.engine.branches import Branch
 from textloc.engine.cache import TextCache, TextKV
-from textloc.engine.layer_hooks import LayerHooks
 from textloc.engine.run_state import DenoiserCall, StopRun
-from textloc.engine.units import STEP_INDEPENDENT_KINDS
+from textloc.engine.units import STEP_INDEPENDENT_KINDS, AttentionLayer
 
 
 class Recorder:
@@ -22,10 +21,11 @@ class Recorder:
         self.cache, self.device, self.stop_when_complete = cache, device, stop_when_complete
         self.pending: dict[tuple[str, Branch], dict[str, torch.Tensor]] = {}
 
-    def add(self, hooks: LayerHooks, role: str, output: torch.Tensor) -> None:
-        call, layer = hooks.state.call, hooks.layer
+    def add(self, layer: AttentionLayer, call: DenoiserCall, role: str, text: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Keep ``text``, the text part of ``layer``'s ``role`` projection (``"key"`` or ``"value"``)
+        in ``call``, with the text attention mask the layer saw (``None`` where it has none)."""
         static = layer.kind in STEP_INDEPENDENT_KINDS
-        text = hooks.text_slice(output).detach()
+        text = text.detach()
         for branch, rows in call.branch_rows.items():
             if static and branch == "skip_layer":
                 continue  # the conditional branch's entry serves that pass
@@ -35,8 +35,8 @@ class Recorder:
             pending = self.pending.setdefault((layer.name, branch), {})
             pending[role] = self._keep(text[rows])
             if len(pending) == 2:
-                mask = None if hooks.mask is None else self._keep(hooks.mask[rows])
-                self.cache.entries[key] = TextKV(pending["key"], pending["value"], mask)
+                kept_mask = None if mask is None else self._keep(mask[rows])
+                self.cache.entries[key] = TextKV(pending["key"], pending["value"], kept_mask)
                 del self.pending[layer.name, branch]
         if self.stop_when_complete and self._complete(call):
             raise StopRun

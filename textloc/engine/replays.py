@@ -7,28 +7,12 @@ layer's output) while the pipeline itself runs under ``torch.no_grad``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
 
-from textloc.engine.run_state import RunState, prediction_of
-
-
-@dataclass
-class LayerReplay:
-    """An attention layer's call at a gradient step, and the same call made again with a patch.
-
-    ``output`` is what the layer returned to the denoiser (one tensor, or a joint layer's image
-    and text outputs), kept in the autograd graph: ``torch.autograd.grad`` of anything computed
-    from the prediction can be taken with respect to it. ``patched`` is the layer's output, without
-    autograd history, when it is called again on the same inputs with its replay patch applied:
-    the layer alone is patched, exactly, through its own processor.
-    """
-
-    output: tuple[torch.Tensor, ...]
-    patched: tuple[torch.Tensor, ...]
+from textloc.engine.run_state import LayerReplay, RunState, prediction_of
 
 
 

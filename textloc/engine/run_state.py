@@ -13,7 +13,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from diffusers.hooks import ModelHook
@@ -21,8 +21,20 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from textloc.engine.branches import Branch
 
-if TYPE_CHECKING:
-    from textloc.engine.replays import LayerReplay
+
+@dataclass
+class LayerReplay:
+    """An attention layer's call at a gradient step, and the same call made again with a patch.
+
+    ``output`` is what the layer returned to the denoiser (one tensor, or a joint layer's image
+    and text outputs), kept in the autograd graph: ``torch.autograd.grad`` of anything computed
+    from the prediction can be taken with respect to it. ``patched`` is the layer's output, without
+    autograd history, when it is called again on the same inputs with its replay patch applied:
+    the layer alone is patched, exactly, through its own processor.
+    """
+
+    output: tuple[torch.Tensor, ...]
+    patched: tuple[torch.Tensor, ...]
 
 
 @dataclass

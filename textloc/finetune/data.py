@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from textloc import seeding
+from textloc.tiny.data import EVAL_SEED, VOCABULARY, make_example
 
 METADATA_FILE = "metadata.jsonl"
 DEFAULT_CAPTION_COLUMN = "text"
@@ -103,25 +104,18 @@ class RenderedSigns:
     size: int | None = None
 
     def __init__(self, words: Sequence[str] | None = None, seed: int = 0):
-        from textloc.tiny.data import VOCABULARY
-
         self.words = tuple(VOCABULARY if words is None else (word.strip().upper() for word in words))
         if not self.words or not all(self.words):
             raise ValueError("RenderedSigns needs at least one non-empty word.")
         self.seed = seed
 
     def example(self, index: int) -> tuple[Image.Image, str]:
-        from textloc.tiny.data import make_example
-
         example = make_example(self.seed, index, words=self.words)
         return example.image, example.caption
 
     def held_out_captions(self, count: int) -> list[str]:
         """Captions of these words in scenes training never shows them in (held-out sign and
         background colours), from textloc-tiny's evaluation stream: validation prompts."""
-        from textloc.tiny.data import make_example
-        from textloc.tiny.evaluate import EVAL_SEED
-
         return [make_example(EVAL_SEED, index, held_out=True, words=self.words).caption for index in range(count)]
 
 

@@ -44,9 +44,9 @@ from textloc.finetune.objective import Objective
 from textloc.finetune.targets import Targets, check_rank, lora_targets
 from textloc.finetune.validation import Validation
 from textloc.layers import LayerSource, resolve_layers
-from textloc.localization.report import write_json_atomic
 from textloc.pipeline_calls import call_kwargs
-from textloc.pipelines import weights_fingerprint
+from textloc.files import write_json_atomic
+from textloc.fingerprint import weights_fingerprint
 
 TRAINING_FILE = "training.json"
 CHECKPOINT_PREFIX = "checkpoint-"

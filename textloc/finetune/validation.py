@@ -9,9 +9,9 @@ from typing import Any
 
 from textloc import seeding
 from textloc.images import captioned_grid
-from textloc.metrics import text_scores
-from textloc.ocr import OCR, get_ocr
-from textloc.quoted import quoted_spans
+from textloc.scoring.metrics import text_scores
+from textloc.scoring.ocr import OCR, get_ocr
+from textloc.scoring.quoted import quoted_spans
 
 VALIDATION_CSV = "validation.csv"
 VALIDATION_PLOT = "validation.png"

@@ -1,7 +1,8 @@
 """Localization: find the attention layers that render the text in a model's images."""
 
-from textloc.localization.core import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, UNITS, localize
-from textloc.localization.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
+from textloc.localization.config import DIRECTIONS, METHODS, RULES, SCREENS, SELECTIONS, UNITS, LocalizeConfig
+from textloc.localization.core import localize
+from textloc.scoring.prompts import PromptPair, load_glyphcontrol, load_words, make_pairs, pairs_from_prompts
 from textloc.localization.report import Localization
 from textloc.localization.stats import spearman
 
@@ -13,6 +14,7 @@ __all__ = [
     "SELECTIONS",
     "UNITS",
     "Localization",
+    "LocalizeConfig",
     "PromptPair",
     "load_glyphcontrol",
     "load_words",

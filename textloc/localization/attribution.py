@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from textloc.engine import AttentionLayer, RowPatch, run_with_patches
-from textloc.localization.prompts import PromptPair
+from textloc.scoring.prompts import PromptPair
 from textloc.localization.sweep import SOURCE_ROW, TARGET_ROW, PatchSettings
 from textloc.seeding import generator
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -9,62 +10,26 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from textloc.engine import (
-    KV,
-    AttentionLayer,
-    BranchChoice,
-    LayerSelector,
-    RowPatch,
-    StepWindow,
-    denoiser_parameter_count,
-    select_layers,
-    validate_patch,
-    window_steps,
-)
+from textloc.engine import AttentionLayer, LayerSelector, StepWindow, denoiser_parameter_count, select_layers, window_steps
 from textloc.localization import stats
 from textloc.localization.attribution import attribution_scores, key_exact_scores, path_points
-from textloc.localization.prompts import PromptPair
+from textloc.localization.config import SCREENS, LocalizeConfig
+from textloc.scoring.prompts import PromptPair
 from textloc.localization.report import Localization, ProgressLog
-from textloc.localization.scoring import SceneJudge, mean_metrics, score_images
+from textloc.localization.scoring import mean_metrics, score_images
+from textloc.scoring.prompts import SceneJudge
 from textloc.distributed import Shards
-from textloc.localization.sweep import PatchSettings, check_max_batch, generate_patched, head_unit, split_unit
-from textloc.ocr import OCR, get_ocr
-from textloc.pipelines import weights_fingerprint
+from textloc.localization.sweep import PatchSettings, generate_patched, head_unit, split_unit
+from textloc.scoring.ocr import OCR, get_ocr
+from textloc.fingerprint import weights_fingerprint
 
-Method = Literal["activation", "attribution", "screen+exact", "both"]
-Selection = Literal["cumulative", "greedy"]
-Screen = Literal["gradient", "integrated", "key-exact"]
-Direction = Literal["sufficiency", "necessity", "both"]
-Rule = Literal["lower-bound", "point"]
-Unit = Literal["layer", "head"]
-METHODS: tuple[str, ...] = ("activation", "attribution", "screen+exact", "both")
-SELECTIONS: tuple[str, ...] = ("cumulative", "greedy")
-SCREENS: tuple[str, ...] = ("gradient", "integrated", "key-exact")
-DIRECTIONS: tuple[str, ...] = ("sufficiency", "necessity", "both")
-RULES: tuple[str, ...] = ("lower-bound", "point")
-UNITS: tuple[str, ...] = ("layer", "head")
 # A screen's scores for one pair: (pipe, pair, layers, settings, seed, gradient step indices, generate_kwargs) -> one per layer.
 Scorer = Callable[[Any, PromptPair, Sequence[AttentionLayer], PatchSettings, int, Sequence[int], dict[str, Any]], list[float]]
-# Points on the strength path of the integrated screen. On textloc-tiny's 24 choice pairs
-# (bench/bench_screen_points.py: the split-half protocol of Localization.agreement, on the 2 layers
-# whose effect is not noise), the gradient at strength 0 (screen="gradient") ordered them as the
-# exact sweep does in 73% of halvings, k = 2 points (0.25, 0.75) in 94%, and k = 1 (the midpoint),
-# 3 and 4 in 100%, the sweep's own rate, k <= 3 at a tenth of its time or less. That the two points
-# either side of the midpoint did worse than the midpoint alone says the estimate depends on where
-# the path is sampled; 3 points take the midpoint and both halves for 1.5x the cost of 2.
-SCREEN_POINTS = 3
-
-#: Settings that change only which logged results are used or what comes after the layer stages,
-#: never a logged result: a run resumes under other values of them (the head stages added to a
-#: finished layer run, a selection redone by another rule, another screen: each screen logs under
-#: a stage named after it and its points, and a selection stage reuses only the layer sets it asks
-#: for). A log's first line may hold the values of the run that began it.
-UNCHECKED_ON_RESUME: tuple[str, ...] = ("screen", "screen_points", "rule", "unit", "stability_seeds")
 
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
@@ -76,33 +41,19 @@ def localize(
     pipe: Any,
     pairs: Sequence[PromptPair],
     layers: LayerSelector = "all",
-    method: Method = "activation",
+    config: LocalizeConfig | None = None,
     *,
-    direction: Direction = "sufficiency",
-    screen: Screen = "integrated",
-    screen_points: int = SCREEN_POINTS,
-    selection: Selection = "cumulative",
-    threshold: float = 0.8,
-    rule: Rule = "lower-bound",
-    unit: Unit = "layer",
-    held_out: float = 0.25,
-    top_k: int | None = None,
-    grad_steps: Sequence[float] = (0.25,),
-    patch_steps: StepWindow = None,
-    heads: Sequence[int] | None = None,
-    branch: BranchChoice = "cond",
-    kv: KV = "both",
-    seed: int = 0,
-    stability_seeds: Sequence[int] = (),
-    max_batch: int = 16,
     ocr: str | OCR = "rapidocr",
     scene_judge: SceneJudge | None = None,
     out: str | None = None,
     model_name: str | None = None,
     progress: bool = True,
-    **generate_kwargs: Any,
+    **kwargs: Any,
 ) -> Localization:
     """Find the smallest set of attention layers whose patch makes the model render the target text.
+
+    How is a :class:`LocalizeConfig`, whose fields may also be given as keywords (they override
+    ``config``'s); every other keyword goes to the pipeline (steps, guidance, size).
 
     For each prompt pair (source and target differ only in the quoted text), the source prompt is
     generated while candidate layers receive the target prompt's text signal, from the same noise;
@@ -139,69 +90,52 @@ def localize(
     repeated on the choice pairs, to say how far the ranking holds from one seed to another
     (``Localization.seed_stability``); they change nothing else. With ``out``, finished work is
     logged there pair by pair and a rerun with the same settings resumes; the report files are
-    written at the end. ``generate_kwargs`` go to the pipeline (steps, guidance, size).
+    written at the end.
 
     Under ``accelerate launch`` (or ``torchrun``) the pairs are shared out among the processes,
     each with the pipeline on its own device; every process returns the same result and the main
     one writes the files.
     """
+    if config is not None and not isinstance(config, LocalizeConfig):
+        raise TypeError(f"config is a LocalizeConfig, not {type(config).__name__}: give the method as method={config!r}.")
+    overrides, generate_kwargs = LocalizeConfig.split(kwargs)
+    config = dataclasses.replace(config or LocalizeConfig(), **overrides)  # checked as it is made
     pairs = _check_pairs(pairs)
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if selection not in SELECTIONS:
-        raise ValueError(f"Unknown selection {selection!r}; choose one of {', '.join(SELECTIONS)}.")
-    for name, value, choices in (("direction", direction, DIRECTIONS), ("screen", screen, SCREENS), ("rule", rule, RULES), ("unit", unit, UNITS)):
-        if value not in choices:
-            raise ValueError(f"Unknown {name} {value!r}; choose one of {', '.join(choices)}.")
-    if direction != "sufficiency" and method == "attribution":
-        raise ValueError("The screens estimate sufficiency only; necessity needs the exact sweep (method 'activation', 'screen+exact' or 'both').")
-    path_points(screen_points)  # refuses a path without points before any work
-    if unit == "head" and heads is not None:
-        raise ValueError("unit='head' sweeps every head of the selected layers itself; leave heads unset.")
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold is a share of the directly prompted rate, in (0, 1]; got {threshold}.")
-    if not 0.0 <= held_out < 1.0:
-        raise ValueError(f"held_out is the share of the pairs kept to score the chosen set, in [0, 1); got {held_out}.")
-    if top_k is not None and method != "screen+exact":
-        raise ValueError(f"top_k only applies to method='screen+exact' (got method={method!r}).")
-    check_max_batch(max_batch)  # before the screen runs, not at the sweep's first generation
-    stability_seeds = _check_stability_seeds(stability_seeds, seed, method)
     reserved = sorted(set(generate_kwargs) & set(_RESERVED))
     if reserved:
         raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")
     candidates = select_layers(pipe, layers)
     reader = get_ocr(ocr)
-    settings = PatchSettings(patch_steps, None if heads is None else tuple(heads), branch, kv)
-    # The patch settings every patch shares, checked before any generation.
-    validate_patch(RowPatch((), source=0, patch_steps=patch_steps, heads=settings.heads, branch=branch, kv=kv), {})
-    n_held = _held_out_count(held_out, len(pairs))
+    method, direction, screen, unit, seed = config.method, config.direction, config.screen, config.unit, config.seed
+    selection, threshold, rule = config.selection, config.threshold, config.rule
+    settings = PatchSettings(config.patch_steps, config.heads, config.branch, config.kv)
+    n_held = _held_out_count(config.held_out, len(pairs))
     choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
     model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
+    checked = config.checked()
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
-        "method": method, "direction": direction, "selection": selection,
-        "threshold": threshold, "held_out": held_out, "top_k": top_k, "grad_steps": list(grad_steps),
-        "patch_steps": patch_steps, "heads": settings.heads, "branch": branch, "kv": kv, "seed": seed,
-        "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
+        **checked, "generate_kwargs": {key: repr(value) for key, value in sorted(generate_kwargs.items())},
         # Not choices of the method, but a resumed run must not mix their results either.
         "ocr": ocr if isinstance(ocr, str) else type(ocr).__name__,
         "scene_judge": None if scene_judge is None else getattr(scene_judge, "__qualname__", type(scene_judge).__name__),
         "dtype": str(getattr(pipe, "dtype", None)),
         "weights": weights_fingerprint(pipe),
     }
-    unchecked_on_resume = dict(zip(UNCHECKED_ON_RESUME, (screen, screen_points, rule, unit, stability_seeds)))
+    unchecked_on_resume = config.unchecked()
     shards = Shards()
-    run = _Run(pipe, reader, scene_judge, settings, seed, max_batch, generate_kwargs, progress, ProgressLog(out, recorded, shards.index, unchecked=unchecked_on_resume), shards)
+    log = ProgressLog(out, recorded, shards.index, unchecked=unchecked_on_resume)
+    run = _Run(pipe, reader, scene_judge, settings, seed, config.max_batch, generate_kwargs, progress, log, shards)
 
     screens: dict[str, np.ndarray] = {}  # per screen, its [pairs, layers] scores
     if method != "activation":
         for name in SCREENS if method == "both" else (screen,):
             with run.timed(f"{name} screen"):
-                screens[name] = run.attribution(choose_on, candidates, grad_steps, *_screen(name, screen_points))
+                screens[name] = run.attribution(choose_on, candidates, config.grad_steps, *_screen(name, config.screen_points))
     attribution = None if screen not in screens else dict(zip((layer.name for layer in candidates), map(float, screens[screen].mean(axis=0))))
     swept = candidates
     if method == "screen+exact":
-        k = top_k or max(4, len(candidates) // 4)
+        k = config.top_k or max(4, len(candidates) // 4)
         swept = sorted(candidates, key=lambda layer: -attribution[layer.name])[:k]
     directions = [_SUFFICIENCY, _NECESSITY] if direction == "both" else [_NECESSITY if direction == "necessity" else _SUFFICIENCY]
     chooser = directions[0]  # sufficiency whenever it is measured
@@ -222,9 +156,9 @@ def localize(
         with run.timed("held_out"):
             held_result, examples = run.evaluate(held or choose_on, chosen, directions)
     seed_stability = None
-    if stability_seeds:
+    if config.stability_seeds:
         with run.timed("seed sweeps"):
-            seed_stability = run.seed_stability(choose_on, swept, chooser, sweeps[chooser.name], stability_seeds, len(chosen), attribution)
+            seed_stability = run.seed_stability(choose_on, swept, chooser, sweeps[chooser.name], list(config.stability_seeds), len(chosen), attribution)
     head_result = None
     if unit == "head" and chosen:
         with run.timed("heads"):
@@ -283,19 +217,6 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
         if not isinstance(pair, PromptPair):
             raise TypeError(f"Pairs are PromptPair objects (see textloc.localization.make_pairs), not {type(pair).__name__}.")
     return pairs
-
-
-def _check_stability_seeds(seeds: Sequence[int], seed: int, method: str) -> list[int]:
-    seeds = list(seeds)
-    if not seeds:
-        return []
-    if any(isinstance(other, bool) or not isinstance(other, int) for other in seeds):
-        raise TypeError(f"stability_seeds are integer noise seeds; got {seeds!r}.")
-    if seed in seeds or len(set(seeds)) < len(seeds):
-        raise ValueError(f"stability_seeds {seeds} must differ from each other and from seed={seed}, which the localization itself uses.")
-    if method == "attribution":
-        raise ValueError("stability_seeds repeat the exact sweep; method='attribution' runs none (use 'activation', 'screen+exact' or 'both').")
-    return seeds
 
 
 def _merit(means: dict[str, float]) -> tuple[float, ...]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from textloc.files import json_default, write_json_atomic
 from textloc.images import captioned_grid
 
 REPORT_FILE, LAYERS_FILE, PLOT_FILE, GRID_FILE = "report.json", "layers.csv", "layers.png", "examples.png"
@@ -251,21 +252,6 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file, so an interrupted write never leaves half a file."""
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(temporary, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to JSON")
-
-
 class ProgressLog:
     """Append-only JSON lines of finished work units, keyed by (stage, pair); what makes runs resume.
 
@@ -284,7 +270,7 @@ class ProgressLog:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        settings = json.loads(json.dumps(settings, default=_json_default))
+        settings = json.loads(json.dumps(settings, default=json_default))
         if self.path.exists():
             _drop_torn_tail(self.path)  # only this process's own file: the others may be mid-write
         for path in sorted(self.path.parent.glob(PROGRESS_PATTERN)):
@@ -312,7 +298,7 @@ class ProgressLog:
         if self.path is None:
             return
         with self.path.open("a") as handle:
-            handle.write(json.dumps(record, default=_json_default) + "\n")
+            handle.write(json.dumps(record, default=json_default) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from textloc.localization.prompts import PromptPair
+from textloc.scoring.prompts import PromptPair, SceneJudge
 from textloc.localization.stats import interval
-from textloc.metrics import image_scores, mse, text_scores
-from textloc.ocr import OCR
-
-# Judges whether images show the scene their prompts ask for (e.g. sign and background colours).
-SceneJudge = Callable[[Sequence[Any], Sequence[str]], Sequence[bool]]
+from textloc.scoring.metrics import image_scores, mse, text_scores
+from textloc.scoring.ocr import OCR
 
 # The per-image numbers every report carries; all are floats so they average honestly.
 TEXT_METRICS = ("hit", "exact", "f1", "ned")

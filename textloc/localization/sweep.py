@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from textloc.localization.prompts import PromptPair
+from textloc.scoring.prompts import PromptPair
 from textloc.engine import KV, BranchChoice, RowPatch, StepWindow, run_with_patches
 from textloc.seeding import generator
 

@@ -4,7 +4,7 @@ Everything here uses held-out (sign, background, word) combinations (:data:`~tex
 HELD_OUT_COMBOS`) with seeds that training never uses:
 
 - :func:`evaluate`: generate with the shipped sampler settings, OCR the word (read or not by
-  :func:`textloc.metrics.contains`, the rule every textloc score uses), judge sign and background
+  :func:`textloc.scoring.metrics.contains`, the rule every textloc score uses), judge sign and background
   colour from pixels.
 - :func:`swap_test`: the binding test. Noise a real image, and compare the denoising loss under
   the right caption with the loss under the same caption with its colours swapped, or its word
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from textloc.images import image_grid
-from textloc.metrics import contains, normalized_edit_distance
-from textloc.ocr import get_ocr
+from textloc.scoring.metrics import contains, normalized_edit_distance
+from textloc.scoring.ocr import get_ocr
 from textloc.pipeline_calls import call_kwargs
 from textloc.seeding import generator, generators
 from textloc.tiny.architectures import (
@@ -42,47 +41,19 @@ from textloc.tiny.architectures import (
     architecture_of_folder,
 )
 from textloc.tiny.data import (
-    COLOURS,
+    EVAL_SEED,
     VOCABULARY,
     SignExample,
     caption_for,
     make_example,
     to_tensor,
 )
-
-# Training draws from seeds 0.. upward; evaluations use seeds far away from them.
-EVAL_SEED = 1_000_003
-
-_PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
-_NAMES = list(COLOURS)
+from textloc.tiny.judge import judge_colours
 
 
 def heldout_examples(count: int, seed: int = EVAL_SEED) -> list[SignExample]:
     """``count`` held-out examples: captions never trained on, with their reference images."""
     return [make_example(seed, index, held_out=True) for index in range(count)]
-
-
-def _nearest_colour(pixels: np.ndarray) -> np.ndarray:
-    """Index of the nearest palette colour for each RGB pixel (rows of ``pixels``)."""
-    distances = ((pixels[:, None, :].astype(np.float32) - _PALETTE[None]) ** 2).sum(-1)
-    return distances.argmin(1)
-
-
-def judge_colours(image: Image.Image) -> tuple[str, str]:
-    """(sign colour, background colour) of a 64x64 sign image, judged from its pixels.
-
-    The 2-pixel border ring is always background in the renderer; the sign colour is the most
-    common palette colour of the centre band that is not the background (letters are thinner
-    than the sign around them).
-    """
-    array = np.asarray(image.convert("RGB").resize((64, 64)))
-    ring = np.concatenate([array[:2].reshape(-1, 3), array[-2:].reshape(-1, 3),
-                           array[:, :2].reshape(-1, 3), array[:, -2:].reshape(-1, 3)])
-    background = Counter(_nearest_colour(ring).tolist()).most_common(1)[0][0]
-    centre = _nearest_colour(array[20:44, 6:58].reshape(-1, 3))
-    votes = Counter(centre[centre != background].tolist())
-    sign = votes.most_common(1)[0][0] if votes else background
-    return _NAMES[sign], _NAMES[background]
 
 
 def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[str, str | bool | float]]:
@@ -103,7 +74,7 @@ def judge(images: list[Image.Image], examples: list[SignExample]) -> list[dict[s
 
 def score(images: list[Image.Image], examples: list[SignExample]) -> dict[str, float]:
     """Word accuracy (the share of images whose OCR read holds the caption's word, by
-    :func:`textloc.metrics.contains`), the mean normalized edit distance of the reads to their
+    :func:`textloc.scoring.metrics.contains`), the mean normalized edit distance of the reads to their
     words (0 = all exact), and sign/background colour accuracy."""
     return summarise(judge(images, examples))
 

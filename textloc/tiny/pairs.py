@@ -12,10 +12,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from textloc.localization.prompts import PromptPair
-from textloc.ocr import to_pil_list
+from textloc.scoring.prompts import PromptPair
+from textloc.scoring.ocr import to_pil_list
 from textloc.tiny.data import COLOUR_TEMPLATES, COLOURS, HELD_OUT_COMBOS, TOXIC_WORDS, VOCABULARY, caption_for
-from textloc.tiny.evaluate import judge_colours
+from textloc.tiny.judge import judge_colours
 
 # Toxic words stay out of localization: they are there for the guard.
 _WORDS = tuple(word for word in VOCABULARY if word not in TOXIC_WORDS)

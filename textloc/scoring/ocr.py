@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from textloc.metrics import to_float_array
+from textloc.scoring.metrics import to_float_array
 
 Box = tuple[float, float, float, float]
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
-from textloc.metrics import contains, words
-from textloc.quoted import Quoted, quoted_spans
+from textloc.scoring.metrics import contains, words
+from textloc.scoring.quoted import Quoted, quoted_spans
 
 T = TypeVar("T")
+
+#: Judges whether images show the scene their prompts ask for (e.g. sign and background colours).
+SceneJudge = Callable[[Sequence[Any], Sequence[str]], Sequence[bool]]
 
 SIMPLE_TEMPLATE = 'A sign that says "{}".'
 # Scenes in the spirit of CreativeBench/GlyphDraw: the quoted text sits on an object in a scene.

@@ -1,0 +1,1 @@
+"""Scoring what a model wrote: the OCR, word-level and image metrics, quoted text and prompt pairs."""
