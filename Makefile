@@ -31,7 +31,7 @@ demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out $(DEMO_OUT)/edit
 	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out $(DEMO_OUT)/guard
 	# A short LoRA run on the text layers (--resume: a second `make demo` continues it, not refuses it).
-	$(BIN)/textloc --threads 1 finetune --model $(DEMO_MODEL) --layers $(DEMO_LAYERS) --data textloc-tiny --steps 10 --batch-size 4 --lr 1e-3 --resume --out $(DEMO_OUT)/finetune
+	$(BIN)/textloc --threads 1 finetune --model $(DEMO_MODEL) --layers $(DEMO_LAYERS) --data textloc-tiny --max-train-steps 10 --batch-size 4 --lr 1e-3 --resume --out $(DEMO_OUT)/finetune
 ifeq ($(DEMO_MODEL),textloc-tiny)
 	# The LoRA shipped in samples/tiny/finetune (bench/bench_finetune.py, task A), beside the base model's images above.
 	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --lora samples/tiny/finetune --out $(DEMO_OUT)/generate-lora.png

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import textloc as tl
-from textloc.edit import METHODS, edit_text
+from textloc.edit import EDIT_METHODS, edit_text
 from textloc.engine import DEFAULT_START_STEP
 from textloc.images import captioned_grid
 from textloc.models import NamedModel, named_model
@@ -175,7 +175,7 @@ def generated_edits(pipe, model: NamedModel, layers: Path, args, grid: Path) -> 
     best = max(sweep, key=lambda s: (sweep[s]["new_word_read"] * (sweep[s]["scene_kept"] >= 0.95), -(sweep[s]["mse_outside_text"] or 1.0)))
 
     methods, examples, not_applicable = {}, {}, {}
-    for method in METHODS:
+    for method in EDIT_METHODS:
         refusal = refused(pipe, model, layers, pairs[0], method)
         if refusal:
             print(f"{method}: not applicable: {refusal}", flush=True)

@@ -215,7 +215,7 @@ def ship_localized_lora(run: Path, rows: dict[str, list], args: argparse.Namespa
     (SHIPPED / "COMMAND.txt").write_text(
         "# The same LoRA as bench/bench_finetune.py's task A, localized variant:\n"
         f"textloc --threads 1 finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny "
-        f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --checkpoint-every 25 --out runs/lora-tiny\n"
+        f"--max-train-steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --checkpoint-every 25 --out runs/lora-tiny\n"
     )
     examples = heldout_examples(8)
     shown = [v for v in ("base", "localized", "all-cross", "all-attention", "full") if v in rows]

@@ -328,6 +328,18 @@ def test_help_at_every_level_shows_examples_and_diffusers_option_names(capsys):
 # textloc edit
 
 
+@pytest.mark.parametrize("text, parsed", [("4", 4), ("-2", -2), ("0.1", 0.1), (".5", 0.5)])
+def test_start_step_reads_a_bound_as_patch_steps_does(text, parsed):
+    assert cli._start_step(text) == parsed == cli._step_bound(text)
+
+
+@pytest.mark.parametrize("text", ["1.5", "a", "", "1e-1"])
+def test_a_bad_start_step_is_refused_with_the_step_bound_rule(capsys, text):
+    status, _, err = exit_of(capsys, "edit", "--model", "tiny-random-sd15", "--prompt", 'A sign that says "HI".', "--new-text", "NO",
+                             f"--start-step={text}", "--out", "/nonexistent")
+    assert status == 2 and "--start-step" in err and "step ind" in err and "of the schedule from 0.0 to 1.0" in err
+
+
 def test_edit_writes_the_pair_and_prints_what_was_read(capsys, tmp_path):
     status, out, _ = run(capsys, "edit", "--model", "tiny-random-sd15", "--device", "cpu", "--prompt", 'A sign that says "HELLO".',
                          "--new-text", "WORLD", "--layers", "all", "--start-step", "0", "--out", str(tmp_path))

@@ -264,7 +264,7 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
 
     out = tmp_path / "lora"
     common = ["--threads", "1"]
-    train = ["finetune", "--model", "tiny-random-sd15", "--layers", "up_blocks.*", "--data", "textloc-tiny", "--steps", "2",
+    train = ["finetune", "--model", "tiny-random-sd15", "--layers", "up_blocks.*", "--data", "textloc-tiny", "--max-train-steps", "2",
              "--batch-size", "2", "--lr", "0.05", "--out", str(out)]
     assert main([*common, *train]) == 0
     printed = capsys.readouterr().out

@@ -139,7 +139,7 @@ def test_adding_an_embedded_model_is_one_entry(second_embedded_model, tmp_path, 
     # The CLI knows it too, with its settings, pairs and judge, and no code that names it.
     calls = []
 
-    def record(pipe, pairs, **kwargs):
+    def record(pipe, pairs, layers="all", config=None, **kwargs):
         calls.append({"pairs": pairs, **kwargs})
         return SimpleNamespace(summary=lambda: "summary")
 

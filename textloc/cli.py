@@ -461,10 +461,10 @@ def _window(text: str | None) -> tuple[int | float | None, int | float | None] |
     parts = text.split(":")
     if len(parts) != 2:
         raise CommandError(f"--patch-steps takes START:STOP (e.g. 4: or 0:0.5), not {text!r}.")
-    window = tuple(_step_bound(part) for part in parts)
     try:
+        window = tuple(_step_bound(part) for part in parts)
         check_step_window(window)
-    except ValueError as error:
+    except (CommandError, ValueError) as error:
         raise CommandError(f"--patch-steps {text}: {error}") from None
     return window
 
@@ -478,7 +478,7 @@ def _step_bound(text: str) -> int | float | None:
     if re.fullmatch(r"\d+\.\d*|\.\d+", text) and float(text) <= 1.0:
         return float(text)
     raise CommandError(
-        f"--patch-steps bounds are step indices (4, or -2 from the end) or fractions of the schedule from 0.0 to 1.0, "
+        f"Step bounds are step indices (4, or -2 from the end) or fractions of the schedule from 0.0 to 1.0, "
         f"written with a point; not {text!r}."
     )
 
@@ -505,13 +505,6 @@ def localization_pairs(model: str, args: argparse.Namespace) -> tuple[list, Call
     return make_pairs(words, n=args.pairs, templates=templates, seed=seed), None
 
 
-def _layer_selector(values: list[str] | None) -> str | list[str | int]:
-    """--layers values as a selector: digits are forward indices, and "all" (or none) is all."""
-    if not values or "all" in values:
-        return "all"
-    return [int(value) if re.fullmatch(r"-?\d+", value) else value for value in values]
-
-
 def run_localize(args: argparse.Namespace) -> int:
     """Localize the text-rendering layers and print the summary table."""
     from textloc.distributed import is_main_process
@@ -520,6 +513,9 @@ def run_localize(args: argparse.Namespace) -> int:
     # Options are checked before the model loads, which can take minutes.
     window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)
     args.seed, *stability_seeds = _seeds(args)
+    candidates = _layer_source(args.layers, default="all")
+    if not isinstance(candidates, (str, list)) or candidates == "preset":
+        raise CommandError(f"localize --layers names candidate layers (names, blocks, globs, indices or all), not {args.layers[0]!r}.")
     try:
         config = LocalizeConfig(
             method=args.method, direction=args.direction, screen=args.screen, screen_points=args.screen_points,
@@ -535,7 +531,7 @@ def run_localize(args: argparse.Namespace) -> int:
     settings.pop("output_type")
     pairs, judge = localization_pairs(args.model, args)
     result = localize(
-        pipe, pairs, _layer_selector(args.layers), config,
+        pipe, pairs, candidates, config,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,
     )
     if is_main_process():  # every process of a launched run has the result; one prints it
@@ -550,7 +546,7 @@ def run_localize(args: argparse.Namespace) -> int:
 
 def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc edit``."""
-    from textloc.edit import METHODS
+    from textloc.edit import EDIT_METHODS
 
     parser = subcommands.add_parser(
         "edit",
@@ -576,7 +572,7 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
         "IF-I-XL; the default), or layer names, blocks, globs or indices as `textloc layers` lists them (repeatable)",
     )
     parser.add_argument("--start-step", type=_start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
-    parser.add_argument("--method", choices=METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
+    parser.add_argument("--method", choices=EDIT_METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise the source and the edit share (default 0)")
     parser.add_argument(
         "--image", type=Path, metavar="PNG",
@@ -590,21 +586,26 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
 
 
 def _start_step(text: str) -> int | float:
-    """--start-step: a step index, or a fraction of the schedule written with a point."""
-    if re.fullmatch(r"\d+", text):
-        return int(text)
-    if re.fullmatch(r"\d*\.\d*", text) and text != "." and float(text) <= 1.0:
-        return float(text)
-    raise argparse.ArgumentTypeError(f"a step index (4) or a fraction of the schedule from 0.0 to 1.0 (0.1), not {text!r}")
+    """--start-step: one step bound, as --patch-steps reads its START (negative: from the end)."""
+    try:
+        bound = _step_bound(text) if text else None
+    except CommandError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if bound is None:
+        raise argparse.ArgumentTypeError("a step index (4, or -2 from the end) or a fraction of the schedule from 0.0 to 1.0 (0.1)")
+    return bound
 
 
-def _layer_source(values: list[str] | None) -> Any:
-    """--layers as the layer resolver takes it: a localization folder, "preset", or a selector."""
+def _layer_source(values: list[str] | None, default: str = "preset") -> Any:
+    """--layers as the one layer resolver takes it: a localization folder, "preset", or a selector
+    (digits are forward indices, "all" is all); ``default`` when none is given."""
     if not values:
-        return "preset"
+        return default
     if len(values) == 1 and (values[0] == "preset" or Path(values[0]).is_dir()):
         return Path(values[0]) if values[0] != "preset" else "preset"
-    return _layer_selector(values)
+    if "all" in values:
+        return "all"
+    return [int(value) if re.fullmatch(r"-?\d+", value) else value for value in values]
 
 
 def run_edit(args: argparse.Namespace) -> int:
@@ -723,9 +724,9 @@ def add_finetune(subcommands: argparse._SubParsersAction, parents: list[argparse
             "Validation images use the model's own sampler settings."
         ),
         epilog=_examples(
-            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --steps 500 --out runs/lora",
-            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny:new_words.txt --steps 500 --out runs/lora-new",
-            "textloc finetune --model stabilityai/stable-diffusion-xl-base-1.0 --layers preset --data ./mario --steps 10000 \\",
+            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --max-train-steps 500 --out runs/lora",
+            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny:new_words.txt --max-train-steps 500 --out runs/lora-new",
+            "textloc finetune --model stabilityai/stable-diffusion-xl-base-1.0 --layers preset --data ./mario --max-train-steps 10000 \\",
             "    --lr 1e-6 --batch-size 8 --grad-accum 8 --mixed-precision bf16 --out runs/lora-sdxl",
             "textloc generate --model textloc-tiny --lora runs/lora 'A sign that says \"LAMP\".' --out lamp.png",
         ),
@@ -741,7 +742,8 @@ def add_finetune(subcommands: argparse._SubParsersAction, parents: list[argparse
         "rendered signs (textloc-tiny), optionally over the words of a file (one per line)",
     )
     parser.add_argument("--caption-column", default="text", metavar="C", help="the caption column of metadata.jsonl (default text)")
-    parser.add_argument("--steps", type=_positive_int, required=True, metavar="N", help="optimizer steps (diffusers' --max_train_steps)")
+    parser.add_argument("--max-train-steps", type=_positive_int, required=True, metavar="N", help="optimizer steps (as diffusers' training scripts name them)")
+    parser.add_argument("--steps", action=_Renamed, new="--max-train-steps")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (a new or empty one; with --resume, the run's own)")
     parser.add_argument("--rank", type=_positive_int, default=4, metavar="R", help="LoRA rank (default 4, the paper's)")
     parser.add_argument("--alpha", type=float, metavar="A", help="LoRA alpha (default: the rank, so the scale is 1)")
@@ -804,7 +806,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     settings = call_kwargs(pipe, **({} if named is None else named.settings))
     result = train_lora(
         pipe, _layer_source(args.layers), data, rank=args.rank, alpha=args.alpha, targets=_targets(args.targets),
-        steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        steps=args.max_train_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
         mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
         validation_prompts=prompts or (), output_dir=args.out, resume=args.resume, seed=args.seed,
         resolution=args.resolution, caption_column=args.caption_column, generate_kwargs=settings,
@@ -833,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
             "textloc generate --model tiny-random-sdxl 'A sign that says \"HELLO\".' --out hello.png",
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
             "textloc edit --model textloc-tiny --prompt 'A sign that says \"LAMP\".' --new-text FISH --layers samples/tiny/localize --out runs/edit",
-            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --steps 500 --out runs/lora",
+            "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --max-train-steps 500 --out runs/lora",
             "textloc COMMAND --help   (options and examples of one command)",
         ),
         formatter_class=_HelpFormatter,

@@ -1,20 +1,23 @@
 """Runs spread over the processes of ``accelerate launch`` (or ``torchrun``), and the device
 and dtype a process uses.
 
-A plain run is one process that owns every work item. Launched on N processes (GPUs), process i
-owns items i, i + N, i + 2N, ...; after each stage the results are gathered, so that every process
-goes on with all of them and takes the same decisions. Only the main process shows progress and
+A plain run is one process that owns every work item. Launched on N processes (GPUs), the items are
+split into N consecutive parts by accelerate (``split_between_processes``); after each stage the
+results are gathered (``gather_object``), so that every process goes on with all of them and takes
+the same decisions. Only the main process shows progress and
 writes files.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 
 # The variables a launcher sets for the number of processes: torchrun/accelerate, then MPI.
 _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+T = TypeVar("T")
 
 
 def launched_processes() -> int:
@@ -90,9 +93,12 @@ class Shards:
             self.count, self.index = 1, 0
         self.is_main = self.index == 0
 
-    def owns(self, item: int) -> bool:
-        """Whether this process works on ``item`` (items are dealt round-robin)."""
-        return item % self.count == self.index
+    def owned(self, items: Sequence[T]) -> list[T]:
+        """The part of ``items`` this process works on."""
+        if self.count == 1:
+            return list(items)
+        with process_state().split_between_processes(list(items)) as mine:
+            return list(mine)
 
     def merge(self, mine: dict[int, Any]) -> dict[int, Any]:
         """Every process's results by item, from this process's own (picklable) ones."""

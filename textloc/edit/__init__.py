@@ -1,12 +1,12 @@
 """Uses of the localized text layers: edit the words in an image, guard against toxic ones."""
 
-from textloc.edit.core import METHODS, EditResult, edit_image, edit_text, score_edit
+from textloc.edit.core import EDIT_METHODS, EditResult, edit_image, edit_text, score_edit
 from textloc.edit.detectors import DETECTORS, Detector, WordDetector, get_detector
 from textloc.edit.guard import BENIGN_WORDS, GUARD_METHODS, Benign, Drop, GuardOutput, Mask, PromptReport, ToxicTextGuard
 from textloc.scoring.quoted import quoted_spans, replace_quoted
 
 __all__ = [
-    "BENIGN_WORDS", "DETECTORS", "GUARD_METHODS", "METHODS", "Benign", "Detector", "Drop", "EditResult",
+    "BENIGN_WORDS", "DETECTORS", "EDIT_METHODS", "GUARD_METHODS", "Benign", "Detector", "Drop", "EditResult",
     "GuardOutput", "Mask", "PromptReport", "ToxicTextGuard", "WordDetector", "edit_image", "edit_text", "get_detector", "quoted_spans",
     "replace_quoted", "score_edit",
 ]

@@ -35,8 +35,8 @@ from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.scoring.ocr import OCR, Reading, get_ocr, to_pil_list
 from textloc.scoring.quoted import replace_quoted
 
-Method = Literal["patch", "prompt-swap", "prompt-to-prompt"]
-METHODS: tuple[Method, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
+EditMethod = Literal["patch", "prompt-swap", "prompt-to-prompt"]
+EDIT_METHODS: tuple[EditMethod, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
 
 EDIT_FILE, PAIR_FILE = "edit.json", "edit.png"
 
@@ -95,7 +95,7 @@ def edit_text(
     layers: LayerSource = "preset",
     *,
     start_step: int | float | None = None,
-    method: Method = "patch",
+    method: EditMethod = "patch",
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ocr: str | OCR = "rapidocr",
     **generate_kwargs: Any,
@@ -113,8 +113,8 @@ def edit_text(
     """
     single = isinstance(prompt, str)
     prompts, new_texts = _as_batch(prompt, new_text)
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    if method not in EDIT_METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(EDIT_METHODS)}.")
     if "output_type" in generate_kwargs:
         raise ValueError("edit_text sets output_type itself (it scores float images); leave it out.")
     swaps = [replace_quoted(p, t) for p, t in zip(prompts, new_texts)]
@@ -162,7 +162,7 @@ def edit_image(
     num_inference_steps: int = 50,
     guidance_scale: float = 1.0,
     start_step: int | float | None = None,
-    method: Method = "patch",
+    method: EditMethod = "patch",
     ocr: str | OCR = "rapidocr",
     **generate_kwargs: Any,
 ) -> EditResult:

@@ -410,7 +410,7 @@ class _Run:
         """Each pair's result of ``stage``: logged earlier and ``valid``, else ``compute``d, timed and
         (where ``logged``) logged. This process does the pairs it owns; every process gets all results."""
         mine = {}
-        owned = [(index, pair) for index, pair in enumerate(pairs) if self.shards.owns(index)]
+        owned = self.shards.owned(list(enumerate(pairs)))
         for index, pair in tqdm(owned, desc=desc or stage, disable=not self.progress, leave=False):
             done = self.log.get(stage, index) if logged(index) else None
             if done is not None and valid(done):

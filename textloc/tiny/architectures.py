@@ -1,15 +1,18 @@
-"""The two embedded models' architectures, as one interface the trainer and the judge share.
+"""The embedded models' architectures, as one interface the trainer and the judge share.
 
 textloc-tiny (:class:`PixelIF`) is an ``IFPipeline``: a pixel-space U-Net trained on DDPM
 v-prediction. textloc-tiny-sd3 (:class:`LatentSD3`) is a ``StableDiffusion3Pipeline``: an MMDiT on
-the latents of a small autoencoder, trained on flow matching as SD3 is. Everything else (the
-renderer, the recipe, the probes, the loop, EMA, checkpoints, evaluation) is the same code for both;
-what differs is here: how the pipeline is built and loaded, what is trained, how a clean sample is
-noised and what the denoiser must predict, where the glyph probe reads, and how the weights export.
+the latents of a small autoencoder, trained on flow matching as SD3 is. textloc-tiny-flux
+(:class:`LatentFlux`) is a ``FluxPipeline``: double- and single-stream blocks trained the same way
+on textloc-tiny-sd3's autoencoder. Everything else (the renderer, the recipe, the probes, the loop,
+EMA, checkpoints, evaluation) is the same code for all three; what differs is here: how the
+pipeline is built and loaded, what is trained, how a clean sample is noised and what the denoiser
+must predict, where the glyph probe reads, and how the weights export.
 
-Timesteps are on one scale for both, 0-1000 with 1000 pure noise: IF's integer DDPM steps, and
-for SD3 the flow's sigma x 1000, which is what its transformer takes as ``timestep``. So the
-recipe's "high noise" (t >= 900) means the same share of the path for both.
+Timesteps are on one scale for all, 0-1000 with 1000 pure noise: IF's integer DDPM steps, and for
+the flow models the flow's sigma x 1000, which is what SD3's transformer takes as ``timestep``
+(FluxPipeline hands its transformer sigma itself, ``timestep / 1000``). So the recipe's "high
+noise" (t >= 900) means the same share of the path for all.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     IFPipeline,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     UNet2DConditionModel,
 )
 
-from textloc.models import TEXTLOC_TINY, TEXTLOC_TINY_SD3
+from textloc.models import TEXTLOC_TINY, TEXTLOC_TINY_FLUX, TEXTLOC_TINY_SD3
 from textloc.pipelines import load_pipeline
-from textloc.tiny import model, model_sd3
+from textloc.tiny import model, model_flux, model_sd3
 from textloc.tiny.data import IMAGE_SIZE
 from textloc.tiny.model import EncodedCaptions, SavedConfig
 
@@ -213,42 +218,22 @@ class PixelIF(Architecture):
         return self.glyph_module(denoiser).out_channels
 
 
-class LatentSD3(Architecture):
-    """textloc-tiny-sd3: a ``StableDiffusion3Pipeline`` whose MMDiT is trained on flow matching over
-    the latents of an autoencoder trained first (:mod:`textloc.tiny.autoencoder`)."""
+class LatentTransformer(Architecture):
+    """What textloc-tiny-sd3 and textloc-tiny-flux share: a transformer trained on flow matching
+    over an autoencoder's latents, beside two text encoders, with the glyph probe on the image
+    tokens after the joint (double-stream) block that ends the first half of them."""
 
-    model_name = TEXTLOC_TINY_SD3.name
-    pipeline_class = StableDiffusion3Pipeline
-    denoiser_class = SD3Transformer2DModel
-    config_class = model_sd3.TinySD3Config
-    default_config = model_sd3.TinySD3Config()
-    test_config = model_sd3.TEST_SD3_CONFIG
-    export_dir = TEXTLOC_TINY_SD3.folder
-    schedule = MappingProxyType({"total_steps": 20_000, "batch_size": 16, "lr": 5e-4, "autoencoder_steps": 1000})
-    sampler_settings = TEXTLOC_TINY_SD3.settings
-    # All of it: the transformer alone is ~21 MB in fp16, and the limit is 25 MB.
+    # All of it: the transformer alone is 20-21 MB in fp16, and the limit is 25 MB.
     half_precision = ("transformer", "vae", "text_encoder", "text_encoder_2")
 
-    def build_pipeline(self, config: SavedConfig, seed: int = 0) -> StableDiffusion3Pipeline:
-        return model_sd3.build_pipeline(config, seed)
-
-    def load(self, folder: Path) -> StableDiffusion3Pipeline:
-        return load_pipeline(str(folder), dtype=torch.float32, **TEXTLOC_TINY_SD3.load_options)
-
-    def denoiser(self, pipe: StableDiffusion3Pipeline) -> torch.nn.Module:
+    def denoiser(self, pipe: DiffusionPipeline) -> torch.nn.Module:
         return pipe.transformer
 
-    def trained(self, pipe: StableDiffusion3Pipeline) -> dict[str, torch.nn.Module]:
+    def trained(self, pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
         return {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
 
-    def saved(self, pipe: StableDiffusion3Pipeline) -> dict[str, torch.nn.Module]:
+    def saved(self, pipe: DiffusionPipeline) -> dict[str, torch.nn.Module]:
         return {**self.trained(pipe), "vae": pipe.vae}
-
-    def autoencoder(self, pipe: StableDiffusion3Pipeline) -> AutoencoderKL:
-        return pipe.vae
-
-    def training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        return model_sd3.build_sampling_scheduler()
 
     def draw_timesteps(self, size: int, generator: torch.Generator, high_noise_share: float) -> torch.Tensor:
         """SD3's logit-normal sigmas (the middle of the path weighs most), with a
@@ -258,12 +243,12 @@ class LatentSD3(Architecture):
         sigmas = torch.where(torch.rand(size, generator=generator) < high_noise_share, high, logit_normal)
         return 1000 * sigmas
 
-    def sample_shape(self, pipe: StableDiffusion3Pipeline) -> tuple[int, int, int]:
+    def sample_shape(self, pipe: DiffusionPipeline) -> tuple[int, int, int]:
         size = IMAGE_SIZE // pipe.vae_scale_factor
         return pipe.vae.config.latent_channels, size, size
 
     @torch.no_grad()
-    def clean_sample(self, pipe: StableDiffusion3Pipeline, images: torch.Tensor) -> torch.Tensor:
+    def clean_sample(self, pipe: DiffusionPipeline, images: torch.Tensor) -> torch.Tensor:
         """The latents' means, shifted and scaled as the pipeline undoes before decoding."""
         latents = pipe.vae.encode(images).latent_dist.mode()
         return (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
@@ -275,22 +260,12 @@ class LatentSD3(Architecture):
         sigmas = (timesteps / 1000).view(-1, 1, 1, 1)
         return (1 - sigmas) * clean + sigmas * noise, noise - clean
 
-    def encode(self, pipe: StableDiffusion3Pipeline, captions: list[str]) -> EncodedCaptions:
-        return model_sd3.encode(pipe, captions)
-
-    def predict(
-        self, pipe: StableDiffusion3Pipeline, noisy: torch.Tensor, timesteps: torch.Tensor, text: EncodedCaptions
-    ) -> torch.Tensor:
-        return pipe.transformer(
-            noisy, encoder_hidden_states=text.states, pooled_projections=text.pooled, timestep=timesteps
-        ).sample
-
-    def text_width(self, pipe: StableDiffusion3Pipeline) -> int:
+    def text_width(self, pipe: DiffusionPipeline) -> int:
         return pipe.transformer.config.joint_attention_dim
 
     def glyph_module(self, denoiser: torch.nn.Module) -> torch.nn.Module:
-        """The joint block that ends the first half: the word must reach the image tokens by then,
-        which leaves the second half of the blocks free to draw it."""
+        """The joint block that ends the first half of them: the word must reach the image tokens by
+        then, which leaves the blocks after it free to draw it."""
         return denoiser.transformer_blocks[len(denoiser.transformer_blocks) // 2 - 1]
 
     def glyph_map(self, output: Any) -> torch.Tensor:
@@ -303,8 +278,88 @@ class LatentSD3(Architecture):
         return denoiser.inner_dim
 
 
+class LatentSD3(LatentTransformer):
+    """textloc-tiny-sd3: a ``StableDiffusion3Pipeline`` whose MMDiT is trained on flow matching over
+    the latents of an autoencoder trained first (:mod:`textloc.tiny.autoencoder`)."""
+
+    model_name = TEXTLOC_TINY_SD3.name
+    pipeline_class = StableDiffusion3Pipeline
+    denoiser_class = SD3Transformer2DModel
+    config_class = model_sd3.TinySD3Config
+    default_config = model_sd3.TinySD3Config()
+    test_config = model_sd3.TEST_SD3_CONFIG
+    export_dir = TEXTLOC_TINY_SD3.folder
+    schedule = MappingProxyType({"total_steps": 20_000, "batch_size": 16, "lr": 5e-4, "autoencoder_steps": 1000})
+    sampler_settings = TEXTLOC_TINY_SD3.settings
+
+    def build_pipeline(self, config: SavedConfig, seed: int = 0) -> StableDiffusion3Pipeline:
+        return model_sd3.build_pipeline(config, seed)
+
+    def load(self, folder: Path) -> StableDiffusion3Pipeline:
+        return load_pipeline(str(folder), dtype=torch.float32, **TEXTLOC_TINY_SD3.load_options)
+
+    def autoencoder(self, pipe: StableDiffusion3Pipeline) -> AutoencoderKL:
+        return pipe.vae
+
+    def training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        return model_sd3.build_sampling_scheduler()
+
+    def encode(self, pipe: StableDiffusion3Pipeline, captions: list[str]) -> EncodedCaptions:
+        return model_sd3.encode(pipe, captions)
+
+    def predict(
+        self, pipe: StableDiffusion3Pipeline, noisy: torch.Tensor, timesteps: torch.Tensor, text: EncodedCaptions
+    ) -> torch.Tensor:
+        return pipe.transformer(
+            noisy, encoder_hidden_states=text.states, pooled_projections=text.pooled, timestep=timesteps
+        ).sample
+
+
+class LatentFlux(LatentTransformer):
+    """textloc-tiny-flux: a ``FluxPipeline`` (double- then single-stream blocks) trained on flow
+    matching as textloc-tiny-sd3, over textloc-tiny-sd3's trained autoencoder, reused frozen
+    (:func:`textloc.tiny.model_flux.build_autoencoder`): no autoencoder stage."""
+
+    model_name = TEXTLOC_TINY_FLUX.name
+    pipeline_class = FluxPipeline
+    denoiser_class = FluxTransformer2DModel
+    config_class = model_flux.TinyFluxConfig
+    default_config = model_flux.TinyFluxConfig()
+    test_config = model_flux.TEST_FLUX_CONFIG
+    export_dir = TEXTLOC_TINY_FLUX.folder
+    schedule = MappingProxyType({"total_steps": 20_000, "batch_size": 16, "lr": 5e-4})
+    sampler_settings = TEXTLOC_TINY_FLUX.settings
+
+    def build_pipeline(self, config: SavedConfig, seed: int = 0) -> FluxPipeline:
+        return model_flux.build_pipeline(config, seed)
+
+    def training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        return model_flux.build_sampling_scheduler()
+
+    def encode(self, pipe: FluxPipeline, captions: list[str]) -> EncodedCaptions:
+        return model_flux.encode(pipe, captions)
+
+    def predict(
+        self, pipe: FluxPipeline, noisy: torch.Tensor, timesteps: torch.Tensor, text: EncodedCaptions
+    ) -> torch.Tensor:
+        """The transformer called as FluxPipeline calls it: latents packed into 2x2 tokens with their
+        (0, row, column) positions, text positions all zero, and the timestep as sigma (``/ 1000``)."""
+        height, width = noisy.shape[-2:]
+        text_ids = torch.zeros(text.states.shape[1], 3, device=noisy.device)
+        tokens = pipe.transformer(
+            hidden_states=model_flux.pack(noisy),
+            encoder_hidden_states=text.states,
+            pooled_projections=text.pooled,
+            timestep=timesteps / 1000,
+            img_ids=model_flux.image_ids(height, width, noisy.device),
+            txt_ids=text_ids,
+        ).sample
+        return model_flux.unpack(tokens, height * pipe.vae_scale_factor, width * pipe.vae_scale_factor,
+                                 pipe.vae_scale_factor)
+
+
 #: The architectures by the name of the model they train.
-ARCHITECTURES: dict[str, Architecture] = {arch.model_name: arch for arch in (PixelIF(), LatentSD3())}
+ARCHITECTURES: dict[str, Architecture] = {arch.model_name: arch for arch in (PixelIF(), LatentSD3(), LatentFlux())}
 
 
 def architecture_of(component: DiffusionPipeline | torch.nn.Module) -> Architecture:

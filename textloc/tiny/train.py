@@ -1,15 +1,16 @@
 """Train an embedded model from scratch: ``python -m textloc.tiny.train [--model textloc-tiny-sd3]``.
 
-One trainer for both architectures (:mod:`textloc.tiny.architectures`): textloc-tiny, an IF
-pixel U-Net on v-prediction, and textloc-tiny-sd3, an SD3 MMDiT on flow matching over the latents
-of an autoencoder that the same run trains first (:mod:`textloc.tiny.autoencoder`). The recipe,
+One trainer for every architecture (:mod:`textloc.tiny.architectures`): textloc-tiny, an IF
+pixel U-Net on v-prediction; textloc-tiny-sd3, an SD3 MMDiT on flow matching over the latents
+of an autoencoder that the same run trains first (:mod:`textloc.tiny.autoencoder`); and
+textloc-tiny-flux, a FLUX transformer trained the same way on textloc-tiny-sd3's autoencoder. The recipe,
 the probes, EMA, the learning-rate schedule, checkpoints and evaluations are shared.
 
 Every step is a pure function of ``(seed, step)``: the batch comes from the deterministic
 renderer, and the timesteps, noise and caption dropout from a generator seeded with both. So a
 resumed run draws exactly the batches an uninterrupted one would, and no RNG state needs saving.
 
-Files, under ``--run-dir`` (default ``runs/tiny``, ``runs/tiny-sd3``):
+Files, under ``--run-dir`` (default ``runs/tiny``, ``runs/tiny-sd3``, ``runs/tiny-flux``):
 
 - ``autoencoder.pt`` (latent models): the autoencoder stage's weights, optimizer and step.
 - ``last.pt``: model, EMA, the training-only :class:`Probes`, optimizer and state; written
@@ -21,7 +22,7 @@ Files, under ``--run-dir`` (default ``runs/tiny``, ``runs/tiny-sd3``):
 - ``samples/step_<6-digit step>.png``: held-out captions sampled with the EMA weights.
 
 Every evaluation also exports the EMA weights as a stock pipeline folder to ``--export-dir``
-(default: the shipped ``textloc/tiny/weights``, ``textloc/tiny/weights_sd3``) when they score at
+(default: the shipped ``textloc/tiny/weights``, ``weights_sd3``, ``weights_flux``) when they score at
 least as well as the best so far, with ``training_state.json`` (step, config, seed, evaluation history).
 
 ``--resume`` continues from ``last.pt``; without one, from the exported folder: its weights become
@@ -85,7 +86,7 @@ TEXT_WEIGHT = 5.0
 # and a word that is not there cannot be learnt. The probe is not part of the exported pipeline.
 BYTE_PROBE_WEIGHT = 0.1
 # A training-only 1x1 convolution must tell, from the U-Net's 16x16 features after its last
-# cross-attention at that size (SD3: the image tokens halfway through the joint blocks), which
+# cross-attention at that size (SD3, FLUX: the image tokens halfway through the joint blocks), which
 # letter belongs in each cell the word covers (cross-entropy over A-Z, this weight; only at
 # t >= HIGH_NOISE_FROM, where the noisy image shows no letter, so the answer can only come from
 # the caption). With the word kept by the encoder, set in fixed
@@ -213,7 +214,7 @@ def training_loss(
 ) -> dict[str, torch.Tensor]:
     """The loss of one batch: ``{"total", "denoising", "byte_probe", "glyph_probe"}``.
 
-    ``denoising`` is the MSE of the architecture's prediction (IF: v; SD3: the flow's velocity) at
+    ``denoising`` is the MSE of the architecture's prediction (IF: v; SD3, FLUX: the flow's velocity) at
     its timesteps (:meth:`~textloc.tiny.architectures.Architecture.draw_timesteps`), the letters'
     cells (:func:`~textloc.tiny.data.letter_map`) weighted ``recipe.text_weight``; the weighted mean
     is divided by the mean weight, so it keeps the scale of a plain MSE. No min-SNR weighting: with
@@ -482,10 +483,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; the defaults reproduce the shipped weights."""
     parser = argparse.ArgumentParser(description="Train an embedded model from scratch (or resume).")
     parser.add_argument("--model", choices=tuple(ARCHITECTURES), default=PixelIF.model_name,
-                        help="which embedded model: textloc-tiny (IF U-Net) or textloc-tiny-sd3 (SD3 MMDiT)")
+                        help="which embedded model: textloc-tiny (IF U-Net), textloc-tiny-sd3 (SD3 MMDiT) or "
+                             "textloc-tiny-flux (FLUX double + single stream)")
     # The schedule defaults to None so that a resumed run keeps its own unless given.
     parser.add_argument("--steps", type=int, dest="total_steps",
-                        help="total steps, the lr schedule spans them (default 30000, sd3: 20000; a resumed run keeps its own)")
+                        help="total steps, the lr schedule spans them (default 30000, sd3 and flux: 20000; a resumed run keeps its own)")
     parser.add_argument("--batch-size", type=int, help="default 16; a resumed run keeps its own")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 5e-4; a resumed run keeps its own)")
     parser.add_argument("--autoencoder-steps", type=int,
@@ -493,7 +495,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{ARCHITECTURES['textloc-tiny-sd3'].schedule['autoencoder_steps']})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", choices=("default", "test"), default="default", help="'test': a very small model")
-    parser.add_argument("--run-dir", type=Path, help="default runs/tiny, runs/tiny-sd3")
+    parser.add_argument("--run-dir", type=Path, help="default runs/tiny, runs/tiny-sd3, runs/tiny-flux")
     parser.add_argument("--export-dir", type=Path,
                         help="where the best weights so far are saved as a diffusers folder; weights already there "
                              "are replaced only by better ones (default: the shipped model's folder)")
