@@ -28,7 +28,7 @@ import torch
 import textloc as tl
 from textloc.localization import stats
 from textloc.localization.attribution import attribution_scores, path_points
-from textloc.localization.core import exact_effects, gradient_step_indices
+from textloc.localization.stages import exact_effects, gradient_step_indices
 from textloc.localization.report import PROGRESS_FILE
 from textloc.localization.sweep import PatchSettings
 from textloc.fingerprint import weights_fingerprint

@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-import textloc.cli as cli
+import textloc.cli.generate
+import textloc.cli.options
 from textloc.cli import main
 
 _SDXL_BLOCKS = (
@@ -150,8 +151,8 @@ def test_generate_same_seed_same_image(capsys, tmp_path):
 
 def test_generate_takes_diffusers_option_names_over_the_models_settings(capsys, tmp_path, monkeypatch):
     calls = []
-    real = cli.generate_kwargs
-    monkeypatch.setattr(cli, "generate_kwargs", lambda *args, **kwargs: calls.append(real(*args, **kwargs)) or calls[-1])
+    real = textloc.cli.generate.generate_kwargs
+    monkeypatch.setattr(textloc.cli.generate, "generate_kwargs", lambda *args, **kwargs: calls.append(real(*args, **kwargs)) or calls[-1])
     out = str(tmp_path / "a.png")
     assert run(capsys, "generate", "--model", "tiny-random-sd15", "a", "--device", "cpu", "--out", out)[0] == 0
     assert run(capsys, "generate", "--model", "tiny-random-sd15", "a", "--device", "cpu", "--out", out,
@@ -247,7 +248,7 @@ def test_patch_steps_reach_localize_as_a_window(capsys, tmp_path, localize_calls
     ],
 )
 def test_bad_patch_steps_are_refused_before_the_model_loads(capsys, tmp_path, monkeypatch, localize_calls, text, message):
-    monkeypatch.setattr(cli, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad --patch-steps"))
+    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad --patch-steps"))
     status, out, err = run(capsys, "localize", "--model", "tiny-random-sd15", "--out", str(tmp_path), f"--patch-steps={text}")
     assert status == 2 and out == "" and not localize_calls
     assert err.startswith("textloc: error: --patch-steps") and message in err and err.count("\n") == 1
@@ -274,14 +275,14 @@ def test_bad_model_is_one_line_on_stderr_and_status_2(capsys, model, message):
 
 def test_device_and_dtype_choose_where_and_how_the_model_runs(capsys, tmp_path, monkeypatch):
     loaded = {}
-    real = cli.load_pipeline
+    real = textloc.cli.options.load_pipeline
 
     def load_and_record(name, device, dtype):
         pipe = real(name, device=device, dtype=dtype)
         loaded.update(device=device, dtype=pipe.unet.dtype)
         return pipe
 
-    monkeypatch.setattr(cli, "load_pipeline", load_and_record)
+    monkeypatch.setattr(textloc.cli.options, "load_pipeline", load_and_record)
     status, _, _ = run(capsys, "generate", "--model", "tiny-random-sd15", "a", "--out", str(tmp_path / "a.png"), "--device", "cpu", "--dtype", "bfloat16")
     assert status == 0 and loaded == {"device": torch.device("cpu"), "dtype": torch.bfloat16}
     run(capsys, "layers", "--model", "tiny-random-sd15", "--device", "cpu")
@@ -330,7 +331,7 @@ def test_help_at_every_level_shows_examples_and_diffusers_option_names(capsys):
 
 @pytest.mark.parametrize("text, parsed", [("4", 4), ("-2", -2), ("0.1", 0.1), (".5", 0.5)])
 def test_start_step_reads_a_bound_as_patch_steps_does(text, parsed):
-    assert cli._start_step(text) == parsed == cli._step_bound(text)
+    assert textloc.cli.options.start_step(text) == parsed == textloc.cli.options.step_bound(text)
 
 
 @pytest.mark.parametrize("text", ["1.5", "a", "", "1e-1"])
@@ -356,7 +357,7 @@ def test_edit_writes_the_pair_and_prints_what_was_read(capsys, tmp_path):
     [("No quotes here.", "WORLD", "no quoted text"), ('A sign that says "HELLO".', "HELLO", "the prompt's own text")],
 )
 def test_edit_refuses_bad_text_before_the_model_loads(capsys, tmp_path, monkeypatch, prompt, new_text, message):
-    monkeypatch.setattr(cli, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad edit"))
+    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad edit"))
     status, _, err = run(capsys, "edit", "--prompt", prompt, "--new-text", new_text, "--out", str(tmp_path))
     assert status == 2 and message in err and err.count("\n") == 1
 

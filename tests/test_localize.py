@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from conftest import _pipeline
-from textloc.engine import select_layers
-from textloc.localization import Localization, PromptPair, core, localize, make_pairs, spearman, stats
+from textloc.engine import AttentionLayer, select_layers
+from textloc.localization import Localization, PromptPair, core, localize, make_pairs, selection, spearman, stats
+from textloc.localization import stages as running
 from textloc.localization.scoring import mean_metrics
 from textloc.localization.report import PROGRESS_FILE, REPORT_FILE
 from textloc.testing import tiny_call_kwargs
@@ -192,7 +193,7 @@ def test_stability_seeds_repeat_the_sweep_at_each_seed_and_compare_the_rankings(
     for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()[1:]:
         line = json.loads(line)
         stages.setdefault(line["stage"], {})[line["pair"]] = line["result"]
-    per_pair = [core.exact_effects([done[i] for i in sorted(done)]) for done in (stages["sweep"], stages["sweep at seed 1"])]
+    per_pair = [running.exact_effects([done[i] for i in sorted(done)]) for done in (stages["sweep"], stages["sweep at seed 1"])]
     keep = [i for i in range(len(result.layers)) if any(stats.excludes_zero(effects[:, i], 0) for effects in per_pair)]
     assert stability["distinguishable"] == [result.layers[i]["name"] for i in keep]
     expected = spearman(effect(result)[keep], effect(at_seed_1)[keep]) if len(keep) >= 2 else None
@@ -216,8 +217,8 @@ def test_a_finished_layer_run_goes_on_to_heads_without_redoing_its_layers(tmp_pa
     pipe = _pipeline("sd15")
     first = localize(pipe, pairs(3), out=tmp_path, progress=False, **kwargs(pipe))
     calls = []
-    real = core.generate_patched
-    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    real = running.generate_patched
+    monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
     again = localize(pipe, pairs(3), unit="head", out=tmp_path, progress=False, **kwargs(pipe))
     assert again.selected == first.selected and again.heads["units"]
     # Only head units were generated, but for the example grid's pairs, whose images the log never keeps.
@@ -233,8 +234,8 @@ def test_another_screen_resumes_a_finished_run_and_adds_only_its_own_stage(tmp_p
     older = {"settings": {**json.loads(header)["settings"], "screen": "integrated", "screen_points": 2}}
     log.write_text("\n".join([json.dumps(older), *rest]) + "\n")
     calls = []
-    real = core.generate_patched
-    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    real = running.generate_patched
+    monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
     again = localize(pipe, pairs(3), method="both", screen_points=3, out=tmp_path, progress=False, **kwargs(pipe))
     # No sweep or selection was generated again, only the example grid's pairs, whose images the log never keeps.
     assert all(sets == [first.selected] for sets in calls)
@@ -261,7 +262,7 @@ def test_greedy_selection_reports_every_round():
 def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
     pipe = _pipeline("sd15")
     calls = []
-    real = core.generate_patched
+    real = running.generate_patched
 
     def failing_after_two(*args, **kw):
         calls.append(args[1])
@@ -269,7 +270,7 @@ def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(core, "generate_patched", failing_after_two)
+    monkeypatch.setattr(running, "generate_patched", failing_after_two)
     with pytest.raises(KeyboardInterrupt):
         localize(pipe, pairs(4), out=tmp_path, progress=False, **kwargs(pipe))
     lines = (tmp_path / PROGRESS_FILE).read_text().splitlines()
@@ -277,7 +278,7 @@ def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
     assert not (tmp_path / REPORT_FILE).exists()  # no half-written report
 
     calls.clear()
-    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[1]) or real(*args, **kw))
+    monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[1]) or real(*args, **kw))
     resumed = localize(pipe, pairs(4), out=tmp_path, progress=False, **kwargs(pipe))
     assert calls[0] == pairs(4)[2]  # the sweep went on from the third pair
     fresh = localize(pipe, pairs(4), progress=False, **kwargs(pipe))
@@ -301,8 +302,8 @@ def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):
             line["result"]["layer_sets"] = [["elsewhere"]]
     log.write_text("".join(json.dumps(line) + "\n" for line in lines))
     calls = []
-    real = core.generate_patched
-    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    real = running.generate_patched
+    monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
     again = localize(pipe, pairs(2), out=tmp_path, held_out=0.0, progress=False, **kwargs(pipe))
     swept_or_selected = [sets for sets in calls if len(sets) > 1]  # the final check patches one set
     assert swept_or_selected == [[layer["layers"] for layer in first.sets]] * 2  # the sweep was reused
@@ -331,7 +332,7 @@ def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
 
 def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypatch):
     pipe = _pipeline("sd15")
-    real = core.generate_patched
+    real = running.generate_patched
     rounds = []
 
     def failing_in_round_two(*args, **kw):
@@ -341,10 +342,10 @@ def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypa
         return real(*args, **kw)
 
     settings = dict(selection="greedy", threshold=1.0, held_out=0.0, progress=False, **kwargs(pipe))
-    monkeypatch.setattr(core, "generate_patched", failing_in_round_two)
+    monkeypatch.setattr(running, "generate_patched", failing_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         localize(pipe, pairs(2), out=tmp_path, **settings)
-    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: rounds.append(len(args[2][0])) or real(*args, **kw))
+    monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: rounds.append(len(args[2][0])) or real(*args, **kw))
     resumed = localize(pipe, pairs(2), out=tmp_path, **settings)
     assert rounds[0] >= 2  # neither the sweep nor the first round was generated again
     fresh = localize(pipe, pairs(2), **settings)
@@ -447,12 +448,12 @@ def test_the_selection_rule_asks_the_share_of_the_direct_rate_or_its_lower_bound
     direct = [1.0] * 10 + [0.0] * 14
     eight = stats.share_interval([1.0] * 8 + [0.0] * 16, direct)
     assert eight[0] == 0.8 and eight[1] < 0.8 <= eight[2]  # 8 of the 10 direct hits: 80%, uncertain
-    assert core._reaches(eight, 0.8, "point") and not core._reaches(eight, 0.8, "lower-bound")
-    assert not core._reaches(stats.share_interval([1.0] * 7 + [0.0] * 17, direct), 0.8, "point")
+    assert selection.reaches(eight, 0.8, "point") and not selection.reaches(eight, 0.8, "lower-bound")
+    assert not selection.reaches(stats.share_interval([1.0] * 7 + [0.0] * 17, direct), 0.8, "point")
     # A set that hits wherever the direct prompt does holds its share in every resample of the pairs.
-    assert stats.share_interval(direct, direct) == [1.0, 1.0, 1.0] and core._reaches([1.0, 1.0, 1.0], 0.8, "lower-bound")
+    assert stats.share_interval(direct, direct) == [1.0, 1.0, 1.0] and selection.reaches([1.0, 1.0, 1.0], 0.8, "lower-bound")
     # With no direct hit there is no share, and nothing reaches a share of it.
-    assert stats.share_interval([0.0] * 4, [0.0] * 4) == [None] * 3 and not core._reaches([None] * 3, 0.8, "point")
+    assert stats.share_interval([0.0] * 4, [0.0] * 4) == [None] * 3 and not selection.reaches([None] * 3, 0.8, "point")
 
 
 def test_rates_carry_a_seeded_bootstrap_interval_over_pairs():
@@ -472,7 +473,7 @@ def test_spearman_matches_known_values():
 
 
 def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
-    layers = [core.AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(4)]
+    layers = [AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(4)]
     unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "mse_to_target": 0.1}
     exact = {
         "block.0": unpatched,  # no effect
@@ -480,7 +481,7 @@ def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
         "block.2": {**unpatched, "target_ned": 0.6, "source_ned": 0.8, "mse_to_target": 0.05},  # moves it toward the target
         "block.3": {**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "mse_to_target": 0.01},
     }
-    assert [layer.name for layer in core._rank(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
+    assert [layer.name for layer in selection.rank_layers(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
 
 
 def sweep_of(effects: np.ndarray, unpatched: float = 0.1) -> list[dict]:
@@ -545,7 +546,8 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
 
 
 def test_tiny_colour_judge_goes_only_with_tiny_captions(tmp_path):
-    from textloc.cli import build_parser, localization_pairs
+    from textloc.cli import build_parser
+    from textloc.cli.localize import localization_pairs
     from textloc.tiny.pairs import scene_judge
 
     words = tmp_path / "words.txt"
@@ -577,8 +579,8 @@ def test_a_launched_run_shares_the_pairs_out_and_gives_the_single_process_result
 
     # Either log resumes the other's work: a plain rerun in the launched run's folder generates nothing.
     calls = []
-    real = core.generate_patched
-    monkeypatch.setattr(core, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
+    real = running.generate_patched
+    monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
     assert main([*command, "--out", str(tmp_path / "two")]) == 0
     assert calls == [[one.selected]]  # only the held-out example pair, whose images are not logged
 

@@ -11,6 +11,7 @@ from textloc.scoring.metrics import (
     compare,
     contains,
     exact_match,
+    image_scores,
     levenshtein,
     mean_scores,
     mse,
@@ -126,39 +127,36 @@ def test_out_of_range_float_image_is_an_error():
         to_float_array(torch.full((3, 8, 8), -1.0))
 
 
-def test_ssim_identical_is_one_and_drops_with_noise():
+def test_identical_images_score_perfectly_and_noisier_ones_lower():
     rng = np.random.default_rng(0)
     image = np.kron(rng.random((8, 8, 3)), np.ones((8, 8, 1)))  # 64x64 blocks, some structure
-    assert ssim(image, image) == pytest.approx(1.0)
+    assert ssim(image, image) == 1.0
+    assert psnr(image, image) == math.inf
     light = (image + rng.normal(0, 0.05, image.shape)).clip(0, 1)
     heavy = (image + rng.normal(0, 0.3, image.shape)).clip(0, 1)
     assert 1.0 > ssim(image, light) > ssim(image, heavy)
+    assert math.inf > psnr(image, light) > psnr(image, heavy)
     assert ssim(image, light) == pytest.approx(ssim(light, image))
+    assert image_scores(image, light) == {"mse": mse(image, light), "psnr": psnr(image, light), "ssim": ssim(image, light)}
 
 
-def test_ssim_matches_window_by_window_definition():
-    rng = np.random.default_rng(2)
-    x, y = rng.random((14, 13)), rng.random((14, 13))
-    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
-    w = np.outer(g, g) / np.outer(g, g).sum()
-    c1, c2 = 0.01**2, 0.03**2
-    values = []
-    for i in range(14 - 10):
-        for j in range(13 - 10):
-            px, py = x[i : i + 11, j : j + 11], y[i : i + 11, j : j + 11]
-            mx, my = (w * px).sum(), (w * py).sum()
-            vx, vy = (w * (px - mx) ** 2).sum(), (w * (py - my) ** 2).sum()
-            cov = (w * (px - mx) * (py - my)).sum()
-            values.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
-    assert ssim(x, y) == pytest.approx(np.mean(values), rel=1e-9)
-
-
-def test_ssim_of_constant_images_matches_closed_form():
-    # With no variance, SSIM reduces to its luminance term.
+def test_ssim_scores_on_a_data_range_of_one():
+    # With no variance SSIM reduces to its luminance term, whose constant is (0.01 * range)^2.
     a, b = np.full((32, 32), 0.2), np.full((32, 32), 0.6)
     c1 = 0.01**2
     expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)
     assert ssim(a, b) == pytest.approx(expected)
+    assert ssim((a * 255).astype(np.uint8), (b * 255).astype(np.uint8)) == pytest.approx(expected, abs=1e-3)
+
+
+def test_ssim_needs_one_whole_window():
+    image = np.zeros((10, 32))
+    with pytest.raises(ValueError, match="11 px"):
+        ssim(image, image)
+    near_border = np.zeros((32, 32), bool)
+    near_border[:5] = True  # no 11x11 window centred here fits inside the image
+    with pytest.raises(ValueError, match="border"):
+        ssim(np.zeros((32, 32)), np.ones((32, 32)), mask=near_border)
 
 
 def test_mask_restricts_metrics_to_background():

@@ -2,7 +2,7 @@
 
 from textloc import engine
 from textloc.edit import EditResult, ToxicTextGuard, edit_image, edit_text
-from textloc.finetune import TrainedLora, load_lora, train_lora
+from textloc.finetune import TrainConfig, TrainedLora, load_lora, train_lora
 from textloc.localization import Localization, LocalizeConfig, PromptPair, localize, make_pairs
 from textloc.engine import (
     AttentionLayer,
@@ -29,6 +29,7 @@ __all__ = [
     "RowPatch",
     "TextCache",
     "ToxicTextGuard",
+    "TrainConfig",
     "TrainedLora",
     "attention_layers",
     "edit_image",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers.hooks import ModelHook
 
-from textloc.engine.run_state import LayerReplay, RunState, prediction_of
+from textloc.engine.run_state import RunState, prediction_of
 
 
 

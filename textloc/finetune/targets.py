@@ -99,9 +99,8 @@ def _all_projections() -> tuple[str, ...]:
 
 
 def check_rank(pipe: Any, paths: Sequence[str], rank: int) -> None:
-    """A one-line error unless ``0 < rank <= `` the narrowest width of the target projections."""
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise ValueError(f"rank={rank!r}: a LoRA rank is a positive integer (diffusers' scripts default to 4).")
+    """A one-line error unless ``rank`` (a positive integer, :class:`~textloc.finetune.config.TrainConfig`
+    checks it) fits the narrowest width of the target projections."""
     modules = dict(denoiser(pipe).named_modules())
     narrowest = min(paths, key=lambda path: min(modules[path].in_features, modules[path].out_features))
     width = min(modules[narrowest].in_features, modules[narrowest].out_features)

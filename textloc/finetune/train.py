@@ -22,12 +22,12 @@ it), ``training.json`` (settings, targets, parameter counts, validation history)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from textloc import distributed, seeding
 from textloc.engine import denoiser, denoiser_inputs, denoiser_parameter_count
+from textloc.finetune.config import TrainConfig
 from textloc.finetune.data import as_captioned_images, example_index
 from textloc.finetune.lora import add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
 from textloc.finetune.objective import Objective
@@ -96,26 +97,16 @@ def train_lora(
     pipe: Any,
     layers: LayerSource | None,
     dataset: Any,
+    config: TrainConfig | None = None,
     *,
-    rank: int = 4,
-    alpha: float | None = None,
     targets: Targets = None,
-    steps: int = 1000,
-    lr: float = 1e-4,
-    batch_size: int = 1,
-    grad_accum: int = 1,
-    mixed_precision: str = "no",
-    checkpoint_every: int = 500,
-    validate_every: int | None = None,
-    validation_prompts: Sequence[str] = (),
     output_dir: str | os.PathLike = "lora",
     resume: bool = False,
-    seed: int = 0,
-    resolution: int | None = None,
     caption_column: str = "text",
     image_column: str = "image",
     generate_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    **overrides: Any,
 ) -> TrainedLora:
     """Train a LoRA on the projections of ``layers`` of ``pipe``'s denoiser; everything else stays frozen.
 
@@ -123,34 +114,36 @@ def train_lora(
     - ``dataset``: an ``imagefolder`` directory (``metadata.jsonl`` with ``file_name`` and
       ``caption_column``), a ``datasets.Dataset`` (``image_column``, ``caption_column``) or a
       :class:`~textloc.finetune.data.RenderedSigns`.
+    - ``config``: a :class:`TrainConfig` (rank, alpha, steps, lr, batch size, accumulation,
+      mixed precision, checkpoints, validation, seed, resolution); its fields may also be given
+      as keywords (``rank=8``), which override ``config``'s.
     - ``targets``: which projections of each layer (:func:`~textloc.finetune.targets.lora_targets`);
       with ``layers=None``, the full module paths to train.
-    - ``rank``, ``alpha`` (default: ``rank``), ``lr`` (AdamW, constant), ``batch_size`` per process
-      and micro-step, ``grad_accum`` micro-steps per step, ``mixed_precision`` ("no", "fp16",
-      "bf16"): as diffusers' LoRA scripts' ``--rank``, ``--learning_rate``, ``--train_batch_size``,
-      ``--gradient_accumulation_steps``, ``--mixed_precision``.
-    - ``checkpoint_every`` steps a checkpoint (LoRA, optimizer, step); ``resume=True`` continues
-      from the last one, to the LoRA an uninterrupted run trains.
-    - ``validate_every`` steps (and before the first and after the last) ``validation_prompts``
-      are generated with ``generate_kwargs`` (the model's sampler settings) and scored by OCR.
-    - ``resolution``: the training image side (default: the denoiser's native size).
+    - ``resume=True`` continues from the last checkpoint in ``output_dir``, to the LoRA an
+      uninterrupted run trains.
+    - Validation prompts are generated with ``generate_kwargs`` (the model's sampler settings)
+      and scored by OCR.
 
     The pipeline keeps the trained LoRA (its denoiser is moved to accelerate's device). Under
     ``accelerate launch`` each process trains on its share of every batch.
     """
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config is a TrainConfig, not {type(config).__name__}.")
+    fields_given, unknown = TrainConfig.split(overrides)
+    if unknown:
+        raise TypeError(f"train_lora got unexpected arguments {sorted(unknown)}; its settings are TrainConfig's fields.")
+    config = dataclasses.replace(config or TrainConfig(), **fields_given)  # checked as it is made
     generate_kwargs = dict(generate_kwargs or {})
     if lora_parameters(pipe):
         raise ValueError("This pipeline's denoiser already carries a LoRA: train on a freshly loaded pipeline (a LoRA is saved to its output_dir).")
     data = as_captioned_images(dataset, caption_column, image_column)
     selected = [] if layers is None else resolve_layers(pipe, layers)
     paths = lora_targets(pipe, selected or None, targets)
-    check_rank(pipe, paths, rank)
-    _check_counts(steps=steps, batch_size=batch_size, grad_accum=grad_accum, checkpoint_every=checkpoint_every)
-    if validate_every is not None:
-        _check_counts(validate_every=validate_every)
-        if not validation_prompts:
-            raise ValueError("validate_every needs validation_prompts: prompts that quote the text they ask for.")
-    resolution = resolution or native_resolution(pipe)
+    check_rank(pipe, paths, config.rank)
+    rank, alpha, steps, lr, seed = config.rank, config.lora_alpha, config.steps, config.lr, config.seed
+    batch_size, grad_accum, mixed_precision = config.batch_size, config.grad_accum, config.mixed_precision
+    checkpoint_every, validate_every, validation_prompts = config.checkpoint_every, config.validate_every, config.validation_prompts
+    resolution = config.resolution or native_resolution(pipe)
 
     accelerator = distributed.accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
     output_dir = Path(output_dir)
@@ -160,7 +153,7 @@ def train_lora(
         "layers": [layer.name for layer in selected] if selected else sorted({path.rsplit(".", 1)[0].removesuffix(".to_out") for path in paths}),
         "targets": paths,
         "rank": rank,
-        "alpha": rank if alpha is None else alpha,
+        "alpha": alpha,
         "lr": lr,
         "global_batch_size": batch_size * grad_accum * accelerator.num_processes,
         "mixed_precision": mixed_precision,
@@ -181,7 +174,7 @@ def train_lora(
     start = 0
 
     total = denoiser_parameter_count(pipe)  # the model's own, before the LoRA adds any
-    config = add_lora(pipe, paths, rank, alpha, seed)
+    lora_config = add_lora(pipe, paths, rank, alpha, seed)
     trainable = sum(parameter.numel() for parameter in lora_parameters(pipe))
     if accelerator.is_main_process:
         print(f"LoRA on {len(settings['layers'])} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
@@ -244,7 +237,7 @@ def train_lora(
 
     result = TrainedLora(output_dir, settings["layers"], paths, trainable, total, steps, history)
     if accelerator.is_main_process:
-        save_lora(pipe, output_dir, config)
+        save_lora(pipe, output_dir, lora_config)
         summary = {"trainable_parameters": trainable, "denoiser_parameters": total, "trainable_share": result.trainable_share}
         write_json_atomic(output_dir / TRAINING_FILE, {**settings, **summary, "validation": history, "finished": True})
     accelerator.wait_for_everyone()
@@ -280,12 +273,6 @@ def native_resolution(pipe: Any) -> int:
     size = config.get("sample_size") or 64  # FLUX leaves it unset; its VAE's 8x gives 512
     size = size[0] if isinstance(size, (list, tuple)) else size
     return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))
-
-
-def _check_counts(**counts: int) -> None:
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}={value!r}: it is a positive number of steps or samples.")
 
 
 def _describe(data: Any) -> str:

@@ -10,8 +10,9 @@ One rule says whether an image shows a text, wherever textloc reports it (a loca
 It compares words case-insensitively because pipelines may change the prompt's case before the
 model sees it (IF-style pipelines lower-case it when ``clean_caption=False``).
 
-Images: MSE/PSNR/SSIM in float64 on [0, 1] arrays, so a uint8 difference never wraps around and
-identical images give PSNR = inf.
+Images: MSE/PSNR/SSIM by scikit-image, in float64 on [0, 1] arrays, so a uint8 difference never
+wraps around and identical images give PSNR = inf; a mask keeps the pixels (MSE, PSNR) or the SSIM
+windows centred on them that count.
 
 A number means little without its floor: :class:`Score` pairs a value with the same metric on
 the unpatched baseline, and :func:`compare` builds them for a whole dict of metrics.
@@ -28,6 +29,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 import torch
 from PIL import Image
+from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
 Level = Literal["word", "char"]
 
@@ -178,57 +180,53 @@ def background_mask(height: int, width: int, boxes: Sequence[Sequence[float]]) -
     return keep
 
 
+def _kept(a: Any, b: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both images' pixels that count: whole ``H x W x C`` arrays, or ``N x C`` under ``mask``."""
+    x, y, keep = _pair(a, b, mask)
+    return (x, y) if keep is None else (x[keep], y[keep])
+
+
 def mse(a: Any, b: Any, mask: Any = None) -> float:
     """Mean squared error on [0, 1] values; with ``mask`` (H x W, True = counts) only there."""
-    x, y, keep = _pair(a, b, mask)
-    squared = (x - y) ** 2
-    return float(squared.mean() if keep is None else squared[keep].mean())
+    return float(mean_squared_error(*_kept(a, b, mask)))
 
 
 def psnr(a: Any, b: Any, mask: Any = None) -> float:
-    """Peak signal-to-noise ratio in dB for a peak of 1.0; identical images give ``inf``."""
-    error = mse(a, b, mask)
-    return math.inf if error == 0.0 else 10.0 * math.log10(1.0 / error)
+    """Peak signal-to-noise ratio in dB for a peak of 1.0; identical images give ``inf``.
+
+    With ``mask`` (H x W, True = counts) only there.
+    """
+    # An MSE of 0 divides by zero on purpose: inf is the answer, not a warning.
+    with np.errstate(divide="ignore"):
+        return float(peak_signal_noise_ratio(*_kept(a, b, mask), data_range=1.0))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    window = np.exp(-(offsets**2) / (2 * sigma**2))
-    return window / window.sum()
-
-
-def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Separable 'valid' filtering of an H x W x C array (no padding, as in Wang et al.)."""
-    size = len(window)
-    rows = np.lib.stride_tricks.sliding_window_view(image, size, axis=0) @ window
-    return np.lib.stride_tricks.sliding_window_view(rows, size, axis=1) @ window
+# Wang et al. 2004's SSIM as they define it: an 11x11 Gaussian window of sigma 1.5 (scikit-image
+# truncates it at 3.5 sigma, 5 px each side), population (co)variances, K1 = 0.01, K2 = 0.03.
+_SSIM_OPTIONS: dict[str, Any] = {"data_range": 1.0, "gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+_SSIM_WINDOW = 11
 
 
 def ssim(a: Any, b: Any, mask: Any = None) -> float:
     """Structural similarity (Wang et al. 2004): 11x11 Gaussian window (sigma 1.5),
     K1 = 0.01, K2 = 0.03, data range 1, averaged over positions and channels.
 
-    With ``mask`` only the windows centred on a True pixel count. Images must be at least
-    11 pixels on each side.
+    Only windows that lie inside the image count (scikit-image's mean leaves out the border,
+    where its filter pads), and with ``mask`` only those centred on a True pixel. Images must be
+    at least 11 pixels on each side.
     """
     x, y, keep = _pair(a, b, mask)
-    window = _gaussian_window()
-    if min(x.shape[:2]) < len(window):
-        raise ValueError(f"SSIM needs images of at least {len(window)} px per side, got {x.shape[:2]}")
-    c1, c2 = 0.01**2, 0.03**2
-    mu_x, mu_y = _filter_valid(x, window), _filter_valid(y, window)
-    var_x = _filter_valid(x * x, window) - mu_x**2
-    var_y = _filter_valid(y * y, window) - mu_y**2
-    cov = _filter_valid(x * y, window) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    if min(x.shape[:2]) < _SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {_SSIM_WINDOW} px per side, got {x.shape[:2]}")
+    mean, ssim_map = structural_similarity(x, y, channel_axis=2, full=True, **_SSIM_OPTIONS)
     if keep is None:
-        return float(ssim_map.mean())
-    # A 'valid' map position i is the window centred on pixel i + half.
-    half = len(window) // 2
-    centred = keep[half : keep.shape[0] - half, half : keep.shape[1] - half]
+        return float(mean)
+    half = _SSIM_WINDOW // 2
+    inside = (slice(half, -half), slice(half, -half))
+    centred = keep[inside]
     if not centred.any():
         raise ValueError("mask selects no pixel far enough from the border for an SSIM window")
-    return float(ssim_map[centred].mean())
+    return float(ssim_map[inside][centred].mean())
 
 
 def image_scores(a: Any, b: Any, mask: Any = None) -> dict[str, float]:

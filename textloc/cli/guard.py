@@ -1,0 +1,86 @@
+"""``textloc guard``: generate a prompt with its toxic quoted words kept out of the text layers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from textloc.cli.options import (
+    HelpFormatter,
+    add_sampler_options,
+    examples,
+    generate_kwargs,
+    layer_source,
+    load_model,
+    start_step,
+)
+from textloc.engine import DEFAULT_START_STEP
+
+
+def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Declare ``textloc guard``."""
+    from textloc.edit import DETECTORS, GUARD_METHODS
+
+    parser = subcommands.add_parser(
+        "guard",
+        parents=parents,
+        help="generate a prompt with its toxic quoted words kept out of the text layers",
+        description=(
+            "Find toxic words in the quoted texts of PROMPT, replace them, and generate the prompt while only the "
+            "text layers receive the cleaned one: the scene stays, the word changes. Prints what it found and "
+            "replaced; writes guard.png (unguarded | guarded, from the same noise) and guard.json to --out."
+        ),
+        epilog=examples(
+            "textloc guard --model textloc-tiny --prompt 'A red sign on a blue background that says \"DAMN\".' \\",
+            "    --layers samples/tiny/localize --out runs/guard",
+            "textloc guard --model tiny-random-sd3 --prompt 'A sign that says \"DAMN\".' --layers all --replace mask --out runs/guard-sd3",
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--prompt", required=True, help='the prompt; the text to write is in double quotes: A sign that says "OPEN".')
+    parser.add_argument(
+        "--layers", action="append", metavar="SEL",
+        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, blocks, globs or indices (repeatable)",
+    )
+    parser.add_argument(
+        "--detector", default="better-profanity", metavar="D",
+        help=f"what finds toxic words: {', '.join(DETECTORS)} (default better-profanity), or a folder holding a transformers text-classification model",
+    )
+    parser.add_argument(
+        "--replace", default="benign", metavar="R",
+        help="what replaces a toxic word: benign (a harmless word of its length the model can write; the default), mask, "
+        "mask:TEXT, drop, or WORD=NEW[,WORD=NEW...]",
+    )
+    parser.add_argument("--start-step", type=start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
+    parser.add_argument("--method", choices=[m for m in GUARD_METHODS if m != "unguarded"], default="patch", help="textloc's guard (default), or a baseline through the same call")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise the unguarded and guarded images share (default 0)")
+    add_sampler_options(parser)
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.set_defaults(run=run_guard)
+
+
+def run_guard(args: argparse.Namespace) -> int:
+    """Generate one prompt unguarded and guarded from the same noise, print what was replaced, save both."""
+    from dataclasses import asdict
+
+    from textloc.edit import ToxicTextGuard
+    from textloc.images import captioned_grid
+    from textloc.scoring.quoted import quoted_spans
+
+    pipe = load_model(args)
+    pipe.set_progress_bar_config(disable=False, leave=False)
+    guard = ToxicTextGuard(pipe, layer_source(args.layers), detector=args.detector, replace=args.replace, start_step=args.start_step, method=args.method)
+    # Each call gets a fresh generator of --seed: both images start from the same noise.
+    unguarded = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=None)).images[0]
+    result = guard(args.prompt, **generate_kwargs(pipe, args.model, args, num=None))
+    guarded, report = result.images[0], result.reports[0]
+    print(report.summary())
+    texts = [", ".join(span.text for span in quoted_spans(prompt)) for prompt in (args.prompt, report.cleaned_prompt)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    row = [(unguarded, f"asked: {texts[0]}"), (guarded, f"written: {texts[1]}")]
+    captioned_grid(("unguarded", f"guarded ({args.method})"), [row]).save(args.out / "guard.png")
+    data = {**asdict(report), "method": args.method, "layers": [layer.name for layer in guard.layers], "start_step": guard.start_step, "seed": args.seed}
+    (args.out / "guard.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {args.out}/guard.png and guard.json")
+    return 0
