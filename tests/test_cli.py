@@ -13,6 +13,7 @@ import runpy
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -136,6 +137,18 @@ def test_generate_writes_a_png_grid(capsys, tmp_path):
     assert out.stat().st_size > 0
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == (64, 64)  # three 32x32 images on a 2x2 grid
+
+
+def test_generate_batches_without_changing_an_image_and_refuses_an_unwritable_grid(capsys, tmp_path):
+    common = ["generate", "--model", "tiny-random-sd3", "a sign", "--num-inference-steps", "2", "--device", "cpu"]
+    for name, extra in (("one.png", ["--num", "3", "--batch-size", "1"]), ("all.png", ["--num", "3"]), ("third.png", ["--seed", "2"])):
+        assert run(capsys, *common, *extra, "--out", str(tmp_path / name))[0] == 0
+    one, every, third = (np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("one.png", "all.png", "third.png"))
+    # Batches of 1 or of 3 give the same images, up to a float rounding in one 8-bit level; image 2 has seed 0 + 2.
+    assert np.abs(one - every).max() <= 1 and np.abs(every[32:, :32] - third).max() <= 1
+    assert np.abs(every[:32, :32] - third).max() > 10  # and seed 0's image is another
+    status, _, err = run(capsys, *common, "--num", "100000", "--batch-size", "1", "--out", str(tmp_path / "huge.png"))
+    assert status == 2 and "more than an image PIL reads back" in err and not (tmp_path / "huge.png").exists()
 
 
 def test_generate_same_seed_same_image(capsys, tmp_path):
@@ -372,3 +385,24 @@ def test_edit_of_a_users_image_reports_its_reconstruction(capsys, tmp_path):
                          "--prompt", 'A sign that says "HELLO".', "--new-text", "WORLD", "--layers", "all", "--out", str(tmp_path / "out"))
     assert status == 0 and "the unedited regeneration of" in out
     assert json.loads((tmp_path / "out" / "edit.json").read_text())["reconstruction"]["psnr"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Options given twice
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["generate", "--prompt", 'A sign that says "A".', "--prompt", 'A sign that says "B".'],
+        ["edit", "--prompt", 'A sign that says "A".', "--prompt", 'A sign that says "B".', "--new-text", "C", "--out", "x"],
+        ["guard", "--prompt", 'A sign that says "A".', "--prompt", 'A sign that says "B".', "--out", "x"],
+        ["generate", "P", "--seed", "1", "--seed", "2"],
+        ["localize", "--pairs", "2", "--pairs", "3", "--out", "x"],
+        ["finetune", "--data", "a", "--data", "b", "--max-train-steps", "1", "--out", "x"],
+    ],
+)
+def test_an_option_given_twice_is_refused_not_half_dropped(capsys, monkeypatch, argv):
+    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for an option given twice"))
+    status, _, err = exit_of(capsys, *argv)
+    assert status == 2 and "was given twice" in err and "give it once" in err and err.count("\n") == 1

@@ -277,6 +277,11 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
     assert f"LoRA {out}" in capsys.readouterr().out
     base, lora = (np.asarray(Image.open(tmp_path / name), dtype=float) for name in ("base.png", "lora.png"))
     assert np.abs(base - lora).max() > 2, "generate --lora made the base model's image"
+    # A LoRA for another model is an error, not an image made without it.
+    other = [*common, "generate", "--model", "tiny-random-sd3", prompt, "--lora", str(out), "--out", str(tmp_path / "other.png")]
+    assert main(other) == 2 and "was trained on other weights" in capsys.readouterr().err
+    assert main([*other, "--lora-on-other-weights"]) == 2 and "names no module of this" in capsys.readouterr().err
+    assert not (tmp_path / "other.png").exists()
 
     assert main([*common, *train]) == 2  # the folder holds that run now
     assert "already holds a LoRA run" in capsys.readouterr().err

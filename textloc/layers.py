@@ -202,14 +202,22 @@ def resolve_layers(pipe: Any, layers: LayerSource) -> list[AttentionLayer]:
     """The text layers ``layers`` names in ``pipe``, in forward order (see the module docstring)."""
     if isinstance(layers, Localization):
         return _from_localization(pipe, layers, "this localization")
-    if isinstance(layers, os.PathLike) or isinstance(layers, str) and (Path(layers) / REPORT_FILE).is_file():
-        folder = Path(layers)
+    if isinstance(layers, os.PathLike) or isinstance(layers, str) and _names_a_folder(layers):
+        folder = Path(layers).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"No folder {os.fspath(layers)!r}: give the folder a localization was saved to ({REPORT_FILE} inside), 'preset', or layer names.")
         if not (folder / REPORT_FILE).is_file():
             raise ValueError(f"{folder} holds no {REPORT_FILE}: give the folder a localization was saved to.")
         return _from_localization(pipe, Localization.load(folder), str(folder))
     if isinstance(layers, str) and layers == "preset":
         return select_layers(pipe, list(find_preset(pipe).layers))
     return select_layers(pipe, layers)
+
+
+def _names_a_folder(text: str) -> bool:
+    """Whether a layer source string is a path: a folder holding a localization, or anything with a
+    path separator (no module name holds one) or starting like a relative or home path."""
+    return "/" in text or os.sep in text or text.startswith((".", "~")) or (Path(text) / REPORT_FILE).is_file()
 
 
 def _from_localization(pipe: Any, localization: Localization, where: str) -> list[AttentionLayer]:

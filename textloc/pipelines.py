@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ TINY_MODEL_DIR = TEXTLOC_TINY.folder
 
 
 def load_pipeline(
-    model: str = DEFAULT_MODEL,
+    model: str | os.PathLike = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     **from_pretrained_kwargs: Any,
@@ -27,9 +28,13 @@ def load_pipeline(
     ``model`` is a named model (``"textloc-tiny"``, the embedded model, no download;
     ``"tiny-random-<arch>"``, a random-init pipeline built in code; see
     :func:`textloc.models.named_models`), or anything that ``DiffusionPipeline.from_pretrained``
-    accepts (a hub id or a local folder). The progress bar is off. Any other name raises
-    :class:`textloc.models.UnknownModelError`, which lists the named models.
+    accepts (a hub id or a local folder, as a string or a path). The progress bar is off. Any other
+    name raises :class:`textloc.models.UnknownModelError`, which lists the named models.
     """
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise TypeError(f"model is a name, a hub id or a folder, not {type(model).__name__}.")
     named = find_named_model(model)
     if named is not None:
         pipe = named.load(dtype, **from_pretrained_kwargs)

@@ -23,7 +23,9 @@ def generator(seed: int) -> torch.Generator:
     Pass it as a pipeline's ``generator=``; every row of the batch then draws from this one
     stream, in order.
     """
-    return torch.Generator("cpu").manual_seed(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"A seed is an integer, e.g. tl.generator(0), not {type(seed).__name__} ({seed!r}).")
+    return torch.Generator("cpu").manual_seed(int(seed))
 
 
 def generators(seeds: Iterable[int]) -> list[torch.Generator]:

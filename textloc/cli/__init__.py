@@ -36,6 +36,7 @@ from textloc.cli.options import (
     EXIT_ERROR,
     CommandError,
     HelpFormatter,
+    Parser,
     add_global_options,
     common_options,
     examples,
@@ -66,7 +67,7 @@ COMMANDS: tuple[tuple[AddCommand, bool], ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser: global options and every subcommand of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Find and use the attention layers that render text in text-to-image diffusion models.",
         epilog=examples(

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
 
 from textloc.cli.options import (
     CommandError,
@@ -15,6 +20,7 @@ from textloc.cli.options import (
     positive_int,
 )
 from textloc.images import image_grid
+from textloc.seeding import generators
 from textloc.models import DEFAULT_MODEL, named_model
 
 
@@ -39,8 +45,16 @@ def add_generate(subcommands: argparse._SubParsersAction, parents: list[argparse
     parser.add_argument("--prompt", dest="prompt_option", metavar="PROMPT", help="the text prompt given as edit and guard take it, instead of PROMPT")
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise, drawn on the CPU so it is alike on every device (default 0)")
     add_sampler_options(parser)
-    parser.add_argument("--num", type=positive_int, default=1, metavar="K", help="number of images (default 1)")
+    parser.add_argument("--num", type=positive_int, default=1, metavar="K", help="number of images; image i has seed --seed + i (default 1)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, metavar="B",
+        help="images per pipeline call: memory grows with it, not with --num (default 8)",
+    )
     parser.add_argument("--lora", type=Path, metavar="DIR", help="a LoRA folder (textloc finetune's --out) to generate with")
+    parser.add_argument(
+        "--lora-on-other-weights", action="store_true",
+        help="apply a LoRA that was trained on other weights than this model's (refused otherwise)",
+    )
     parser.add_argument("--out", type=Path, default=Path("generated.png"), metavar="FILE.png", help="where to save the PNG (default generated.png)")
     parser.set_defaults(run=run_generate)
 
@@ -49,6 +63,30 @@ def _settings_text(model: str) -> str:
     """A named model's sampler settings as the options that set them, for help texts."""
     settings = named_model(model).settings
     return f"{model}: " + ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
+
+
+def _generate(pipe: Any, prompt: str, kwargs: dict[str, Any], seeds: range, batch_size: int) -> list[Image.Image]:
+    """One image per seed, ``batch_size`` to a pipeline call (so an image never depends on the batch);
+    refused after the first call if the grid would be larger than an image PIL reads back."""
+    pipe.set_progress_bar_config(disable=len(seeds) > batch_size, leave=False)  # one bar: the batches' below
+    images: list[Image.Image] = []
+    for start in tqdm(range(0, len(seeds), batch_size), desc="batches", disable=len(seeds) <= batch_size, leave=False):
+        chunk = seeds[start : start + batch_size]
+        images += pipe(prompt, **{**kwargs, "num_images_per_prompt": len(chunk), "generator": generators(chunk)}).images
+        if start == 0:
+            _check_grid(len(seeds), images[0].size)
+    return images
+
+
+def _check_grid(count: int, size: tuple[int, int]) -> None:
+    columns = math.ceil(math.sqrt(count))
+    pixels = columns * size[0] * math.ceil(count / columns) * size[1]
+    if pixels > Image.MAX_IMAGE_PIXELS:
+        most = Image.MAX_IMAGE_PIXELS // (size[0] * size[1])
+        raise CommandError(
+            f"--num {count}: a grid of {count} images of {size[0]}x{size[1]} would hold {pixels:,} pixels, more than "
+            f"an image PIL reads back ({Image.MAX_IMAGE_PIXELS:,}); generate at most about {most:,} to one --out."
+        )
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -62,9 +100,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.lora is not None:
         from textloc.finetune import load_lora
 
-        load_lora(pipe, args.lora)
-    pipe.set_progress_bar_config(disable=False, leave=False)
-    images = pipe(prompt, **generate_kwargs(pipe, args.model, args, num=args.num)).images
+        load_lora(pipe, args.lora, other_weights=args.lora_on_other_weights)
+    images = _generate(pipe, prompt, generate_kwargs(pipe, args.model, args, num=None), range(args.seed, args.seed + args.num), args.batch_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images).save(args.out)
     width, height = images[0].size

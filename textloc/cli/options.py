@@ -63,16 +63,38 @@ def add_global_options(parser: argparse.ArgumentParser, suppress_defaults: bool 
     )
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's ``store``, but an option given twice is an error: argparse would keep the last
+    and drop the first without a word (two --prompt, the first never generated)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault("_options_given", {})
+        if option_string is not None and self.dest in given:
+            parser.exit(EXIT_ERROR, f"{parser.prog}: error: {option_string} was given twice ({given[self.dest]!r}, then {values!r}); give it once.\n")
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
+class Parser(argparse.ArgumentParser):
+    """textloc's argument parser: its subcommands' parsers are of this class too (argparse makes
+    them of the parent's), so every single-valued option of every command is taken once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+
 def common_options() -> argparse.ArgumentParser:
     """Options every subcommand takes, as an argparse parent."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     add_global_options(common, suppress_defaults=True)
     return common
 
 
 def model_options() -> argparse.ArgumentParser:
     """``--model``, shared by every subcommand that loads a pipeline."""
-    model = argparse.ArgumentParser(add_help=False)
+    model = Parser(add_help=False)
     # Listing the named models imports every pipeline class, whose warnings main() silences first.
     model.add_argument(
         "--model",

@@ -15,6 +15,7 @@ an edit must beat on the background) and ``"prompt-to-prompt"`` (Prompt-to-Promp
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -166,7 +167,8 @@ def edit_image(
     ocr: str | OCR = "rapidocr",
     **generate_kwargs: Any,
 ) -> EditResult:
-    """Change the quoted text in a user's own ``image``, which ``prompt`` describes (text included).
+    """Change the quoted text in a user's own ``image`` (a PIL image, an array, or an image file's
+    path), which ``prompt`` describes (text included).
 
     The image is inverted to the model's starting noise with the model itself (deterministic DDIM,
     or the flow ODE backwards; :mod:`textloc.edit.inversion`), then edited as :func:`edit_text`
@@ -176,6 +178,8 @@ def edit_image(
     image.
     """
     replace_quoted(prompt, new_text)  # bad text is refused before the inversion runs
+    if isinstance(image, (str, os.PathLike)):
+        image = _open_image(image)
     settings = {"num_inference_steps": num_inference_steps, **generate_kwargs}
     latents = invert(pipe, image, prompt, **settings)
     with starting_from(pipe, latents):
@@ -210,7 +214,19 @@ def _text_scores(read: str, old_text: str, new_text: str) -> dict[str, float]:
     return {"new_contains": new["contains"], "new_f1": new["f1"], "new_ned": new["ned"], "old_contains": text_scores(read, old_text)["contains"]}
 
 
+def _open_image(path: str | os.PathLike) -> Image.Image:
+    """The image file at ``path``, in RGB; a one-line error if there is none."""
+    try:
+        return Image.open(path).convert("RGB")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read an image from {os.fspath(path)!r}: {error}") from None
+
+
 def _as_batch(prompt: str | Sequence[str], new_text: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    for name, value in (("prompt", prompt), ("new_text", new_text)):
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+            raise TypeError(f"{name} is a string or a list of strings, not {value!r}.")
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     new_texts = [new_text] if isinstance(new_text, str) else list(new_text)
     if isinstance(prompt, str) != isinstance(new_text, str) or len(prompts) != len(new_texts):

@@ -158,7 +158,15 @@ def select_layers(pipe_or_model: object, selector: LayerSelector = "all") -> lis
     text_layers = [layer for layer in every if layer.kind != "self"]
     if isinstance(selector, str) and selector == "all":
         return text_layers
-    items = [selector] if isinstance(selector, (str, int, AttentionLayer)) else list(selector)
+    if isinstance(selector, (str, int, AttentionLayer)):
+        items = [selector]
+    elif isinstance(selector, (list, tuple)):
+        items = list(selector)
+    else:
+        raise TypeError(
+            f"A layer selector is 'all', a name, a block, a glob, an index or a list of these, not {type(selector).__name__} "
+            f"({selector!r})."
+        )
     if not items:
         raise ValueError("Empty layer selection: name at least one layer, a glob, an index or 'all'.")
 

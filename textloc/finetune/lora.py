@@ -22,10 +22,13 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from textloc.engine import denoiser
+from textloc.fingerprint import weights_fingerprint
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_NAME = "default"  # diffusers' add_adapter() name
+#: What train_lora records beside the weights: settings, the base weights' fingerprint, history.
+TRAINING_FILE = "training.json"
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +91,44 @@ def save_lora(pipe: Any, directory: str | os.PathLike, config: LoraConfig) -> Pa
     return directory / LORA_WEIGHTS_FILE
 
 
-def load_lora(pipe: Any, directory: str | os.PathLike) -> None:
+def load_lora(pipe: Any, directory: str | os.PathLike, *, other_weights: bool = False) -> None:
     """Load a LoRA that :func:`save_lora` (or :func:`textloc.finetune.train_lora`) wrote into ``pipe``.
 
     Pipelines with a LoRA loader use it (``pipe.load_lora_weights``); PixArt has none, so its
-    transformer gets the peft adapter directly, with the same result.
+    transformer gets the peft adapter directly, with the same result. A LoRA that ``train_lora``
+    trained on other weights (its ``training.json`` records their fingerprint) is refused unless
+    ``other_weights=True`` says that is meant; one whose keys match no module of this model is
+    always refused (diffusers would load nothing and only log it).
     """
     directory = Path(directory)
     if not (directory / LORA_WEIGHTS_FILE).is_file():
         raise ValueError(f"{directory} holds no {LORA_WEIGHTS_FILE}: give the folder train_lora wrote.")
+    _check_trained_on(pipe, directory, other_weights)
+    before = len(lora_parameters(pipe))
+    _load(pipe, directory)
+    if len(lora_parameters(pipe)) == before:
+        raise ValueError(
+            f"The LoRA in {directory} names no module of this {type(pipe).__name__}'s {type(denoiser(pipe)).__name__}: "
+            "it was trained for another model."
+        )
+
+
+def _check_trained_on(pipe: Any, directory: Path, other_weights: bool) -> None:
+    """Refuse a LoRA trained on other weights than ``pipe``'s, unless ``other_weights``."""
+    record = directory / TRAINING_FILE
+    if other_weights or not record.is_file():
+        return
+    trained = json.loads(record.read_text())
+    recorded, here = trained.get("weights"), weights_fingerprint(pipe)
+    if recorded is not None and recorded != here:
+        raise ValueError(
+            f"The LoRA in {directory} was trained on other weights ({trained.get('pipeline')}, fingerprint {recorded}); "
+            f"this pipeline's are {here}. Load the model it was trained on, or pass other_weights=True "
+            "(--lora-on-other-weights) if applying it elsewhere is meant."
+        )
+
+
+def _load(pipe: Any, directory: Path) -> None:
     if hasattr(pipe, "load_lora_weights"):
         pipe.load_lora_weights(directory)
         return

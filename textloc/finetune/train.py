@@ -40,7 +40,7 @@ from textloc import distributed, seeding
 from textloc.engine import denoiser, denoiser_inputs, denoiser_parameter_count
 from textloc.finetune.config import TrainConfig
 from textloc.finetune.data import as_captioned_images, example_index
-from textloc.finetune.lora import add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
+from textloc.finetune.lora import TRAINING_FILE, add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
 from textloc.finetune.objective import Objective
 from textloc.finetune.targets import Targets, check_rank, lora_targets
 from textloc.finetune.validation import Validation
@@ -49,7 +49,6 @@ from textloc.pipeline_calls import call_kwargs
 from textloc.files import write_json_atomic
 from textloc.fingerprint import weights_fingerprint
 
-TRAINING_FILE = "training.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINTS_KEPT = 2
 # Settings a resumed run may change: how long it runs and how often it saves and validates.
