@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "textloc.layers": 3, "textloc.localization": 3, "textloc.edit": 3, "textloc.finetune": 3,
     "textloc": 4, "textloc.cli": 4, "textloc.__main__": 4,
     "textloc.tiny.train": 4, "textloc.tiny.evaluate": 4, "textloc.tiny.autoencoder": 4,
-    "textloc.tiny.architectures": 4, "textloc.tiny.runs": 4,
+    "textloc.tiny.architectures": 4, "textloc.tiny.runs": 4, "textloc.tiny.recipe": 4,
 }
 NAMES = ("core", "scoring", "registry", "uses", "apps")
 

@@ -21,7 +21,8 @@ from textloc.tiny.architectures import LatentFlux, architecture_of
 from textloc.tiny.data import IMAGE_SIZE, training_batch
 from textloc.tiny.model import MAX_TOKENS, EncodedCaptions
 from textloc.tiny.model_flux import TEST_FLUX_CONFIG, build_pipeline, encode
-from textloc.tiny.train import CHECKPOINT_NAME, STATE_NAME, Probes, export, glyph_features, parse_args, train
+from textloc.tiny.recipe import Probes, Recipe, glyph_features, training_loss
+from textloc.tiny.train import CHECKPOINT_NAME, STATE_NAME, export, parse_args, train
 
 ARCH = LatentFlux()
 FAST = ["--model", "textloc-tiny-flux", "--config", "test", "--batch-size", "2", "--eval-count", "2", "--threads", "1",
@@ -116,8 +117,8 @@ def test_probes_read_the_t5_states_and_the_image_tokens_after_half_the_double_bl
 
 def test_training_loss_is_finite_and_trains_both_text_encoders() -> None:
     pipe = build_pipeline(TEST_FLUX_CONFIG)
-    recipe = tiny_train.Recipe(0.5, 5.0, 0.1, "slots", 0.1)
-    losses = tiny_train.training_loss(pipe, ARCH.training_scheduler(), training_batch(0, 0, 4),
+    recipe = Recipe(0.5, 5.0, 0.1, "slots", 0.1)
+    losses = training_loss(pipe, ARCH.training_scheduler(), training_batch(0, 0, 4),
                                       torch.Generator().manual_seed(0), recipe, Probes(pipe))
     assert all(torch.isfinite(value) for value in losses.values())
     losses["total"].backward()

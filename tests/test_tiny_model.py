@@ -33,24 +33,21 @@ from textloc.tiny.model import (
     build_training_scheduler,
     encode_captions,
 )
-from textloc.tiny.train import (
+from textloc.tiny.architectures import HIGH_NOISE_FROM, training_timesteps
+from textloc.tiny.recipe import (
     BYTE_PROBE_WEIGHT,
     EMA_DECAY,
     GLYPH_PROBE_WEIGHT,
-    HIGH_NOISE_FROM,
     HIGH_NOISE_SHARE,
     SHORT_EMA_DECAY,
-    STATE_NAME,
     TEXT_WEIGHT,
     Probes,
     Recipe,
     glyph_features,
     glyph_labels,
-    parse_args,
-    train,
     training_loss,
-    training_timesteps,
 )
+from textloc.tiny.train import STATE_NAME, parse_args, train
 
 # The quality bar, on held-out captions and unseen seeds.
 WORD_BAR = 0.75

@@ -22,16 +22,8 @@ from textloc.tiny.model_sd3 import (
     build_pipeline,
     encode,
 )
-from textloc.tiny.train import (
-    CHECKPOINT_NAME,
-    HIGH_NOISE_SHARE,
-    STATE_NAME,
-    Probes,
-    export,
-    glyph_features,
-    parse_args,
-    train,
-)
+from textloc.tiny.recipe import HIGH_NOISE_SHARE, Probes, Recipe, glyph_features, training_loss
+from textloc.tiny.train import CHECKPOINT_NAME, STATE_NAME, export, parse_args, train
 
 ARCH = LatentSD3()
 # A few steps of each stage, tiny batches, two held-out captions per check.
@@ -94,9 +86,9 @@ def test_training_loss_weights_the_letters_latent_cells() -> None:
     batch = training_batch(0, 0, 2)
 
     def denoising(ink: torch.Tensor, text_weight: float) -> float:
-        recipe = tiny_train.Recipe(0.5, text_weight, 0.1, "slots", 0.1)
+        recipe = Recipe(0.5, text_weight, 0.1, "slots", 0.1)
         with torch.no_grad():
-            losses = tiny_train.training_loss(pipe, ARCH.training_scheduler(), replace(batch, ink=ink),
+            losses = training_loss(pipe, ARCH.training_scheduler(), replace(batch, ink=ink),
                                               torch.Generator().manual_seed(0), recipe, Probes(pipe))
         return losses["denoising"].item()
 

@@ -1,5 +1,9 @@
 """Tiny random-init pipelines of every architecture textloc supports, for tests and demos.
 
+Longer than the ~500 lines a module should hold, for a reason: it is data, one config builder per
+architecture side by side, and each moves into its family's own spec when the families get one
+file each (issue 31).
+
 Each pipeline is the stock diffusers class of its architecture (``StableDiffusionXLPipeline``,
 ``FluxPipeline``, ...), built from configs written here: no file is read and nothing is
 downloaded, so they work on a machine with no network and no cached weights. The models keep the
