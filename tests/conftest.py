@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 
 import pytest
 import torch
@@ -39,3 +41,18 @@ def seeded(pipe, seed: int = 0, **overrides):
 
 def generate(pipe, prompt: str = PROMPT, seed: int = 0, **overrides) -> torch.Tensor:
     return torch.as_tensor(pipe(prompt, **seeded(pipe, seed, **overrides)).images)
+
+
+def stop_trainer_at(monkeypatch: pytest.MonkeyPatch, module: object, step: int) -> None:
+    """SIGTERM this process while ``module`` (a trainer) fetches the batch of ``step`` (once): an
+    interruption at a known step, for the tests that resume a training run."""
+    fetch = module.training_batch
+    fired = []
+
+    def fetch_and_stop(seed: int, at: int, *args: object) -> object:
+        if at == step and not fired:
+            fired.append(at)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fetch(seed, at, *args)
+
+    monkeypatch.setattr(module, "training_batch", fetch_and_stop)

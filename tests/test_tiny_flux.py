@@ -4,8 +4,6 @@ view of its double- and single-stream layers."""
 
 from __future__ import annotations
 
-import os
-import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, FluxPipeline
 
+from conftest import stop_trainer_at
 import textloc as tl
 import textloc.tiny.train as tiny_train
 from textloc.models import TEXTLOC_TINY_FLUX, TEXTLOC_TINY_SD3, named_models
@@ -127,27 +126,13 @@ def test_training_loss_is_finite_and_trains_both_text_encoders() -> None:
     assert all(p.grad is None for p in pipe.vae.parameters())
 
 
-def _stop_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
-    """SIGTERM this process while the trainer fetches the batch of ``step`` (once)."""
-    fetch = tiny_train.training_batch
-    fired = []
-
-    def fetch_and_stop(seed: int, at: int, *args: object) -> object:
-        if at == step and not fired:
-            fired.append(at)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return fetch(seed, at, *args)
-
-    monkeypatch.setattr(tiny_train, "training_batch", fetch_and_stop)
-
-
 def test_trainer_interrupted_resumes_to_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("rapidocr")
     straight = train(parse_args([*FAST, "--run-dir", str(tmp_path / "a"), "--export-dir", str(tmp_path / "wa")]))
     assert straight["step"] == 4 and "autoencoder" not in straight  # no autoencoder stage: it is reused
 
     interrupted = [*FAST, "--run-dir", str(tmp_path / "b"), "--export-dir", str(tmp_path / "wb")]
-    _stop_at(monkeypatch, 2)
+    stop_trainer_at(monkeypatch, tiny_train, 2)
     assert train(parse_args(interrupted))["step"] == 3
     assert train(parse_args([*interrupted, "--resume"]))["step"] == 4
 

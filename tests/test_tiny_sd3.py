@@ -3,7 +3,6 @@ its export as a folder that plain diffusers loads."""
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
+from conftest import stop_trainer_at
 import textloc.tiny.autoencoder as tiny_autoencoder
 import textloc.tiny.train as tiny_train
 from textloc.tiny.architectures import HIGH_NOISE_FROM, LatentSD3, architecture_of
@@ -97,20 +97,6 @@ def test_training_loss_weights_the_letters_latent_cells() -> None:
     assert denoising(batch.ink, 5.0) != pytest.approx(plain, rel=1e-3)
 
 
-def _stop_at(monkeypatch: pytest.MonkeyPatch, module: object, step: int) -> None:
-    """SIGTERM this process while ``module`` fetches the batch of ``step`` (once)."""
-    fetch = module.training_batch
-    fired = []
-
-    def fetch_and_stop(seed: int, at: int, *args: object) -> object:
-        if at == step and not fired:
-            fired.append(at)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return fetch(seed, at, *args)
-
-    monkeypatch.setattr(module, "training_batch", fetch_and_stop)
-
-
 def _final(run_dir: Path) -> dict:
     return torch.load(run_dir / CHECKPOINT_NAME, weights_only=False)
 
@@ -124,8 +110,8 @@ def test_trainer_interrupted_in_either_stage_resumes_to_the_same_result(
     assert straight["step"] == 4 and straight["autoencoder"]["steps"] == 3
 
     interrupted = [*FAST, "--run-dir", str(tmp_path / "b"), "--export-dir", str(tmp_path / "wb")]
-    _stop_at(monkeypatch, tiny_autoencoder, 1)
-    _stop_at(monkeypatch, tiny_train, 2)
+    stop_trainer_at(monkeypatch, tiny_autoencoder, 1)
+    stop_trainer_at(monkeypatch, tiny_train, 2)
     stopped = train(parse_args(interrupted))
     assert "autoencoder" not in stopped and torch.load(tmp_path / "b" / "autoencoder.pt")["step"] == 2
     with pytest.raises(SystemExit, match="--resume"):  # a fresh run never overwrites a stage in progress

@@ -7,7 +7,9 @@ The bottom layer: it imports nothing from textloc, so the tiny random pipelines
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,3 +43,19 @@ def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
         if key in accepted:
             kwargs.setdefault(key, value)
     return kwargs
+
+
+@contextlib.contextmanager
+def instance_attribute(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """Inside this context ``owner.name`` is ``value``, an instance attribute that shadows the
+    class's (so other instances are untouched); on exit the attribute the instance had before
+    (none, or an outer context's) is back, also after an exception."""
+    shadowed = owner.__dict__.get(name)
+    object.__setattr__(owner, name, value)
+    try:
+        yield
+    finally:
+        if shadowed is None:
+            object.__delattr__(owner, name)
+        else:
+            object.__setattr__(owner, name, shadowed)

@@ -45,7 +45,7 @@ from PIL import Image
 
 from textloc.edit.inversion_families import Family, family_of
 from textloc.engine import denoiser
-from textloc.pipeline_calls import call_kwargs
+from textloc.pipeline_calls import call_kwargs, instance_attribute
 from textloc.scoring.metrics import psnr, ssim, to_float_array
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
@@ -114,16 +114,11 @@ def starting_from(pipe: Any, latents: torch.Tensor) -> Iterator[None]:
     else:
         method, replace = "prepare_intermediate_images", _replace_intermediate_images(pipe, latents)
     original_method = getattr(pipe, method)
-    shadowed = pipe.__dict__.get(method)  # an outer wrapper, if any
     pipe.scheduler = scheduler
-    object.__setattr__(pipe, method, functools.wraps(original_method)(replace(original_method)))
     try:
-        yield
+        with instance_attribute(pipe, method, functools.wraps(original_method)(replace(original_method))):
+            yield
     finally:
-        if shadowed is None:
-            object.__delattr__(pipe, method)
-        else:
-            object.__setattr__(pipe, method, shadowed)
         pipe.scheduler = original_scheduler
 
 

@@ -20,6 +20,7 @@ from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from textloc.engine.branches import Branch
+from textloc.pipeline_calls import instance_attribute
 
 
 @dataclass
@@ -189,7 +190,6 @@ def shadowed(owner: Any, method: str, before: Callable[..., None], arguments: bo
         yield
         return
     signature = inspect.signature(original)
-    shadowed = owner.__dict__.get(method)
 
     @functools.wraps(original)  # pipelines read the signature (prepare_extra_step_kwargs)
     def wrapper(*args, **kwargs):
@@ -201,12 +201,6 @@ def shadowed(owner: Any, method: str, before: Callable[..., None], arguments: bo
             before()
         return original(*args, **kwargs)
 
-    object.__setattr__(owner, method, wrapper)
-    try:
+    with instance_attribute(owner, method, wrapper):
         yield
-    finally:
-        if shadowed is None:
-            object.__delattr__(owner, method)
-        else:
-            object.__setattr__(owner, method, shadowed)
 

@@ -21,7 +21,7 @@ import abc
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar
 
 import torch
@@ -225,6 +225,17 @@ class LatentTransformer(Architecture):
 
     # All of it: the transformer alone is 20-21 MB in fp16, and the limit is 25 MB.
     half_precision = ("transformer", "vae", "text_encoder", "text_encoder_2")
+    #: The model's module of builders (``build_pipeline``, ``build_sampling_scheduler``, ``encode``).
+    builders: ClassVar[ModuleType]
+
+    def build_pipeline(self, config: SavedConfig, seed: int = 0) -> DiffusionPipeline:
+        return self.builders.build_pipeline(config, seed)
+
+    def training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
+        return self.builders.build_sampling_scheduler()
+
+    def encode(self, pipe: DiffusionPipeline, captions: list[str]) -> EncodedCaptions:
+        return self.builders.encode(pipe, captions)
 
     def denoiser(self, pipe: DiffusionPipeline) -> torch.nn.Module:
         return pipe.transformer
@@ -291,21 +302,13 @@ class LatentSD3(LatentTransformer):
     export_dir = TEXTLOC_TINY_SD3.folder
     schedule = MappingProxyType({"total_steps": 20_000, "batch_size": 16, "lr": 5e-4, "autoencoder_steps": 1000})
     sampler_settings = TEXTLOC_TINY_SD3.settings
-
-    def build_pipeline(self, config: SavedConfig, seed: int = 0) -> StableDiffusion3Pipeline:
-        return model_sd3.build_pipeline(config, seed)
+    builders = model_sd3
 
     def load(self, folder: Path) -> StableDiffusion3Pipeline:
         return load_pipeline(str(folder), dtype=torch.float32, **TEXTLOC_TINY_SD3.load_options)
 
     def autoencoder(self, pipe: StableDiffusion3Pipeline) -> AutoencoderKL:
         return pipe.vae
-
-    def training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        return model_sd3.build_sampling_scheduler()
-
-    def encode(self, pipe: StableDiffusion3Pipeline, captions: list[str]) -> EncodedCaptions:
-        return model_sd3.encode(pipe, captions)
 
     def predict(
         self, pipe: StableDiffusion3Pipeline, noisy: torch.Tensor, timesteps: torch.Tensor, text: EncodedCaptions
@@ -329,15 +332,7 @@ class LatentFlux(LatentTransformer):
     export_dir = TEXTLOC_TINY_FLUX.folder
     schedule = MappingProxyType({"total_steps": 20_000, "batch_size": 16, "lr": 5e-4})
     sampler_settings = TEXTLOC_TINY_FLUX.settings
-
-    def build_pipeline(self, config: SavedConfig, seed: int = 0) -> FluxPipeline:
-        return model_flux.build_pipeline(config, seed)
-
-    def training_scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        return model_flux.build_sampling_scheduler()
-
-    def encode(self, pipe: FluxPipeline, captions: list[str]) -> EncodedCaptions:
-        return model_flux.encode(pipe, captions)
+    builders = model_flux
 
     def predict(
         self, pipe: FluxPipeline, noisy: torch.Tensor, timesteps: torch.Tensor, text: EncodedCaptions
