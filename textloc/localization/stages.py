@@ -23,7 +23,7 @@ from textloc.localization.directions import Direction
 from textloc.localization.report import ProgressLog
 from textloc.localization.scoring import score_images
 from textloc.localization.selection import rank_layers, reaches, share_or_lowest
-from textloc.localization.sweep import PatchSettings, generate_patched, head_unit, split_unit
+from textloc.localization.sweep import PatchSettings, Unit, generate_patched
 from textloc.scoring.ocr import OCR
 from textloc.scoring.prompts import PromptPair, SceneJudge
 
@@ -273,11 +273,14 @@ class Stages:
     def heads(self, pairs, held, layers: list[AttentionLayer], selection: str, threshold: float, rule: str, way: Direction) -> dict[str, Any]:
         """Every head of ``layers`` patched alone, ranked, the smallest head set that carries the
         word (by the layers' selection and rule), and that set on the held-out pairs."""
-        units = [head_unit(layer.name, head) for layer in layers for head in range(layer.num_heads)]
+        units = [Unit(layer.name, head).name for layer in layers for head in range(layer.num_heads)]
         means, _, _ = self._evaluate_sets(way.stage("head sweep"), pairs, [[unit] for unit in units], way, desc=f"head sweep ({len(units)} heads)")
         by_unit = dict(zip(units, means))
         ranked = sorted(units, key=lambda unit: tuple(-value for value in way.merit(by_unit[unit])))  # stable: ties keep layer order
         sets, chosen, reached, _ = self.select(pairs, ranked, selection, threshold, rule, way, prefix="head ")
         held_result = self.evaluate(held, chosen, [way], prefix="head ")[0] if chosen else None
-        rows = [{"name": unit, "layer": split_unit(unit)[0], "head": split_unit(unit)[1], "rank": ranked.index(unit) + 1, "exact": by_unit[unit]} for unit in units]
+        rows = [
+            {"name": name, "layer": unit.layer, "head": unit.head, "rank": ranked.index(name) + 1, "exact": by_unit[name]}
+            for name, unit in zip(units, map(Unit.parse, units))
+        ]
         return {"units": rows, "sets": sets, "selected": chosen, "reached": reached, "held_out": held_result}

@@ -40,27 +40,36 @@ def check_max_batch(max_batch: int) -> None:
         raise ValueError(f"max_batch must be at least 3 (source, target and one patched row), not {max_batch}.")
 
 
-def head_unit(layer: str, head: int) -> str:
-    """The name of one attention head as a unit of a layer set: ``"<layer>@<head>"``."""
-    return f"{layer}@{head}"
+@dataclass(frozen=True)
+class Unit:
+    """What a localization patches, scores and selects: a whole layer, or one head of it.
 
+    Logs and reports name a unit by :attr:`name` (``"<layer>"`` or ``"<layer>@<head>"``), so
+    :meth:`parse` reads it back.
+    """
 
-def split_unit(unit: str) -> tuple[str, int | None]:
-    """A unit's layer and head (``None`` for a whole layer)."""
-    layer, at, head = unit.rpartition("@")
-    return (layer, int(head)) if at else (unit, None)
+    layer: str
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.layer if self.head is None else f"{self.layer}@{self.head}"
+
+    @classmethod
+    def parse(cls, name: str) -> Unit:
+        layer, at, head = name.rpartition("@")
+        return cls(layer, int(head)) if at else cls(name)
 
 
 def unit_patches(units: Sequence[str], row: int, settings: PatchSettings) -> list[RowPatch]:
-    """The patches that give batch row ``row`` the target row's text at ``units``: one for the
-    whole layers, one per layer whose heads are patched one by one."""
+    """The patches that give batch row ``row`` the target row's text at ``units`` (their names):
+    one for the whole layers, one per layer whose heads are patched one by one."""
     layers, heads = [], {}
-    for unit in units:
-        layer, head = split_unit(unit)
-        if head is None:
-            layers.append(layer)
+    for unit in map(Unit.parse, units):
+        if unit.head is None:
+            layers.append(unit.layer)
         else:
-            heads.setdefault(layer, []).append(head)
+            heads.setdefault(unit.layer, []).append(unit.head)
     shared = {"source": TARGET_ROW, "row": row, "patch_steps": settings.patch_steps, "branch": settings.branch, "kv": settings.kv}
     patches = [RowPatch(tuple(layers), heads=settings.heads, **shared)] if layers else []
     patches += [RowPatch((layer,), heads=tuple(sorted(chosen)), **shared) for layer, chosen in heads.items()]
@@ -78,7 +87,7 @@ def generate_patched(
 ) -> PairImages:
     """Generate the source prompt with each layer set patched from the target prompt.
 
-    A set names whole layers or single heads of layers (:func:`head_unit`).
+    A set names whole layers or single heads of layers (:class:`Unit`'s names).
 
     Each batch holds the source row, the target row (the live source of every patch, so joint
     layers get the target's K/V of the same step) and up to ``max_batch - 2`` patched rows, all
