@@ -307,3 +307,19 @@ def test_patch_rows_patches_only_its_rows_and_refuses_rows_outside_the_batch():
             pipe(PROMPT, generator=generator(0), **kwargs)
     assert abs(mixed[0] - plain[0]).max() < BATCH_TOLERANCE
     assert abs(mixed[1] - plain[1]).max() > 1e-3
+
+
+def test_a_joint_block_is_joint_wherever_it_comes_from():
+    # FLUX.2's attention declares no context_pre_only; its text stream still has queries of its own,
+    # so each block rewrites the text. Listed as added_kv it was cached at step 0 and replayed
+    # at every step: a silent wrong patch.
+    from diffusers import Flux2Transformer2DModel
+
+    model = Flux2Transformer2DModel(
+        num_layers=2, num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+        in_channels=16, axes_dims_rope=(4, 4, 4, 4), timestep_guidance_channels=32,
+    )
+    kinds = {layer.name: layer.kind for layer in tl.attention_layers(model, kind=("joint", "added_kv"))}
+    assert kinds == {"transformer_blocks.0.attn": "joint", "transformer_blocks.1.attn": "joint"}
+    # IF's added K/V, which read the prompt's own embeddings, stay step-independent.
+    assert {layer.kind for layer in tl.attention_layers(_pipeline("deepfloyd-if"), kind=("joint", "added_kv"))} == {"added_kv"}

@@ -99,8 +99,10 @@ def _is_attention(module: torch.nn.Module) -> bool:
 def _kind(module: torch.nn.Module) -> Kind:
     has_added_kv = getattr(module, "add_k_proj", None) is not None
     if has_added_kv:
-        # SD3/FLUX joint attention declares whether its text stream has an output; IF's leaves it None.
-        return "joint" if getattr(module, "context_pre_only", None) is not None else "added_kv"
+        # Joint attention (SD3, FLUX, FLUX.2, ...) gives the text stream queries of its own, so every
+        # block rewrites the text; IF's added K/V read the prompt's embeddings and have none. Taking a
+        # joint layer for step-independent would replay its step-0 text K/V at every step.
+        return "joint" if getattr(module, "add_q_proj", None) is not None else "added_kv"
     if getattr(module, "is_cross_attention", False):
         return "cross"
     if getattr(module, "pre_only", False):
