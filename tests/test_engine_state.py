@@ -323,3 +323,14 @@ def test_a_joint_block_is_joint_wherever_it_comes_from():
     assert kinds == {"transformer_blocks.0.attn": "joint", "transformer_blocks.1.attn": "joint"}
     # IF's added K/V, which read the prompt's own embeddings, stay step-independent.
     assert {layer.kind for layer in tl.attention_layers(_pipeline("deepfloyd-if"), kind=("joint", "added_kv"))} == {"added_kv"}
+
+
+def test_a_model_with_no_text_layer_is_refused_not_given_an_empty_selection():
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel(sample_size=8, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    assert tl.attention_layers(model) and not tl.attention_layers(model, kind=("cross", "added_kv", "joint", "single"))
+    for selector in ("all", "up_blocks.0", 0):
+        with pytest.raises(ValueError, match="finds no text-conditioned attention layer in this UNet2DModel"):
+            tl.select_layers(model, selector)

@@ -158,6 +158,14 @@ def select_layers(pipe_or_model: object, selector: LayerSelector = "all") -> lis
     """
     every = attention_layers(pipe_or_model)
     text_layers = [layer for layer in every if layer.kind != "self"]
+    if not text_layers:
+        # An empty selection would record an empty cache and patch nothing, without a word.
+        model = denoiser(pipe_or_model)
+        raise ValueError(
+            f"textloc finds no text-conditioned attention layer in this {type(model).__name__} "
+            f"({len(every)} attention layers, none reading the text through projections it knows): it cannot "
+            "record or patch its text."
+        )
     if isinstance(selector, str) and selector == "all":
         return text_layers
     if isinstance(selector, (str, int, AttentionLayer)):
