@@ -29,6 +29,7 @@ from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
 TOXIC = 'A sign that says "DAMN".'
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "tiny" / "localize"
 HAS_ALT = importlib.util.find_spec("profanity_check") is not None
+HAS_OCR = importlib.util.find_spec("rapidocr") is not None
 DETECTORS = ["better-profanity", pytest.param("alt-profanity-check", marks=pytest.mark.skipif(not HAS_ALT, reason="alt-profanity-check not installed"))]
 
 
@@ -73,11 +74,12 @@ def test_a_clean_prompt_is_the_plain_pipeline_with_no_hooks(arch, pipe, monkeypa
     assert output.reports[0].found == [] and output.guarded_rows == []
 
 
-def test_the_report_tells_a_clean_prompt_from_one_with_nothing_to_check():
+def test_the_report_says_what_was_found_where_and_a_clean_prompt_is_clean():
     pipe = _pipeline("sd15")
-    unquoted, quoted = ToxicTextGuard(pipe, "all")([f"A sign that says {TOXIC_WORDS[0]}.", PROMPT], **seeded(pipe)).reports
-    assert unquoted.summary().startswith("nothing checked") and "no quoted text" in unquoted.summary()
-    assert quoted.summary().startswith("clean:")
+    unquoted, clean = ToxicTextGuard(pipe, "all")([f"A sign that says {TOXIC_WORDS[0]}.", "A sign that says HELLO."], **seeded(pipe)).reports
+    assert unquoted.found == [TOXIC_WORDS[0]] and unquoted.rows == [0]
+    assert unquoted.summary().splitlines()[1] == f"  {TOXIC_WORDS[0]!r} at 17-21, unquoted after 'says' -> {unquoted.replacements[TOXIC_WORDS[0]]!r}"
+    assert clean.summary() == "clean: 'A sign that says HELLO.'" and clean.findings == []
 
 
 def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
@@ -93,6 +95,26 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     assert np.abs(guarded[1] - plain[1]).max() > 1e-3  # the toxic row changed
     expected = reference(pipe, TOXIC, output.reports[1].cleaned_prompt, 2, guard.layers, 0, **kwargs)
     np.testing.assert_allclose(guarded[1], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch_name", ["sd15", "sd3"])  # injection, and live source rows
+def test_a_toxic_word_asked_for_without_quotes_is_guarded_and_clean_words_are_not(arch_name, monkeypatch):
+    pipe = _pipeline(arch_name)
+    kwargs = tiny_call_kwargs(pipe)
+    toxic = {word.lower() for word in TOXIC_WORDS}
+    guard = ToxicTextGuard(pipe, "all", start_step=0, detector=tl.edit.WordDetector(lambda words: [w in toxic for w in words], "wordlist"))
+    prompts = ["A sign that says D 4 M N.", "A Scunthorpe class sign that says 'hello shell'."]
+    plain = np.asarray(pipe(prompts, generator=generators(1, 2), **kwargs).images)
+    output = guard(prompts, generator=generators(1, 2), **kwargs)
+    guarded = images(output)
+    assert output.guarded_rows == [0] and [f.forms for f in output.reports[0].findings] == [("unquoted", "spaced", "leet")]
+    assert_same_rows(guarded[[1]], plain[[1]], guard)
+    assert np.abs(guarded[0] - plain[0]).max() > 1e-3
+    expected = reference(pipe, prompts[0], output.reports[0].cleaned_prompt, 1, guard.layers, 0, **kwargs)
+    np.testing.assert_allclose(guarded[0], expected, atol=1e-4)
+    monkeypatch.setattr(guard_module, "patch_rows", None)  # a clean prompt alone: the plain call, no hook to install
+    alone = np.asarray(pipe(prompts[1], generator=tl.generator(2), **kwargs).images)
+    np.testing.assert_array_equal(images(guard(prompts[1], generator=tl.generator(2), **kwargs)), alone)
 
 
 @pytest.mark.parametrize("arch_name", ["sd15", "sd3"])  # injection, and live source rows
@@ -155,13 +177,13 @@ def test_every_toxic_word_is_found_in_any_case_and_no_other_word(detector):
     assert [word for word in VOCABULARY if word not in TOXIC_WORDS and (find(word) or find(word.lower()) or find(word.title()))] == []
 
 
-def test_every_quoted_text_of_a_prompt_is_guarded():
+def test_every_quoted_text_and_every_unquoted_word_of_a_prompt_is_guarded():
     guard = ToxicTextGuard(SimpleNamespace(name_or_path=None), None, method="prompt-swap")
     report = guard.clean('Two signs, "Hell, yes!" and "big CRAP", next to a DAMN sign and "LAMP".')
-    assert report.found == ["Hell", "CRAP"]  # unquoted words are not text the model writes
+    assert report.found == ["Hell", "CRAP", "DAMN"]  # a model may write an unquoted word too
     spans = [span.text for span in tl.edit.quoted_spans(report.cleaned_prompt)]
     assert spans[0].endswith(", yes!") and spans[1].startswith("big ") and spans[2] == "LAMP"
-    assert "DAMN sign" in report.cleaned_prompt and not guard.detector.find(" ".join(spans))
+    assert f"{report.replacements['DAMN']} sign" in report.cleaned_prompt and guard.clean(report.cleaned_prompt).found == []
 
 
 def test_a_callable_detector_and_its_bad_answers():
@@ -169,8 +191,8 @@ def test_a_callable_detector_and_its_bad_answers():
     assert guard.clean('A sign that says "OPEN LAMP".').found == ["LAMP"]
     with pytest.raises(TypeError, match="list of toxic words"):
         ToxicTextGuard(SimpleNamespace(name_or_path=None), None, detector=lambda text: "LAMP" in text, method="prompt-swap")
-    with pytest.raises(ValueError, match="not in the quoted text"):
-        ToxicTextGuard(SimpleNamespace(name_or_path=None), None, detector=lambda text: ["XYZ"] if text == "OPEN" else [], method="prompt-swap").clean('"OPEN"')
+    with pytest.raises(ValueError, match="reported 'XYZ', which is not among the words it was given"):
+        ToxicTextGuard(SimpleNamespace(name_or_path=None), None, detector=lambda text: ["XYZ"] if "OPEN" in text else [], method="prompt-swap").clean('"OPEN"')
 
 
 def tiny_classifier(folder: Path, labels: dict[int, str], toxic_bias: float | None = None) -> Path:
@@ -255,6 +277,7 @@ def test_bad_input_is_refused_with_what_would_be_right(tmp_path):
         ({"detector": str(tmp_path / "missing")}, "No text-classification model at"),
         ({"detector": tiny_classifier(tmp_path / "labels", {0: "positive", 1: "negative"})}, "has no toxic label .*positive, negative.*toxic_label="),
         ({"replace": {"DAMN": "HELL"}}, "maps 'damn' to 'HELL', which the detector flags as toxic"),
+        ({"replace": {"DAMN": "H 3 L L"}}, "maps 'damn' to 'H 3 L L', which the detector flags as toxic"),  # read as the guard reads
         ({"replace": "censor"}, "Unknown replacement 'censor'"),
         ({"method": "sld"}, "Unknown method 'sld'"),
     ]
@@ -272,11 +295,15 @@ def test_bad_input_is_refused_with_what_would_be_right(tmp_path):
 def test_cli_prints_what_it_replaced_and_saves_both_images(tmp_path, capsys):
     from textloc.cli import main
 
-    status = main(["--threads", "1", "guard", "--model", "tiny-random-sdxl", "--prompt", 'A sign that says "DAMN".', "--layers", "all", "--out", str(tmp_path)])
+    check = [] if HAS_OCR else ["--no-check-images"]
+    status = main(["--threads", "1", "guard", "--model", "tiny-random-sdxl", "--prompt", 'A sign that says "DAMN".', "--layers", "all", *check, "--out", str(tmp_path)])
     printed = capsys.readouterr().out
-    assert status == 0 and "found 'DAMN'; replaced 'DAMN' -> " in printed
+    assert status == 0 and "found 'DAMN'; replaced 'DAMN' -> " in printed and "  'DAMN' at 18-22, quoted \"\" -> " in printed
     data = json.loads((tmp_path / "guard.json").read_text())
     assert data["found"] == ["DAMN"] and data["rows"] == [0] and data["layers"]
+    assert data["findings"][0]["spans"] == [[18, 22]] and data["findings"][0]["forms"] == ["quoted"]
+    if HAS_OCR:  # on by default: the guarded image was read (a tiny random model writes nothing toxic)
+        assert "image check: no toxic word read" in printed and data["image_checks"] == [] and "ocr" in data["check_seconds"]
     assert (tmp_path / "guard.png").stat().st_size > 0
     assert main(["guard", "--model", "tiny-random-sdxl", "--prompt", "x", "--detector", "nope", "--out", str(tmp_path)]) == 2
 
@@ -297,3 +324,99 @@ def test_textloc_tiny_does_not_write_a_guarded_toxic_word():
     assert replacement in named_model("textloc-tiny").vocabulary
     reads = get_ocr("rapidocr").read([unguarded, output.images[0]])
     assert "DAMN" in reads[0].upper() and "DAMN" not in reads[1].upper(), reads
+
+
+# ---- the image side: what the OCR reads in the output
+
+
+class ScriptedOCR:
+    """An OCR engine that reads, call after call, the (text, boxes) it is given for each image."""
+
+    def __init__(self, *calls: list[tuple[str, tuple]]):
+        self.calls = list(calls)
+
+    def readings(self, images):
+        from textloc.scoring.ocr import Reading
+
+        read = self.calls.pop(0)
+        assert len(read) == len(images)
+        return [Reading(text, boxes) for text, boxes in read]
+
+    def read(self, images):
+        return [reading.text for reading in self.readings(images)]
+
+
+BOX = (4.0, 6.0, 20.0, 14.0)  # x0, y0, x1, y1 of the text an OCR found, in pixels
+
+
+def test_the_image_check_regenerates_a_row_that_shows_a_toxic_word_and_leaves_clean_rows_alone():
+    pipe = _pipeline("sd15")
+    kwargs = tiny_call_kwargs(pipe)
+    prompts = ['A sign that says "OPEN".', PROMPT]  # the prompt side finds nothing: the image side alone
+    plain = np.asarray(pipe(prompts, generator=generators(1, 2), **kwargs).images)
+    ocr = ScriptedOCR([("D4MN", (BOX,)), ("HELLO", (BOX,))], [("LAMP", (BOX,))])
+    guard = ToxicTextGuard(pipe, "all", start_step=0, check_images=True, ocr=ocr)
+    output = guard(prompts, generator=generators(1, 2), **kwargs)
+    assert [check.describe() for check in output.image_checks] == ["image check: row 0 read 'D4MN' (D4MN); regenerated, now reads 'LAMP'"]
+    guarded = images(output)
+    np.testing.assert_array_equal(guarded[1], plain[1])  # read clean: untouched
+    benign = guard.make_benign(prompts[0]).cleaned_prompt  # every text-like word made benign
+    assert benign != prompts[0] and benign.startswith('A sign that says "') and "OPEN" not in benign
+    np.testing.assert_allclose(guarded[0], reference(pipe, prompts[0], benign, 1, guard.layers, 0, **kwargs), atol=1e-4)
+    assert set(output.check_seconds) == {"ocr", "regenerate", "recheck"} and ocr.calls == []
+
+
+def test_the_image_check_blanks_the_text_when_a_regenerated_row_still_shows_it():
+    pipe = _pipeline("sd15")
+    kwargs = tiny_call_kwargs(pipe)
+    ocr = ScriptedOCR([("DAMN", (BOX,))], [("DAMN", (BOX,))], [("", ())])
+    guard = ToxicTextGuard(pipe, "all", start_step=0, check_images=True, ocr=ocr)
+    output = guard(TOXIC, generator=tl.generator(3), **kwargs)
+    check = output.image_checks[0]
+    assert (check.row, check.found, check.action, check.read_after) == (0, ["DAMN"], "blanked", "")
+    regenerated = reference(pipe, TOXIC, guard.make_benign(TOXIC).cleaned_prompt, 3, guard.layers, 0, **kwargs)
+    image = images(output)[0]
+    box = (slice(6, 14), slice(4, 20))
+    assert np.ptp(image[box].reshape(-1, 3), axis=0).max() == 0  # one colour where the text was
+    outside = np.ones(image.shape[:2], dtype=bool)
+    outside[box] = False
+    np.testing.assert_allclose(image[outside], regenerated[outside], atol=1e-4)
+
+
+def test_the_image_check_leaves_a_clean_output_bit_identical():
+    pipe = _pipeline("sd15")
+    output = ToxicTextGuard(pipe, "all", check_images=True, ocr=ScriptedOCR([("HELLO", (BOX,))]))(PROMPT, **seeded(pipe))
+    np.testing.assert_array_equal(images(output), generate(pipe))
+    assert output.image_checks == [] and output.guarded_rows == []
+
+
+def test_blanking_fills_each_box_with_the_colour_around_it_in_every_image_type():
+    from PIL import Image
+
+    from textloc.edit.image_check import blank
+
+    array = np.zeros((16, 24, 3), dtype=np.float32)
+    array[:, :] = (0.2, 0.4, 0.6)
+    array[6:10, 5:15] = 1.0  # the "letters"
+    filled = blank(array, ((5.0, 6.0, 15.0, 10.0),))
+    np.testing.assert_allclose(filled, np.broadcast_to(np.float32((0.2, 0.4, 0.6)), array.shape))
+    as_tensor = blank(torch.from_numpy(array).permute(2, 0, 1), ((5.0, 6.0, 15.0, 10.0),))
+    np.testing.assert_allclose(as_tensor.permute(1, 2, 0).numpy(), filled)
+    pil = blank(Image.fromarray((array * 255).round().astype(np.uint8)), ((5.0, 6.0, 15.0, 10.0),))
+    assert np.asarray(pil)[6:10, 5:15].reshape(-1, 3).tolist() == [[51, 102, 153]] * 40
+
+
+def test_the_image_check_goes_with_the_text_layers_only():
+    with pytest.raises(ValueError, match="use it with method 'patch' or 'unguarded', not 'prompt-swap'"):
+        ToxicTextGuard(_pipeline("sd15"), "all", method="prompt-swap", check_images=True, ocr=ScriptedOCR())
+
+
+@pytest.mark.skipif(not HAS_OCR, reason="needs rapidocr")
+def test_textloc_tiny_image_check_catches_what_the_prompt_side_let_through():
+    pipe = tl.load_pipeline("textloc-tiny")
+    settings = {**named_model("textloc-tiny").settings, "clean_caption": False, "output_type": "np"}
+    prompt = 'A red sign on a blue background that says "DAMN".'  # seed 0 writes it legibly
+    output = ToxicTextGuard(pipe, SAMPLES, method="unguarded", check_images=True)(prompt, generator=tl.generator(0), **settings)
+    check = output.image_checks[0]
+    assert check.row == 0 and "DAMN" in check.read.upper() and check.action in ("regenerated", "blanked")
+    assert "DAMN" not in check.read_after.upper()

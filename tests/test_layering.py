@@ -15,6 +15,8 @@ file or inside a function alike (a function-level import is for load time, never
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,13 @@ def test_the_contract_catches_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(f"{__name__}._module_name", lambda path: "textloc.engine.units")
     with pytest.raises(AssertionError, match="textloc.engine.units \\(core\\) imports textloc.localization \\(uses\\)"):
         test_imports_point_down(source)
+
+
+def test_importing_textloc_is_cheap_and_its_names_load_on_first_use():
+    # torch, transformers and diffusers take seconds to import; `import textloc` must not pull them.
+    code = (
+        "import sys, textloc as tl; heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+        "print(heavy, callable(tl.select_layers), tl.edit.WordDetector.__name__, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.split() == ["[]", "True", "WordDetector", "True"]

@@ -1,4 +1,4 @@
-"""``textloc guard``: generate a prompt with its toxic quoted words kept out of the text layers."""
+"""``textloc guard``: generate a prompt with its toxic words kept out of the text layers."""
 
 from __future__ import annotations
 
@@ -25,11 +25,15 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
     parser = subcommands.add_parser(
         "guard",
         parents=parents,
-        help="generate a prompt with its toxic quoted words kept out of the text layers",
+        help="generate a prompt with its toxic words kept out of the text layers",
         description=(
-            "Find toxic words in the quoted texts of PROMPT, replace them, and generate the prompt while only the "
-            "text layers receive the cleaned one: the scene stays, the word changes. Prints what it found and "
-            "replaced; writes guard.png (unguarded | guarded, from the same noise) and guard.json to --out."
+            "Find the toxic words of PROMPT however it asks for them (quoted in any style or not, letters spaced, "
+            "split over quotes, look-alike letters, leet), replace them where they stand, and generate the prompt "
+            "while only the text layers receive the cleaned one: the scene stays, the word changes. Prints what it "
+            "found where and what replaced it. Then the OCR reads the guarded image, and if a toxic word shows "
+            "anyway, the image is generated again with every text-like word made benign, or its text blanked "
+            "(--no-check-images skips this). Writes guard.png (unguarded | guarded, from the same noise) and "
+            "guard.json to --out."
         ),
         epilog=examples(
             "textloc guard --model textloc-tiny --prompt 'A red sign on a blue background that says \"DAMN\".' \\",
@@ -38,7 +42,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--prompt", required=True, help='the prompt; the text to write is in double quotes: A sign that says "OPEN".')
+    parser.add_argument("--prompt", required=True, help='the prompt: A sign that says "OPEN".')
     parser.add_argument(
         "--layers", action="append", metavar="SEL",
         help="the text layers: a localization's output folder, 'preset' (the default), or layer names, blocks, globs or indices (repeatable)",
@@ -54,6 +58,10 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
     )
     parser.add_argument("--start-step", type=start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
     parser.add_argument("--method", choices=[m for m in GUARD_METHODS if m != "unguarded"], default="patch", help="textloc's guard (default), or a baseline through the same call")
+    parser.add_argument(
+        "--check-images", action=argparse.BooleanOptionalAction, default=True,
+        help="read the guarded image with the OCR (rapidocr) and regenerate it, or blank its text, if a toxic word shows anyway (default on; --method patch only)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise the unguarded and guarded images share (default 0)")
     add_sampler_options(parser)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -66,21 +74,29 @@ def run_guard(args: argparse.Namespace) -> int:
 
     from textloc.edit import ToxicTextGuard
     from textloc.images import captioned_grid
-    from textloc.scoring.quoted import quoted_spans
 
     pipe = load_model(args)
     pipe.set_progress_bar_config(disable=False, leave=False)
-    guard = ToxicTextGuard(pipe, layer_source(args.layers), detector=args.detector, replace=args.replace, start_step=args.start_step, method=args.method)
+    check = args.check_images and args.method == "patch"  # the image check regenerates through the text layers
+    guard = ToxicTextGuard(
+        pipe, layer_source(args.layers), detector=args.detector, replace=args.replace, start_step=args.start_step, method=args.method, check_images=check,
+    )
     # Each call gets a fresh generator of --seed: both images start from the same noise.
     unguarded = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=None)).images[0]
     result = guard(args.prompt, **generate_kwargs(pipe, args.model, args, num=None))
     guarded, report = result.images[0], result.reports[0]
-    print(report.summary())
-    texts = [", ".join(span.text for span in quoted_spans(prompt)) for prompt in (args.prompt, report.cleaned_prompt)]
+    print(report.summary())  # what was found, where and how it was written, and what replaced it
+    if check:
+        print("\n".join(c.describe() for c in result.image_checks) or "image check: no toxic word read in the guarded image")
+    asked = ", ".join(report.found) or "nothing toxic"
+    written = ", ".join(new or "(dropped)" for new in report.replacements.values()) or "the prompt as asked"
     args.out.mkdir(parents=True, exist_ok=True)
-    row = [(unguarded, f"asked: {texts[0]}"), (guarded, f"written: {texts[1]}")]
+    row = [(unguarded, f"asked: {asked}"), (guarded, f"instead: {written}")]
     captioned_grid(("unguarded", f"guarded ({args.method})"), [row]).save(args.out / "guard.png")
-    data = {**asdict(report), "method": args.method, "layers": [layer.name for layer in guard.layers], "start_step": guard.start_step, "seed": args.seed}
+    data = {
+        **asdict(report), "method": args.method, "layers": [layer.name for layer in guard.layers], "start_step": guard.start_step, "seed": args.seed,
+        "image_checks": [asdict(c) for c in result.image_checks] if check else None, "check_seconds": result.check_seconds,
+    }
     (args.out / "guard.json").write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {args.out}/guard.png and guard.json")
     return 0
