@@ -10,13 +10,12 @@ from PIL import Image
 from textloc.cli.options import (
     HelpFormatter,
     add_sampler_options,
+    add_text_layer_options,
     examples,
     generate_kwargs,
     layer_source,
     load_model,
-    start_step,
 )
-from textloc.engine import DEFAULT_START_STEP
 from textloc.scoring.ocr import ENGINES as OCR_ENGINES
 
 
@@ -42,12 +41,7 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
     )
     parser.add_argument("--prompt", required=True, help='the prompt, with the text to change in double quotes: A sign that says "OPEN".')
     parser.add_argument("--new-text", required=True, metavar="TEXT", help="the text the edited image should show instead")
-    parser.add_argument(
-        "--layers", action="append", metavar="SEL",
-        help="the text layers: a localization's output folder, 'preset' (the paper's layers for SDXL base, SD3-medium, "
-        "IF-I-XL; the default), or layer names, blocks, globs or indices as `textloc layers` lists them (repeatable)",
-    )
-    parser.add_argument("--start-step", type=start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
+    add_text_layer_options(parser)
     parser.add_argument("--method", choices=EDIT_METHODS, default="patch", help="textloc's patch (default), or a baseline through the same harness")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise the source and the edit share (default 0)")
     parser.add_argument(

@@ -9,13 +9,12 @@ from pathlib import Path
 from textloc.cli.options import (
     HelpFormatter,
     add_sampler_options,
+    add_text_layer_options,
     examples,
     generate_kwargs,
     layer_source,
     load_model,
-    start_step,
 )
-from textloc.engine import DEFAULT_START_STEP
 
 
 def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -43,10 +42,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--prompt", required=True, help='the prompt: A sign that says "OPEN".')
-    parser.add_argument(
-        "--layers", action="append", metavar="SEL",
-        help="the text layers: a localization's output folder, 'preset' (the default), or layer names, blocks, globs or indices (repeatable)",
-    )
+    add_text_layer_options(parser)
     parser.add_argument(
         "--detector", default="better-profanity", metavar="D",
         help=f"what finds toxic words: {', '.join(DETECTORS)} (default better-profanity), or a folder holding a transformers text-classification model",
@@ -56,7 +52,6 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
         help="what replaces a toxic word: benign (a harmless word of its length the model can write; the default), mask, "
         "mask:TEXT, drop, or WORD=NEW[,WORD=NEW...]",
     )
-    parser.add_argument("--start-step", type=start_step, metavar="S", help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})")
     parser.add_argument("--method", choices=[m for m in GUARD_METHODS if m != "unguarded"], default="patch", help="textloc's guard (default), or a baseline through the same call")
     parser.add_argument(
         "--check-images", action=argparse.BooleanOptionalAction, default=True,

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from textloc.engine import DEFAULT_START_STEP
 from textloc.models import (
     DEFAULT_MODEL,
     UnknownModelError,
@@ -242,3 +243,18 @@ def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | 
     if num is not None:
         kwargs["num_images_per_prompt"] = num
     return call_kwargs(pipe, **kwargs)
+
+
+def add_text_layer_options(parser: argparse.ArgumentParser) -> None:
+    """``--layers`` and ``--start-step`` of the commands that patch text layers from a step on
+    (edit, guard): the one layer resolver's sources, and the step window's start."""
+    parser.add_argument(
+        "--layers", action="append", metavar="SEL",
+        help="the text layers: a localization's output folder, 'preset' (the paper's layers for SDXL base, SD3-medium, "
+        "IF-I-XL, or an embedded model's; the default), or layer names, blocks, globs or indices as `textloc layers` "
+        "lists them (repeatable)",
+    )
+    parser.add_argument(
+        "--start-step", type=start_step, metavar="S",
+        help=f"first patched step: an index, or a fraction of the schedule written with a point (default: the preset's, else {DEFAULT_START_STEP})",
+    )
