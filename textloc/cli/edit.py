@@ -11,6 +11,7 @@ from textloc.cli.options import (
     HelpFormatter,
     add_sampler_options,
     add_text_layer_options,
+    check_out_folder,
     examples,
     generate_kwargs,
     layer_source,
@@ -59,6 +60,7 @@ def run_edit(args: argparse.Namespace) -> int:
     """Edit the quoted text of one prompt and save the pair with its scores."""
     from textloc.edit import edit_image, edit_text, replace_quoted
 
+    check_out_folder(args.out)
     replace_quoted(args.prompt, args.new_text)  # bad text or a missing image is refused before the model loads
     image = None if args.image is None else Image.open(args.image).convert("RGB")
     pipe = load_model(args)
@@ -72,6 +74,7 @@ def run_edit(args: argparse.Namespace) -> int:
         settings.pop("generator")
         settings["guidance_scale"] = args.guidance_scale or 1.0
         result = edit_image(pipe, image, args.prompt, args.new_text, layers, start_step=args.start_step, method=args.method, ocr=args.ocr, **settings)
+    result.generation["model"] = args.model  # the name as given: a named model's pipeline may have no name_or_path
     result.save(args.out)
     print(result.summary())
     if result.reconstruction is not None:

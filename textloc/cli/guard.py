@@ -10,6 +10,7 @@ from textloc.cli.options import (
     HelpFormatter,
     add_sampler_options,
     add_text_layer_options,
+    check_out_folder,
     examples,
     generate_kwargs,
     layer_source,
@@ -70,6 +71,7 @@ def run_guard(args: argparse.Namespace) -> int:
     from textloc.edit import ToxicTextGuard
     from textloc.images import captioned_grid
 
+    check_out_folder(args.out)  # before the model loads and the finding is printed
     pipe = load_model(args)
     pipe.set_progress_bar_config(disable=False, leave=False)
     check = args.check_images and args.method == "patch"  # the image check regenerates through the text layers

@@ -12,6 +12,7 @@ from textloc.cli.options import (
     HelpFormatter,
     add_config_option,
     add_sampler_options,
+    check_out_folder,
     examples,
     generate_kwargs,
     layer_source,
@@ -136,6 +137,7 @@ def run_localize(args: argparse.Namespace) -> int:
     from textloc.localization import LocalizeConfig, localize
 
     # Options are checked before the model loads, which can take minutes.
+    check_out_folder(args.out)
     window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)
     args.seed, *stability_seeds = _seeds(args)
     candidates = layer_source(args.layers, default="all")

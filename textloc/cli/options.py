@@ -204,6 +204,17 @@ def layer_source(values: list[str] | None, default: str = "preset") -> Any:
     return [int(value) if re.fullmatch(r"-?\d+", value) else value for value in values]
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that cannot become the output folder (it, or a folder above it, is a
+    file), before the model loads: otherwise the error comes only after the work is done."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is a file" if path == out else f"is inside {path}, which is a file"
+                raise CommandError(f"--out {out} {where}; give a folder (a new one, or one that exists).")
+            return
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~"))
 

@@ -14,6 +14,7 @@ an edit must beat on the background) and ``"prompt-to-prompt"`` (Prompt-to-Promp
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -54,7 +55,10 @@ class EditResult:
     what reading the new text is worth without any edit. For a user's own image
     (:func:`edit_image`) the source is its regeneration from the inverted noise, and
     ``reconstruction`` says how close that came to the image (``psnr``, ``ssim``): the part of the
-    change that is the inversion's, not the edit's.
+    change that is the inversion's, not the edit's. ``generation`` records what made the pair:
+    the pipeline class, its ``name_or_path``, the noise's seed (``None`` when it cannot be told: a
+    generator that had advanced, or a user's image, whose noise is its inversion), and the steps
+    and guidance.
     """
 
     method: str
@@ -72,6 +76,8 @@ class EditResult:
     floor: dict[str, float]
     seconds: float
     reconstruction: dict[str, float] | None = None  # edit_image: the unedited regeneration vs the user's image
+    generation: dict[str, Any] = field(default_factory=dict)
+    given_image: Image.Image | None = field(default=None, repr=False)  # edit_image: the user's image, as given
 
     def summary(self) -> str:
         """One line: what the OCR read before and after, and whether the edit took."""
@@ -79,13 +85,36 @@ class EditResult:
         return f"{self.method}: read {self.source_read!r} -> {self.edited_read!r} ({took}; wanted {self.new_text!r})"
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``edit.png`` (source | edited, what OCR read under each) and ``edit.json``."""
+        """Write ``edit.png`` (source | edited, what OCR read under each; for a user's image, the
+        image | its regeneration | edited) and ``edit.json``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        titles = ["source", f"edited ({self.method})"]
         row = [(self.source_image, f"OCR: {self.source_read}"), (self.edited_image, f"OCR: {self.edited_read}")]
-        captioned_grid(("source", f"edited ({self.method})"), [row]).save(directory / PAIR_FILE)
+        if self.given_image is not None:
+            # The source a user's image is edited from is its regeneration, which may differ from it.
+            titles = ["your image", "regenerated source", titles[1]]
+            row.insert(0, (self.given_image.resize(self.source_image.size), ""))
+        captioned_grid(tuple(titles), [row]).save(directory / PAIR_FILE)
         data = {key: value for key, value in asdict(self).items() if not key.endswith("_image")}
         (directory / EDIT_FILE).write_text(json.dumps(data, indent=2) + "\n")
+        return directory
+
+
+class EditResults(list[EditResult]):
+    """The :class:`EditResult` of each edit of a batch, in order: a list, that also summarizes and
+    saves the batch as a single result does."""
+
+    def summary(self) -> str:
+        """One line per edit, numbered as the batch was given."""
+        return "\n".join(f"{i}: {result.summary()}" for i, result in enumerate(self))
+
+    def save(self, directory: str | Path) -> Path:
+        """Write each edit's ``edit.png`` and ``edit.json`` to its own folder, ``0``, ``1``, ... of ``directory``."""
+        directory = Path(directory)
+        width = len(str(len(self) - 1))  # zero-padded, so the folders list in the batch's order
+        for i, result in enumerate(self):
+            result.save(directory / f"{i:0{width}d}")
         return directory
 
 
@@ -100,7 +129,7 @@ def edit_text(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ocr: str | OCR = "rapidocr",
     **generate_kwargs: Any,
-) -> EditResult | list[EditResult]:
+) -> EditResult | EditResults:
     """Change the quoted text of ``prompt`` to ``new_text`` in the generated image, keeping the rest.
 
     ``layers``: a :class:`~textloc.localization.Localization` (or its folder), ``"preset"`` (the
@@ -109,8 +138,9 @@ def edit_text(
     ``layers="preset"``, else :data:`textloc.engine.text_swap.DEFAULT_START_STEP`. ``generator``: one generator whose noise
     every edit starts from (default seed 0), or one per edit. ``method`` picks textloc's patch or
     a baseline run through the same harness. Lists of prompts and new texts edit a batch at once
-    and return a list. ``generate_kwargs`` go to the pipeline (``num_inference_steps``,
-    ``guidance_scale``, ``height``, ...).
+    and return an :class:`EditResults`, a list with ``summary()`` and ``save()``.
+    ``generate_kwargs`` go to the pipeline (``num_inference_steps``, ``guidance_scale``,
+    ``height``, ...).
     """
     single = isinstance(prompt, str)
     prompts, new_texts = _as_batch(prompt, new_text)
@@ -136,7 +166,7 @@ def edit_text(
     seconds = (time.perf_counter() - began) / len(prompts)
 
     readings = _readings(reader, list(sources) + list(edited))
-    results = []
+    results = EditResults()
     for i, (old_text, new_prompt) in enumerate(swaps):
         source_reading, edited_reading = readings[i], readings[len(prompts) + i]
         results.append(
@@ -147,7 +177,7 @@ def edit_text(
                 source_read=source_reading.text, edited_read=edited_reading.text,
                 scores=score_edit(sources[i], edited[i], source_reading, edited_reading, old_text, new_texts[i]),
                 floor=_text_scores(source_reading.text, old_text, new_texts[i]),
-                seconds=seconds,
+                seconds=seconds, generation=_generation(pipe, generators[i], generate_kwargs),
             )
         )
     return results[0] if single else results
@@ -184,9 +214,11 @@ def edit_image(
     latents = invert(pipe, image, prompt, **settings)
     with starting_from(pipe, latents):
         result = edit_text(pipe, prompt, new_text, layers, start_step=start_step, method=method, ocr=ocr, guidance_scale=guidance_scale, **settings)
-    original = np.asarray(to_pil_list(image)[0].resize(result.source_image.size), dtype=np.float32) / 255
+    result.given_image = to_pil_list(image)[0]
+    original = np.asarray(result.given_image.resize(result.source_image.size), dtype=np.float32) / 255
     regenerated = np.asarray(result.source_image, dtype=np.float32) / 255
     result.reconstruction = {key: value for key, value in image_scores(original, regenerated).items() if key != "mse"}
+    result.generation["seed"] = None  # the noise is the image's inversion, not a seed's
     return result
 
 
@@ -200,6 +232,21 @@ def score_edit(source: Any, edited: Any, source_reading: Reading, edited_reading
         if mask.sum() > mask.size // 4:  # enough background left to score it
             outside = {f"{key}_outside_text": value for key, value in image_scores(source, edited, mask).items()}
     return {**scores, **outside}
+
+
+def _generation(pipe: Any, row: torch.Generator, generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What :attr:`EditResult.generation` records: the model, the seed of ``row``'s noise, and the
+    steps and guidance the call ran with (the pipeline's defaults where not given)."""
+    fresh = seeding.generator(row.initial_seed())
+    # initial_seed() names the noise only while the generator has drawn nothing from it.
+    seed = row.initial_seed() if torch.equal(fresh.get_state(), row.get_state()) else None
+    where = getattr(pipe, "name_or_path", None)  # a folder may be a Path: JSON writes it as a string
+    data: dict[str, Any] = {"pipeline": type(pipe).__name__, "name_or_path": None if where is None else str(where), "seed": seed}
+    parameters = inspect.signature(pipe.__call__).parameters
+    for name in ("num_inference_steps", "guidance_scale", "true_cfg_scale"):
+        if name in parameters:
+            data[name] = generate_kwargs.get(name, parameters[name].default)
+    return data
 
 
 def _readings(reader: OCR, images: list[np.ndarray]) -> list[Reading]:

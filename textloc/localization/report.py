@@ -278,8 +278,8 @@ class ProgressLog:
             logged = {key: value for key, value in (lines[0].get("settings") or {}).items() if key not in unchecked} if lines else None
             if lines and logged != settings:
                 raise ValueError(
-                    f"{self.path.parent} holds a localization run with other settings; resume it with the "
-                    "same settings, or choose another output directory."
+                    f"{self.path.parent} holds a localization run with other settings ({_differences(logged, settings)}); "
+                    "resume it with the same settings, or choose another output directory."
                 )
             self.done.update({(line["stage"], line["pair"]): line["result"] for line in lines[1:]})
         if not (self.path.exists() and self.path.stat().st_size):
@@ -301,6 +301,38 @@ class ProgressLog:
             handle.write(json.dumps(record, default=json_default) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+_UNSET = object()
+
+
+def _differences(logged: dict[str, Any], settings: dict[str, Any], prefix: str = "") -> str:
+    """Which settings of a logged run differ from this run's, each as name, logged value, this run's
+    value: what a user must change to resume, or why a new folder is needed."""
+    parts = []
+    for key in dict.fromkeys([*logged, *settings]):
+        old, new, name = logged.get(key, _UNSET), settings.get(key, _UNSET), prefix + key
+        if old == new:
+            continue
+        if name == "weights":  # fingerprints mean nothing to read; what matters is that the weights changed
+            parts.append("the model's weights differ (another model, or a fine-tune of it)")
+        elif name == "model":
+            parts.append(f"the model differs: logged {_shown(old)}, this run {_shown(new)}")
+        elif isinstance(old, dict) and isinstance(new, dict):  # generate_kwargs: name the keyword, not the whole call
+            parts.append(_differences(old, new, f"{name}."))
+        elif isinstance(old, list) and isinstance(new, list) and len(old) != len(new):
+            parts.append(f"{name}: {len(old)} logged, {len(new)} in this run")
+        elif isinstance(old, list) and isinstance(new, list):
+            i = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)
+            parts.append(f"{name}[{i}]: logged {_shown(old[i])}, this run {_shown(new[i])}")
+        else:
+            parts.append(f"{name}: logged {_shown(old)}, this run {_shown(new)}")
+    return "; ".join(parts)
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    text = "(not set)" if value is _UNSET else repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _drop_torn_tail(path: Path) -> None:
