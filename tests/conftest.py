@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from textloc.scoring.ocr import Reading
 from textloc.testing import ARCHITECTURES, tiny_call_kwargs, tiny_pipeline
 
 # One thread: tiny models gain nothing from two, and two threads crawl when the cores are shared.
@@ -56,3 +57,21 @@ def stop_trainer_at(monkeypatch: pytest.MonkeyPatch, module: object, step: int) 
         return fetch(seed, at, *args)
 
     monkeypatch.setattr(module, "training_batch", fetch_and_stop)
+
+
+class FakeOCR:
+    """Reads every image as the text it is told, with one box in the middle: edits scored without an OCR engine."""
+
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def readings(self, images):
+        return [Reading(self.texts.pop(0), ((8.0, 8.0, 24.0, 24.0),)) for _ in images]
+
+    def read(self, images):
+        return [reading.text for reading in self.readings(images)]
+
+
+def edit_settings(pipe) -> dict:
+    """A tiny pipeline's fast settings, less the output type, which an edit sets itself."""
+    return {key: value for key, value in tiny_call_kwargs(pipe).items() if key != "output_type"}

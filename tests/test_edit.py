@@ -9,33 +9,15 @@ import numpy as np
 import pytest
 
 import textloc as tl
-from conftest import PROMPT, _pipeline
+from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings
 from textloc.edit import edit_text, quoted_spans, replace_quoted, score_edit
 from textloc.layers import PRESETS, find_preset, resolve_layers
 from textloc.localization import Localization
 from textloc.scoring.ocr import Reading
 from textloc.seeding import generator
-from textloc.testing import tiny_call_kwargs
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "tiny" / "localize"
 PIXEL = 1 / 255 + 1e-4  # EditResult keeps 8-bit images
-
-
-class FakeOCR:
-    """Reads every image as the text it is told, with one box in the middle."""
-
-    def __init__(self, texts):
-        self.texts = list(texts)
-
-    def readings(self, images):
-        return [Reading(self.texts.pop(0), ((8.0, 8.0, 24.0, 24.0),)) for _ in images]
-
-    def read(self, images):
-        return [reading.text for reading in self.readings(images)]
-
-
-def settings(pipe):
-    return {key: value for key, value in tiny_call_kwargs(pipe).items() if key != "output_type"}
 
 
 def as_array(image) -> np.ndarray:

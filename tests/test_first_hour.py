@@ -10,31 +10,12 @@ import torch
 from PIL import Image
 
 import textloc.cli.options
-from conftest import PROMPT, _pipeline
+from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings
 from textloc.cli import main
 from textloc.edit import EditResult, edit_image, edit_text
 from textloc.edit.core import EditResults
 from textloc.localization.report import ProgressLog
-from textloc.scoring.ocr import Reading
 from textloc.seeding import generator
-from textloc.testing import tiny_call_kwargs
-
-
-class FakeOCR:
-    """Reads every image as the text it is told, with one box in the middle."""
-
-    def __init__(self, texts):
-        self.texts = list(texts)
-
-    def readings(self, images):
-        return [Reading(self.texts.pop(0), ((8.0, 8.0, 24.0, 24.0),)) for _ in images]
-
-    def read(self, images):
-        return [reading.text for reading in self.readings(images)]
-
-
-def settings(pipe):
-    return {key: value for key, value in tiny_call_kwargs(pipe).items() if key != "output_type"}
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
