@@ -270,6 +270,8 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "trainable parameters" in printed and "validation word accuracy" in printed
     assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "validation.png").is_file()
+    modes = {name: os.stat(out / name).st_mode & 0o777 for name in ("pytorch_lora_weights.safetensors", "training.json")}
+    assert len(set(modes.values())) == 1, f"the weights are written with another mode than the other outputs: {modes}"
 
     prompt = 'A sign that says "LAMP".'
     assert main([*common, "generate", "--model", "tiny-random-sd15", prompt, "--out", str(tmp_path / "base.png")]) == 0

@@ -133,6 +133,9 @@ def test_the_preset_of_an_embedded_model_is_its_committed_localization(model: st
     assert find_preset(pipe).model == model
     assert list(find_preset(pipe).layers) == finding.selected
     assert {layer.name for layer in resolve_layers(pipe, "preset")} == set(finding.selected)
+    # Its edits start where its own edit bench found them best.
+    bench = SAMPLES.parent / "bench" / "results" / {"textloc-tiny": "edit.json", "textloc-tiny-sd3": "edit-tiny-sd3.json"}[model]
+    assert find_preset(pipe).start_step == json.loads(bench.read_text())["settings"]["best_start"]
 
 
 def check_necessity(finding: Localization, stages: dict, choice: list) -> None:

@@ -180,7 +180,7 @@ def find_preset(pipe: Any) -> Preset:
         return Preset(
             model=embedded.name, model_ids=(embedded.name,), denoiser_class=type(network), config=dict(network.config),
             layers=embedded.text_layers, num_text_layers=len(select_layers(pipe, "all")), settings=embedded.settings,
-            start_step=DEFAULT_START_STEP, source=f"textloc's localization of {embedded.name}",
+            start_step=DEFAULT_START_STEP if embedded.start_step is None else embedded.start_step, source=f"textloc's localization of {embedded.name}",
         )
     for preset in PRESETS:
         if preset.matches(pipe):

@@ -101,6 +101,10 @@ class EmbeddedModel(NamedModel):
     #: The layers its committed localization selected (``samples/<short name>/localize``; a test
     #: holds the two equal): what ``layers="preset"`` names for it.
     text_layers: tuple[str, ...] = ()
+    #: The step its edits and guards start patching from with ``"preset"``: a fraction of the
+    #: schedule, the best of ``bench/bench_edit.py``'s sweep on it (``best_start`` in its results;
+    #: a test holds the two equal). ``None``: textloc's default.
+    start_step: float | None = None
 
     def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
         if not (self.folder / "model_index.json").exists():
@@ -168,6 +172,7 @@ TEXTLOC_TINY = EmbeddedModel(
     settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0}),
     folder=Path(__file__).parent / "tiny" / "weights",
     text_layers=tuple(f"up_blocks.1.attentions.{block}.transformer_blocks.0.attn2" for block in (1, 2, 0)),
+    start_step=0.2,  # bench/results/edit.json
 )
 #: The second embedded model: a 64x64 StableDiffusion3Pipeline (an MMDiT of 8 joint-attention
 #: blocks on a small autoencoder's latents), trained on the same signs, no download.
@@ -179,6 +184,7 @@ TEXTLOC_TINY_SD3 = EmbeddedModel(
     folder=Path(__file__).parent / "tiny" / "weights_sd3",
     load_options=MappingProxyType({"text_encoder_3": None, "tokenizer_3": None}),
     text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (3, 2, 1)),
+    start_step=0.4,  # bench/results/edit-tiny-sd3.json
 )
 #: The third embedded model, in training (issue 35): a 64x64 FluxPipeline (4 double- and 8 single-stream blocks, a byte
 #: T5 and a byte CLIP) on textloc-tiny-sd3's autoencoder, trained on the same signs, no download.

@@ -88,6 +88,11 @@ def save_lora(pipe: Any, directory: str | os.PathLike, config: LoraConfig) -> Pa
         # Keys under the component's name, as diffusers' own LoRA files have them.
         save_file({f"transformer.{key}": value.contiguous() for key, value in state.items()}, directory / LORA_WEIGHTS_FILE)
         (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(metadata, indent=2, default=list))
+    # diffusers writes the file through a private temporary one (mode 0600): give it the mode
+    # every other output gets, so whoever may read the folder may read the weights.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory / LORA_WEIGHTS_FILE, 0o666 & ~umask)
     return directory / LORA_WEIGHTS_FILE
 
 
