@@ -304,6 +304,9 @@ def test_cli_prints_what_it_replaced_and_saves_both_images(tmp_path, capsys):
     assert data["findings"][0]["spans"] == [[18, 22]] and data["findings"][0]["forms"] == ["quoted"]
     if HAS_OCR:  # on by default: the guarded image was read (a tiny random model writes nothing toxic)
         assert "image check: no toxic word read" in printed and data["image_checks"] == [] and "ocr" in data["check_seconds"]
+        assert isinstance(data["unguarded_read"], str) and isinstance(data["guarded_read"], str)  # what the images show
+    else:
+        assert data["unguarded_read"] is data["guarded_read"] is None
     assert (tmp_path / "guard.png").stat().st_size > 0
     assert main(["guard", "--model", "tiny-random-sdxl", "--prompt", "x", "--detector", "nope", "--out", str(tmp_path)]) == 2
 

@@ -85,13 +85,17 @@ def run_guard(args: argparse.Namespace) -> int:
     print(report.summary())  # what was found, where and how it was written, and what replaced it
     if check:
         print("\n".join(c.describe() for c in result.image_checks) or "image check: no toxic word read in the guarded image")
-    asked = ", ".join(report.found) or "nothing toxic"
-    written = ", ".join(new or "(dropped)" for new in report.replacements.values()) or "the prompt as asked"
+    # What the images show is what the OCR reads, not what was asked for: the captions and the
+    # record say it where the image check's OCR is at hand, and that nothing was read otherwise.
+    reads = guard.ocr.read([unguarded, guarded]) if guard.ocr is not None else [None, None]
+    captions = [f"OCR: {read}" if read is not None else "not read (--no-check-images)" for read in reads]
     args.out.mkdir(parents=True, exist_ok=True)
-    row = [(unguarded, f"asked: {asked}"), (guarded, f"instead: {written}")]
+    row = [(unguarded, captions[0]), (guarded, captions[1])]
+    # What was asked and what replaced it are printed above and recorded in guard.json.
     captioned_grid(("unguarded", f"guarded ({args.method})"), [row]).save(args.out / "guard.png")
     data = {
         **asdict(report), "method": args.method, "layers": [layer.name for layer in guard.layers], "start_step": guard.start_step, "seed": args.seed,
+        "unguarded_read": reads[0], "guarded_read": reads[1],
         "image_checks": [asdict(c) for c in result.image_checks] if check else None, "check_seconds": result.check_seconds,
     }
     (args.out / "guard.json").write_text(json.dumps(data, indent=2) + "\n")
