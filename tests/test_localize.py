@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -110,6 +111,12 @@ def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     loaded = Localization.load(tmp_path)
     assert loaded.selected == result.selected and loaded.layers == json.loads(json.dumps(result.layers))
     assert "selected" in result.summary()
+    assert "choice pair(s) only" in result.summary()  # a few pairs: the summary says what that is worth
+
+
+def test_a_summary_over_enough_pairs_has_no_few_pairs_note():
+    shipped = Localization.load(Path(__file__).resolve().parent.parent / "samples" / "tiny" / "localize")
+    assert shipped.settings["choice_pairs"] >= 10 and "choice pair(s) only" not in shipped.summary()
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "deepfloyd-if", "sana"])  # U-Net cross, added K/V, DiT cross

@@ -18,6 +18,8 @@ from textloc.images import captioned_grid
 
 REPORT_FILE, LAYERS_FILE, PLOT_FILE, GRID_FILE = "report.json", "layers.csv", "layers.png", "examples.png"
 PROGRESS_FILE = "progress.jsonl"
+# Below this many choice pairs a selection's interval says little (one pair moves a share by 10% or more).
+FEW_PAIRS = 10
 PROGRESS_PATTERN = "progress*.jsonl"
 
 
@@ -134,6 +136,12 @@ class Localization:
         rule = "its interval's lower bound" if self.settings.get("rule", "point") == "lower-bound" else "its point estimate"
         lines += ["", f"selected {len(self.selected)} layer(s), {self.selected_share:.2%} of the denoiser's parameters ({rule} {verdict} the threshold):"]
         lines += [f"  {name}" for name in self.selected]
+        choice = self.settings.get("choice_pairs")
+        if choice is not None and choice < FEW_PAIRS:
+            lines.append(
+                f"note: {choice} choice pair(s) only; a share's 95% interval over so few pairs is wide (one pair moves it "
+                f"by {1 / choice:.0%}), so read the selection as a hint, and localize on {FEW_PAIRS} or more pairs to rely on it"
+            )
         if self.held_out:
             held = self.held_out
             where = "held-out pairs" if self.settings.get("held_out_pairs") else "the choice pairs again, none held out"
