@@ -344,3 +344,17 @@ def test_the_shipped_textloc_tiny_lora_loads_with_plain_diffusers_on_its_localiz
     plain = base(generator=tl.generator(0), **kwargs).images
     base.load_lora_weights(shipped)
     assert np.abs(base(generator=tl.generator(0), **kwargs).images - plain).max() > 1e-3
+
+
+def test_the_validation_plot_draws_a_loss_axis_only_when_there_is_a_loss_curve():
+    import matplotlib.pyplot as plt
+
+    from textloc.finetune.validation import history_figure
+
+    def row(step, loss):
+        return {"step": step, "word_accuracy": 0.5, "edit_distance": 0.3, "loss": loss}
+
+    before_after = history_figure([row(0, None), row(10, 0.2)])  # the default: one trained point
+    curve = history_figure([row(0, None), row(5, 0.3), row(10, 0.2)])
+    assert (len(before_after.axes), len(curve.axes)) == (1, 2)
+    plt.close("all")

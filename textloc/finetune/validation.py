@@ -91,6 +91,16 @@ class Validation:
 
 def plot_history(rows: Sequence[dict[str, float]], path: Path) -> None:
     """Word accuracy and edit distance against the training step, the loss on a second axis."""
+    import matplotlib.pyplot as plt
+
+    figure = history_figure(rows)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def history_figure(rows: Sequence[dict[str, float]]) -> Any:
+    """The figure of :func:`plot_history`. The loss gets its axis only with two or more trained
+    validations: validated before and after training alone, it is one point, drawn as nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,10 +113,10 @@ def plot_history(rows: Sequence[dict[str, float]], path: Path) -> None:
     axis.set_xlabel("training step")
     axis.set_ylim(-0.02, 1.02)
     axis.legend(loc="upper left")
-    loss_axis = axis.twinx()
     trained = [row for row in rows if row["loss"] is not None]
-    loss_axis.plot([row["step"] for row in trained], [row["loss"] for row in trained], color="grey", alpha=0.6, label="training loss")
-    loss_axis.set_ylabel("training loss")
+    if len(trained) >= 2:
+        loss_axis = axis.twinx()
+        loss_axis.plot([row["step"] for row in trained], [row["loss"] for row in trained], color="grey", alpha=0.6, label="training loss")
+        loss_axis.set_ylabel("training loss")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return figure
