@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "textloc"
 
 LAYERS: dict[str, int] = {
     "textloc.engine": 0, "textloc.seeding": 0, "textloc.fingerprint": 0, "textloc.files": 0,
-    "textloc.images": 0, "textloc.distributed": 0, "textloc.pipeline_calls": 0,
+    "textloc.images": 0, "textloc.distributed": 0, "textloc.pipeline_calls": 0, "textloc.settings": 0,
     "textloc.scoring": 1,
     "textloc.models": 2, "textloc.pipelines": 2, "textloc.testing": 2, "textloc.tiny": 2,
     "textloc.layers": 3, "textloc.localization": 3, "textloc.edit": 3, "textloc.finetune": 3,

@@ -34,7 +34,7 @@ from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
-from textloc.scoring.ocr import OCR, Reading, get_ocr, to_pil_list
+from textloc.scoring.ocr import OCR, Reading, get_ocr, readings, to_pil_list
 from textloc.scoring.quoted import replace_quoted
 
 EditMethod = Literal["patch", "prompt-swap", "prompt-to-prompt"]
@@ -165,10 +165,10 @@ def edit_text(
         sources, edited = [np.asarray(s) for s, _ in pairs], [np.asarray(e) for _, e in pairs]
     seconds = (time.perf_counter() - began) / len(prompts)
 
-    readings = _readings(reader, list(sources) + list(edited))
+    reads = readings(reader, list(sources) + list(edited))
     results = EditResults()
     for i, (old_text, new_prompt) in enumerate(swaps):
-        source_reading, edited_reading = readings[i], readings[len(prompts) + i]
+        source_reading, edited_reading = reads[i], reads[len(prompts) + i]
         results.append(
             EditResult(
                 method=method, prompt=prompts[i], new_prompt=new_prompt, old_text=old_text, new_text=new_texts[i],
@@ -248,12 +248,6 @@ def _generation(pipe: Any, row: torch.Generator, generate_kwargs: dict[str, Any]
             data[name] = generate_kwargs.get(name, parameters[name].default)
     return data
 
-
-def _readings(reader: OCR, images: list[np.ndarray]) -> list[Reading]:
-    """What the OCR read, with text boxes where the engine reports them (any ``OCR`` works)."""
-    if hasattr(reader, "readings"):
-        return reader.readings(images)
-    return [Reading(text, None) for text in reader.read(images)]
 
 
 def _text_scores(read: str, old_text: str, new_text: str) -> dict[str, float]:

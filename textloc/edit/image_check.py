@@ -22,7 +22,7 @@ from PIL import Image
 
 from textloc.edit.detectors import Detector
 from textloc.edit.findings import find_toxic
-from textloc.scoring.ocr import OCR, Box, Reading
+from textloc.scoring.ocr import OCR, Box, readings
 
 
 @dataclass
@@ -44,12 +44,6 @@ class ImageCheck:
     def describe(self) -> str:
         return f"image check: row {self.row} read {self.read!r} ({', '.join(self.found)}); {self.action}, now reads {self.read_after!r}"
 
-
-def readings(ocr: OCR, images: Any) -> list[Reading]:
-    """The OCR's text and boxes for each image (no boxes from an engine that only reads text)."""
-    if hasattr(ocr, "readings"):
-        return list(ocr.readings(images))
-    return [Reading(text, None) for text in ocr.read(images)]
 
 
 def check_images(

@@ -7,34 +7,30 @@ Python API always has them; ``textloc finetune`` builds its training options fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
+from textloc.settings import setting
+
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
-
-
-def _setting(default: Any, help: str, choices: Sequence[str] | None = None, **kwargs: Any) -> Any:
-    """A field of :class:`TrainConfig`: its default and the help its command-line option shows."""
-    return field(default=default, metadata={"help": help, "choices": choices}, **kwargs)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The LoRA and the optimization: every value checked when the config is made."""
 
-    rank: int = _setting(4, "LoRA rank (diffusers' --rank)")
-    alpha: float | None = _setting(None, "LoRA alpha (default: the rank)")
-    steps: int = _setting(1000, "optimizer steps (diffusers' --max_train_steps)")
-    lr: float = _setting(1e-4, "AdamW learning rate, constant (diffusers' --learning_rate)")
-    batch_size: int = _setting(1, "samples per process and micro-step (diffusers' --train_batch_size)")
-    grad_accum: int = _setting(1, "micro-steps per optimizer step (diffusers' --gradient_accumulation_steps)")
-    mixed_precision: str = _setting("no", "mixed precision (diffusers' --mixed_precision)", MIXED_PRECISIONS)
-    checkpoint_every: int = _setting(500, "steps between checkpoints (LoRA, optimizer, step): what --resume continues from")
-    validate_every: int | None = _setting(None, "steps between validations (also before the first and after the last)")
-    validation_prompts: tuple[str, ...] = _setting((), "prompts that quote the text they ask for, generated and read by OCR at each validation")
-    seed: int = _setting(0, "seed of every draw: the examples' order, VAE samples, timesteps, noise")
-    resolution: int | None = _setting(None, "training image side (default: the denoiser's native size)")
+    rank: int = setting(4, "LoRA rank (diffusers' --rank)")
+    alpha: float | None = setting(None, "LoRA alpha (default: the rank)")
+    steps: int = setting(1000, "optimizer steps (diffusers' --max_train_steps)")
+    lr: float = setting(1e-4, "AdamW learning rate, constant (diffusers' --learning_rate)")
+    batch_size: int = setting(1, "samples per process and micro-step (diffusers' --train_batch_size)")
+    grad_accum: int = setting(1, "micro-steps per optimizer step (diffusers' --gradient_accumulation_steps)")
+    mixed_precision: str = setting("no", "mixed precision (diffusers' --mixed_precision)", MIXED_PRECISIONS)
+    checkpoint_every: int = setting(500, "steps between checkpoints (LoRA, optimizer, step): what --resume continues from")
+    validate_every: int | None = setting(None, "steps between validations (also before the first and after the last)")
+    validation_prompts: tuple[str, ...] = setting((), "prompts that quote the text they ask for, generated and read by OCR at each validation")
+    seed: int = setting(0, "seed of every draw: the examples' order, VAE samples, timesteps, noise")
+    resolution: int | None = setting(None, "training image side (default: the denoiser's native size)")
 
     def __post_init__(self) -> None:
         if isinstance(self.validation_prompts, str):
@@ -58,11 +54,6 @@ class TrainConfig:
         """The alpha the LoRA is built with: ``alpha``, else the rank."""
         return self.rank if self.alpha is None else self.alpha
 
-    @classmethod
-    def split(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``kwargs`` as (this config's fields, everything else)."""
-        names = {f.name for f in fields(cls)}
-        return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
 
 
 def _check_count(name: str, value: Any) -> None:

@@ -48,6 +48,7 @@ from textloc.layers import LayerSource, resolve_layers
 from textloc.pipeline_calls import call_kwargs
 from textloc.files import write_json_atomic
 from textloc.fingerprint import weights_fingerprint
+from textloc.settings import split_settings
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINTS_KEPT = 2
@@ -128,7 +129,7 @@ def train_lora(
     """
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"config is a TrainConfig, not {type(config).__name__}.")
-    fields_given, unknown = TrainConfig.split(overrides)
+    fields_given, unknown = split_settings(TrainConfig, overrides)
     if unknown:
         raise TypeError(f"train_lora got unexpected arguments {sorted(unknown)}; its settings are TrainConfig's fields.")
     config = dataclasses.replace(config or TrainConfig(), **fields_given)  # checked as it is made

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from textloc.engine import KV, KV_CHOICES, BranchChoice, RowPatch, StepWindow, validate_patch
 from textloc.engine.branches import BRANCH_CHOICES
 from textloc.localization.attribution import path_points
 from textloc.localization.sweep import check_max_batch
+from textloc.settings import setting
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
 Selection = Literal["cumulative", "greedy"]
@@ -40,63 +41,56 @@ UNITS: tuple[Unit, ...] = ("layer", "head")
 SCREEN_POINTS = 3
 
 
-def _setting(
-    default: Any, help: str, choices: Sequence[str] | None = None, resumes_under_other: bool = False, logged: bool = True,
-) -> Any:
-    """A field of :class:`LocalizeConfig`: its default, the help its command-line option shows, its
-    choices, whether a logged run resumes under another value of it (see :meth:`LocalizeConfig.checked`),
-    and whether the report records it at all (not what only sets how the work is batched)."""
-    metadata = {"help": help, "choices": choices, "resumes_under_other": resumes_under_other, "logged": logged}
-    return field(default=default, metadata=metadata)
-
-
 @dataclass(frozen=True)
 class LocalizeConfig:
     """How :func:`textloc.localize` finds the text layers; every value checked when it is made.
 
     The fields' help says what each does; :func:`textloc.localize` tells the method as a whole.
+    Two more marks per field: ``resumes_under_other`` (a logged run resumes under another value of
+    it, see :meth:`checked`) and ``logged=False`` (the report does not record it: it only sets how
+    the work is batched).
     """
 
-    method: Method = _setting(
+    method: Method = setting(
         "activation", "exact sweep (activation), attribution screen, screen then exact on top_k, or every "
         "screen and the sweep compared (both)", METHODS,
     )
-    direction: Direction = _setting(
+    direction: Direction = setting(
         "sufficiency", "sufficiency: the source generated with the target's text at a layer, does the target word "
         "appear? necessity: the target generated with the source's text, does the target word survive? both: "
         "measure both, select by sufficiency", DIRECTIONS,
     )
-    screen: Screen = _setting(
+    screen: Screen = setting(
         "integrated", "the attribution screen: gradients averaged along the patch-strength path (integrated), the "
         "gradient at no patch (gradient), or each layer's patched attention output computed exactly with what "
         "follows it linearized (key-exact)", SCREENS, resumes_under_other=True,
     )
-    screen_points: int = _setting(SCREEN_POINTS, "strengths on the path of the integrated screen", resumes_under_other=True)
-    selection: Selection = _setting("cumulative", "how layers are added to the chosen set", SELECTIONS)
-    threshold: float = _setting(
+    screen_points: int = setting(SCREEN_POINTS, "strengths on the path of the integrated screen", resumes_under_other=True)
+    selection: Selection = setting("cumulative", "how layers are added to the chosen set", SELECTIONS)
+    threshold: float = setting(
         0.8, "the chosen set is the first that makes the OCR read the target text at this share of the directly "
         "prompted rate",
     )
-    rule: Rule = _setting(
+    rule: Rule = setting(
         "lower-bound", "what must reach the threshold: the lower bound of the share's 95% bootstrap interval over "
         "pairs, or the share itself (point)", RULES, resumes_under_other=True,
     )
-    unit: Unit = _setting(
+    unit: Unit = setting(
         "layer", "head: go on from the selected layers to their heads, each patched alone, and choose the "
         "smallest head set that carries the word", UNITS, resumes_under_other=True,
     )
-    held_out: float = _setting(0.25, "share of the pairs kept out of every choice, to score the chosen set")
-    top_k: int | None = _setting(None, "layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
-    grad_steps: tuple[float, ...] = _setting((0.25,), "fractions of the schedule where the screens take their gradients")
-    patch_steps: StepWindow = _setting(None, "patch only in this step window (see textloc.patch)")
-    heads: tuple[int, ...] | None = _setting(None, "patch only these heads")
-    branch: BranchChoice = _setting("cond", "CFG branch to patch", BRANCH_CHOICES)
-    kv: KV = _setting("both", "patch the text's keys only (where the image attends), its values only (what it reads) or both", KV_CHOICES)
-    seed: int = _setting(0, "seed of the noise every generation starts from")
-    stability_seeds: tuple[int, ...] = _setting(
+    held_out: float = setting(0.25, "share of the pairs kept out of every choice, to score the chosen set")
+    top_k: int | None = setting(None, "layers the exact sweep keeps after the screen (screen+exact; default a quarter of the candidates, at least 4)")
+    grad_steps: tuple[float, ...] = setting((0.25,), "fractions of the schedule where the screens take their gradients")
+    patch_steps: StepWindow = setting(None, "patch only in this step window (see textloc.patch)")
+    heads: tuple[int, ...] | None = setting(None, "patch only these heads")
+    branch: BranchChoice = setting("cond", "CFG branch to patch", BRANCH_CHOICES)
+    kv: KV = setting("both", "patch the text's keys only (where the image attends), its values only (what it reads) or both", KV_CHOICES)
+    seed: int = setting(0, "seed of the noise every generation starts from")
+    stability_seeds: tuple[int, ...] = setting(
         (), "more noise seeds at which the exact sweep is repeated, to say how stable the ranking is", resumes_under_other=True,
     )
-    max_batch: int = _setting(16, "most rows in one generation (lower it if memory runs out)", logged=False)
+    max_batch: int = setting(16, "most rows in one generation (lower it if memory runs out)", logged=False)
 
     def __post_init__(self) -> None:
         # Lists given for the tuple fields are kept as tuples, so that a config is hashable and compares by value.
@@ -142,17 +136,16 @@ class LocalizeConfig:
         logged results are used or what comes after the layer stages (another screen logs under a
         stage of its own, a selection redone by another rule reuses the layer sets it asks for, the
         head stages and seed sweeps add to a finished layer run)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata["logged"] and not f.metadata["resumes_under_other"]}
+        return {f.name: _plain(getattr(self, f.name)) for f in self._logged() if not f.metadata.get("resumes_under_other", False)}
 
     def unchecked(self) -> dict[str, Any]:
         """The values a logged run may resume under others of (see :meth:`checked`)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.metadata["logged"] and f.metadata["resumes_under_other"]}
+        return {f.name: _plain(getattr(self, f.name)) for f in self._logged() if f.metadata.get("resumes_under_other", False)}
 
-    @classmethod
-    def split(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """``kwargs`` as (this config's fields, everything else)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return {k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names}
+    def _logged(self) -> list[dataclasses.Field]:
+        """The fields a report records: all but what only sets how the work is batched (``logged=False``)."""
+        return [f for f in dataclasses.fields(self) if f.metadata.get("logged", True)]
+
 
 
 def _plain(value: Any) -> Any:

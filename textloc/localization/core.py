@@ -20,6 +20,7 @@ from textloc.localization.stages import Stages, exact_effects, screen_scorer
 from textloc.localization.sweep import PatchSettings
 from textloc.scoring.ocr import OCR, get_ocr
 from textloc.scoring.prompts import PromptPair, SceneJudge
+from textloc.settings import split_settings
 
 # Arguments localize sets itself on every generation.
 _RESERVED = ("prompt", "generator", "output_type", "num_images_per_prompt")
@@ -86,7 +87,7 @@ def localize(
     """
     if config is not None and not isinstance(config, LocalizeConfig):
         raise TypeError(f"config is a LocalizeConfig, not {type(config).__name__}: give the method as method={config!r}.")
-    overrides, generate_kwargs = LocalizeConfig.split(kwargs)
+    overrides, generate_kwargs = split_settings(LocalizeConfig, kwargs)
     config = dataclasses.replace(config or LocalizeConfig(), **overrides)  # checked as it is made
     pairs = _check_pairs(pairs)
     reserved = sorted(set(generate_kwargs) & set(_RESERVED))

@@ -50,6 +50,14 @@ class OCR(Protocol):
         ...
 
 
+def readings(ocr: OCR, images: Any) -> list[Reading]:
+    """What ``ocr`` reads in each image, with text boxes where the engine reports them (any
+    :class:`OCR` works: one that only reads text gives no boxes)."""
+    if hasattr(ocr, "readings"):
+        return list(ocr.readings(images))
+    return [Reading(text, None) for text in ocr.read(images)]
+
+
 def to_pil_list(images: Any) -> list[Image.Image]:
     """A list of RGB PIL images from a PIL image, a list of images, or a batch.
 
