@@ -30,6 +30,15 @@ def arch(request) -> str:
     return request.param
 
 
+#: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
+NOT_INVERTED = ("flux2", "flux2-klein", "chroma")
+
+
+@pytest.fixture(params=[arch for arch in ARCHITECTURES if arch not in NOT_INVERTED])
+def inverted_arch(request) -> str:
+    return request.param
+
+
 @pytest.fixture
 def pipe(arch):
     return _pipeline(arch)
@@ -41,7 +50,7 @@ def seeded(pipe, seed: int = 0, **overrides):
 
 
 def generate(pipe, prompt: str = PROMPT, seed: int = 0, **overrides) -> torch.Tensor:
-    return torch.as_tensor(pipe(prompt, **seeded(pipe, seed, **overrides)).images)
+    return torch.as_tensor(pipe(prompt=prompt, **seeded(pipe, seed, **overrides)).images)
 
 
 def stop_trainer_at(monkeypatch: pytest.MonkeyPatch, module: object, step: int) -> None:

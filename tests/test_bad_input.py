@@ -49,7 +49,7 @@ def test_edit_image_reads_an_image_file_and_names_a_missing_one(tmp_path):
     kwargs = {key: value for key, value in tiny_call_kwargs(pipe).items() if key not in ("output_type", "guidance_scale")}
     with pytest.raises(ValueError, match="Cannot read an image from .*missing.png"):
         edit_image(pipe, tmp_path / "missing.png", PROMPT, "WORLD", "all", **kwargs)
-    array = pipe(PROMPT, generator=tl.generator(1), guidance_scale=1.0, output_type="np", **kwargs).images[0]
+    array = pipe(prompt=PROMPT, generator=tl.generator(1), guidance_scale=1.0, output_type="np", **kwargs).images[0]
     Image.fromarray((array * 255).round().astype(np.uint8)).save(tmp_path / "sign.png")
     from_file = edit_image(pipe, str(tmp_path / "sign.png"), PROMPT, "WORLD", "all", ocr=_NoText(), start_step=0, **kwargs)
     from_image = edit_image(pipe, Image.open(tmp_path / "sign.png"), PROMPT, "WORLD", "all", ocr=_NoText(), start_step=0, **kwargs)

@@ -379,7 +379,7 @@ def test_edit_of_a_users_image_reports_its_reconstruction(capsys, tmp_path):
     from textloc.testing import tiny_pipeline
 
     pipe = tiny_pipeline("sd15")
-    image = pipe('A sign that says "HELLO".', num_inference_steps=2, height=32, width=32, guidance_scale=1.0).images[0]
+    image = pipe(prompt='A sign that says "HELLO".', num_inference_steps=2, height=32, width=32, guidance_scale=1.0).images[0]
     image.save(tmp_path / "mine.png")
     status, out, _ = run(capsys, "edit", "--model", "tiny-random-sd15", "--device", "cpu", "--image", str(tmp_path / "mine.png"),
                          "--prompt", 'A sign that says "HELLO".', "--new-text", "WORLD", "--layers", "all", "--out", str(tmp_path / "out"))

@@ -29,14 +29,15 @@ def test_edit_is_the_source_with_the_text_layers_patched(arch, pipe):
     layer = tl.select_layers(pipe, "all")[0].name
     new_prompt = 'A sign that says "WORLD".'
     result = edit_text(pipe, PROMPT, "WORLD", layer, start_step=0, ocr=FakeOCR(["HELLO", "WORLD"]), **kwargs)
-    plain = pipe(PROMPT, generator=generator(0), output_type="np", **kwargs).images[0]
+    plain = pipe(prompt=PROMPT, generator=generator(0), output_type="np", **kwargs).images[0]
     np.testing.assert_allclose(as_array(result.source_image), plain, atol=PIXEL)
     # The same patch through the engine's context, from a recorded new prompt.
     cache = tl.record(pipe, layer, new_prompt, generator=generator(0), **kwargs)
     with tl.patch(pipe, layer, cache, patch_steps=(0, None)):
-        patched = pipe(PROMPT, generator=generator(0), output_type="np", **kwargs).images[0]
+        patched = pipe(prompt=PROMPT, generator=generator(0), output_type="np", **kwargs).images[0]
     np.testing.assert_allclose(as_array(result.edited_image), patched, atol=PIXEL)
-    assert np.abs(patched - plain).max() > 1e-3  # the patch did something
+    # The patch did something: far above float noise, though a random FLUX.2's text moves its image by < 1e-3.
+    assert np.abs(patched - plain).max() > 1e-4
     assert (result.old_text, result.new_prompt, result.layers) == ("HELLO", new_prompt, [layer])
     assert result.scores["new_contains"] == 1.0 and result.floor["new_contains"] == 0.0
 
@@ -55,7 +56,7 @@ def test_baselines_run_through_the_same_harness():
     pipe = _pipeline("sdxl")
     kwargs = settings(pipe)
     swap = edit_text(pipe, PROMPT, "WORLD", method="prompt-swap", ocr=FakeOCR(["", ""]), **kwargs)
-    direct = pipe('A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs).images[0]
+    direct = pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs).images[0]
     np.testing.assert_allclose(as_array(swap.edited_image), direct, atol=PIXEL)
     assert swap.layers == [] and swap.start_step is None
 
@@ -157,15 +158,16 @@ def test_textloc_tiny_edit_writes_the_new_word():
 # ---- a user's own image
 
 
-def test_edit_image_edits_the_regeneration_of_the_inverted_image(arch, pipe):
+def test_edit_image_edits_the_regeneration_of_the_inverted_image(inverted_arch):
+    arch, pipe = inverted_arch, _pipeline(inverted_arch)
     from textloc.edit import edit_image
     from textloc.edit.inversion import invert, starting_from
 
     kwargs = {key: value for key, value in settings(pipe).items() if key != "guidance_scale"}
-    image = pipe(PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs).images[0]
+    image = pipe(prompt=PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs).images[0]
     result = edit_image(pipe, image, PROMPT, "WORLD", "all", ocr=FakeOCR(["", ""]), start_step=0, **kwargs)
     with starting_from(pipe, invert(pipe, image, PROMPT, **kwargs)):
-        regenerated = pipe(PROMPT, guidance_scale=1.0, output_type="np", **kwargs).images[0]
+        regenerated = pipe(prompt=PROMPT, guidance_scale=1.0, output_type="np", **kwargs).images[0]
     np.testing.assert_allclose(as_array(result.source_image), regenerated, atol=PIXEL)
     assert set(result.reconstruction) == {"psnr", "ssim"} and result.reconstruction["psnr"] > 5
 

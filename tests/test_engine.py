@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
+from textloc.architectures import family_of
 from textloc.engine import (
     RowPatch,
     TextCache,
@@ -24,6 +27,9 @@ EXPECTED_KINDS = {
     "sdxl": {"cross"},
     "sd3": {"joint"},
     "flux": {"joint", "single"},
+    "flux2": {"joint", "single"},
+    "flux2-klein": {"joint", "single"},
+    "chroma": {"joint", "single"},
     "deepfloyd-if": {"added_kv"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -94,6 +100,39 @@ def test_patching_one_layer_changes_the_image_and_only_that_layer(arch, pipe):
         first_step = {name for name, step in changed if step == 0}
         earlier = {layer.name for layer in layers if layer.index < target.index}
         assert target.name in first_step and not first_step & earlier
+
+
+def test_shared_sequence_patches_exactly_the_text_tokens(arch, pipe):
+    shared = [layer for layer in text_layers(pipe) if layer.route.text_at != "all"]
+    if not shared:
+        pytest.skip(f"{arch} has no attention where text and image share one sequence")
+    layer = shared[-1]
+    cache = cache_of(pipe, PROMPT, [layer.name])
+    marker = 1234.0
+    for entry in cache.entries.values():
+        entry.key.fill_(marker)
+    key_projection = layer.text_kv_projections[0]
+    columns = layer.route.key.columns(layer.module) or slice(None)
+    seen = []
+    handle = key_projection.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
+    try:
+        with tl.patch(pipe, layer.name, cache):
+            generate(pipe)
+    finally:
+        handle.remove()
+    output = seen[0]
+    marked = (output[..., columns] == marker).all(-1)  # (batch, tokens): where the text keys went
+    text_len = cache.entries[next(iter(cache.entries))].key.shape[1]
+    expected = torch.zeros_like(marked)
+    if layer.route.text_at == "first":
+        expected[:, :text_len] = True
+    else:
+        expected[:, -text_len:] = True
+    assert torch.equal(marked, expected)
+    # Nothing outside the key's columns (a fused projection's Q, V, MLP input) took the marker.
+    outside = torch.ones(output.shape[-1], dtype=torch.bool)
+    outside[columns] = False
+    assert not (output[..., outside] == marker).any()
 
 
 def test_step_window_leaves_earlier_steps_identical(pipe):
@@ -228,8 +267,12 @@ def test_half_patch_from_a_differently_masked_source_is_refused(masked_arch):
 
 
 def test_branch_choice_patches_that_half_only(pipe):
-    # A different negative prompt makes the source's uncond half differ from the run's.
-    other = cache_of(pipe, OTHER, negative_prompt="blurry text")
+    if type(pipe).__name__ == "Flux2Pipeline":
+        pytest.skip("FLUX.2 dev is guidance-distilled: it runs no unconditional branch")
+    # A different negative prompt makes the source's uncond half differ from the run's; where the
+    # pipeline fixes its negative prompt (FLUX.2 Klein), other noise does, through the image.
+    takes_negative = "negative_prompt" in inspect.signature(pipe.__call__).parameters
+    other = cache_of(pipe, OTHER, **({"negative_prompt": "blurry text"} if takes_negative else {"generator": tl.generator(5)}))
     images = {"none": generate(pipe)}
     for branch in ("cond", "uncond", "both"):
         with tl.patch(pipe, "all", other, branch=branch):
@@ -437,12 +480,14 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     torch.testing.assert_close(replayed, own[:, : sample.shape[1]])
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
-    assert inputs.timestep_scale == (0.001 if arch == "flux" else 1.0)
+    # FLUX-style pipelines pass the denoiser t / 1000.
+    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma") else 1.0)
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch == "flux":
-        # FLUX runs true CFG as two calls, the conditional one first: that one is what is captured.
+    guidance = family_of(pipe).guidance
+    if guidance.distilled or guidance.call_order is not None:
+        # FLUX and Chroma run CFG as two calls (FLUX.2 dev none), the conditional one first: that one is captured.
         guided, plain = denoiser_inputs(pipe, PROMPT, **seeded(pipe)), denoiser_inputs(pipe, PROMPT, **without_guidance(pipe))
         torch.testing.assert_close(guided.kwargs["encoder_hidden_states"], plain.kwargs["encoder_hidden_states"])
         return

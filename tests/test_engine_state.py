@@ -70,7 +70,7 @@ def test_lcm_unet_rows_are_all_conditional():
     batched = run_with_patches(pipe, [PROMPT, OTHER], [RowPatch((layer,), source=1, row=0)], **kwargs).images
     plain = run_with_patches(pipe, [PROMPT, OTHER], [], **kwargs).images
     with tl.patch(pipe, layer, OTHER, guidance_scale=4.0):
-        alone = pipe(PROMPT, generator=generator(0), **kwargs).images
+        alone = pipe(prompt=PROMPT, generator=generator(0), **kwargs).images
     assert abs(batched[0] - plain[0]).max() > 1e-3  # row 0 was patched
     assert abs(batched[1] - plain[1]).max() < BATCH_TOLERANCE  # row 1 was not
     assert abs(batched[0] - alone[0]).max() < BATCH_TOLERANCE
@@ -88,9 +88,9 @@ def test_same_seed_batch_under_patch_equals_each_prompt_patched_alone(arch, guid
     layer = text_layer_names(pipe)[0]
     source = record(pipe, layer, OTHER, generator=generator(0), **kwargs)
     with tl.patch(pipe, layer, source):
-        batch = pipe([PROMPT, THIRD], generator=[generator(0), generator(0)], **kwargs).images
-        alone = [pipe(prompt, generator=generator(0), **kwargs).images[0] for prompt in (PROMPT, THIRD)]
-    plain = pipe(PROMPT, generator=generator(0), **kwargs).images[0]
+        batch = pipe(prompt=[PROMPT, THIRD], generator=[generator(0), generator(0)], **kwargs).images
+        alone = [pipe(prompt=prompt, generator=generator(0), **kwargs).images[0] for prompt in (PROMPT, THIRD)]
+    plain = pipe(prompt=PROMPT, generator=generator(0), **kwargs).images[0]
     assert abs(alone[0] - plain).max() > 1e-3  # the patch does change the image
     for row in range(2):
         assert abs(batch[row] - alone[row]).max() < BATCH_TOLERANCE
@@ -124,9 +124,9 @@ def test_heun_corrector_passes_are_conditional_and_recorded_apart():
     assert {branch for (_, _, branch) in cache.entries} == {"cond"}
     assert {position for (_, position, _) in cache.entries} == set(range(5))  # 2n - 1 passes
     assert (cache.num_steps, cache.num_positions) == (3, 5)
-    plain = pipe(OTHER, generator=generator(0), **kwargs).images
+    plain = pipe(prompt=OTHER, generator=generator(0), **kwargs).images
     with tl.patch(pipe, "all", cache):  # its own K/V at every pass: nothing changes
-        assert torch.equal(torch.as_tensor(pipe(OTHER, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
+        assert torch.equal(torch.as_tensor(pipe(prompt=OTHER, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
     sd15 = with_scheduler(_pipeline("sd15"), HeunDiscreteScheduler)
     steps = [step for step, _ in steps_seen(sd15, [PROMPT], **kwargs_of(sd15, guidance_scale=1.0, num_inference_steps=3))]
     assert steps == [0, 0, 1, 1, 2]
@@ -142,9 +142,9 @@ def test_sd3_skip_layer_guidance_pass_is_its_own_branch():
     for branch in ("cond", "uncond", "skip_layer"):
         assert cache.entries[later, 1, branch].key.shape[0] == 1
     assert not torch.equal(cache.entries[later, 1, "cond"].key, cache.entries[later, 1, "skip_layer"].key)
-    plain = pipe(PROMPT, generator=generator(0), **kwargs).images
+    plain = pipe(prompt=PROMPT, generator=generator(0), **kwargs).images
     with tl.patch(pipe, "all", cache):
-        assert torch.equal(torch.as_tensor(pipe(PROMPT, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
+        assert torch.equal(torch.as_tensor(pipe(prompt=PROMPT, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
 
 
 # ---- 4. Steps are counted as the scheduler counts them
@@ -289,7 +289,7 @@ def test_engine_arguments_speak_diffusers():
     # One generator is copied to every row: the same noise, whatever the generator's seed.
     images = run_with_patches(pipe, [PROMPT, PROMPT], [], generator=generator(7), **kwargs).images
     assert abs(images[0] - images[1]).max() < BATCH_TOLERANCE
-    assert abs(images[0] - pipe(PROMPT, generator=generator(7), **kwargs).images[0]).max() < BATCH_TOLERANCE
+    assert abs(images[0] - pipe(prompt=PROMPT, generator=generator(7), **kwargs).images[0]).max() < BATCH_TOLERANCE
 
 
 # ---- Per-row patches in the caller's own call (a guard patches only some prompts of a batch)
@@ -300,11 +300,11 @@ def test_patch_rows_patches_only_its_rows_and_refuses_rows_outside_the_batch():
     kwargs = kwargs_of(pipe)
     names = tuple(text_layer_names(pipe))
     cache = tl.record_text(pipe, names, OTHER, **kwargs)
-    plain = pipe([PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
+    plain = pipe(prompt=[PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
     with tl.patch_rows(pipe, [RowPatch(names, source=cache, row=1)]):
-        mixed = pipe([PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
+        mixed = pipe(prompt=[PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
         with pytest.raises(ValueError, match="Patch row 1 is outside this call's batch of 1 rows"):
-            pipe(PROMPT, generator=generator(0), **kwargs)
+            pipe(prompt=PROMPT, generator=generator(0), **kwargs)
     assert abs(mixed[0] - plain[0]).max() < BATCH_TOLERANCE
     assert abs(mixed[1] - plain[1]).max() > 1e-3
 
@@ -325,11 +325,20 @@ def test_a_joint_block_is_joint_wherever_it_comes_from():
     assert {layer.kind for layer in tl.attention_layers(_pipeline("deepfloyd-if"), kind=("joint", "added_kv"))} == {"added_kv"}
 
 
-def test_a_model_with_no_text_layer_is_refused_not_given_an_empty_selection():
+def test_a_model_with_no_text_layer_is_refused_not_given_an_empty_selection(monkeypatch):
     from diffusers import UNet2DModel
+
+    from textloc import architectures
+    from textloc.architectures.spec import UNET_ATTENTION, Family
 
     model = UNet2DModel(sample_size=8, block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
                         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    # A denoiser of no known family is refused outright: no guess at how text would reach it.
+    with pytest.raises(ValueError, match="textloc has no spec for UNet2DModel"):
+        tl.attention_layers(model)
+    # One a spec describes, with no text-conditioned attention, lists its layers and selects none.
+    monkeypatch.setattr(architectures, "FAMILIES", list(architectures.FAMILIES))
+    architectures.register(Family("unconditional-unet", ("UNet2DModel",), UNET_ATTENTION))
     assert tl.attention_layers(model) and not tl.attention_layers(model, kind=("cross", "added_kv", "joint", "single"))
     for selector in ("all", "up_blocks.0", 0):
         with pytest.raises(ValueError, match="finds no text-conditioned attention layer in this UNet2DModel"):

@@ -30,7 +30,7 @@ QUICK = dict(steps=2, batch_size=2, lr=5e-2, resolution=32, checkpoint_every=2, 
 
 def images(pipe, seed: int = 0) -> np.ndarray:
     kwargs = {**tiny_call_kwargs(pipe), "generator": torch.Generator("cpu").manual_seed(seed)}
-    return np.asarray(pipe(PROMPT, **kwargs).images)
+    return np.asarray(pipe(prompt=PROMPT, **kwargs).images)
 
 
 def text_kwargs(arch: str) -> dict:
@@ -48,7 +48,19 @@ def lora_names(pipe) -> set[str]:
     return {name for name, _ in denoiser(pipe).named_parameters() if "lora_" in name}
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+# FLUX.2's VAE normalises packed latents by batch-norm statistics: the objective does not encode for it yet.
+NOT_TRAINED = ("flux2", "flux2-klein")
+
+
+@pytest.mark.parametrize("arch", NOT_TRAINED)
+def test_a_family_the_objective_cannot_encode_for_is_refused_before_training(arch, tmp_path):
+    pipe = tiny_pipeline(arch)
+    with pytest.raises(ValueError, match="cannot put images into .*latent space"):
+        train_lora(pipe, select_layers(pipe, "all")[-1:], RenderedSigns(), output_dir=tmp_path, **QUICK)
+    assert not any(tmp_path.iterdir()), "nothing is written before the refusal"
+
+
+@pytest.mark.parametrize("arch", [arch for arch in ARCHITECTURES if arch not in NOT_TRAINED])
 def test_only_the_lora_trains_and_plain_diffusers_reloads_it(arch, tmp_path):
     pipe = tiny_pipeline(arch)
     base = images(pipe)

@@ -121,7 +121,7 @@ def test_the_seed_is_not_claimed_for_a_generator_that_had_advanced():
 def test_an_edited_users_image_shows_the_image_then_its_regeneration(tmp_path):
     pipe = _pipeline("sd15")
     kwargs = {key: value for key, value in settings(pipe).items() if key != "guidance_scale"}
-    image = pipe(PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs).images[0]
+    image = pipe(prompt=PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs).images[0]
     result = edit_image(pipe, image, PROMPT, "WORLD", "all", ocr=FakeOCR(["", ""]), start_step=0, **kwargs)
     result.save(tmp_path)
     assert Image.open(tmp_path / "edit.png").width == 3 * 3 * image.width  # three panels, each enlarged 3 times

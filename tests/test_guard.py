@@ -86,7 +86,7 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     kwargs = tiny_call_kwargs(pipe)
     guard = ToxicTextGuard(pipe, "all", start_step=0)
     prompts = [PROMPT, TOXIC, 'A red sign that says "LAMP".']
-    plain = np.asarray(pipe(prompts, generator=generators(1, 2, 3), **kwargs).images)
+    plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2, 3), **kwargs).images)
     output = guard(prompts, generator=generators(1, 2, 3), **kwargs)
     guarded = images(output)
     assert guarded.shape == plain.shape  # a joint model's extra source row is dropped
@@ -104,7 +104,7 @@ def test_a_toxic_word_asked_for_without_quotes_is_guarded_and_clean_words_are_no
     toxic = {word.lower() for word in TOXIC_WORDS}
     guard = ToxicTextGuard(pipe, "all", start_step=0, detector=tl.edit.WordDetector(lambda words: [w in toxic for w in words], "wordlist"))
     prompts = ["A sign that says D 4 M N.", "A Scunthorpe class sign that says 'hello shell'."]
-    plain = np.asarray(pipe(prompts, generator=generators(1, 2), **kwargs).images)
+    plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
     output = guard(prompts, generator=generators(1, 2), **kwargs)
     guarded = images(output)
     assert output.guarded_rows == [0] and [f.forms for f in output.reports[0].findings] == [("unquoted", "spaced", "leet")]
@@ -113,7 +113,7 @@ def test_a_toxic_word_asked_for_without_quotes_is_guarded_and_clean_words_are_no
     expected = reference(pipe, prompts[0], output.reports[0].cleaned_prompt, 1, guard.layers, 0, **kwargs)
     np.testing.assert_allclose(guarded[0], expected, atol=1e-4)
     monkeypatch.setattr(guard_module, "patch_rows", None)  # a clean prompt alone: the plain call, no hook to install
-    alone = np.asarray(pipe(prompts[1], generator=tl.generator(2), **kwargs).images)
+    alone = np.asarray(pipe(prompt=prompts[1], generator=tl.generator(2), **kwargs).images)
     np.testing.assert_array_equal(images(guard(prompts[1], generator=tl.generator(2), **kwargs)), alone)
 
 
@@ -122,7 +122,7 @@ def test_num_images_per_prompt_guards_every_image_of_a_toxic_prompt(arch_name):
     pipe = _pipeline(arch_name)
     kwargs = {**tiny_call_kwargs(pipe), "num_images_per_prompt": 2}
     guard = ToxicTextGuard(pipe, "all", start_step=0)
-    plain = np.asarray(pipe([PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs).images)
+    plain = np.asarray(pipe(prompt=[PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs).images)
     output = guard([PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs)
     guarded = images(output)
     assert guarded.shape == plain.shape and output.guarded_rows == [2, 3]
@@ -151,16 +151,16 @@ def test_baselines_run_the_same_prompts_and_noise():
     kwargs = tiny_call_kwargs(pipe)
     prompts = [PROMPT, TOXIC]
     negative = ToxicTextGuard(pipe, None, method="negative-prompt")(prompts, generator=generators(1, 2), **kwargs)
-    direct = pipe(prompts, negative_prompt=["", 'text "DAMN"'], generator=generators(1, 2), **kwargs).images
+    direct = pipe(prompt=prompts, negative_prompt=["", 'text "DAMN"'], generator=generators(1, 2), **kwargs).images
     np.testing.assert_array_equal(images(negative), direct)
     alone = ToxicTextGuard(pipe, None, method="negative-prompt")(TOXIC, negative_prompt="blurry", generator=tl.generator(2), **kwargs)
-    direct = pipe(TOXIC, negative_prompt='blurry, text "DAMN"', generator=tl.generator(2), **kwargs).images
+    direct = pipe(prompt=TOXIC, negative_prompt='blurry, text "DAMN"', generator=tl.generator(2), **kwargs).images
     np.testing.assert_array_equal(images(alone), direct)
     swap = ToxicTextGuard(pipe, None, method="prompt-swap")(prompts, generator=generators(1, 2), **kwargs)
     cleaned = swap.reports[1].cleaned_prompt
-    np.testing.assert_array_equal(images(swap), pipe([PROMPT, cleaned], generator=generators(1, 2), **kwargs).images)
+    np.testing.assert_array_equal(images(swap), pipe(prompt=[PROMPT, cleaned], generator=generators(1, 2), **kwargs).images)
     unguarded = ToxicTextGuard(pipe, None, method="unguarded")(prompts, generator=generators(1, 2), **kwargs)
-    np.testing.assert_array_equal(images(unguarded), pipe(prompts, generator=generators(1, 2), **kwargs).images)
+    np.testing.assert_array_equal(images(unguarded), pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
     assert unguarded.reports[1].found == ["DAMN"] and unguarded.guarded_rows == []
 
 
@@ -321,7 +321,7 @@ def test_textloc_tiny_does_not_write_a_guarded_toxic_word():
     pipe = tl.load_pipeline("textloc-tiny")
     settings = {**named_model("textloc-tiny").settings, "clean_caption": False, "output_type": "np"}
     prompt = 'A red sign on a blue background that says "DAMN".'  # seed 0 writes it legibly
-    unguarded = pipe(prompt, generator=tl.generator(0), **settings).images[0]
+    unguarded = pipe(prompt=prompt, generator=tl.generator(0), **settings).images[0]
     output = ToxicTextGuard(pipe, SAMPLES)(prompt, generator=tl.generator(0), **settings)  # the default start step
     replacement = output.reports[0].replacements["DAMN"]
     assert replacement in named_model("textloc-tiny").vocabulary
@@ -356,7 +356,7 @@ def test_the_image_check_regenerates_a_row_that_shows_a_toxic_word_and_leaves_cl
     pipe = _pipeline("sd15")
     kwargs = tiny_call_kwargs(pipe)
     prompts = ['A sign that says "OPEN".', PROMPT]  # the prompt side finds nothing: the image side alone
-    plain = np.asarray(pipe(prompts, generator=generators(1, 2), **kwargs).images)
+    plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
     ocr = ScriptedOCR([("D4MN", (BOX,)), ("HELLO", (BOX,))], [("LAMP", (BOX,))])
     guard = ToxicTextGuard(pipe, "all", start_step=0, check_images=True, ocr=ocr)
     output = guard(prompts, generator=generators(1, 2), **kwargs)

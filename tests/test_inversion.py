@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROMPT, _pipeline
+from conftest import NOT_INVERTED, PROMPT, _pipeline
 from textloc.edit.inversion import encode_image, invert, reconstruct, starting_from
 from textloc.models import named_model
 from textloc.pipelines import load_pipeline
@@ -36,7 +36,7 @@ def sample_output(pipe) -> str:
 
 def generate(pipe, seed: int, **overrides):
     kwargs = {**guidance_one(pipe), **overrides}
-    return pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
+    return pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
 
 
 def inversion_kwargs(pipe) -> dict:
@@ -44,11 +44,23 @@ def inversion_kwargs(pipe) -> dict:
     return {k: v for k, v in guidance_one(pipe).items() if k not in ("height", "width", "output_type", "num_inference_steps")}
 
 
+@pytest.fixture
+def arch(inverted_arch) -> str:
+    return inverted_arch
+
+
+@pytest.mark.parametrize("family_arch", NOT_INVERTED)
+def test_a_family_inversion_does_not_cover_is_refused_in_one_line(family_arch) -> None:
+    pipe = _pipeline(family_arch)
+    with pytest.raises(ValueError, match=f"invert does not know {type(pipe).__name__}; it inverts .*FLUX"):
+        invert(pipe, [np.zeros((32, 32, 3), dtype=np.uint8)], PROMPT, num_inference_steps=2)
+
+
 def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe) -> None:
     image = generate(pipe, seed=0)[0]
     inverted = invert(pipe, image, PROMPT, num_inference_steps=STEPS, **inversion_kwargs(pipe))
     with starting_from(pipe, inverted):
-        regenerated = pipe(PROMPT, **{**guidance_one(pipe), "output_type": sample_output(pipe)}).images
+        regenerated = pipe(prompt=PROMPT, **{**guidance_one(pipe), "output_type": sample_output(pipe)}).images
     other_seed = generate(pipe, seed=1, output_type=sample_output(pipe))
     target = encode_image(pipe, image)
 
@@ -87,14 +99,14 @@ def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch) -> No
     pipe = tiny_pipeline(arch).to(dtype=torch.bfloat16)
     # Two steps: PixArt-Alpha's pipeline cannot take one with its own DPM-Solver.
     two_steps = {**guidance_one(pipe), "num_inference_steps": 2, "output_type": sample_output(pipe)}
-    own = pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps).images
+    own = pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps).images
     image = np.random.default_rng(0).random((32, 32, 3))
     inverted = invert(pipe, image, PROMPT, num_inference_steps=2, **inversion_kwargs(pipe))
     assert (inverted.shape, inverted.dtype) == (own.shape, own.dtype)
     if arch != "deepfloyd-if":  # IFPipeline takes no latents: starting_from is its only way in
-        assert pipe(PROMPT, latents=inverted, **two_steps).images.shape == own.shape
+        assert pipe(prompt=PROMPT, latents=inverted, **two_steps).images.shape == own.shape
     with starting_from(pipe, inverted):
-        assert pipe(PROMPT, **two_steps).images.shape == own.shape
+        assert pipe(prompt=PROMPT, **two_steps).images.shape == own.shape
 
 
 def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_it_can(pipe) -> None:

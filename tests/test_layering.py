@@ -3,7 +3,8 @@
 Layers, lowest first; a module imports only from its own layer or a lower one, at the top of the
 file or inside a function alike (a function-level import is for load time, never to dodge a cycle):
 
-0. core: the engine (attention units, record, patch), seeding, fingerprints, files, images, devices;
+0. core: the family specs, the engine (attention units, record, patch), seeding, fingerprints, files,
+   images, devices;
 1. scoring: OCR, metrics, quoted text and prompt pairs;
 2. registry: the named models (their loaders, settings, pairs, judges, data), the tiny random
    pipelines, the embedded models' definitions and renderer. Every use asks it (a guard for a
@@ -24,7 +25,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "textloc"
 
 LAYERS: dict[str, int] = {
-    "textloc.engine": 0, "textloc.seeding": 0, "textloc.fingerprint": 0, "textloc.files": 0,
+    "textloc.architectures": 0, "textloc.engine": 0, "textloc.seeding": 0, "textloc.fingerprint": 0, "textloc.files": 0,
     "textloc.images": 0, "textloc.distributed": 0, "textloc.pipeline_calls": 0, "textloc.settings": 0,
     "textloc.scoring": 1,
     "textloc.models": 2, "textloc.pipelines": 2, "textloc.testing": 2, "textloc.tiny": 2,

@@ -47,7 +47,7 @@ class ReadsNearestKnownImage:
     def __init__(self, pipe, pairs: list[PromptPair]):
         texts = {prompt: text for pair in pairs for prompt, text in ((pair.source, pair.source_text), (pair.target, pair.target_text))}
         generators = [torch.Generator("cpu").manual_seed(0) for _ in texts]
-        images = pipe(list(texts), generator=generators, **tiny_call_kwargs(pipe)).images
+        images = pipe(prompt=list(texts), generator=generators, **tiny_call_kwargs(pipe)).images
         self.known = list(zip(images, texts.values()))
 
     def read(self, images):

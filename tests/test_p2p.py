@@ -28,7 +28,7 @@ def p2p(pipe, new_prompt, cross, self, seed=0):
 
 
 def direct(pipe, prompt, seed=0):
-    return torch.as_tensor(pipe(prompt, generator=generator(seed), **tiny_call_kwargs(pipe)).images[0])
+    return torch.as_tensor(pipe(prompt=prompt, generator=generator(seed), **tiny_call_kwargs(pipe)).images[0])
 
 
 def probability_layers(pipe):

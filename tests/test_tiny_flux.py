@@ -54,7 +54,7 @@ def test_training_prediction_is_the_transformer_call_the_pipeline_makes() -> Non
     pipe.transformer.register_forward_hook(lambda module, args, kwargs, output: outputs.append(output[0]),
                                            with_kwargs=True)
     settings = {**TEXTLOC_TINY_FLUX.settings, "num_inference_steps": 2, "output_type": "latent"}
-    pipe(['A sign that says "CAT".'], generator=torch.Generator().manual_seed(0), **settings)
+    pipe(prompt=['A sign that says "CAT".'], generator=torch.Generator().manual_seed(0), **settings)
     call = calls[-1]  # the unconditional pass of the second step
     scheduler = pipe.scheduler
     timestep = scheduler.timesteps[-1].repeat(1)

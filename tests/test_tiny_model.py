@@ -269,7 +269,7 @@ def test_trainer_runs_exports_and_resumes(tmp_path: Path) -> None:
 
     pipe = DiffusionPipeline.from_pretrained(export_dir)
     assert isinstance(pipe, IFPipeline) and pipe.unet.dtype == torch.float32
-    image = pipe('A sign that says "CAT".', num_inference_steps=2, clean_caption=False).images[0]
+    image = pipe(prompt='A sign that says "CAT".', num_inference_steps=2, clean_caption=False).images[0]
     assert image.size == (64, 64)
 
     (export_dir / "README.md").write_text("model card")

@@ -23,6 +23,8 @@ One concern a module:
 - :mod:`.capture`: a pipeline's denoiser inputs; :mod:`.probabilities`: explicit attention probabilities.
 """
 
+from textloc.architectures import denoiser
+from textloc.architectures.spec import KINDS, STEP_INDEPENDENT_KINDS, TEXT_KINDS, Kind
 from textloc.engine.branches import Branch, BranchChoice
 from textloc.engine.cache import TextCache, TextKV
 from textloc.engine.capture import DenoiserInputs, denoiser_inputs
@@ -32,18 +34,7 @@ from textloc.engine.probabilities import AttentionCall, edit_attention_probabili
 from textloc.engine.recording import record, record_text, run_with_cache
 from textloc.engine.run_state import LayerReplay
 from textloc.engine.text_swap import DEFAULT_START_STEP, TextSwap, plan_text_swap
-from textloc.engine.units import (
-    KINDS,
-    STEP_INDEPENDENT_KINDS,
-    TEXT_KINDS,
-    AttentionLayer,
-    Kind,
-    LayerSelector,
-    attention_layers,
-    denoiser,
-    denoiser_parameter_count,
-    select_layers,
-)
+from textloc.engine.units import AttentionLayer, LayerSelector, attention_layers, denoiser_parameter_count, select_layers
 
 __all__ = [
     "DEFAULT_START_STEP", "KINDS", "KV", "KV_CHOICES", "STEP_INDEPENDENT_KINDS", "TEXT_KINDS",

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-# "skip_layer" is the extra pass of SD3's skip-layer guidance: the conditional rows again, with
-# some blocks skipped. A patch on the conditional branch patches it too.
-Branch = Literal["cond", "uncond", "skip_layer"]
+from textloc.architectures.spec import Branch
+
 BranchChoice = Literal["cond", "uncond", "both"]
 BRANCH_CHOICES: tuple[BranchChoice, ...] = ("cond", "uncond", "both")
 # "cond" covers SD3's skip-layer pass, which reruns the conditional rows.

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from textloc.architectures import family_of
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.run_state import DenoiserCall, StopRun, prediction_of, sample_and_timestep
 
@@ -57,6 +58,7 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
     e.g. ``guidance_scale=1``); the run stops before the denoiser computes anything.
     """
     captured: list[DenoiserInputs] = []
+    signature = family_of(pipe).signature
 
     def capture(call: DenoiserCall, args: tuple, kwargs: dict[str, Any]) -> None:
         if set(call.branch_rows) != {"cond"}:
@@ -64,7 +66,7 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
                 f"{type(pipe).__name__} ran this call with classifier-free guidance "
                 f"({', '.join(call.branch_rows)} rows); capture its inputs with guidance off (guidance_scale=1)."
             )
-        sample, timestep = sample_and_timestep(args, kwargs)
+        sample, timestep = sample_and_timestep(signature, args, kwargs)
         scheduled = float(pipe.scheduler.timesteps[call.position])
         given = float(torch.as_tensor(timestep).flatten()[0])
         if scheduled == 0:

@@ -18,13 +18,14 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from textloc import seeding
+from textloc.architectures import denoiser
 from textloc.engine.cache import TextCache
 from textloc.engine.layer_hooks import AttentionHook, LayerHooks, ProjectionHook
 from textloc.engine.plan import RowPatch, window_steps
 from textloc.engine.recorder import Recorder
 from textloc.engine.replays import GradientHook
 from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, shadowed
-from textloc.engine.units import AttentionLayer, denoiser
+from textloc.engine.units import AttentionLayer
 from textloc.fingerprint import module_fingerprint
 from textloc.pipeline_calls import call_kwargs
 
@@ -94,9 +95,14 @@ def hooked(
                 replay = next((p for p in replays if layer.name in p.layers), None)
                 hooks = LayerHooks(layer, state, recorder, layer_patches, replay, grad_steps)
                 key_proj, value_proj = layer.text_kv_projections
+                key = ("key", layer.route.key.columns(layer.module))
+                value = ("value", layer.route.value.columns(layer.module))
                 register(layer.module, AttentionHook(hooks), f"{tag}_attention")
-                register(key_proj, ProjectionHook(hooks, "key"), f"{tag}_key")
-                register(value_proj, ProjectionHook(hooks, "value"), f"{tag}_value")
+                if key_proj is value_proj:  # one fused projection: K and V are column blocks of its output
+                    register(key_proj, ProjectionHook(hooks, (key, value)), f"{tag}_key_value")
+                else:
+                    register(key_proj, ProjectionHook(hooks, (key,)), f"{tag}_key")
+                    register(value_proj, ProjectionHook(hooks, (value,)), f"{tag}_value")
             yield state
         finally:
             for module, name in reversed(registered):

@@ -21,8 +21,6 @@ from textloc.engine.replays import map_tensors, output_tensors
 from textloc.engine.run_state import DenoiserCall, LayerReplay, RunState
 from textloc.engine.units import AttentionLayer
 
-
-
 # diffusers turns text masks into additive biases with this value (PixArt, Sana).
 _MASKED_BIAS = -10000.0
 
@@ -115,9 +113,13 @@ class LayerHooks:
         self._inputs: tuple[tuple, dict] | None = None  # the call to replay, as the layer received it
 
     def text_slice(self, output: torch.Tensor) -> torch.Tensor:
-        if self.layer.kind == "single":  # FLUX single blocks: [text, image] tokens
-            return output[:, : self.state.call.text_len]
-        return output
+        """The text tokens of a projection's output (a view): all of it, or where the family's spec
+        puts the text in a sequence shared with the image."""
+        text_at = self.layer.route.text_at
+        if text_at == "all":
+            return output
+        text_len = self.state.call.text_len
+        return output[:, :text_len] if text_at == "first" else output[:, output.shape[1] - text_len :]
 
     def writes(self) -> _Writes:
         """The active patches of the call now running, worked out once per layer and call."""
@@ -151,16 +153,20 @@ class LayerHooks:
         self._writes = _Writes(call, found, copy=overlap)
         return self._writes
 
-    def on_projection(self, role: str, output: torch.Tensor) -> torch.Tensor:
+    def on_projection(self, role: str, output: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
+        """Record and patch ``role``'s text in a projection's output (in ``columns`` of it, for a
+        fused projection); returns the output the layer goes on with."""
+        kv = output if columns is None else output[..., columns]
         if self.recorder is not None:
-            self.recorder.add(self.layer, self.state.call, role, self.text_slice(output), self.mask)
+            self.recorder.add(self.layer, self.state.call, role, self.text_slice(kv), self.mask)
         writes = self.writes()
         if not writes.patches:
             return output
         # The projection's output is a fresh tensor that only this layer's processor reads.
-        patched = output.clone() if writes.copy else output
-        source_text, text = self.text_slice(output), self.text_slice(patched)
-        head_dim = output.shape[-1] // self.layer.num_heads
+        whole = output.clone() if writes.copy else output
+        patched = whole if columns is None else whole[..., columns]
+        source_text, text = self.text_slice(kv), self.text_slice(patched)
+        head_dim = kv.shape[-1] // self.layer.num_heads
         for patch, targets, source in writes.patches:
             if role not in patch.roles():
                 continue
@@ -172,9 +178,9 @@ class LayerHooks:
                 text[targets] = values
             else:
                 for head in patch.heads:
-                    columns = slice(head * head_dim, (head + 1) * head_dim)
-                    text[targets, :, columns] = values[..., columns]
-        return patched
+                    head_columns = slice(head * head_dim, (head + 1) * head_dim)
+                    text[targets, :, head_columns] = values[..., head_columns]
+        return whole
 
     def on_attention(self, kwargs: dict) -> dict:
         mask = self.mask = kwargs.get("attention_mask")
@@ -232,12 +238,16 @@ class LayerHooks:
 
 
 class ProjectionHook(ModelHook):
-    def __init__(self, hooks: LayerHooks, role: str):
+    """On a text K/V projection: each (role, columns) of its output goes through the layer's hooks."""
+
+    def __init__(self, hooks: LayerHooks, roles: tuple[tuple[str, slice | None], ...]):
         super().__init__()
-        self.hooks, self.role = hooks, role
+        self.hooks, self.roles = hooks, roles
 
     def post_forward(self, module, output):
-        return self.hooks.on_projection(self.role, output)
+        for role, columns in self.roles:
+            output = self.hooks.on_projection(role, output, columns)
+        return output
 
 
 class AttentionHook(ModelHook):

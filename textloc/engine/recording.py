@@ -8,10 +8,12 @@ from typing import Any
 import torch
 
 from textloc import seeding
+from textloc.architectures import denoiser
+from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
 from textloc.engine.cache import TextCache
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.recorder import Recorder
-from textloc.engine.units import STEP_INDEPENDENT_KINDS, LayerSelector, denoiser, select_layers
+from textloc.engine.units import LayerSelector, select_layers
 from textloc.fingerprint import module_fingerprint
 
 

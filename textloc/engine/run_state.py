@@ -19,6 +19,8 @@ import torch
 from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from textloc.architectures import family_of
+from textloc.architectures.spec import DenoiserSignature
 from textloc.engine.branches import Branch
 from textloc.pipeline_calls import instance_attribute
 
@@ -61,12 +63,14 @@ class RunState:
       ``p * num_inference_steps // len(timesteps)``: the step itself for first-order schedulers,
       both passes of a second-order step (Heun, KDPM2: 2n - 1 timesteps) and PLMS's warm-up pass
       (n + 1 timesteps) in their step.
-    - The branch: a ``cache_context("cond"/"uncond")`` the pipeline opens around a call (FLUX true
-      CFG runs the branches as two calls); a ``skip_layers`` argument (SD3 skip-layer guidance);
-      else the pipeline's ``do_classifier_free_guidance`` property (SD, SDXL, SD3, Sana; it knows
-      that LCM-distilled U-Nets run no CFG batch), else the ``do_classifier_free_guidance`` the
-      pipeline passed to its own ``encode_prompt`` (IF, PixArt). Under CFG the batch is
-      ``cat([uncond, cond])``. A pipeline that states none of these is refused, never guessed.
+    - The branch: a ``skip_layers`` argument (SD3 skip-layer guidance); a ``cache_context`` the
+      pipeline opens around a call, under a name its family's spec maps to a branch (FLUX true CFG
+      runs the branches as two calls); a guidance-distilled family's calls are conditional. Else
+      whether CFG is on comes from the pipeline's ``do_classifier_free_guidance`` property (SD,
+      SDXL, SD3, Sana; it knows that LCM-distilled U-Nets run no CFG batch) or the flag it passed to
+      its own ``encode_prompt`` (IF, PixArt), and the spec says how the branches run: one batch in
+      its order (``cat([uncond, cond])`` for most), or separate passes in its call order. A
+      pipeline that states none of these is refused, never guessed.
     """
 
     def __init__(self, pipe: Any, stop_at_step: int | None = None):
@@ -78,6 +82,9 @@ class RunState:
         self.schedule: torch.Tensor | None = None
         self.begin = self.num_steps = self.num_positions = 0
         self.call: DenoiserCall | None = None
+        self.calls_this_step = 0  # denoiser calls since the last scheduler step: a separate-pass CFG's branch
+        family = family_of(pipe)
+        self.guidance, self.signature = family.guidance, family.signature
         self.windows: dict[int, range] = {}  # id(patch) -> the steps it covers in this run
         self.on_new_run: list[Callable[[RunState], None]] = []
         # Asked once: inspecting the class on every denoiser call would cost more than the answer.
@@ -91,9 +98,12 @@ class RunState:
             self.begin = getattr(scheduler, "begin_index", None) or 0  # img2img starts part-way
             self.num_positions = len(schedule)
             self.num_steps = getattr(scheduler, "num_inference_steps", None) or self.num_positions
+            self.call = None
             for callback in self.on_new_run:
                 callback(self)
         position = self.begin + self.scheduler_steps
+        if self.call is None or self.call.position != position:
+            self.calls_this_step = 0
         if position >= self.num_positions:
             raise ValueError(
                 f"The denoiser ran after the last of the scheduler's {self.num_positions} timesteps; textloc "
@@ -102,22 +112,32 @@ class RunState:
         step = position * self.num_steps // self.num_positions
         if step == self.stop_at_step:
             raise StopRun
-        encoder_states = kwargs.get("encoder_hidden_states")
+        encoder_states = kwargs.get(self.signature.text)
         text_len = None if encoder_states is None else encoder_states.shape[1]
         self.call = DenoiserCall(step, position, self._branch_rows(sample.shape[0], kwargs), text_len)
+        self.calls_this_step += 1
 
     def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:
         rows = list(range(batch))
         if kwargs.get("skip_layers") is not None:
             return {"skip_layer": rows}
         context = self.context._context
-        if context is not None and context.name in ("cond", "uncond"):
-            return {context.name: rows}
-        if not self._classifier_free_guidance():
+        guidance = self.guidance
+        if context is not None and context.name in guidance.contexts:
+            return {guidance.contexts[context.name]: rows}
+        if guidance.distilled or not self._classifier_free_guidance():
             return {"cond": rows}
+        if guidance.call_order is not None:
+            if self.calls_this_step >= len(guidance.call_order):
+                raise ValueError(
+                    f"{type(self.pipe).__name__} called its denoiser {self.calls_this_step + 1} times in one step; its "
+                    f"family runs CFG as {len(guidance.call_order)} passes ({', '.join(guidance.call_order)})."
+                )
+            return {guidance.call_order[self.calls_this_step]: rows}
         if batch % 2:
             raise ValueError(f"{type(self.pipe).__name__} runs classifier-free guidance on an odd batch of {batch}; textloc cannot split it into branches.")
-        return {"uncond": rows[: batch // 2], "cond": rows[batch // 2 :]}
+        first, second = guidance.batch_order
+        return {first: rows[: batch // 2], second: rows[batch // 2 :]}
 
     def _classifier_free_guidance(self) -> bool:
         if self.cfg_property:
@@ -156,7 +176,7 @@ class DenoiserHook(ModelHook):
         self.on_call = on_call
 
     def pre_forward(self, module, *args, **kwargs):
-        sample, timestep = sample_and_timestep(args, kwargs)
+        sample, timestep = sample_and_timestep(self.state.signature, args, kwargs)
         self.state.begin_call(sample, timestep, kwargs)
         if self.on_call is not None:
             self.on_call(self.state.call, args, kwargs)
@@ -166,10 +186,11 @@ class DenoiserHook(ModelHook):
         return module
 
 
-def sample_and_timestep(args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-    # Pipelines call U-Nets as unet(sample, t, ...) and transformers with keywords.
-    sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-    timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+def sample_and_timestep(signature: DenoiserSignature, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """A denoiser call's sample and timestep, by the names its family's spec gives (U-Nets take
+    them by position)."""
+    sample = kwargs[signature.sample] if signature.sample in kwargs else args[0]
+    timestep = kwargs[signature.timestep] if signature.timestep in kwargs else args[1]
     return sample, timestep
 
 

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
 from textloc.engine.plan import RowPatch, check_step_window
 from textloc.engine.recording import record_text
-from textloc.engine.units import STEP_INDEPENDENT_KINDS, AttentionLayer
+from textloc.engine.units import AttentionLayer
 
 #: Where an edit or guard starts patching when neither the caller nor a preset says: a fraction
 #: of the schedule (see :func:`~textloc.engine.plan.window_steps`). The best of

@@ -1,14 +1,15 @@
 """Find the attention layers of a diffusion pipeline's denoiser, name them and say what kind they are.
 
-Kinds, by how the text reaches the layer:
+Kinds, by how the text reaches the layer (each family's spec says which layer is which, through
+which projections: :mod:`textloc.architectures`):
 
 - ``cross``: queries from the image, keys/values from the text only (attn2 of U-Nets, PixArt, Sana).
 - ``added_kv``: the text gets its own K/V projections (``add_k_proj``/``add_v_proj``) whose output is
   concatenated with the image K/V inside one attention (DeepFloyd IF).
 - ``joint``: text and image are two streams with their own projections attending jointly
   (SD3, FLUX double-stream blocks); the text stream is rewritten by every block.
-- ``single``: text and image tokens are concatenated before one shared set of projections
-  (FLUX single-stream blocks); the text tokens come first.
+- ``single``: text and image tokens share one sequence and one set of projections (FLUX
+  single-stream blocks: text first); the family's spec says where the text sits.
 - ``self``: no text at all. Listed for completeness; never patched.
 """
 
@@ -18,24 +19,12 @@ import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Union
 
 import torch
 
-Kind = Literal["cross", "added_kv", "joint", "single", "self"]
-TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single")
-KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
-# Kinds whose text K/V depend on the prompt only, not on the step or the image: a cache holds them
-# once, and a prompt can be injected into them directly.
-STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv")
-
-# The projections whose outputs are a layer's text keys and values, per kind.
-TEXT_KV_PROJECTIONS: dict[Kind, tuple[str, str]] = {
-    "cross": ("to_k", "to_v"),
-    "added_kv": ("add_k_proj", "add_v_proj"),
-    "joint": ("add_k_proj", "add_v_proj"),
-    "single": ("to_k", "to_v"),
-}
+from textloc.architectures import denoiser, family_of
+from textloc.architectures.spec import KINDS, Kind, TextRoute
 
 # named_modules() follows registration order; a U-Net registers up_blocks before mid_block but runs
 # the mid block first. These ranks put top-level children in the order the forward pass visits them.
@@ -50,7 +39,8 @@ class AttentionLayer:
 
     ``name`` is its full module path inside the denoiser, ``index`` its forward order among the
     text-conditioned layers (``None`` for ``self`` layers), ``num_text_kv_params`` the parameters of
-    the projections that make its text keys and values.
+    the projections that make its text keys and values, ``route`` how its family's spec says the
+    text reaches it (``None`` for ``self`` layers).
     """
 
     name: str
@@ -59,55 +49,27 @@ class AttentionLayer:
     num_heads: int
     num_text_kv_params: int
     module: torch.nn.Module = field(repr=False, compare=False)
+    route: TextRoute | None = field(default=None, repr=False, compare=False)
 
     @property
     def text_kv_projections(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """The (key, value) projection modules whose outputs carry this layer's text."""
-        if self.kind == "self":
+        """The (key, value) projection modules whose outputs carry this layer's text (one module
+        twice where the projections are fused)."""
+        if self.route is None:
             raise ValueError(f"{self.name} is a self-attention layer: it has no text keys or values.")
-        key_name, value_name = TEXT_KV_PROJECTIONS[self.kind]
-        key, value = getattr(self.module, key_name, None), getattr(self.module, value_name, None)
+        key, value = self.route.key.module(self.module), self.route.value.module(self.module)
         if key is None or value is None:
             raise ValueError(
-                f"{self.name} has no {key_name}/{value_name} (fused QKV projections?); call "
+                f"{self.name} has no {self.route.key.name}/{self.route.value.name} (fused QKV projections?); call "
                 "`pipe.unfuse_qkv_projections()` (or the denoiser's) before patching."
             )
         return key, value
 
 
-def denoiser(pipe_or_model: object) -> torch.nn.Module:
-    """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``), or the model itself."""
-    if isinstance(pipe_or_model, torch.nn.Module):
-        return pipe_or_model
-    for attribute in ("transformer", "unet"):
-        model = getattr(pipe_or_model, attribute, None)
-        if isinstance(model, torch.nn.Module):
-            return model
-    raise ValueError(
-        f"Unsupported pipeline class {type(pipe_or_model).__name__}: textloc needs a text-to-image "
-        "pipeline with a `unet` (SD 1.x/2.x, SDXL, DeepFloyd IF) or a `transformer` (SD3, FLUX, "
-        "PixArt, Sana)."
-    )
-
-
 def _is_attention(module: torch.nn.Module) -> bool:
     # Every diffusers attention module (Attention, FluxAttention, ...) carries a processor. The class
     # is asked first: hasattr on any other module goes through nn.Module.__getattr__ and raises.
-    return hasattr(type(module), "set_processor") and hasattr(module, "processor") and hasattr(module, "to_q")
-
-
-def _kind(module: torch.nn.Module) -> Kind:
-    has_added_kv = getattr(module, "add_k_proj", None) is not None
-    if has_added_kv:
-        # Joint attention (SD3, FLUX, FLUX.2, ...) gives the text stream queries of its own, so every
-        # block rewrites the text; IF's added K/V read the prompt's embeddings and have none. Taking a
-        # joint layer for step-independent would replay its step-0 text K/V at every step.
-        return "joint" if getattr(module, "add_q_proj", None) is not None else "added_kv"
-    if getattr(module, "is_cross_attention", False):
-        return "cross"
-    if getattr(module, "pre_only", False):
-        return "single"  # FLUX single-stream: pre_only, no separate text projections
-    return "self"
+    return hasattr(type(module), "set_processor") and hasattr(module, "processor")
 
 
 def _num_heads(module: torch.nn.Module) -> int:
@@ -132,16 +94,16 @@ def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None =
         if requested not in KINDS:
             raise ValueError(f"Unknown layer kind {requested!r}; kinds are {', '.join(KINDS)}.")
 
+    family = family_of(pipe_or_model)
     layers, index = [], 0
     for _, name, module in found:
-        layer_kind = _kind(module)
-        if layer_kind == "self":
-            params, layer_index = 0, None
+        route = family.route(module)
+        if route is None:
+            layer_kind, params, layer_index = "self", 0, None
         else:
-            key_name, value_name = TEXT_KV_PROJECTIONS[layer_kind]
-            params = sum(p.numel() for attr in (key_name, value_name) for p in getattr(module, attr).parameters())
-            layer_index, index = index, index + 1
-        layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module), params, module)
+            layer_kind, layer_index, index = route.kind, index, index + 1
+            params = sum(projection.num_params(module) for projection in (route.key, route.value))
+        layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module), params, module, route)
         if wanted is None or layer_kind in wanted:
             layers.append(layer)
     return layers

@@ -12,17 +12,9 @@ from typing import Any, Union
 
 import torch
 
-from textloc.engine import AttentionLayer, Kind, denoiser
+from textloc.engine import AttentionLayer, denoiser
 from textloc.layers import LayerSource, resolve_layers
 
-#: The projections a LoRA trains by default, per layer kind (``joint``: see :data:`JOINT_STREAMS`).
-DEFAULT_PROJECTIONS: dict[Kind, tuple[str, ...]] = {
-    "cross": ("to_q", "to_k", "to_v", "to_out.0"),
-    # IF: the text reaches the layer through its own K/V projections.
-    "added_kv": ("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"),
-    # FLUX single-stream: the block's proj_out is shared with its MLP, so it is not the layer's.
-    "single": ("to_q", "to_k", "to_v"),
-}
 _IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")
 _TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 #: The projections of a joint (SD3, FLUX double-stream) layer, per stream. The paper trains the
@@ -32,9 +24,8 @@ JOINT_STREAMS: dict[str, tuple[str, ...]] = {
     "text": _TEXT_STREAM,
     "both": _IMAGE_STREAM + _TEXT_STREAM,
 }
-DEFAULT_JOINT_STREAM = "image"
 
-#: ``None`` (the defaults above), a joint stream (``"image"``, ``"text"``, ``"both"``) or
+#: ``None`` (each layer's default, from its family's spec), a joint stream (``"image"``, ``"text"``, ``"both"``) or
 #: projection names inside each layer (``("to_k", "to_v")``).
 Targets = Union[str, Sequence[str], None]
 
@@ -65,14 +56,15 @@ def lora_targets(pipe: Any, layers: LayerSource | None, targets: Targets = None)
             if _is_linear(modules.get(path)):
                 paths.append(path)
             elif explicit:
-                present = [name for name in _all_projections() if _is_linear(modules.get(f"{layer.name}.{name}"))]
+                present = [name for name in _all_projections(layer) if _is_linear(modules.get(f"{layer.name}.{name}"))]
                 raise ValueError(f"{layer.name} has no linear projection {projection!r}; it has {', '.join(present)}.")
     return paths
 
 
 def _projections(layer: AttentionLayer, targets: Targets) -> tuple[str, ...]:
     if targets is None:
-        return JOINT_STREAMS[DEFAULT_JOINT_STREAM] if layer.kind == "joint" else DEFAULT_PROJECTIONS[layer.kind]
+        # The family's spec says what a LoRA on each kind of layer trains (a joint layer's image stream).
+        return layer.route.lora_targets
     if isinstance(targets, str):
         if targets not in JOINT_STREAMS:
             raise ValueError(f"targets={targets!r}: a stream is one of {', '.join(JOINT_STREAMS)}, or give projection names, e.g. ('to_k', 'to_v').")
@@ -93,9 +85,9 @@ def _is_linear(module: torch.nn.Module | None) -> bool:
     return isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
 
 
-def _all_projections() -> tuple[str, ...]:
-    names = [*JOINT_STREAMS["both"], *(name for kind in DEFAULT_PROJECTIONS.values() for name in kind)]
-    return tuple(dict.fromkeys(names))
+def _all_projections(layer: AttentionLayer) -> tuple[str, ...]:
+    """The projection paths inside ``layer`` (the ones a LoRA may name)."""
+    return tuple(name for name, module in layer.module.named_modules() if name and _is_linear(module) and ".base_layer" not in name)
 
 
 def check_rank(pipe: Any, paths: Sequence[str], rank: int) -> None:

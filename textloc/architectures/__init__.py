@@ -1,0 +1,90 @@
+"""One spec per text-to-image family: what the engine and the uses know about each, as data.
+
+Each family is one module that builds a :class:`~textloc.architectures.spec.Family`: how text
+enters each attention, how its pipelines run CFG, how they call the denoiser, and its tiny random
+pipelines. :func:`family_of` finds a pipeline's family, by its class or its denoiser's; a pipeline
+of no known family is refused, never patched by guesswork. A family textloc does not ship is added
+with :func:`register`.
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from textloc.architectures import chroma, deepfloyd_if, flux, flux2, pixart, sana, sd, sd3, sdxl
+from textloc.architectures.spec import Family, TinyPipeline
+
+#: Every family textloc knows, in the order listings show them.
+FAMILIES: list[Family] = [
+    sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, flux2.FAMILY, chroma.FAMILY, deepfloyd_if.FAMILY, pixart.FAMILY, sana.FAMILY,
+]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """A pipeline or denoiser of no family textloc knows."""
+
+
+def register(family: Family) -> None:
+    """Add ``family`` to those textloc knows, ahead of the shipped ones (so it can refine one)."""
+    FAMILIES.insert(0, family)
+
+
+def denoiser(pipe_or_model: object) -> torch.nn.Module:
+    """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``), or the model itself."""
+    if isinstance(pipe_or_model, torch.nn.Module):
+        return pipe_or_model
+    for attribute in ("transformer", "unet"):
+        model = getattr(pipe_or_model, attribute, None)
+        if isinstance(model, torch.nn.Module):
+            return model
+    raise UnsupportedArchitectureError(
+        f"Unsupported pipeline class {type(pipe_or_model).__name__}: textloc needs a text-to-image "
+        f"pipeline with a `unet` or a `transformer` of a family it knows ({known_families()})."
+    )
+
+
+def _class_names(obj: object) -> set[str]:
+    return {cls.__name__ for cls in type(obj).__mro__}
+
+
+def family_of(pipe_or_model: object) -> Family:
+    """The family of a pipeline (by its class, else its denoiser's) or of a bare denoiser."""
+    if not isinstance(pipe_or_model, torch.nn.Module):
+        names = _class_names(pipe_or_model)
+        for family in FAMILIES:
+            if names.intersection(family.pipelines):
+                return family
+    model = denoiser(pipe_or_model)
+    names = _class_names(model)
+    for family in FAMILIES:
+        if names.intersection(family.denoisers):
+            return family
+    raise UnsupportedArchitectureError(
+        f"textloc has no spec for {type(model).__name__} (in {type(pipe_or_model).__name__}): it cannot tell "
+        f"how text reaches its attention or how its pipeline runs CFG, so it will not guess. Families it "
+        f"knows: {known_families()}; a new one is added with textloc.architectures.register()."
+    )
+
+
+def known_families() -> str:
+    return ", ".join(family.name for family in FAMILIES)
+
+
+def tiny_pipelines() -> dict[str, TinyPipeline]:
+    """Every family's tiny random pipelines, by architecture name, in family order."""
+    return {arch: tiny for family in FAMILIES for arch, tiny in family.tiny.items()}
+
+
+def tiny_family(arch: str) -> Family:
+    """The family whose tiny random pipeline is named ``arch``."""
+    for family in FAMILIES:
+        if arch in family.tiny:
+            return family
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(tiny_pipelines())}")
+
+
+__all__ = [
+    "FAMILIES", "Family", "UnsupportedArchitectureError", "denoiser", "family_of", "known_families", "register",
+    "tiny_family", "tiny_pipelines",
+]

@@ -1,0 +1,47 @@
+"""Chroma: FLUX.1-schnell without CLIP or the pooled vector (one T5), its modulation from a
+timestep-only approximator; FLUX's double-stream joint blocks and single-stream ``[text, image]``
+blocks (``FluxAttention``), with a 0/1 text mask over the joint sequence.
+
+CFG: two plain denoiser calls a step, the conditional one first, with no ``cache_context`` and no
+other label (``pipeline_chroma.py``: ``transformer(cond)``, then ``transformer(uncond)`` when its
+``do_classifier_free_guidance`` property is true): the branch is the call's place in the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.flux import FLUX_ATTENTION, TINY_TRANSFORMER, tiny_vae
+from textloc.architectures.spec import Family, Guidance, TinyPipeline
+
+
+def _chroma(seed: int) -> dict[str, Any]:
+    from diffusers import ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    tokenizer = parts.t5_tokenizer()
+    # The approximator maps (timestep, guidance 0, layer index) to every block's modulation: its
+    # input width is 4x its Timesteps width.
+    transformer = parts.init(
+        seed, ChromaTransformer2DModel, **TINY_TRANSFORMER,
+        approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=2,
+    )
+    return dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=tiny_vae(seed),
+        text_encoder=parts.t5_encoder(seed, tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+
+
+FAMILY = Family(
+    name="chroma",
+    denoisers=("ChromaTransformer2DModel",),
+    pipelines=("ChromaPipeline", "ChromaImg2ImgPipeline"),
+    attention=FLUX_ATTENTION,
+    guidance=Guidance(call_order=("cond", "uncond")),
+    tiny={"chroma": TinyPipeline("ChromaPipeline", _chroma)},
+)

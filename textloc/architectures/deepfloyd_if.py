@@ -1,0 +1,69 @@
+"""DeepFloyd IF (stage I): a pixel-space U-Net whose attention layers give T5's text K/V projections of
+their own (``add_k_proj``/``add_v_proj``), concatenated with the image's in one attention.
+
+CFG: one batch ``[uncond, cond]``; the pipeline has no ``do_classifier_free_guidance`` property, so
+the engine reads the flag it passes to its own ``encode_prompt``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, TinyPipeline
+
+
+def _deepfloyd_if(seed: int) -> dict[str, Any]:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    tokenizer = parts.t5_tokenizer()
+    # IF stage I: a pixel-space U-Net whose Simple* blocks use added-K/V attention (text K/V
+    # concatenated to the image K/V in one attention), 4 such layers. Here attention_head_dim
+    # really is the head size: 32 and 64 channels give 2 and 4 heads.
+    unet = parts.init(
+        seed,
+        UNet2DConditionModel,
+        sample_size=parts.IMAGE_SIZE,
+        in_channels=3,
+        out_channels=6,  # learned variance: mean and variance channels
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        encoder_hid_dim=parts.TEXT_WIDTH,
+        attention_head_dim=16,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
+        cross_attention_norm="group_norm",
+        resnet_time_scale_shift="scale_shift",
+        act_fn="gelu",
+    )
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=parts.t5_encoder(seed, tokenizer),
+        unet=unet,
+        scheduler=DDPMScheduler(
+            beta_schedule="squaredcos_cap_v2",
+            thresholding=True,
+            dynamic_thresholding_ratio=0.95,
+            sample_max_value=1.0,
+            prediction_type="epsilon",
+            variance_type="learned_range",
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
+
+
+FAMILY = Family(
+    name="deepfloyd-if",
+    denoisers=("UNet2DConditionModel",),
+    pipelines=("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"),
+    attention=UNET_ATTENTION,
+    signature=UNET_SIGNATURE,
+    tiny={"deepfloyd-if": TinyPipeline("IFPipeline", _deepfloyd_if)},
+)

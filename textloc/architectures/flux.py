@@ -1,0 +1,67 @@
+"""FLUX.1 (and its tiny trained sibling): double-stream joint blocks, then single-stream blocks whose
+one set of projections reads ``[text, image]`` tokens.
+
+CFG: guidance-distilled (a guidance embedding); ``true_cfg_scale`` with a negative prompt runs a
+second, unconditional pass inside ``cache_context("uncond")`` (the conditional one in ``"cond"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, Guidance, TinyPipeline
+
+
+#: The tiny FLUX.1 layout, shared with Chroma: 2x2 latent patches packed into one token
+#: (in_channels = 4 x 4 latent channels), two double- and two single-stream blocks, rotary axes
+#: that add up to the head size.
+TINY_TRANSFORMER: dict[str, Any] = dict(
+    patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+    num_attention_heads=2, joint_attention_dim=parts.TEXT_WIDTH, axes_dims_rope=(4, 6, 6),
+)
+
+
+def tiny_vae(seed: int) -> Any:
+    """FLUX.1's autoencoder in small: 4 latent channels, FLUX's scaling and shift."""
+    return parts.autoencoder_kl(
+        seed, latent_channels=4, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+    )
+
+
+def _flux(seed: int) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    tokenizer = parts.clip_tokenizer()
+    t5_tokenizer = parts.t5_tokenizer()
+    # Guidance-embedded like FLUX.1-dev.
+    transformer = parts.init(
+        seed, FluxTransformer2DModel, **TINY_TRANSFORMER, pooled_projection_dim=parts.TEXT_WIDTH, guidance_embeds=True,
+    )
+    return dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=tiny_vae(seed),
+        text_encoder=parts.clip_text_encoder(seed, tokenizer, parts.TEXT_WIDTH),
+        tokenizer=tokenizer,
+        text_encoder_2=parts.t5_encoder(seed, t5_tokenizer),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+#: FLUX.1's attention (shared with Chroma and the other FLUX.1 derivatives): double-stream blocks
+#: are joint, single-stream ones read ``[text, image]`` through one set of projections.
+FLUX_ATTENTION = (
+    AttentionRule("FluxAttention", JOINT, when="add_q_proj"),
+    AttentionRule("FluxAttention", TEXT_FIRST, when="pre_only"),
+)
+
+FAMILY = Family(
+    name="flux",
+    denoisers=("FluxTransformer2DModel",),
+    pipelines=("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline"),
+    attention=FLUX_ATTENTION,
+    # Without a negative prompt and true_cfg_scale every pass is conditional.
+    guidance=Guidance(distilled=True),
+    tiny={"flux": TinyPipeline("FluxPipeline", _flux, {"true_cfg_scale": 4.0, "negative_prompt": ""})},
+)

@@ -1,0 +1,51 @@
+"""Sana: a linear-attention DiT whose ``attn2`` layers cross-attend to Gemma's hidden states, with
+padded text tokens masked out.
+
+CFG: one batch ``[uncond, cond]``, from the pipeline's ``do_classifier_free_guidance``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import CROSS, AttentionRule, Family, TinyPipeline
+
+
+def _sana(seed: int) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaTransformer2DModel
+
+    tokenizer = parts.gemma_tokenizer()
+    transformer = parts.init(
+        seed,
+        SanaTransformer2DModel,
+        sample_size=parts.LATENT_SIZE,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=16,
+        cross_attention_dim=32,
+        caption_channels=parts.TEXT_WIDTH,
+    )
+    return dict(
+        tokenizer=tokenizer,
+        text_encoder=parts.gemma_encoder(seed, tokenizer),
+        vae=parts.autoencoder_dc(seed),
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+
+
+FAMILY = Family(
+    name="sana",
+    denoisers=("SanaTransformer2DModel",),
+    pipelines=("SanaPipeline",),
+    attention=(AttentionRule("Attention", CROSS, when="is_cross_attention"),),
+    # Sana prepends a ~700-character "complex human instruction" to every prompt by default;
+    # with character-level tokens that is 15x the prompt's cost, for random weights.
+    tiny={"sana": TinyPipeline("SanaPipeline", _sana, {"complex_human_instruction": []})},
+)

@@ -1,0 +1,62 @@
+"""Stable Diffusion 3 and 3.5: an MMDiT whose joint blocks give text and image streams their own
+projections; the text stream (``add_k_proj``/``add_v_proj``) is rewritten by every block, so its
+K/V depend on the step.
+
+CFG: one batch ``[uncond, cond]``; skip-layer guidance adds a pass with a ``skip_layers`` argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import JOINT, AttentionRule, Family, TinyPipeline
+
+
+def _sd3(seed: int) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = parts.clip_tokenizer()
+    t5_tokenizer = parts.t5_tokenizer()
+    # The pipeline concatenates the two CLIP hidden states along the features and pads them to
+    # T5's width, so each CLIP is half as wide as T5; the pooled input is both CLIP projections.
+    clip_width = parts.TEXT_WIDTH // 2
+    transformer = parts.init(
+        seed,
+        SD3Transformer2DModel,
+        sample_size=parts.LATENT_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=3,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=parts.TEXT_WIDTH,
+        caption_projection_dim=32,
+        pooled_projection_dim=2 * clip_width,
+        pos_embed_max_size=parts.LATENT_SIZE,
+    )
+    return dict(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=parts.autoencoder_kl(
+            seed, use_quant_conv=False, use_post_quant_conv=False, scaling_factor=1.5305, shift_factor=0.0609
+        ),
+        text_encoder=parts.clip_text_encoder(seed, tokenizer, clip_width, CLIPTextModelWithProjection),
+        tokenizer=tokenizer,
+        # seed + 1, as in _sdxl.
+        text_encoder_2=parts.clip_text_encoder(seed + 1, tokenizer, clip_width, CLIPTextModelWithProjection),
+        tokenizer_2=parts.clip_tokenizer(),
+        text_encoder_3=parts.t5_encoder(seed, t5_tokenizer),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
+FAMILY = Family(
+    name="sd3",
+    denoisers=("SD3Transformer2DModel",),
+    pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
+    attention=(AttentionRule("Attention", JOINT, when="add_q_proj"),),
+    tiny={"sd3": TinyPipeline("StableDiffusion3Pipeline", _sd3)},
+)

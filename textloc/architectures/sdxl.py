@@ -1,0 +1,65 @@
+"""Stable Diffusion XL (and Kolors): a U-Net reading two CLIPs' hidden states side by side in its
+``attn2`` layers, the second one's pooled projection in its time embedding.
+
+CFG: one batch ``[uncond, cond]``, from the pipeline's ``do_classifier_free_guidance``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, TinyPipeline
+
+
+def _sdxl(seed: int) -> dict[str, Any]:
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer = parts.clip_tokenizer()
+    time_embed_dim = 8
+    # SDXL's layout in small: no attention at the highest resolution, more transformer layers
+    # deeper down (two in the lowest block and the mid block), 11 attn2 layers in all; the
+    # U-Net reads both encoders' hidden states side by side and gets the second one's pooled
+    # projection plus six size/crop numbers in its time embedding ("text_time").
+    unet = parts.init(
+        seed,
+        UNet2DConditionModel,
+        sample_size=parts.LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        transformer_layers_per_block=(1, 1, 2),
+        norm_num_groups=8,
+        attention_head_dim=2,
+        use_linear_projection=True,
+        cross_attention_dim=2 * parts.TEXT_WIDTH,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + parts.TEXT_WIDTH,
+    )
+    return dict(
+        vae=parts.autoencoder_kl(seed),
+        text_encoder=parts.clip_text_encoder(seed, tokenizer, parts.TEXT_WIDTH),
+        # seed + 1: the same seed would make both encoders' shared weights identical.
+        text_encoder_2=parts.clip_text_encoder(seed + 1, tokenizer, parts.TEXT_WIDTH, CLIPTextModelWithProjection),
+        tokenizer=tokenizer,
+        tokenizer_2=parts.clip_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+    )
+
+
+FAMILY = Family(
+    name="sdxl",
+    denoisers=("UNet2DConditionModel",),
+    pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+    attention=UNET_ATTENTION,
+    signature=UNET_SIGNATURE,
+    tiny={"sdxl": TinyPipeline("StableDiffusionXLPipeline", _sdxl)},
+)

@@ -1,0 +1,182 @@
+"""What an architecture spec says, as data: how text enters each attention, how CFG runs, how the
+denoiser is called, and how to build a tiny random pipeline of the family.
+
+The engine asks a family's :class:`Family` instead of branching on pipeline classes: a new family
+is one new file that builds one of these (see :mod:`textloc.architectures`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import torch
+
+Kind = Literal["cross", "added_kv", "joint", "single", "self"]
+TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single")
+KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
+# Kinds whose text K/V depend on the prompt only, not on the step or the image: a cache holds them
+# once, and a prompt can be injected into them directly.
+STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv")
+
+# The CFG branch a denoiser call's rows belong to. "skip_layer" is the extra pass of SD3's
+# skip-layer guidance: the conditional rows again, with some blocks skipped.
+Branch = Literal["cond", "uncond", "skip_layer"]
+
+#: Where a layer's text tokens sit in its projection's output: the projection sees the text only
+#: (``"all"``), or text and image share one sequence with the text first or last.
+TextPosition = Literal["all", "first", "last"]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A linear module of an attention whose output holds text keys or values.
+
+    ``block`` is for a fused projection (Q, K, V and more in one output): which block of
+    ``attention.inner_dim`` columns is this one (FLUX.2's ``to_qkv_mlp_proj``: K is block 1).
+    """
+
+    name: str
+    block: int | None = None
+
+    def module(self, attention: torch.nn.Module) -> torch.nn.Module | None:
+        module = attention
+        for part in self.name.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                return None
+        return module
+
+    def columns(self, attention: torch.nn.Module) -> slice | None:
+        """The output columns that are this projection's, or ``None`` for all of them."""
+        if self.block is None:
+            return None
+        width = attention.inner_dim
+        return slice(self.block * width, (self.block + 1) * width)
+
+    def num_params(self, attention: torch.nn.Module) -> int:
+        """The parameters that make this projection's columns (a fused projection's share)."""
+        module = self.module(attention)
+        total = sum(p.numel() for p in module.parameters())
+        if self.block is None:
+            return total
+        return total * attention.inner_dim // module.out_features
+
+
+@dataclass(frozen=True)
+class TextRoute:
+    """How the text reaches one attention: its kind, the projections that make its text keys and
+    values, where the text sits in their output, and what a LoRA on the layer trains by default
+    (module paths inside the attention; a joint layer's image stream, the paper's choice)."""
+
+    kind: Kind
+    key: Projection
+    value: Projection
+    text_at: TextPosition = "all"
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+CROSS = TextRoute("cross", Projection("to_k"), Projection("to_v"))
+# IF: the text reaches the layer through its own K/V projections.
+ADDED_KV = TextRoute(
+    "added_kv", Projection("add_k_proj"), Projection("add_v_proj"),
+    lora_targets=("to_q", "to_k", "to_v", "to_out.0", "add_k_proj", "add_v_proj"),
+)
+JOINT = TextRoute("joint", Projection("add_k_proj"), Projection("add_v_proj"))
+# Single-stream blocks share their output projection with the MLP, so it is not the layer's.
+TEXT_FIRST = TextRoute("single", Projection("to_k"), Projection("to_v"), "first", ("to_q", "to_k", "to_v"))
+TEXT_LAST = TextRoute("single", Projection("to_k"), Projection("to_v"), "last", ("to_q", "to_k", "to_v"))
+
+
+@dataclass(frozen=True)
+class AttentionRule:
+    """Attention modules of class ``attention_class`` (or a subclass) take ``route``; with ``when``,
+    only those whose attribute of that name is set (not ``None``, not ``False``). ``route=None``
+    says they read no text. A family's first matching rule wins; an attention no rule matches is a
+    self-attention."""
+
+    attention_class: str
+    route: TextRoute | None
+    when: str | None = None
+
+    def matches(self, module: torch.nn.Module) -> bool:
+        if self.attention_class not in {cls.__name__ for cls in type(module).__mro__}:
+            return False
+        return self.when is None or getattr(module, self.when, None) not in (None, False)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How a family's pipelines run classifier-free guidance, and how the engine tells the branches.
+
+    - ``batch_order``: one batch holding both branches, in this order (most pipelines).
+    - ``contexts``: separate passes inside ``denoiser.cache_context(name)``: name -> branch.
+    - ``call_order``: separate passes with no context: the branch of each denoiser call of a step,
+      in the order the pipeline makes them (stated here, read from the pipeline's code).
+    - ``distilled``: guidance-distilled, no unconditional pass at all: every row is conditional.
+
+    Whether CFG is on comes from the pipeline: its ``do_classifier_free_guidance`` property, or the
+    flag it passes to its own ``encode_prompt``.
+    """
+
+    batch_order: tuple[Branch, Branch] = ("uncond", "cond")
+    contexts: Mapping[str, Branch] = field(default_factory=lambda: MappingProxyType({"cond": "cond", "uncond": "uncond"}))
+    call_order: tuple[Branch, ...] | None = None
+    distilled: bool = False
+
+
+@dataclass(frozen=True)
+class DenoiserSignature:
+    """The keyword names a pipeline calls its denoiser with (a U-Net takes the first two by position)."""
+
+    sample: str = "hidden_states"
+    timestep: str = "timestep"
+    text: str = "encoder_hidden_states"
+
+
+UNET_SIGNATURE = DenoiserSignature(sample="sample")
+
+
+@dataclass(frozen=True)
+class TinyPipeline:
+    """A random-init pipeline of the family, built in code (no file read, nothing downloaded).
+
+    ``components(seed)`` returns the stock ``pipeline`` class's constructor arguments; ``call`` the
+    keyword arguments, beyond size, steps and guidance, that run it fast and with CFG.
+    """
+
+    pipeline: str
+    components: Callable[[int], dict[str, Any]]
+    call: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Family:
+    """One text-to-image family: what the engine and the uses need to know about it.
+
+    ``denoisers`` and ``pipelines`` are class names (the family of a pipeline is found by its class,
+    or failing that by its denoiser's); ``attention`` the rules that give each attention its text
+    route; ``tiny`` its tiny random pipelines by architecture name.
+    """
+
+    name: str
+    denoisers: tuple[str, ...]
+    attention: tuple[AttentionRule, ...]
+    pipelines: tuple[str, ...] = ()
+    guidance: Guidance = field(default_factory=Guidance)
+    signature: DenoiserSignature = field(default_factory=DenoiserSignature)
+    tiny: Mapping[str, TinyPipeline] = field(default_factory=dict)
+
+    def route(self, module: torch.nn.Module) -> TextRoute | None:
+        """The text route of one attention module, ``None`` for one that reads no text."""
+        return next((rule.route for rule in self.attention if rule.matches(module)), None)
+
+
+#: U-Nets (SD, SDXL, Kolors, IF): added-K/V attention where the layer has text projections of its
+#: own, else cross-attention where it reads the text.
+UNET_ATTENTION: tuple[AttentionRule, ...] = (
+    AttentionRule("Attention", ADDED_KV, when="add_k_proj"),
+    AttentionRule("Attention", CROSS, when="is_cross_attention"),
+)
