@@ -12,7 +12,7 @@ $(BIN)/textloc: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-# An embedded model (textloc-tiny or textloc-tiny-sd3, no download); any diffusers id, folder or
+# An embedded model (textloc-tiny, textloc-tiny-sd3 or textloc-tiny-flux, no download); any diffusers id, folder or
 # tiny-random-<arch> works too.
 DEMO_MODEL ?= textloc-tiny
 DEMO_PROMPT := A red sign on a blue background that says "LAMP".

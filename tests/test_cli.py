@@ -274,8 +274,8 @@ def test_bad_patch_steps_are_refused_before_the_model_loads(capsys, tmp_path, mo
 @pytest.mark.parametrize(
     "model, message",
     [
-        ("tiny-random-nope", "unknown model 'tiny-random-nope': the named models are textloc-tiny, textloc-tiny-sd3, tiny-random-sd15,"),
-        ("textloc-tiny-typo", "Did you mean textloc-tiny or textloc-tiny-sd3?"),
+        ("tiny-random-nope", "unknown model 'tiny-random-nope': the named models are textloc-tiny, textloc-tiny-sd3, textloc-tiny-flux, tiny-random-sd15,"),
+        ("textloc-tiny-typo", "Did you mean textloc-tiny or textloc-tiny-sd3 or textloc-tiny-flux?"),
         ("./no/such/folder", "cannot load model './no/such/folder': no such folder."),
     ],
 )

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import PROMPT, _pipeline, generate, seeded
+from conftest import ONE_TEXT_LENGTH, PROMPT, _pipeline, generate, seeded
 
 import textloc as tl
 from textloc.edit import (
@@ -86,6 +86,10 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     kwargs = tiny_call_kwargs(pipe)
     guard = ToxicTextGuard(pipe, "all", start_step=0)
     prompts = [PROMPT, TOXIC, 'A red sign that says "LAMP".']
+    if arch in ONE_TEXT_LENGTH:  # its cleaned prompt's source row has another token length
+        with pytest.raises(ValueError, match="one token length"):
+            guard(prompts, generator=generators(1, 2, 3), **kwargs)
+        return
     plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2, 3), **kwargs).images)
     output = guard(prompts, generator=generators(1, 2, 3), **kwargs)
     guarded = images(output)

@@ -20,6 +20,7 @@ from textloc.tiny.data import make_example
 NAMES = (
     "textloc-tiny",
     "textloc-tiny-sd3",
+    "textloc-tiny-flux",
     "tiny-random-sd15",
     "tiny-random-sdxl",
     "tiny-random-sd3",
@@ -31,6 +32,7 @@ NAMES = (
     "tiny-random-pixart-alpha",
     "tiny-random-pixart-sigma",
     "tiny-random-sana",
+    "tiny-random-lumina2",
 )
 
 
@@ -94,7 +96,7 @@ def test_an_unknown_name_is_an_error_listing_the_known_ones():
         named_model("textloc-tiny-typo")
     message = str(error.value)
     assert all(name in message for name in NAMES)
-    assert "Did you mean textloc-tiny or textloc-tiny-sd3?" in message
+    assert "Did you mean textloc-tiny or textloc-tiny-sd3 or textloc-tiny-flux?" in message
     assert isinstance(error.value, ValueError)
     # load_pipeline says the same, without asking the hub for a name that cannot be a hub id.
     with pytest.raises(UnknownModelError, match="unknown model 'tiny-random-sd16'"):

@@ -165,10 +165,8 @@ def test_export_is_a_stock_flux_folder_whose_layers_the_engine_lists(tmp_path: P
                      **{f"single_transformer_blocks.{i}.attn": "single" for i in range(single)}}
 
 
-def test_its_export_loads_as_a_stock_flux_pipeline_from_its_folder() -> None:
-    # The registry lists it once it meets the bar (textloc.models.EMBEDDED_MODELS); its folder loads before.
-    assert TEXTLOC_TINY_FLUX.name not in named_models()
-    if not (TEXTLOC_TINY_FLUX.folder / "model_index.json").exists():
-        pytest.skip("no export yet: the trainer writes one at its first evaluation")
-    pipe = tl.load_pipeline(str(TEXTLOC_TINY_FLUX.folder))
+def test_its_export_loads_by_name_and_as_a_stock_flux_pipeline_from_its_folder() -> None:
+    assert named_models()[TEXTLOC_TINY_FLUX.name] is TEXTLOC_TINY_FLUX  # in the registry: it met the bar
+    assert isinstance(tl.load_pipeline(TEXTLOC_TINY_FLUX.name), FluxPipeline)
+    pipe = FluxPipeline.from_pretrained(TEXTLOC_TINY_FLUX.folder)  # plain diffusers, no textloc
     assert isinstance(pipe, FluxPipeline) and len(pipe.transformer.single_transformer_blocks) >= 8

@@ -39,6 +39,11 @@ ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
     "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
 }
 ATTENTION_LAYOUT["flux2-klein"] = ATTENTION_LAYOUT["flux2"]
+ATTENTION_LAYOUT["lumina2"] = [
+    (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
+    (r"noise_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
+    (r"layers\.\d+\.attn", "Lumina2AttnProcessor", 2),
+]
 
 
 @pytest.fixture(scope="module", autouse=True)

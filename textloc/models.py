@@ -1,7 +1,7 @@
 """The registry of named models: everything textloc knows about the models it names.
 
-Two kinds of model have names: the embedded ones (:class:`EmbeddedModel`, ``textloc-tiny`` and
-``textloc-tiny-sd3``), trained by textloc on the signs it renders and shipped inside the package,
+Two kinds of model have names: the embedded ones (:class:`EmbeddedModel`, ``textloc-tiny``,
+``textloc-tiny-sd3`` and ``textloc-tiny-flux``), trained by textloc on the signs it renders and shipped inside the package,
 and the tiny random-init pipelines (:class:`RandomModel`, ``tiny-random-<arch>`` for every
 architecture of :data:`textloc.testing.ARCHITECTURES`). Each entry says how the model loads, the
 sampler settings it is meant to run with, and, where it has them, its own prompt pairs, its scene
@@ -186,8 +186,8 @@ TEXTLOC_TINY_SD3 = EmbeddedModel(
     text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (3, 2, 1)),
     start_step=0.4,  # bench/results/edit-tiny-sd3.json
 )
-#: The third embedded model, in training (issue 35): a 64x64 FluxPipeline (4 double- and 8 single-stream blocks, a byte
-#: T5 and a byte CLIP) on textloc-tiny-sd3's autoencoder, trained on the same signs, no download.
+#: The third embedded model: a 64x64 FluxPipeline (4 double- and 8 single-stream blocks, a byte T5 and a byte
+#: CLIP) on textloc-tiny-sd3's autoencoder, trained on the same signs, no download.
 TEXTLOC_TINY_FLUX = EmbeddedModel(
     name="textloc-tiny-flux",
     # No guidance embedding: true classifier-free guidance, a second pass on the empty caption it
@@ -197,10 +197,8 @@ TEXTLOC_TINY_FLUX = EmbeddedModel(
                                "max_sequence_length": 77, "height": 64, "width": 64}),
     folder=Path(__file__).parent / "tiny" / "weights_flux",
 )
-#: The embedded models, in the order listings show them. textloc-tiny-flux joins them when its
-#: weights meet the embedded models' bar (``tests/test_tiny_model.py``); until then only its trainer
-#: knows it (``python -m textloc.tiny.train --model textloc-tiny-flux``).
-EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3)
+#: The embedded models, in the order listings show them.
+EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3, TEXTLOC_TINY_FLUX)
 #: The model every command uses when none is named.
 DEFAULT_MODEL = TEXTLOC_TINY.name
 

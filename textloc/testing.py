@@ -69,7 +69,7 @@ def tiny_call_kwargs(arch_or_pipe: str | DiffusionPipeline) -> dict[str, Any]:
     if "max_sequence_length" in inspect.signature(pipeline_class.__call__).parameters:
         kwargs["max_sequence_length"] = TEXT_LENGTH
     # call_kwargs only reads the signature of __call__, which the class has as well.
-    return call_kwargs(pipeline_class, **kwargs, **tiny.call)
+    return call_kwargs(pipeline_class, **{**kwargs, **tiny.call})
 
 
 def _tiny_of(arch_or_pipe: str | DiffusionPipeline):

@@ -223,6 +223,7 @@ FAMILY = Family(
     ),
     # Klein's passes run in contexts; dev's one pass a step, in none, is conditional.
     guidance=Guidance(distilled=True),
+    refuses={"train_lora": "its VAE's packed latents are normalised by batch-norm statistics the objective does not apply"},
     tiny={
         "flux2": TinyPipeline("Flux2Pipeline", flux2_components, _CALL),
         "flux2-klein": TinyPipeline("Flux2KleinPipeline", flux2_klein_components, _CALL),

@@ -7,6 +7,7 @@ is one new file that builds one of these (see :mod:`textloc.architectures`).
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,12 +15,12 @@ from typing import Any, Literal
 
 import torch
 
-Kind = Literal["cross", "added_kv", "joint", "single", "self"]
-TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single")
+Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "self"]
+TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner")
 KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
 # Kinds whose text K/V depend on the prompt only, not on the step or the image: a cache holds them
 # once, and a prompt can be injected into them directly.
-STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv")
+STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "refiner")
 
 # The CFG branch a denoiser call's rows belong to. "skip_layer" is the extra pass of SD3's
 # skip-layer guidance: the conditional rows again, with some blocks skipped.
@@ -88,21 +89,28 @@ JOINT = TextRoute("joint", Projection("add_k_proj"), Projection("add_v_proj"))
 # Single-stream blocks share their output projection with the MLP, so it is not the layer's.
 TEXT_FIRST = TextRoute("single", Projection("to_k"), Projection("to_v"), "first", ("to_q", "to_k", "to_v"))
 TEXT_LAST = TextRoute("single", Projection("to_k"), Projection("to_v"), "last", ("to_q", "to_k", "to_v"))
+# A text refiner's self-attention (Lumina 2, Z-Image): text only, from the prompt alone, before the
+# text joins the image.
+REFINER = TextRoute("refiner", Projection("to_k"), Projection("to_v"))
 
 
 @dataclass(frozen=True)
 class AttentionRule:
     """Attention modules of class ``attention_class`` (or a subclass) take ``route``; with ``when``,
-    only those whose attribute of that name is set (not ``None``, not ``False``). ``route=None``
-    says they read no text. A family's first matching rule wins; an attention no rule matches is a
-    self-attention."""
+    only those whose attribute of that name is set (not ``None``, not ``False``); with ``where``,
+    only those whose full module name matches that glob (where one class serves blocks that read
+    the text differently, and only the path tells them apart). ``route=None`` says they read no
+    text. A family's first matching rule wins; an attention no rule matches is a self-attention."""
 
     attention_class: str
     route: TextRoute | None
     when: str | None = None
+    where: str | None = None
 
-    def matches(self, module: torch.nn.Module) -> bool:
+    def matches(self, name: str, module: torch.nn.Module) -> bool:
         if self.attention_class not in {cls.__name__ for cls in type(module).__mro__}:
+            return False
+        if self.where is not None and not fnmatch.fnmatchcase(name, self.where):
             return False
         return self.when is None or getattr(module, self.when, None) not in (None, False)
 
@@ -158,7 +166,10 @@ class Family:
 
     ``denoisers`` and ``pipelines`` are class names (the family of a pipeline is found by its class,
     or failing that by its denoiser's); ``attention`` the rules that give each attention its text
-    route; ``tiny`` its tiny random pipelines by architecture name.
+    route; ``text_length(kwargs)`` how many text tokens a denoiser call's shared sequences hold
+    (default: the text argument's second dimension); ``refuses`` the uses it does not support yet,
+    each with the reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by
+    architecture name.
     """
 
     name: str
@@ -168,10 +179,24 @@ class Family:
     guidance: Guidance = field(default_factory=Guidance)
     signature: DenoiserSignature = field(default_factory=DenoiserSignature)
     tiny: Mapping[str, TinyPipeline] = field(default_factory=dict)
+    text_length: Callable[[Mapping[str, Any]], int] | None = None
+    refuses: Mapping[str, str] = field(default_factory=dict)
 
-    def route(self, module: torch.nn.Module) -> TextRoute | None:
-        """The text route of one attention module, ``None`` for one that reads no text."""
-        return next((rule.route for rule in self.attention if rule.matches(module)), None)
+    def check_supports(self, use: str) -> None:
+        """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""
+        if use in self.refuses:
+            raise ValueError(f"{use} does not support the {self.name} family yet: {self.refuses[use]}.")
+
+    def route(self, name: str, module: torch.nn.Module) -> TextRoute | None:
+        """The text route of the attention module ``name``, ``None`` for one that reads no text."""
+        return next((rule.route for rule in self.attention if rule.matches(name, module)), None)
+
+    def text_tokens(self, kwargs: Mapping[str, Any]) -> int | None:
+        """How many text tokens the shared sequences of a denoiser call with ``kwargs`` hold."""
+        if self.text_length is not None:
+            return self.text_length(kwargs)
+        text = kwargs.get(self.signature.text)
+        return None if text is None else text.shape[1]
 
 
 #: U-Nets (SD, SDXL, Kolors, IF): added-K/V attention where the layer has text projections of its

@@ -97,17 +97,18 @@ def t5_encoder(seed: int, tokenizer: ByT5Tokenizer) -> T5EncoderModel:
     return init(seed, T5EncoderModel, config)
 
 
-def gemma_tokenizer() -> GemmaTokenizer:
-    """Gemma's BPE with no merges: one token per character, spaces as "▁", <bos> first."""
+def gemma_tokenizer(length: int = TEXT_LENGTH) -> GemmaTokenizer:
+    """Gemma's BPE with no merges: one token per character, spaces as "▁", <bos> first (built from a
+    vocabulary, transformers' GemmaTokenizer adds none unless told; the real one does)."""
     from transformers import GemmaTokenizer
 
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "▁": 5}
     for char in CHARACTERS:
         vocab.setdefault(char, len(vocab))
-    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_LENGTH)
+    return GemmaTokenizer(vocab=vocab, merges=[], model_max_length=length, add_bos_token=True)
 
 
-def gemma_encoder(seed: int, tokenizer: GemmaTokenizer) -> Gemma2Model:
+def gemma_encoder(seed: int, tokenizer: GemmaTokenizer, length: int = TEXT_LENGTH) -> Gemma2Model:
     from transformers import Gemma2Config, Gemma2Model
 
     head_dim = TEXT_WIDTH // 2
@@ -120,8 +121,8 @@ def gemma_encoder(seed: int, tokenizer: GemmaTokenizer) -> Gemma2Model:
         num_key_value_heads=1,
         head_dim=head_dim,
         query_pre_attn_scalar=head_dim,
-        max_position_embeddings=TEXT_LENGTH,
-        sliding_window=TEXT_LENGTH,
+        max_position_embeddings=length,
+        sliding_window=length,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -133,12 +134,11 @@ def gemma_encoder(seed: int, tokenizer: GemmaTokenizer) -> Gemma2Model:
 
 
 def autoencoder_kl(seed: int, latent_channels: int = 4, model_class: type | None = None, **config: Any) -> AutoencoderKL:
-    """A two-block KL autoencoder (``model_class``: AutoencoderKL, or a subclass-alike such as FLUX.2's)."""
+    """A two-block KL autoencoder (``model_class``: AutoencoderKL, or one alike such as FLUX.2's);
+    ``config`` adds to or overrides its settings."""
     from diffusers import AutoencoderKL
 
-    return init(
-        seed,
-        model_class or AutoencoderKL,
+    settings = dict(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
@@ -148,8 +148,8 @@ def autoencoder_kl(seed: int, latent_channels: int = 4, model_class: type | None
         norm_num_groups=4,
         latent_channels=latent_channels,
         sample_size=IMAGE_SIZE,
-        **config,
     )
+    return init(seed, model_class or AutoencoderKL, **{**settings, **config})
 
 
 def autoencoder_dc(seed: int) -> AutoencoderDC:

@@ -28,8 +28,9 @@ def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.A
             "List the attention layers of a model's denoiser that read the prompt, in forward order: "
             "index (what a layer selector's integer means), full module name, kind, heads, the "
             "parameters of its text K/V projections and their share of the denoiser's parameters. "
-            "Kinds: cross (U-Net/PixArt/Sana attn2), added_kv (DeepFloyd IF), joint (SD3, FLUX "
-            "double-stream), single (FLUX single-stream), self (no text; only with --all or --kind self)."
+            "Kinds: cross (U-Net/PixArt/Sana attn2), added_kv (DeepFloyd IF), joint (SD3, FLUX/FLUX.2/Chroma "
+            "double-stream), single (their single-stream blocks, Lumina 2's main layers), refiner (a text "
+            "refiner's text-only attention, Lumina 2), self (no text; only with --all or --kind self)."
         ),
         epilog=examples(
             "textloc layers --model tiny-random-sdxl",

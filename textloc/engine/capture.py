@@ -57,8 +57,10 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
     The call must carry no classifier-free guidance batch (give the settings that turn it off,
     e.g. ``guidance_scale=1``); the run stops before the denoiser computes anything.
     """
+    family = family_of(pipe)
+    family.check_supports("denoiser_inputs")
     captured: list[DenoiserInputs] = []
-    signature = family_of(pipe).signature
+    signature = family.signature
 
     def capture(call: DenoiserCall, args: tuple, kwargs: dict[str, Any]) -> None:
         if set(call.branch_rows) != {"cond"}:

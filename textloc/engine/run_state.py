@@ -47,8 +47,14 @@ class DenoiserCall:
     step: int
     position: int  # index into the scheduler's timesteps: a second-order step has two
     branch_rows: dict[Branch, list[int]]  # branch -> batch indices, in row order
-    text_len: int | None
+    text_tokens: Callable[[], int | None] = field(repr=False)  # the family's count, asked when needed
     replays: dict[str, LayerReplay] = field(default_factory=dict)  # layer name -> its replay in this call
+
+    @functools.cached_property
+    def text_len(self) -> int | None:
+        """How many text tokens the call's shared sequences hold (asked only by layers that share one:
+        a family may refuse a batch whose rows hold different counts)."""
+        return self.text_tokens()
 
 
 class StopRun(Exception):
@@ -83,8 +89,8 @@ class RunState:
         self.begin = self.num_steps = self.num_positions = 0
         self.call: DenoiserCall | None = None
         self.calls_this_step = 0  # denoiser calls since the last scheduler step: a separate-pass CFG's branch
-        family = family_of(pipe)
-        self.guidance, self.signature = family.guidance, family.signature
+        self.family = family_of(pipe)
+        self.guidance, self.signature = self.family.guidance, self.family.signature
         self.windows: dict[int, range] = {}  # id(patch) -> the steps it covers in this run
         self.on_new_run: list[Callable[[RunState], None]] = []
         # Asked once: inspecting the class on every denoiser call would cost more than the answer.
@@ -112,9 +118,8 @@ class RunState:
         step = position * self.num_steps // self.num_positions
         if step == self.stop_at_step:
             raise StopRun
-        encoder_states = kwargs.get(self.signature.text)
-        text_len = None if encoder_states is None else encoder_states.shape[1]
-        self.call = DenoiserCall(step, position, self._branch_rows(sample.shape[0], kwargs), text_len)
+        text_tokens = functools.partial(self.family.text_tokens, kwargs)
+        self.call = DenoiserCall(step, position, self._branch_rows(sample.shape[0], kwargs), text_tokens)
         self.calls_this_step += 1
 
     def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:

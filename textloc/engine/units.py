@@ -72,8 +72,16 @@ def _is_attention(module: torch.nn.Module) -> bool:
     return hasattr(type(module), "set_processor") and hasattr(module, "processor")
 
 
-def _num_heads(module: torch.nn.Module) -> int:
-    return int(getattr(module, "heads", None) or getattr(module, "num_heads", 1))
+def _num_heads(module: torch.nn.Module, route: TextRoute | None) -> int:
+    """The heads of a layer's text K/V: its query heads, or fewer where heads share K/V (grouped-query
+    attention, as in Lumina 2): the units a head patch addresses."""
+    heads = int(getattr(module, "heads", None) or getattr(module, "num_heads", 1))
+    inner_dim = getattr(module, "inner_dim", None)
+    if route is None or not inner_dim:
+        return heads
+    columns = route.key.columns(module)
+    width = columns.stop - columns.start if columns is not None else route.key.module(module).out_features
+    return width // (inner_dim // heads)
 
 
 def _forward_sort_key(item: tuple[int, str]) -> tuple[int, int]:
@@ -97,13 +105,13 @@ def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None =
     family = family_of(pipe_or_model)
     layers, index = [], 0
     for _, name, module in found:
-        route = family.route(module)
+        route = family.route(name, module)
         if route is None:
             layer_kind, params, layer_index = "self", 0, None
         else:
             layer_kind, layer_index, index = route.kind, index, index + 1
             params = sum(projection.num_params(module) for projection in (route.key, route.value))
-        layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module), params, module, route)
+        layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module, route), params, module, route)
         if wanted is None or layer_kind in wanted:
             layers.append(layer)
     return layers

@@ -59,12 +59,6 @@ class Objective:
                 raise ValueError(f"Unknown prediction_type {self.prediction_type!r} in the pipeline's scheduler config.")
         self.image_processor = getattr(pipe, "image_processor", None) or VaeImageProcessor(vae_scale_factor=1)
         self.vae = getattr(pipe, "vae", None)
-        if self.vae is not None and "scaling_factor" not in self.vae.config:
-            raise ValueError(
-                f"train_lora cannot put images into {type(pipe).__name__}'s latent space: its {type(self.vae).__name__} "
-                "has no scaling_factor (FLUX.2 normalises its packed latents by batch-norm statistics). The README's "
-                "families table lists the ones LoRA training covers."
-            )
 
     @property
     def device(self) -> torch.device:

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from textloc import distributed, seeding
+from textloc.architectures import family_of
 from textloc.engine import denoiser, denoiser_inputs, denoiser_parameter_count
 from textloc.finetune.config import TrainConfig
 from textloc.finetune.data import as_captioned_images, example_index
@@ -133,6 +134,7 @@ def train_lora(
     if unknown:
         raise TypeError(f"train_lora got unexpected arguments {sorted(unknown)}; its settings are TrainConfig's fields.")
     config = dataclasses.replace(config or TrainConfig(), **fields_given)  # checked as it is made
+    family_of(pipe).check_supports("train_lora")
     generate_kwargs = dict(generate_kwargs or {})
     if lora_parameters(pipe):
         raise ValueError("This pipeline's denoiser already carries a LoRA: train on a freshly loaded pipeline (a LoRA is saved to its output_dir).")
