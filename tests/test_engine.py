@@ -32,6 +32,7 @@ EXPECTED_KINDS = {
     "flux2-klein": {"joint", "single"},
     "chroma": {"joint", "single"},
     "lumina2": {"refiner", "single"},
+    "cosmos2": {"cross"},
     "deepfloyd-if": {"added_kv"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -297,6 +298,15 @@ def test_branch_choice_patches_that_half_only(arch, pipe):
     assert all(not torch.equal(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1 :])
 
 
+def test_a_record_of_prompt_only_layers_holds_every_branch_of_the_run(arch, pipe):
+    static = [layer.name for layer in text_layers(pipe) if layer.kind in STEP_INDEPENDENT_KINDS]
+    if not static:
+        pytest.skip(f"{arch} has no layer whose text K/V depend on the prompt alone")
+    # record() stops once nothing more can be added: not after a first, conditional, pass of two.
+    cache = cache_of(pipe, PROMPT, static)
+    assert {(name, branch) for name, _, branch in cache.entries} == {(name, branch) for name in static for branch in ("cond", "uncond")}
+
+
 def test_cache_stores_step_independent_layers_once(arch, pipe):
     cache = cache_of(pipe, PROMPT)
     for layer in text_layers(pipe):
@@ -484,8 +494,8 @@ def without_guidance(pipe) -> dict:
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
-    if arch == "lumina2":  # its spec refuses: a timestep is no scale of the scheduler's there
-        with pytest.raises(ValueError, match="denoiser_inputs does not support the lumina2 family yet"):
+    if arch in ("lumina2", "cosmos2"):  # their specs refuse: a timestep is no scale of the scheduler's there
+        with pytest.raises(ValueError, match=f"denoiser_inputs does not support the {arch} family yet"):
             denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
         return
     inputs = denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
@@ -505,7 +515,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch == "lumina2":
+    if arch in ("lumina2", "cosmos2"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
     if guidance.distilled or guidance.call_order is not None:

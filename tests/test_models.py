@@ -33,6 +33,7 @@ NAMES = (
     "tiny-random-pixart-sigma",
     "tiny-random-sana",
     "tiny-random-lumina2",
+    "tiny-random-cosmos2",
 )
 
 

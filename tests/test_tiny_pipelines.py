@@ -39,6 +39,7 @@ ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
     "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
 }
 ATTENTION_LAYOUT["flux2-klein"] = ATTENTION_LAYOUT["flux2"]
+ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
     (r"noise_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
@@ -106,10 +107,10 @@ def test_every_step_runs_a_conditional_and_an_unconditional_branch(pipe: Diffusi
         generate(pipe)
     finally:
         handle.remove()
-    # 2 steps x (cond + uncond): batched for most pipelines, two passes for FLUX's true CFG and
+    # Each step (2, 3 for Cosmos) x (cond + uncond): batched for most pipelines, two passes for FLUX's true CFG and
     # Chroma; FLUX.2 dev is guidance-distilled, with no unconditional pass.
     branches = 1 if type(pipe).__name__ == "Flux2Pipeline" else 2
-    assert sum(samples_seen) == 2 * branches
+    assert sum(samples_seen) == tiny_call_kwargs(pipe)["num_inference_steps"] * branches
 
 
 def test_build_is_seeded_and_leaves_the_global_rng_alone(arch: str) -> None:

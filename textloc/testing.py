@@ -49,7 +49,7 @@ def tiny_pipeline(arch: str, seed: int = 0) -> DiffusionPipeline:
 def tiny_call_kwargs(arch_or_pipe: str | DiffusionPipeline) -> dict[str, Any]:
     """Keyword arguments that run a tiny pipeline fast, deterministically and with CFG.
 
-    Two steps at :data:`IMAGE_SIZE`, NumPy output (``images`` is a float array ``(batch, H, W, 3)``
+    Two steps (or what the family's tiny pipeline needs) at :data:`IMAGE_SIZE`, NumPy output (``images`` is a float array ``(batch, H, W, 3)``
     in [0, 1]; the one format every pipeline agrees on, as IF's ``"pt"`` output stays in [-1, 1]),
     and a guidance scale above 1 so every denoiser that runs CFG sees a conditional and an
     unconditional branch; beyond these, what the family's tiny pipeline asks for (FLUX's

@@ -15,7 +15,7 @@ class Recorder:
     """Fills a :class:`TextCache` as the layers compute their text K/V, straight onto ``device``.
 
     With ``stop_when_complete`` the run ends as soon as every step-independent layer holds an
-    entry for every branch of the first pass: nothing later can add to the cache.
+    entry for every branch of the first step: nothing later can add to the cache.
     """
 
     def __init__(self, cache: TextCache, device: torch.device | str | None, stop_when_complete: bool):
@@ -47,6 +47,10 @@ class Recorder:
         return kept.clone() if kept.data_ptr() == tensor.data_ptr() else kept
 
     def _complete(self, call: DenoiserCall) -> bool:
-        return all((name, None, branch) in self.cache.entries for name in self.cache.layers for branch in call.branch_rows)
+        # Under CFG run as separate passes, the conditional pass alone does not complete the cache:
+        # every branch of the step must be in, and where the pipeline does not say which, the run goes on.
+        if call.step_branches is None:
+            return False
+        return all((name, None, branch) in self.cache.entries for name in self.cache.layers for branch in call.step_branches)
 
 

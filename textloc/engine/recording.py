@@ -95,7 +95,8 @@ def smallest_image_side(pipe: Any, at_least: int = 32) -> int:
     """A small image side (pixels) that the pipeline's VAE and denoiser both divide evenly."""
     config = denoiser(pipe).config
     blocks = getattr(config, "block_out_channels", None)
-    factor = 2 ** (len(blocks) - 1) if blocks else getattr(config, "patch_size", None) or 1
+    patch = getattr(config, "patch_size", None) or 1
+    factor = 2 ** (len(blocks) - 1) if blocks else max(patch) if isinstance(patch, (tuple, list)) else patch
     multiple = (getattr(pipe, "vae_scale_factor", None) or 1) * factor
     return -(-at_least // multiple) * multiple
 

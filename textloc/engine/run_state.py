@@ -48,6 +48,9 @@ class DenoiserCall:
     position: int  # index into the scheduler's timesteps: a second-order step has two
     branch_rows: dict[Branch, list[int]]  # branch -> batch indices, in row order
     text_tokens: Callable[[], int | None] = field(repr=False)  # the family's count, asked when needed
+    # Every branch this step's denoiser calls run, where the pipeline tells (one batch, or passes in a
+    # stated call order); None where it does not (passes in contexts: whether an unconditional one follows).
+    step_branches: frozenset[Branch] | None = None
     replays: dict[str, LayerReplay] = field(default_factory=dict)  # layer name -> its replay in this call
 
     @functools.cached_property
@@ -119,7 +122,8 @@ class RunState:
         if step == self.stop_at_step:
             raise StopRun
         text_tokens = functools.partial(self.family.text_tokens, kwargs)
-        self.call = DenoiserCall(step, position, self._branch_rows(sample.shape[0], kwargs), text_tokens)
+        branch_rows = self._branch_rows(sample.shape[0], kwargs)
+        self.call = DenoiserCall(step, position, branch_rows, text_tokens, self._step_branches(branch_rows, kwargs))
         self.calls_this_step += 1
 
     def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:
@@ -143,6 +147,14 @@ class RunState:
             raise ValueError(f"{type(self.pipe).__name__} runs classifier-free guidance on an odd batch of {batch}; textloc cannot split it into branches.")
         first, second = guidance.batch_order
         return {first: rows[: batch // 2], second: rows[batch // 2 :]}
+
+    def _step_branches(self, branch_rows: dict[Branch, list[int]], kwargs: dict[str, Any]) -> frozenset[Branch] | None:
+        context = self.context._context
+        if kwargs.get("skip_layers") is None and context is not None and context.name in self.guidance.contexts:
+            return None
+        if self.guidance.call_order is not None and not self.guidance.distilled and self._classifier_free_guidance():
+            return frozenset(self.guidance.call_order)
+        return frozenset(branch_rows)
 
     def _classifier_free_guidance(self) -> bool:
         if self.cfg_property:
