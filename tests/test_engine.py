@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import textloc as tl
-from conftest import ONE_TEXT_LENGTH, OTHER, PROMPT, THIRD, _pipeline, generate, seeded
+from conftest import ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, seeded
 from textloc.architectures import family_of
 from textloc.architectures.spec import STEP_INDEPENDENT_KINDS, TEXT_KINDS
 from textloc.engine import (
@@ -33,6 +33,7 @@ EXPECTED_KINDS = {
     "chroma": {"joint", "single"},
     "lumina2": {"refiner", "single"},
     "cosmos2": {"cross"},
+    "qwenimage": {"joint"},
     "deepfloyd-if": {"added_kv"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -184,6 +185,10 @@ def test_batched_plan_equals_separate_patched_runs(arch, pipe):
         with pytest.raises(ValueError, match="one token length"):
             run_with_patches(pipe, prompts, plan, **tiny_kwargs(pipe))
         return
+    if arch in PADS_TO_LONGEST:  # alone, the prompt's text is shorter than THIRD's: no room for it
+        with pytest.raises(ValueError, match="batch the prompt with one as long as the source"), tl.patch(pipe, last, cache_of(pipe, THIRD)):
+            generate(pipe)
+        return
     batched = torch.as_tensor(run_with_patches(pipe, prompts, plan, **tiny_kwargs(pipe)).images)
     for row, (layer, source) in enumerate([(first, OTHER), (last, THIRD)]):
         with tl.patch(pipe, layer, cache_of(pipe, source)):
@@ -192,12 +197,25 @@ def test_batched_plan_equals_separate_patched_runs(arch, pipe):
     torch.testing.assert_close(batched[2], generate(pipe, OTHER)[0], atol=BATCH_TOLERANCE, rtol=0)
 
 
+@pytest.mark.parametrize("masked_arch", ["qwenimage", "pixart-alpha", "sana"])
+def test_a_row_patched_from_a_longer_prompt_of_its_batch_takes_that_prompts_text_mask(masked_arch):
+    # Their text reaches the image only through these layers: a row that reads another row's text
+    # K/V at every layer, and that row's text mask, is that row's image.
+    pipe = _pipeline(masked_arch)
+    names = tuple(layer.name for layer in text_layers(pipe))
+    kwargs = {**tiny_kwargs(pipe), **({"negative_prompt": [" ", " "]} if masked_arch == "qwenimage" else {})}
+    images = torch.as_tensor(run_with_patches(pipe, [PROMPT, THIRD], [RowPatch(names, source=1, row=0)], **kwargs).images)
+    torch.testing.assert_close(images[0], images[1], atol=BATCH_TOLERANCE, rtol=0)
+
+
 def test_source_row_picks_that_prompt_of_a_cache(arch, pipe):
     names = tuple(layer.name for layer in text_layers(pipe))
     if arch in ONE_TEXT_LENGTH:
         with pytest.raises(ValueError, match="one token length"):
             cache_of(pipe, [OTHER, THIRD])
         return
+    if arch in PADS_TO_LONGEST:
+        pytest.skip("OTHER and THIRD are recorded padded to THIRD's length, longer than the prompt's text (see the batched test)")
     both = cache_of(pipe, [OTHER, THIRD])
     second = TextCache(
         both.fingerprint, both.prompts[1:], both.num_steps, both.layers,
@@ -288,7 +306,7 @@ def test_branch_choice_patches_that_half_only(arch, pipe):
         return
     # A different negative prompt makes the source's uncond half differ from the run's; where the
     # pipeline fixes its negative prompt (FLUX.2 Klein), other noise does, through the image.
-    takes_negative = "negative_prompt" in inspect.signature(pipe.__call__).parameters
+    takes_negative = "negative_prompt" in inspect.signature(pipe.__call__).parameters and arch not in PADS_TO_LONGEST
     other = cache_of(pipe, OTHER, **({"negative_prompt": "blurry text"} if takes_negative else {"generator": tl.generator(5)}))
     images = {"none": generate(pipe)}
     for branch in ("cond", "uncond", "both"):
@@ -511,15 +529,15 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
     # FLUX-style pipelines pass the denoiser t / 1000.
-    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma") else 1.0)
+    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma", "qwenimage") else 1.0)
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
     if arch in ("lumina2", "cosmos2"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
-    if guidance.distilled or guidance.call_order is not None:
-        # FLUX and Chroma run CFG as two calls (FLUX.2 dev none), the conditional one first: that one is captured.
+    if guidance.distilled or guidance.call_order is not None or arch == "qwenimage":
+        # FLUX, Chroma and Qwen-Image run CFG as two calls (FLUX.2 dev none), the conditional one first: that one is captured.
         guided, plain = denoiser_inputs(pipe, PROMPT, **seeded(pipe)), denoiser_inputs(pipe, PROMPT, **without_guidance(pipe))
         torch.testing.assert_close(guided.kwargs["encoder_hidden_states"], plain.kwargs["encoder_hidden_states"])
         return

@@ -34,6 +34,7 @@ NAMES = (
     "tiny-random-sana",
     "tiny-random-lumina2",
     "tiny-random-cosmos2",
+    "tiny-random-qwenimage",
 )
 
 

@@ -39,6 +39,7 @@ ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
     "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
 }
 ATTENTION_LAYOUT["flux2-klein"] = ATTENTION_LAYOUT["flux2"]
+ATTENTION_LAYOUT["qwenimage"] = [(r"transformer_blocks\.\d+\.attn", "QwenDoubleStreamAttnProcessor", 2)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

@@ -69,14 +69,18 @@ class Projection:
 @dataclass(frozen=True)
 class TextRoute:
     """How the text reaches one attention: its kind, the projections that make its text keys and
-    values, where the text sits in their output, and what a LoRA on the layer trains by default
-    (module paths inside the attention; a joint layer's image stream, the paper's choice)."""
+    values, where the text sits in their output, what a LoRA on the layer trains by default
+    (module paths inside the attention; a joint layer's image stream, the paper's choice), and
+    ``text_mask``: the attention keyword that carries a ``(batch, text tokens)`` keep-mask which the
+    pipeline leaves ``None`` when no token is padding (Qwen-Image); without one, the engine reads
+    the layer's ``attention_mask``, as the pipeline built it."""
 
     kind: Kind
     key: Projection
     value: Projection
     text_at: TextPosition = "all"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    text_mask: str | None = None
 
 
 CROSS = TextRoute("cross", Projection("to_k"), Projection("to_v"))

@@ -30,11 +30,16 @@ _ALL_ROWS = slice(None)
 
 @dataclass
 class _Source:
-    """Where one patch reads from in the call now running: a batch row, or rows of a cache entry."""
+    """Where one patch reads from in the call now running: a batch row, or rows of a cache entry.
+
+    ``keep_mask``: the layer's text mask is a keep-mask the pipeline leaves ``None`` when no token
+    is padding (Qwen-Image), so an entry recorded with none had every token valid.
+    """
 
     batch_index: int | None = None
     entry: TextKV | None = None
     rows: slice = field(default_factory=lambda: _ALL_ROWS)
+    keep_mask: bool = False
 
     def values(self, role: str, text: torch.Tensor) -> torch.Tensor:
         if self.entry is None:
@@ -44,7 +49,7 @@ class _Source:
         if self.rows != _ALL_ROWS:
             cached = cached[self.rows]
         if cached.shape[1] != text.shape[1]:
-            if self.entry.mask is None:
+            if self.entry.mask is None and not self.keep_mask:
                 raise ValueError(
                     f"The source has {cached.shape[1]} text tokens and this run {text.shape[1]}; record "
                     "the source with the same text length (max_sequence_length)."
@@ -57,21 +62,37 @@ class _Source:
     def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
         if self.entry is None:
             return mask[self.batch_index : self.batch_index + 1]
-        if self.entry.mask is None:
+        if self.entry.mask is not None:
+            cached = self.entry.mask[self.rows]
+        elif self.keep_mask:  # recorded with no padding: every one of its tokens valid
+            cached = torch.ones(self.entry.key[self.rows].shape[:2], dtype=torch.bool)
+        else:
             return None
-        cached = self.entry.mask[self.rows]
         length = mask.shape[-1]
         if cached.shape[-1] > length and _attends(cached[..., length:]).any():
             raise ValueError(
                 f"The source prompt needs {int(_attends(cached).sum(-1).max())} text tokens but this run "
-                f"keeps {length}; raise max_sequence_length."
+                f"keeps {length}; raise max_sequence_length (where the pipeline pads each call to its longest "
+                "prompt, as Qwen-Image does, batch the prompt with one as long as the source)."
             )
-        masked = False if cached.dtype == torch.bool else _MASKED_BIAS
-        return _fit_tokens(cached, length, dim=-1, fill=masked).to(mask.device, mask.dtype)
+        fitted = _fit_tokens(cached.to(mask.dtype), length, dim=-1, fill=_masked_value(mask))
+        return fitted.to(mask.device)
 
 
 def _attends(mask: torch.Tensor) -> torch.Tensor:
-    return mask if mask.dtype == torch.bool else mask > _MASKED_BIAS / 2
+    """Where a mask lets a token be attended: a keep-mask (bool, or 0/1 integers) or an additive bias."""
+    if mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        return mask != 0
+    return mask > _MASKED_BIAS / 2
+
+
+def _masked_value(mask: torch.Tensor) -> float | bool:
+    """What a masked-out token holds in a mask of this kind."""
+    if mask.dtype == torch.bool:
+        return False
+    return _MASKED_BIAS if mask.is_floating_point() else 0
 
 
 def _fit_tokens(tensor: torch.Tensor, length: int, dim: int, fill: float | bool) -> torch.Tensor:
@@ -147,7 +168,7 @@ class LayerHooks:
                 entry = patch.source.get(self.layer.name, call.position, branch)
                 row_wise = patch.row is None and entry.key.shape[0] == len(rows)
                 picks = _ALL_ROWS if row_wise else slice(patch.source_row, patch.source_row + 1)
-                found.append((patch, targets, _Source(entry=entry, rows=picks)))
+                found.append((patch, targets, _Source(entry=entry, rows=picks, keep_mask=self.layer.route.text_mask is not None)))
         # Writing in place is safe unless a row that is read as a source also gets written.
         overlap = any(target.start <= index < target.stop for _, target, _ in found for index in sources)
         self._writes = _Writes(call, found, copy=overlap)
@@ -183,28 +204,33 @@ class LayerHooks:
         return whole
 
     def on_attention(self, kwargs: dict) -> dict:
-        mask = self.mask = kwargs.get("attention_mask")
-        if mask is None:
+        keyword = self.layer.route.text_mask or "attention_mask"
+        mask = self.mask = kwargs.get(keyword)
+        if mask is None and self.layer.route.text_mask is None:
             return kwargs
         writes = self.writes()
         if not writes.patches:
             return kwargs
-        swapped = mask.clone()
+        # A keep-mask left None has every token valid; a source with padding, or of another length,
+        # needs one, which is made here (and only then: a masked attention takes another code path).
+        swapped = mask.clone() if mask is not None else torch.ones(kwargs["encoder_hidden_states"].shape[:2], dtype=torch.bool, device=kwargs["encoder_hidden_states"].device)
         for patch, targets, source in writes.patches:
-            source_mask = source.mask(mask)
+            source_mask = source.mask(swapped)
             if source_mask is None:
                 continue
             # One mask serves every head, key and value of a row: a patch that keeps part of the
             # row's own K/V can only take the source's mask when the two are the same.
             part = patch.partial()
-            if part is not None and not torch.equal(source_mask.expand_as(mask[targets]), mask[targets]):
+            if part is not None and not torch.equal(source_mask.expand_as(swapped[targets]), swapped[targets]):
                 raise ValueError(
                     f"{self.layer.name} masks padded text tokens, and the source's text length differs "
                     f"from the prompt's: patching {part} would mix two masks. Patch all heads with "
                     "kv='both', or give source and prompt the same token length."
                 )
             swapped[targets] = source_mask
-        return {**kwargs, "attention_mask": swapped}
+        if mask is None and bool(_attends(swapped).all()):
+            return kwargs
+        return {**kwargs, keyword: swapped}
 
     def keep_inputs(self, args: tuple, kwargs: dict) -> None:
         """Keep the call's inputs where it is to be replayed, before any patch swaps its mask: the
