@@ -34,6 +34,8 @@ EXPECTED_KINDS = {
     "lumina2": {"refiner", "single"},
     "cosmos2": {"cross"},
     "qwenimage": {"joint"},
+    "cogview4": {"single"},
+    "hunyuan-image": {"joint", "single"},
     "deepfloyd-if": {"added_kv"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -68,7 +70,7 @@ def test_discovery_follows_forward_order(pipe):
         for layer in text_layers(pipe)
     ]
     try:
-        generate(pipe, guidance_scale=1.0)
+        generate(pipe)
     finally:
         for handle in handles:
             handle.remove()
@@ -506,6 +508,8 @@ def test_half_precision_patching(half_arch, dtype):
 
 def without_guidance(pipe) -> dict:
     kwargs = seeded(pipe, guidance_scale=1.0)
+    if "guidance_scale" not in inspect.signature(pipe.__call__).parameters:
+        del kwargs["guidance_scale"]  # HunyuanImage: its guiders' passes, the conditional one first
     kwargs.pop("true_cfg_scale", None)
     kwargs.pop("negative_prompt", None)
     return kwargs
@@ -536,8 +540,8 @@ def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
     if arch in ("lumina2", "cosmos2"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
-    if guidance.distilled or guidance.call_order is not None or arch == "qwenimage":
-        # FLUX, Chroma and Qwen-Image run CFG as two calls (FLUX.2 dev none), the conditional one first: that one is captured.
+    if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image"):
+        # FLUX, Chroma, Qwen-Image, CogView4 and HunyuanImage run CFG as two calls (FLUX.2 dev none), the conditional one first: that one is captured.
         guided, plain = denoiser_inputs(pipe, PROMPT, **seeded(pipe)), denoiser_inputs(pipe, PROMPT, **without_guidance(pipe))
         torch.testing.assert_close(guided.kwargs["encoder_hidden_states"], plain.kwargs["encoder_hidden_states"])
         return

@@ -96,7 +96,8 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     assert guarded.shape == plain.shape  # a joint model's extra source row is dropped
     assert output.guarded_rows == [1] and [r.found for r in output.reports] == [[], ["DAMN"], []]
     assert_same_rows(guarded[[0, 2]], plain[[0, 2]], guard)
-    assert np.abs(guarded[1] - plain[1]).max() > 1e-3  # the toxic row changed
+    # The toxic row changed: far above float noise, though a random CogView4's text moves its image by < 1e-3.
+    assert np.abs(guarded[1] - plain[1]).max() > 1e-4
     expected = reference(pipe, TOXIC, output.reports[1].cleaned_prompt, 2, guard.layers, 0, **kwargs)
     np.testing.assert_allclose(guarded[1], expected, atol=1e-4)
 

@@ -35,6 +35,8 @@ NAMES = (
     "tiny-random-lumina2",
     "tiny-random-cosmos2",
     "tiny-random-qwenimage",
+    "tiny-random-cogview4",
+    "tiny-random-hunyuan-image",
 )
 
 

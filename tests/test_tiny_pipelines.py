@@ -39,6 +39,11 @@ ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
     "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
 }
 ATTENTION_LAYOUT["flux2-klein"] = ATTENTION_LAYOUT["flux2"]
+ATTENTION_LAYOUT["hunyuan-image"] = [
+    (r"transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
+    (r"single_transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
+]
+ATTENTION_LAYOUT["cogview4"] = [(r"transformer_blocks\.\d+\.attn1", "CogView4AttnProcessor", 2)]
 ATTENTION_LAYOUT["qwenimage"] = [(r"transformer_blocks\.\d+\.attn", "QwenDoubleStreamAttnProcessor", 2)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [

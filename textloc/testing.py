@@ -42,6 +42,8 @@ def tiny_pipeline(arch: str, seed: int = 0) -> DiffusionPipeline:
     tiny = tiny_family(arch).tiny[arch]
     with torch.random.fork_rng(devices=[]):
         pipe = getattr(diffusers, tiny.pipeline)(**tiny.components(seed))
+    if tiny.adjust is not None:
+        tiny.adjust(pipe)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -59,14 +61,11 @@ def tiny_call_kwargs(arch_or_pipe: str | DiffusionPipeline) -> dict[str, Any]:
     """
     tiny = _tiny_of(arch_or_pipe)
     pipeline_class = getattr(diffusers, tiny.pipeline)
-    kwargs: dict[str, Any] = {
-        "height": IMAGE_SIZE,
-        "width": IMAGE_SIZE,
-        "num_inference_steps": 2,
-        "guidance_scale": 4.0,
-        "output_type": "np",
-    }
-    if "max_sequence_length" in inspect.signature(pipeline_class.__call__).parameters:
+    kwargs: dict[str, Any] = {"height": IMAGE_SIZE, "width": IMAGE_SIZE, "num_inference_steps": 2, "output_type": "np"}
+    accepted = inspect.signature(pipeline_class.__call__).parameters
+    if "guidance_scale" in accepted:  # HunyuanImage's guiders hold their own scale
+        kwargs["guidance_scale"] = 4.0
+    if "max_sequence_length" in accepted:
         kwargs["max_sequence_length"] = TEXT_LENGTH
     # call_kwargs only reads the signature of __call__, which the class has as well.
     return call_kwargs(pipeline_class, **{**kwargs, **tiny.call})

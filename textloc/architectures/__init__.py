@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from textloc.architectures import chroma, cosmos2, deepfloyd_if, flux, flux2, lumina2, pixart, qwenimage, sana, sd, sd3, sdxl
+from textloc.architectures import chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hunyuan_image, lumina2, pixart, qwenimage, sana, sd, sd3, sdxl
 from textloc.architectures.spec import Family, TinyPipeline
 
 #: Every family textloc knows, in the order listings show them.
 FAMILIES: list[Family] = [
     sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, flux2.FAMILY, chroma.FAMILY, deepfloyd_if.FAMILY, pixart.FAMILY,
-    sana.FAMILY, lumina2.FAMILY, cosmos2.FAMILY, qwenimage.FAMILY,
+    sana.FAMILY, lumina2.FAMILY, cosmos2.FAMILY, qwenimage.FAMILY, cogview4.FAMILY, hunyuan_image.FAMILY,
 ]
 
 

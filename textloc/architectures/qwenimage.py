@@ -88,22 +88,24 @@ def qwen_tokenizer(words: list[str], chat_template: str | None = None, length: i
     return tokenizer
 
 
-def _qwen_image_tokenizer() -> Any:
+def system_prompt_tokenizer() -> Any:
+    """The byte-level tokenizer that splits the Qwen-Image (and HunyuanImage) system prompt as the real one does."""
     system = TEMPLATE.split("<|im_end|>")[0].removeprefix("<|im_start|>")
     return qwen_tokenizer(re.findall(r" ?[A-Za-z]+", system) + ["user", "assistant"])
 
 
-def _qwen25_vl_encoder(seed: int, tokenizer: Any) -> Any:
+def qwen25_vl_encoder(seed: int, tokenizer: Any, layers: int = 2) -> Any:
+    """A tiny Qwen2.5-VL (its vision tower built, never run) of ``layers`` text layers."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = tokenizer.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
-        # The pipeline reads hidden_states[-1].
+        # Qwen-Image reads hidden_states[-1], HunyuanImage hidden_states[-3].
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=parts.TEXT_WIDTH,
             intermediate_size=2 * parts.TEXT_WIDTH,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=2,
             num_key_value_heads=1,
             max_position_embeddings=2048,
@@ -172,7 +174,7 @@ def _qwen_image(seed: int) -> dict[str, Any]:
     from diffusers import QwenImageTransformer2DModel
 
     z_dim = 4
-    tokenizer = _qwen_image_tokenizer()
+    tokenizer = system_prompt_tokenizer()
     transformer = parts.init(
         seed,
         QwenImageTransformer2DModel,
@@ -189,7 +191,7 @@ def _qwen_image(seed: int) -> dict[str, Any]:
     return dict(
         scheduler=_scheduler(),
         vae=_qwen_image_vae(seed, z_dim),
-        text_encoder=_qwen25_vl_encoder(seed, tokenizer),
+        text_encoder=qwen25_vl_encoder(seed, tokenizer),
         tokenizer=tokenizer,
         transformer=transformer,
     )

@@ -156,12 +156,15 @@ class TinyPipeline:
     """A random-init pipeline of the family, built in code (no file read, nothing downloaded).
 
     ``components(seed)`` returns the stock ``pipeline`` class's constructor arguments; ``call`` the
-    keyword arguments, beyond size, steps and guidance, that run it fast and with CFG.
+    keyword arguments, beyond size, steps and guidance, that run it fast and with CFG; ``adjust``,
+    where given, sets what the pipeline's constructor fixes and no call argument reaches (its text
+    lengths, for one).
     """
 
     pipeline: str
     components: Callable[[int], dict[str, Any]]
     call: Mapping[str, Any] = field(default_factory=dict)
+    adjust: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)

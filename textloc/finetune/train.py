@@ -23,6 +23,7 @@ it), ``training.json`` (settings, targets, parameter counts, validation history)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -261,7 +262,8 @@ def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int
     caller's text settings, the training size, and no classifier-free guidance (a distilled
     guidance embedding, FLUX-dev's, is conditioning and stays)."""
     settings = {key: value for key, value in generate_kwargs.items() if not key.startswith("negative_")}
-    if not denoiser(pipe).config.get("guidance_embeds"):
+    # (HunyuanImage takes none: its guiders run CFG as passes, the first one conditional.)
+    if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in inspect.signature(pipe.__call__).parameters:
         settings["guidance_scale"] = 1.0
     settings.pop("true_cfg_scale", None)
     latent = "latent" if getattr(pipe, "vae", None) is not None else "pt"
