@@ -20,6 +20,7 @@ from PIL import Image
 
 import textloc.cli.generate
 import textloc.cli.options
+import textloc.pipelines
 from textloc.cli import main
 
 _SDXL_BLOCKS = (
@@ -261,7 +262,7 @@ def test_patch_steps_reach_localize_as_a_window(capsys, tmp_path, localize_calls
     ],
 )
 def test_bad_patch_steps_are_refused_before_the_model_loads(capsys, tmp_path, monkeypatch, localize_calls, text, message):
-    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad --patch-steps"))
+    monkeypatch.setattr(textloc.pipelines, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad --patch-steps"))
     status, out, err = run(capsys, "localize", "--model", "tiny-random-sd15", "--out", str(tmp_path), f"--patch-steps={text}")
     assert status == 2 and out == "" and not localize_calls
     assert err.startswith("textloc: error: --patch-steps") and message in err and err.count("\n") == 1
@@ -288,14 +289,14 @@ def test_bad_model_is_one_line_on_stderr_and_status_2(capsys, model, message):
 
 def test_device_and_dtype_choose_where_and_how_the_model_runs(capsys, tmp_path, monkeypatch):
     loaded = {}
-    real = textloc.cli.options.load_pipeline
+    real = textloc.pipelines.load_pipeline
 
     def load_and_record(name, device, dtype):
         pipe = real(name, device=device, dtype=dtype)
         loaded.update(device=device, dtype=pipe.unet.dtype)
         return pipe
 
-    monkeypatch.setattr(textloc.cli.options, "load_pipeline", load_and_record)
+    monkeypatch.setattr(textloc.pipelines, "load_pipeline", load_and_record)
     status, _, _ = run(capsys, "generate", "--model", "tiny-random-sd15", "a", "--out", str(tmp_path / "a.png"), "--device", "cpu", "--dtype", "bfloat16")
     assert status == 0 and loaded == {"device": torch.device("cpu"), "dtype": torch.bfloat16}
     run(capsys, "layers", "--model", "tiny-random-sd15", "--device", "cpu")
@@ -370,7 +371,7 @@ def test_edit_writes_the_pair_and_prints_what_was_read(capsys, tmp_path):
     [("No quotes here.", "WORLD", "no quoted text"), ('A sign that says "HELLO".', "HELLO", "the prompt's own text")],
 )
 def test_edit_refuses_bad_text_before_the_model_loads(capsys, tmp_path, monkeypatch, prompt, new_text, message):
-    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad edit"))
+    monkeypatch.setattr(textloc.pipelines, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad edit"))
     status, _, err = run(capsys, "edit", "--prompt", prompt, "--new-text", new_text, "--out", str(tmp_path))
     assert status == 2 and message in err and err.count("\n") == 1
 
@@ -403,6 +404,6 @@ def test_edit_of_a_users_image_reports_its_reconstruction(capsys, tmp_path):
     ],
 )
 def test_an_option_given_twice_is_refused_not_half_dropped(capsys, monkeypatch, argv):
-    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for an option given twice"))
+    monkeypatch.setattr(textloc.pipelines, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for an option given twice"))
     status, _, err = exit_of(capsys, *argv)
     assert status == 2 and "was given twice" in err and "give it once" in err and err.count("\n") == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import textloc.cli.options
+import textloc.pipelines
 from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings
 from textloc.cli import main
 from textloc.edit import EditResult, edit_image, edit_text
@@ -37,7 +37,7 @@ COMMANDS = {
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("inside", [False, True], ids=["file", "inside-a-file"])
 def test_an_out_that_is_a_file_is_refused_before_the_model_loads(capsys, tmp_path, monkeypatch, command, inside):
-    monkeypatch.setattr(textloc.cli.options, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad --out"))
+    monkeypatch.setattr(textloc.pipelines, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for a bad --out"))
     (tmp_path / "x").write_text("")
     out = tmp_path / "x" / "run" if inside else tmp_path / "x"
     status, printed, err = run(capsys, *COMMANDS[command], "--model", "tiny-random-sd15", "--out", str(out))

@@ -26,7 +26,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "textloc"
 
 LAYERS: dict[str, int] = {
     "textloc.architectures": 0, "textloc.engine": 0, "textloc.seeding": 0, "textloc.fingerprint": 0, "textloc.files": 0,
-    "textloc.images": 0, "textloc.distributed": 0, "textloc.pipeline_calls": 0, "textloc.settings": 0,
+    "textloc.images": 0, "textloc.distributed": 0, "textloc.pipeline_calls": 0, "textloc.settings": 0, "textloc.lazy": 0,
     "textloc.scoring": 1,
     "textloc.models": 2, "textloc.pipelines": 2, "textloc.testing": 2, "textloc.tiny": 2,
     "textloc.layers": 3, "textloc.localization": 3, "textloc.edit": 3, "textloc.finetune": 3,
@@ -148,3 +148,15 @@ def test_importing_textloc_is_cheap_and_its_names_load_on_first_use():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["[]", "True", "WordDetector", "True"]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["localize", "--help"], ["finetune", "--help"], ["edit", "--help"], ["guard", "--help"]])
+def test_the_command_lines_help_imports_no_torch_diffusers_or_transformers(argv):
+    # They take seconds to import; the help (every option and default, from the configs themselves) takes none of them.
+    code = (
+        "import sys; from textloc.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules], file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "usage: textloc" in done.stdout and done.stderr.strip().splitlines()[-1] == "[]"

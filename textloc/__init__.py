@@ -8,9 +8,9 @@ same to type checkers and editors.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from textloc.lazy import lazy_namespace
 
 __version__ = "0.1.0"
 
@@ -28,21 +28,7 @@ _EXPORTS: dict[str, str] = {
     "generator": "textloc.seeding",
 }
 __all__ = sorted([*_EXPORTS, "engine"])
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        # A subpackage (``tl.engine``, ``tl.edit``, ...) is imported on first use, as a name is.
-        if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            return importlib.import_module(f"{__name__}.{name}")
-        raise AttributeError(f"module 'textloc' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # asked once: later lookups find it without this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ import torch
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
 from textloc.engine import AttentionLayer, LayerSelector, check_step_window, denoiser, select_layers
-from textloc.engine.text_swap import DEFAULT_START_STEP
+from textloc.engine.choices import DEFAULT_START_STEP
 from textloc.localization.report import REPORT_FILE, Localization
 from textloc.models import embedded_model_of
 from textloc.fingerprint import weights_fingerprint
@@ -234,7 +234,7 @@ def _from_localization(pipe: Any, localization: Localization, where: str) -> lis
 
 def start_step_for(pipe: Any, layers: LayerSource, start_step: int | float | None) -> int | float:
     """The step an edit or guard of ``layers`` starts patching from: ``start_step`` if given, else
-    the preset's with ``layers="preset"``, else :data:`~textloc.engine.text_swap.DEFAULT_START_STEP`;
+    the preset's with ``layers="preset"``, else :data:`~textloc.engine.choices.DEFAULT_START_STEP`;
     a clear error unless it starts a window that can cover some step."""
     if start_step is None:
         preset = isinstance(layers, str) and layers == "preset"

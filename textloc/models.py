@@ -27,15 +27,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from textloc.pipeline_calls import from_pretrained
-from textloc.tiny.data import TOXIC_WORDS, VOCABULARY, TrainingBatch, training_batch
-from textloc.tiny.pairs import localization_pairs
-from textloc.tiny.pairs import scene_judge as tiny_scene_judge
-
 if TYPE_CHECKING:
+    import torch
     from diffusers import DiffusionPipeline
+
+    from textloc.tiny.data import TrainingBatch
 
     from textloc.scoring.prompts import PromptPair, SceneJudge
 
@@ -112,22 +108,32 @@ class EmbeddedModel(NamedModel):
                 f"{self.name} weights are missing from {self.folder}; reinstall textloc, or "
                 f"retrain them with `python -m textloc.tiny.train --model {self.name}`."
             )
+        from textloc.pipeline_calls import from_pretrained
+
         return from_pretrained(self.folder, dtype, **{**self.load_options, **from_pretrained_kwargs})
 
     @property
     def prompt_pairs(self) -> PairMaker:
+        from textloc.tiny.pairs import localization_pairs
+
         return localization_pairs
 
     @property
     def scene_judge(self) -> SceneJudge:
-        return tiny_scene_judge
+        from textloc.tiny.pairs import scene_judge
+
+        return scene_judge
 
     @property
     def training_data(self) -> BatchMaker:
+        from textloc.tiny.data import training_batch
+
         return training_batch
 
     @property
     def vocabulary(self) -> tuple[str, ...]:
+        from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
+
         return tuple(word for word in VOCABULARY if word not in TOXIC_WORDS)
 
 
@@ -203,6 +209,13 @@ EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3, TE
 DEFAULT_MODEL = TEXTLOC_TINY.name
 
 
+def model_names() -> list[str]:
+    """The names :func:`named_models` knows, found without building them (for the command line's help)."""
+    from textloc.architectures import tiny_pipelines
+
+    return [*(model.name for model in EMBEDDED_MODELS), *(_RANDOM_PREFIX + arch for arch in tiny_pipelines())]
+
+
 @functools.cache
 def named_models() -> Mapping[str, NamedModel]:
     """Every named model by name: the embedded ones, then one tiny random pipeline per architecture."""
@@ -215,6 +228,10 @@ def named_models() -> Mapping[str, NamedModel]:
 
 def named_model(name: str) -> NamedModel:
     """The named model ``name``; :class:`UnknownModelError` (a ``ValueError``) lists the known names."""
+    # An embedded model is found without building the random ones (which imports diffusers).
+    embedded = next((model for model in EMBEDDED_MODELS if model.name == name), None)
+    if embedded is not None:
+        return embedded
     models = named_models()
     if name in models:
         return models[name]

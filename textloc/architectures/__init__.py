@@ -9,11 +9,15 @@ with :func:`register`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
-import torch
-
-from textloc.architectures import chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hunyuan_image, lumina2, pixart, qwenimage, sana, sd, sd3, sdxl
+from textloc.architectures import (
+    chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hunyuan_image, lumina2, pixart, qwenimage, sana, sd, sd3, sdxl,
+)
 from textloc.architectures.spec import Family, TinyPipeline
+
+if TYPE_CHECKING:
+    import torch
 
 #: Every family textloc knows, in the order listings show them.
 FAMILIES: list[Family] = [
@@ -33,6 +37,8 @@ def register(family: Family) -> None:
 
 def denoiser(pipe_or_model: object) -> torch.nn.Module:
     """The denoiser of a pipeline (``pipe.unet`` or ``pipe.transformer``), or the model itself."""
+    import torch  # here: listing the families (the CLI's help) needs no torch
+
     if isinstance(pipe_or_model, torch.nn.Module):
         return pipe_or_model
     for attribute in ("transformer", "unet"):
@@ -51,6 +57,8 @@ def _class_names(obj: object) -> set[str]:
 
 def family_of(pipe_or_model: object) -> Family:
     """The family of a pipeline (by its class, else its denoiser's) or of a bare denoiser."""
+    import torch
+
     if not isinstance(pipe_or_model, torch.nn.Module):
         names = _class_names(pipe_or_model)
         for family in FAMILIES:

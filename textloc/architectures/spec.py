@@ -11,9 +11,10 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # only for annotations: the specs are data, importing them imports no torch
+    import torch
 
 Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "self"]
 TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner")

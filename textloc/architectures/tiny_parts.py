@@ -9,9 +9,8 @@ import string
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-
 if TYPE_CHECKING:  # each builder imports its classes when called: listing the families stays cheap
+    import torch
     from diffusers import AutoencoderDC, AutoencoderKL
     from transformers import ByT5Tokenizer, CLIPTextModel, CLIPTokenizer, Gemma2Model, GemmaTokenizer, T5EncoderModel
 
@@ -28,11 +27,13 @@ TEXT_WIDTH = 32  # hidden size of every text encoder (each SD3 CLIP: half, see t
 # Gemma turns it into "▁").
 CHARACTERS = [char for char in string.printable if not char.isspace()]
 
-_Module = TypeVar("_Module", bound=torch.nn.Module)
+_Module = TypeVar("_Module", bound="torch.nn.Module")
 
 
 def init(seed: int, model_class: Callable[..., _Module], *args: Any, **config: Any) -> _Module:
     """Build one model from a freshly seeded RNG, in eval mode (T5 dropout is on in train mode)."""
+    import torch
+
     torch.manual_seed(seed)
     return model_class(*args, **config).eval()
 

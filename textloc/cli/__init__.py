@@ -22,10 +22,6 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-import diffusers
-import torch
-import transformers
-
 from textloc.cli.edit import add_edit
 from textloc.cli.finetune import add_finetune
 from textloc.cli.generate import add_generate
@@ -49,6 +45,10 @@ PROG = "textloc"
 
 def _set_library_verbosity(debug: bool) -> None:
     """Show transformers/diffusers warnings (torchvision fallbacks, hub retries) only with --debug."""
+    # Imported once a command runs: building the parser (and --help) imports none of them.
+    import diffusers
+    import transformers
+
     for library in (transformers, diffusers):
         library.logging.set_verbosity(logging.WARNING if debug else logging.ERROR)
         # Their "Loading pipeline components" bars say nothing a user acts on; textloc's own bars stay.
@@ -90,11 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, or 2 on an error)."""
-    # Quiet before building the parser: listing the tiny architectures imports every pipeline class.
-    _set_library_verbosity(debug=False)
     args = build_parser().parse_args(argv)
     _set_library_verbosity(args.debug)
     if args.threads is not None:
+        import torch
+
         torch.set_num_threads(args.threads)
     try:
         return args.run(args)

@@ -17,7 +17,6 @@ from textloc.cli.options import (
     positive_int,
 )
 from textloc.models import find_named_model
-from textloc.pipeline_calls import call_kwargs
 
 
 def add_finetune(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -104,6 +103,7 @@ def _targets(text: str | None) -> Any:
 def run_finetune(args: argparse.Namespace) -> int:
     """Train a LoRA on the text layers and print what it trained and how validation moved."""
     from textloc.finetune import RenderedSigns, TrainConfig, train_lora
+    from textloc.pipeline_calls import call_kwargs
 
     data = _training_data(args)  # a bad folder or word file is refused before the model loads
     prompts = args.validation_prompt

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from textloc.cli.options import (
     CommandError,
@@ -19,8 +18,6 @@ from textloc.cli.options import (
     load_model,
     positive_int,
 )
-from textloc.images import image_grid
-from textloc.seeding import generators
 from textloc.models import DEFAULT_MODEL, named_model
 
 
@@ -68,6 +65,10 @@ def _settings_text(model: str) -> str:
 def _generate(pipe: Any, prompt: str, kwargs: dict[str, Any], seeds: range, batch_size: int) -> list[Image.Image]:
     """One image per seed, ``batch_size`` to a pipeline call (so an image never depends on the batch);
     refused after the first call if the grid would be larger than an image PIL reads back."""
+    from tqdm.auto import tqdm
+
+    from textloc.seeding import generators
+
     pipe.set_progress_bar_config(disable=len(seeds) > batch_size, leave=False)  # one bar: the batches' below
     images: list[Image.Image] = []
     for start in tqdm(range(0, len(seeds), batch_size), desc="batches", disable=len(seeds) <= batch_size, leave=False):
@@ -91,6 +92,8 @@ def _check_grid(count: int, size: tuple[int, int]) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Generate ``--num`` images of the prompt and save them as one PNG."""
+    from textloc.images import image_grid
+
     if (args.prompt is None) == (args.prompt_option is None):
         raise CommandError("give the prompt once: textloc generate 'A sign that says \"OPEN\".', or --prompt '...'.")
     prompt = args.prompt if args.prompt is not None else args.prompt_option

@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from textloc.architectures.spec import KINDS, TEXT_KINDS
 from textloc.cli.options import HelpFormatter, examples, load_model
-from textloc.engine import (
-    KINDS,
-    TEXT_KINDS,
-    AttentionLayer,
-    attention_layers,
-    denoiser,
-    denoiser_parameter_count,
-)
+
+if TYPE_CHECKING:
+    from textloc.engine import AttentionLayer
 
 
 def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -47,6 +43,8 @@ def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.A
 
 def layers_report(pipe: Any, model: str, kinds: Sequence[str]) -> dict[str, Any]:
     """The layers of ``kinds`` with their parameter shares, and the total over the text layers."""
+    from textloc.engine import attention_layers, denoiser, denoiser_parameter_count
+
     total_params = denoiser_parameter_count(pipe)
     layers = attention_layers(pipe, kind=kinds)
     rows = [_layer_row(layer, total_params) for layer in layers]

@@ -20,7 +20,6 @@ from textloc.cli.options import (
     positive_int,
     step_bound,
 )
-from textloc.engine import check_step_window
 from textloc.models import find_named_model
 from textloc.scoring.ocr import ENGINES as OCR_ENGINES
 
@@ -101,6 +100,8 @@ def _window(text: str | None) -> tuple[int | float | None, int | float | None] |
     parts = text.split(":")
     if len(parts) != 2:
         raise CommandError(f"--patch-steps takes START:STOP (e.g. 4: or 0:0.5), not {text!r}.")
+    from textloc.engine import check_step_window
+
     try:
         window = tuple(step_bound(part) for part in parts)
         check_step_window(window)

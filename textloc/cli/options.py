@@ -11,18 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from textloc.engine import DEFAULT_START_STEP
-from textloc.models import (
-    DEFAULT_MODEL,
-    UnknownModelError,
-    find_named_model,
-    named_models,
-)
-from textloc.pipeline_calls import call_kwargs
-from textloc.pipelines import load_pipeline
-from textloc.seeding import generator
+from textloc.engine.choices import DEFAULT_START_STEP
+from textloc.models import DEFAULT_MODEL, UnknownModelError, find_named_model, model_names
 
 EXIT_ERROR = 2
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -101,7 +91,7 @@ def model_options() -> argparse.ArgumentParser:
         "--model",
         default=DEFAULT_MODEL,
         metavar="M",
-        help=f"a named model ({', '.join(named_models())}; default {DEFAULT_MODEL}, the embedded model), "
+        help=f"a named model ({', '.join(model_names())}; default {DEFAULT_MODEL}, the embedded model), "
         "or a diffusers hub id (owner/name) or local folder",
     )
     model.add_argument(
@@ -222,7 +212,11 @@ def _looks_like_path(name: str) -> bool:
 def load_model(args: argparse.Namespace) -> Any:
     """:func:`textloc.load_pipeline` of ``--model`` on ``--device`` in ``--dtype``, with any loading
     failure turned into a :class:`CommandError`."""
+    # Here, not at the top: building the parser (and --help) imports no torch, diffusers or transformers.
+    import torch
+
     from textloc.distributed import default_dtype, resolve_device
+    from textloc.pipelines import load_pipeline
 
     name = args.model
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
@@ -246,6 +240,9 @@ def load_model(args: argparse.Namespace) -> Any:
 
 def generate_kwargs(pipe: Any, model: str, args: argparse.Namespace, num: int | None = 1) -> dict[str, Any]:
     """The pipeline call's keyword arguments: a named model's own settings, overridden by the options given."""
+    from textloc.pipeline_calls import call_kwargs
+    from textloc.seeding import generator
+
     named = find_named_model(model)
     kwargs = {} if named is None else dict(named.settings)
     options = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale, "height": args.size, "width": args.size}

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from PIL import Image
 
 from textloc import seeding
 from textloc.edit.inversion import invert, starting_from
+from textloc.edit.methods import EDIT_METHODS, EditMethod
 from textloc.edit.p2p import prompt_to_prompt
 from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
@@ -37,8 +38,6 @@ from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.scoring.ocr import OCR, Reading, get_ocr, readings, to_pil_list
 from textloc.scoring.quoted import replace_quoted
 
-EditMethod = Literal["patch", "prompt-swap", "prompt-to-prompt"]
-EDIT_METHODS: tuple[EditMethod, ...] = ("patch", "prompt-swap", "prompt-to-prompt")
 
 EDIT_FILE, PAIR_FILE = "edit.json", "edit.png"
 
@@ -135,7 +134,7 @@ def edit_text(
     ``layers``: a :class:`~textloc.localization.Localization` (or its folder), ``"preset"`` (the
     paper's layers for SDXL, SD3-medium, IF-I-XL) or any layer selector. ``start_step``: the
     first patched step, an index or a fraction of the schedule; default: the preset's when
-    ``layers="preset"``, else :data:`textloc.engine.text_swap.DEFAULT_START_STEP`. ``generator``: one generator whose noise
+    ``layers="preset"``, else :data:`textloc.engine.choices.DEFAULT_START_STEP`. ``generator``: one generator whose noise
     every edit starts from (default seed 0), or one per edit. ``method`` picks textloc's patch or
     a baseline run through the same harness. Lists of prompts and new texts edit a batch at once
     and return an :class:`EditResults`, a list with ``summary()`` and ``save()``.

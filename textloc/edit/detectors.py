@@ -23,8 +23,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import torch
-
 DETECTORS: tuple[str, ...] = ("better-profanity", "alt-profanity-check")
 
 # Label names that mean "toxic" in the label maps of toxicity classifiers (unitary/toxic-bert,
@@ -104,6 +102,7 @@ def classifier_detector(path: str | Path, toxic_label: str | None = None, thresh
     says toxic (``toxic``, ``offensive``, ``hate``, ...; not ``non-toxic``). Multi-label models
     (``problem_type="multi_label_classification"``) are read with a sigmoid, others a softmax.
     """
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(path).expanduser()

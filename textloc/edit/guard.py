@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,13 +49,12 @@ from textloc.edit.findings import (
     without_overlaps,
 )
 from textloc.edit.image_check import ImageCheck, check_images
+from textloc.edit.methods import GUARD_METHODS, GuardMethod
 from textloc.engine import STEP_INDEPENDENT_KINDS, patch_rows, plan_text_swap
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
 from textloc.scoring.ocr import OCR, get_ocr
 
-GuardMethod = Literal["patch", "negative-prompt", "prompt-swap", "unguarded"]
-GUARD_METHODS: tuple[GuardMethod, ...] = ("patch", "negative-prompt", "prompt-swap", "unguarded")
 
 #: Benign words by length, for models that name no vocabulary of their own.
 BENIGN_WORDS: tuple[str, ...] = (
@@ -254,7 +253,7 @@ class ToxicTextGuard:
     (:class:`Drop`), or a mapping ``{toxic word: replacement}`` (a replacement the detector flags is
     refused; words the mapping does not name get a benign word). ``start_step``: the first patched
     step, an index or a fraction of the schedule (default: the preset's with ``layers="preset"``,
-    else :data:`~textloc.engine.text_swap.DEFAULT_START_STEP`). ``method``: the guard (``"patch"``) or a
+    else :data:`~textloc.engine.choices.DEFAULT_START_STEP`). ``method``: the guard (``"patch"``) or a
     baseline through the same call (see the module docstring). ``check_images``: read every output
     image with ``ocr`` (an engine name of :func:`textloc.scoring.ocr.get_ocr`, or an engine) and
     guard a row that shows a toxic word (with ``"patch"``, or ``"unguarded"`` for the image side alone).

@@ -14,33 +14,42 @@ of ``cross`` and ``added_kv`` layers depend on the prompt only, so a cache store
 One concern a module:
 
 - :mod:`.units`: the attention layers, their kinds, the selector grammar;
-- :mod:`.branches`, :mod:`.plan`: CFG branches, :class:`RowPatch` and step windows;
+- :mod:`.choices`, :mod:`.plan`: what a patch chooses (CFG branch, keys/values, step window,
+  the default start step; importable without torch), :class:`RowPatch` and step windows;
 - :mod:`.cache`: :class:`TextCache`;
 - :mod:`.run_state`: which step and branch a denoiser call is;
 - :mod:`.layer_hooks`, :mod:`.recorder`, :mod:`.replays`: the hooks on a layer, recording, gradients;
 - :mod:`.install`: the one context that installs and removes them;
 - :mod:`.recording`, :mod:`.patching`: the public calls; :mod:`.text_swap`: the plan edit and guard share;
 - :mod:`.capture`: a pipeline's denoiser inputs; :mod:`.probabilities`: explicit attention probabilities.
+
+Each public name is imported from its module when first used (:mod:`textloc.lazy`).
 """
 
-from textloc.architectures import denoiser
-from textloc.architectures.spec import KINDS, STEP_INDEPENDENT_KINDS, TEXT_KINDS, Kind
-from textloc.engine.branches import Branch, BranchChoice
-from textloc.engine.cache import TextCache, TextKV
-from textloc.engine.capture import DenoiserInputs, denoiser_inputs
-from textloc.engine.patching import patch, patch_rows, run_with_patches
-from textloc.engine.plan import KV, KV_CHOICES, RowPatch, StepWindow, check_step_window, validate_patch, window_steps
-from textloc.engine.probabilities import AttentionCall, edit_attention_probabilities, has_attention_probabilities
-from textloc.engine.recording import record, record_text, run_with_cache
-from textloc.engine.run_state import LayerReplay
-from textloc.engine.text_swap import DEFAULT_START_STEP, TextSwap, plan_text_swap
-from textloc.engine.units import AttentionLayer, LayerSelector, attention_layers, denoiser_parameter_count, select_layers
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_START_STEP", "KINDS", "KV", "KV_CHOICES", "STEP_INDEPENDENT_KINDS", "TEXT_KINDS",
-    "AttentionCall", "AttentionLayer", "Branch", "BranchChoice", "DenoiserInputs", "Kind", "LayerReplay",
-    "LayerSelector", "RowPatch", "StepWindow", "TextCache", "TextKV", "TextSwap",
-    "attention_layers", "check_step_window", "denoiser", "denoiser_inputs", "denoiser_parameter_count",
-    "edit_attention_probabilities", "has_attention_probabilities", "patch", "patch_rows", "plan_text_swap",
-    "record", "record_text", "run_with_cache", "run_with_patches", "select_layers", "validate_patch", "window_steps",
-]
+from textloc.lazy import lazy_namespace
+
+#: Each public name and the module it comes from (imported when first used: :mod:`textloc.lazy`).
+_EXPORTS: dict[str, str] = {
+    "denoiser": "textloc.architectures",
+    **dict.fromkeys(("KINDS", "STEP_INDEPENDENT_KINDS", "TEXT_KINDS", "Kind"), "textloc.architectures.spec"),
+    **dict.fromkeys(("Branch", "BranchChoice", "KV", "KV_CHOICES", "StepWindow", "DEFAULT_START_STEP"), "textloc.engine.choices"),
+    **dict.fromkeys(("TextCache", "TextKV"), "textloc.engine.cache"),
+    **dict.fromkeys(("DenoiserInputs", "denoiser_inputs"), "textloc.engine.capture"),
+    **dict.fromkeys(("patch", "patch_rows", "run_with_patches"), "textloc.engine.patching"),
+    **dict.fromkeys(("RowPatch", "check_step_window", "validate_patch", "window_steps"), "textloc.engine.plan"),
+    **dict.fromkeys(
+        ("AttentionCall", "edit_attention_probabilities", "has_attention_probabilities"),
+        "textloc.engine.probabilities",
+    ),
+    **dict.fromkeys(("record", "record_text", "run_with_cache"), "textloc.engine.recording"),
+    "LayerReplay": "textloc.engine.run_state",
+    **dict.fromkeys(("TextSwap", "plan_text_swap"), "textloc.engine.text_swap"),
+    **dict.fromkeys(
+        ("AttentionLayer", "LayerSelector", "attention_layers", "denoiser_parameter_count", "select_layers"),
+        "textloc.engine.units",
+    ),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from textloc.engine.branches import Branch
+from textloc.engine.choices import Branch
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from textloc import seeding
-from textloc.engine.branches import BranchChoice
+from textloc.engine.choices import BranchChoice
 from textloc.engine.cache import TextCache
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.plan import KV, RowPatch, StepWindow, patch_list, validate_patch

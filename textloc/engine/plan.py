@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
 
 import torch
 
-from textloc.engine.branches import BRANCH_CHOICES, BRANCHES_WRITTEN, Branch, BranchChoice
 from textloc.engine.cache import TextCache
+from textloc.engine.choices import BRANCH_CHOICES, BRANCHES_WRITTEN, KV, KV_CHOICES, Branch, BranchChoice, StepWindow
 from textloc.engine.units import AttentionLayer
 
 # Which of a layer's text keys and values a patch replaces. The hooks name the two projection
 # outputs by role, "key" and "value", whatever the layer kind calls the modules.
-KV = Literal["k", "v", "both"]
-KV_CHOICES: tuple[KV, ...] = ("k", "v", "both")
 _KV_ROLES: dict[KV, tuple[str, ...]] = {"k": ("key",), "v": ("value",), "both": ("key", "value")}
-StepWindow = Union[tuple[Union[int, float, None], Union[int, float, None]], None]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from textloc.engine.branches import Branch
+from textloc.engine.choices import Branch
 from textloc.engine.install import hooked
 from textloc.engine.run_state import RunState
 from textloc.engine.units import AttentionLayer

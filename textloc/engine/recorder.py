@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
-from textloc.engine.branches import Branch
+from textloc.engine.choices import Branch
 from textloc.engine.cache import TextCache, TextKV
 from textloc.engine.run_state import DenoiserCall, StopRun
 from textloc.engine.units import AttentionLayer

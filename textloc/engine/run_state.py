@@ -21,7 +21,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from textloc.architectures import family_of
 from textloc.architectures.spec import DenoiserSignature
-from textloc.engine.branches import Branch
+from textloc.engine.choices import Branch
 from textloc.pipeline_calls import instance_attribute
 
 

@@ -17,15 +17,6 @@ from textloc.engine.plan import RowPatch, check_step_window
 from textloc.engine.recording import record_text
 from textloc.engine.units import AttentionLayer
 
-#: Where an edit or guard starts patching when neither the caller nor a preset says: a fraction
-#: of the schedule (see :func:`~textloc.engine.plan.window_steps`). The best of
-#: bench/bench_edit.py's sweep on textloc-tiny (12 held-out pairs, 25 steps): the new word read on
-#: 67% / 75% / 83% / 75% / 25% of edits from 0, 0.1, 0.2, 0.3, 0.4, the background outside the
-#: text closer to the source the later the start (MSE 0.0037 ... 0.0009), the scene kept on 100%
-#: throughout.
-DEFAULT_START_STEP: float = 0.2
-
-
 @dataclass(frozen=True)
 class TextSwap:
     """A plan: the patches to run with, and the rows to append to the batch for them.

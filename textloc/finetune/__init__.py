@@ -1,9 +1,20 @@
-"""LoRA fine-tuning of only the layers that write text: train, save and load as plain diffusers does."""
+"""LoRA fine-tuning of only the layers that write text: train, save and load as plain diffusers does.
 
-from textloc.finetune.config import TrainConfig
-from textloc.finetune.data import ImageFolder, RenderedSigns, RowsDataset
-from textloc.finetune.lora import load_lora
-from textloc.finetune.targets import JOINT_STREAMS, lora_targets
-from textloc.finetune.train import TrainedLora, train_lora
+Each public name is imported from its module when first used (:mod:`textloc.lazy`): the command
+line builds its options from :class:`TrainConfig` without importing torch.
+"""
 
-__all__ = ["ImageFolder", "JOINT_STREAMS", "RenderedSigns", "RowsDataset", "TrainConfig", "TrainedLora", "load_lora", "lora_targets", "train_lora"]
+from __future__ import annotations
+
+from textloc.lazy import lazy_namespace
+
+#: Each public name and the module it comes from.
+_EXPORTS: dict[str, str] = {
+    "TrainConfig": "textloc.finetune.config",
+    **dict.fromkeys(("ImageFolder", "RenderedSigns", "RowsDataset"), "textloc.finetune.data"),
+    "load_lora": "textloc.finetune.lora",
+    **dict.fromkeys(("JOINT_STREAMS", "lora_targets"), "textloc.finetune.targets"),
+    **dict.fromkeys(("TrainedLora", "train_lora"), "textloc.finetune.train"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)

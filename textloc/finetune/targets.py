@@ -8,12 +8,15 @@ every self-attention layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-import torch
+from textloc.architectures import denoiser
 
-from textloc.engine import AttentionLayer, denoiser
-from textloc.layers import LayerSource, resolve_layers
+if TYPE_CHECKING:  # JOINT_STREAMS (the command line's --targets help) comes without torch
+    import torch
+
+    from textloc.engine.units import AttentionLayer
+    from textloc.layers import LayerSource
 
 _IMAGE_STREAM = ("to_q", "to_k", "to_v", "to_out.0")
 _TEXT_STREAM = ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -47,6 +50,8 @@ def lora_targets(pipe: Any, layers: LayerSource | None, targets: Targets = None)
             if not _is_linear(modules.get(path)):
                 raise ValueError(f"{path!r} is not a linear layer of the denoiser; name full module paths.")
         return list(targets)
+    from textloc.layers import resolve_layers
+
     resolved = resolve_layers(pipe, layers)
     explicit = targets is not None and not isinstance(targets, str)
     paths = []
@@ -81,6 +86,8 @@ def _projections(layer: AttentionLayer, targets: Targets) -> tuple[str, ...]:
 
 
 def _is_linear(module: torch.nn.Module | None) -> bool:
+    import torch
+
     # A projection a LoRA already wraps keeps its linear layer as peft's base_layer.
     return isinstance(module, torch.nn.Linear) or isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
 

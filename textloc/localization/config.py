@@ -12,10 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from textloc.engine import KV, KV_CHOICES, BranchChoice, RowPatch, StepWindow, validate_patch
-from textloc.engine.branches import BRANCH_CHOICES
-from textloc.localization.attribution import path_points
-from textloc.localization.sweep import check_max_batch
+from textloc.engine.choices import BRANCH_CHOICES, KV, KV_CHOICES, BranchChoice, StepWindow
 from textloc.settings import setting
 
 Method = Literal["activation", "attribution", "screen+exact", "both"]
@@ -104,6 +101,11 @@ class LocalizeConfig:
             choices = f.metadata["choices"]
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ValueError(f"Unknown {f.name} {getattr(self, f.name)!r}; choose one of {', '.join(choices)}.")
+        # Here, not at the top: the fields alone (the command line's options and help) need no torch.
+        from textloc.engine.plan import RowPatch, validate_patch
+        from textloc.localization.attribution import path_points
+        from textloc.localization.sweep import check_max_batch
+
         if self.direction != "sufficiency" and self.method == "attribution":
             raise ValueError("The screens estimate sufficiency only; necessity needs the exact sweep (method 'activation', 'screen+exact' or 'both').")
         path_points(self.screen_points)  # refuses a path without points

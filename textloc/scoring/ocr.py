@@ -24,10 +24,7 @@ from functools import lru_cache
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
-import torch
 from PIL import Image
-
-from textloc.scoring.metrics import to_float_array
 
 Box = tuple[float, float, float, float]
 
@@ -66,7 +63,7 @@ def to_pil_list(images: Any) -> list[Image.Image]:
     """
     if isinstance(images, Image.Image):
         return [images.convert("RGB")]
-    if isinstance(images, (np.ndarray, torch.Tensor)):
+    if getattr(images, "ndim", None) is not None:  # a numpy array or a torch tensor
         if images.ndim == 4:
             return [_to_pil(image) for image in images]
         return [_to_pil(images)]
@@ -74,6 +71,9 @@ def to_pil_list(images: Any) -> list[Image.Image]:
 
 
 def _to_pil(image: Any) -> Image.Image:
+    # Here, not at the top: the engines' names (the command line's --ocr) come without torch.
+    from textloc.scoring.metrics import to_float_array
+
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = np.rint(to_float_array(image) * 255).astype(np.uint8)
