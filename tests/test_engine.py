@@ -36,6 +36,7 @@ EXPECTED_KINDS = {
     "qwenimage": {"joint"},
     "cogview4": {"single"},
     "hunyuan-image": {"joint", "single"},
+    "hidream": {"joint", "single"},
     "deepfloyd-if": {"added_kv"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -122,7 +123,7 @@ def test_shared_sequence_patches_exactly_the_text_tokens(arch, pipe):
     seen = []
     handle = key_projection.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
     try:
-        with tl.patch(pipe, layer.name, cache):
+        with tl.patch(pipe, layer.name, cache, branch="both"):
             generate(pipe)
     finally:
         handle.remove()

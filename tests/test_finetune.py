@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import textloc as tl
+from textloc.architectures.spec import UNET_SIGNATURE
 from textloc.engine import denoiser, select_layers
 from textloc.fingerprint import weights_fingerprint
 from textloc.finetune import ImageFolder, RenderedSigns, RowsDataset, load_lora, lora_targets, train_lora
@@ -49,8 +50,8 @@ def lora_names(pipe) -> set[str]:
 
 
 # The families whose spec refuses train_lora (FLUX.2's VAE, Lumina 2's reversed time, Cosmos's EDM
-# preconditioning, Qwen-Image's video VAE): refused in one line.
-NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "qwenimage")
+# preconditioning, Qwen-Image's video VAE, HiDream's negated prediction): refused in one line.
+NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "qwenimage", "hidream")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)
@@ -339,7 +340,7 @@ def test_the_objective_is_zero_for_the_textbook_target_and_not_for_a_flipped_one
         alphas = scheduler.alphas_cumprod
     objective = Objective(SimpleNamespace(scheduler=scheduler), resolution=8)
     clean = torch.rand(4, 3, 8, 8) * 2 - 1
-    inputs = DenoiserInputs((), {"sample": None, "timestep": None}, clean.shape, 1.0)
+    inputs = DenoiserInputs((), {"sample": None, "timestep": None}, clean.shape, 1.0, UNET_SIGNATURE)
     model = TextbookDenoiser(clean, prediction_type, alphas, scheduler.config.num_train_timesteps)
     assert objective.loss(model, inputs, clean, seeds=[0, 1, 2, 3]).item() < 1e-6
     flipped = TextbookDenoiser(-clean, prediction_type, alphas, scheduler.config.num_train_timesteps)

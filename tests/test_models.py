@@ -37,6 +37,7 @@ NAMES = (
     "tiny-random-qwenimage",
     "tiny-random-cogview4",
     "tiny-random-hunyuan-image",
+    "tiny-random-hidream",
 )
 
 

@@ -39,6 +39,10 @@ ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
     "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
 }
 ATTENTION_LAYOUT["flux2-klein"] = ATTENTION_LAYOUT["flux2"]
+ATTENTION_LAYOUT["hidream"] = [
+    (r"double_stream_blocks\.\d+\.block\.attn1", "HiDreamAttnProcessor", 2),
+    (r"single_stream_blocks\.\d+\.block\.attn1", "HiDreamAttnProcessor", 2),
+]
 ATTENTION_LAYOUT["hunyuan-image"] = [
     (r"transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
     (r"single_transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),

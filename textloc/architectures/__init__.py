@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from textloc.architectures import (
-    chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hunyuan_image, lumina2, pixart, qwenimage, sana, sd, sd3, sdxl,
+    chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hidream, hunyuan_image, lumina2, pixart, qwenimage, sana, sd, sd3,
+    sdxl,
 )
 from textloc.architectures.spec import Family, TinyPipeline
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 #: Every family textloc knows, in the order listings show them.
 FAMILIES: list[Family] = [
     sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, flux2.FAMILY, chroma.FAMILY, deepfloyd_if.FAMILY, pixart.FAMILY,
-    sana.FAMILY, lumina2.FAMILY, cosmos2.FAMILY, qwenimage.FAMILY, cogview4.FAMILY, hunyuan_image.FAMILY,
+    sana.FAMILY, lumina2.FAMILY, cosmos2.FAMILY, qwenimage.FAMILY, cogview4.FAMILY, hunyuan_image.FAMILY, hidream.FAMILY,
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from textloc.architectures import family_of
+from textloc.architectures.spec import DenoiserSignature
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.run_state import DenoiserCall, StopRun, prediction_of, sample_and_timestep
 
@@ -28,6 +29,7 @@ class DenoiserInputs:
     kwargs: dict[str, Any]
     sample_shape: torch.Size
     timestep_scale: float
+    signature: DenoiserSignature  # the family's names for the sample and timestep arguments
 
     def __call__(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The prediction of ``model`` (this pipeline's denoiser, or a wrapper of it) for ``sample`` at ``timesteps``.
@@ -40,10 +42,10 @@ class DenoiserInputs:
             raise ValueError(f"The denoiser was called with samples of shape {tuple(self.sample_shape)}, not {tuple(sample.shape)}.")
         args, kwargs = list(self.args), dict(self.kwargs)
         timestep = (timesteps * self.timestep_scale).to(sample.device)
-        for key, position, value in (("sample", 0, sample), ("hidden_states", 0, sample), ("timestep", 1, timestep)):
+        for key, position, value in ((self.signature.sample, 0, sample), (self.signature.timestep, 1, timestep)):
             if key in kwargs:
                 kwargs[key] = value
-            elif key != "hidden_states" and len(args) > position:
+            elif len(args) > position:  # a U-Net is called with both by position
                 args[position] = value
         prediction = prediction_of(model(*args, **kwargs))
         if prediction.shape[1] == 2 * sample.shape[1] and prediction.shape[2:] == sample.shape[2:]:
@@ -73,7 +75,7 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
         given = float(torch.as_tensor(timestep).flatten()[0])
         if scheduled == 0:
             raise ValueError("The first scheduled timestep is 0: run the capture with num_inference_steps >= 2.")
-        captured.append(DenoiserInputs(args, kwargs, sample.shape, given / scheduled))
+        captured.append(DenoiserInputs(args, kwargs, sample.shape, given / scheduled, signature))
         raise StopRun
 
     kwargs = pipeline_kwargs(pipe, generate_kwargs)

@@ -1,0 +1,169 @@
+"""HiDream-I1: a DiT of double-stream blocks, whose text stream has projections of its own
+(``to_k_t``/``to_v_t``, joint), then single-stream blocks that read ``[image, text]`` through one
+set: text **after** the image. Its text is T5's tokens, then two Llama layers' (the last, and one
+per block): ``encoder_hidden_states_t5`` plus twice ``encoder_hidden_states_llama3``'s tokens, with
+no mask. Every block modulates the text by the timestep and the pooled CLIP vectors: step-dependent.
+
+CFG: one batch ``[uncond, cond]``, from the pipeline's ``do_classifier_free_guidance``. The
+denoiser takes ``timesteps=`` (0..1000) and the pipeline negates its prediction.
+
+The tiny pipeline: a stock ``HiDreamImagePipeline`` of 2 double and 2 single blocks of 2 heads with
+mixture-of-experts feed-forwards, two CLIPs (pooled vectors), a byte-level T5 and a 2-layer Llama
+behind a byte-level tokenizer with Llama 3's ``<|begin_of_text|>``, and a VAE that does not
+downsample. The pipeline rescales every size to ``default_sample_size`` (fixed by its constructor
+at 128): the tiny one's is set to 32 px, whose 32x32 latents make 16 image tokens in 8x8 patches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, Projection, TextRoute, TinyPipeline
+
+PATCH_SIZE = 8
+_LATENT_SIDE = 128  # the largest latent side the tiny transformer's positions cover
+LLAMA_LAYERS = [0, 1, 1, 1]  # one Llama hidden state per block: 2 double + 2 single (the real: 16 + 32 of 32 layers)
+CLIP_WIDTHS = (parts.TEXT_WIDTH, parts.TEXT_WIDTH // 2)  # pooled: 32 + 16 = 48 (the real: 768 + 1280)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which byte-level BPE (Llama 3's) works in."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+def llama3_tokenizer() -> Any:
+    """Llama 3's byte-level BPE with no merges (one token per byte), ``<|begin_of_text|>`` first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    vocab = {bos: 0, eos: 1}
+    for char in _bytes_to_unicode().values():
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=True))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 0)]
+    )
+    # The pipeline sets pad_token = eos_token itself (pipeline __init__).
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, model_max_length=parts.TEXT_LENGTH
+    )
+
+
+def _llama_encoder(seed: int, tokenizer: Any) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=parts.TEXT_WIDTH,
+        intermediate_size=2 * parts.TEXT_WIDTH,
+        num_hidden_layers=max(LLAMA_LAYERS) + 1,  # the pipeline stacks hidden_states[1:], one per layer
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=parts.TEXT_WIDTH // 2,
+        max_position_embeddings=2 * parts.TEXT_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        # The pipeline asks for output_attentions=True, which sdpa cannot return.
+        attn_implementation="eager",
+    )
+    return parts.init(seed, LlamaForCausalLM, config)
+
+
+def _hidream(seed: int) -> dict[str, Any]:
+    """Keyword arguments of ``HiDreamImagePipeline``."""
+    from diffusers import HiDreamImageTransformer2DModel, UniPCMultistepScheduler
+    from transformers import CLIPTextModelWithProjection
+
+    latent_channels = 4
+    clip_tokenizer, clip_tokenizer_2 = parts.clip_tokenizer(), parts.clip_tokenizer()
+    t5_tokenizer = parts.t5_tokenizer()
+    llama_tokenizer = llama3_tokenizer()
+    transformer = parts.init(
+        seed,
+        HiDreamImageTransformer2DModel,
+        patch_size=PATCH_SIZE,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        caption_channels=[parts.TEXT_WIDTH, parts.TEXT_WIDTH],  # [T5 width, Llama width]
+        text_emb_dim=sum(CLIP_WIDTHS),
+        num_routed_experts=4,
+        num_activated_experts=2,
+        axes_dims_rope=(8, 4, 4),  # sums to the head size: RoPE on all of it
+        max_resolution=(_LATENT_SIDE, _LATENT_SIDE),  # in latents (vae_scale_factor 1)
+        llama_layers=LLAMA_LAYERS,
+    )
+    # One block: vae_scale_factor = 2 ** (len(block_out_channels) - 1) = 1. No mid-block attention
+    # (it would attend over 128 x 128 positions). The pipeline uses shift_factor: it must be set.
+    vae = parts.autoencoder_kl(
+        seed,
+        latent_channels,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        mid_block_add_attention=False,
+        sample_size=parts.IMAGE_SIZE,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
+    return dict(
+        # HiDream-I1-Full's scheduler (dev / fast ship FlowMatchEulerDiscreteScheduler).
+        scheduler=UniPCMultistepScheduler(
+            flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction", num_train_timesteps=1000
+        ),
+        vae=vae,
+        text_encoder=parts.clip_text_encoder(seed, clip_tokenizer, CLIP_WIDTHS[0], CLIPTextModelWithProjection),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=parts.clip_text_encoder(seed, clip_tokenizer_2, CLIP_WIDTHS[1], CLIPTextModelWithProjection),
+        tokenizer_2=clip_tokenizer_2,
+        text_encoder_3=parts.t5_encoder(seed, t5_tokenizer),
+        tokenizer_3=t5_tokenizer,
+        text_encoder_4=_llama_encoder(seed, llama_tokenizer),
+        tokenizer_4=llama_tokenizer,
+        transformer=transformer,
+    )
+
+
+def _text_length(kwargs: Mapping[str, Any]) -> int:
+    # T5's tokens, the last Llama layer's and the block's own Llama layer's.
+    return kwargs["encoder_hidden_states_t5"].shape[1] + 2 * kwargs["encoder_hidden_states_llama3"].shape[2]
+
+
+def _small(pipe: Any) -> None:
+    pipe.default_sample_size = parts.IMAGE_SIZE // pipe.vae_scale_factor
+
+
+# Double-stream blocks: the text stream's own K/V projections; a LoRA trains the image stream.
+_TEXT_STREAM = TextRoute("joint", Projection("to_k_t"), Projection("to_v_t"), lora_targets=("to_q", "to_k", "to_v", "to_out"))
+
+FAMILY = Family(
+    name="hidream",
+    denoisers=("HiDreamImageTransformer2DModel",),
+    pipelines=("HiDreamImagePipeline",),
+    attention=(
+        AttentionRule("HiDreamAttention", TEXT_LAST, when="single"),
+        AttentionRule("HiDreamAttention", _TEXT_STREAM),
+    ),
+    signature=DenoiserSignature(timestep="timesteps"),
+    text_length=_text_length,
+    refuses={"train_lora": "its pipeline negates the denoiser's prediction, which the objective does not"},
+    tiny={"hidream": TinyPipeline("HiDreamImagePipeline", _hidream, {"guidance_scale": 5.0}, _small)},
+)
