@@ -28,20 +28,6 @@ LLAMA_LAYERS = [0, 1, 1, 1]  # one Llama hidden state per block: 2 double + 2 si
 CLIP_WIDTHS = (parts.TEXT_WIDTH, parts.TEXT_WIDTH // 2)  # pooled: 32 + 16 = 48 (the real: 768 + 1280)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which byte-level BPE (Llama 3's) works in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
 def llama3_tokenizer() -> Any:
     """Llama 3's byte-level BPE with no merges (one token per byte), ``<|begin_of_text|>`` first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -49,7 +35,7 @@ def llama3_tokenizer() -> Any:
 
     bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
     vocab = {bos: 0, eos: 1}
-    for char in _bytes_to_unicode().values():
+    for char in parts.byte_characters().values():
         vocab[char] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], ignore_merges=True))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -45,20 +45,6 @@ _SPECIAL_TOKENS = [
 
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, which byte-level BPE (Qwen's) works in."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
-
-
 def qwen_tokenizer(words: list[str], chat_template: str | None = None, length: int = 2048) -> Any:
     """Qwen's byte-level BPE (its pre-tokenizer: a word with its leading space is one piece) with a
     vocabulary of the 256 byte characters plus ``words``, no merges, and ``ignore_merges``: a piece
@@ -68,7 +54,7 @@ def qwen_tokenizer(words: list[str], chat_template: str | None = None, length: i
     from tokenizers.models import BPE
     from transformers import Qwen2Tokenizer
 
-    byte_chars = _bytes_to_unicode()
+    byte_chars = parts.byte_characters()
     vocab: dict[str, int] = {_SPECIAL_TOKENS[0]: 0}
     for char in byte_chars.values():
         vocab[char] = len(vocab)

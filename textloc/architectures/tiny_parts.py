@@ -38,6 +38,20 @@ def init(seed: int, model_class: Callable[..., _Module], *args: Any, **config: A
     return model_class(*args, **config).eval()
 
 
+def byte_characters() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, which byte-level BPE (Qwen's, Llama 3's) works in."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
 # --- text encoders -------------------------------------------------------------------------
 
 
