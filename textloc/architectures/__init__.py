@@ -41,15 +41,21 @@ def denoiser(pipe_or_model: object) -> torch.nn.Module:
     import torch  # here: listing the families (the CLI's help) needs no torch
 
     if isinstance(pipe_or_model, torch.nn.Module):
-        return pipe_or_model
+        return _uncompiled(pipe_or_model)
     for attribute in ("transformer", "unet"):
         model = getattr(pipe_or_model, attribute, None)
         if isinstance(model, torch.nn.Module):
-            return model
+            return _uncompiled(model)
     raise UnsupportedArchitectureError(
         f"Unsupported pipeline class {type(pipe_or_model).__name__}: textloc needs a text-to-image "
         f"pipeline with a `unet` or a `transformer` of a family it knows ({known_families()})."
     )
+
+
+def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    # `torch.compile(pipe.unet)` wraps the denoiser: its layers are the wrapped module's, under their
+    # own names (not "_orig_mod.…"), and its weights are the same weights.
+    return getattr(model, "_orig_mod", model) if type(model).__name__ == "OptimizedModule" else model
 
 
 def _class_names(obj: object) -> set[str]:
