@@ -270,6 +270,9 @@ class ProjectionHook(ModelHook):
         super().__init__()
         self.hooks, self.roles = hooks, roles
 
+    # Under torch.compile the hooks run eagerly, outside the graph: they read Python state (the
+    # step, the patches of this call) that tracing would bake in as constants and guard on.
+    @torch.compiler.disable
     def post_forward(self, module, output):
         for role, columns in self.roles:
             output = self.hooks.on_projection(role, output, columns)
@@ -281,10 +284,12 @@ class AttentionHook(ModelHook):
         super().__init__()
         self.hooks = hooks
 
+    @torch.compiler.disable
     def pre_forward(self, module, *args, **kwargs):
         self.hooks.keep_inputs(args, kwargs)
         return args, self.hooks.on_attention(kwargs)
 
+    @torch.compiler.disable
     def post_forward(self, module, output):
         return self.hooks.replayed(output, self._call_again)
 

@@ -192,6 +192,7 @@ class DenoiserHook(ModelHook):
         self.context = state.context
         self.on_call = on_call
 
+    @torch.compiler.disable  # the step and branch are Python state: read eagerly, outside a compiled graph
     def pre_forward(self, module, *args, **kwargs):
         sample, timestep = sample_and_timestep(self.state.signature, args, kwargs)
         self.state.begin_call(sample, timestep, kwargs)
