@@ -11,6 +11,7 @@ import textloc as tl
 from conftest import ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, seeded
 from textloc.architectures import family_of
 from textloc.architectures.spec import STEP_INDEPENDENT_KINDS, TEXT_KINDS
+from textloc.engine.run_state import prediction_of
 from textloc.engine import (
     RowPatch,
     TextCache,
@@ -37,6 +38,7 @@ EXPECTED_KINDS = {
     "cogview4": {"single"},
     "hunyuan-image": {"joint", "single"},
     "hidream": {"joint", "single"},
+    "z-image": {"refiner", "single"},
     "deepfloyd-if": {"added_kv"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -147,7 +149,7 @@ def test_step_window_leaves_earlier_steps_identical(pipe):
 
     def run(key, context=None):
         calls = outputs.setdefault(key, [])
-        handle = tl.engine.denoiser(pipe).register_forward_hook(lambda m, a, k, out: calls.append((out[0] if isinstance(out, tuple) else out.sample).clone()), with_kwargs=True)
+        handle = tl.engine.denoiser(pipe).register_forward_hook(lambda m, a, k, out: calls.append(prediction_of(out).clone()), with_kwargs=True)
         try:
             if context is None:
                 return generate(pipe)
@@ -517,7 +519,7 @@ def without_guidance(pipe) -> dict:
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
-    if arch in ("lumina2", "cosmos2"):  # their specs refuse: a timestep is no scale of the scheduler's there
+    if arch in ("lumina2", "cosmos2", "z-image"):  # their specs refuse: no scale of the scheduler's timestep, or list inputs
         with pytest.raises(ValueError, match=f"denoiser_inputs does not support the {arch} family yet"):
             denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
         return
@@ -538,7 +540,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch in ("lumina2", "cosmos2"):
+    if arch in ("lumina2", "cosmos2", "z-image"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
     if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image"):
@@ -548,3 +550,11 @@ def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
         return
     with pytest.raises(ValueError, match="classifier-free guidance"):
         denoiser_inputs(pipe, PROMPT, **seeded(pipe))
+
+
+def test_the_callers_prompt_list_is_left_as_it_was():
+    # Z-Image's pipeline wraps each prompt of the list it is given in its chat template, in place.
+    pipe = _pipeline("z-image")
+    prompts = [PROMPT, OTHER]
+    cache = record(pipe, "all", prompts, **tiny_kwargs(pipe))
+    assert prompts == [PROMPT, OTHER] and cache.prompts == [PROMPT, OTHER]

@@ -38,6 +38,7 @@ NAMES = (
     "tiny-random-cogview4",
     "tiny-random-hunyuan-image",
     "tiny-random-hidream",
+    "tiny-random-z-image",
 )
 
 

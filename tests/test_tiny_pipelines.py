@@ -39,6 +39,10 @@ ATTENTION_LAYOUT: dict[str, list[tuple[str, str, int]]] = {
     "sana": [(r"transformer_blocks\.\d+\.attn2", "SanaAttnProcessor", 2)],
 }
 ATTENTION_LAYOUT["flux2-klein"] = ATTENTION_LAYOUT["flux2"]
+ATTENTION_LAYOUT["z-image"] = [
+    (r"context_refiner\.\d+\.attention", "ZSingleStreamAttnProcessor", 1),
+    (r"layers\.\d+\.attention", "ZSingleStreamAttnProcessor", 2),
+]
 ATTENTION_LAYOUT["hidream"] = [
     (r"double_stream_blocks\.\d+\.block\.attn1", "HiDreamAttnProcessor", 2),
     (r"single_stream_blocks\.\d+\.block\.attn1", "HiDreamAttnProcessor", 2),
@@ -110,7 +114,7 @@ def test_every_step_runs_a_conditional_and_an_unconditional_branch(pipe: Diffusi
 
     def count(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         latents = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
-        samples_seen.append(latents.shape[0])
+        samples_seen.append(len(latents) if isinstance(latents, list) else latents.shape[0])  # Z-Image: a list of rows
 
     handle = denoiser(pipe).register_forward_pre_hook(count, with_kwargs=True)
     try:

@@ -128,7 +128,7 @@ def _hidream(seed: int) -> dict[str, Any]:
     )
 
 
-def _text_length(kwargs: Mapping[str, Any]) -> int:
+def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     # T5's tokens, the last Llama layer's and the block's own Llama layer's.
     return kwargs["encoder_hidden_states_t5"].shape[1] + 2 * kwargs["encoder_hidden_states_llama3"].shape[2]
 

@@ -26,7 +26,7 @@ from textloc.architectures.qwenimage import qwen25_vl_encoder, system_prompt_tok
 from textloc.architectures.spec import JOINT, TEXT_LAST, AttentionRule, Family, Guidance, TinyPipeline
 
 
-def _text_length(kwargs: Mapping[str, Any]) -> int:
+def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     glyphs = kwargs.get("encoder_hidden_states_2")
     return kwargs["encoder_hidden_states"].shape[1] + (0 if glyphs is None else glyphs.shape[1])
 

@@ -26,7 +26,7 @@ _SYSTEM_PROMPT = "Draw."
 _TEXT_LENGTH = parts.TEXT_LENGTH + 1 + len(_SYSTEM_PROMPT) + 3
 
 
-def _text_length(kwargs: Mapping[str, Any]) -> int:
+def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     lengths = kwargs["encoder_attention_mask"].sum(1)
     if (lengths != lengths[0]).any():
         raise ValueError(

@@ -174,8 +174,9 @@ class Family:
 
     ``denoisers`` and ``pipelines`` are class names (the family of a pipeline is found by its class,
     or failing that by its denoiser's); ``attention`` the rules that give each attention its text
-    route; ``text_length(kwargs)`` how many text tokens a denoiser call's shared sequences hold
-    (default: the text argument's second dimension); ``refuses`` the uses it does not support yet,
+    route; ``text_length(args, kwargs)`` how many text tokens a denoiser call's shared sequences
+    hold (default: the text argument's second dimension); ``check_run(pipe)``, where given, refuses
+    a run whose settings the engine cannot follow; ``refuses`` the uses it does not support yet,
     each with the reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by
     architecture name.
     """
@@ -187,7 +188,8 @@ class Family:
     guidance: Guidance = field(default_factory=Guidance)
     signature: DenoiserSignature = field(default_factory=DenoiserSignature)
     tiny: Mapping[str, TinyPipeline] = field(default_factory=dict)
-    text_length: Callable[[Mapping[str, Any]], int] | None = None
+    text_length: Callable[[tuple, Mapping[str, Any]], int] | None = None
+    check_run: Callable[[Any], None] | None = None
     refuses: Mapping[str, str] = field(default_factory=dict)
 
     def check_supports(self, use: str) -> None:
@@ -199,10 +201,10 @@ class Family:
         """The text route of the attention module ``name``, ``None`` for one that reads no text."""
         return next((rule.route for rule in self.attention if rule.matches(name, module)), None)
 
-    def text_tokens(self, kwargs: Mapping[str, Any]) -> int | None:
-        """How many text tokens the shared sequences of a denoiser call with ``kwargs`` hold."""
+    def text_tokens(self, args: tuple, kwargs: Mapping[str, Any]) -> int | None:
+        """How many text tokens the shared sequences of a denoiser call with ``args``, ``kwargs`` hold."""
         if self.text_length is not None:
-            return self.text_length(kwargs)
+            return self.text_length(args, kwargs)
         text = kwargs.get(self.signature.text)
         return None if text is None else text.shape[1]
 

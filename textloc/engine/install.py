@@ -111,7 +111,12 @@ def hooked(
 
 
 def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
-    """Call the pipeline; ``None`` when a hook ended the run early, with offloaded models freed."""
+    """Call the pipeline; ``None`` when a hook ended the run early, with offloaded models freed.
+
+    Lists of prompts go in as copies: Z-Image's pipeline rewrites the list it is given in place
+    (each prompt wrapped in its chat template), which would change the caller's prompts.
+    """
+    kwargs = {key: list(value) if isinstance(value, list) else value for key, value in kwargs.items()}
     try:
         return pipe(**kwargs)
     except StopRun:

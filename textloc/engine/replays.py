@@ -46,9 +46,16 @@ class GradientHook(ModelHook):
             for parameter in frozen:
                 parameter.requires_grad_(True)
         if isinstance(output, tuple):
-            return tuple(item.detach() if torch.is_tensor(item) else item for item in output)
-        output.sample = output.sample.detach()
+            return tuple(_detached(item) for item in output)
+        output.sample = _detached(output.sample)
         return output
+
+
+def _detached(item: Any) -> Any:
+    """A prediction without its autograd history: a tensor, or Z-Image's list of per-row tensors."""
+    if isinstance(item, list):
+        return [_detached(row) for row in item]
+    return item.detach() if torch.is_tensor(item) else item
 
 
 

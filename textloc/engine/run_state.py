@@ -99,7 +99,7 @@ class RunState:
         # Asked once: inspecting the class on every denoiser call would cost more than the answer.
         self.cfg_property = isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property)
 
-    def begin_call(self, sample: torch.Tensor, timestep: Any, kwargs: dict[str, Any]) -> None:
+    def begin_call(self, sample: torch.Tensor | list[torch.Tensor], args: tuple, kwargs: dict[str, Any]) -> None:
         scheduler = self.pipe.scheduler
         schedule = scheduler.timesteps
         if schedule is not self.schedule:  # set_timesteps made a new schedule: a new generation
@@ -108,6 +108,8 @@ class RunState:
             self.num_positions = len(schedule)
             self.num_steps = getattr(scheduler, "num_inference_steps", None) or self.num_positions
             self.call = None
+            if self.family.check_run is not None:
+                self.family.check_run(self.pipe)
             for callback in self.on_new_run:
                 callback(self)
         position = self.begin + self.scheduler_steps
@@ -121,8 +123,9 @@ class RunState:
         step = position * self.num_steps // self.num_positions
         if step == self.stop_at_step:
             raise StopRun
-        text_tokens = functools.partial(self.family.text_tokens, kwargs)
-        branch_rows = self._branch_rows(sample.shape[0], kwargs)
+        text_tokens = functools.partial(self.family.text_tokens, args, kwargs)
+        # Z-Image passes its batch as a list of per-row samples.
+        branch_rows = self._branch_rows(len(sample) if isinstance(sample, (list, tuple)) else sample.shape[0], kwargs)
         self.call = DenoiserCall(step, position, branch_rows, text_tokens, self._step_branches(branch_rows, kwargs))
         self.calls_this_step += 1
 
@@ -194,8 +197,8 @@ class DenoiserHook(ModelHook):
 
     @torch.compiler.disable  # the step and branch are Python state: read eagerly, outside a compiled graph
     def pre_forward(self, module, *args, **kwargs):
-        sample, timestep = sample_and_timestep(self.state.signature, args, kwargs)
-        self.state.begin_call(sample, timestep, kwargs)
+        sample, _ = sample_and_timestep(self.state.signature, args, kwargs)
+        self.state.begin_call(sample, args, kwargs)
         if self.on_call is not None:
             self.on_call(self.state.call, args, kwargs)
         return args, kwargs
@@ -213,7 +216,9 @@ def sample_and_timestep(signature: DenoiserSignature, args: tuple, kwargs: dict[
 
 
 def prediction_of(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output.sample
+    prediction = output[0] if isinstance(output, tuple) else output.sample
+    # Z-Image's denoiser returns one prediction per row, as a list.
+    return torch.stack(prediction) if isinstance(prediction, list) else prediction
 
 
 @contextlib.contextmanager

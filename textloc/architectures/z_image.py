@@ -1,0 +1,138 @@
+"""Z-Image: a single-stream DiT. Its text first runs through context-refiner blocks (text-only
+attention, the prompt alone: step-independent) and its latents through noise-refiner blocks; each
+main layer then reads one sequence per row, ``[image, text, padding]``, through shared projections:
+the text **after** the image, each row's caption padded to a multiple of 32 tokens with a learned
+token, the rows to the longest with masked zeros. The text region of a call is every token after
+the image (its longest caption), and a patched row takes its source's mask with its text K/V.
+The denoiser takes lists of per-row samples and captions, by position (``x``, ``t``, ``cap_feats``).
+
+CFG: one batch ``[cond, uncond]`` (the reverse of most), on whenever ``guidance_scale`` > 0.
+``cfg_truncation`` < 1 drops the unconditional rows at late steps while the pipeline still reports
+CFG: such a run is refused, as textloc could not tell the rows apart.
+
+The tiny pipeline: a stock ``ZImagePipeline`` of 2 main layers and one refiner of each kind, 2 heads,
+a 2-layer Qwen3 behind a character-level tokenizer with Qwen's chat template (19 tokens around the
+prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from textloc.architectures import tiny_parts as parts
+from textloc.architectures.spec import REFINER, TEXT_LAST, AttentionRule, DenoiserSignature, Family, Guidance, TinyPipeline
+
+# Qwen3's template for one user turn plus the generation prompt.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MAX_SEQUENCE_LENGTH = parts.TEXT_LENGTH + 6 + 13  # <|im_start|> user \n ... <|im_end|> \n <|im_start|> assistant \n
+CHARACTERS = [*parts.CHARACTERS, "Ġ", "Ċ"]  # byte-level BPE spells " " as "Ġ" and "\n" as "Ċ"
+_CAPTION_MULTIPLE = 32  # the transformer pads each caption to this multiple (SEQ_MULTI_OF)
+
+
+def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
+    captions = kwargs["cap_feats"] if "cap_feats" in kwargs else args[2]
+    return max(-(-len(caption) // _CAPTION_MULTIPLE) * _CAPTION_MULTIPLE for caption in captions)
+
+
+def _check_run(pipe: Any) -> None:
+    truncation = getattr(pipe, "_cfg_truncation", None)
+    if pipe.do_classifier_free_guidance and truncation is not None and float(truncation) < 1:
+        raise ValueError(
+            f"cfg_truncation={truncation} drops Z-Image's unconditional rows at late steps while the pipeline still "
+            "runs CFG: textloc cannot tell the rows of those steps apart. Run with cfg_truncation=1."
+        )
+
+
+def _qwen_tokenizer() -> Any:
+    """Qwen's byte-level BPE with no merges: one token per character, chat markers one token each."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+    for char in CHARACTERS:
+        vocab.setdefault(char, len(vocab))
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        model_max_length=MAX_SEQUENCE_LENGTH,
+        chat_template=CHAT_TEMPLATE,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+
+
+def _qwen3_encoder(seed: int, tokenizer: Any) -> Any:
+    from transformers import Qwen3Config, Qwen3Model
+
+    head_dim = parts.TEXT_WIDTH // 2
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=parts.TEXT_WIDTH,
+        intermediate_size=2 * parts.TEXT_WIDTH,
+        num_hidden_layers=2,  # the pipeline reads hidden_states[-2]: the first layer's output
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=head_dim,
+        max_position_embeddings=MAX_SEQUENCE_LENGTH,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
+    return parts.init(seed, Qwen3Model, config)
+
+
+def _z_image(seed: int) -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+
+    tokenizer = _qwen_tokenizer()
+    latent_channels = 4
+    transformer = parts.init(
+        seed,
+        ZImageTransformer2DModel,
+        all_patch_size=(2,),  # the pipeline never passes patch_size: the forward default, 2
+        all_f_patch_size=(1,),
+        in_channels=latent_channels,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,  # unused by the diffusers model: every attention is full multi-head
+        qk_norm=True,
+        cap_feat_dim=parts.TEXT_WIDTH,
+        axes_dims=[4, 6, 6],  # sums to the head size, 16
+        # Axis 0 counts caption positions (1..cap_len, padded to 32) and then the image frame.
+        axes_lens=[MAX_SEQUENCE_LENGTH + 64, 32, 32],
+    )
+    return dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        # The pipeline adds shift_factor unconditionally, so it must be a number.
+        vae=parts.autoencoder_kl(
+            seed, latent_channels=latent_channels, use_quant_conv=False, use_post_quant_conv=False,
+            scaling_factor=0.3611, shift_factor=0.1159,
+        ),
+        text_encoder=_qwen3_encoder(seed, tokenizer),
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+FAMILY = Family(
+    name="z-image",
+    denoisers=("ZImageTransformer2DModel",),
+    pipelines=("ZImagePipeline",),
+    attention=(
+        AttentionRule("Attention", REFINER, where="context_refiner.*"),
+        AttentionRule("Attention", TEXT_LAST, where="layers.*"),
+    ),
+    guidance=Guidance(batch_order=("cond", "uncond")),
+    signature=DenoiserSignature(sample="x", timestep="t", text="cap_feats"),
+    text_length=_text_length,
+    check_run=_check_run,
+    refuses=dict.fromkeys(("train_lora", "denoiser_inputs"), "its denoiser takes lists of per-row samples and captions"),
+    tiny={"z-image": TinyPipeline("ZImagePipeline", _z_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
+)
