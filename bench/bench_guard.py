@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import textloc as tl
-from textloc.edit import GUARD_METHODS, ToxicTextGuard
+from textloc.guard import GUARD_METHODS, ToxicTextGuard
 from textloc.images import captioned_grid
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.models import NamedModel, named_model

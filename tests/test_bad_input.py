@@ -11,7 +11,8 @@ from PIL import Image
 
 import textloc as tl
 from conftest import PROMPT, _pipeline
-from textloc.edit import ToxicTextGuard, edit_image, edit_text
+from textloc.edit import edit_image, edit_text
+from textloc.guard import ToxicTextGuard
 from textloc.layers import resolve_layers
 from textloc.models import TEXTLOC_TINY
 from textloc.testing import tiny_call_kwargs

@@ -159,7 +159,7 @@ def test_textloc_tiny_edit_writes_the_new_word():
 
 
 def test_edit_image_edits_the_regeneration_of_the_inverted_image(inverted_arch):
-    arch, pipe = inverted_arch, _pipeline(inverted_arch)
+    pipe = _pipeline(inverted_arch)
     from textloc.edit import edit_image
     from textloc.edit.inversion import invert, starting_from
 

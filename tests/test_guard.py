@@ -13,15 +13,8 @@ import torch
 from conftest import ONE_TEXT_LENGTH, PROMPT, _pipeline, generate, seeded
 
 import textloc as tl
-from textloc.edit import (
-    BENIGN_WORDS,
-    Benign,
-    Drop,
-    Mask,
-    ToxicTextGuard,
-    get_detector,
-)
-from textloc.edit import guard as guard_module
+from textloc.guard import BENIGN_WORDS, Benign, Drop, Mask, ToxicTextGuard, get_detector
+from textloc.guard import runtime as guard_module
 from textloc.models import TEXTLOC_TINY, named_model
 from textloc.testing import tiny_call_kwargs
 from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
@@ -108,7 +101,7 @@ def test_a_toxic_word_asked_for_without_quotes_is_guarded_and_clean_words_are_no
     pipe = _pipeline(arch_name)
     kwargs = tiny_call_kwargs(pipe)
     toxic = {word.lower() for word in TOXIC_WORDS}
-    guard = ToxicTextGuard(pipe, "all", start_step=0, detector=tl.edit.WordDetector(lambda words: [w in toxic for w in words], "wordlist"))
+    guard = ToxicTextGuard(pipe, "all", start_step=0, detector=tl.guard.WordDetector(lambda words: [w in toxic for w in words], "wordlist"))
     prompts = ["A sign that says D 4 M N.", "A Scunthorpe class sign that says 'hello shell'."]
     plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
     output = guard(prompts, generator=generators(1, 2), **kwargs)
@@ -402,7 +395,7 @@ def test_the_image_check_leaves_a_clean_output_bit_identical():
 def test_blanking_fills_each_box_with_the_colour_around_it_in_every_image_type():
     from PIL import Image
 
-    from textloc.edit.image_check import blank
+    from textloc.guard.image_check import blank
 
     array = np.zeros((16, 24, 3), dtype=np.float32)
     array[:, :] = (0.2, 0.4, 0.6)

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from textloc.edit import Mask, ToxicTextGuard, WordDetector
-from textloc.edit.normalization import candidates, fold_letter, quotes, readings
+from textloc.guard import Mask, ToxicTextGuard, WordDetector
+from textloc.guard.normalization import candidates, fold_letter, quotes, readings
 from textloc.tiny.data import TOXIC_WORDS
 
 TOXIC = {word.lower() for word in TOXIC_WORDS}

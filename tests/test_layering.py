@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "textloc.images": 0, "textloc.distributed": 0, "textloc.pipeline_calls": 0, "textloc.settings": 0, "textloc.lazy": 0,
     "textloc.scoring": 1,
     "textloc.models": 2, "textloc.pipelines": 2, "textloc.testing": 2, "textloc.tiny": 2,
-    "textloc.layers": 3, "textloc.localization": 3, "textloc.edit": 3, "textloc.finetune": 3,
+    "textloc.layers": 3, "textloc.localization": 3, "textloc.edit": 3, "textloc.guard": 3, "textloc.finetune": 3,
     "textloc": 4, "textloc.cli": 4, "textloc.__main__": 4,
     "textloc.tiny.train": 4, "textloc.tiny.evaluate": 4, "textloc.tiny.autoencoder": 4,
     "textloc.tiny.architectures": 4, "textloc.tiny.runs": 4, "textloc.tiny.recipe": 4,
@@ -144,7 +144,7 @@ def test_importing_textloc_is_cheap_and_its_names_load_on_first_use():
     # torch, transformers and diffusers take seconds to import; `import textloc` must not pull them.
     code = (
         "import sys, textloc as tl; heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
-        "print(heavy, callable(tl.select_layers), tl.edit.WordDetector.__name__, 'torch' in sys.modules)"
+        "print(heavy, callable(tl.select_layers), tl.guard.WordDetector.__name__, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["[]", "True", "WordDetector", "True"]

@@ -21,7 +21,8 @@ _EXPORTS: dict[str, str] = {
          "run_with_cache", "run_with_patches", "select_layers"),
         "textloc.engine",
     ),
-    **dict.fromkeys(("EditResult", "ToxicTextGuard", "edit_image", "edit_text"), "textloc.edit"),
+    **dict.fromkeys(("EditResult", "edit_image", "edit_text"), "textloc.edit"),
+    "ToxicTextGuard": "textloc.guard",
     **dict.fromkeys(("TrainConfig", "TrainedLora", "load_lora", "train_lora"), "textloc.finetune"),
     **dict.fromkeys(("Localization", "LocalizeConfig", "PromptPair", "localize", "make_pairs"), "textloc.localization"),
     "load_pipeline": "textloc.pipelines",
@@ -33,7 +34,7 @@ __getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from textloc import engine
-    from textloc.edit import EditResult, ToxicTextGuard, edit_image, edit_text
+    from textloc.edit import EditResult, edit_image, edit_text
     from textloc.engine import (
         AttentionLayer,
         RowPatch,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
         select_layers,
     )
     from textloc.finetune import TrainConfig, TrainedLora, load_lora, train_lora
+    from textloc.guard import ToxicTextGuard
     from textloc.localization import Localization, LocalizeConfig, PromptPair, localize, make_pairs
     from textloc.pipelines import load_pipeline
     from textloc.seeding import generator

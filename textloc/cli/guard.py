@@ -20,7 +20,7 @@ from textloc.cli.options import (
 
 def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc guard``."""
-    from textloc.edit import DETECTORS, GUARD_METHODS
+    from textloc.guard import DETECTORS, GUARD_METHODS
 
     parser = subcommands.add_parser(
         "guard",
@@ -68,7 +68,7 @@ def run_guard(args: argparse.Namespace) -> int:
     """Generate one prompt unguarded and guarded from the same noise, print what was replaced, save both."""
     from dataclasses import asdict
 
-    from textloc.edit import ToxicTextGuard
+    from textloc.guard import ToxicTextGuard
     from textloc.images import captioned_grid
 
     check_out_folder(args.out)  # before the model loads and the finding is printed

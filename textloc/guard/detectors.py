@@ -148,7 +148,7 @@ class _FunctionDetector:
         if isinstance(found, (str, bool)) or not all(isinstance(span, str) for span in found):
             raise TypeError(
                 f"A detector returns the list of toxic words it found in the text, not {found!r}; "
-                "for a yes/no judge of one word, wrap it: tl.edit.WordDetector(lambda words: [judge(w) for w in words], 'name')."
+                "for a yes/no judge of one word, wrap it: tl.guard.WordDetector(lambda words: [judge(w) for w in words], 'name')."
             )
         return list(found)
 

@@ -2,8 +2,8 @@
 
 ``ToxicTextGuard(pipe, layers)`` is called like the pipeline. It finds the toxic words of each
 prompt however they are asked for: quoted in any style or not, spaced, split over quotes, in
-look-alike letters or leet (:mod:`textloc.edit.normalization`, judged by a detector of
-:mod:`textloc.edit.detectors`, :mod:`textloc.edit.findings`); replaces them where they stand
+look-alike letters or leet (:mod:`textloc.guard.normalization`, judged by a detector of
+:mod:`textloc.guard.detectors`, :mod:`textloc.guard.findings`); replaces them where they stand
 (:class:`Benign`, :class:`Mask`, :class:`Drop` or a mapping), and generates the original prompt
 while the localized text layers receive the cleaned one from ``start_step`` on: every other layer
 still sees the prompt, so the scene stays as asked and only the word changes.
@@ -19,7 +19,7 @@ still sees the prompt, so the scene stays as asked and only the word changes.
   its own, so appending rows changes no row's noise (see :meth:`ToxicTextGuard.__call__`).
 
 With ``check_images=True`` the guard also reads every generated image with an OCR engine and
-generates again, or blanks, a row that shows a toxic word anyway (:mod:`textloc.edit.image_check`).
+generates again, or blanks, a row that shows a toxic word anyway (:mod:`textloc.guard.image_check`).
 
 The baselines run through the same interface on the same prompts and noise (``method=``):
 ``"negative-prompt"`` (``text "<word>"`` added to the negative prompt), ``"prompt-swap"`` (the
@@ -40,16 +40,16 @@ import numpy as np
 import torch
 
 from textloc import seeding
-from textloc.edit.detectors import Detector, get_detector
-from textloc.edit.findings import (
+from textloc.guard.detectors import Detector, get_detector
+from textloc.guard.findings import (
     Finding,
     find_text,
     find_toxic,
     rewrite,
     without_overlaps,
 )
-from textloc.edit.image_check import ImageCheck, check_images
-from textloc.edit.methods import GUARD_METHODS, GuardMethod
+from textloc.guard.image_check import ImageCheck, check_images
+from textloc.guard.methods import GUARD_METHODS, GuardMethod
 from textloc.engine import STEP_INDEPENDENT_KINDS, patch_rows, plan_text_swap
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
@@ -192,7 +192,7 @@ class PromptReport:
     """What the guard did to one prompt: the toxic words found (as written), what replaced each
     (``""`` when dropped), the cleaned prompt, the output rows it guarded (empty when the prompt was
     clean or the method generates it unguarded), and where and how each word was found
-    (:class:`~textloc.edit.findings.Finding`, one per place)."""
+    (:class:`~textloc.guard.findings.Finding`, one per place)."""
 
     prompt: str
     found: list[str]
@@ -218,7 +218,7 @@ class PromptReport:
 class GuardOutput:
     """The pipeline's output (extra source rows dropped), one :class:`PromptReport` per prompt, and
     with the image check on, what it did to each row that showed a toxic word
-    (:class:`~textloc.edit.image_check.ImageCheck`) and the seconds it took (reading, regenerating,
+    (:class:`~textloc.guard.image_check.ImageCheck`) and the seconds it took (reading, regenerating,
     reading again)."""
 
     output: Any
@@ -248,7 +248,7 @@ class ToxicTextGuard:
 
     ``layers``: a :class:`~textloc.localization.Localization`, its folder, ``"preset"`` or a layer
     selector (see :func:`textloc.layers.resolve_layers`); ``method="patch"`` and the image check use them.
-    ``detector``: see :func:`textloc.edit.detectors.get_detector`. ``replace``: ``"benign"``
+    ``detector``: see :func:`textloc.guard.detectors.get_detector`. ``replace``: ``"benign"``
     (:class:`Benign`, the default), ``"mask"``/``"mask:<text>"`` (:class:`Mask`), ``"drop"``
     (:class:`Drop`), or a mapping ``{toxic word: replacement}`` (a replacement the detector flags is
     refused; words the mapping does not name get a benign word). ``start_step``: the first patched

@@ -2,7 +2,7 @@
 
 A prompt-side guard trusts that what it found is all the model will write. The image check does
 not: it reads every output image with an OCR engine and judges the text read the way the prompt
-side judges a prompt (:func:`textloc.edit.findings.find_toxic`: look-alikes, leet, spaced letters).
+side judges a prompt (:func:`textloc.guard.findings.find_toxic`: look-alikes, leet, spaced letters).
 A row that shows a toxic word is generated again, from its own noise, with the text layers fed the
 prompt with every text-like word made benign (the caller's ``regenerate``); if the OCR still reads
 a toxic word there, the text boxes it read are blanked (filled with the colour around each box).
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from textloc.edit.detectors import Detector
-from textloc.edit.findings import find_toxic
+from textloc.guard.detectors import Detector
+from textloc.guard.findings import find_toxic
 from textloc.scoring.ocr import OCR, Box, readings
 
 

@@ -1,7 +1,7 @@
 """The toxic words of a prompt, wherever and however they are written, and the prompt with them replaced.
 
 :func:`find_toxic` asks the detector about every reading of every word the model might write
-(:mod:`textloc.edit.normalization`) in one call, and keeps each flagged word once: where a run of
+(:mod:`textloc.guard.normalization`) in one call, and keeps each flagged word once: where a run of
 letters or quotes and a word inside it are both flagged, the run. :func:`rewrite` puts each
 finding's replacement at its place, spread over its pieces (``"DA" "MN"`` -> ``"LA" "MP"``,
 ``D-A-M-N`` -> ``L-A-M-P``), so the prompt keeps its shape.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textloc.edit.detectors import Detector
-from textloc.edit.normalization import Candidate, Reading, candidates
+from textloc.guard.detectors import Detector
+from textloc.guard.normalization import Candidate, Reading, candidates
 
 
 @dataclass
