@@ -42,19 +42,8 @@ def _glm_tokenizer() -> Any:
 def _glm_encoder(seed: int, tokenizer: Any) -> Any:
     from transformers import GlmConfig, GlmModel
 
-    config = GlmConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=parts.TEXT_WIDTH,
-        intermediate_size=2 * parts.TEXT_WIDTH,
-        num_hidden_layers=2,  # the pipeline reads hidden_states[-2]: the first layer's output
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=parts.TEXT_WIDTH // 2,
-        max_position_embeddings=-(-_TEXT_LENGTH // 16) * 16,  # the text is left-padded to a multiple of 16
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    # The pipeline reads hidden_states[-2]: the first layer's output; the text is left-padded to a multiple of 16.
+    config = parts.decoder_config(GlmConfig, tokenizer, 2, -(-_TEXT_LENGTH // 16) * 16, bos_token_id=None)
     return parts.init(seed, GlmModel, config)
 
 

@@ -71,19 +71,8 @@ def _mistral3_encoder(seed: int, tokenizer: Any) -> Any:
 
     # Mistral-Small-3.x: a Mistral decoder plus a Pixtral vision tower (used only for caption
     # upsampling with images, never by text-to-image), both tiny.
-    text_config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=parts.TEXT_WIDTH,
-        intermediate_size=2 * parts.TEXT_WIDTH,
-        num_hidden_layers=_TEXT_LAYERS,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=parts.TEXT_WIDTH // 2,
-        max_position_embeddings=2 * parts.TEXT_LENGTH,
-        sliding_window=None,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    text_config = parts.decoder_config(
+        MistralConfig, tokenizer, _TEXT_LAYERS, 2 * parts.TEXT_LENGTH, sliding_window=None, bos_token_id=tokenizer.bos_token_id,
     )
     vision_config = PixtralVisionConfig(
         hidden_size=16,
@@ -123,18 +112,7 @@ def _qwen_tokenizer() -> Any:
 def _qwen3_encoder(seed: int, tokenizer: Any) -> Any:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=parts.TEXT_WIDTH,
-        intermediate_size=2 * parts.TEXT_WIDTH,
-        num_hidden_layers=_TEXT_LAYERS,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=parts.TEXT_WIDTH // 2,
-        max_position_embeddings=2 * parts.TEXT_LENGTH,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    config = parts.decoder_config(Qwen3Config, tokenizer, _TEXT_LAYERS, 2 * parts.TEXT_LENGTH)
     return parts.init(seed, Qwen3ForCausalLM, config)
 
 

@@ -52,20 +52,11 @@ def llama3_tokenizer() -> Any:
 def _llama_encoder(seed: int, tokenizer: Any) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=parts.TEXT_WIDTH,
-        intermediate_size=2 * parts.TEXT_WIDTH,
-        num_hidden_layers=max(LLAMA_LAYERS) + 1,  # the pipeline stacks hidden_states[1:], one per layer
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=parts.TEXT_WIDTH // 2,
-        max_position_embeddings=2 * parts.TEXT_LENGTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-        # The pipeline asks for output_attentions=True, which sdpa cannot return.
-        attn_implementation="eager",
+    # One layer per listed index: the pipeline stacks hidden_states[1:]. It asks for
+    # output_attentions=True, which sdpa cannot return.
+    config = parts.decoder_config(
+        LlamaConfig, tokenizer, max(LLAMA_LAYERS) + 1, 2 * parts.TEXT_LENGTH,
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.eos_token_id, attn_implementation="eager",
     )
     return parts.init(seed, LlamaForCausalLM, config)
 

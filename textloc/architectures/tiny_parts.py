@@ -112,6 +112,25 @@ def t5_encoder(seed: int, tokenizer: ByT5Tokenizer) -> T5EncoderModel:
     return init(seed, T5EncoderModel, config)
 
 
+def decoder_config(config_class: Callable[..., Any], tokenizer: Any, layers: int, length: int = TEXT_LENGTH, **overrides: Any) -> Any:
+    """The config of a tiny decoder-only text encoder (Qwen3, Mistral, GLM, Llama, Gemma 2):
+    ``layers`` layers of width :data:`TEXT_WIDTH`, two query heads sharing one K/V head, positions
+    for ``length`` tokens; ``overrides`` set or replace any field (special tokens, windows)."""
+    settings = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=TEXT_WIDTH,
+        intermediate_size=2 * TEXT_WIDTH,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=TEXT_WIDTH // 2,
+        max_position_embeddings=length,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return config_class(**{**settings, **overrides})
+
+
 def gemma_tokenizer(length: int = TEXT_LENGTH) -> GemmaTokenizer:
     """Gemma's BPE with no merges: one token per character, spaces as "▁", <bos> first (built from a
     vocabulary, transformers' GemmaTokenizer adds none unless told; the real one does)."""
@@ -126,21 +145,9 @@ def gemma_tokenizer(length: int = TEXT_LENGTH) -> GemmaTokenizer:
 def gemma_encoder(seed: int, tokenizer: GemmaTokenizer, length: int = TEXT_LENGTH) -> Gemma2Model:
     from transformers import Gemma2Config, Gemma2Model
 
-    head_dim = TEXT_WIDTH // 2
-    config = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=2 * TEXT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=head_dim,
-        query_pre_attn_scalar=head_dim,
-        max_position_embeddings=length,
-        sliding_window=length,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    config = decoder_config(
+        Gemma2Config, tokenizer, 2, length,
+        query_pre_attn_scalar=TEXT_WIDTH // 2, sliding_window=length, bos_token_id=tokenizer.bos_token_id,
     )
     return init(seed, Gemma2Model, config)
 

@@ -68,20 +68,10 @@ def _qwen_tokenizer() -> Any:
 def _qwen3_encoder(seed: int, tokenizer: Any) -> Any:
     from transformers import Qwen3Config, Qwen3Model
 
-    head_dim = parts.TEXT_WIDTH // 2
-    config = Qwen3Config(
-        vocab_size=len(tokenizer),
-        hidden_size=parts.TEXT_WIDTH,
-        intermediate_size=2 * parts.TEXT_WIDTH,
-        num_hidden_layers=2,  # the pipeline reads hidden_states[-2]: the first layer's output
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=head_dim,
-        max_position_embeddings=MAX_SEQUENCE_LENGTH,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    # The pipeline reads hidden_states[-2]: the first layer's output.
+    config = parts.decoder_config(
+        Qwen3Config, tokenizer, 2, MAX_SEQUENCE_LENGTH, tie_word_embeddings=False,
+        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )
     return parts.init(seed, Qwen3Model, config)
 
