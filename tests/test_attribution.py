@@ -93,7 +93,8 @@ def blended(arch: str, layer: str, strength: float) -> RowPatch:
     blend = target.to()  # a copy whose entries are replaced below, not edited in place
     for key, entry in blend.entries.items():
         own = source.entries[key]
-        entry.key = own.key + strength * (entry.key - own.key)
+        if entry.key is not None:  # the pooled vector has its value alone
+            entry.key = own.key + strength * (entry.key - own.key)
         entry.value = own.value + strength * (entry.value - own.value)
     return RowPatch((layer,), source=blend)
 
@@ -102,7 +103,8 @@ def blended(arch: str, layer: str, strength: float) -> RowPatch:
 def test_the_strength_gradient_is_the_derivative_of_the_blended_patch(arch):
     pipe = pipeline64(arch)
     layers = select_layers(pipe, "all")
-    # The first layer where its patch starts (strength 0), the last where it is complete (1).
+    # The first layer where its patch starts (strength 0), the last unit (the pooled vector, where
+    # the family has one) where it is complete (1).
     cases = [(layers[0].name, 0.0), (layers[-1].name, 1.0)]
     strengths = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for _, value in cases]
     engine = [RowPatch((layer,), source=0, strength=strength) for (layer, _), strength in zip(cases, strengths)]
@@ -219,9 +221,10 @@ def test_the_key_exact_screen_differentiates_along_the_exactly_patched_attention
     # runs (the layer unpatched, and patched alone) read by plain forward hooks, the derivative by
     # central differences of runs in which such a hook puts O + t * ΔO in the layer's place.
     pipe = pipeline64(arch)
+    # The attention layers: the pooled vector's output is linear in t, as the gradient screen's (tested above).
     result = localize(
-        pipe, [PAIR], method="attribution", screen="key-exact", grad_steps=(0.0,), held_out=0.0, ocr=ReadsNothing(), progress=False,
-        **settings(pipe),
+        pipe, [PAIR], "attention", method="attribution", screen="key-exact", grad_steps=(0.0,), held_out=0.0, ocr=ReadsNothing(),
+        progress=False, **settings(pipe),
     )
     names = [layer["name"] for layer in result.layers]
     changes = attention_outputs(pipe, names)

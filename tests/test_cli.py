@@ -42,7 +42,7 @@ _SDXL_BLOCKS = (
 # FLUX: add_k/v_proj (joint) or to_k/v (single), 32 -> 32 with bias: 2 * (32 * 32 + 32).
 # IF: add_k/v_proj, 32 -> 64 (4 heads of 16) with bias: 2 * (32 * 64 + 64).
 EXPECTED_LAYERS = {
-    "sdxl": ("UNet2DConditionModel", 542_260, [(f"{block}.attn2", "cross", 2, 4_096) for block in _SDXL_BLOCKS]),
+    "sdxl": ("UNet2DConditionModel", 542_260, [*((f"{block}.attn2", "cross", 2, 4_096) for block in _SDXL_BLOCKS), ("add_embedding", "pooled", None, 9_344)]),
     "flux": (
         "FluxTransformer2DModel",
         132_176,
@@ -51,6 +51,7 @@ EXPECTED_LAYERS = {
             ("transformer_blocks.1.attn", "joint", 2, 2_112),
             ("single_transformer_blocks.0.attn", "single", 2, 2_112),
             ("single_transformer_blocks.1.attn", "single", 2, 2_112),
+            ("time_text_embed.text_embedder", "pooled", None, 2_112),
         ],
     ),
     "deepfloyd-if": (
@@ -61,6 +62,7 @@ EXPECTED_LAYERS = {
             ("mid_block.attentions.0", "added_kv", 4, 4_224),
             ("up_blocks.0.attentions.0", "added_kv", 4, 4_224),
             ("up_blocks.0.attentions.1", "added_kv", 4, 4_224),
+            ("add_embedding", "pooled", None, 7_744),
         ],
     ),
 }
@@ -107,7 +109,8 @@ def test_layers_table_has_one_line_per_layer_and_a_total(capsys):
     for index, block in enumerate(_SDXL_BLOCKS):
         (line,) = [line for line in lines if f" {block}.attn2 " in line]
         assert line.split() == [str(index), f"{block}.attn2", "cross", "2", "4,096", "0.755%"]
-    assert lines[-1].split() == ["total", "11", "text", "layers", "45,056", "8.309%"]
+    assert lines[-3].split() == ["11", "add_embedding", "pooled", "-", "9,344", "1.723%"]
+    assert lines[-1].split() == ["total", "12", "text", "units", "54,400", "10.032%"]
 
 
 def test_layers_kind_and_all_filter_the_listing(capsys):
@@ -121,7 +124,7 @@ def test_layers_kind_and_all_filter_the_listing(capsys):
     self_layers = [row for row in report["layers"] if row["kind"] == "self"]
     assert sorted(row["name"] for row in self_layers) == sorted(f"{block}.attn1" for block in _SDXL_BLOCKS)
     assert all(row["index"] is None for row in self_layers)  # a selector's index counts text layers only
-    assert report["total"]["layers"] == 11
+    assert report["total"]["layers"] == 12
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 import textloc as tl
 from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings
+from textloc.architectures.spec import ATTENTION_TEXT_KINDS
 from textloc.edit import edit_text, quoted_spans, replace_quoted, score_edit
 from textloc.layers import PRESETS, find_preset, resolve_layers
 from textloc.localization import Localization
@@ -129,7 +130,7 @@ def test_presets_name_real_layers_of_the_published_models(preset):
     assert find_preset(copy) is preset
     layers = resolve_layers(copy, "preset")
     assert [layer.name for layer in layers] == list(preset.layers)
-    assert len(tl.select_layers(model, "all")) == preset.num_text_layers
+    assert len(tl.attention_layers(model, ATTENTION_TEXT_KINDS)) == preset.num_text_layers
 
 
 def test_resolver_takes_a_saved_localization_folder_and_checks_its_weights(tmp_path):

@@ -10,7 +10,7 @@ import torch
 import textloc as tl
 from conftest import ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, seeded
 from textloc.architectures import family_of
-from textloc.architectures.spec import STEP_INDEPENDENT_KINDS, TEXT_KINDS
+from textloc.architectures.spec import ATTENTION_TEXT_KINDS, STEP_INDEPENDENT_KINDS, TEXT_KINDS
 from textloc.engine.run_state import prediction_of
 from textloc.engine import (
     RowPatch,
@@ -26,9 +26,9 @@ from textloc.engine import (
 
 EXPECTED_KINDS = {
     "sd15": {"cross"},
-    "sdxl": {"cross"},
-    "sd3": {"joint"},
-    "flux": {"joint", "single"},
+    "sdxl": {"cross", "pooled"},
+    "sd3": {"joint", "pooled"},
+    "flux": {"joint", "single", "pooled"},
     "flux2": {"joint", "single"},
     "flux2-klein": {"joint", "single"},
     "chroma": {"joint", "single"},
@@ -37,9 +37,9 @@ EXPECTED_KINDS = {
     "qwenimage": {"joint"},
     "cogview4": {"single"},
     "hunyuan-image": {"joint", "single"},
-    "hidream": {"joint", "single"},
+    "hidream": {"joint", "single", "pooled"},
     "z-image": {"refiner", "single"},
-    "deepfloyd-if": {"added_kv"},
+    "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
     "sana": {"cross"},
@@ -50,7 +50,8 @@ BATCH_TOLERANCE = 1e-4
 
 
 def text_layers(pipe):
-    return attention_layers(pipe, kind=TEXT_KINDS)
+    """The attention layers that read the text (the pooled unit has tests of its own)."""
+    return attention_layers(pipe, kind=ATTENTION_TEXT_KINDS)
 
 
 def cache_of(pipe, prompt, layers="all", **overrides):
@@ -58,9 +59,11 @@ def cache_of(pipe, prompt, layers="all", **overrides):
 
 
 def test_discovery_finds_the_right_kinds(arch, pipe):
-    layers = text_layers(pipe)
+    layers = attention_layers(pipe, kind=TEXT_KINDS)
     assert {layer.kind for layer in layers} == EXPECTED_KINDS[arch]
     assert [layer.index for layer in layers] == list(range(len(layers)))
+    # The pooled unit, where there is one, comes after the attention layers: their indices stay.
+    assert [layer.kind == "pooled" for layer in layers] == [False] * len(text_layers(pipe)) + [True] * ("pooled" in EXPECTED_KINDS[arch])
     assert all(layer.num_text_kv_params > 0 for layer in layers)
     everything = attention_layers(pipe)
     assert all(layer.index is None for layer in everything if layer.kind == "self")
@@ -85,7 +88,7 @@ def test_patching_with_own_prompt_is_bit_identical(arch, pipe):
     plain = generate(pipe)
     with tl.patch(pipe, "all", cache_of(pipe, PROMPT)):
         assert torch.equal(generate(pipe), plain)
-    if EXPECTED_KINDS[arch] <= {"cross", "added_kv"}:  # injection straight from a prompt
+    if EXPECTED_KINDS[arch] <= set(STEP_INDEPENDENT_KINDS):  # injection straight from a prompt
         with tl.patch(pipe, "all", PROMPT, **tiny_kwargs(pipe)):
             assert torch.equal(generate(pipe), plain)
 
@@ -99,8 +102,8 @@ def test_patching_one_layer_changes_the_image_and_only_that_layer(arch, pipe):
         inside = cache_of(pipe, PROMPT)  # what every layer saw during a patched run
     assert not torch.allclose(patched, plain, atol=1e-5)
     unpatched = cache_of(pipe, PROMPT)
-    changed = {(name, step) for (name, step, branch), entry in unpatched.entries.items() if not torch.equal(entry.key, inside.entries[name, step, branch].key)}
-    if EXPECTED_KINDS[arch] <= {"cross", "added_kv"}:
+    changed = {(name, step) for (name, step, branch), entry in unpatched.entries.items() if not torch.equal(entry.value, inside.entries[name, step, branch].value)}
+    if EXPECTED_KINDS[arch] - {"pooled"} <= {"cross", "added_kv"}:
         # Text reaches these layers straight from the encoder: the others' inputs are untouched.
         assert {name for name, _ in changed} == {target.name}
     else:
@@ -170,13 +173,13 @@ def test_step_window_leaves_earlier_steps_identical(pipe):
 
 def test_exit_restores_the_pipeline_even_after_an_exception(pipe):
     plain = generate(pipe)
-    processors = {layer.name: layer.module.processor for layer in attention_layers(pipe)}
+    processors = {layer.name: layer.module.processor for layer in attention_layers(pipe) if layer.kind != "pooled"}
     forwards = {name: module.forward for name, module in tl.engine.denoiser(pipe).named_modules()}
     with pytest.raises(RuntimeError, match="boom"):
         with tl.patch(pipe, "all", cache_of(pipe, OTHER)):
             raise RuntimeError("boom")
     assert torch.equal(generate(pipe), plain)
-    assert {layer.name: layer.module.processor for layer in attention_layers(pipe)} == processors
+    assert {layer.name: layer.module.processor for layer in attention_layers(pipe) if layer.kind != "pooled"} == processors
     after = {name: module.forward for name, module in tl.engine.denoiser(pipe).named_modules()}
     assert all(after[name] == forward for name, forward in forwards.items())
 
@@ -224,7 +227,7 @@ def test_source_row_picks_that_prompt_of_a_cache(arch, pipe):
     both = cache_of(pipe, [OTHER, THIRD])
     second = TextCache(
         both.fingerprint, both.prompts[1:], both.num_steps, both.layers,
-        {key: TextKV(e.key[1:], e.value[1:], None if e.mask is None else e.mask[1:]) for key, e in both.entries.items()},
+        {key: TextKV(None if e.key is None else e.key[1:], e.value[1:], None if e.mask is None else e.mask[1:]) for key, e in both.entries.items()},
         both.num_positions,
     )
     with tl.patch(pipe, names, second):
@@ -255,12 +258,12 @@ def test_head_subset_patches_only_those_heads(pipe):
 
 
 def test_kv_choice_patches_keys_only_values_only_or_both(pipe):
-    other = cache_of(pipe, OTHER)
+    other = cache_of(pipe, OTHER, "attention")  # the pooled vector has no keys or values
     images = {"none": generate(pipe)}
-    with tl.patch(pipe, "all", other):
+    with tl.patch(pipe, "attention", other):
         today = generate(pipe)
     for kv in ("k", "v", "both"):
-        with tl.patch(pipe, "all", other, kv=kv):
+        with tl.patch(pipe, "attention", other, kv=kv):
             images[kv] = generate(pipe)
     assert torch.equal(images["both"], today)
     distinct = list(images.values())
@@ -336,6 +339,57 @@ def test_cache_stores_step_independent_layers_once(arch, pipe):
         steps = {step for (name, step, branch) in cache.entries if name == layer.name}
         assert steps == ({None} if layer.kind in STEP_INDEPENDENT_KINDS else {0, 1})
     assert cache.nbytes > 0
+
+
+def test_a_row_that_reads_every_text_unit_of_another_row_is_that_row(arch, pipe):
+    # Every way the prompt reaches the image is a unit: the text K/V of every attention layer, and
+    # the pooled vector where the family has one (without it, SD3, FLUX, SDXL, IF and HiDream rows
+    # keep their own pooled text and stay apart).
+    names = tuple(layer.name for layer in select_layers(pipe, "all"))
+    images = torch.as_tensor(run_with_patches(pipe, [PROMPT, OTHER], [RowPatch(names, source=1, row=0, branch="both")], **tiny_kwargs(pipe)).images)
+    torch.testing.assert_close(images[0], images[1], atol=BATCH_TOLERANCE, rtol=0)
+
+
+POOLED_ARCHS = [arch for arch, kinds in EXPECTED_KINDS.items() if "pooled" in kinds]
+
+
+@pytest.mark.parametrize("pooled_arch", POOLED_ARCHS)
+def test_the_pooled_vector_is_a_unit_recorded_and_patched_like_a_layer(pooled_arch):
+    pipe = _pipeline(pooled_arch)
+    (unit,) = select_layers(pipe, "pooled")
+    assert unit.kind == "pooled" and unit in select_layers(pipe, "all")
+    assert unit.num_text_kv_params == sum(p.numel() for p in unit.module.parameters())
+    plain = generate(pipe)
+    own = cache_of(pipe, PROMPT, "pooled")
+    # The vector depends on the prompt alone: one entry per branch, from the first pass.
+    assert {(name, step) for name, step, _ in own.entries} == {(unit.name, None)}
+    assert {branch for _, _, branch in own.entries} == {"cond", "uncond"}
+    with tl.patch(pipe, "pooled", own):
+        assert torch.equal(generate(pipe), plain)
+    other = cache_of(pipe, OTHER, "pooled")
+    with tl.patch(pipe, unit.name, other):
+        patched = generate(pipe)
+    assert not torch.allclose(patched, plain, atol=1e-5)
+    with tl.patch(pipe, "pooled", OTHER, **tiny_kwargs(pipe)):  # injected from a prompt, encoded once
+        assert torch.equal(generate(pipe), patched)
+    # In a batch of mixed rows, each row is its separate run.
+    plan = [RowPatch((unit.name,), source=2, row=0), RowPatch((unit.name,), source=own, row=1)]
+    batched = torch.as_tensor(run_with_patches(pipe, [PROMPT, OTHER, OTHER, PROMPT], plan, **tiny_kwargs(pipe)).images)
+    torch.testing.assert_close(batched[0], patched[0], atol=BATCH_TOLERANCE, rtol=0)
+    with tl.patch(pipe, "pooled", own):
+        torch.testing.assert_close(batched[1], generate(pipe, OTHER)[0], atol=BATCH_TOLERANCE, rtol=0)
+    torch.testing.assert_close(batched[3], plain[0], atol=BATCH_TOLERANCE, rtol=0)
+
+
+def test_the_pooled_vector_takes_no_heads_or_half_patch_and_a_model_without_one_says_so():
+    pipe = _pipeline("sd3")
+    cache = cache_of(pipe, OTHER, "all")
+    for partial in ({"heads": [0]}, {"kv": "k"}, {"kv": "v"}):
+        with pytest.raises(ValueError, match="pooled text vector, one vector per row with no heads"):
+            with tl.patch(pipe, "all", cache, **partial):
+                pass
+    with pytest.raises(ValueError, match="has no pooled text vector"):
+        select_layers(_pipeline("sd15"), "pooled")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,7 +556,7 @@ def test_half_precision_patching(half_arch, dtype):
     pipe = tiny_pipeline(half_arch).to(dtype=dtype)
     plain = generate(pipe)
     own = cache_of(pipe, PROMPT)
-    assert next(iter(own.entries.values())).key.dtype == dtype
+    assert {entry.value.dtype for entry in own.entries.values()} == {dtype}
     with tl.patch(pipe, "all", own):
         assert torch.equal(generate(pipe), plain)
     with tl.patch(pipe, "all", cache_of(pipe, OTHER)):

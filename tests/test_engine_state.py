@@ -122,7 +122,7 @@ def test_heun_corrector_passes_are_conditional_and_recorded_apart():
     kwargs = kwargs_of(pipe, guidance_scale=1.0, num_inference_steps=3)
     cache = record(pipe, "all", OTHER, generator=generator(0), **kwargs)
     assert {branch for (_, _, branch) in cache.entries} == {"cond"}
-    assert {position for (_, position, _) in cache.entries} == set(range(5))  # 2n - 1 passes
+    assert {position for (_, position, _) in cache.entries} == {None, *range(5)}  # 2n - 1 passes, and the pooled vector once
     assert (cache.num_steps, cache.num_positions) == (3, 5)
     plain = pipe(prompt=OTHER, generator=generator(0), **kwargs).images
     with tl.patch(pipe, "all", cache):  # its own K/V at every pass: nothing changes
@@ -251,7 +251,7 @@ def test_early_stops_free_model_hooks(monkeypatch):
 def test_cache_is_written_to_its_device():
     pipe = _pipeline("sd3")
     cache = record(pipe, "all", OTHER, cache_device="meta", **seeded(pipe))
-    assert {entry.key.device.type for entry in cache.entries.values()} == {"meta"}
+    assert {entry.value.device.type for entry in cache.entries.values()} == {"meta"}
 
 
 # ---- 8. A prompt source costs a text encoding, not a hidden generation

@@ -110,7 +110,7 @@ def test_targets_are_full_paths_of_the_chosen_projections(arch, targets, expecte
 
 def test_a_joint_block_without_text_output_leaves_it_out_unless_named():
     pipe = tiny_pipeline("sd3")
-    last = select_layers(pipe, "all")[-1]  # SD3's last block: context_pre_only, no to_add_out
+    last = select_layers(pipe, "attention")[-1]  # SD3's last block: context_pre_only, no to_add_out
     assert last.module.to_add_out is None
     assert not any(path.endswith("to_add_out") for path in lora_targets(pipe, last, "text"))
     with pytest.raises(ValueError, match="no linear projection 'to_add_out'"):

@@ -120,7 +120,10 @@ def merit(means: dict) -> tuple[float, ...]:
 def test_the_committed_finding_is_about_the_shipped_model(model: str, finding: Localization, pipe) -> None:
     assert finding.model == model
     assert finding.settings["weights"] == weights_fingerprint(pipe)  # made on these weights, not older ones
-    shipped = tl.select_layers(pipe, "all")
+    # Every unit it swept is one of the model's, and it swept every attention layer (a report made
+    # before the pooled vector was a unit swept the attention layers alone).
+    shipped = tl.select_layers(pipe, finding.settings["layers"])
+    assert set(tl.select_layers(pipe, "attention")) <= set(shipped)
     assert [(layer["name"], layer["kind"], layer["index"], layer["num_text_kv_params"]) for layer in finding.layers] == [
         (layer.name, layer.kind, layer.index, layer.num_text_kv_params) for layer in shipped
     ]

@@ -162,7 +162,8 @@ def test_export_is_a_stock_flux_folder_whose_layers_the_engine_lists(tmp_path: P
     kinds = {layer.name: layer.kind for layer in tl.attention_layers(loaded)}
     double, single = TEST_FLUX_CONFIG.double_layers, TEST_FLUX_CONFIG.single_layers
     assert kinds == {**{f"transformer_blocks.{i}.attn": "joint" for i in range(double)},
-                     **{f"single_transformer_blocks.{i}.attn": "single" for i in range(single)}}
+                     **{f"single_transformer_blocks.{i}.attn": "single" for i in range(single)},
+                     "time_text_embed.text_embedder": "pooled"}
 
 
 def test_its_export_loads_by_name_and_as_a_stock_flux_pipeline_from_its_folder() -> None:

@@ -22,7 +22,8 @@ from typing import Any, Union
 import torch
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
-from textloc.engine import AttentionLayer, LayerSelector, check_step_window, denoiser, select_layers
+from textloc.architectures.spec import ATTENTION_TEXT_KINDS
+from textloc.engine import AttentionLayer, LayerSelector, attention_layers, check_step_window, denoiser, select_layers
 from textloc.engine.choices import DEFAULT_START_STEP
 from textloc.localization.report import REPORT_FILE, Localization
 from textloc.models import embedded_model_of
@@ -47,7 +48,7 @@ class Preset:
     denoiser_class: Callable[..., torch.nn.Module]
     config: Mapping[str, Any]
     layers: tuple[str, ...]
-    num_text_layers: int
+    num_text_layers: int  # attention layers that read the text (the pooled unit is not counted)
     settings: Mapping[str, Any]
     start_step: int
     source: str = PAPER
@@ -179,12 +180,12 @@ def find_preset(pipe: Any) -> Preset:
         network = denoiser(pipe)
         return Preset(
             model=embedded.name, model_ids=(embedded.name,), denoiser_class=type(network), config=dict(network.config),
-            layers=embedded.text_layers, num_text_layers=len(select_layers(pipe, "all")), settings=embedded.settings,
+            layers=embedded.text_layers, num_text_layers=len(attention_layers(pipe, ATTENTION_TEXT_KINDS)), settings=embedded.settings,
             start_step=DEFAULT_START_STEP if embedded.start_step is None else embedded.start_step, source=f"textloc's localization of {embedded.name}",
         )
     for preset in PRESETS:
         if preset.matches(pipe):
-            found = len(select_layers(pipe, "all"))
+            found = len(attention_layers(pipe, ATTENTION_TEXT_KINDS))
             if found != preset.num_text_layers:
                 raise ValueError(
                     f"This pipeline looks like {preset.model} but has {found} text layers, not "

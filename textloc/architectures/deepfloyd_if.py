@@ -65,5 +65,7 @@ FAMILY = Family(
     pipelines=("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"),
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
+    # addition_embed_type="text": an attention pool of the T5 tokens joins the timestep embedding.
+    pooled="add_embedding",
     tiny={"deepfloyd-if": TinyPipeline("IFPipeline", _deepfloyd_if)},
 )

@@ -63,5 +63,7 @@ FAMILY = Family(
     attention=FLUX_ATTENTION,
     # Without a negative prompt and true_cfg_scale every pass is conditional.
     guidance=Guidance(distilled=True),
+    # The pooled CLIP vector (pooled_projections) joins the timestep embedding of every block.
+    pooled="time_text_embed.text_embedder",
     tiny={"flux": TinyPipeline("FluxPipeline", _flux, {"true_cfg_scale": 4.0, "negative_prompt": ""})},
 )

@@ -141,6 +141,8 @@ FAMILY = Family(
     ),
     signature=DenoiserSignature(timestep="timesteps"),
     text_length=_text_length,
+    # The pooled CLIP-L and CLIP-G vectors (pooled_embeds) join the timestep embedding.
+    pooled="p_embedder",
     refuses={"train_lora": "its pipeline negates the denoiser's prediction, which the objective does not"},
     tiny={"hidream": TinyPipeline("HiDreamImagePipeline", _hidream, {"guidance_scale": 5.0}, _small)},
 )

@@ -58,5 +58,7 @@ FAMILY = Family(
     denoisers=("SD3Transformer2DModel",),
     pipelines=("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
     attention=(AttentionRule("Attention", JOINT, when="add_q_proj"),),
+    # The pooled CLIP vectors (pooled_projections) join the timestep embedding of every block.
+    pooled="time_text_embed.text_embedder",
     tiny={"sd3": TinyPipeline("StableDiffusion3Pipeline", _sd3)},
 )

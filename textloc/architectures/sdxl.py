@@ -61,5 +61,8 @@ FAMILY = Family(
     pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
+    # addition_embed_type="text_time": the pooled CLIP vector (text_embeds), with the size
+    # conditioning (time_ids) beside it, joins the timestep embedding.
+    pooled="add_embedding",
     tiny={"sdxl": TinyPipeline("StableDiffusionXLPipeline", _sdxl)},
 )

@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # only for annotations: the specs are data, importing them imports no torch
     import torch
 
-Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "self"]
-TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner")
+Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "pooled", "self"]
+#: The kinds of attention layer that read the text.
+ATTENTION_TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner")
+#: Every kind of unit that carries text: the attention layers, and the pooled text vector (the
+#: global text vector a family adds to the timestep embedding, which no attention carries).
+TEXT_KINDS: tuple[Kind, ...] = (*ATTENTION_TEXT_KINDS, "pooled")
 KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
 # Kinds whose text K/V depend on the prompt only, not on the step or the image: a cache holds them
 # once, and a prompt can be injected into them directly.
-STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "refiner")
+STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "refiner", "pooled")
 
 # The CFG branch a denoiser call's rows belong to. "skip_layer" is the extra pass of SD3's
 # skip-layer guidance: the conditional rows again, with some blocks skipped.
@@ -45,7 +49,7 @@ class Projection:
 
     def module(self, attention: torch.nn.Module) -> torch.nn.Module | None:
         module = attention
-        for part in self.name.split("."):
+        for part in self.name.split(".") if self.name else ():
             module = getattr(module, part, None)
             if module is None:
                 return None
@@ -83,6 +87,12 @@ class TextRoute:
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     text_mask: str | None = None
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """What the unit's hooks record and patch: ``"key"`` and ``"value"``, or the pooled vector
+        alone, as its ``"value"``."""
+        return ("value",) if self.kind == "pooled" else ("key", "value")
+
 
 CROSS = TextRoute("cross", Projection("to_k"), Projection("to_v"))
 # IF: the text reaches the layer through its own K/V projections.
@@ -97,6 +107,10 @@ TEXT_LAST = TextRoute("single", Projection("to_k"), Projection("to_v"), "last", 
 # A text refiner's self-attention (Lumina 2, Z-Image): text only, from the prompt alone, before the
 # text joins the image.
 REFINER = TextRoute("refiner", Projection("to_k"), Projection("to_v"))
+# The pooled text vector: the unit is the module that reads it (``Family.pooled``), and its output,
+# one vector per row, is what is recorded and patched; it is kept as the unit's "value" (it has no
+# key). A LoRA on it trains every linear layer of that module (:mod:`textloc.finetune.targets`).
+POOLED = TextRoute("pooled", Projection(""), Projection(""), lora_targets=())
 
 
 @dataclass(frozen=True)
@@ -178,7 +192,9 @@ class Family:
     hold (default: the text argument's second dimension); ``check_run(pipe)``, where given, refuses
     a run whose settings the engine cannot follow; ``refuses`` the uses it does not support yet,
     each with the reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by
-    architecture name.
+    architecture name; ``pooled``, where the family has a pooled text vector, the module (path in
+    the denoiser) that reads it, whose output is the pooled unit (a checkpoint without that module,
+    SD 1.5's U-Net for one, has none).
     """
 
     name: str
@@ -191,6 +207,7 @@ class Family:
     text_length: Callable[[tuple, Mapping[str, Any]], int] | None = None
     check_run: Callable[[Any], None] | None = None
     refuses: Mapping[str, str] = field(default_factory=dict)
+    pooled: str | None = None
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

@@ -19,14 +19,16 @@ def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.A
     parser = subcommands.add_parser(
         "layers",
         parents=parents,
-        help="list the text-conditioned attention layers of a model",
+        help="list the text-conditioned attention layers of a model (and its pooled text vector)",
         description=(
-            "List the attention layers of a model's denoiser that read the prompt, in forward order: "
-            "index (what a layer selector's integer means), full module name, kind, heads, the "
-            "parameters of its text K/V projections and their share of the denoiser's parameters. "
+            "List the attention layers of a model's denoiser that read the prompt, in forward order, then "
+            "the module that reads its pooled text vector where it has one: index (what a layer "
+            "selector's integer means), full module name, kind, heads, the parameters of its text K/V "
+            "projections (of the pooled vector's reader) and their share of the denoiser's parameters. "
             "Kinds: cross (U-Net/PixArt/Sana attn2), added_kv (DeepFloyd IF), joint (SD3, FLUX/FLUX.2/Chroma "
             "double-stream), single (their single-stream blocks, Lumina 2's main layers), refiner (a text "
-            "refiner's text-only attention, Lumina 2), self (no text; only with --all or --kind self)."
+            "refiner's text-only attention, Lumina 2), pooled (the pooled text vector: SD3, FLUX, SDXL, IF, "
+            "HiDream; select it as 'pooled'), self (no text; only with --all or --kind self)."
         ),
         epilog=examples(
             "textloc layers --model tiny-random-sdxl",
@@ -64,7 +66,7 @@ def _layer_row(layer: AttentionLayer, total_params: int) -> dict[str, Any]:
         "index": layer.index,
         "name": layer.name,
         "kind": layer.kind,
-        "heads": layer.num_heads,
+        "heads": None if layer.kind == "pooled" else layer.num_heads,
         "text_kv_params": layer.num_text_kv_params,
         "share": layer.num_text_kv_params / total_params,
     }
@@ -78,14 +80,14 @@ def format_layers_table(report: dict[str, Any]) -> str:
             "-" if row["index"] is None else str(row["index"]),
             row["name"],
             row["kind"],
-            str(row["heads"]),
+            "-" if row["heads"] is None else str(row["heads"]),
             "-" if row["kind"] == "self" else f"{row['text_kv_params']:,}",
             "-" if row["kind"] == "self" else f"{100 * row['share']:.3f}%",
         )
         for row in report["layers"]
     ]
     total = report["total"]
-    footer = ("total", f"{total['layers']} text layers", "", "", f"{total['text_kv_params']:,}", f"{100 * total['share']:.3f}%")
+    footer = ("total", f"{total['layers']} text units", "", "", f"{total['text_kv_params']:,}", f"{100 * total['share']:.3f}%")
     widths = [max(len(line[column]) for line in (header, *lines, footer)) for column in range(len(header))]
     right_aligned = {0, 3, 4, 5}
 

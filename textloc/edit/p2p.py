@@ -23,6 +23,7 @@ import torch
 
 from textloc import seeding
 from textloc.engine import (
+    ATTENTION_TEXT_KINDS,
     AttentionCall,
     AttentionLayer,
     attention_layers,
@@ -182,7 +183,7 @@ def _covers(window: StepWindow, call: AttentionCall) -> bool:
 
 def _edited_layers(pipe: Any, replace_cross: bool, replace_self: bool) -> list[AttentionLayer]:
     """The layers whose probabilities the swap needs; a model with joint/single layers is refused."""
-    wanted = [layer for layer in attention_layers(pipe) if layer.kind != "self"]
+    wanted = attention_layers(pipe, ATTENTION_TEXT_KINDS)
     joint = sorted({layer.kind for layer in wanted if layer.kind in ("joint", "single")})
     if joint:
         raise ValueError(

@@ -33,7 +33,7 @@ from textloc.lazy import lazy_namespace
 #: Each public name and the module it comes from (imported when first used: :mod:`textloc.lazy`).
 _EXPORTS: dict[str, str] = {
     "denoiser": "textloc.architectures",
-    **dict.fromkeys(("KINDS", "STEP_INDEPENDENT_KINDS", "TEXT_KINDS", "Kind"), "textloc.architectures.spec"),
+    **dict.fromkeys(("ATTENTION_TEXT_KINDS", "KINDS", "STEP_INDEPENDENT_KINDS", "TEXT_KINDS", "Kind"), "textloc.architectures.spec"),
     **dict.fromkeys(("Branch", "BranchChoice", "KV", "KV_CHOICES", "StepWindow", "DEFAULT_START_STEP"), "textloc.engine.choices"),
     **dict.fromkeys(("TextCache", "TextKV"), "textloc.engine.cache"),
     **dict.fromkeys(("DenoiserInputs", "denoiser_inputs"), "textloc.engine.capture"),

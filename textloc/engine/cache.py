@@ -11,9 +11,12 @@ from textloc.engine.choices import Branch
 
 @dataclass
 class TextKV:
-    """Text keys and values of one layer at one denoiser pass and branch: ``[rows, text_tokens, dim]``."""
+    """Text keys and values of one layer at one denoiser pass and branch: ``[rows, text_tokens, dim]``.
 
-    key: torch.Tensor
+    The pooled unit has one vector per row and no key: ``key`` is ``None``, ``value`` is ``[rows, dim]``.
+    """
+
+    key: torch.Tensor | None
     value: torch.Tensor
     mask: torch.Tensor | None = None  # the layer's text attention mask, where the model pads text
 
@@ -25,7 +28,7 @@ class TextCache:
     ``entries`` are keyed by ``(layer, position, branch)``: ``position`` indexes the scheduler's
     timesteps, which is the step itself for first-order schedulers, while the two denoiser passes
     of a second-order step (Heun, KDPM2) each have their own. Entries of step-independent layers
-    (``cross``, ``added_kv``) are stored once, under position ``None``, and serve every step of
+    (``cross``, ``added_kv``, ``refiner``, ``pooled``) are stored once, under position ``None``, and serve every step of
     any schedule. ``fingerprint`` identifies the denoiser's weights (:mod:`textloc.fingerprint`).
     """
 
@@ -40,7 +43,8 @@ class TextCache:
         """The entry for a layer at a scheduler position and branch; a clear error if it was not recorded."""
         entry = self.entries.get((layer, position, branch)) or self.entries.get((layer, None, branch))
         if entry is None and branch == "skip_layer":
-            # A step-independent layer's text K/V are the conditional branch's in every pass.
+            # A step-independent layer's text K/V are the conditional branch's in every pass (to
+            # rounding: a run that records the skip-layer pass keeps its own, computed at its batch size).
             entry = self.entries.get((layer, None, "cond"))
         if entry is None:
             if layer not in self.layers:
@@ -61,7 +65,7 @@ class TextCache:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextCache:
         """A copy with every tensor moved (masks keep their dtype)."""
         moved = {
-            key: TextKV(e.key.to(device, dtype), e.value.to(device, dtype), None if e.mask is None else e.mask.to(device))
+            key: TextKV(None if e.key is None else e.key.to(device, dtype), e.value.to(device, dtype), None if e.mask is None else e.mask.to(device))
             for key, e in self.entries.items()
         }
         return TextCache(self.fingerprint, list(self.prompts), self.num_steps, dict(self.layers), moved, self.num_positions)

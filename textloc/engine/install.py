@@ -94,6 +94,12 @@ def hooked(
                 layer_patches = [p for p in patches if layer.name in p.layers]
                 replay = next((p for p in replays if layer.name in p.layers), None)
                 hooks = LayerHooks(layer, state, recorder, layer_patches, replay, grad_steps)
+                if layer.kind == "pooled":
+                    # The module's own output is the unit: its projection hook goes on first, so
+                    # that the outer attention hook's replay calls back through it.
+                    register(layer.module, ProjectionHook(hooks, (("value", None),)), f"{tag}_pooled")
+                    register(layer.module, AttentionHook(hooks), f"{tag}_attention")
+                    continue
                 key_proj, value_proj = layer.text_kv_projections
                 key = ("key", layer.route.key.columns(layer.module))
                 value = ("value", layer.route.value.columns(layer.module))

@@ -166,7 +166,7 @@ class LayerHooks:
                     found.append((patch, targets, _Source(batch_index=rows[patch.source])))
                     continue
                 entry = patch.source.get(self.layer.name, call.position, branch)
-                row_wise = patch.row is None and entry.key.shape[0] == len(rows)
+                row_wise = patch.row is None and entry.value.shape[0] == len(rows)
                 picks = _ALL_ROWS if row_wise else slice(patch.source_row, patch.source_row + 1)
                 found.append((patch, targets, _Source(entry=entry, rows=picks, keep_mask=self.layer.route.text_mask is not None)))
         # Writing in place is safe unless a row that is read as a source also gets written.
@@ -177,6 +177,11 @@ class LayerHooks:
     def on_projection(self, role: str, output: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
         """Record and patch ``role``'s text in a projection's output (in ``columns`` of it, for a
         fused projection); returns the output the layer goes on with."""
+        rows = self.state.call.num_rows
+        if output.shape[0] == 1 < rows:
+            # One row for the whole call, broadcast by the model (FLUX's pooled vector of a single
+            # negative prompt): each row gets its own copy, so that each can be recorded and patched.
+            output = output.expand(rows, *output.shape[1:]).clone()
         kv = output if columns is None else output[..., columns]
         if self.recorder is not None:
             self.recorder.add(self.layer, self.state.call, role, self.text_slice(kv), self.mask)

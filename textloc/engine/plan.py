@@ -109,6 +109,13 @@ def validate_patch(patch: RowPatch, layers: dict[str, AttentionLayer]) -> None:
     if patch.kv not in KV_CHOICES:
         raise ValueError(f"kv must be 'k' (keys only), 'v' (values only) or 'both', not {patch.kv!r}.")
     check_step_window(patch.patch_steps)
+    pooled = [name for name in patch.layers if name in layers and layers[name].kind == "pooled"]
+    if pooled and patch.partial() is not None:
+        raise ValueError(
+            f"{pooled[0]} is the pooled text vector, one vector per row with no heads, keys or values: patch "
+            f"it whole (heads=None, kv='both'), or leave it out of a patch of {patch.partial()} (select "
+            "'attention' for every attention layer without it)."
+        )
     if patch.heads is not None:
         for name in patch.layers:
             bad = [h for h in patch.heads if not 0 <= h < layers[name].num_heads]

@@ -24,20 +24,19 @@ class Recorder:
 
     def add(self, layer: AttentionLayer, call: DenoiserCall, role: str, text: torch.Tensor, mask: torch.Tensor | None) -> None:
         """Keep ``text``, the text part of ``layer``'s ``role`` projection (``"key"`` or ``"value"``)
-        in ``call``, with the text attention mask the layer saw (``None`` where it has none)."""
+        in ``call``, with the text attention mask the layer saw (``None`` where it has none). The
+        pooled unit has its vector only, kept as its ``"value"``."""
         static = layer.kind in STEP_INDEPENDENT_KINDS
         text = text.detach()
         for branch, rows in call.branch_rows.items():
-            if static and branch == "skip_layer":
-                continue  # the conditional branch's entry serves that pass
             key = (layer.name, None if static else call.position, branch)
             if static and key in self.cache.entries:
                 continue  # recorded at the first pass; identical at every other
             pending = self.pending.setdefault((layer.name, branch), {})
             pending[role] = self._keep(text[rows])
-            if len(pending) == 2:
+            if len(pending) == len(layer.route.roles):
                 kept_mask = None if mask is None else self._keep(mask[rows])
-                self.cache.entries[key] = TextKV(pending["key"], pending["value"], kept_mask)
+                self.cache.entries[key] = TextKV(pending.get("key"), pending["value"], kept_mask)
                 del self.pending[layer.name, branch]
         if self.stop_when_complete and self._complete(call):
             raise StopRun

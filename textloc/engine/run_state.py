@@ -54,6 +54,11 @@ class DenoiserCall:
     replays: dict[str, LayerReplay] = field(default_factory=dict)  # layer name -> its replay in this call
 
     @functools.cached_property
+    def num_rows(self) -> int:
+        """The rows of the call's batch, every branch together."""
+        return sum(len(rows) for rows in self.branch_rows.values())
+
+    @functools.cached_property
     def text_len(self) -> int | None:
         """How many text tokens the call's shared sequences hold (asked only by layers that share one:
         a family may refuse a batch whose rows hold different counts)."""

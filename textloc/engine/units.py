@@ -10,6 +10,12 @@ which projections: :mod:`textloc.architectures`):
   (SD3, FLUX double-stream blocks); the text stream is rewritten by every block.
 - ``single``: text and image tokens share one sequence and one set of projections (FLUX
   single-stream blocks: text first); the family's spec says where the text sits.
+- ``pooled``: not an attention: the pooled (global) text vector that joins the timestep
+  embedding of every block (SD3 and FLUX ``pooled_projections``, SDXL ``text_embeds``, IF's
+  attention pool of its T5 tokens, HiDream ``pooled_embeds``). The unit is the module that reads
+  it, named by its full path and selectable as ``"pooled"``; its output, one vector per row, is
+  recorded and patched like a layer's text K/V, all of it at once (no heads, no keys vs values).
+  It is listed after the attention layers, so they keep their indices whether or not a model has one.
 - ``self``: no text at all. Listed for completeness; never patched.
 """
 
@@ -24,7 +30,7 @@ from typing import Union
 import torch
 
 from textloc.architectures import denoiser, family_of
-from textloc.architectures.spec import KINDS, Kind, TextRoute
+from textloc.architectures.spec import KINDS, POOLED, Kind, TextRoute
 
 # named_modules() follows registration order; a U-Net registers up_blocks before mid_block but runs
 # the mid block first. These ranks put top-level children in the order the forward pass visits them.
@@ -32,15 +38,21 @@ _FORWARD_RANK = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
 
 LayerSelector = Union[str, int, "AttentionLayer", Sequence[Union[str, int, "AttentionLayer"]]]
 
+#: The selector of a family's pooled text vector, whatever its module is called.
+POOLED_SELECTOR = "pooled"
+#: The selector of every attention layer that reads the text: "all" but the pooled vector.
+ATTENTION_SELECTOR = "attention"
+
 
 @dataclass(frozen=True)
 class AttentionLayer:
-    """One attention module of the denoiser.
+    """One attention module of the denoiser, or the module that reads its pooled text vector.
 
     ``name`` is its full module path inside the denoiser, ``index`` its forward order among the
-    text-conditioned layers (``None`` for ``self`` layers), ``num_text_kv_params`` the parameters of
-    the projections that make its text keys and values, ``route`` how its family's spec says the
-    text reaches it (``None`` for ``self`` layers).
+    text-conditioned layers (``None`` for ``self`` layers; the pooled unit comes last),
+    ``num_text_kv_params`` the parameters of the projections that make its text keys and values
+    (of the pooled unit: of the module that reads the vector), ``route`` how its family's spec says
+    the text reaches it (``None`` for ``self`` layers).
     """
 
     name: str
@@ -57,6 +69,8 @@ class AttentionLayer:
         twice where the projections are fused)."""
         if self.route is None:
             raise ValueError(f"{self.name} is a self-attention layer: it has no text keys or values.")
+        if self.kind == "pooled":
+            raise ValueError(f"{self.name} reads the pooled text vector: it has no keys or values, its output is the unit.")
         key, value = self.route.key.module(self.module), self.route.value.module(self.module)
         if key is None or value is None:
             raise ValueError(
@@ -114,7 +128,22 @@ def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None =
         layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module, route), params, module, route)
         if wanted is None or layer_kind in wanted:
             layers.append(layer)
+    pooled = _pooled_unit(model, family.pooled, index)
+    if pooled is not None and (wanted is None or "pooled" in wanted):
+        layers.append(pooled)
     return layers
+
+
+def _pooled_unit(model: torch.nn.Module, path: str | None, index: int) -> AttentionLayer | None:
+    """The unit of the pooled text vector: the module at ``path`` that reads it, if the model has one."""
+    try:
+        module = None if path is None else model.get_submodule(path)
+    except AttributeError:  # a checkpoint of the family without it
+        module = None
+    if module is None:  # SD 1.5's U-Net sets add_embedding = None
+        return None
+    params = sum(p.numel() for p in module.parameters())
+    return AttentionLayer(path, "pooled", index, 1, params, module, POOLED)
 
 
 def select_layers(pipe_or_model: object, selector: LayerSelector = "all") -> list[AttentionLayer]:
@@ -122,9 +151,11 @@ def select_layers(pipe_or_model: object, selector: LayerSelector = "all") -> lis
 
     A selector is ``"all"``, a full module name, the name of a block that holds text-conditioned
     layers (``up_blocks.1.attentions.1``, ``transformer_blocks.3``: every one inside it), a glob
-    (``up_blocks.0.*attn2``), a forward index among the text-conditioned layers, an
-    :class:`AttentionLayer`, or a list of these. A name or glob that matches nothing, an index out
-    of range, or a ``self`` layer raise ``ValueError``.
+    (``up_blocks.0.*attn2``), a forward index among the text-conditioned layers, ``"pooled"`` (the
+    pooled text vector's unit, where the model has one), ``"attention"`` (every attention layer that
+    reads the text), an :class:`AttentionLayer`, or a list of these. ``"all"`` is every
+    text-conditioned unit, the pooled one included. A name or glob that
+    matches nothing, an index out of range, or a ``self`` layer raise ``ValueError``.
     """
     every = attention_layers(pipe_or_model)
     text_layers = [layer for layer in every if layer.kind != "self"]
@@ -174,6 +205,13 @@ def _resolve_one(item, every, text_layers, by_name) -> list[AttentionLayer]:
         return [text_layers[item]]
     if item in by_name:
         return [by_name[item]]
+    if item == ATTENTION_SELECTOR:
+        return [layer for layer in text_layers if layer.kind != "pooled"]
+    if item == POOLED_SELECTOR:
+        pooled = [layer for layer in text_layers if layer.kind == "pooled"]
+        if not pooled:
+            raise ValueError("This model has no pooled text vector: its text reaches the image through attention alone.")
+        return pooled
     inside = [layer for layer in text_layers if layer.name.startswith(f"{item}.")]
     if inside:
         return inside

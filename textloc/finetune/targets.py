@@ -68,6 +68,8 @@ def lora_targets(pipe: Any, layers: LayerSource | None, targets: Targets = None)
 
 def _projections(layer: AttentionLayer, targets: Targets) -> tuple[str, ...]:
     if targets is None:
+        if layer.kind == "pooled":  # the module that reads the pooled vector: every linear layer in it
+            return _all_projections(layer)
         # The family's spec says what a LoRA on each kind of layer trains (a joint layer's image stream).
         return layer.route.lora_targets
     if isinstance(targets, str):
@@ -93,8 +95,12 @@ def _is_linear(module: torch.nn.Module | None) -> bool:
 
 
 def _all_projections(layer: AttentionLayer) -> tuple[str, ...]:
-    """The projection paths inside ``layer`` (the ones a LoRA may name)."""
-    return tuple(name for name, module in layer.module.named_modules() if name and _is_linear(module) and ".base_layer" not in name)
+    """The projection paths inside ``layer`` (the ones a LoRA may name), not the linear layers of a
+    LoRA already on them (peft's ``base_layer``, ``lora_A``, ``lora_B``)."""
+    return tuple(
+        name for name, module in layer.module.named_modules()
+        if name and _is_linear(module) and not any(part == "base_layer" or part.startswith("lora_") for part in name.split("."))
+    )
 
 
 def check_rank(pipe: Any, paths: Sequence[str], rank: int) -> None:

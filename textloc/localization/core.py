@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from textloc.distributed import Shards
-from textloc.engine import LayerSelector, denoiser_parameter_count, select_layers
+from textloc.engine import LayerSelector, RowPatch, denoiser_parameter_count, select_layers, validate_patch
 from textloc.fingerprint import weights_fingerprint
 from textloc.localization import stats
 from textloc.localization.config import SCREENS, LocalizeConfig
@@ -94,6 +94,9 @@ def localize(
     if reserved:
         raise ValueError(f"localize sets {', '.join(reserved)} itself; leave them out.")
     candidates = select_layers(pipe, layers)
+    # A heads or keys-only setting that some candidate cannot take (the pooled vector) fails here, not mid-run.
+    whole = RowPatch(tuple(layer.name for layer in candidates), source=0, patch_steps=config.patch_steps, heads=config.heads, branch=config.branch, kv=config.kv)
+    validate_patch(whole, {layer.name: layer for layer in candidates})
     reader = get_ocr(ocr)
     method, direction, screen, unit, seed = config.method, config.direction, config.screen, config.unit, config.seed
     selection, threshold, rule = config.selection, config.threshold, config.rule

@@ -273,7 +273,11 @@ class Stages:
     def heads(self, pairs, held, layers: list[AttentionLayer], selection: str, threshold: float, rule: str, way: Direction) -> dict[str, Any]:
         """Every head of ``layers`` patched alone, ranked, the smallest head set that carries the
         word (by the layers' selection and rule), and that set on the held-out pairs."""
-        units = [Unit(layer.name, head).name for layer in layers for head in range(layer.num_heads)]
+        # The pooled vector has no heads: it stays one unit among them.
+        units = [
+            unit.name for layer in layers
+            for unit in ([Unit(layer.name)] if layer.kind == "pooled" else [Unit(layer.name, head) for head in range(layer.num_heads)])
+        ]
         means, _, _ = self._evaluate_sets(way.stage("head sweep"), pairs, [[unit] for unit in units], way, desc=f"head sweep ({len(units)} heads)")
         by_unit = dict(zip(units, means))
         ranked = sorted(units, key=lambda unit: tuple(-value for value in way.merit(by_unit[unit])))  # stable: ties keep layer order
