@@ -35,14 +35,15 @@ import textloc as tl
 from textloc.edit import EDIT_METHODS, edit_text
 from textloc.engine import DEFAULT_START_STEP
 from textloc.images import captioned_grid
+from textloc.layers import LayerSource
 from textloc.models import NamedModel, named_model
-from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script
+from embedded import add_layers_argument, add_model_argument, bench_layers, layers_label, results_file, samples_dir  # beside this script
 from timing import timed
 
 PAIR_SEED, NOISE_SEED = 7, 1000
 
 
-def edits(pipe, model: NamedModel, layers: Path, pairs, method: str, start_step=None, first_seed: int = NOISE_SEED) -> list[Any]:
+def edits(pipe, model: NamedModel, layers: LayerSource, pairs, method: str, start_step=None, first_seed: int = NOISE_SEED) -> list[Any]:
     """One edit per pair (source prompt -> target word), each from its own seed."""
     generators = [tl.generator(first_seed + i) for i in range(len(pairs))]
     return edit_text(
@@ -69,7 +70,7 @@ def summarize(model: NamedModel, results, pairs) -> dict[str, float]:
     }
 
 
-def cost(pipe, model: NamedModel, layers: Path, pair, start_step, repeats: int, methods: list[str]) -> dict[str, float]:
+def cost(pipe, model: NamedModel, layers: LayerSource, pair, start_step, repeats: int, methods: list[str]) -> dict[str, float]:
     """Seconds of one plain generation and of one edit per method, and their ratios (same run)."""
     settings = model.settings
     plain = timed(lambda: pipe(pair.source, generator=tl.generator(0), output_type="np", **settings), repeats)
@@ -81,7 +82,7 @@ def cost(pipe, model: NamedModel, layers: Path, pair, start_step, repeats: int, 
     return out
 
 
-def refused(pipe, model: NamedModel, layers: Path, pair, method: str) -> str | None:
+def refused(pipe, model: NamedModel, layers: LayerSource, pair, method: str) -> str | None:
     """Why ``method`` cannot edit this model (e.g. Prompt-to-Prompt on joint blocks), or ``None``.
 
     Asked with a one-step edit, so an error of the bench's real run is never taken for a refusal.
@@ -98,7 +99,7 @@ class _NoOCR:
         return [""] * len(images)
 
 
-def real_edits(pipe, model: NamedModel, layers: Path, count: int, guidance: float, start_step) -> tuple[dict[str, Any], list[Any]]:
+def real_edits(pipe, model: NamedModel, layers: LayerSource, count: int, guidance: float, start_step) -> tuple[dict[str, Any], list[Any]]:
     """Edits of renderer signs (held-out scenes, stream 17): each image's word to another word."""
     from textloc.tiny.data import make_example
 
@@ -138,31 +139,33 @@ def main() -> None:
     parser.add_argument("--real-start", type=float, help="start step of the real-image edits (default: the sweep's best, else textloc's default)")
     parser.add_argument("--results", type=Path, help="the JSON to update (default bench/results/edit.json, edit-tiny-sd3.json)")
     parser.add_argument("--sections", nargs="+", choices=("generated", "real"), default=["generated", "real"], help="what to run (default both)")
+    parser.add_argument("--grid", type=Path, help="the generated edits' grid PNG (default samples/<tiny|tiny-sd3>/edit/grid.png; real.png beside it)")
+    add_layers_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    model, layers = named_model(args.model), layers_dir(args.model)
+    model, layers = named_model(args.model), bench_layers(args)
     args.results = args.results or results_file("edit", args.model)
-    grids = samples_dir(args.model) / "edit"
-    grids.mkdir(parents=True, exist_ok=True)
+    args.grid = args.grid or samples_dir(args.model) / "edit" / "grid.png"
+    args.grid.parent.mkdir(parents=True, exist_ok=True)
     pipe = tl.load_pipeline(model.name)
     results = json.loads(args.results.read_text()) if args.results.exists() else {}
     if "generated" in args.sections:
-        results.update(generated_edits(pipe, model, layers, args, grids / "grid.png"))
+        results.update(generated_edits(pipe, model, layers, args, args.grid))
     if "real" in args.sections:
         start = args.real_start if args.real_start is not None else results.get("settings", {}).get("best_start", DEFAULT_START_STEP)
         print(f"real images: {args.real} edits ...", flush=True)
         summary, edited = real_edits(pipe, model, layers, args.real, args.real_guidance, start)
         results["real"] = summary
         rows = [[(r.source_image, f"regen: {r.source_read}"), (r.edited_image, f"edit: {r.edited_read}")] for r in edited[:6]]
-        captioned_grid(("regenerated", "edited"), rows).save(grids / "real.png")
+        captioned_grid(("regenerated", "edited"), rows).save(args.grid.with_name(args.grid.name.replace("grid", "real")))
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
     print(f"\nwrote {args.results}")
 
 
-def generated_edits(pipe, model: NamedModel, layers: Path, args, grid: Path) -> dict[str, Any]:
+def generated_edits(pipe, model: NamedModel, layers: LayerSource, args, grid: Path) -> dict[str, Any]:
     """Sections 1-3: the sweep, the methods and the cost, on generated images."""
     pairs = model.prompt_pairs(args.sweep_pairs + args.pairs, PAIR_SEED)
     sweep_pairs, pairs = pairs[: args.sweep_pairs], pairs[args.sweep_pairs :]
@@ -191,7 +194,7 @@ def generated_edits(pipe, model: NamedModel, layers: Path, args, grid: Path) -> 
             + [(examples[m][i].edited_image, f"{m[:6]}: {examples[m][i].edited_read}") for m in methods] for i in range(len(examples["patch"]))]
     captioned_grid(("source", *methods), rows).save(grid)
     settings = {key: value for key, value in vars(args).items() if key in ("model", "pairs", "sweep_pairs", "starts", "repeats")}
-    return {"settings": {**settings, "model_settings": dict(model.settings), "layers": str(layers.relative_to(ROOT)), "best_start": best,
+    return {"settings": {**settings, "model_settings": dict(model.settings), "layers": layers_label(layers), "best_start": best,
                          "torch": torch.__version__, "threads": torch.get_num_threads()},
             "sweep": {str(k): v for k, v in sweep.items()}, "methods": methods, "not_applicable": not_applicable, "cost": timing}
 

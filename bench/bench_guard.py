@@ -39,7 +39,7 @@ from textloc.guard import GUARD_METHODS, ToxicTextGuard
 from textloc.images import captioned_grid
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.models import NamedModel, named_model
-from embedded import ROOT, add_model_argument, layers_dir, results_file, samples_dir  # beside this script
+from embedded import add_layers_argument, add_model_argument, bench_layers, layers_label, results_file, samples_dir  # beside this script
 from timing import paired_ratio
 from textloc.scoring.ocr import get_ocr
 from textloc.engine import STEP_INDEPENDENT_KINDS
@@ -110,11 +110,12 @@ def main() -> None:
     parser.add_argument("--cost-only", action="store_true", help="only measure the cost again, into the existing --results")
     parser.add_argument("--results", type=Path, help="results JSON (default bench/results/guard.json, guard-tiny-sd3.json)")
     parser.add_argument("--grid", type=Path, help="example grid PNG (default samples/<tiny|tiny-sd3>/guard/grid.png)")
+    add_layers_argument(parser)
     args = parser.parse_args()
+    model, layers = named_model(args.model), bench_layers(args)
     args.results = args.results or results_file("guard", args.model)
     args.grid = args.grid or samples_dir(args.model) / "guard" / "grid.png"
     torch.set_num_threads(1)
-    model, layers = named_model(args.model), layers_dir(args.model)
     pipe = tl.load_pipeline(model.name)
     settings = call_kwargs(pipe, **model.settings, output_type="np")
     guards = {method: ToxicTextGuard(pipe, layers, method=method, start_step=args.start_step) for method in GUARD_METHODS}
@@ -166,7 +167,7 @@ def main() -> None:
     cost = measure_cost(pipe, model, guards, prompts[0], settings, args.repeats)
     results = {
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model_settings": dict(model.settings),
-                     "layers": str(layers.relative_to(ROOT)), "start_step": guards["patch"].start_step, "detector": repr(detector),
+                     "layers": layers_label(layers), "start_step": guards["patch"].start_step, "detector": repr(detector),
                      "torch": torch.__version__, "threads": torch.get_num_threads()},
         "detector_on_raw_words": float(np.mean([bool(detector.find(word)) for word in TOXIC_WORDS])),
         "methods": methods, "clean": clean_result, "cost": cost,

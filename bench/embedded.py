@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Union
 
 from textloc.models import DEFAULT_MODEL, EMBEDDED_MODELS
 
@@ -28,6 +29,25 @@ def samples_dir(model: str) -> Path:
 def layers_dir(model: str) -> Path:
     """The model's shipped localization, whose layers the uses patch."""
     return samples_dir(model) / "localize"
+
+
+def add_layers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layers", help="a layer selector, comma-separated, patched instead of the shipped localization's "
+                                         "(e.g. transformer_blocks.3.attn,pooled); give --results and --grid with it")
+
+
+def bench_layers(args: argparse.Namespace) -> Union[Path, list[str]]:
+    """What the uses patch: ``--layers``, else the model's shipped localization."""
+    if args.layers is None:
+        return layers_dir(args.model)
+    if args.results is None or args.grid is None:
+        raise SystemExit("--layers writes results of its own: give --results and --grid too, so the shipped ones stay.")
+    return args.layers.split(",")
+
+
+def layers_label(layers: Union[Path, list[str]]) -> Union[str, list[str]]:
+    """How a results file names what was patched: the localization folder, or the selector."""
+    return str(layers.relative_to(ROOT)) if isinstance(layers, Path) else layers
 
 
 def results_file(use: str, model: str) -> Path:

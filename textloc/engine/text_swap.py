@@ -1,6 +1,6 @@
 """The one plan edit and guard share: "these rows' text layers read these prompts from step s".
 
-Step-independent layers (``cross``, ``added_kv``) read a prompt that is encoded once
+Step-independent units (``cross``, ``added_kv``, ``refiner`` layers, the pooled vector) read a prompt that is encoded once
 (:func:`~textloc.engine.recording.record_text`) and injected into the very batch the caller runs:
 no extra denoising row. Layers that rewrite the text at every step (``joint``, ``single``) read it
 live from extra rows that generate the prompt alongside, which the caller appends to its batch.
