@@ -43,6 +43,15 @@ def test_edit_is_the_source_with_the_text_layers_patched(arch, pipe):
     assert result.scores["new_contains"] == 1.0 and result.floor["new_contains"] == 0.0
 
 
+def test_an_edit_of_every_text_unit_from_the_first_step_is_the_new_prompt_generated(arch, pipe):
+    # Every way the prompt reaches the image is patched, the pooled vector included where the
+    # family has one: the edited image is the new prompt's own, from the same noise.
+    kwargs = settings(pipe)
+    result = edit_text(pipe, PROMPT, "WORLD", "all", start_step=0, ocr=FakeOCR(["HELLO", "WORLD"]), **kwargs)
+    direct = pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs).images[0]
+    np.testing.assert_allclose(as_array(result.edited_image), direct, atol=PIXEL)
+
+
 def test_a_batch_of_edits_equals_the_edits_one_by_one():
     pipe = _pipeline("sd3")
     kwargs = settings(pipe)

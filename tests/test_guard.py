@@ -94,6 +94,9 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     assert np.abs(guarded[1] - plain[1]).max() > 1e-4
     expected = reference(pipe, TOXIC, output.reports[1].cleaned_prompt, 2, guard.layers, 0, **kwargs)
     np.testing.assert_allclose(guarded[1], expected, atol=1e-4)
+    # "all" is every text unit, the pooled vector too: the guarded row is the cleaned prompt's own image.
+    direct = np.asarray(pipe(prompt=output.reports[1].cleaned_prompt, generator=generators(2), **kwargs).images)[0]
+    np.testing.assert_allclose(guarded[1], direct, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch_name", ["sd15", "sd3"])  # injection, and live source rows
