@@ -187,4 +187,4 @@ def test_edit_image_refuses_a_size_the_pipeline_cannot_take():
 
     pipe = _pipeline("sdxl")
     with pytest.raises(ValueError, match="crop or resize the image"):
-        edit_image(pipe, np.zeros((33, 30, 3), dtype=np.uint8), PROMPT, "WORLD", "all", num_inference_steps=2)
+        edit_image(pipe, np.zeros((33, 30, 3), dtype=np.uint8), PROMPT, "WORLD", "all", num_inference_steps=2, height=33, width=30)

@@ -4,18 +4,26 @@ each result saying what it is and what made it. Tiny random pipelines, the CLI r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+import textloc as tl
+import textloc.edit.core
 import textloc.pipelines
 from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings
 from textloc.cli import main
 from textloc.edit import EditResult, edit_image, edit_text
 from textloc.edit.core import EditResults
+from textloc.architectures import default_image_side
 from textloc.localization.report import ProgressLog
+from textloc.models import TEXTLOC_TINY_SD3
 from textloc.seeding import generator
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -116,6 +124,36 @@ def test_the_seed_is_not_claimed_for_a_generator_that_had_advanced():
 
 
 # ---- item 4: a user's image is shown as given, beside its regeneration
+
+
+def test_a_users_image_is_edited_at_the_models_size_its_aspect_kept():
+    pipe = _pipeline("sd15")
+    side = default_image_side(pipe)  # what the pipeline generates at when not told
+    kwargs = {key: value for key, value in settings(pipe).items() if key not in ("guidance_scale", "height", "width")}
+    for given, expected in (((4 * side, 4 * side), (side, side)), ((4 * side, 2 * side), (side, side // 2))):
+        image = Image.new("RGB", given, "white")
+        result = edit_image(pipe, image, PROMPT, "WORLD", "all", ocr=FakeOCR(["", ""]), start_step=0, **kwargs)
+        assert result.source_image.size == result.edited_image.size == expected  # (width, height)
+        assert result.given_image.size == given
+    # A size given is the size run, and one the pipeline cannot take is refused.
+    with pytest.raises(ValueError, match="crop or resize the image"):
+        edit_image(pipe, Image.new("RGB", (30, 33)), PROMPT, "WORLD", "all", height=33, width=30, **kwargs)
+
+
+def test_an_embedded_models_image_edits_default_to_the_settings_of_its_real_image_figure(monkeypatch):
+    pipe = tl.load_pipeline("textloc-tiny")
+    seen = {}
+
+    def edit(pipe, prompt, new_text, layers, *, start_step, guidance_scale, **kwargs):
+        seen.update(start_step=start_step, guidance_scale=guidance_scale, size=kwargs["height"])
+        raise StopIteration
+
+    monkeypatch.setattr(textloc.edit.core, "edit_text", edit)
+    with pytest.raises(StopIteration):
+        edit_image(pipe, Image.new("RGB", (256, 256), "white"), PROMPT, "WORLD", num_inference_steps=2)
+    real = json.loads((ROOT / "bench" / "results" / "edit.json").read_text())["real"]
+    assert seen == {"start_step": real["start_step"], "guidance_scale": real["guidance_scale"], "size": 64}
+    assert dict(TEXTLOC_TINY_SD3.image_edit) == {key: json.loads((ROOT / "bench" / "results" / "edit-tiny-sd3.json").read_text())["real"][key] for key in ("guidance_scale", "start_step")}
 
 
 def test_an_edited_users_image_shows_the_image_then_its_regeneration(tmp_path):

@@ -101,6 +101,9 @@ class EmbeddedModel(NamedModel):
     #: schedule, the best of ``bench/bench_edit.py``'s sweep on it (``best_start`` in its results;
     #: a test holds the two equal). ``None``: textloc's default.
     start_step: float | None = None
+    #: What ``edit_image`` runs with on it where the caller does not say (guidance, start step):
+    #: the settings of ``bench/bench_edit.py``'s real-image edits (a test holds the two equal).
+    image_edit: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def load(self, dtype: torch.dtype | None = None, **from_pretrained_kwargs: Any) -> DiffusionPipeline:
         if not (self.folder / "model_index.json").exists():
@@ -179,6 +182,7 @@ TEXTLOC_TINY = EmbeddedModel(
     folder=Path(__file__).parent / "tiny" / "weights",
     text_layers=tuple(f"up_blocks.1.attentions.{block}.transformer_blocks.0.attn2" for block in (1, 2, 0)),
     start_step=0.2,  # bench/results/edit.json
+    image_edit=MappingProxyType({"guidance_scale": 2.0, "start_step": 0.1}),  # bench/results/edit.json, "real"
 )
 #: The second embedded model: a 64x64 StableDiffusion3Pipeline (an MMDiT of 8 joint-attention
 #: blocks on a small autoencoder's latents), trained on the same signs, no download.
@@ -191,6 +195,7 @@ TEXTLOC_TINY_SD3 = EmbeddedModel(
     load_options=MappingProxyType({"text_encoder_3": None, "tokenizer_3": None}),
     text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (3, 2, 1)),
     start_step=0.4,  # bench/results/edit-tiny-sd3.json
+    image_edit=MappingProxyType({"guidance_scale": 2.0, "start_step": 0.4}),  # bench/results/edit-tiny-sd3.json, "real"
 )
 #: The third embedded model: a 64x64 FluxPipeline (4 double- and 8 single-stream blocks, a byte T5 and a byte
 #: CLIP) on textloc-tiny-sd3's autoencoder, trained on the same signs, no download.

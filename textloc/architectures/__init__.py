@@ -9,7 +9,7 @@ with :func:`register`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
     chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hidream, hunyuan_image, lumina2, pixart, qwenimage, sana, sd, sd3,
@@ -51,6 +51,24 @@ def denoiser(pipe_or_model: object) -> torch.nn.Module:
         f"Unsupported pipeline class {type(pipe_or_model).__name__}: textloc needs a text-to-image "
         f"pipeline with a `unet` or a `transformer` of a family it knows ({known_families()})."
     )
+
+
+def image_size_multiple(pipe: Any) -> int:
+    """What every image side the pipeline takes is a multiple of: the VAE's scale factor times the
+    U-Net's downsampling or the transformer's patch size."""
+    config = denoiser(pipe).config
+    blocks = getattr(config, "block_out_channels", None)
+    patch = getattr(config, "patch_size", None) or 1
+    factor = 2 ** (len(blocks) - 1) if blocks else max(patch) if isinstance(patch, (tuple, list)) else patch
+    return (getattr(pipe, "vae_scale_factor", None) or 1) * factor
+
+
+def default_image_side(pipe: Any) -> int:
+    """The image side the pipeline generates at when not given one: its ``default_sample_size``
+    (SD3, FLUX, ...), else its denoiser's ``sample_size``, times the VAE's scale factor."""
+    size = getattr(pipe, "default_sample_size", None) or denoiser(pipe).config.get("sample_size") or 64
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))
 
 
 def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:

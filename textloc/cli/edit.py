@@ -48,7 +48,8 @@ def add_edit(subcommands: argparse._SubParsersAction, parents: list[argparse.Arg
     parser.add_argument(
         "--image", type=Path, metavar="PNG",
         help="edit this image instead of a generated one: --prompt describes it, its text included; it is inverted "
-        "to noise with the model first (guidance defaults to 1 there, where inverted noise regenerates the image)",
+        "to noise with the model first, at the model's size (guidance defaults to 1 there, where inverted noise "
+        "regenerates the image; an embedded model's guidance and start step to those of its real-image figure)",
     )
     add_sampler_options(parser)
     parser.add_argument("--ocr", choices=OCR_ENGINES, default="rapidocr", help="OCR engine (default rapidocr)")
@@ -72,7 +73,7 @@ def run_edit(args: argparse.Namespace) -> int:
         result = edit_text(pipe, args.prompt, args.new_text, layers, start_step=args.start_step, method=args.method, ocr=args.ocr, **settings)
     else:
         settings.pop("generator")
-        settings["guidance_scale"] = args.guidance_scale or 1.0
+        settings["guidance_scale"] = args.guidance_scale  # None: edit_image's default for the model
         result = edit_image(pipe, image, args.prompt, args.new_text, layers, start_step=args.start_step, method=args.method, ocr=args.ocr, **settings)
     result.generation["model"] = args.model  # the name as given: a named model's pipeline may have no name_or_path
     result.save(args.out)

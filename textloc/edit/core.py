@@ -28,12 +28,14 @@ import torch
 from PIL import Image
 
 from textloc import seeding
+from textloc.architectures import default_image_side, image_size_multiple
 from textloc.edit.inversion import invert, starting_from
 from textloc.edit.methods import EDIT_METHODS, EditMethod
 from textloc.edit.p2p import prompt_to_prompt
 from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, resolve_layers, start_step_for
+from textloc.models import embedded_model_of
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.scoring.ocr import OCR, Reading, get_ocr, readings, to_pil_list
 from textloc.scoring.quoted import replace_quoted
@@ -190,7 +192,7 @@ def edit_image(
     layers: LayerSource = "preset",
     *,
     num_inference_steps: int = 50,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     start_step: int | float | None = None,
     method: EditMethod = "patch",
     ocr: str | OCR = "rapidocr",
@@ -203,13 +205,18 @@ def edit_image(
     or the flow ODE backwards; :mod:`textloc.edit.inversion`), then edited as :func:`edit_text`
     edits a generation, from that noise. Guidance defaults to 1: inverted noise regenerates the
     image only without classifier-free guidance (textloc-tiny: 17-34 dB at guidance 1, about 10 dB
-    at its usual 5). The result's ``reconstruction`` scores the unedited regeneration against the
-    image.
+    at its usual 5); an embedded model's guidance and start step default to those its real-image
+    figure was measured at (``EmbeddedModel.image_edit``). Without ``height``/``width`` the image
+    is resized to the model's size (an embedded model's, else the pipeline's default), its aspect
+    kept. The result's ``reconstruction`` scores the unedited regeneration against the image.
     """
     replace_quoted(prompt, new_text)  # bad text is refused before the inversion runs
     if isinstance(image, (str, os.PathLike)):
         image = _open_image(image)
-    settings = {"num_inference_steps": num_inference_steps, **generate_kwargs}
+    defaults = _image_edit_defaults(pipe, image)
+    guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+    start_step = defaults.get("start_step") if start_step is None else start_step
+    settings = {"num_inference_steps": num_inference_steps, **{k: defaults[k] for k in ("height", "width")}, **generate_kwargs}
     latents = invert(pipe, image, prompt, **settings)
     with starting_from(pipe, latents):
         result = edit_text(pipe, prompt, new_text, layers, start_step=start_step, method=method, ocr=ocr, guidance_scale=guidance_scale, **settings)
@@ -219,6 +226,19 @@ def edit_image(
     result.reconstruction = {key: value for key, value in image_scores(original, regenerated).items() if key != "mse"}
     result.generation["seed"] = None  # the noise is the image's inversion, not a seed's
     return result
+
+
+def _image_edit_defaults(pipe: Any, image: Any) -> dict[str, Any]:
+    """Guidance, start step and size an edit of ``image`` runs with where the caller does not say."""
+    embedded = embedded_model_of(pipe)
+    defaults = {"guidance_scale": 1.0, **(embedded.image_edit if embedded is not None else {})}
+    side = (embedded.settings.get("height") if embedded is not None else None) or default_image_side(pipe)
+    width, height = to_pil_list(image)[0].size
+    # The longer side becomes the model's; the other keeps the aspect, rounded to a size it takes.
+    multiple = image_size_multiple(pipe)
+    scale = side / max(width, height)
+    defaults["height"], defaults["width"] = (max(multiple, round(length * scale / multiple) * multiple) for length in (height, width))
+    return defaults
 
 
 def score_edit(source: Any, edited: Any, source_reading: Reading, edited_reading: Reading, old_text: str, new_text: str) -> dict[str, float | None]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from textloc import seeding
-from textloc.architectures import denoiser
+from textloc.architectures import denoiser, image_size_multiple
 from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
 from textloc.engine.cache import TextCache
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
@@ -93,11 +93,7 @@ def record_text(pipe: Any, layers: LayerSelector, prompt: str | list[str], **gen
 
 def smallest_image_side(pipe: Any, at_least: int = 32) -> int:
     """A small image side (pixels) that the pipeline's VAE and denoiser both divide evenly."""
-    config = denoiser(pipe).config
-    blocks = getattr(config, "block_out_channels", None)
-    patch = getattr(config, "patch_size", None) or 1
-    factor = 2 ** (len(blocks) - 1) if blocks else max(patch) if isinstance(patch, (tuple, list)) else patch
-    multiple = (getattr(pipe, "vae_scale_factor", None) or 1) * factor
+    multiple = image_size_multiple(pipe)
     return -(-at_least // multiple) * multiple
 
 
