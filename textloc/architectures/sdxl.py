@@ -58,7 +58,10 @@ def _sdxl(seed: int) -> dict[str, Any]:
 FAMILY = Family(
     name="sdxl",
     denoisers=("UNet2DConditionModel",),
-    pipelines=("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+    pipelines=(
+        "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline",
+        "KolorsPipeline", "KolorsImg2ImgPipeline",
+    ),
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
     # addition_embed_type="text_time": the pooled CLIP vector (text_embeds), with the size
