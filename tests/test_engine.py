@@ -9,7 +9,7 @@ import torch
 
 import textloc as tl
 from conftest import ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, seeded
-from textloc.architectures import family_of
+from textloc.architectures import FAMILIES, family_of
 from textloc.architectures.spec import ATTENTION_TEXT_KINDS, STEP_INDEPENDENT_KINDS, TEXT_KINDS
 from textloc.engine.run_state import prediction_of
 from textloc.engine import (
@@ -390,6 +390,19 @@ def test_the_pooled_vector_takes_no_heads_or_half_patch_and_a_model_without_one_
                 pass
     with pytest.raises(ValueError, match="has no pooled text vector"):
         select_layers(_pipeline("sd15"), "pooled")
+
+
+PUBLISHED = [(family, published) for family in FAMILIES for published in family.published]
+
+
+@pytest.mark.parametrize(("family", "published"), PUBLISHED, ids=[published.model for _, published in PUBLISHED])
+def test_every_published_denoiser_has_at_real_size_the_text_units_of_its_tiny_pipelines(family, published):
+    # Built on the meta device from the published config: the spec's rules find the same kinds of
+    # text units as on the family's tiny pipelines, under the real model's module names.
+    model = published.build_on_meta()
+    units = attention_layers(model, kind=TEXT_KINDS)
+    assert {unit.kind for unit in units} == set().union(*(EXPECTED_KINDS[arch] for arch in family.tiny))
+    assert all(unit.num_text_kv_params > 0 for unit in units)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any, Union
 import torch
 from diffusers import SD3Transformer2DModel, UNet2DConditionModel
 
+from textloc.architectures import deepfloyd_if, sd3, sdxl
 from textloc.architectures.spec import ATTENTION_TEXT_KINDS
 from textloc.engine import AttentionLayer, LayerSelector, attention_layers, check_step_window, denoiser, select_layers
 from textloc.engine.choices import DEFAULT_START_STEP
@@ -81,22 +82,7 @@ SDXL_BASE = Preset(
     model="SDXL base 1.0",
     model_ids=("stabilityai/stable-diffusion-xl-base-1.0",),
     denoiser_class=UNet2DConditionModel,
-    config=dict(
-        sample_size=128,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(320, 640, 1280),
-        layers_per_block=2,
-        transformer_layers_per_block=(1, 2, 10),
-        attention_head_dim=(5, 10, 20),
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    ),
+    config=sdxl.SDXL_BASE.config,
     identity={"block_out_channels": (320, 640, 1280), "transformer_layers_per_block": (1, 2, 10), "cross_attention_dim": 2048},
     layers=tuple(f"up_blocks.0.attentions.2.transformer_blocks.{i}.attn2" for i in (1, 2, 3)),
     num_text_layers=70,
@@ -109,19 +95,7 @@ SD3_MEDIUM = Preset(
     model="SD3-medium",
     model_ids=("stabilityai/stable-diffusion-3-medium-diffusers",),
     denoiser_class=SD3Transformer2DModel,
-    config=dict(
-        sample_size=128,
-        patch_size=2,
-        in_channels=16,
-        out_channels=16,
-        num_layers=24,
-        attention_head_dim=64,
-        num_attention_heads=24,
-        joint_attention_dim=4096,
-        caption_projection_dim=1536,
-        pooled_projection_dim=2048,
-        pos_embed_max_size=192,
-    ),
+    config=sd3.SD3_MEDIUM.config,
     # SD3.5-medium also has 24 blocks of width 1536, but dual-attention layers and QK norm.
     identity={"num_layers": 24, "caption_projection_dim": 1536, "dual_attention_layers": (), "qk_norm": None},
     layers=("transformer_blocks.10.attn",),
@@ -135,28 +109,7 @@ IF_I_XL = Preset(
     model="DeepFloyd IF-I-XL v1.0",
     model_ids=("DeepFloyd/IF-I-XL-v1.0",),
     denoiser_class=UNet2DConditionModel,
-    # The original IF-I-XL hyper-parameters (model_channels 704, channel_mult 1,2,3,4, 3 res blocks,
-    # attention at 32/16/8, 64-channel heads, T5 4096 -> 2816) mapped as diffusers' convert_if.py
-    # maps them: 4,304,695,110 parameters, 22 added-K/V attention layers.
-    config=dict(
-        sample_size=64,
-        in_channels=3,
-        out_channels=6,
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
-        up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        block_out_channels=(704, 1408, 2112, 2816),
-        layers_per_block=3,
-        attention_head_dim=64,
-        cross_attention_dim=2816,
-        encoder_hid_dim=4096,
-        encoder_hid_dim_type="text_proj",
-        addition_embed_type="text",
-        addition_embed_type_num_heads=64,
-        cross_attention_norm="group_norm",
-        resnet_time_scale_shift="scale_shift",
-        act_fn="gelu",
-    ),
+    config=deepfloyd_if.IF_I_XL.config,  # its source says how it was inferred
     identity={"block_out_channels": (704, 1408, 2112, 2816), "encoder_hid_dim": 4096, "cross_attention_dim": 2816},
     layers=("up_blocks.1.attentions.3",),
     num_text_layers=22,

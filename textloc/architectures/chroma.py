@@ -13,7 +13,7 @@ from typing import Any
 
 from textloc.architectures import tiny_parts as parts
 from textloc.architectures.flux import FLUX_ATTENTION, TINY_TRANSFORMER, tiny_vae
-from textloc.architectures.spec import Family, Guidance, TinyPipeline
+from textloc.architectures.spec import Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
 def _chroma(seed: int) -> dict[str, Any]:
@@ -37,6 +37,10 @@ def _chroma(seed: int) -> dict[str, Any]:
     )
 
 
+CHROMA_1_HD = PublishedDenoiser(
+    "Chroma1-HD", "ChromaTransformer2DModel", {}, 512, "diffusers' class defaults, which are Chroma's",
+)
+
 FAMILY = Family(
     name="chroma",
     denoisers=("ChromaTransformer2DModel",),
@@ -44,4 +48,5 @@ FAMILY = Family(
     attention=FLUX_ATTENTION,
     guidance=Guidance(call_order=("cond", "uncond")),
     tiny={"chroma": TinyPipeline("ChromaPipeline", _chroma)},
+    published=(CHROMA_1_HD,),
 )

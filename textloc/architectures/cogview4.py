@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import TEXT_FIRST, AttentionRule, Family, TinyPipeline
+from textloc.architectures.spec import TEXT_FIRST, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 _PREFIX = 2  # [gMASK] <sop>
 _TEXT_LENGTH = parts.TEXT_LENGTH + _PREFIX
@@ -79,10 +79,16 @@ def _cogview4(seed: int) -> dict[str, Any]:
     )
 
 
+COGVIEW4_6B = PublishedDenoiser(
+    "CogView4-6B", "CogView4Transformer2DModel", {"num_layers": 28, "attention_head_dim": 128, "num_attention_heads": 32}, 1024,
+    "CogView4-6B transformer/config.json; text: at most 1024 GLM-4 tokens (padded to a multiple of 16)",
+)
+
 FAMILY = Family(
     name="cogview4",
     denoisers=("CogView4Transformer2DModel",),
     pipelines=("CogView4Pipeline",),
     attention=(AttentionRule("Attention", TEXT_FIRST, where="transformer_blocks.*"),),
     tiny={"cogview4": TinyPipeline("CogView4Pipeline", _cogview4, {"max_sequence_length": _TEXT_LENGTH})},
+    published=(COGVIEW4_6B,),
 )

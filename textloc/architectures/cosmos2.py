@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, AttentionRule, Family, Guidance, TinyPipeline
+from textloc.architectures.spec import CROSS, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
 class PassThroughSafetyChecker:
@@ -69,6 +69,12 @@ def _cosmos2(seed: int) -> dict[str, Any]:
     )
 
 
+COSMOS_PREDICT2_2B = PublishedDenoiser(
+    "Cosmos-Predict2 2B Text2Image", "CosmosTransformer3DModel",
+    {"num_attention_heads": 16, "attention_head_dim": 128, "num_layers": 28, "rope_scale": (1.0, 4.0, 4.0)}, 512,
+    "inferred: a 2B model of 28 blocks 2048 wide (16 heads of 128) on T5-11B's 1024-wide text; the rest: diffusers' class defaults",
+)
+
 FAMILY = Family(
     name="cosmos2",
     denoisers=("CosmosTransformer3DModel",),
@@ -81,4 +87,5 @@ FAMILY = Family(
     # Its default negative prompt is ~700 characters: the tiny pipeline's is empty. Three steps: of
     # two Karras-spaced ones, the second runs at the final sigma and changes nothing.
     tiny={"cosmos2": TinyPipeline("Cosmos2TextToImagePipeline", _cosmos2, {"negative_prompt": "", "num_inference_steps": 3})},
+    published=(COSMOS_PREDICT2_2B,),
 )

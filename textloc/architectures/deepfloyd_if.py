@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, TinyPipeline
+from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
 def _deepfloyd_if(seed: int) -> dict[str, Any]:
@@ -59,6 +59,24 @@ def _deepfloyd_if(seed: int) -> dict[str, Any]:
     )
 
 
+# The original IF-I-XL hyper-parameters (model_channels 704, channel_mult 1,2,3,4, 3 res blocks,
+# attention at 32/16/8, 64-channel heads, T5 4096 -> 2816) mapped as diffusers' convert_if.py maps
+# them: 4,304,695,110 parameters, 22 added-K/V attention layers.
+IF_I_XL = PublishedDenoiser(
+    "DeepFloyd IF-I-XL v1.0", "UNet2DConditionModel",
+    {
+        "sample_size": 64, "in_channels": 3, "out_channels": 6,
+        "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+        "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
+        "up_block_types": ("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        "block_out_channels": (704, 1408, 2112, 2816), "layers_per_block": 3, "attention_head_dim": 64,
+        "cross_attention_dim": 2816, "encoder_hid_dim": 4096, "encoder_hid_dim_type": "text_proj",
+        "addition_embed_type": "text", "addition_embed_type_num_heads": 64, "cross_attention_norm": "group_norm",
+        "resnet_time_scale_shift": "scale_shift", "act_fn": "gelu",
+    },
+    77, "IF-I-XL's original hyper-parameters through diffusers' convert_if.py (inferred from the conversion)",
+)
+
 FAMILY = Family(
     name="deepfloyd-if",
     denoisers=("UNet2DConditionModel",),
@@ -68,4 +86,5 @@ FAMILY = Family(
     # addition_embed_type="text": an attention pool of the T5 tokens joins the timestep embedding.
     pooled="add_embedding",
     tiny={"deepfloyd-if": TinyPipeline("IFPipeline", _deepfloyd_if)},
+    published=(IF_I_XL,),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, Guidance, TinyPipeline
+from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
 #: The tiny FLUX.1 layout, shared with Chroma: 2x2 latent patches packed into one token
@@ -56,6 +56,11 @@ FLUX_ATTENTION = (
     AttentionRule("FluxAttention", TEXT_FIRST, when="pre_only"),
 )
 
+FLUX_1_DEV = PublishedDenoiser(
+    "FLUX.1-dev", "FluxTransformer2DModel", {"guidance_embeds": True}, 512,
+    "FLUX.1-dev transformer/config.json (the rest: diffusers' class defaults, which are FLUX.1's)",
+)
+
 FAMILY = Family(
     name="flux",
     denoisers=("FluxTransformer2DModel",),
@@ -66,4 +71,5 @@ FAMILY = Family(
     # The pooled CLIP vector (pooled_projections) joins the timestep embedding of every block.
     pooled="time_text_embed.text_embedder",
     tiny={"flux": TinyPipeline("FluxPipeline", _flux, {"true_cfg_scale": 4.0, "negative_prompt": ""})},
+    published=(FLUX_1_DEV,),
 )

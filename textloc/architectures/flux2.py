@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import JOINT, AttentionRule, Family, Guidance, Projection, TextRoute, TinyPipeline
+from textloc.architectures.spec import JOINT, AttentionRule, Family, Guidance, Projection, PublishedDenoiser, TextRoute, TinyPipeline
 
 # Text-encoder hidden states the pipeline stacks into the prompt embedding (index 0 = embeddings).
 TEXT_ENCODER_OUT_LAYERS = (1, 2, 3)
@@ -191,6 +191,10 @@ _FUSED_SINGLE = TextRoute(
     lora_targets=("to_qkv_mlp_proj",),
 )
 
+FLUX_2_DEV = PublishedDenoiser(
+    "FLUX.2-dev", "Flux2Transformer2DModel", {}, 512, "diffusers' class defaults, which are FLUX.2-dev's",
+)
+
 FAMILY = Family(
     name="flux2",
     denoisers=("Flux2Transformer2DModel",),
@@ -206,4 +210,5 @@ FAMILY = Family(
         "flux2": TinyPipeline("Flux2Pipeline", flux2_components, _CALL),
         "flux2-klein": TinyPipeline("Flux2KleinPipeline", flux2_klein_components, _CALL),
     },
+    published=(FLUX_2_DEV,),
 )

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, Projection, TextRoute, TinyPipeline
+from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, Projection, PublishedDenoiser, TextRoute, TinyPipeline
 
 PATCH_SIZE = 8
 _LATENT_SIDE = 128  # the largest latent side the tiny transformer's positions cover
@@ -131,6 +131,15 @@ def _small(pipe: Any) -> None:
 # Double-stream blocks: the text stream's own K/V projections; a LoRA trains the image stream.
 _TEXT_STREAM = TextRoute("joint", Projection("to_k_t"), Projection("to_v_t"), lora_targets=("to_q", "to_k", "to_v", "to_out"))
 
+HIDREAM_I1 = PublishedDenoiser(
+    "HiDream-I1", "HiDreamImageTransformer2DModel",
+    {
+        "in_channels": 16, "out_channels": 16, "patch_size": 2, "axes_dims_rope": (64, 32, 32),
+        "caption_channels": (4096, 4096), "llama_layers": (*range(32), *(31,) * 16),
+    },
+    256, "HiDream-I1 transformer/config.json; text: 128 T5 + 128 Llama-3.1 tokens",
+)
+
 FAMILY = Family(
     name="hidream",
     denoisers=("HiDreamImageTransformer2DModel",),
@@ -145,4 +154,5 @@ FAMILY = Family(
     pooled="p_embedder",
     refuses={"train_lora": "its pipeline negates the denoiser's prediction, which the objective does not"},
     tiny={"hidream": TinyPipeline("HiDreamImagePipeline", _hidream, {"guidance_scale": 5.0}, _small)},
+    published=(HIDREAM_I1,),
 )

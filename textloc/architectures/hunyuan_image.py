@@ -23,7 +23,7 @@ from typing import Any
 
 from textloc.architectures import tiny_parts as parts
 from textloc.architectures.qwenimage import qwen25_vl_encoder, system_prompt_tokenizer
-from textloc.architectures.spec import JOINT, TEXT_LAST, AttentionRule, Family, Guidance, TinyPipeline
+from textloc.architectures.spec import JOINT, TEXT_LAST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
 def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
@@ -82,6 +82,12 @@ def _short_text(pipe: Any) -> None:
     pipe.tokenizer_max_length = pipe.tokenizer_2_max_length = parts.TEXT_LENGTH
 
 
+HUNYUAN_IMAGE_2_1 = PublishedDenoiser(
+    "HunyuanImage 2.1", "HunyuanImageTransformer2DModel", {"text_embed_2_dim": 1472}, 1128,
+    "diffusers' class defaults, which are HunyuanImage 2.1's, with its ByT5 glyph encoder (inferred: 1472 wide); "
+    "text: 1000 Qwen2.5-VL + 128 ByT5 tokens",
+)
+
 FAMILY = Family(
     name="hunyuan-image",
     denoisers=("HunyuanImageTransformer2DModel",),
@@ -93,4 +99,5 @@ FAMILY = Family(
     guidance=Guidance(contexts={"pred_cond": "cond", "pred_uncond": "uncond"}),
     text_length=_text_length,
     tiny={"hunyuan-image": TinyPipeline("HunyuanImagePipeline", _hunyuan_image, {}, _short_text)},
+    published=(HUNYUAN_IMAGE_2_1,),
 )

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, TinyPipeline
+from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 # The tiny pipeline's system prompt (the stock one is ~170 characters): the text is
 # "<bos> Draw. <Prompt Start> {prompt}", 9 tokens ahead of the prompt's 48.
@@ -73,6 +73,11 @@ def _lumina2(seed: int) -> dict[str, Any]:
     )
 
 
+LUMINA_IMAGE_2 = PublishedDenoiser(
+    "Lumina-Image 2.0", "Lumina2Transformer2DModel", {"cap_feat_dim": 2304}, 256,
+    "Lumina-Image-2.0 transformer/config.json (cap_feat_dim: Gemma-2-2B's width; the rest: diffusers' class defaults)",
+)
+
 FAMILY = Family(
     name="lumina2",
     denoisers=("Lumina2Transformer2DModel",),
@@ -85,4 +90,5 @@ FAMILY = Family(
     text_length=_text_length,
     refuses=dict.fromkeys(("train_lora", "denoiser_inputs"), "its denoiser takes 1 - t/1000 (0 is noise) and predicts the negated velocity"),
     tiny={"lumina2": TinyPipeline("Lumina2Pipeline", _lumina2, {"system_prompt": _SYSTEM_PROMPT, "max_sequence_length": _TEXT_LENGTH})},
+    published=(LUMINA_IMAGE_2,),
 )

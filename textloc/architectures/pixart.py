@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, AttentionRule, Family, TinyPipeline
+from textloc.architectures.spec import CROSS, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 
 def _pixart_transformer(seed: int) -> Any:
@@ -46,6 +46,12 @@ def _pixart(seed: int) -> dict[str, Any]:
     )
 
 
+PIXART_SIGMA = PublishedDenoiser(
+    "PixArt-Σ XL-2 1024", "PixArtTransformer2DModel",
+    {"caption_channels": 4096, "interpolation_scale": 2, "use_additional_conditions": False}, 300,
+    "PixArt-Sigma-XL-2-1024-MS transformer/config.json (inferred: caption_channels, the T5-XXL width, is the one that sets the shapes)",
+)
+
 FAMILY = Family(
     name="pixart",
     denoisers=("PixArtTransformer2DModel",),
@@ -55,4 +61,5 @@ FAMILY = Family(
         "pixart-alpha": TinyPipeline("PixArtAlphaPipeline", _pixart),
         "pixart-sigma": TinyPipeline("PixArtSigmaPipeline", _pixart),
     },
+    published=(PIXART_SIGMA,),
 )

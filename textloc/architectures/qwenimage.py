@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import JOINT, AttentionRule, Family, TinyPipeline
+from textloc.architectures.spec import JOINT, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 # QwenImagePipeline.prompt_template_encode (set in its __init__): 34 tokens up to the prompt are dropped.
 TEMPLATE = (
@@ -186,6 +186,11 @@ def _qwen_image(seed: int) -> dict[str, Any]:
 # Its text keep-mask reaches the attention as encoder_hidden_states_mask, None when nothing is padded.
 _QWEN_JOINT = dataclasses.replace(JOINT, text_mask="encoder_hidden_states_mask")
 
+QWEN_IMAGE = PublishedDenoiser(
+    "Qwen-Image", "QwenImageTransformer2DModel", {}, 512,
+    "diffusers' class defaults, which are Qwen-Image's; text: its pipeline's max_sequence_length (prompts pad to the longest)",
+)
+
 FAMILY = Family(
     name="qwenimage",
     denoisers=("QwenImageTransformer2DModel",),
@@ -199,4 +204,5 @@ FAMILY = Family(
             {"guidance_scale": None, "true_cfg_scale": 4.0, "negative_prompt": " ", "max_sequence_length": MAX_SEQUENCE_LENGTH},
         ),
     },
+    published=(QWEN_IMAGE,),
 )

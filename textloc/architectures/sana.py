@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, AttentionRule, Family, TinyPipeline
+from textloc.architectures.spec import CROSS, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 
 def _sana(seed: int) -> dict[str, Any]:
@@ -40,6 +40,10 @@ def _sana(seed: int) -> dict[str, Any]:
     )
 
 
+SANA_1600M = PublishedDenoiser(
+    "Sana 1.6B 1024px", "SanaTransformer2DModel", {}, 300, "diffusers' class defaults, which are Sana 1.6B's",
+)
+
 FAMILY = Family(
     name="sana",
     denoisers=("SanaTransformer2DModel",),
@@ -48,4 +52,5 @@ FAMILY = Family(
     # Sana prepends a ~700-character "complex human instruction" to every prompt by default;
     # with character-level tokens that is 15x the prompt's cost, for random weights.
     tiny={"sana": TinyPipeline("SanaPipeline", _sana, {"complex_human_instruction": []})},
+    published=(SANA_1600M,),
 )

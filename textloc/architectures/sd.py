@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, TinyPipeline
+from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
 def _sd15(seed: int) -> dict[str, Any]:
@@ -51,11 +51,20 @@ def _sd15(seed: int) -> dict[str, Any]:
     )
 
 
+SD_1_5 = PublishedDenoiser(
+    "Stable Diffusion 1.5", "UNet2DConditionModel", {"sample_size": 64, "cross_attention_dim": 768}, 77,
+    "stable-diffusion-v1-5 unet/config.json (the rest: diffusers' class defaults, which are SD 1.x's)",
+)
+
 FAMILY = Family(
     name="sd",
     denoisers=("UNet2DConditionModel",),
     pipelines=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
+    # SD 1.x/2.x U-Nets have none; a bare U-Net that has one (SDXL's, IF's: the class alone does not
+    # tell their families apart) reads its pooled text there.
+    pooled="add_embedding",
     tiny={"sd15": TinyPipeline("StableDiffusionPipeline", _sd15)},
+    published=(SD_1_5,),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import JOINT, AttentionRule, Family, TinyPipeline
+from textloc.architectures.spec import JOINT, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 
 def _sd3(seed: int) -> dict[str, Any]:
@@ -53,6 +53,17 @@ def _sd3(seed: int) -> dict[str, Any]:
     )
 
 
+SD3_MEDIUM = PublishedDenoiser(
+    "SD3-medium", "SD3Transformer2DModel",
+    {"num_layers": 24, "num_attention_heads": 24, "caption_projection_dim": 1536, "pos_embed_max_size": 192},
+    333, "stable-diffusion-3-medium-diffusers transformer/config.json; text: 77 CLIP + 256 T5 tokens",
+)
+SD3_5_LARGE = PublishedDenoiser(
+    "SD3.5 Large", "SD3Transformer2DModel",
+    {"num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432, "pos_embed_max_size": 192, "qk_norm": "rms_norm"},
+    333, "stable-diffusion-3.5-large transformer/config.json; text: 77 CLIP + 256 T5 tokens",
+)
+
 FAMILY = Family(
     name="sd3",
     denoisers=("SD3Transformer2DModel",),
@@ -61,4 +72,5 @@ FAMILY = Family(
     # The pooled CLIP vectors (pooled_projections) join the timestep embedding of every block.
     pooled="time_text_embed.text_embedder",
     tiny={"sd3": TinyPipeline("StableDiffusion3Pipeline", _sd3)},
+    published=(SD3_MEDIUM, SD3_5_LARGE),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, TinyPipeline
+from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
 def _sdxl(seed: int) -> dict[str, Any]:
@@ -55,6 +55,19 @@ def _sdxl(seed: int) -> dict[str, Any]:
     )
 
 
+SDXL_BASE = PublishedDenoiser(
+    "SDXL base 1.0", "UNet2DConditionModel",
+    {
+        "sample_size": 128, "in_channels": 4, "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "block_out_channels": (320, 640, 1280), "layers_per_block": 2, "transformer_layers_per_block": (1, 2, 10),
+        "attention_head_dim": (5, 10, 20), "cross_attention_dim": 2048, "use_linear_projection": True,
+        "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+    },
+    77, "stable-diffusion-xl-base-1.0 unet/config.json",
+)
+
 FAMILY = Family(
     name="sdxl",
     denoisers=("UNet2DConditionModel",),
@@ -68,4 +81,5 @@ FAMILY = Family(
     # conditioning (time_ids) beside it, joins the timestep embedding.
     pooled="add_embedding",
     tiny={"sdxl": TinyPipeline("StableDiffusionXLPipeline", _sdxl)},
+    published=(SDXL_BASE,),
 )

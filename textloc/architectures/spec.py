@@ -183,6 +183,32 @@ class TinyPipeline:
 
 
 @dataclass(frozen=True)
+class PublishedDenoiser:
+    """A published checkpoint's denoiser, shapes only: built on the meta device (no weights, no
+    download) to list its text layers at real size.
+
+    ``config`` holds the values of the checkpoint's ``config.json`` that differ from the
+    ``denoiser`` class's defaults (diffusers' defaults are most families' flagship model);
+    ``source`` says where they come from, and says "inferred" where they were not read from the
+    published file. ``text_tokens`` is the text length the pipeline feeds the denoiser by default
+    (its ``max_sequence_length``, or the encoders' lengths added up).
+    """
+
+    model: str
+    denoiser: str
+    config: Mapping[str, Any]
+    text_tokens: int
+    source: str
+
+    def build_on_meta(self) -> torch.nn.Module:
+        import diffusers
+        import torch
+
+        with torch.device("meta"):
+            return getattr(diffusers, self.denoiser)(**self.config)
+
+
+@dataclass(frozen=True)
 class Family:
     """One text-to-image family: what the engine and the uses need to know about it.
 
@@ -194,7 +220,7 @@ class Family:
     each with the reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by
     architecture name; ``pooled``, where the family has a pooled text vector, the module (path in
     the denoiser) that reads it, whose output is the pooled unit (a checkpoint without that module,
-    SD 1.5's U-Net for one, has none).
+    SD 1.5's U-Net for one, has none); ``published`` its published denoisers, shapes only.
     """
 
     name: str
@@ -208,6 +234,7 @@ class Family:
     check_run: Callable[[Any], None] | None = None
     refuses: Mapping[str, str] = field(default_factory=dict)
     pooled: str | None = None
+    published: tuple[PublishedDenoiser, ...] = ()
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import REFINER, TEXT_LAST, AttentionRule, DenoiserSignature, Family, Guidance, TinyPipeline
+from textloc.architectures.spec import REFINER, TEXT_LAST, AttentionRule, DenoiserSignature, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 # Qwen3's template for one user turn plus the generation prompt.
 CHAT_TEMPLATE = (
@@ -111,6 +111,10 @@ def _z_image(seed: int) -> dict[str, Any]:
     )
 
 
+Z_IMAGE_TURBO = PublishedDenoiser(
+    "Z-Image-Turbo", "ZImageTransformer2DModel", {}, 512, "diffusers' class defaults, which are Z-Image's",
+)
+
 FAMILY = Family(
     name="z-image",
     denoisers=("ZImageTransformer2DModel",),
@@ -125,4 +129,5 @@ FAMILY = Family(
     check_run=_check_run,
     refuses=dict.fromkeys(("train_lora", "denoiser_inputs"), "its denoiser takes lists of per-row samples and captions"),
     tiny={"z-image": TinyPipeline("ZImagePipeline", _z_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
+    published=(Z_IMAGE_TURBO,),
 )
