@@ -39,6 +39,7 @@ NAMES = (
     "tiny-random-hunyuan-image",
     "tiny-random-hidream",
     "tiny-random-z-image",
+    "tiny-random-ovis-image",
 )
 
 

@@ -53,6 +53,10 @@ ATTENTION_LAYOUT["hunyuan-image"] = [
 ]
 ATTENTION_LAYOUT["cogview4"] = [(r"transformer_blocks\.\d+\.attn1", "CogView4AttnProcessor", 2)]
 ATTENTION_LAYOUT["qwenimage"] = [(r"transformer_blocks\.\d+\.attn", "QwenDoubleStreamAttnProcessor", 2)]
+ATTENTION_LAYOUT["ovis-image"] = [
+    (r"transformer_blocks\.\d+\.attn", "OvisImageAttnProcessor", 2),
+    (r"single_transformer_blocks\.\d+\.attn", "OvisImageAttnProcessor", 2),
+]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
