@@ -40,6 +40,7 @@ EXPECTED_KINDS = {
     "hidream": {"joint", "single", "pooled"},
     "z-image": {"refiner", "single"},
     "ovis-image": {"joint", "single"},
+    "longcat-image": {"joint", "single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -604,15 +605,16 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
     # FLUX-style pipelines pass the denoiser t / 1000.
-    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image") else 1.0)
+    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image") else 1.0)
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
     if arch in ("lumina2", "cosmos2", "z-image"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
-    if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image"):
-        # FLUX, Chroma, Qwen-Image, CogView4, HunyuanImage and Ovis-Image run CFG as two calls (FLUX.2 dev none), the conditional one first: that one is captured.
+    if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):
+        # FLUX, Chroma, Qwen-Image, CogView4, HunyuanImage, Ovis-Image and LongCat-Image run CFG as two calls (FLUX.2 dev
+        # none), the conditional one first: that one is captured.
         guided, plain = denoiser_inputs(pipe, PROMPT, **seeded(pipe)), denoiser_inputs(pipe, PROMPT, **without_guidance(pipe))
         torch.testing.assert_close(guided.kwargs["encoder_hidden_states"], plain.kwargs["encoder_hidden_states"])
         return

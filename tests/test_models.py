@@ -40,6 +40,7 @@ NAMES = (
     "tiny-random-hidream",
     "tiny-random-z-image",
     "tiny-random-ovis-image",
+    "tiny-random-longcat-image",
 )
 
 

@@ -57,6 +57,10 @@ ATTENTION_LAYOUT["ovis-image"] = [
     (r"transformer_blocks\.\d+\.attn", "OvisImageAttnProcessor", 2),
     (r"single_transformer_blocks\.\d+\.attn", "OvisImageAttnProcessor", 2),
 ]
+ATTENTION_LAYOUT["longcat-image"] = [
+    (r"transformer_blocks\.\d+\.attn", "LongCatImageAttnProcessor", 2),
+    (r"single_transformer_blocks\.\d+\.attn", "LongCatImageAttnProcessor", 2),
+]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

@@ -33,12 +33,13 @@ def from_pretrained(source: str | Path, dtype: torch.dtype | None = None, **kwar
 def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
     """Add the keyword arguments a pipeline needs to run offline and reproducibly.
 
-    IF and PixArt clean captions with optional packages (bs4, ftfy) unless told not to, and
-    PixArt/Sana snap the size to a resolution bin; both are switched off where the pipeline
-    accepts the argument, unless the caller set them.
+    IF and PixArt clean captions with optional packages (bs4, ftfy) unless told not to,
+    PixArt/Sana snap the size to a resolution bin, and LongCat-Image rewrites the prompt with its
+    text encoder (so the text it encodes would not be the prompt given, nor two prompts differ as
+    given); each is switched off where the pipeline accepts the argument, unless the caller set it.
     """
     accepted = inspect.signature(pipe.__call__).parameters
-    defaults = {"clean_caption": False, "use_resolution_binning": False}
+    defaults = {"clean_caption": False, "use_resolution_binning": False, "enable_prompt_rewrite": False}
     for key, value in defaults.items():
         if key in accepted:
             kwargs.setdefault(key, value)
