@@ -374,6 +374,12 @@ def test_the_pooled_vector_is_a_unit_recorded_and_patched_like_a_layer(pooled_ar
     assert not torch.allclose(patched, plain, atol=1e-5)
     with tl.patch(pipe, "pooled", OTHER, **tiny_kwargs(pipe)):  # injected from a prompt, encoded once
         assert torch.equal(generate(pipe), patched)
+    # The prompt is encoded on a small image: at another size the unit is still the prompt's own
+    # (SDXL's reader also takes the size conditioning, which must stay the run's).
+    larger = {"height": 64, "width": 64}
+    plain_larger = generate(pipe, **larger)
+    with tl.patch(pipe, "pooled", PROMPT, **tiny_kwargs(pipe)):
+        assert torch.equal(generate(pipe, **larger), plain_larger)
     # In a batch of mixed rows, each row is its separate run.
     plan = [RowPatch((unit.name,), source=2, row=0), RowPatch((unit.name,), source=own, row=1)]
     batched = torch.as_tensor(run_with_patches(pipe, [PROMPT, OTHER, OTHER, PROMPT], plan, **tiny_kwargs(pipe)).images)

@@ -92,8 +92,9 @@ def family_of(pipe_or_model: object) -> Family:
                 return family
     model = denoiser(pipe_or_model)
     names = _class_names(model)
+    config = getattr(model, "config", {})
     for family in FAMILIES:
-        if names.intersection(family.denoisers):
+        if names.intersection(family.denoisers) and all(config.get(key) == value for key, value in family.denoiser_config.items()):
             return family
     raise UnsupportedArchitectureError(
         f"textloc has no spec for {type(model).__name__} (in {type(pipe_or_model).__name__}): it cannot tell "

@@ -85,6 +85,7 @@ FAMILY = Family(
     signature=UNET_SIGNATURE,
     # addition_embed_type="text": an attention pool of the T5 tokens joins the timestep embedding.
     pooled="add_embedding",
+    denoiser_config={"addition_embed_type": "text"},
     tiny={"deepfloyd-if": TinyPipeline("IFPipeline", _deepfloyd_if)},
     published=(IF_I_XL,),
 )

@@ -62,9 +62,7 @@ FAMILY = Family(
     pipelines=("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
-    # SD 1.x/2.x U-Nets have none; a bare U-Net that has one (SDXL's, IF's: the class alone does not
-    # tell their families apart) reads its pooled text there.
-    pooled="add_embedding",
+    denoiser_config={"addition_embed_type": None},
     tiny={"sd15": TinyPipeline("StableDiffusionPipeline", _sd15)},
     published=(SD_1_5,),
 )

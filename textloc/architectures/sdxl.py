@@ -6,6 +6,7 @@ CFG: one batch ``[uncond, cond]``, from the pipeline's ``do_classifier_free_guid
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
@@ -68,6 +69,11 @@ SDXL_BASE = PublishedDenoiser(
     77, "stable-diffusion-xl-base-1.0 unet/config.json",
 )
 
+def _text_embeds_width(args: tuple, kwargs: Mapping[str, Any]) -> int:
+    """How many of ``add_embedding``'s input columns are the pooled text: ``text_embeds``' width."""
+    return kwargs["added_cond_kwargs"]["text_embeds"].shape[-1]
+
+
 FAMILY = Family(
     name="sdxl",
     denoisers=("UNet2DConditionModel",),
@@ -78,8 +84,10 @@ FAMILY = Family(
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
     # addition_embed_type="text_time": the pooled CLIP vector (text_embeds), with the size
-    # conditioning (time_ids) beside it, joins the timestep embedding.
+    # conditioning (time_ids) after it, joins the timestep embedding: the unit is text_embeds' columns.
     pooled="add_embedding",
+    pooled_columns=_text_embeds_width,
+    denoiser_config={"addition_embed_type": "text_time"},
     tiny={"sdxl": TinyPipeline("StableDiffusionXLPipeline", _sdxl)},
     published=(SDXL_BASE,),
 )

@@ -220,7 +220,10 @@ class Family:
     each with the reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by
     architecture name; ``pooled``, where the family has a pooled text vector, the module (path in
     the denoiser) that reads it, whose output is the pooled unit (a checkpoint without that module,
-    SD 1.5's U-Net for one, has none); ``published`` its published denoisers, shapes only.
+    SD 1.5's U-Net for one, has none); ``pooled_columns(args, kwargs)``, where that module reads the
+    pooled text beside something else (SDXL: ``text_embeds``, then the size conditioning), how
+    many of the first columns of its input are the text in a denoiser call: the unit is then
+    those columns, not the module's output; ``published`` its published denoisers, shapes only.
     """
 
     name: str
@@ -234,6 +237,10 @@ class Family:
     check_run: Callable[[Any], None] | None = None
     refuses: Mapping[str, str] = field(default_factory=dict)
     pooled: str | None = None
+    pooled_columns: Callable[[tuple, Mapping[str, Any]], int] | None = None
+    #: Where families share a denoiser class (the U-Nets), the config values that tell a bare
+    #: denoiser of this one from the others'; a pipeline is told by its class first.
+    denoiser_config: Mapping[str, Any] = field(default_factory=dict)
     published: tuple[PublishedDenoiser, ...] = ()
 
     def check_supports(self, use: str) -> None:

@@ -20,7 +20,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from textloc import seeding
 from textloc.architectures import denoiser
 from textloc.engine.cache import TextCache
-from textloc.engine.layer_hooks import AttentionHook, LayerHooks, ProjectionHook
+from textloc.engine.layer_hooks import AttentionHook, LayerHooks, PooledInputHook, ProjectionHook
 from textloc.engine.plan import RowPatch, window_steps
 from textloc.engine.recorder import Recorder
 from textloc.engine.replays import GradientHook
@@ -95,9 +95,11 @@ def hooked(
                 replay = next((p for p in replays if layer.name in p.layers), None)
                 hooks = LayerHooks(layer, state, recorder, layer_patches, replay, grad_steps)
                 if layer.kind == "pooled":
-                    # The module's own output is the unit: its projection hook goes on first, so
-                    # that the outer attention hook's replay calls back through it.
-                    register(layer.module, ProjectionHook(hooks, (("value", None),)), f"{tag}_pooled")
+                    # The module's output is the unit (or, where it reads more than the text, the
+                    # text columns of its input): that hook goes on first, so that the outer
+                    # attention hook's replay calls back through it.
+                    reader = PooledInputHook(hooks) if state.family.pooled_columns else ProjectionHook(hooks, (("value", None),))
+                    register(layer.module, reader, f"{tag}_pooled")
                     register(layer.module, AttentionHook(hooks), f"{tag}_attention")
                     continue
                 key_proj, value_proj = layer.text_kv_projections

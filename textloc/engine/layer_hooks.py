@@ -284,6 +284,22 @@ class ProjectionHook(ModelHook):
         return output
 
 
+class PooledInputHook(ModelHook):
+    """On the pooled vector's reader where it reads the text beside something else (SDXL's
+    ``add_embedding``: ``text_embeds``, then the size conditioning): the text columns of its input
+    go through the unit's hooks, and the rest of the input is left as the pipeline made it."""
+
+    def __init__(self, hooks: LayerHooks):
+        super().__init__()
+        self.hooks = hooks
+
+    @torch.compiler.disable
+    def pre_forward(self, module, *args, **kwargs):
+        first, *rest = args
+        text = slice(0, self.hooks.state.call.pooled_columns())
+        return (self.hooks.on_projection("value", first, text), *rest), kwargs
+
+
 class AttentionHook(ModelHook):
     def __init__(self, hooks: LayerHooks):
         super().__init__()

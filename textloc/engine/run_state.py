@@ -48,6 +48,8 @@ class DenoiserCall:
     position: int  # index into the scheduler's timesteps: a second-order step has two
     branch_rows: dict[Branch, list[int]]  # branch -> batch indices, in row order
     text_tokens: Callable[[], int | None] = field(repr=False)  # the family's count, asked when needed
+    # How many input columns of the pooled vector's reader are text (Family.pooled_columns), asked when needed.
+    pooled_columns: Callable[[], int] | None = field(default=None, repr=False)
     # Every branch this step's denoiser calls run, where the pipeline tells (one batch, or passes in a
     # stated call order); None where it does not (passes in contexts: whether an unconditional one follows).
     step_branches: frozenset[Branch] | None = None
@@ -129,9 +131,11 @@ class RunState:
         if step == self.stop_at_step:
             raise StopRun
         text_tokens = functools.partial(self.family.text_tokens, args, kwargs)
+        columns = self.family.pooled_columns
+        pooled_columns = None if columns is None else functools.partial(columns, args, kwargs)
         # Z-Image passes its batch as a list of per-row samples.
         branch_rows = self._branch_rows(len(sample) if isinstance(sample, (list, tuple)) else sample.shape[0], kwargs)
-        self.call = DenoiserCall(step, position, branch_rows, text_tokens, self._step_branches(branch_rows, kwargs))
+        self.call = DenoiserCall(step, position, branch_rows, text_tokens, pooled_columns, self._step_branches(branch_rows, kwargs))
         self.calls_this_step += 1
 
     def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:
