@@ -41,7 +41,7 @@ PADS_TO_LONGEST = ("qwenimage",)
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "flux2", "flux2-klein", "chroma", "lumina2", "cosmos2", "qwenimage", "cogview4", "hunyuan-image", "hidream", "z-image",
-    "ovis-image", "longcat-image",
+    "ovis-image", "longcat-image", "hunyuandit",
 )
 
 

@@ -14,9 +14,10 @@ from textloc.testing import tiny_pipeline
 STEPS = 4  # enough steps for a step-dependent trace to recompile, and then to go dynamic
 
 
+@pytest.mark.parametrize("arch", ["sd3", "hunyuandit"])
 @pytest.mark.parametrize("how", ["wrapped", "in-place"])
-def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_recompiling(how):
-    pipe = tiny_pipeline("sd3")  # its own: compiling changes the pipeline
+def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_recompiling(how, arch):
+    pipe = tiny_pipeline(arch)  # its own: compiling changes the pipeline
 
     def settings() -> dict:  # a fresh generator each call: every run starts from the same noise
         return {**seeded(pipe), "num_inference_steps": STEPS}

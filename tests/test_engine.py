@@ -41,6 +41,7 @@ EXPECTED_KINDS = {
     "z-image": {"refiner", "single"},
     "ovis-image": {"joint", "single"},
     "longcat-image": {"joint", "single"},
+    "hunyuandit": {"cross", "pooled"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},

@@ -21,7 +21,7 @@ import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
 from textloc.engine import RowPatch, check_step_window, record, run_with_patches, window_steps
 from textloc.seeding import generator
-from textloc.testing import tiny_call_kwargs
+from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
 BATCH_TOLERANCE = 1e-4  # as in test_engine: batching reorders float reductions, a wrong patch moves 1e-3+
 # KDPM2 hands torch tensors to numpy in set_timesteps; numpy 2 warns about it thousands of times.
@@ -79,7 +79,7 @@ def test_lcm_unet_rows_are_all_conditional():
 # ---- 2. No CFG guessed from equal batch halves (two same-seed prompts at guidance 1)
 
 
-@pytest.mark.parametrize("arch", ["deepfloyd-if", "pixart-alpha", "flux"])
+@pytest.mark.parametrize("arch", ["deepfloyd-if", "pixart-alpha", "flux", "hunyuandit"])
 @pytest.mark.parametrize("guidance", ["off", "on"])
 def test_same_seed_batch_under_patch_equals_each_prompt_patched_alone(arch, guidance):
     pipe = _pipeline(arch)
@@ -112,6 +112,28 @@ def test_a_pipeline_that_states_no_cfg_layout_is_refused():
     with tl.patch(pipe, layer, record(pipe, layer, OTHER, **kwargs_of(pipe))):
         with pytest.raises(ValueError, match="cannot tell the classifier-free guidance layout"):
             unet(sample, pipe.scheduler.timesteps[0], encoder_hidden_states=text)
+
+
+def test_hunyuandit_perturbed_attention_guidance_rows_are_refused():
+    # HunyuanDiTPAGPipeline is of the family by its transformer; with PAG on it batches
+    # [uncond, cond, perturbed cond], which CFG's order would mislabel.
+    from diffusers import HunyuanDiTPAGPipeline
+
+    # Its own models: the refusal stops the run before the PAG pipeline puts its own processors back.
+    pipe = HunyuanDiTPAGPipeline(**tiny_pipeline("hunyuandit").components, pag_applied_layers="blocks.1")
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="HunyuanDiTPAGPipeline runs perturbed-attention guidance"):
+        record(pipe, "all", PROMPT, **tiny_call_kwargs("hunyuandit"))
+
+
+def test_hunyuandit_fused_qkv_projections_are_refused():
+    # fuse_qkv_projections() keeps to_k and to_v but runs to_kv: hooks on them would record and patch nothing.
+    pipe = tiny_pipeline("hunyuandit")
+    pipe.transformer.fuse_qkv_projections()
+    with pytest.raises(ValueError, match="fused QKV projections"):
+        record(pipe, "attention", PROMPT, **tiny_call_kwargs(pipe))
+    pipe.transformer.unfuse_qkv_projections()
+    assert record(pipe, "attention", PROMPT, **tiny_call_kwargs(pipe)).entries
 
 
 # ---- 3. Second-order correctors and skip-layer passes are not "uncond"
@@ -213,7 +235,6 @@ def test_fingerprint_reads_offloaded_weights():
     from accelerate import cpu_offload
 
     from textloc.fingerprint import module_fingerprint
-    from textloc.testing import tiny_pipeline
 
     pipe = tiny_pipeline("sd15")
     before = module_fingerprint(pipe.unet)

@@ -41,6 +41,7 @@ NAMES = (
     "tiny-random-z-image",
     "tiny-random-ovis-image",
     "tiny-random-longcat-image",
+    "tiny-random-hunyuandit",
 )
 
 

@@ -51,6 +51,7 @@ ATTENTION_LAYOUT["hunyuan-image"] = [
     (r"transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
     (r"single_transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
 ]
+ATTENTION_LAYOUT["hunyuandit"] = [(r"blocks\.\d+\.attn2", "HunyuanAttnProcessor", 4)]
 ATTENTION_LAYOUT["cogview4"] = [(r"transformer_blocks\.\d+\.attn1", "CogView4AttnProcessor", 2)]
 ATTENTION_LAYOUT["qwenimage"] = [(r"transformer_blocks\.\d+\.attn", "QwenDoubleStreamAttnProcessor", 2)]
 ATTENTION_LAYOUT["ovis-image"] = [

@@ -111,6 +111,10 @@ REFINER = TextRoute("refiner", Projection("to_k"), Projection("to_v"))
 # one vector per row, is what is recorded and patched; it is kept as the unit's "value" (it has no
 # key). A LoRA on it trains every linear layer of that module (:mod:`textloc.finetune.targets`).
 POOLED = TextRoute("pooled", Projection(""), Projection(""), lora_targets=())
+#: The use a family refuses (``Family.refuses``) where no LoRA can train its pooled unit: the module
+#: hands its linear layers' weights to a functional op and never calls them (HunyuanDiT's attention
+#: pool), so adapters on them would never run.
+POOLED_LORA = "train_lora on the pooled unit"
 
 
 @dataclass(frozen=True)

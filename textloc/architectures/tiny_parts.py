@@ -87,11 +87,11 @@ def clip_text_encoder(
     return init(seed, model_class or CLIPTextModel, config)
 
 
-def t5_tokenizer() -> ByT5Tokenizer:
+def t5_tokenizer(length: int = TEXT_LENGTH) -> ByT5Tokenizer:
     from transformers import ByT5Tokenizer
 
     # Byte-level T5 tokenizer: needs no vocabulary file; no sentinel ids, the encoder never sees them.
-    return ByT5Tokenizer(model_max_length=TEXT_LENGTH, extra_ids=0)
+    return ByT5Tokenizer(model_max_length=length, extra_ids=0)
 
 
 def t5_encoder(seed: int, tokenizer: ByT5Tokenizer) -> T5EncoderModel:

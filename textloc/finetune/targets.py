@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Union
 
-from textloc.architectures import denoiser
+from textloc.architectures import denoiser, family_of
+from textloc.architectures.spec import POOLED_LORA
 
 if TYPE_CHECKING:  # JOINT_STREAMS (the command line's --targets help) comes without torch
     import torch
@@ -40,7 +41,8 @@ def lora_targets(pipe: Any, layers: LayerSource | None, targets: Targets = None)
     A projection named explicitly that a layer lacks is an error; a default one it lacks (the
     text output of a joint block that has none) is left out. With ``layers=None``, ``targets``
     are full module paths of linear layers, taken as they are (e.g. every attention projection,
-    self-attention included, for a comparison with the text layers).
+    self-attention included, for a comparison with the text layers). A pooled unit whose family
+    says no LoRA can train it (:data:`~textloc.architectures.spec.POOLED_LORA`) is refused.
     """
     modules = dict(denoiser(pipe).named_modules())
     if layers is None:
@@ -56,6 +58,8 @@ def lora_targets(pipe: Any, layers: LayerSource | None, targets: Targets = None)
     explicit = targets is not None and not isinstance(targets, str)
     paths = []
     for layer in resolved:
+        if layer.kind == "pooled":
+            family_of(pipe).check_supports(POOLED_LORA)
         for projection in _projections(layer, targets):
             path = f"{layer.name}.{projection}"
             if _is_linear(modules.get(path)):
