@@ -207,6 +207,7 @@ TEXTLOC_TINY_FLUX = EmbeddedModel(
     settings=MappingProxyType({"num_inference_steps": 25, "true_cfg_scale": 5.0, "negative_prompt": "",
                                "max_sequence_length": 77, "height": 64, "width": 64}),
     folder=Path(__file__).parent / "tiny" / "weights_flux",
+    text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (1, 0)),
 )
 #: The embedded models, in the order listings show them.
 EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3, TEXTLOC_TINY_FLUX)
