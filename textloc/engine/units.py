@@ -11,9 +11,10 @@ which projections: :mod:`textloc.architectures`):
 - ``single``: text and image tokens share one sequence and one set of projections (FLUX
   single-stream blocks: text first); the family's spec says where the text sits.
 - ``pooled``: not an attention: the pooled (global) text vector that joins the timestep
-  embedding of every block (SD3 and FLUX ``pooled_projections``, SDXL ``text_embeds``, IF's
-  attention pool of its T5 tokens, HiDream ``pooled_embeds``). The unit is the module that reads
-  it, named by its full path and selectable as ``"pooled"``; its output, one vector per row, is
+  embedding of every block (SD3 and FLUX ``pooled_projections``, SDXL ``text_embeds``, IF's and
+  HunyuanDiT's attention pools of their T5 tokens, HiDream ``pooled_embeds``). The unit is the
+  module that reads it, named by its full path and selectable as ``"pooled"``; its output, one
+  vector per row (SDXL's: the text columns of its input, beside the size conditioning), is
   recorded and patched like a layer's text K/V, all of it at once (no heads, no keys vs values).
   It is listed after the attention layers, so they keep their indices whether or not a model has one.
 - ``self``: no text at all. Listed for completeness; never patched.
@@ -140,7 +141,7 @@ def _pooled_unit(model: torch.nn.Module, path: str | None, index: int) -> Attent
         module = None if path is None else model.get_submodule(path)
     except AttributeError:  # a checkpoint of the family without it
         module = None
-    if module is None:  # SD 1.5's U-Net sets add_embedding = None
+    if module is None:  # a U-Net built without one sets add_embedding = None
         return None
     params = sum(p.numel() for p in module.parameters())
     return AttentionLayer(path, "pooled", index, 1, params, module, POOLED)
