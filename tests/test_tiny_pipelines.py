@@ -47,21 +47,19 @@ ATTENTION_LAYOUT["hidream"] = [
     (r"double_stream_blocks\.\d+\.block\.attn1", "HiDreamAttnProcessor", 2),
     (r"single_stream_blocks\.\d+\.block\.attn1", "HiDreamAttnProcessor", 2),
 ]
-ATTENTION_LAYOUT["hunyuan-image"] = [
-    (r"transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
-    (r"single_transformer_blocks\.\d+\.attn", "HunyuanImageAttnProcessor", 2),
-]
+
+
+def double_and_single(processor: str) -> list[tuple[str, str, int]]:
+    """FLUX.1's layout: two double-stream and two single-stream blocks under ``processor``."""
+    return [(r"transformer_blocks\.\d+\.attn", processor, 2), (r"single_transformer_blocks\.\d+\.attn", processor, 2)]
+
+
+ATTENTION_LAYOUT["hunyuan-image"] = double_and_single("HunyuanImageAttnProcessor")
 ATTENTION_LAYOUT["hunyuandit"] = [(r"blocks\.\d+\.attn2", "HunyuanAttnProcessor", 4)]
 ATTENTION_LAYOUT["cogview4"] = [(r"transformer_blocks\.\d+\.attn1", "CogView4AttnProcessor", 2)]
 ATTENTION_LAYOUT["qwenimage"] = [(r"transformer_blocks\.\d+\.attn", "QwenDoubleStreamAttnProcessor", 2)]
-ATTENTION_LAYOUT["ovis-image"] = [
-    (r"transformer_blocks\.\d+\.attn", "OvisImageAttnProcessor", 2),
-    (r"single_transformer_blocks\.\d+\.attn", "OvisImageAttnProcessor", 2),
-]
-ATTENTION_LAYOUT["longcat-image"] = [
-    (r"transformer_blocks\.\d+\.attn", "LongCatImageAttnProcessor", 2),
-    (r"single_transformer_blocks\.\d+\.attn", "LongCatImageAttnProcessor", 2),
-]
+ATTENTION_LAYOUT["ovis-image"] = double_and_single("OvisImageAttnProcessor")
+ATTENTION_LAYOUT["longcat-image"] = double_and_single("LongCatImageAttnProcessor")
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

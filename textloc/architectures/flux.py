@@ -49,12 +49,17 @@ def _flux(seed: int) -> dict[str, Any]:
     )
 
 
-#: FLUX.1's attention (shared with Chroma and the other FLUX.1 derivatives): double-stream blocks
-#: are joint, single-stream ones read ``[text, image]`` through one set of projections.
-FLUX_ATTENTION = (
-    AttentionRule("FluxAttention", JOINT, when="add_q_proj"),
-    AttentionRule("FluxAttention", TEXT_FIRST, when="pre_only"),
-)
+def flux_style_attention(attention_class: str) -> tuple[AttentionRule, ...]:
+    """FLUX.1's attention under ``attention_class`` (its own, and its derivatives': Chroma, Ovis-Image,
+    LongCat-Image): double-stream blocks are joint, single-stream ones read ``[text, image]``
+    through one set of projections."""
+    return (
+        AttentionRule(attention_class, JOINT, when="add_q_proj"),
+        AttentionRule(attention_class, TEXT_FIRST, when="pre_only"),
+    )
+
+
+FLUX_ATTENTION = flux_style_attention("FluxAttention")
 
 FLUX_1_DEV = PublishedDenoiser(
     "FLUX.1-dev", "FluxTransformer2DModel", {"guidance_embeds": True}, 512,

@@ -28,9 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.flux import TINY_TRANSFORMER
+from textloc.architectures.flux import TINY_TRANSFORMER, flux_style_attention
 from textloc.architectures.qwenimage import qwen25_vl_encoder, system_prompt_tokenizer
-from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import Family, PublishedDenoiser, TinyPipeline
 
 # LongCatImagePipeline draws 16 latent channels whatever its VAE (num_channels_latents = 16) and
 # packs 2x2 of them into one token.
@@ -76,10 +76,7 @@ FAMILY = Family(
     name="longcat-image",
     denoisers=("LongCatImageTransformer2DModel",),
     pipelines=("LongCatImagePipeline",),
-    attention=(
-        AttentionRule("LongCatImageAttention", JOINT, when="add_q_proj"),
-        AttentionRule("LongCatImageAttention", TEXT_FIRST, when="pre_only"),
-    ),
+    attention=flux_style_attention("LongCatImageAttention"),
     # CFG passes in cache_context("cond") and cache_context("uncond"): the default Guidance's contexts.
     tiny={"longcat-image": TinyPipeline("LongCatImagePipeline", _longcat_image, {}, _short_text)},
     published=(LONGCAT_IMAGE,),

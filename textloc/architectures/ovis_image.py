@@ -28,9 +28,9 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.flux import TINY_TRANSFORMER, tiny_vae
+from textloc.architectures.flux import TINY_TRANSFORMER, flux_style_attention, tiny_vae
 from textloc.architectures.qwenimage import qwen_tokenizer
-from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import Family, PublishedDenoiser, TinyPipeline
 
 # OvisImagePipeline.system_prompt and user_prompt_begin_id (set in its __init__).
 SYSTEM_PROMPT = (
@@ -92,10 +92,7 @@ FAMILY = Family(
     name="ovis-image",
     denoisers=("OvisImageTransformer2DModel",),
     pipelines=("OvisImagePipeline",),
-    attention=(
-        AttentionRule("OvisImageAttention", JOINT, when="add_q_proj"),
-        AttentionRule("OvisImageAttention", TEXT_FIRST, when="pre_only"),
-    ),
+    attention=flux_style_attention("OvisImageAttention"),
     # Both passes run in cache_context("cond") / ("uncond"): the default Guidance's contexts.
     tiny={"ovis-image": TinyPipeline("OvisImagePipeline", _ovis_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
     published=(OVIS_IMAGE_7B,),
