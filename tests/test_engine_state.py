@@ -19,7 +19,7 @@ from diffusers import (
 
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
-from textloc.engine import RowPatch, check_step_window, record, run_with_patches, window_steps
+from textloc.engine import RowPatch, check_step_window, denoiser, record, run_with_patches, window_steps
 from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -126,13 +126,14 @@ def test_hunyuandit_perturbed_attention_guidance_rows_are_refused():
         record(pipe, "all", PROMPT, **tiny_call_kwargs("hunyuandit"))
 
 
-def test_hunyuandit_fused_qkv_projections_are_refused():
-    # fuse_qkv_projections() keeps to_k and to_v but runs to_kv: hooks on them would record and patch nothing.
-    pipe = tiny_pipeline("hunyuandit")
-    pipe.transformer.fuse_qkv_projections()
+@pytest.mark.parametrize("fused_arch", ["hunyuandit", "sd15", "sd3", "flux"])
+def test_fused_qkv_projections_are_refused(fused_arch):
+    # fuse_qkv_projections() keeps to_k and to_v but runs to_qkv/to_kv: hooks on them would record and patch nothing.
+    pipe = tiny_pipeline(fused_arch)
+    denoiser(pipe).fuse_qkv_projections()
     with pytest.raises(ValueError, match="fused QKV projections"):
         record(pipe, "attention", PROMPT, **tiny_call_kwargs(pipe))
-    pipe.transformer.unfuse_qkv_projections()
+    denoiser(pipe).unfuse_qkv_projections()
     assert record(pipe, "attention", PROMPT, **tiny_call_kwargs(pipe)).entries
 
 

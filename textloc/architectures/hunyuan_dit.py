@@ -52,12 +52,6 @@ def _check_run(pipe: Any) -> None:
             "the CFG branches. Use HunyuanDiTPipeline, or pag_scale=0 on a freshly loaded pipeline (the stopped run "
             "leaves its perturbed-attention processors in place)."
         )
-    # fuse_qkv_projections() keeps to_k and to_v but has its processors run to_kv: hooks on them would never fire.
-    if any(type(getattr(module, "processor", None)).__name__.startswith("Fused") for module in pipe.transformer.modules()):
-        raise ValueError(
-            "The transformer's attention runs fused QKV projections, where textloc's hooks on to_k/to_v never fire; "
-            "call pipe.transformer.unfuse_qkv_projections() first."
-        )
 
 
 def _bert_tokenizer() -> Any:

@@ -72,6 +72,11 @@ class AttentionLayer:
             raise ValueError(f"{self.name} is a self-attention layer: it has no text keys or values.")
         if self.kind == "pooled":
             raise ValueError(f"{self.name} reads the pooled text vector: it has no keys or values, its output is the unit.")
+        if _runs_fused_projections(self.module):
+            raise ValueError(
+                f"{self.name} runs fused QKV projections (fuse_qkv_projections()), where textloc's hooks on its "
+                "text K/V never fire; call `pipe.unfuse_qkv_projections()` (or the denoiser's) first."
+            )
         key, value = self.route.key.module(self.module), self.route.value.module(self.module)
         if key is None or value is None:
             raise ValueError(
@@ -79,6 +84,16 @@ class AttentionLayer:
                 "`pipe.unfuse_qkv_projections()` (or the denoiser's) before patching."
             )
         return key, value
+
+
+def _runs_fused_projections(module: torch.nn.Module) -> bool:
+    """Whether ``fuse_qkv_projections()`` has the attention run ``to_qkv``/``to_kv``, keeping ``to_k``
+    and ``to_v`` but never calling them: hooks on them would never fire, a patch do nothing."""
+    # The older Attention class swaps in a Fused* processor (and leaves its flag set after unfusing);
+    # the newer ones (FluxAttention, ...) keep their processor and read the flag.
+    if type(getattr(module, "processor", None)).__name__.startswith("Fused"):
+        return True
+    return getattr(module, "fused_projections", False) and hasattr(type(module), "unfuse_projections")
 
 
 def _is_attention(module: torch.nn.Module) -> bool:
