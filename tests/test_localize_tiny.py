@@ -32,7 +32,7 @@ from textloc.tiny.pairs import localization_pairs, scene_judge
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FINDINGS = {model: SAMPLES / model.removeprefix("textloc-") / "localize" for model in ("textloc-tiny", "textloc-tiny-sd3", "textloc-tiny-flux")}
 #: The edit bench whose best start step an embedded model's preset starts from; textloc's default without one.
-EDIT_BENCHES = {"textloc-tiny": "edit.json", "textloc-tiny-sd3": "edit-tiny-sd3.json"}
+EDIT_BENCHES = {"textloc-tiny": "edit.json", "textloc-tiny-sd3": "edit-tiny-sd3-pooled.json"}
 # The share of images on which the source's scene (sign and background colours) must stay.
 SHARE = 0.8
 # Held-out pairs whose images went to the example grid: the log keeps no images, so not these.
@@ -274,8 +274,13 @@ def test_the_committed_head_set_follows_from_its_logged_readings(finding: Locali
     choice, held = settings["pairs"][: finding.settings["choice_pairs"]], settings["pairs"][finding.settings["choice_pairs"] :]
     # Each head of the selected layers patched alone: its scores and rank from the readings.
     sweep = [stages["head sweep"][index] for index in range(len(choice))]
+    # Every head of each selected layer; the pooled vector, which has none, as one unit.
+    kinds = {layer["name"]: layer["kind"] for layer in finding.layers}
+    heads_of = (len(sweep[0]["layer_sets"]) - sum(kinds[layer] == "pooled" for layer in finding.selected)) // sum(
+        kinds[layer] != "pooled" for layer in finding.selected)
     assert sorted(name for (name,) in sweep[0]["layer_sets"]) == sorted(
-        f"{layer}@{head}" for layer in finding.selected for head in range(len(sweep[0]["layer_sets"]) // len(finding.selected)))
+        layer if kinds[layer] == "pooled" else f"{layer}@{head}" for layer in finding.selected
+        for head in (range(1) if kinds[layer] == "pooled" else range(heads_of)))
     means = {name: rescored([done["patched"][i] for done in sweep], choice) for i, (name,) in enumerate(sweep[0]["layer_sets"])}
     for unit in heads["units"]:
         assert means[unit["name"]] == pytest.approx({name: unit["exact"][name] for name in means[unit["name"]]}), unit["name"]

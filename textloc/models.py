@@ -193,9 +193,10 @@ TEXTLOC_TINY_SD3 = EmbeddedModel(
     settings=MappingProxyType({"num_inference_steps": 25, "guidance_scale": 5.0, "max_sequence_length": 0}),
     folder=Path(__file__).parent / "tiny" / "weights_sd3",
     load_options=MappingProxyType({"text_encoder_3": None, "tokenizer_3": None}),
-    text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (3, 2, 1)),
-    start_step=0.4,  # bench/results/edit-tiny-sd3.json
-    image_edit=MappingProxyType({"guidance_scale": 2.0, "start_step": 0.4}),  # bench/results/edit-tiny-sd3.json, "real"
+    # Three joint blocks and the pooled text vector, in the order its localization ranked them.
+    text_layers=("transformer_blocks.3.attn", "time_text_embed.text_embedder", "transformer_blocks.2.attn", "transformer_blocks.1.attn"),
+    start_step=0.5,  # bench/results/edit-tiny-sd3-pooled.json
+    image_edit=MappingProxyType({"guidance_scale": 2.0, "start_step": 0.4}),  # bench/results/edit-tiny-sd3-pooled.json, "real"
 )
 #: The third embedded model: a 64x64 FluxPipeline (4 double- and 8 single-stream blocks, a byte T5 and a byte
 #: CLIP) on textloc-tiny-sd3's autoencoder, trained on the same signs, no download.
