@@ -32,7 +32,7 @@ from textloc.tiny.pairs import localization_pairs, scene_judge
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FINDINGS = {model: SAMPLES / model.removeprefix("textloc-") / "localize" for model in ("textloc-tiny", "textloc-tiny-sd3", "textloc-tiny-flux")}
 #: The edit bench whose best start step an embedded model's preset starts from; textloc's default without one.
-EDIT_BENCHES = {"textloc-tiny": "edit.json", "textloc-tiny-sd3": "edit-tiny-sd3-pooled.json"}
+EDIT_BENCHES = {"textloc-tiny": "edit.json", "textloc-tiny-sd3": "edit-tiny-sd3-pooled.json", "textloc-tiny-flux": "edit-tiny-flux.json"}
 # The share of images on which the source's scene (sign and background colours) must stay.
 SHARE = 0.8
 # Held-out pairs whose images went to the example grid: the log keeps no images, so not these.

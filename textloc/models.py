@@ -209,6 +209,8 @@ TEXTLOC_TINY_FLUX = EmbeddedModel(
                                "max_sequence_length": 77, "height": 64, "width": 64}),
     folder=Path(__file__).parent / "tiny" / "weights_flux",
     text_layers=tuple(f"transformer_blocks.{block}.attn" for block in (1, 0)),
+    start_step=0.4,  # bench/results/edit-tiny-flux.json
+    image_edit=MappingProxyType({"guidance_scale": 2.0, "start_step": 0.4}),  # bench/results/edit-tiny-flux.json, "real"
 )
 #: The embedded models, in the order listings show them.
 EMBEDDED_MODELS: tuple[EmbeddedModel, ...] = (TEXTLOC_TINY, TEXTLOC_TINY_SD3, TEXTLOC_TINY_FLUX)
