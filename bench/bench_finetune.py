@@ -42,7 +42,8 @@ import textloc as tl
 from textloc.engine import attention_layers
 from textloc.finetune import RenderedSigns, train_lora
 from textloc.finetune.objective import Objective
-from textloc.finetune.train import batch_loss, capture_settings, last_checkpoint, native_resolution
+from textloc.finetune.train import batch_loss, capture_settings, last_checkpoint
+from textloc.pipelines import model_image_side
 from textloc.images import captioned_grid
 from textloc.scoring.metrics import background_mask, mse
 from textloc.models import named_model
@@ -92,7 +93,7 @@ def full_finetune(pipe: Any, data: Any, steps: int, batch_size: int, lr: float, 
     model.requires_grad_(True)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    resolution = native_resolution(pipe)
+    resolution = model_image_side(pipe)
     objective = Objective(pipe, resolution)
     capture = capture_settings(pipe, dict(named_model("textloc-tiny").settings), resolution)
     began = time.perf_counter()

@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, FluxPipeline
 
 from conftest import stop_trainer_at
 import textloc as tl
+from textloc.pipelines import model_image_side
 import textloc.tiny.train as tiny_train
 from textloc.models import TEXTLOC_TINY_FLUX, TEXTLOC_TINY_SD3, named_models
 from textloc.tiny import model_flux
@@ -169,5 +170,7 @@ def test_export_is_a_stock_flux_folder_whose_layers_the_engine_lists(tmp_path: P
 def test_its_export_loads_by_name_and_as_a_stock_flux_pipeline_from_its_folder() -> None:
     assert named_models()[TEXTLOC_TINY_FLUX.name] is TEXTLOC_TINY_FLUX  # in the registry: it met the bar
     assert isinstance(tl.load_pipeline(TEXTLOC_TINY_FLUX.name), FluxPipeline)
+    # Its size, where edit_image and train_lora default to it: its own 64 pixels, not FluxPipeline's 512.
+    assert model_image_side(tl.load_pipeline(TEXTLOC_TINY_FLUX.name)) == TEXTLOC_TINY_FLUX.settings["height"] == 64
     pipe = FluxPipeline.from_pretrained(TEXTLOC_TINY_FLUX.folder)  # plain diffusers, no textloc
     assert isinstance(pipe, FluxPipeline) and len(pipe.transformer.single_transformer_blocks) >= 8

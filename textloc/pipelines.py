@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from textloc.models import DEFAULT_MODEL, TEXTLOC_TINY, find_named_model
+from textloc.architectures import default_image_side
+from textloc.models import DEFAULT_MODEL, TEXTLOC_TINY, embedded_model_of, find_named_model
 from textloc.pipeline_calls import call_kwargs, from_pretrained
 
-__all__ = ["TINY_MODEL_DIR", "call_kwargs", "load_pipeline", "recommended_settings"]
+__all__ = ["TINY_MODEL_DIR", "call_kwargs", "load_pipeline", "model_image_side", "recommended_settings"]
 
 #: Where textloc-tiny's weights are shipped.
 TINY_MODEL_DIR = TEXTLOC_TINY.folder
@@ -44,6 +45,13 @@ def load_pipeline(
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def model_image_side(pipe: Any) -> int:
+    """The image side ``pipe``'s model is meant to run at: an embedded model's own (its settings;
+    textloc-tiny-flux is 64 pixels where FluxPipeline's default is 512), else the pipeline's default."""
+    embedded = embedded_model_of(pipe)
+    return (embedded.settings.get("height") if embedded is not None else None) or default_image_side(pipe)
 
 
 def recommended_settings(model: str) -> dict[str, Any]:

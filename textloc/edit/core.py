@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from textloc import seeding
-from textloc.architectures import default_image_side, image_size_multiple
+from textloc.architectures import image_size_multiple
 from textloc.edit.inversion import invert, starting_from
 from textloc.edit.methods import EDIT_METHODS, EditMethod
 from textloc.edit.p2p import prompt_to_prompt
@@ -36,6 +36,7 @@ from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
+from textloc.pipelines import model_image_side
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.scoring.ocr import OCR, Reading, get_ocr, readings, to_pil_list
 from textloc.scoring.quoted import replace_quoted
@@ -232,7 +233,7 @@ def _image_edit_defaults(pipe: Any, image: Any) -> dict[str, Any]:
     """Guidance, start step and size an edit of ``image`` runs with where the caller does not say."""
     embedded = embedded_model_of(pipe)
     defaults = {"guidance_scale": 1.0, **(embedded.image_edit if embedded is not None else {})}
-    side = (embedded.settings.get("height") if embedded is not None else None) or default_image_side(pipe)
+    side = model_image_side(pipe)
     width, height = to_pil_list(image)[0].size
     # The longer side becomes the model's; the other keeps the aspect, rounded to a size it takes.
     multiple = image_size_multiple(pipe)

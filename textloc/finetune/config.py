@@ -30,7 +30,7 @@ class TrainConfig:
     validate_every: int | None = setting(None, "steps between validations (also before the first and after the last)")
     validation_prompts: tuple[str, ...] = setting((), "prompts that quote the text they ask for, generated and read by OCR at each validation")
     seed: int = setting(0, "seed of every draw: the examples' order, VAE samples, timesteps, noise")
-    resolution: int | None = setting(None, "training image side (default: the denoiser's native size)")
+    resolution: int | None = setting(None, "training image side (default: the model's own: an embedded model's, else the pipeline's default)")
 
     def __post_init__(self) -> None:
         if isinstance(self.validation_prompts, str):

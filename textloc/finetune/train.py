@@ -48,6 +48,7 @@ from textloc.finetune.targets import Targets, check_rank, lora_targets
 from textloc.finetune.validation import Validation
 from textloc.layers import LayerSource, resolve_layers
 from textloc.pipeline_calls import call_kwargs
+from textloc.pipelines import model_image_side
 from textloc.files import write_json_atomic
 from textloc.fingerprint import weights_fingerprint
 from textloc.settings import split_settings
@@ -146,7 +147,7 @@ def train_lora(
     rank, alpha, steps, lr, seed = config.rank, config.lora_alpha, config.steps, config.lr, config.seed
     batch_size, grad_accum, mixed_precision = config.batch_size, config.grad_accum, config.mixed_precision
     checkpoint_every, validate_every, validation_prompts = config.checkpoint_every, config.validate_every, config.validation_prompts
-    resolution = config.resolution or native_resolution(pipe)
+    resolution = config.resolution or model_image_side(pipe)
 
     accelerator = distributed.accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
     output_dir = Path(output_dir)
@@ -269,14 +270,6 @@ def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int
     latent = "latent" if getattr(pipe, "vae", None) is not None else "pt"
     settings.update(num_inference_steps=2, height=resolution, width=resolution, output_type=latent, generator=seeding.generator(0))
     return call_kwargs(pipe, **settings)
-
-
-def native_resolution(pipe: Any) -> int:
-    """The image side the denoiser was built for: its ``sample_size`` times the VAE's scale factor."""
-    config = denoiser(pipe).config
-    size = config.get("sample_size") or 64  # FLUX leaves it unset; its VAE's 8x gives 512
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))
 
 
 def _describe(data: Any) -> str:
