@@ -3,8 +3,8 @@
 1. The exact sweep over every text layer of one prompt pair: textloc's batched plans (one
    generation holds source, target and many patched rows) against the naive loop (record the
    target once, then one patched generation per layer), checking that both give the same images.
-2. Attribution screen against the exact sweep over the same pairs: time ratio and Spearman rank
-   agreement.
+2. Each screen (gradient, integrated, key-exact) against the exact sweep over the same pairs: time
+   ratio and Spearman rank agreement (``Localization.agreement``).
 
 Run: ``python bench/bench_localize.py [--model textloc-tiny] [--pairs 4] [--repeats 3]``.
 Prints a markdown table and writes bench/results/localize.json.
@@ -89,10 +89,10 @@ def main() -> None:
         "sweep_speedup": statistics.median(naive_times) / statistics.median(batched_times),
         "max_abs_image_difference": worst,
         "exact_s": both.timings["sweep"],
-        "attribution_s": both.timings["attribution"],
-        "attribution_speedup": both.agreement["time_ratio"] if both.agreement else None,
-        "spearman": both.agreement["spearman"] if both.agreement else None,
-        "spearman_pixels": both.agreement["spearman_pixels"] if both.agreement else None,
+        "screens": {
+            name: {"s": both.timings[f"{name} screen"], "speedup": entry.time_ratio, "spearman": entry.spearman}
+            for name, entry in both.agreement.screens.items()
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "localize.json").write_text(json.dumps(results, indent=2))
@@ -102,12 +102,10 @@ def main() -> None:
     print(f"| exact sweep of one pair, batched plans | {results['batched_sweep_s']:.2f} s | {results['sweep_speedup']:.1f}x faster |")
     print(f"| largest pixel difference batched vs naive | {worst:.1e} | |")
     print(f"| exact sweep with OCR, all pairs | {results['exact_s']:.2f} s | 1.00 |")
-    spearman, pixels = results["spearman"], results["spearman_pixels"]
-    if spearman is None:  # under 3 layers there is no ranking to compare
-        print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | too few layers to compare |")
-    else:
-        print(f"| attribution screen, all pairs | {results['attribution_s']:.2f} s | {results['attribution_speedup']:.1f}x faster, "
-              f"Spearman {spearman:.2f} (OCR ranking), {pixels:.2f} (pull toward the target image) |")
+    for name, screen in results["screens"].items():
+        # Under two layers distinguishable from 0 there is no ranking to compare.
+        agreement = "too few layers to compare" if screen["spearman"] is None else f"Spearman {screen['spearman']:.2f} (pull toward the target image)"
+        print(f"| {name} screen, all pairs | {screen['s']:.2f} s | {screen['speedup']:.1f}x faster, {agreement} |")
 
 
 if __name__ == "__main__":

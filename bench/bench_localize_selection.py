@@ -27,6 +27,7 @@ import torch
 
 import textloc as tl
 from textloc.localization import localize
+from textloc.localization.results import Share
 from textloc.models import named_model
 from textloc.pipelines import recommended_settings
 from textloc.tiny.pairs import localization_pairs
@@ -40,15 +41,15 @@ THRESHOLD = 0.8
 
 def held_out_score(result: Any) -> dict[str, Any]:
     """What a draw's selection gives on the held-out pairs."""
-    held = result.held_out or {}
-    share = held.get("share_of_direct") or [None] * 3
+    held = result.held_out and result.held_out.sufficiency
+    share = held.share_of_direct if held else Share(None, None, None)
     return {
         "layers": result.selected,
         "reached_on_choice_pairs": result.reached,
-        "held_out_target_hit": held.get("patched", {}).get("target_hit"),
-        "held_out_direct_hit": held.get("direct", {}).get("target_hit"),
-        "held_out_share": share,
-        "holds": share[0] is not None and share[0] >= THRESHOLD - 1e-9,
+        "held_out_target_hit": held.patched.target_hit if held else None,
+        "held_out_direct_hit": held.direct.target_hit if held else None,
+        "held_out_share": list(share),
+        "holds": share.value is not None and share.value >= THRESHOLD - 1e-9,
     }
 
 

@@ -34,6 +34,7 @@ import textloc as tl
 from textloc.localization import Localization
 from textloc.scoring.prompts import PromptPair, as_template, quoted_text
 from textloc.localization.report import PROGRESS_FILE
+from textloc.localization.results import ImageScores
 from textloc.localization.scoring import mean_metrics, score_images
 from textloc.models import named_model
 from textloc.scoring.ocr import get_ocr
@@ -94,7 +95,7 @@ def main() -> None:
     logged = logged_pairs(layers_dir(args.model))
     pairs = logged[choice:] if args.held_out else logged[:choice]
     ocr = get_ocr("rapidocr")
-    scored: dict[str, list[dict]] = {row: [] for row in ROWS}
+    scored: dict[str, list[ImageScores]] = {row: [] for row in ROWS}
     for index, pair in enumerate(pairs):
         print(f"pair {index + 1}/{len(pairs)}: {pair.source_text} -> {pair.target_text}", flush=True)
         images = generate(pipe, finding.selected, pair, finding.settings["seed"], settings)
@@ -105,9 +106,9 @@ def main() -> None:
         "settings": {"model": model.name, "pairs": len(pairs), "split": "held out" if args.held_out else "choice",
                      "blocks": finding.selected, "seed": finding.settings["seed"], "model_settings": dict(model.settings),
                      "localization": str(layers_dir(args.model).relative_to(ROOT)), "torch": torch.__version__},
-        "rows": {row: {key: means[row][key] for key in ("target_hit", "source_hit", "scene")} for row in ROWS},
-        "intervals": {row: means[row]["ci"]["target_hit"] for row in ROWS},
-        "reads": {row: [score["read"] for score in scored[row]] for row in ROWS},
+        "rows": {row: {key: getattr(means[row], key) for key in ("target_hit", "source_hit", "scene")} for row in ROWS},
+        "intervals": {row: means[row].ci["target_hit"] for row in ROWS},
+        "reads": {row: [score.read for score in scored[row]] for row in ROWS},
     }
     out = results_file("pooled_text" + ("-held-out" if args.held_out else ""), model.name)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -119,7 +119,7 @@ def test_bad_edit_arguments_are_refused_before_generating():
         edit_text(pipe, PROMPT, "WORLD", "all", output_type="pil")
     with pytest.raises(ValueError, match="No preset for"):
         edit_text(pipe, PROMPT, "WORLD")  # layers="preset" on a model without one
-    other = Localization(model="another", settings={"weights": "0123456789abcdef"}, layers=[], baselines={}, selected=[tl.select_layers(pipe, "all")[0].name])
+    other = Localization(model="another", settings={"weights": "0123456789abcdef"}, layers=[], baselines=None, selected=[tl.select_layers(pipe, "all")[0].name])
     with pytest.raises(ValueError, match="found on other weights"):
         edit_text(pipe, PROMPT, "WORLD", other)
 

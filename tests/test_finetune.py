@@ -264,7 +264,7 @@ def test_bad_input_is_refused_before_any_step(tmp_path):
 def test_layers_localized_on_other_weights_are_refused(tmp_path):
     pipe = tiny_pipeline("sd15")
     layer = select_layers(pipe, "all")[0].name
-    other = Localization(model="other", settings={"weights": "0" * 16}, layers=[], baselines={}, selected=[layer])
+    other = Localization(model="other", settings={"weights": "0" * 16}, layers=[], baselines=None, selected=[layer])
     with pytest.raises(ValueError, match="found on other weights"):
         train_lora(pipe, other, RenderedSigns(), output_dir=tmp_path)
 

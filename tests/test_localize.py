@@ -15,6 +15,7 @@ from conftest import _pipeline
 from textloc.engine import AttentionLayer, select_layers
 from textloc.localization import Localization, PromptPair, core, localize, make_pairs, selection, spearman, stats
 from textloc.localization import stages as running
+from textloc.localization.results import ImageScores, Means, PairScores, Share
 from textloc.localization.scoring import mean_metrics
 from textloc.localization.report import PROGRESS_FILE, REPORT_FILE
 from textloc.testing import tiny_call_kwargs
@@ -58,16 +59,26 @@ def mse(a, b) -> float:
     return float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
 
 
-def merit(means: dict) -> tuple[float, ...]:
+def merit(means: Means) -> tuple[float, ...]:
     """localize's ranking rule: target hits, then word F1, then how much closer (edit distance) the
     reading came to the target than to the source, then how close the image came to the target's."""
-    return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
+    return (means.target_hit, means.target_f1, means.source_ned - means.target_ned, -means.mse_to_target)
 
 
-def reads(means: dict, text: str) -> bool:
+def reads(means: Means, text: str) -> bool:
     """Whether every image behind ``means`` read exactly the ``text`` ("source" or "target") and never the other."""
     other = "target" if text == "source" else "source"
-    return means[f"{text}_exact"] == 1.0 and means[f"{other}_hit"] == 0.0
+    return getattr(means, f"{text}_exact") == 1.0 and getattr(means, f"{other}_hit") == 0.0
+
+
+def image(**scores: float) -> ImageScores:
+    """One image's scores: those given, the rest nothing read and no distance."""
+    return ImageScores(**{"read": "", **dict.fromkeys(ImageScores.__dataclass_fields__, 0.0), "scene": None, **scores})
+
+
+def means_of(**values: float) -> Means:
+    """Means of a set: those given, the rest nothing read and no distance."""
+    return Means(**{**dict.fromkeys(Means.__dataclass_fields__, 0.0), "scene": None, "ci": {}, "mse_to_source": None, **values})
 
 
 @pytest.mark.parametrize("method", ["activation", "both"])
@@ -75,41 +86,41 @@ def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     pipe = _pipeline(arch)
     direction = "both" if method == "both" else "sufficiency"
     result = localize(pipe, SIGNS, method=method, direction=direction, ocr=ReadsNearestKnownImage(pipe, SIGNS), out=tmp_path, progress=False, **kwargs(pipe))
-    assert all(layer["exact"] is not None for layer in result.layers)
-    assert (method == "both") == all(layer["attribution"] is not None for layer in result.layers)
+    assert all(layer.exact is not None for layer in result.layers)
+    assert (method == "both") == all(layer.attribution is not None for layer in result.layers)
     # The floors sit in the right rows: the unpatched source reads the source's text, the target
     # prompted directly the target's; on the held-out pair (the last of 3) as well.
-    assert reads(result.baselines["source"], "source") and reads(result.baselines["target"], "target")
-    assert reads(result.held_out["unpatched"], "source") and reads(result.held_out["direct"], "target")
-    assert result.held_out["patched"]["n"] == 1.0
+    assert reads(result.baselines.source, "source") and reads(result.baselines.target, "target")
+    assert reads(result.held_out.sufficiency.unpatched, "source") and reads(result.held_out.sufficiency.direct, "target")
+    assert result.held_out.sufficiency.patched.n == 1.0
 
     # Ranks follow the per-layer scores, cumulative sets follow the ranks, and the chosen set is the
     # first whose target rate reaches 0.8 of the direct one (else the best-scoring, smallest).
-    ranked = sorted(result.layers, key=lambda layer: layer["rank"])
-    assert [layer["rank"] for layer in ranked] == list(range(1, len(ranked) + 1))
-    assert [merit(layer["exact"]) for layer in ranked] == sorted((merit(layer["exact"]) for layer in ranked), reverse=True)
-    names = [layer["name"] for layer in ranked]
-    assert [entry["layers"] for entry in result.sets] == [names[: k + 1] for k in range(len(names))]
-    reaching = [entry["layers"] for entry in result.sets if entry["means"]["target_hit"] >= 0.8 * result.baselines["target"]["target_hit"]]
-    best = max(result.sets, key=lambda entry: (entry["means"]["target_hit"], -len(entry["layers"])))["layers"]
+    ranked = sorted(result.layers, key=lambda layer: layer.rank)
+    assert [layer.rank for layer in ranked] == list(range(1, len(ranked) + 1))
+    assert [merit(layer.exact) for layer in ranked] == sorted((merit(layer.exact) for layer in ranked), reverse=True)
+    names = [layer.name for layer in ranked]
+    assert [entry.layers for entry in result.sets] == [names[: k + 1] for k in range(len(names))]
+    reaching = [entry.layers for entry in result.sets if entry.means.target_hit >= 0.8 * result.baselines.target.target_hit]
+    best = max(result.sets, key=lambda entry: (entry.means.target_hit, -len(entry.layers))).layers
     assert result.reached == bool(reaching) and result.selected == (reaching[0] if reaching else best)
-    assert result.held_out["layers"] == result.selected
+    assert result.held_out.layers == result.selected
     if arch in TEXT_ONLY_IN_ATTENTION:
         # Every layer patched from the target: the denoiser sees only the target's text, so the
         # image is the target's, and the chosen set writes the target on the held-out pair too.
-        everything = result.sets[-1]["means"]
-        assert reads(everything, "target") and everything["mse_to_target"] < 1e-9
-        assert result.reached and reads(result.held_out["patched"], "target")
+        everything = result.sets[-1].means
+        assert reads(everything, "target") and everything.mse_to_target < 1e-9
+        assert result.reached and reads(result.held_out.sufficiency.patched, "target")
     for name in ("report.json", "layers.csv", "layers.png", "examples.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "(unpatched source)" in (tmp_path / "layers.csv").read_text()  # every layer's floor beside it
     if method == "both":  # which also asked for necessity: the target generated with the source's text
-        assert all(layer["necessity"] is not None for layer in result.layers)
-        necessity = result.held_out["necessity"]
-        assert reads(necessity["unpatched"], "target") and reads(necessity["direct"], "source")
+        assert all(layer.necessity is not None for layer in result.layers)
+        necessity = result.held_out.necessity
+        assert reads(necessity.unpatched, "target") and reads(necessity.direct, "source")
         assert "necessity_target_hit_low" in (tmp_path / "layers.csv").read_text().splitlines()[0]
     loaded = Localization.load(tmp_path)
-    assert loaded.selected == result.selected and loaded.layers == json.loads(json.dumps(result.layers))
+    assert loaded.selected == result.selected and loaded == result  # the types read back whole
     assert "selected" in result.summary()
     assert "choice pair(s) only" in result.summary()  # a few pairs: the summary says what that is worth
 
@@ -126,8 +137,8 @@ def test_a_patch_that_carries_the_same_text_scores_like_the_unpatched_source(arc
     pipe = _pipeline(arch)
     chosen_on = SIGNS[:2]
     result = localize(pipe, chosen_on, branch="uncond", held_out=0.0, ocr=ReadsNearestKnownImage(pipe, chosen_on), progress=False, **kwargs(pipe))
-    for scored in [layer["exact"] for layer in result.layers] + [entry["means"] for entry in result.sets]:
-        assert reads(scored, "source") and scored["mse"] < 1e-12
+    for scored in [layer.exact for layer in result.layers] + [entry.means for entry in result.sets]:
+        assert reads(scored, "source") and scored.mse < 1e-12
     assert not result.reached
 
 
@@ -135,20 +146,20 @@ def test_necessity_generates_the_target_with_the_sources_text_and_selects_what_r
     pipe = _pipeline("sd15")  # the prompt reaches its denoiser only through the patched layers
     ocr = ReadsNearestKnownImage(pipe, SIGNS)
     result = localize(pipe, SIGNS, direction="necessity", ocr=ocr, progress=False, **kwargs(pipe))
-    assert all(layer["necessity"] is not None and layer["exact"] is None for layer in result.layers)
-    survival = [layer["necessity"]["target_hit"] for layer in sorted(result.layers, key=lambda layer: layer["rank"])]
+    assert all(layer.necessity is not None and layer.exact is None for layer in result.layers)
+    survival = [layer.necessity.target_hit for layer in sorted(result.layers, key=lambda layer: layer.rank)]
     assert survival == sorted(survival)  # the layers whose patch removes the target word most rank first
     # The source's text at every layer: the target's run becomes the source's image, word and all.
     everything = result.sets[-1]
-    assert reads(everything["means"], "source") and everything["means"]["mse_to_source"] < 1e-9
-    assert everything["share_of_direct"] == [1.0, 1.0, 1.0]  # every target word the prompt wrote is gone
-    assert result.reached and result.held_out["necessity"]["share_of_direct"][0] is not None
+    assert reads(everything.means, "source") and everything.means.mse_to_source < 1e-9
+    assert everything.share_of_direct == (1.0, 1.0, 1.0)  # every target word the prompt wrote is gone
+    assert result.reached and result.held_out.necessity.share_of_direct[0] is not None
     # Sufficiency's question of the swapped pairs is necessity's: the same images, other names.
     swapped = localize(pipe, [pair.swapped() for pair in SIGNS], ocr=ocr, progress=False, **kwargs(pipe))
-    by_name = {layer["name"]: layer["exact"] for layer in swapped.layers}
+    by_name = {layer.name: layer.exact for layer in swapped.layers}
     for layer in result.layers:
-        assert layer["necessity"]["target_hit"] == by_name[layer["name"]]["source_hit"]
-        assert layer["necessity"]["mse_to_source"] == by_name[layer["name"]]["mse_to_target"]
+        assert layer.necessity.target_hit == by_name[layer.name].source_hit
+        assert layer.necessity.mse_to_source == by_name[layer.name].mse_to_target
 
 
 def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
@@ -158,24 +169,24 @@ def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
     heads = result.heads
     in_model_order = [layer for layer in core.select_layers(pipe, "all") if layer.name in result.selected]
     # The pooled vector, where it is selected, has no heads: it stays one unit among them.
-    assert [row["name"] for row in heads["units"]] == [
+    assert [row.name for row in heads.units] == [
         name for layer in in_model_order
         for name in ([layer.name] if layer.kind == "pooled" else [f"{layer.name}@{h}" for h in range(layer.num_heads)])
     ]
-    assert sorted(row["rank"] for row in heads["units"]) == list(range(1, len(heads["units"]) + 1))
+    assert sorted(row.rank for row in heads.units) == list(range(1, len(heads.units) + 1))
     # One head is not the whole layer, and the heads of a layer differ from each other.
-    whole = {layer["name"]: layer["exact"]["mse"] for layer in result.layers}
+    whole = {layer.name: layer.exact.mse for layer in result.layers}
     for layer in (layer for layer in in_model_order if layer.kind != "pooled"):
-        of_layer = [row["exact"]["mse"] for row in heads["units"] if row["layer"] == layer.name]
+        of_layer = [row.exact.mse for row in heads.units if row.layer == layer.name]
         assert all(mse != pytest.approx(whole[layer.name], rel=1e-6, abs=1e-15) for mse in of_layer), layer.name
         assert len(set(of_layer)) == len(of_layer) > 1
     # Every head of the selected layers is the selected layers' patch: the same images.
-    every_head = heads["sets"][-1]
-    assert len(every_head["layers"]) == len(heads["units"])
-    as_layers = next(entry for entry in result.sets if entry["layers"] == result.selected)
-    assert every_head["means"]["mse"] == pytest.approx(as_layers["means"]["mse"], rel=1e-4, abs=1e-12)
-    assert every_head["means"]["target_hit"] == as_layers["means"]["target_hit"]
-    assert (heads["held_out"] is not None) == bool(heads["selected"])
+    every_head = heads.sets[-1]
+    assert len(every_head.layers) == len(heads.units)
+    as_layers = next(entry for entry in result.sets if entry.layers == result.selected)
+    assert every_head.means.mse == pytest.approx(as_layers.means.mse, rel=1e-4, abs=1e-12)
+    assert every_head.means.target_hit == as_layers.means.target_hit
+    assert (heads.held_out is not None) == bool(heads.selected)
     assert "heads of the selected layers" in result.summary()
 
 
@@ -187,30 +198,30 @@ def test_stability_seeds_repeat_the_sweep_at_each_seed_and_compare_the_rankings(
     stability = result.seed_stability
 
     def ranking(run: Localization) -> list[str]:
-        return [layer["name"] for layer in sorted(run.layers, key=lambda layer: layer["rank"])]
+        return [layer.name for layer in sorted(run.layers, key=lambda layer: layer.rank)]
 
     def effect(run: Localization) -> np.ndarray:  # each layer's mean pull toward the target's image
-        return np.array([run.baselines["source"]["mse_to_target"] - layer["exact"]["mse_to_target"] for layer in run.layers])
+        return np.array([run.baselines.source.mse_to_target - layer.exact.mse_to_target for layer in run.layers])
 
     # The second sweep is seed 1's own: the same images as a localization at seed 1 (its pixels
     # differ from seed 0's), so the same ranking.
     assert not np.allclose(effect(result), effect(at_seed_1), rtol=1e-6, atol=0)
-    assert stability["seeds"] == [0, 1]
-    assert stability["rankings"] == {"0": ranking(result), "1": ranking(at_seed_1)}
+    assert stability.seeds == [0, 1]
+    assert stability.rankings == {"0": ranking(result), "1": ranking(at_seed_1)}
     k = len(result.selected)
-    assert stability["same_top_k"] == float(set(ranking(result)[:k]) == set(ranking(at_seed_1)[:k]))
+    assert stability.same_top_k == float(set(ranking(result)[:k]) == set(ranking(at_seed_1)[:k]))
     # The correlation is taken on the layers whose per-pair effect is distinguishable from 0 at either seed.
     stages: dict[str, dict[int, dict]] = {}
     for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()[1:]:
         line = json.loads(line)
         stages.setdefault(line["stage"], {})[line["pair"]] = line["result"]
-    per_pair = [running.exact_effects([done[i] for i in sorted(done)]) for done in (stages["sweep"], stages["sweep at seed 1"])]
+    per_pair = [running.exact_effects([PairScores.from_json(done[i]) for i in sorted(done)]) for done in (stages["sweep"], stages["sweep at seed 1"])]
     keep = [i for i in range(len(result.layers)) if any(stats.excludes_zero(effects[:, i], 0) for effects in per_pair)]
-    assert stability["distinguishable"] == [result.layers[i]["name"] for i in keep]
+    assert stability.distinguishable == [result.layers[i].name for i in keep]
     expected = spearman(effect(result)[keep], effect(at_seed_1)[keep]) if len(keep) >= 2 else None
-    assert stability["spearman"] == (pytest.approx(expected) if expected is not None else None)
+    assert stability.spearman == (pytest.approx(expected) if expected is not None else None)
     assert "sufficiency ranking from seed to seed (0, 1)" in result.summary()
-    assert Localization.load(tmp_path).seed_stability == json.loads(json.dumps(stability))
+    assert Localization.load(tmp_path).seed_stability == stability
     # Nothing else changes: the selection and its scores are seed 0's.
     plain = localize(pipe, SIGNS, ocr=ocr, progress=False, **kwargs(pipe))
     assert plain.selected == result.selected and plain.held_out == result.held_out
@@ -231,7 +242,7 @@ def test_a_finished_layer_run_goes_on_to_heads_without_redoing_its_layers(tmp_pa
     real = running.generate_patched
     monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
     again = localize(pipe, pairs(3), unit="head", out=tmp_path, progress=False, **kwargs(pipe))
-    assert again.selected == first.selected and again.heads["units"]
+    assert again.selected == first.selected and again.heads.units
     # Only head units were generated, but for the example grid's pairs, whose images the log never keeps.
     assert all("@" in unit for sets in calls for units in sets for unit in units if sets != [first.selected])
 
@@ -250,7 +261,7 @@ def test_another_screen_resumes_a_finished_run_and_adds_only_its_own_stage(tmp_p
     again = localize(pipe, pairs(3), method="both", screen_points=3, out=tmp_path, progress=False, **kwargs(pipe))
     # No sweep or selection was generated again, only the example grid's pairs, whose images the log never keeps.
     assert all(sets == [first.selected] for sets in calls)
-    assert again.layers[0]["exact"] == first.layers[0]["exact"] and again.settings["screen_points"] == 3
+    assert again.layers[0].exact == first.layers[0].exact and again.settings["screen_points"] == 3
     stages = {json.loads(line).get("stage") for line in (tmp_path / PROGRESS_FILE).read_text().splitlines()}
     assert {"attribution at strengths 0.25, 0.75", "attribution at strengths 0.166667, 0.5, 0.833333"} <= stages
 
@@ -258,16 +269,16 @@ def test_another_screen_resumes_a_finished_run_and_adds_only_its_own_stage(tmp_p
 def test_screen_then_exact_sweeps_only_the_top_layers():
     pipe = _pipeline("sdxl")
     result = localize(pipe, pairs(2), method="screen+exact", top_k=3, progress=False, **kwargs(pipe))
-    swept = [layer for layer in result.layers if layer["exact"] is not None]
+    swept = [layer for layer in result.layers if layer.exact is not None]
     assert len(swept) == 3
-    top = sorted(result.layers, key=lambda layer: -layer["attribution"])[:3]
-    assert {layer["name"] for layer in swept} == {layer["name"] for layer in top}
+    top = sorted(result.layers, key=lambda layer: -layer.attribution)[:3]
+    assert {layer.name for layer in swept} == {layer.name for layer in top}
 
 
 def test_greedy_selection_reports_every_round():
     pipe = _pipeline("pixart-alpha")
     result = localize(pipe, pairs(2), selection="greedy", progress=False, **kwargs(pipe))
-    assert [len(entry["layers"]) for entry in result.sets] == list(range(1, len(result.sets) + 1))
+    assert [len(entry.layers) for entry in result.sets] == list(range(1, len(result.sets) + 1))
 
 
 def test_an_interrupted_run_resumes_from_its_log(tmp_path, monkeypatch):
@@ -317,7 +328,7 @@ def test_a_logged_result_for_other_layer_sets_is_redone(tmp_path, monkeypatch):
     monkeypatch.setattr(running, "generate_patched", lambda *args, **kw: calls.append(args[2]) or real(*args, **kw))
     again = localize(pipe, pairs(2), out=tmp_path, held_out=0.0, progress=False, **kwargs(pipe))
     swept_or_selected = [sets for sets in calls if len(sets) > 1]  # the final check patches one set
-    assert swept_or_selected == [[layer["layers"] for layer in first.sets]] * 2  # the sweep was reused
+    assert swept_or_selected == [[layer.layers for layer in first.sets]] * 2  # the sweep was reused
     assert again.sets == first.sets
 
 
@@ -337,8 +348,8 @@ def test_a_resumed_run_counts_the_logged_compute_in_its_timings(tmp_path):
     again = localize(pipe, pairs(2), method="both", out=tmp_path, progress=False, **kwargs(pipe))
     for timed, stage in stages.items():
         assert again.timings[timed] >= logged[stage] > 0, timed
-    assert list(again.agreement["screens"]) == list(core.SCREENS)  # every screen judged beside the sweep
-    assert all(entry["time_ratio"] > 0 for entry in again.agreement["screens"].values())
+    assert list(again.agreement.screens) == list(core.SCREENS)  # every screen judged beside the sweep
+    assert all(entry.time_ratio > 0 for entry in again.agreement.screens.values())
 
 
 def test_an_interrupted_greedy_selection_resumes_at_its_round(tmp_path, monkeypatch):
@@ -462,19 +473,20 @@ def test_the_selection_rule_asks_the_share_of_the_direct_rate_or_its_lower_bound
     assert selection.reaches(eight, 0.8, "point") and not selection.reaches(eight, 0.8, "lower-bound")
     assert not selection.reaches(stats.share_interval([1.0] * 7 + [0.0] * 17, direct), 0.8, "point")
     # A set that hits wherever the direct prompt does holds its share in every resample of the pairs.
-    assert stats.share_interval(direct, direct) == [1.0, 1.0, 1.0] and selection.reaches([1.0, 1.0, 1.0], 0.8, "lower-bound")
+    assert stats.share_interval(direct, direct) == Share(1.0, 1.0, 1.0) and selection.reaches(Share(1.0, 1.0, 1.0), 0.8, "lower-bound")
     # With no direct hit there is no share, and nothing reaches a share of it.
-    assert stats.share_interval([0.0] * 4, [0.0] * 4) == [None] * 3 and not selection.reaches([None] * 3, 0.8, "point")
+    nothing = Share(None, None, None)
+    assert stats.share_interval([0.0] * 4, [0.0] * 4) == nothing and not selection.reaches(nothing, 0.8, "point")
 
 
 def test_rates_carry_a_seeded_bootstrap_interval_over_pairs():
-    rows = [{"target_hit": float(i % 3 == 0), "mse_to_target": 0.1} for i in range(24)]
+    rows = [image(target_hit=float(i % 3 == 0), mse_to_target=0.1) for i in range(24)]
     means = mean_metrics(rows, seed=3)
-    low, high = means["ci"]["target_hit"]
-    assert low < means["target_hit"] < high and high - low > 0.2  # 8 of 24: wide
-    assert means == mean_metrics(rows, seed=3) and means["ci"] != mean_metrics(rows, seed=4)["ci"]
-    assert "mse_to_target" not in means["ci"]  # pixel distances are no rates
-    assert mean_metrics([{"target_hit": 1.0}] * 5)["ci"]["target_hit"] == [1.0, 1.0]
+    low, high = means.ci["target_hit"]
+    assert low < means.target_hit < high and high - low > 0.2  # 8 of 24: wide
+    assert means == mean_metrics(rows, seed=3) and means.ci != mean_metrics(rows, seed=4).ci
+    assert "mse_to_target" not in means.ci  # pixel distances are no rates
+    assert mean_metrics([image(target_hit=1.0)] * 5).ci["target_hit"] == [1.0, 1.0]
 
 
 def test_spearman_matches_known_values():
@@ -487,18 +499,19 @@ def test_ranking_falls_back_on_edit_distances_when_no_patch_hits_the_target():
     layers = [AttentionLayer(f"block.{i}", "cross", i, num_heads=1, num_text_kv_params=1, module=None) for i in range(4)]
     unpatched = {"target_hit": 0.0, "target_f1": 0.0, "target_ned": 0.9, "source_ned": 0.5, "mse_to_target": 0.1}
     exact = {
-        "block.0": unpatched,  # no effect
-        "block.1": {**unpatched, "target_ned": 0.95, "source_ned": 0.8, "mse_to_target": 0.05},  # garbles the source word
-        "block.2": {**unpatched, "target_ned": 0.6, "source_ned": 0.8, "mse_to_target": 0.05},  # moves it toward the target
-        "block.3": {**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "mse_to_target": 0.01},
+        "block.0": means_of(**unpatched),  # no effect
+        "block.1": means_of(**{**unpatched, "target_ned": 0.95, "source_ned": 0.8, "mse_to_target": 0.05}),  # garbles the source word
+        "block.2": means_of(**{**unpatched, "target_ned": 0.6, "source_ned": 0.8, "mse_to_target": 0.05}),  # moves it toward the target
+        "block.3": means_of(**{**unpatched, "target_hit": 0.5, "target_f1": 0.5, "target_ned": 0.5, "mse_to_target": 0.01}),
     }
     assert [layer.name for layer in selection.rank_layers(layers, exact, None)] == ["block.3", "block.2", "block.1", "block.0"]
 
 
-def sweep_of(effects: np.ndarray, unpatched: float = 0.1) -> list[dict]:
+def sweep_of(effects: np.ndarray, unpatched: float = 0.1) -> list[PairScores]:
     """Exact sweep results whose per-pair effects (``[pairs, layers]``: how much a patch brought the
     image closer to the target's) are ``effects``."""
-    return [{"source": {"mse_to_target": unpatched}, "patched": [{"mse_to_target": unpatched - e} for e in row]} for row in effects]
+    source = image(mse_to_target=unpatched)
+    return [PairScores([], source, image(), [image(mse_to_target=unpatched - e) for e in row]) for row in effects]
 
 
 def test_screens_are_judged_on_the_layers_whose_exact_effect_is_not_noise():
@@ -511,19 +524,19 @@ def test_screens_are_judged_on_the_layers_whose_exact_effect_is_not_noise():
     backwards = -effects
     timings = {"sweep": 10.0, "faithful screen": 2.0, "backwards screen": 5.0}
     agreement = core._agreement(sweep_of(effects), {"faithful": faithful, "backwards": backwards}, names, ["a", "b"], timings, seed=0)
-    assert agreement["distinguishable"] == ["a", "b", "c", "d"]
-    assert agreement["exact_split_half"][0] == pytest.approx(1.0)
-    good, bad = agreement["screens"]["faithful"], agreement["screens"]["backwards"]
-    assert good["spearman"] == pytest.approx(1.0) and good["split_half"][0] == pytest.approx(1.0) and good["same_half"][0] == pytest.approx(1.0)
-    assert bad["spearman"] == pytest.approx(-1.0) and bad["split_half"][0] == pytest.approx(-1.0)
+    assert agreement.distinguishable == ["a", "b", "c", "d"]
+    assert agreement.exact_split_half[0] == pytest.approx(1.0)
+    good, bad = agreement.screens["faithful"], agreement.screens["backwards"]
+    assert good.spearman == pytest.approx(1.0) and good.split_half[0] == pytest.approx(1.0) and good.same_half[0] == pytest.approx(1.0)
+    assert bad.spearman == pytest.approx(-1.0) and bad.split_half[0] == pytest.approx(-1.0)
     # Over every layer the faithful screen's top 2 holds z, so it recalls one of the exact top 2.
-    assert good["top_k_recall"] == 0.5 and bad["top_k_recall"] == 0.0
-    assert good["screen_top_k"] == 3 and good["time_ratio"] == 5.0 and bad["time_ratio"] == 2.0
+    assert good.top_k_recall == 0.5 and bad.top_k_recall == 0.0
+    assert good.screen_top_k == 3 and good.time_ratio == 5.0 and bad.time_ratio == 2.0
     # Two layers that matter are ranked by their order; with one there is no ranking to compare.
     two = core._agreement(sweep_of(effects[:, [0, 1, 4]]), {"backwards": backwards[:, [0, 1, 4]]}, ["a", "b", "z"], ["a"], timings, seed=0)
-    assert two["distinguishable"] == ["a", "b"] and two["screens"]["backwards"]["spearman"] == pytest.approx(-1.0)
+    assert two.distinguishable == ["a", "b"] and two.screens["backwards"].spearman == pytest.approx(-1.0)
     one = core._agreement(sweep_of(effects[:, [0, 4]]), {"faithful": faithful[:, [0, 4]]}, ["a", "z"], ["a"], timings, seed=0)
-    assert one["screens"]["faithful"]["spearman"] is None and one["exact_split_half"] is None
+    assert one.screens["faithful"].spearman is None and one.exact_split_half is None
 
 
 def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
@@ -535,7 +548,7 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
     report = Localization.load(tmp_path)
     assert report.settings["patch_steps"] == [0, 0.5]
     text_layers = [layer.name for layer in select_layers(_pipeline("sd3"))]
-    assert [layer["name"] for layer in report.layers] == [text_layers[0], text_layers[-1]]  # --layers takes forward indices as `textloc layers` shows
+    assert [layer.name for layer in report.layers] == [text_layers[0], text_layers[-1]]  # --layers takes forward indices as `textloc layers` shows
     assert "selected" in capsys.readouterr().out
     assert main(["localize", "--model", "tiny-random-sd3", "--out", str(tmp_path / "x"), "--patch-steps", "late"]) == 2
     assert "START:STOP" in capsys.readouterr().err
@@ -553,7 +566,7 @@ def test_cli_localize_writes_a_report_and_refuses_bad_windows(tmp_path, capsys):
                    "--layers", "0", "--layers", "-1", "--seeds", "3,1"])
     assert status == 0
     report = Localization.load(tmp_path / "seeds")
-    assert report.settings["seed"] == 3 and report.seed_stability["seeds"] == [3, 1]
+    assert report.settings["seed"] == 3 and report.seed_stability.seeds == [3, 1]
 
 
 def test_tiny_colour_judge_goes_only_with_tiny_captions(tmp_path):

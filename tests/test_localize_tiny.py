@@ -20,6 +20,7 @@ from textloc.localization import Localization
 from textloc.localization import LocalizeConfig
 from textloc.scoring.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
+from textloc.localization.results import SetScores
 from textloc.localization.scoring import mean_metrics, score_images
 from textloc.localization.stats import share_interval
 from textloc.localization.sweep import PatchSettings, generate_patched
@@ -82,14 +83,14 @@ def rescored(rows: list[dict], pairs: list[tuple[str, str]]) -> dict[str, float]
     return {name: float(np.mean([score[name] for score in scores])) for name in scores[0]}
 
 
-def first_set_reaching(finding: Localization, cumulative: list[dict], choice: list, ranked: list[str], sets: list[dict]) -> int | None:
+def first_set_reaching(finding: Localization, cumulative: list[dict], choice: list, ranked: list[str], sets: list[SetScores]) -> int | None:
     """Check the report's cumulative ``sets`` (of layers or heads, in ``ranked`` order) against their
     logged readings; return the index of the first set whose share of the direct rate reaches the
     threshold by the report's rule, or ``None``."""
-    assert cumulative[0]["layer_sets"] == [ranked[: k + 1] for k in range(len(ranked))] == [entry["layers"] for entry in sets]
+    assert cumulative[0]["layer_sets"] == [ranked[: k + 1] for k in range(len(ranked))] == [entry.layers for entry in sets]
     direct_rate = rescored([done["target"] for done in cumulative], choice)["target_hit"]
     rates = [rescored([done["patched"][k] for done in cumulative], choice)["target_hit"] for k in range(len(ranked))]
-    assert rates == pytest.approx([entry["means"]["target_hit"] for entry in sets])
+    assert rates == pytest.approx([entry.means.target_hit for entry in sets])
     threshold = finding.settings["threshold"]
     if finding.settings.get("rule", "point") == "point":
         return next((k for k, rate in enumerate(rates) if rate >= threshold * direct_rate), None)
@@ -100,18 +101,18 @@ def first_set_reaching(finding: Localization, cumulative: list[dict], choice: li
                        direct_hits, seed=finding.settings["seed"])
         for k in range(len(ranked))
     ]
-    np.testing.assert_allclose(shares, [entry["share_of_direct"] for entry in sets], rtol=1e-9)
+    np.testing.assert_allclose(shares, [list(entry.share_of_direct) for entry in sets], rtol=1e-9)
     return next((k for k, share in enumerate(shares) if share[1] >= threshold), None)
 
 
-def check_selected(reached: bool, selected: list[str], ranked: list[str], first: int | None, sets: list[dict]) -> None:
+def check_selected(reached: bool, selected: list[str], ranked: list[str], first: int | None, sets: list[SetScores]) -> None:
     """The selection rule: the first cumulative set that reaches the threshold; when none does,
     the set with the highest lower bound of its share of the direct rate, the smallest of equals."""
     assert reached == (first is not None)
     if reached:
         assert selected == ranked[: first + 1]
     else:
-        assert selected == max(sets, key=lambda entry: (entry["share_of_direct"][0], -len(entry["layers"])))["layers"]
+        assert selected == max(sets, key=lambda entry: (entry.share_of_direct.value, -len(entry.layers))).layers
 
 
 def merit(means: dict) -> tuple[float, ...]:
@@ -126,12 +127,21 @@ def test_the_committed_finding_is_about_the_shipped_model(model: str, finding: L
     # before the pooled vector was a unit swept the attention layers alone).
     shipped = tl.select_layers(pipe, finding.settings["layers"])
     assert set(tl.select_layers(pipe, "attention")) <= set(shipped)
-    assert [(layer["name"], layer["kind"], layer["index"], layer["num_text_kv_params"]) for layer in finding.layers] == [
+    assert [(layer.name, layer.kind, layer.index, layer.num_text_kv_params) for layer in finding.layers] == [
         (layer.name, layer.kind, layer.index, layer.num_text_kv_params) for layer in shipped
     ]
     total = denoiser_parameter_count(pipe)
-    assert [layer["param_share"] for layer in finding.layers] == pytest.approx([layer.num_text_kv_params / total for layer in shipped])
+    assert [layer.param_share for layer in finding.layers] == pytest.approx([layer.num_text_kv_params / total for layer in shipped])
     assert set(finding.selected) < {layer.name for layer in shipped}
+
+
+@pytest.mark.parametrize("folder", [*FINDINGS.values(), *(FINDINGS["textloc-tiny"].parent / f"localize-kv-{kv}" for kv in "kv")], ids=lambda folder: folder.parent.name + "/" + folder.name)
+def test_a_committed_report_reads_into_its_types_and_writes_back_byte_for_byte(folder: Path, tmp_path: Path) -> None:
+    """The typed results keep report.json's layout: every committed report loads and is written
+    again as the same file (its CSV too), so results written before the types stay readable."""
+    Localization.load(folder).save(tmp_path)
+    for name in ("report.json", "layers.csv"):
+        assert (tmp_path / name).read_bytes() == (folder / name).read_bytes(), name
 
 
 def test_the_preset_of_an_embedded_model_is_its_committed_localization(model: str, finding: Localization, pipe) -> None:
@@ -152,9 +162,9 @@ def check_necessity(finding: Localization, stages: dict, choice: list) -> None:
     swapped = [(target, source) for source, target in choice]
     sweep = [stages["necessity sweep"][index] for index in range(len(choice))]
     for k, row in enumerate(finding.layers):
-        assert sweep[0]["layer_sets"][k] == [row["name"]]
+        assert sweep[0]["layer_sets"][k] == [row.name]
         survives = rescored([done["patched"][k] for done in sweep], swapped)["source_hit"]  # the target's word, still read
-        assert row["necessity"]["target_hit"] == pytest.approx(survives), row["name"]
+        assert row.necessity.target_hit == pytest.approx(survives), row.name
 
 
 def check_layers(finding: Localization, settings: dict, stages: dict) -> tuple[list, list[str], int | None]:
@@ -171,11 +181,11 @@ def check_layers(finding: Localization, settings: dict, stages: dict) -> tuple[l
     sweep = [stages["sweep"][index] for index in range(len(choice))]
     for floor in ("source", "target"):
         recomputed = rescored([done[floor] for done in sweep], choice)
-        assert recomputed == pytest.approx({name: finding.baselines[floor][name] for name in recomputed})
+        assert recomputed == pytest.approx({name: getattr(getattr(finding.baselines, floor), name) for name in recomputed})
     means = {layer: rescored([done["patched"][i] for done in sweep], choice) for i, (layer,) in enumerate(sweep[0]["layer_sets"])}
     for row in finding.layers:
-        assert means[row["name"]] == pytest.approx({name: row["exact"][name] for name in means[row["name"]]}), row["name"]
-    ranked = [row["name"] for row in sorted(finding.layers, key=lambda row: row["rank"])]
+        assert means[row.name] == pytest.approx({name: getattr(row.exact, name) for name in means[row.name]}), row.name
+    ranked = [row.name for row in sorted(finding.layers, key=lambda row: row.rank)]
     assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True)
     first = first_set_reaching(finding, [stages["cumulative sets"][index] for index in range(len(choice))], choice, ranked, finding.sets)
     return choice, ranked, first
@@ -193,7 +203,7 @@ def test_the_committed_necessity_follows_from_its_logged_readings(finding: Local
     assert logged == list(range(EXAMPLES, len(held)))
     done = [stages["necessity held out"][index] for index in logged]
     survives = rescored([entry["patched"][0] for entry in done], [(held[i][1], held[i][0]) for i in logged])["source_hit"]
-    hits_in_report = finding.held_out["necessity"]["patched"]["target_hit"] * len(held)
+    hits_in_report = finding.held_out.necessity.patched.target_hit * len(held)
     assert 0 <= round(hits_in_report - survives * len(logged)) <= EXAMPLES
 
 
@@ -217,7 +227,7 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
 
     # The report's held-out rates, recomputed from the readings of the held-out pairs the log keeps.
     # The report's rates count the grid's pairs too, so they exceed the log's by at most those pairs.
-    held_out = finding.held_out
+    held_out = finding.held_out.sufficiency
     logged = sorted(stages["held out"])
     assert logged == list(range(EXAMPLES, len(held)))
     done = [stages["held out"][index] for index in logged]
@@ -226,15 +236,15 @@ def test_the_committed_report_follows_from_its_logged_readings(finding: Localiza
     unpatched, direct, patched = (rescored(rows, held_pairs) for rows in (
         [entry["source"] for entry in done], [entry["target"] for entry in done], [entry["patched"][0] for entry in done]))
     for name, means in (("unpatched", unpatched), ("direct", direct), ("patched", patched)):
-        hits_in_report, hits_logged = held_out[name]["target_hit"] * len(held), means["target_hit"] * len(logged)
+        hits_in_report, hits_logged = getattr(held_out, name).target_hit * len(held), means["target_hit"] * len(logged)
         assert 0 <= round(hits_in_report - hits_logged) <= EXAMPLES
-    assert direct["target_hit"] > unpatched["target_hit"] == held_out["unpatched"]["target_hit"] == 0
+    assert direct["target_hit"] > unpatched["target_hit"] == held_out.unpatched.target_hit == 0
     assert np.mean([entry["patched"][0]["scene"] for entry in done]) >= SHARE
     if finding.reached:
         # The claim: the set writes the target word where the unpatched prompt never does, at 80% or
         # more of the rate of the target prompted directly, and takes the reading most of the way
         # (edit distance) to the target prompt's.
-        assert held_out["patched"]["target_hit"] >= 0.8 * held_out["direct"]["target_hit"]
+        assert held_out.patched.target_hit >= 0.8 * held_out.direct.target_hit
         assert patched["target_hit"] >= 0.8 * direct["target_hit"]
         assert unpatched["target_ned"] - patched["target_ned"] >= 0.8 * (unpatched["target_ned"] - direct["target_ned"]) > 0
 
@@ -245,25 +255,25 @@ def test_the_committed_seed_stability_follows_from_its_logged_sweeps(finding: Lo
     if stability is None:
         pytest.skip("the committed localization swept no other seeds")
     choice = settings["pairs"][: finding.settings["choice_pairs"]]
-    sweeps = {seed: stages["sweep" if seed == finding.settings["seed"] else f"sweep at seed {seed}"] for seed in stability["seeds"]}
+    sweeps = {seed: stages["sweep" if seed == finding.settings["seed"] else f"sweep at seed {seed}"] for seed in stability.seeds}
     names = [name for (name,) in sweeps[finding.settings["seed"]][0]["layer_sets"]]
     effects = {}
     for seed, sweep in sweeps.items():
         done = [sweep[index] for index in range(len(choice))]
         means = {name: rescored([entry["patched"][i] for entry in done], choice) for i, name in enumerate(names)}
-        ranked = stability["rankings"][str(seed)]
+        ranked = stability.rankings[str(seed)]
         assert sorted(ranked) == sorted(names)
         assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True), seed
         # How much closer each layer's patch brought the image to the target's, per pair.
         effects[seed] = np.array([[entry["source"]["mse_to_target"] - row["mse_to_target"] for row in entry["patched"]] for entry in done])
-    keep = [names.index(name) for name in stability["distinguishable"]]
-    k = stability["k"]
-    for entry in stability["pairwise"]:
-        a, b = entry["seeds"]
+    keep = [names.index(name) for name in stability.distinguishable]
+    k = stability.k
+    for entry in stability.pairwise:
+        a, b = entry.seeds
         rho = scipy.stats.spearmanr(effects[a].mean(axis=0)[keep], effects[b].mean(axis=0)[keep]).statistic
-        assert entry["spearman"] == pytest.approx(rho)
-        assert entry["same_top_k"] == (set(stability["rankings"][str(a)][:k]) == set(stability["rankings"][str(b)][:k]))
-    assert stability["spearman"] == pytest.approx(np.mean([entry["spearman"] for entry in stability["pairwise"]]))
+        assert entry.spearman == pytest.approx(rho)
+        assert entry.same_top_k == (set(stability.rankings[str(a)][:k]) == set(stability.rankings[str(b)][:k]))
+    assert stability.spearman == pytest.approx(np.mean([entry.spearman for entry in stability.pairwise]))
 
 
 def test_the_committed_head_set_follows_from_its_logged_readings(finding: Localization, log) -> None:
@@ -275,26 +285,26 @@ def test_the_committed_head_set_follows_from_its_logged_readings(finding: Locali
     # Each head of the selected layers patched alone: its scores and rank from the readings.
     sweep = [stages["head sweep"][index] for index in range(len(choice))]
     # Every head of each selected layer; the pooled vector, which has none, as one unit.
-    kinds = {layer["name"]: layer["kind"] for layer in finding.layers}
+    kinds = {layer.name: layer.kind for layer in finding.layers}
     heads_of = (len(sweep[0]["layer_sets"]) - sum(kinds[layer] == "pooled" for layer in finding.selected)) // sum(
         kinds[layer] != "pooled" for layer in finding.selected)
     assert sorted(name for (name,) in sweep[0]["layer_sets"]) == sorted(
         layer if kinds[layer] == "pooled" else f"{layer}@{head}" for layer in finding.selected
         for head in (range(1) if kinds[layer] == "pooled" else range(heads_of)))
     means = {name: rescored([done["patched"][i] for done in sweep], choice) for i, (name,) in enumerate(sweep[0]["layer_sets"])}
-    for unit in heads["units"]:
-        assert means[unit["name"]] == pytest.approx({name: unit["exact"][name] for name in means[unit["name"]]}), unit["name"]
-    ranked = [unit["name"] for unit in sorted(heads["units"], key=lambda unit: unit["rank"])]
+    for unit in heads.units:
+        assert means[unit.name] == pytest.approx({name: getattr(unit.exact, name) for name in means[unit.name]}), unit.name
+    ranked = [unit.name for unit in sorted(heads.units, key=lambda unit: unit.rank)]
     assert [merit(means[name]) for name in ranked] == sorted(map(merit, means.values()), reverse=True)
-    first = first_set_reaching(finding, [stages["head cumulative sets"][index] for index in range(len(choice))], choice, ranked, heads["sets"])
-    check_selected(heads["reached"], heads["selected"], ranked, first, heads["sets"])
+    first = first_set_reaching(finding, [stages["head cumulative sets"][index] for index in range(len(choice))], choice, ranked, heads.sets)
+    check_selected(heads.reached, heads.selected, ranked, first, heads.sets)
     # The head set's held-out rates, from the held-out pairs the log keeps (the grid's are not).
     logged = sorted(stages["head held out"])
     assert logged == list(range(EXAMPLES, len(held)))
     done = [stages["head held out"][index] for index in logged]
-    assert all(entry["layer_sets"] == [heads["selected"]] for entry in done)
+    assert all(entry["layer_sets"] == [heads.selected] for entry in done)
     patched = rescored([entry["patched"][0] for entry in done], [held[index] for index in logged])
-    hits_in_report, hits_logged = heads["held_out"]["patched"]["target_hit"] * len(held), patched["target_hit"] * len(logged)
+    hits_in_report, hits_logged = heads.held_out.sufficiency.patched.target_hit * len(held), patched["target_hit"] * len(logged)
     assert 0 <= round(hits_in_report - hits_logged) <= EXAMPLES
 
 
@@ -307,7 +317,7 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
     ocr = get_ocr("rapidocr")
     pairs = localization_pairs(6, seed=1)
     sufficiency = finding.reached
-    necessity = finding.held_out.get("necessity", {}).get("patched", {}).get("target_hit", 1.0) <= 0.1
+    necessity = finding.held_out.necessity is not None and finding.held_out.necessity.patched.target_hit <= 0.1
     assert sufficiency or necessity, "the committed localization claims nothing this test can check"
     directions = [("sufficiency", pair) for pair in pairs if sufficiency] + [("necessity", pair.swapped()) for pair in pairs if necessity]
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -319,15 +329,15 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
     means = {key: mean_metrics(value) for key, value in rows.items()}
     if sufficiency:
         unpatched, direct, patched = (means["sufficiency", name] for name in ("unpatched", "direct", "patched"))
-        assert unpatched["target_hit"] == 0 and patched["source_hit"] == 0
-        assert patched["target_hit"] >= 0.8 * direct["target_hit"] > 0
+        assert unpatched.target_hit == 0 and patched.source_hit == 0
+        assert patched.target_hit >= 0.8 * direct.target_hit > 0
         # Over 6 pairs one misread flips a hit, so the edit distance is checked too: the patch must
         # take the reading at least half of the way from the source prompt's to the target prompt's
         # (a set that does not carry the word takes it nowhere, or further away).
-        gap = unpatched["target_ned"] - direct["target_ned"]
-        assert gap > 0 and unpatched["target_ned"] - patched["target_ned"] >= 0.5 * gap
-        assert patched["scene"] >= SHARE
+        gap = unpatched.target_ned - direct.target_ned
+        assert gap > 0 and unpatched.target_ned - patched.target_ned >= 0.5 * gap
+        assert patched.scene >= SHARE
     if necessity:
         # The swapped pair's source is the target prompt: its word is the swapped pair's source text.
         unpatched, patched = means["necessity", "unpatched"], means["necessity", "patched"]
-        assert unpatched["source_hit"] >= 0.5 and patched["source_hit"] <= 1 / 6
+        assert unpatched.source_hit >= 0.5 and patched.source_hit <= 1 / 6

@@ -169,7 +169,7 @@ def test_tiny_word_accuracy_and_localize_count_a_read_word_by_one_rule(monkeypat
     pair = PromptPair.from_template('A sign that says "{}".', "DOOR", "LAMP")
     image = np.asarray(example.image)
     rows = score_images([image] * len(reads), pair, image, image, _FixedReads(reads))
-    assert [row["target_hit"] == 1.0 for row in rows] == counted
+    assert [row.target_hit == 1.0 for row in rows] == counted
 
 
 def test_evaluation_gives_each_caption_its_own_seed() -> None:

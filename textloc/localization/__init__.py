@@ -16,6 +16,10 @@ _EXPORTS: dict[str, str] = {
     "localize": "textloc.localization.core",
     **dict.fromkeys(("PromptPair", "load_glyphcontrol", "load_words", "make_pairs", "pairs_from_prompts"), "textloc.scoring.prompts"),
     "Localization": "textloc.localization.report",
+    **dict.fromkeys(
+        ("Agreement", "Baselines", "HeadScores", "Heads", "HeldOut", "ImageScores", "Means", "Outcome", "PairScores", "SeedStability", "SetScores", "Share", "UnitScores"),
+        "textloc.localization.results",
+    ),
     "spearman": "textloc.localization.stats",
 }
 __all__ = sorted(_EXPORTS)

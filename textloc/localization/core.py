@@ -15,8 +15,10 @@ from textloc.localization import stats
 from textloc.localization.config import SCREENS, LocalizeConfig
 from textloc.localization.directions import NECESSITY, SUFFICIENCY
 from textloc.localization.report import Localization, ProgressLog
+from textloc.localization.results import Agreement, Means, PairScores, ScreenAgreement, UnitScores
 from textloc.localization.selection import rank_layers
 from textloc.localization.stages import Stages, exact_effects, screen_scorer
+from textloc.models import embedded_model_of
 from textloc.localization.sweep import PatchSettings
 from textloc.scoring.ocr import OCR, get_ocr
 from textloc.scoring.prompts import PromptPair, SceneJudge
@@ -103,7 +105,7 @@ def localize(
     settings = PatchSettings(config.patch_steps, config.heads, config.branch, config.kv)
     n_held = _held_out_count(config.held_out, len(pairs))
     choose_on, held = pairs[: len(pairs) - n_held], pairs[len(pairs) - n_held :]
-    model = model_name or getattr(pipe, "name_or_path", None) or type(pipe).__name__
+    model = model_name or _model_name(pipe)
     checked = config.checked()
     recorded = {
         "model": model, "pairs": [(p.source, p.target) for p in pairs], "layers": [layer.name for layer in candidates],
@@ -131,7 +133,7 @@ def localize(
         swept = sorted(candidates, key=lambda layer: -attribution[layer.name])[:k]
     directions = [SUFFICIENCY, NECESSITY] if direction == "both" else [NECESSITY if direction == "necessity" else SUFFICIENCY]
     chooser = directions[0]  # sufficiency whenever it is measured
-    exact: dict[str, dict[str, dict]] = {}  # per direction, per layer, its means
+    exact: dict[str, dict[str, Means]] = {}  # per direction, per layer, its means
     baselines, sweeps = None, {}
     if method != "attribution":
         for way in directions:
@@ -159,12 +161,11 @@ def localize(
     total = denoiser_parameter_count(pipe)
     rank_of = {name: position + 1 for position, name in enumerate(ranked)}
     layer_rows = [
-        {
-            "name": layer.name, "kind": layer.kind, "index": layer.index, "num_text_kv_params": layer.num_text_kv_params,
-            "param_share": layer.num_text_kv_params / total, "rank": rank_of[layer.name],
-            "exact": exact.get("sufficiency", {}).get(layer.name), "necessity": exact.get("necessity", {}).get(layer.name),
-            "attribution": None if attribution is None else attribution[layer.name],
-        }
+        UnitScores(
+            layer.name, layer.kind, layer.index, layer.num_text_kv_params, layer.num_text_kv_params / total, rank=rank_of[layer.name],
+            exact=exact.get("sufficiency", {}).get(layer.name), necessity=exact.get("necessity", {}).get(layer.name),
+            attribution=None if attribution is None else attribution[layer.name],
+        )
         for layer in candidates
     ]
     agreement = None
@@ -181,6 +182,16 @@ def localize(
     if out is not None and shards.is_main:
         result.save(out, examples)
     return result
+
+
+def _model_name(pipe: Any) -> str:
+    """What a report calls the model: an embedded model's name, else the id or folder it was
+    loaded from (a folder may be a ``Path``: the report is JSON), else the pipeline's class."""
+    embedded = embedded_model_of(pipe)
+    if embedded is not None:
+        return embedded.name
+    loaded_from = getattr(pipe, "name_or_path", None)
+    return str(loaded_from) if loaded_from else type(pipe).__name__
 
 
 def _held_out_count(share: float, num_pairs: int) -> int:
@@ -202,8 +213,8 @@ def _check_pairs(pairs: Sequence[PromptPair]) -> list[PromptPair]:
 
 
 def _agreement(
-    sweep: Sequence[dict], screens: dict[str, np.ndarray], names: list[str], selected: Sequence[str], timings: dict[str, float], seed: int
-) -> dict[str, Any]:
+    sweep: Sequence[PairScores], screens: dict[str, np.ndarray], names: list[str], selected: Sequence[str], timings: dict[str, float], seed: int
+) -> Agreement:
     """How well each screen stands in for the exact sweep, judged so that ties cannot flatter it.
 
     The exact effect of a layer on a pair is how much its patch brought the image closer to the
@@ -224,22 +235,19 @@ def _agreement(
     effect = exact_effects(sweep)
     keep = [i for i in range(len(names)) if stats.excludes_zero(effect[:, i], seed)]
     ranked = len(keep) >= 2
-    result: dict[str, Any] = {
-        "distinguishable": [names[i] for i in keep],
-        "layers": len(names),
-        "exact_split_half": stats.split_half(effect[:, keep], effect[:, keep], seed) if ranked else None,
-        "screens": {},
-    }
+    agreements = {}
     for name, scores in screens.items():
         by_screen = [names[i] for i in np.argsort(-scores.mean(axis=0), kind="stable")]
-        result["screens"][name] = {
-            "spearman": stats.spearman(scores.mean(axis=0)[keep], effect.mean(axis=0)[keep]) if ranked else None,
-            "split_half": stats.split_half(scores[:, keep], effect[:, keep], seed) if ranked else None,
-            "same_half": stats.split_half(scores[:, keep], effect[:, keep], seed, across=False) if ranked else None,
-            "top_k_recall": stats.top_k_recall(scores.mean(axis=0), effect.mean(axis=0), len(selected)),
-            "screen_top_k": max((by_screen.index(layer) + 1 for layer in selected), default=None),
-            "time_ratio": timings["sweep"] / timings[f"{name} screen"],
-        }
-    return result
+        agreements[name] = ScreenAgreement(
+            spearman=stats.spearman(scores.mean(axis=0)[keep], effect.mean(axis=0)[keep]) if ranked else None,
+            split_half=stats.split_half(scores[:, keep], effect[:, keep], seed) if ranked else None,
+            same_half=stats.split_half(scores[:, keep], effect[:, keep], seed, across=False) if ranked else None,
+            top_k_recall=stats.top_k_recall(scores.mean(axis=0), effect.mean(axis=0), len(selected)),
+            screen_top_k=max((by_screen.index(layer) + 1 for layer in selected), default=None),
+            time_ratio=timings["sweep"] / timings[f"{name} screen"],
+        )
+    return Agreement(
+        [names[i] for i in keep], len(names), stats.split_half(effect[:, keep], effect[:, keep], seed) if ranked else None, agreements,
+    )
 
 

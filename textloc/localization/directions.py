@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
+from textloc.localization.results import TEXT_METRICS, Baselines, ImageScores, Means, PairScores
 from textloc.localization.scoring import mean_metrics
 from textloc.scoring.prompts import PromptPair
 
 
-def _merit(means: dict[str, float]) -> tuple[float, ...]:
+def _merit(means: Means) -> tuple[float, ...]:
     """How well a patch renders the target, larger is better: the target's hit rate, then its
     word F1, then how much closer by edit distance the reading came to the target than to the
     source, then how close the image came to the target prompt's. The edit distances still order
@@ -19,17 +19,17 @@ def _merit(means: dict[str, float]) -> tuple[float, ...]:
     layer without effect must not rank above it. The pixels break the ties left among layers the
     OCR sees no effect from: a layer that moves the image toward the target's ranks above one that
     does nothing."""
-    return (means["target_hit"], means["target_f1"], means["source_ned"] - means["target_ned"], -means["mse_to_target"])
+    return (means.target_hit, means.target_f1, means.source_ned - means.target_ned, -means.mse_to_target)
 
 
-def _necessity_merit(means: dict[str, float]) -> tuple[float, ...]:
+def _necessity_merit(means: Means) -> tuple[float, ...]:
     """How much a necessity patch takes the target's text away, larger is better: how rarely the
     target word survives, then its word F1, then how far the reading moved from it by edit
     distance, then how far the image moved from the target prompt's own."""
-    return (-means["target_hit"], -means["target_f1"], means["target_ned"], means["mse"])
+    return (-means.target_hit, -means.target_f1, means.target_ned, means.mse)
 
 
-def _swap_roles(means: dict[str, Any]) -> dict[str, Any]:
+def _swap_roles(means: Means) -> Means:
     """Scores of a swapped pair (see :meth:`PromptPair.swapped`) named after the original pair:
     ``target_*`` is again about the target's text. Pixel scores keep their sense: ``mse``/``ssim``
     against the unpatched image of the prompt generated (the target's), and ``mse_to_source``
@@ -40,9 +40,10 @@ def _swap_roles(means: dict[str, Any]) -> dict[str, Any]:
                 return b + key[len(a):]
         return key
 
-    swapped = {("mse_to_source" if key == "mse_to_target" else name(key)): value for key, value in means.items() if key != "ci"}
-    swapped["ci"] = {name(key): value for key, value in means.get("ci", {}).items()}
-    return swapped
+    texts = {name(f"{prefix}_{metric}"): getattr(means, f"{prefix}_{metric}") for prefix in ("target", "source") for metric in TEXT_METRICS}
+    return replace(
+        means, **texts, mse_to_target=None, mse_to_source=means.mse_to_target, ci={name(key): value for key, value in means.ci.items()},
+    )
 
 
 @dataclass(frozen=True)
@@ -63,26 +64,26 @@ class Direction:
     def stage(self, stage: str) -> str:
         return stage if self.sufficiency else f"necessity {stage}"
 
-    def means(self, rows: Sequence[dict], seed: int) -> dict[str, Any]:
+    def means(self, rows: Sequence[ImageScores], seed: int) -> Means:
         means = mean_metrics(rows, seed)
         return means if self.sufficiency else _swap_roles(means)
 
-    def baselines(self, results: Sequence[dict], seed: int) -> dict[str, dict]:
+    def baselines(self, results: Sequence[PairScores], seed: int) -> Baselines:
         """The unpatched source's means (the floor) and the target prompted directly (the ceiling),
         whichever of the two a direction generated as its own prompt."""
         source, target = ("source", "target") if self.sufficiency else ("target", "source")
-        return {"source": self.means([done[source] for done in results], seed), "target": self.means([done[target] for done in results], seed)}
+        return Baselines(self.means([getattr(done, source) for done in results], seed), self.means([getattr(done, target) for done in results], seed))
 
-    def outcomes(self, results: Sequence[dict], k: int) -> tuple[list[float], list[float]]:
+    def outcomes(self, results: Sequence[PairScores], k: int) -> tuple[list[float], list[float]]:
         """Per pair, layer set ``k``'s success and the directly prompted reference it is a share of:
         the target word read vs read when prompted directly; or the target word removed vs read
         unpatched (a pair whose target never shows its word has nothing to remove)."""
         if self.sufficiency:
-            return [done["patched"][k]["target_hit"] for done in results], [done["target"]["target_hit"] for done in results]
-        present = [done["source"]["source_hit"] for done in results]
-        return [there * (1 - done["patched"][k]["source_hit"]) for there, done in zip(present, results)], present
+            return [done.patched[k].target_hit for done in results], [done.target.target_hit for done in results]
+        present = [done.source.source_hit for done in results]
+        return [there * (1 - done.patched[k].source_hit) for there, done in zip(present, results)], present
 
-    def merit(self, means: dict[str, float]) -> tuple[float, ...]:
+    def merit(self, means: Means) -> tuple[float, ...]:
         return _merit(means) if self.sufficiency else _necessity_merit(means)
 
 

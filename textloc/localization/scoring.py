@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from textloc.scoring.prompts import PromptPair, SceneJudge
+from textloc.localization.results import TEXT_METRICS, ImageScores, Means
 from textloc.localization.stats import interval
+from textloc.scoring.prompts import PromptPair, SceneJudge
 from textloc.scoring.metrics import image_scores, mse, text_scores
 from textloc.scoring.ocr import OCR
 
 # The per-image numbers every report carries; all are floats so they average honestly.
-TEXT_METRICS = ("hit", "exact", "f1", "ned")
 METRICS = (
     *(f"target_{name}" for name in TEXT_METRICS),
     *(f"source_{name}" for name in TEXT_METRICS),
@@ -33,8 +33,8 @@ def score_images(
     target_image: np.ndarray,
     ocr: OCR,
     scene_judge: SceneJudge | None = None,
-) -> list[dict[str, Any]]:
-    """One dict per image: OCR reading, word-level scores against both texts, and scene scores.
+) -> list[ImageScores]:
+    """One :class:`ImageScores` per image: OCR reading, word-level scores against both texts, and scene scores.
 
     ``target_hit`` is 1.0 when the OCR reads the target text among its words; ``mse`` and ``ssim``
     compare the image with the unpatched source image, ``mse_to_target`` with the target prompt's
@@ -58,20 +58,18 @@ def score_images(
         row["mse"], row["ssim"] = float(pixels["mse"]), float(pixels["ssim"])
         row["scene"] = None if scene is None else float(scene)
         row["mse_to_target"] = mse(image, target_image)
-        scores.append(row)
+        scores.append(ImageScores(**row))
     return scores
 
 
-def mean_metrics(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+def mean_metrics(rows: Sequence[ImageScores], seed: int = 0) -> Means:
     """The mean of every metric over rows (one per pair), ``None`` where no row has it (no scene
-    judge), and under ``"ci"`` each rate's bootstrap interval over the rows (seeded by ``seed``)."""
+    judge), and under ``ci`` each rate's bootstrap interval over the rows (seeded by ``seed``)."""
     means: dict[str, Any] = {}
     intervals: dict[str, list[float]] = {}
     for name in METRICS:
-        values = [row[name] for row in rows if row.get(name) is not None]
+        values = [getattr(row, name) for row in rows if getattr(row, name) is not None]
         means[name] = float(np.mean(values)) if values else None
         if values and name in RATES:
             intervals[name] = interval(values, seed)
-    means["n"] = float(len(rows))
-    means["ci"] = intervals
-    return means
+    return Means(**means, n=float(len(rows)), ci=intervals)

@@ -21,6 +21,9 @@ from textloc.localization import stats
 from textloc.localization.attribution import attribution_scores, key_exact_scores, path_points
 from textloc.localization.directions import Direction
 from textloc.localization.report import ProgressLog
+from textloc.localization.results import (
+    Baselines, HeadScores, Heads, HeldOut, ImageScores, Means, Outcome, PairScores, SeedPair, SeedStability, SetScores,
+)
 from textloc.localization.scoring import score_images
 from textloc.localization.selection import rank_layers, reaches, share_or_lowest
 from textloc.localization.sweep import PatchSettings, Unit, generate_patched
@@ -43,11 +46,11 @@ def screen_scorer(screen: str, points: int) -> tuple[str, Scorer]:
     return stage, functools.partial(attribution_scores, points=strengths)
 
 
-def exact_effects(sweep: Sequence[dict]) -> np.ndarray:
+def exact_effects(sweep: Sequence[PairScores]) -> np.ndarray:
     """Each pair's exact effect of each layer, ``[pairs, layers]``: how much closer its patch
     brought the image to that of the prompt whose text was patched in (unpatched ``mse_to_target``
     minus patched), the continuous quantity behind a ranking."""
-    return np.array([[done["source"]["mse_to_target"] - row["mse_to_target"] for row in done["patched"]] for done in sweep])
+    return np.array([[done.source.mse_to_target - row.mse_to_target for row in done.patched] for done in sweep])
 
 
 def gradient_step_indices(grad_steps: Sequence[float], num_steps: int, patch_steps: StepWindow) -> list[int]:
@@ -116,14 +119,14 @@ class Stages:
         self.reused_seconds += sum(done["seconds"] for index, done in everyone.items() if index not in mine)
         return [everyone[index] for index in range(len(pairs))]
 
-    def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]], seed: int) -> tuple[dict, dict, list[dict], Any]:
+    def _generate_and_score(self, pair: PromptPair, layer_sets: Sequence[Sequence[str]], seed: int) -> tuple[ImageScores, ImageScores, list[ImageScores], Any]:
         images = generate_patched(self.pipe, pair, layer_sets, self.settings, seed, self.max_batch, self.generate_kwargs)
         rows = score_images([images.source, images.target, *images.patched], pair, images.source, images.target, self.ocr, self.judge)
         return rows[0], rows[1], rows[2:], images
 
     def _patch_sets(
         self, stage: str, pairs: Sequence[PromptPair], layer_sets: Sequence[Sequence[str]], examples: int = 0, desc: str | None = None, seed: int | None = None,
-    ) -> list[dict]:
+    ) -> list[PairScores]:
         """Every pair's scores with each layer set patched, from the noise of ``seed`` (default the
         run's). The first ``examples`` pairs also keep their images (for the example grid); the log
         does not keep images, so those are never logged."""
@@ -133,12 +136,11 @@ class Stages:
 
         def compute(index: int, pair: PromptPair) -> dict:
             source, target, patched, images = self._generate_and_score(pair, layer_sets, self.seed if seed is None else seed)
-            done = {"layer_sets": layer_sets, "source": source, "target": target, "patched": patched}
-            if index < examples:
-                done["images"] = images
-            return done
+            done = PairScores(layer_sets, source, target, patched).to_json()
+            return {**done, "images": images} if index < examples else done
 
-        return self._map(stage, pairs, compute, valid=lambda done: done["layer_sets"] == layer_sets, logged=lambda index: index >= examples, desc=desc)
+        results = self._map(stage, pairs, compute, valid=lambda done: done["layer_sets"] == layer_sets, logged=lambda index: index >= examples, desc=desc)
+        return [PairScores.from_json(done) for done in results]
 
     def attribution(self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], grad_steps: Sequence[float], stage: str, score: Scorer) -> np.ndarray:
         """Each pair's screen scores, ``[pairs, layers]``, by ``score``, logged under ``stage``."""
@@ -157,7 +159,7 @@ class Stages:
 
     def sweep(
         self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: Direction, seed: int | None = None
-    ) -> tuple[dict[str, dict], dict[str, dict], list[dict]]:
+    ) -> tuple[dict[str, Means], Baselines, list[PairScores]]:
         """Every layer patched alone in direction ``way``: per layer its means, the baselines, and
         each pair's results; from another noise ``seed`` than the run's under its own stage."""
         at = "" if seed is None else f" at seed {seed}"
@@ -167,9 +169,9 @@ class Stages:
         return {layer.name: m for layer, m in zip(layers, means)}, baselines, results
 
     def seed_stability(
-        self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: Direction, sweep: Sequence[dict], seeds: Sequence[int],
+        self, pairs: Sequence[PromptPair], layers: list[AttentionLayer], way: Direction, sweep: Sequence[PairScores], seeds: Sequence[int],
         selected: int, attribution: dict[str, float] | None,
-    ) -> dict[str, Any]:
+    ) -> SeedStability:
         """The exact sweep (of the swept ``layers``, in the choosing direction ``way``) repeated at
         each of ``seeds``, against the run's own (``sweep``): each seed's ranking (by the run's rule,
         ``attribution`` breaking ties), and per pair of seeds the Spearman correlation of the
@@ -180,7 +182,7 @@ class Stages:
         k = min(selected, len(layers))
         rankings, effects = {}, {}
         for seed, results in [(self.seed, sweep), *((other, self.sweep(pairs, layers, way, seed=other)[2]) for other in seeds)]:
-            means = {name: way.means([done["patched"][i] for done in results], self.seed) for i, name in enumerate(names)}
+            means = {name: way.means([done.patched[i] for done in results], self.seed) for i, name in enumerate(names)}
             rankings[seed] = [layer.name for layer in rank_layers(layers, means, attribution, way)]
             effects[seed] = exact_effects(results)
         keep = [i for i in range(len(names)) if any(stats.excludes_zero(effect[:, i], self.seed) for effect in effects.values())]
@@ -188,28 +190,28 @@ class Stages:
         for a, b in itertools.combinations(rankings, 2):
             rho = stats.spearman(effects[a].mean(axis=0)[keep], effects[b].mean(axis=0)[keep]) if len(keep) >= 2 else None
             same = set(rankings[a][:k]) == set(rankings[b][:k]) if k else None
-            pairwise.append({"seeds": [a, b], "spearman": rho, "same_top_k": same})
-        correlations = [entry["spearman"] for entry in pairwise if entry["spearman"] is not None]
-        return {
-            "direction": way.name, "seeds": list(rankings), "rankings": {str(seed): ranked for seed, ranked in rankings.items()},
-            "distinguishable": [names[i] for i in keep], "k": k, "pairwise": pairwise,
-            "spearman": float(np.mean(correlations)) if correlations else None,
-            "spearman_range": [float(min(correlations)), float(max(correlations))] if correlations else None,
-            "same_top_k": sum(entry["same_top_k"] for entry in pairwise) / len(pairwise) if k else None,
-        }
+            pairwise.append(SeedPair([a, b], rho, same))
+        correlations = [entry.spearman for entry in pairwise if entry.spearman is not None]
+        return SeedStability(
+            direction=way.name, seeds=list(rankings), rankings={str(seed): ranked for seed, ranked in rankings.items()},
+            distinguishable=[names[i] for i in keep], k=k, pairwise=pairwise,
+            spearman=float(np.mean(correlations)) if correlations else None,
+            spearman_range=[float(min(correlations)), float(max(correlations))] if correlations else None,
+            same_top_k=sum(entry.same_top_k for entry in pairwise) / len(pairwise) if k else None,
+        )
 
     def _evaluate_sets(
         self, stage: str, pairs: Sequence[PromptPair], layer_sets: list[list[str]], way: Direction, desc: str | None = None, seed: int | None = None
-    ) -> tuple[list[dict], dict, list[dict]]:
+    ) -> tuple[list[Means], Baselines, list[PairScores]]:
         results = self._patch_sets(stage, way.pairs(pairs), layer_sets, desc=desc, seed=seed)
-        means = [way.means([done["patched"][i] for done in results], self.seed) for i in range(len(layer_sets))]
+        means = [way.means([done.patched[i] for done in results], self.seed) for i in range(len(layer_sets))]
         return means, way.baselines(results, self.seed), results
 
-    def _scored_sets(self, stage: str, pairs, layer_sets: list[list[str]], way: Direction) -> tuple[list[dict], dict]:
+    def _scored_sets(self, stage: str, pairs, layer_sets: list[list[str]], way: Direction) -> tuple[list[SetScores], Baselines]:
         """Each layer set with its means and its share of the directly prompted rate (with interval)."""
         means, baselines, results = self._evaluate_sets(stage, pairs, layer_sets, way)
         entries = [
-            {"layers": layers, "means": m, "share_of_direct": stats.share_interval(*way.outcomes(results, k), seed=self.seed)}
+            SetScores(layers, m, stats.share_interval(*way.outcomes(results, k), seed=self.seed))
             for k, (layers, m) in enumerate(zip(layer_sets, means))
         ]
         return entries, baselines
@@ -222,10 +224,10 @@ class Stages:
         else:
             sets, baselines = self._greedy(pairs, names, threshold, rule, way, prefix)
         for entry in sets:
-            if reaches(entry["share_of_direct"], threshold, rule):
-                return sets, entry["layers"], True, baselines
-        best = max(sets, key=lambda entry: (share_or_lowest(entry["share_of_direct"][0]), -len(entry["layers"])), default=None)
-        return sets, [] if best is None else best["layers"], False, baselines
+            if reaches(entry.share_of_direct, threshold, rule):
+                return sets, entry.layers, True, baselines
+        best = max(sets, key=lambda entry: (share_or_lowest(entry.share_of_direct.value), -len(entry.layers)), default=None)
+        return sets, [] if best is None else best.layers, False, baselines
 
     def _greedy(self, pairs, names: list[str], threshold: float, rule: str, way: Direction, prefix: str = ""):
         chosen: list[str] = []
@@ -233,16 +235,16 @@ class Stages:
         while len(chosen) < len(names):
             remaining = [name for name in names if name not in chosen]
             trials, baselines = self._scored_sets(way.stage(f"{prefix}greedy set of {len(chosen) + 1}"), pairs, [chosen + [name] for name in remaining], way)
-            best = max(trials, key=lambda entry: way.merit(entry["means"]))
-            chosen = best["layers"]
+            best = max(trials, key=lambda entry: way.merit(entry.means))
+            chosen = best.layers
             sets.append(best)
-            if reaches(best["share_of_direct"], threshold, rule):
+            if reaches(best.share_of_direct, threshold, rule):
                 break
         return sets, baselines
 
-    def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str], directions: Sequence[Direction], prefix: str = "") -> tuple[dict[str, Any], list[dict]]:
+    def evaluate(self, pairs: Sequence[PromptPair], chosen: list[str], directions: Sequence[Direction], prefix: str = "") -> tuple[HeldOut, list[dict]]:
         """The chosen set on ``pairs`` in every measured direction, and the example grid's images."""
-        result: dict[str, Any] = {"layers": chosen}
+        outcomes: dict[str, Outcome] = {}
         examples: list[dict] = []
         for way in directions:
             results = self._patch_sets(
@@ -251,26 +253,22 @@ class Stages:
             floors = way.baselines(results, self.seed)
             # Unpatched: the prompt generated, as it is; direct: the prompt whose text is patched in.
             unpatched, direct = ("source", "target") if way.sufficiency else ("target", "source")
-            scores = {
-                "patched": way.means([done["patched"][0] for done in results], self.seed), "direct": floors[direct],
-                "unpatched": floors[unpatched], "share_of_direct": stats.share_interval(*way.outcomes(results, 0), seed=self.seed),
-            }
-            if way.sufficiency:
-                result.update(scores)
-            else:
-                result["necessity"] = scores
+            outcomes[way.name] = Outcome(
+                way.means([done.patched[0] for done in results], self.seed), getattr(floors, direct), getattr(floors, unpatched),
+                stats.share_interval(*way.outcomes(results, 0), seed=self.seed),
+            )
             if not examples:
                 examples = [
                     {
-                        "source": done["images"].source, "patched": done["images"].patched[0], "target": done["images"].target,
-                        "source_read": done["source"]["read"], "patched_read": done["patched"][0]["read"], "target_read": done["target"]["read"],
+                        "source": done.images.source, "patched": done.images.patched[0], "target": done.images.target,
+                        "source_read": done.source.read, "patched_read": done.patched[0].read, "target_read": done.target.read,
                     }
-                    for done in results if "images" in done
+                    for done in results if done.images is not None
                 ]
-        return result, examples
+        return HeldOut(chosen, outcomes.get("sufficiency"), outcomes.get("necessity")), examples
 
 
-    def heads(self, pairs, held, layers: list[AttentionLayer], selection: str, threshold: float, rule: str, way: Direction) -> dict[str, Any]:
+    def heads(self, pairs, held, layers: list[AttentionLayer], selection: str, threshold: float, rule: str, way: Direction) -> Heads:
         """Every head of ``layers`` patched alone, ranked, the smallest head set that carries the
         word (by the layers' selection and rule), and that set on the held-out pairs."""
         # The pooled vector has no heads: it stays one unit among them.
@@ -283,8 +281,5 @@ class Stages:
         ranked = sorted(units, key=lambda unit: tuple(-value for value in way.merit(by_unit[unit])))  # stable: ties keep layer order
         sets, chosen, reached, _ = self.select(pairs, ranked, selection, threshold, rule, way, prefix="head ")
         held_result = self.evaluate(held, chosen, [way], prefix="head ")[0] if chosen else None
-        rows = [
-            {"name": name, "layer": unit.layer, "head": unit.head, "rank": ranked.index(name) + 1, "exact": by_unit[name]}
-            for name, unit in zip(units, map(Unit.parse, units))
-        ]
-        return {"units": rows, "sets": sets, "selected": chosen, "reached": reached, "held_out": held_result}
+        rows = [HeadScores(name, unit.layer, unit.head, ranked.index(name) + 1, by_unit[name]) for name, unit in zip(units, map(Unit.parse, units))]
+        return Heads(rows, sets, chosen, reached, held_result)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.stats
 
+from textloc.localization.results import Share
+
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 # Random half splits of the pairs behind a split-half agreement.
@@ -34,7 +36,7 @@ def interval(values: Sequence[float], seed: int = 0) -> list[float]:
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
-def share_interval(success: Sequence[float], reference: Sequence[float], seed: int = 0) -> list[float | None]:
+def share_interval(success: Sequence[float], reference: Sequence[float], seed: int = 0) -> Share:
     """``sum(success) / sum(reference)`` with its paired bootstrap interval: ``[share, low, high]``.
 
     The pairs are resampled together, so a set that hits on the same pairs as the directly prompted
@@ -43,7 +45,7 @@ def share_interval(success: Sequence[float], reference: Sequence[float], seed: i
     """
     success, reference = np.asarray(success, dtype=float), np.asarray(reference, dtype=float)
     if reference.sum() == 0:
-        return [None] * 3
+        return Share(None, None, None)
     share = float(success.sum() / reference.sum())
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(success), size=(RESAMPLES, len(success)))
@@ -51,7 +53,7 @@ def share_interval(success: Sequence[float], reference: Sequence[float], seed: i
     shares = success[picks].sum(axis=1)[totals > 0] / totals[totals > 0]
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(shares, [tail, 100 - tail])
-    return [share, float(low), float(high)]
+    return Share(share, float(low), float(high))
 
 
 def excludes_zero(values: Sequence[float], seed: int = 0) -> bool:
