@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, POOLED_LORA, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import CROSS, POOLED_LORA, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 # What HunyuanDiTPipeline.__call__ pads each prompt to, and the transformer's pooler and padding
 # rows are sized for.
@@ -142,6 +142,7 @@ FAMILY = Family(
     denoisers=("HunyuanDiT2DModel",),
     pipelines=("HunyuanDiTPipeline",),
     attention=(AttentionRule("Attention", CROSS, when="is_cross_attention"),),
+    call_defaults=SIZE_AS_ASKED,
     # The attention pool of the T5 states: its output, one vector per row, is the pooled text.
     pooled="time_extra_emb.pooler",
     check_run=_check_run,

@@ -83,10 +83,11 @@ class RunState:
       pipeline opens around a call, under a name its family's spec maps to a branch (FLUX true CFG
       runs the branches as two calls); a guidance-distilled family's calls are conditional. Else
       whether CFG is on comes from the pipeline's ``do_classifier_free_guidance`` property (SD,
-      SDXL, SD3, Sana; it knows that LCM-distilled U-Nets run no CFG batch) or the flag it passed to
-      its own ``encode_prompt`` (IF, PixArt), and the spec says how the branches run: one batch in
-      its order (``cat([uncond, cond])`` for most), or separate passes in its call order. A
-      pipeline that states none of these is refused, never guessed.
+      SDXL, SD3, Sana; it knows that LCM-distilled U-Nets run no CFG batch), the rule its family's
+      spec reads from its state (Kandinsky 5), or the flag it passed to its own ``encode_prompt``
+      (IF, PixArt), and the spec says how the branches run: one batch in its order
+      (``cat([uncond, cond])`` for most), or separate passes in its call order. A pipeline that
+      states none of these is refused, never guessed.
     """
 
     def __init__(self, pipe: Any, stop_at_step: int | None = None):
@@ -171,6 +172,8 @@ class RunState:
     def _classifier_free_guidance(self) -> bool:
         if self.cfg_property:
             return bool(self.pipe.do_classifier_free_guidance)
+        if self.guidance.enabled is not None:
+            return self.guidance.enabled(self.pipe)
         if self.encoded_cfg is not None:
             return self.encoded_cfg
         raise ValueError(
@@ -257,3 +260,21 @@ def shadowed(owner: Any, method: str, before: Callable[..., None], arguments: bo
     with instance_attribute(owner, method, wrapper):
         yield
 
+
+@contextlib.contextmanager
+def checked(owner: Any, method: str, check: Callable[[Any], None]) -> Iterator[None]:
+    """Call ``check(result)`` on what each call of ``owner.method`` returns, before its caller sees
+    it; shadowed, and restored on exit, as :func:`shadowed` does."""
+    original = getattr(owner, method, None)
+    if original is None:
+        yield
+        return
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        check(result)
+        return result
+
+    with instance_attribute(owner, method, wrapper):
+        yield
