@@ -6,6 +6,8 @@ the wrong rows or steps silently; each failed on the engine that guessed.
 
 from __future__ import annotations
 
+import diffusers
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -125,16 +127,43 @@ def test_a_pipeline_that_states_no_cfg_layout_is_refused():
             unet(sample, pipe.scheduler.timesteps[0], encoder_hidden_states=text)
 
 
-def test_hunyuandit_perturbed_attention_guidance_rows_are_refused():
-    # HunyuanDiTPAGPipeline is of the family by its transformer; with PAG on it batches
-    # [uncond, cond, perturbed cond], which CFG's order would mislabel.
-    from diffusers import HunyuanDiTPAGPipeline
+#: diffusers' PAG pipelines of the families with a tiny pipeline, each built from that pipeline's
+#: components (KolorsPAGPipeline, SDXL's family, has no tiny Kolors to build from; the refusal is the same).
+PAG_PIPELINES = {
+    "sd15": "StableDiffusionPAGPipeline",
+    "sdxl": "StableDiffusionXLPAGPipeline",
+    "sd3": "StableDiffusion3PAGPipeline",
+    "pixart-sigma": "PixArtSigmaPAGPipeline",
+    "sana": "SanaPAGPipeline",
+    "hunyuandit": "HunyuanDiTPAGPipeline",
+}
 
-    # Its own models: the refusal stops the run before the PAG pipeline puts its own processors back.
-    pipe = HunyuanDiTPAGPipeline(**tiny_pipeline("hunyuandit").components, pag_applied_layers="blocks.1")
+
+@pytest.mark.parametrize(("arch", "pag_pipeline"), PAG_PIPELINES.items())
+def test_a_pipeline_set_up_for_perturbed_attention_guidance_is_refused_and_runs_as_its_family_without_it(arch, pag_pipeline):
+    # With PAG on, a call batches [uncond, cond, perturbed cond]: no spec names the third branch, and
+    # an even batch (two prompts) would be split in two and mislabelled without a word.
+    plain = _pipeline(arch)
+    pipe = getattr(diffusers, pag_pipeline).from_pipe(plain)
     pipe.set_progress_bar_config(disable=True)
-    with pytest.raises(ValueError, match="HunyuanDiTPAGPipeline runs perturbed-attention guidance"):
-        record(pipe, "all", PROMPT, **tiny_call_kwargs("hunyuandit"))
+    processors = {name: type(processor) for name, processor in denoiser(pipe).attn_processors.items()}
+    kwargs = kwargs_of(plain)
+    source = record(plain, "all", OTHER, generator=generator(0), **kwargs)  # the same weights: it fits both
+    with pytest.raises(ValueError, match=f"{pag_pipeline} is set up for perturbed-attention guidance"):
+        record(pipe, "all", [PROMPT, OTHER], **kwargs)
+    with pytest.raises(ValueError, match="perturbed-attention guidance"):
+        with tl.patch(pipe, "all", source):
+            pass
+    # Refused before the pipeline swapped any processor in: nothing to put back.
+    assert {name: type(processor) for name, processor in denoiser(pipe).attn_processors.items()} == processors
+    # Without PAG layers it is its family's plain pipeline, and followed as one.
+    pipe.set_pag_applied_layers([])
+    with tl.patch(pipe, "all", source):
+        patched = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))
+    with tl.patch(plain, "all", source):
+        expected = images_of(plain(prompt=PROMPT, generator=generator(0), **kwargs))
+    assert np.array_equal(patched, expected)
+    assert not np.array_equal(patched, images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs)))
 
 
 @pytest.mark.parametrize("fused_arch", ["hunyuandit", "sd15", "sd3", "flux"])

@@ -3,7 +3,8 @@
 One :class:`RunState` serves every hook of one engine context. It never guesses from batch
 contents: the step comes from counting the scheduler's ``step()`` calls, the branch from what the
 pipeline says (a ``cache_context``, a ``skip_layers`` argument, ``do_classifier_free_guidance``, or
-the flag it passes to its own ``encode_prompt``); what none of these tells is refused.
+the flag it passes to its own ``encode_prompt``); what none of these tells is refused, as is a
+pipeline set up for perturbed-attention guidance, whose third, perturbed branch no spec names.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class RunState:
     """
 
     def __init__(self, pipe: Any, stop_at_step: int | None = None):
+        refuse_perturbed_attention_guidance(pipe)
         self.pipe = pipe
         self.stop_at_step = stop_at_step
         self.context = StateManager(_NoState)  # diffusers' cache_context() sets its context
@@ -189,6 +191,27 @@ class RunState:
     def note_encode_prompt(self, arguments: dict[str, Any]) -> None:
         if "do_classifier_free_guidance" in arguments:
             self.encoded_cfg = bool(arguments["do_classifier_free_guidance"])
+
+
+def refuse_perturbed_attention_guidance(pipe: Any) -> None:
+    """Refuse, before it runs, a pipeline set up for perturbed-attention guidance (diffusers' PAG
+    pipelines of SD, SDXL, Kolors, SD3, PixArt-Σ, Sana and HunyuanDiT, which any family takes by
+    their denoiser).
+
+    With PAG on, each denoiser call batches ``[uncond, cond, perturbed cond]`` (``[cond, perturbed
+    cond]`` without CFG; ``pag_utils.py``), the perturbed rows' self-attention swapped for an identity
+    by processors the pipeline installs for the run: no family's guidance names a third branch, so a
+    two-branch split would label rows wrongly and patch the perturbed rows as whichever branch they
+    fell in. Whether PAG runs is known only inside the call (``pag_scale``), after those processors
+    are in, so a pipeline with PAG layers is refused here, at the engine's entry, while nothing has
+    changed; with none (``set_pag_applied_layers([])``) its calls are its family's plain ones.
+    """
+    if getattr(pipe, "pag_applied_layers", None):
+        raise ValueError(
+            f"{type(pipe).__name__} is set up for perturbed-attention guidance ({pipe.pag_applied_layers}), whose "
+            "perturbed rows textloc cannot tell from the CFG branches: call pipe.set_pag_applied_layers([]) to run "
+            "it without PAG, or use the family's plain pipeline."
+        )
 
 
 class _NoState(BaseState):
