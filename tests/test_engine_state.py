@@ -189,7 +189,8 @@ def test_heun_corrector_passes_are_conditional_and_recorded_apart():
     assert (cache.num_steps, cache.num_positions) == (3, 5)
     plain = images_of(pipe(prompt=OTHER, generator=generator(0), **kwargs))
     with tl.patch(pipe, "all", cache):  # its own K/V at every pass: nothing changes
-        assert torch.equal(torch.as_tensor(images_of(pipe(prompt=OTHER, generator=generator(0), **kwargs))), torch.as_tensor(plain))
+        again = images_of(pipe(prompt=OTHER, generator=generator(0), **kwargs))
+        assert torch.equal(torch.as_tensor(again), torch.as_tensor(plain))
     sd15 = with_scheduler(_pipeline("sd15"), HeunDiscreteScheduler)
     steps = [step for step, _ in steps_seen(sd15, [PROMPT], **kwargs_of(sd15, guidance_scale=1.0, num_inference_steps=3))]
     assert steps == [0, 0, 1, 1, 2]

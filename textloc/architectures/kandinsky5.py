@@ -108,7 +108,8 @@ def _kandinsky5(seed: int) -> dict[str, Any]:
     # and shift, as the real one (whose shift the pipeline does not apply).
     vae = parts.autoencoder_kl(
         seed, latent_channels, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611, shift_factor=0.1159,
+        block_out_channels=(8, 8, 8, 8), use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
+        shift_factor=0.1159,
     )
     return dict(
         transformer=transformer,

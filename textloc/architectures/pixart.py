@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CAPTION_AS_GIVEN, CROSS, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import (
+    CAPTION_AS_GIVEN, CROSS, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline,
+)
 
 
 def _pixart_transformer(seed: int) -> Any:

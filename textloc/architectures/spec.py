@@ -225,6 +225,7 @@ CAPTION_AS_GIVEN: Mapping[str, Any] = MappingProxyType({"clean_caption": False})
 #: at the size textloc asked for.
 SIZE_AS_ASKED: Mapping[str, Any] = MappingProxyType({"use_resolution_binning": False})
 
+
 @dataclass(frozen=True)
 class Family:
     """One text-to-image family: what the engine and the uses need to know about it.

@@ -104,7 +104,8 @@ def generate_patched(
         sets = layer_sets[start : start + chunk]
         prompts = [pair.source, pair.target] + [pair.source] * len(sets)
         plan = [patch for i, units in enumerate(sets) for patch in unit_patches(units, 2 + i, settings)]
-        images = np.asarray(images_of(run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs)))
+        output = run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs)
+        images = np.asarray(images_of(output))
         if source is None:
             source, target = images[SOURCE_ROW], images[TARGET_ROW]
         patched.extend(images[2:])
