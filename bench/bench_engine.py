@@ -54,6 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import textloc as tl
 from textloc.engine import STEP_INDEPENDENT_KINDS, RowPatch, denoiser, denoiser_parameter_count
 from textloc.layers import SD3_MEDIUM, SDXL_BASE
+from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
 PROMPT = 'A sign that says "HELLO".'
@@ -128,11 +129,11 @@ def measure_overhead(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[st
     cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
 
     def plain() -> np.ndarray:
-        return pipe(PROMPT, **seeded(kwargs)).images
+        return images_of(pipe(PROMPT, **seeded(kwargs)))
 
     def patched() -> np.ndarray:
         with tl.patch(pipe, "all", cache):
-            return pipe(PROMPT, **seeded(kwargs)).images
+            return images_of(pipe(PROMPT, **seeded(kwargs)))
 
     identical = np.array_equal(plain(), patched())
     times = interleaved({"plain": plain, "patched": patched}, repeats)
@@ -269,14 +270,14 @@ def measure_sweep(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, 
     unseeded = {key: value for key, value in kwargs.items() if key != "generator"}
 
     def batched() -> np.ndarray:
-        return tl.run_with_patches(pipe, [PROMPT] * len(names) + [OTHER], plan, generator=tl.generator(0), **unseeded).images
+        return images_of(tl.run_with_patches(pipe, [PROMPT] * len(names) + [OTHER], plan, generator=tl.generator(0), **unseeded))
 
     def separate() -> np.ndarray:
         cache = tl.record(pipe, "all", OTHER, **seeded(kwargs))
         images = []
         for name in names:
             with tl.patch(pipe, name, cache):
-                images.append(pipe(PROMPT, **seeded(kwargs)).images[0])
+                images.append(images_of(pipe(PROMPT, **seeded(kwargs)))[0])
         return np.stack(images)
 
     difference = float(np.abs(batched()[: len(names)] - separate()).max())

@@ -24,6 +24,7 @@ import torch
 import textloc as tl
 from textloc.localization import localize, make_pairs
 from textloc.localization.sweep import PatchSettings, generate_patched
+from textloc.pipeline_calls import images_of
 from textloc.pipelines import TINY_MODEL_DIR, call_kwargs, recommended_settings
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,7 +38,7 @@ def naive_sweep(pipe, pair, layers, seed, settings) -> list[np.ndarray]:
     for layer in layers:
         with tl.patch(pipe, layer, target):
             out = pipe(pair.source, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs)
-        images.append(np.asarray(out.images[0]))
+        images.append(np.asarray(images_of(out)[0]))
     return images
 
 

@@ -38,7 +38,7 @@ from textloc.localization.results import ImageScores
 from textloc.localization.scoring import mean_metrics, score_images
 from textloc.models import named_model
 from textloc.scoring.ocr import get_ocr
-from textloc.pipeline_calls import call_kwargs
+from textloc.pipeline_calls import call_kwargs, images_of
 from embedded import ROOT, add_model_argument, layers_dir, results_file  # beside this script
 
 ROWS = (
@@ -70,7 +70,7 @@ def generate(pipe: Any, blocks: list[str], pair: PromptPair, seed: int, settings
         with contextlib.ExitStack() as stack:
             if kv != tokens:
                 stack.enter_context(tl.patch(pipe, blocks, caches[kv]))
-            return np.asarray(pipe(**embeds, generator=tl.generator(seed), output_type="np", **call).images[0])
+            return np.asarray(images_of(pipe(**embeds, generator=tl.generator(seed), output_type="np", **call))[0])
 
     source, target = prompts
     images = [run(source, source, source), run(target, target, target)]

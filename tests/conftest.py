@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from textloc.pipeline_calls import images_of
 from textloc.scoring.ocr import Reading
 from textloc.testing import ARCHITECTURES, tiny_call_kwargs, tiny_pipeline
 
@@ -30,9 +31,10 @@ def arch(request) -> str:
     return request.param
 
 
-#: The families that pack each row's own text length into a shared sequence (Lumina 2): a batch of
-#: prompts of different token lengths, or a source of another length, is refused in one line.
-ONE_TEXT_LENGTH = ("lumina2",)
+#: The families that pack each row's own text length into a shared sequence (Lumina 2), or pad a
+#: call's prompts to the longest with no mask (Kandinsky 5): a batch of prompts of different token
+#: lengths, or a source of another length, is refused in one line.
+ONE_TEXT_LENGTH = ("lumina2", "kandinsky5")
 
 #: The families that pad each call's text to its longest prompt (Qwen-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
@@ -41,7 +43,7 @@ PADS_TO_LONGEST = ("qwenimage",)
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "flux2", "flux2-klein", "chroma", "lumina2", "cosmos2", "qwenimage", "cogview4", "hunyuan-image", "hidream", "z-image",
-    "ovis-image", "longcat-image", "hunyuandit",
+    "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
 )
 
 
@@ -61,7 +63,7 @@ def seeded(pipe, seed: int = 0, **overrides):
 
 
 def generate(pipe, prompt: str = PROMPT, seed: int = 0, **overrides) -> torch.Tensor:
-    return torch.as_tensor(pipe(prompt=prompt, **seeded(pipe, seed, **overrides)).images)
+    return torch.as_tensor(images_of(pipe(prompt=prompt, **seeded(pipe, seed, **overrides))))
 
 
 def stop_trainer_at(monkeypatch: pytest.MonkeyPatch, module: object, step: int) -> None:

@@ -15,6 +15,7 @@ from textloc.edit import edit_image, edit_text
 from textloc.guard import ToxicTextGuard
 from textloc.layers import resolve_layers
 from textloc.models import TEXTLOC_TINY
+from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_call_kwargs
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "tiny" / "localize"
@@ -50,7 +51,7 @@ def test_edit_image_reads_an_image_file_and_names_a_missing_one(tmp_path):
     kwargs = {key: value for key, value in tiny_call_kwargs(pipe).items() if key not in ("output_type", "guidance_scale")}
     with pytest.raises(ValueError, match="Cannot read an image from .*missing.png"):
         edit_image(pipe, tmp_path / "missing.png", PROMPT, "WORLD", "all", **kwargs)
-    array = pipe(prompt=PROMPT, generator=tl.generator(1), guidance_scale=1.0, output_type="np", **kwargs).images[0]
+    array = images_of(pipe(prompt=PROMPT, generator=tl.generator(1), guidance_scale=1.0, output_type="np", **kwargs))[0]
     Image.fromarray((array * 255).round().astype(np.uint8)).save(tmp_path / "sign.png")
     from_file = edit_image(pipe, str(tmp_path / "sign.png"), PROMPT, "WORLD", "all", ocr=_NoText(), start_step=0, **kwargs)
     from_image = edit_image(pipe, Image.open(tmp_path / "sign.png"), PROMPT, "WORLD", "all", ocr=_NoText(), start_step=0, **kwargs)

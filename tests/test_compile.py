@@ -9,6 +9,7 @@ from torch._dynamo.utils import counters
 
 import textloc as tl
 from conftest import OTHER, PROMPT, seeded
+from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_pipeline
 
 STEPS = 4  # enough steps for a step-dependent trace to recompile, and then to go dynamic
@@ -25,7 +26,7 @@ def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_
     names = [layer.name for layer in tl.select_layers(pipe, "all")]
     source = tl.record(pipe, "all", OTHER, **settings())  # recorded eager: the same weights serve compiled
     with tl.patch(pipe, "all", source, patch_steps=(0.5, None)):
-        eager = pipe(prompt=PROMPT, **settings()).images
+        eager = images_of(pipe(prompt=PROMPT, **settings()))
     if how == "wrapped":  # the usual `pipe.transformer = torch.compile(pipe.transformer)`
         pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
     else:
@@ -34,7 +35,7 @@ def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_
 
     def patched() -> torch.Tensor:
         with tl.patch(pipe, "all", source, patch_steps=(0.5, None)):
-            return torch.as_tensor(pipe(prompt=PROMPT, **settings()).images)
+            return torch.as_tensor(images_of(pipe(prompt=PROMPT, **settings())))
 
     torch.testing.assert_close(patched(), torch.as_tensor(eager), atol=1e-6, rtol=0)
     # Warm: the hooks run outside the graph, so no step and no second generation compiles anything.

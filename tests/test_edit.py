@@ -14,6 +14,7 @@ from textloc.architectures.spec import ATTENTION_TEXT_KINDS
 from textloc.edit import edit_text, quoted_spans, replace_quoted, score_edit
 from textloc.layers import PRESETS, find_preset, resolve_layers
 from textloc.localization import Localization
+from textloc.pipeline_calls import images_of
 from textloc.scoring.ocr import Reading
 from textloc.seeding import generator
 
@@ -30,12 +31,12 @@ def test_edit_is_the_source_with_the_text_layers_patched(arch, pipe):
     layer = tl.select_layers(pipe, "all")[0].name
     new_prompt = 'A sign that says "WORLD".'
     result = edit_text(pipe, PROMPT, "WORLD", layer, start_step=0, ocr=FakeOCR(["HELLO", "WORLD"]), **kwargs)
-    plain = pipe(prompt=PROMPT, generator=generator(0), output_type="np", **kwargs).images[0]
+    plain = images_of(pipe(prompt=PROMPT, generator=generator(0), output_type="np", **kwargs))[0]
     np.testing.assert_allclose(as_array(result.source_image), plain, atol=PIXEL)
     # The same patch through the engine's context, from a recorded new prompt.
     cache = tl.record(pipe, layer, new_prompt, generator=generator(0), **kwargs)
     with tl.patch(pipe, layer, cache, patch_steps=(0, None)):
-        patched = pipe(prompt=PROMPT, generator=generator(0), output_type="np", **kwargs).images[0]
+        patched = images_of(pipe(prompt=PROMPT, generator=generator(0), output_type="np", **kwargs))[0]
     np.testing.assert_allclose(as_array(result.edited_image), patched, atol=PIXEL)
     # The patch did something: far above float noise, though a random FLUX.2's text moves its image by < 1e-3.
     assert np.abs(patched - plain).max() > 1e-4
@@ -48,7 +49,7 @@ def test_an_edit_of_every_text_unit_from_the_first_step_is_the_new_prompt_genera
     # family has one: the edited image is the new prompt's own, from the same noise.
     kwargs = settings(pipe)
     result = edit_text(pipe, PROMPT, "WORLD", "all", start_step=0, ocr=FakeOCR(["HELLO", "WORLD"]), **kwargs)
-    direct = pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs).images[0]
+    direct = images_of(pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs))[0]
     np.testing.assert_allclose(as_array(result.edited_image), direct, atol=PIXEL)
 
 
@@ -66,7 +67,7 @@ def test_baselines_run_through_the_same_harness():
     pipe = _pipeline("sdxl")
     kwargs = settings(pipe)
     swap = edit_text(pipe, PROMPT, "WORLD", method="prompt-swap", ocr=FakeOCR(["", ""]), **kwargs)
-    direct = pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs).images[0]
+    direct = images_of(pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs))[0]
     np.testing.assert_allclose(as_array(swap.edited_image), direct, atol=PIXEL)
     assert swap.layers == [] and swap.start_step is None
 
@@ -174,10 +175,10 @@ def test_edit_image_edits_the_regeneration_of_the_inverted_image(inverted_arch):
     from textloc.edit.inversion import invert, starting_from
 
     kwargs = {key: value for key, value in settings(pipe).items() if key != "guidance_scale"}
-    image = pipe(prompt=PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs).images[0]
+    image = images_of(pipe(prompt=PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs))[0]
     result = edit_image(pipe, image, PROMPT, "WORLD", "all", ocr=FakeOCR(["", ""]), start_step=0, **kwargs)
     with starting_from(pipe, invert(pipe, image, PROMPT, **kwargs)):
-        regenerated = pipe(prompt=PROMPT, guidance_scale=1.0, output_type="np", **kwargs).images[0]
+        regenerated = images_of(pipe(prompt=PROMPT, guidance_scale=1.0, output_type="np", **kwargs))[0]
     np.testing.assert_allclose(as_array(result.source_image), regenerated, atol=PIXEL)
     assert set(result.reconstruction) == {"psnr", "ssim"} and result.reconstruction["psnr"] > 5
 

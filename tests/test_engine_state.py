@@ -6,6 +6,8 @@ the wrong rows or steps silently; each failed on the engine that guessed.
 
 from __future__ import annotations
 
+import diffusers
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -20,6 +22,7 @@ from diffusers import (
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
 from textloc.engine import RowPatch, check_step_window, denoiser, record, run_with_patches, window_steps
+from textloc.pipeline_calls import images_of
 from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -67,10 +70,10 @@ def test_lcm_unet_rows_are_all_conditional():
     kwargs = kwargs_of(pipe, guidance_scale=4.0)
     assert {branches for _, branches in steps_seen(pipe, [PROMPT, OTHER, THIRD], **kwargs)} == {("cond",)}
     layer = text_layer_names(pipe)[0]
-    batched = run_with_patches(pipe, [PROMPT, OTHER], [RowPatch((layer,), source=1, row=0)], **kwargs).images
-    plain = run_with_patches(pipe, [PROMPT, OTHER], [], **kwargs).images
+    batched = images_of(run_with_patches(pipe, [PROMPT, OTHER], [RowPatch((layer,), source=1, row=0)], **kwargs))
+    plain = images_of(run_with_patches(pipe, [PROMPT, OTHER], [], **kwargs))
     with tl.patch(pipe, layer, OTHER, guidance_scale=4.0):
-        alone = pipe(prompt=PROMPT, generator=generator(0), **kwargs).images
+        alone = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))
     assert abs(batched[0] - plain[0]).max() > 1e-3  # row 0 was patched
     assert abs(batched[1] - plain[1]).max() < BATCH_TOLERANCE  # row 1 was not
     assert abs(batched[0] - alone[0]).max() < BATCH_TOLERANCE
@@ -88,9 +91,9 @@ def test_same_seed_batch_under_patch_equals_each_prompt_patched_alone(arch, guid
     layer = text_layer_names(pipe)[0]
     source = record(pipe, layer, OTHER, generator=generator(0), **kwargs)
     with tl.patch(pipe, layer, source):
-        batch = pipe(prompt=[PROMPT, THIRD], generator=[generator(0), generator(0)], **kwargs).images
-        alone = [pipe(prompt=prompt, generator=generator(0), **kwargs).images[0] for prompt in (PROMPT, THIRD)]
-    plain = pipe(prompt=PROMPT, generator=generator(0), **kwargs).images[0]
+        batch = images_of(pipe(prompt=[PROMPT, THIRD], generator=[generator(0), generator(0)], **kwargs))
+        alone = [images_of(pipe(prompt=prompt, generator=generator(0), **kwargs))[0] for prompt in (PROMPT, THIRD)]
+    plain = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))[0]
     assert abs(alone[0] - plain).max() > 1e-3  # the patch does change the image
     for row in range(2):
         assert abs(batch[row] - alone[row]).max() < BATCH_TOLERANCE
@@ -100,6 +103,16 @@ def test_flux_true_cfg_branches_come_from_the_pipeline():
     pipe = _pipeline("flux")
     seen = steps_seen(pipe, [PROMPT, OTHER], **kwargs_of(pipe))
     assert seen == [(0, ("cond",)), (0, ("uncond",)), (1, ("cond",)), (1, ("uncond",))]
+
+
+@pytest.mark.parametrize("guidance_scale", [4.0, 1.0])
+def test_kandinsky5_runs_its_uncond_pass_second_while_its_guidance_scale_is_above_1(guidance_scale):
+    # Its pipeline states no CFG layout (no property, no flag to encode_prompt): the spec reads
+    # guidance_scale as the pipeline's loop does, and the call order from its code.
+    pipe = _pipeline("kandinsky5")
+    seen = steps_seen(pipe, [PROMPT, OTHER], **kwargs_of(pipe, guidance_scale=guidance_scale))
+    branches = [("cond",), ("uncond",)] if guidance_scale > 1 else [("cond",)]
+    assert seen == [(step, branch) for step in (0, 1) for branch in branches]
 
 
 def test_a_pipeline_that_states_no_cfg_layout_is_refused():
@@ -114,16 +127,43 @@ def test_a_pipeline_that_states_no_cfg_layout_is_refused():
             unet(sample, pipe.scheduler.timesteps[0], encoder_hidden_states=text)
 
 
-def test_hunyuandit_perturbed_attention_guidance_rows_are_refused():
-    # HunyuanDiTPAGPipeline is of the family by its transformer; with PAG on it batches
-    # [uncond, cond, perturbed cond], which CFG's order would mislabel.
-    from diffusers import HunyuanDiTPAGPipeline
+#: diffusers' PAG pipelines of the families with a tiny pipeline, each built from that pipeline's
+#: components (KolorsPAGPipeline, SDXL's family, has no tiny Kolors to build from; the refusal is the same).
+PAG_PIPELINES = {
+    "sd15": "StableDiffusionPAGPipeline",
+    "sdxl": "StableDiffusionXLPAGPipeline",
+    "sd3": "StableDiffusion3PAGPipeline",
+    "pixart-sigma": "PixArtSigmaPAGPipeline",
+    "sana": "SanaPAGPipeline",
+    "hunyuandit": "HunyuanDiTPAGPipeline",
+}
 
-    # Its own models: the refusal stops the run before the PAG pipeline puts its own processors back.
-    pipe = HunyuanDiTPAGPipeline(**tiny_pipeline("hunyuandit").components, pag_applied_layers="blocks.1")
+
+@pytest.mark.parametrize(("arch", "pag_pipeline"), PAG_PIPELINES.items())
+def test_a_pipeline_set_up_for_perturbed_attention_guidance_is_refused_and_runs_as_its_family_without_it(arch, pag_pipeline):
+    # With PAG on, a call batches [uncond, cond, perturbed cond]: no spec names the third branch, and
+    # an even batch (two prompts) would be split in two and mislabelled without a word.
+    plain = _pipeline(arch)
+    pipe = getattr(diffusers, pag_pipeline).from_pipe(plain)
     pipe.set_progress_bar_config(disable=True)
-    with pytest.raises(ValueError, match="HunyuanDiTPAGPipeline runs perturbed-attention guidance"):
-        record(pipe, "all", PROMPT, **tiny_call_kwargs("hunyuandit"))
+    processors = {name: type(processor) for name, processor in denoiser(pipe).attn_processors.items()}
+    kwargs = kwargs_of(plain)
+    source = record(plain, "all", OTHER, generator=generator(0), **kwargs)  # the same weights: it fits both
+    with pytest.raises(ValueError, match=f"{pag_pipeline} is set up for perturbed-attention guidance"):
+        record(pipe, "all", [PROMPT, OTHER], **kwargs)
+    with pytest.raises(ValueError, match="perturbed-attention guidance"):
+        with tl.patch(pipe, "all", source):
+            pass
+    # Refused before the pipeline swapped any processor in: nothing to put back.
+    assert {name: type(processor) for name, processor in denoiser(pipe).attn_processors.items()} == processors
+    # Without PAG layers it is its family's plain pipeline, and followed as one.
+    pipe.set_pag_applied_layers([])
+    with tl.patch(pipe, "all", source):
+        patched = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))
+    with tl.patch(plain, "all", source):
+        expected = images_of(plain(prompt=PROMPT, generator=generator(0), **kwargs))
+    assert np.array_equal(patched, expected)
+    assert not np.array_equal(patched, images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs)))
 
 
 @pytest.mark.parametrize("fused_arch", ["hunyuandit", "sd15", "sd3", "flux"])
@@ -147,9 +187,10 @@ def test_heun_corrector_passes_are_conditional_and_recorded_apart():
     assert {branch for (_, _, branch) in cache.entries} == {"cond"}
     assert {position for (_, position, _) in cache.entries} == {None, *range(5)}  # 2n - 1 passes, and the pooled vector once
     assert (cache.num_steps, cache.num_positions) == (3, 5)
-    plain = pipe(prompt=OTHER, generator=generator(0), **kwargs).images
+    plain = images_of(pipe(prompt=OTHER, generator=generator(0), **kwargs))
     with tl.patch(pipe, "all", cache):  # its own K/V at every pass: nothing changes
-        assert torch.equal(torch.as_tensor(pipe(prompt=OTHER, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
+        again = images_of(pipe(prompt=OTHER, generator=generator(0), **kwargs))
+        assert torch.equal(torch.as_tensor(again), torch.as_tensor(plain))
     sd15 = with_scheduler(_pipeline("sd15"), HeunDiscreteScheduler)
     steps = [step for step, _ in steps_seen(sd15, [PROMPT], **kwargs_of(sd15, guidance_scale=1.0, num_inference_steps=3))]
     assert steps == [0, 0, 1, 1, 2]
@@ -165,9 +206,9 @@ def test_sd3_skip_layer_guidance_pass_is_its_own_branch():
     for branch in ("cond", "uncond", "skip_layer"):
         assert cache.entries[later, 1, branch].key.shape[0] == 1
     assert not torch.equal(cache.entries[later, 1, "cond"].key, cache.entries[later, 1, "skip_layer"].key)
-    plain = pipe(prompt=PROMPT, generator=generator(0), **kwargs).images
+    plain = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))
     with tl.patch(pipe, "all", cache):
-        assert torch.equal(torch.as_tensor(pipe(prompt=PROMPT, generator=generator(0), **kwargs).images), torch.as_tensor(plain))
+        assert torch.equal(torch.as_tensor(images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))), torch.as_tensor(plain))
 
 
 # ---- 4. Steps are counted as the scheduler counts them
@@ -309,9 +350,9 @@ def test_engine_arguments_speak_diffusers():
     with pytest.raises(TypeError, match="did you mean num_inference_steps"):
         run_with_patches(pipe, [PROMPT], [], num_inference_step=3)
     # One generator is copied to every row: the same noise, whatever the generator's seed.
-    images = run_with_patches(pipe, [PROMPT, PROMPT], [], generator=generator(7), **kwargs).images
+    images = images_of(run_with_patches(pipe, [PROMPT, PROMPT], [], generator=generator(7), **kwargs))
     assert abs(images[0] - images[1]).max() < BATCH_TOLERANCE
-    assert abs(images[0] - pipe(prompt=PROMPT, generator=generator(7), **kwargs).images[0]).max() < BATCH_TOLERANCE
+    assert abs(images[0] - images_of(pipe(prompt=PROMPT, generator=generator(7), **kwargs))[0]).max() < BATCH_TOLERANCE
 
 
 # ---- Per-row patches in the caller's own call (a guard patches only some prompts of a batch)
@@ -322,9 +363,9 @@ def test_patch_rows_patches_only_its_rows_and_refuses_rows_outside_the_batch():
     kwargs = kwargs_of(pipe)
     names = tuple(text_layer_names(pipe))
     cache = tl.record_text(pipe, names, OTHER, **kwargs)
-    plain = pipe(prompt=[PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
+    plain = images_of(pipe(prompt=[PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs))
     with tl.patch_rows(pipe, [RowPatch(names, source=cache, row=1)]):
-        mixed = pipe(prompt=[PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs).images
+        mixed = images_of(pipe(prompt=[PROMPT, PROMPT], generator=[generator(0), generator(0)], **kwargs))
         with pytest.raises(ValueError, match="Patch row 1 is outside this call's batch of 1 rows"):
             pipe(prompt=PROMPT, generator=generator(0), **kwargs)
     assert abs(mixed[0] - plain[0]).max() < BATCH_TOLERANCE

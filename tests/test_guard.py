@@ -16,6 +16,7 @@ import textloc as tl
 from textloc.guard import BENIGN_WORDS, Benign, Drop, Mask, ToxicTextGuard, get_detector
 from textloc.guard import runtime as guard_module
 from textloc.models import TEXTLOC_TINY, named_model
+from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_call_kwargs
 from textloc.tiny.data import TOXIC_WORDS, VOCABULARY
 
@@ -38,7 +39,7 @@ def reference(pipe, prompt: str, cleaned: str, seed: int, layers, start_step, **
     """``prompt`` patched from ``cleaned`` by the engine itself: a live source row with the same noise."""
     names = tuple(layer.name for layer in layers)
     plan = [tl.RowPatch(names, source=1, row=0, patch_steps=(start_step, None))]
-    return np.asarray(tl.run_with_patches(pipe, [prompt, cleaned], plan, generator=generators(seed, seed), **kwargs).images)[0]
+    return np.asarray(images_of(tl.run_with_patches(pipe, [prompt, cleaned], plan, generator=generators(seed, seed), **kwargs)))[0]
 
 
 def assert_same_rows(guarded: np.ndarray, plain: np.ndarray, guard: ToxicTextGuard) -> None:
@@ -84,7 +85,7 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
             guard(prompts, generator=generators(1, 2, 3), **kwargs)
         return
     # A copy: Z-Image's pipeline wraps the prompts of a list it is given in its chat template, in place.
-    plain = np.asarray(pipe(prompt=list(prompts), generator=generators(1, 2, 3), **kwargs).images)
+    plain = np.asarray(images_of(pipe(prompt=list(prompts), generator=generators(1, 2, 3), **kwargs)))
     output = guard(prompts, generator=generators(1, 2, 3), **kwargs)
     guarded = images(output)
     assert guarded.shape == plain.shape  # a joint model's extra source row is dropped
@@ -95,7 +96,7 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
     expected = reference(pipe, TOXIC, output.reports[1].cleaned_prompt, 2, guard.layers, 0, **kwargs)
     np.testing.assert_allclose(guarded[1], expected, atol=1e-4)
     # "all" is every text unit, the pooled vector too: the guarded row is the cleaned prompt's own image.
-    direct = np.asarray(pipe(prompt=output.reports[1].cleaned_prompt, generator=generators(2), **kwargs).images)[0]
+    direct = np.asarray(images_of(pipe(prompt=output.reports[1].cleaned_prompt, generator=generators(2), **kwargs)))[0]
     np.testing.assert_allclose(guarded[1], direct, atol=1e-4)
 
 
@@ -106,7 +107,7 @@ def test_a_toxic_word_asked_for_without_quotes_is_guarded_and_clean_words_are_no
     toxic = {word.lower() for word in TOXIC_WORDS}
     guard = ToxicTextGuard(pipe, "all", start_step=0, detector=tl.guard.WordDetector(lambda words: [w in toxic for w in words], "wordlist"))
     prompts = ["A sign that says D 4 M N.", "A Scunthorpe class sign that says 'hello shell'."]
-    plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
+    plain = np.asarray(images_of(pipe(prompt=prompts, generator=generators(1, 2), **kwargs)))
     output = guard(prompts, generator=generators(1, 2), **kwargs)
     guarded = images(output)
     assert output.guarded_rows == [0] and [f.forms for f in output.reports[0].findings] == [("unquoted", "spaced", "leet")]
@@ -115,7 +116,7 @@ def test_a_toxic_word_asked_for_without_quotes_is_guarded_and_clean_words_are_no
     expected = reference(pipe, prompts[0], output.reports[0].cleaned_prompt, 1, guard.layers, 0, **kwargs)
     np.testing.assert_allclose(guarded[0], expected, atol=1e-4)
     monkeypatch.setattr(guard_module, "patch_rows", None)  # a clean prompt alone: the plain call, no hook to install
-    alone = np.asarray(pipe(prompt=prompts[1], generator=tl.generator(2), **kwargs).images)
+    alone = np.asarray(images_of(pipe(prompt=prompts[1], generator=tl.generator(2), **kwargs)))
     np.testing.assert_array_equal(images(guard(prompts[1], generator=tl.generator(2), **kwargs)), alone)
 
 
@@ -124,7 +125,7 @@ def test_num_images_per_prompt_guards_every_image_of_a_toxic_prompt(arch_name):
     pipe = _pipeline(arch_name)
     kwargs = {**tiny_call_kwargs(pipe), "num_images_per_prompt": 2}
     guard = ToxicTextGuard(pipe, "all", start_step=0)
-    plain = np.asarray(pipe(prompt=[PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs).images)
+    plain = np.asarray(images_of(pipe(prompt=[PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs)))
     output = guard([PROMPT, TOXIC], generator=generators(1, 2, 3, 4), **kwargs)
     guarded = images(output)
     assert guarded.shape == plain.shape and output.guarded_rows == [2, 3]
@@ -153,16 +154,16 @@ def test_baselines_run_the_same_prompts_and_noise():
     kwargs = tiny_call_kwargs(pipe)
     prompts = [PROMPT, TOXIC]
     negative = ToxicTextGuard(pipe, None, method="negative-prompt")(prompts, generator=generators(1, 2), **kwargs)
-    direct = pipe(prompt=prompts, negative_prompt=["", 'text "DAMN"'], generator=generators(1, 2), **kwargs).images
+    direct = images_of(pipe(prompt=prompts, negative_prompt=["", 'text "DAMN"'], generator=generators(1, 2), **kwargs))
     np.testing.assert_array_equal(images(negative), direct)
     alone = ToxicTextGuard(pipe, None, method="negative-prompt")(TOXIC, negative_prompt="blurry", generator=tl.generator(2), **kwargs)
-    direct = pipe(prompt=TOXIC, negative_prompt='blurry, text "DAMN"', generator=tl.generator(2), **kwargs).images
+    direct = images_of(pipe(prompt=TOXIC, negative_prompt='blurry, text "DAMN"', generator=tl.generator(2), **kwargs))
     np.testing.assert_array_equal(images(alone), direct)
     swap = ToxicTextGuard(pipe, None, method="prompt-swap")(prompts, generator=generators(1, 2), **kwargs)
     cleaned = swap.reports[1].cleaned_prompt
-    np.testing.assert_array_equal(images(swap), pipe(prompt=[PROMPT, cleaned], generator=generators(1, 2), **kwargs).images)
+    np.testing.assert_array_equal(images(swap), images_of(pipe(prompt=[PROMPT, cleaned], generator=generators(1, 2), **kwargs)))
     unguarded = ToxicTextGuard(pipe, None, method="unguarded")(prompts, generator=generators(1, 2), **kwargs)
-    np.testing.assert_array_equal(images(unguarded), pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
+    np.testing.assert_array_equal(images(unguarded), images_of(pipe(prompt=prompts, generator=generators(1, 2), **kwargs)))
     assert unguarded.reports[1].found == ["DAMN"] and unguarded.guarded_rows == []
 
 
@@ -323,7 +324,7 @@ def test_textloc_tiny_does_not_write_a_guarded_toxic_word():
     pipe = tl.load_pipeline("textloc-tiny")
     settings = {**named_model("textloc-tiny").settings, "clean_caption": False, "output_type": "np"}
     prompt = 'A red sign on a blue background that says "DAMN".'  # seed 0 writes it legibly
-    unguarded = pipe(prompt=prompt, generator=tl.generator(0), **settings).images[0]
+    unguarded = images_of(pipe(prompt=prompt, generator=tl.generator(0), **settings))[0]
     output = ToxicTextGuard(pipe, SAMPLES)(prompt, generator=tl.generator(0), **settings)  # the default start step
     replacement = output.reports[0].replacements["DAMN"]
     assert replacement in named_model("textloc-tiny").vocabulary
@@ -358,7 +359,7 @@ def test_the_image_check_regenerates_a_row_that_shows_a_toxic_word_and_leaves_cl
     pipe = _pipeline("sd15")
     kwargs = tiny_call_kwargs(pipe)
     prompts = ['A sign that says "OPEN".', PROMPT]  # the prompt side finds nothing: the image side alone
-    plain = np.asarray(pipe(prompt=prompts, generator=generators(1, 2), **kwargs).images)
+    plain = np.asarray(images_of(pipe(prompt=prompts, generator=generators(1, 2), **kwargs)))
     ocr = ScriptedOCR([("D4MN", (BOX,)), ("HELLO", (BOX,))], [("LAMP", (BOX,))])
     guard = ToxicTextGuard(pipe, "all", start_step=0, check_images=True, ocr=ocr)
     output = guard(prompts, generator=generators(1, 2), **kwargs)

@@ -12,6 +12,7 @@ import torch
 from conftest import NOT_INVERTED, PROMPT, _pipeline
 from textloc.edit.inversion import encode_image, invert, reconstruct, starting_from
 from textloc.models import named_model
+from textloc.pipeline_calls import images_of
 from textloc.pipelines import load_pipeline
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 from textloc.tiny.data import make_example
@@ -36,7 +37,7 @@ def sample_output(pipe) -> str:
 
 def generate(pipe, seed: int, **overrides):
     kwargs = {**guidance_one(pipe), **overrides}
-    return pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
+    return images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs))
 
 
 def inversion_kwargs(pipe) -> dict:
@@ -60,7 +61,7 @@ def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe) -> None
     image = generate(pipe, seed=0)[0]
     inverted = invert(pipe, image, PROMPT, num_inference_steps=STEPS, **inversion_kwargs(pipe))
     with starting_from(pipe, inverted):
-        regenerated = pipe(prompt=PROMPT, **{**guidance_one(pipe), "output_type": sample_output(pipe)}).images
+        regenerated = images_of(pipe(prompt=PROMPT, **{**guidance_one(pipe), "output_type": sample_output(pipe)}))
     other_seed = generate(pipe, seed=1, output_type=sample_output(pipe))
     target = encode_image(pipe, image)
 
@@ -99,14 +100,14 @@ def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch) -> No
     pipe = tiny_pipeline(arch).to(dtype=torch.bfloat16)
     # Two steps: PixArt-Alpha's pipeline cannot take one with its own DPM-Solver.
     two_steps = {**guidance_one(pipe), "num_inference_steps": 2, "output_type": sample_output(pipe)}
-    own = pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps).images
+    own = images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps))
     image = np.random.default_rng(0).random((32, 32, 3))
     inverted = invert(pipe, image, PROMPT, num_inference_steps=2, **inversion_kwargs(pipe))
     assert (inverted.shape, inverted.dtype) == (own.shape, own.dtype)
     if arch != "deepfloyd-if":  # IFPipeline takes no latents: starting_from is its only way in
-        assert pipe(prompt=PROMPT, latents=inverted, **two_steps).images.shape == own.shape
+        assert images_of(pipe(prompt=PROMPT, latents=inverted, **two_steps)).shape == own.shape
     with starting_from(pipe, inverted):
-        assert pipe(prompt=PROMPT, **two_steps).images.shape == own.shape
+        assert images_of(pipe(prompt=PROMPT, **two_steps)).shape == own.shape
 
 
 def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_it_can(pipe) -> None:

@@ -18,6 +18,7 @@ from textloc.localization import stages as running
 from textloc.localization.results import ImageScores, Means, PairScores, Share
 from textloc.localization.scoring import mean_metrics
 from textloc.localization.report import PROGRESS_FILE, REPORT_FILE
+from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_call_kwargs
 
 WORDS = ["HELLO", "WORLD", "LAMP", "STOP"]
@@ -48,7 +49,7 @@ class ReadsNearestKnownImage:
     def __init__(self, pipe, pairs: list[PromptPair]):
         texts = {prompt: text for pair in pairs for prompt, text in ((pair.source, pair.source_text), (pair.target, pair.target_text))}
         generators = [torch.Generator("cpu").manual_seed(0) for _ in texts]
-        images = pipe(prompt=list(texts), generator=generators, **tiny_call_kwargs(pipe)).images
+        images = images_of(pipe(prompt=list(texts), generator=generators, **tiny_call_kwargs(pipe)))
         self.known = list(zip(images, texts.values()))
 
     def read(self, images):

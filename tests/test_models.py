@@ -42,6 +42,7 @@ NAMES = (
     "tiny-random-ovis-image",
     "tiny-random-longcat-image",
     "tiny-random-hunyuandit",
+    "tiny-random-kandinsky5",
 )
 
 

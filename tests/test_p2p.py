@@ -9,6 +9,7 @@ import torch
 from conftest import OTHER, PROMPT, _pipeline, generate
 from textloc.engine import attention_layers, edit_attention_probabilities, has_attention_probabilities
 from textloc.edit.p2p import prompt_to_prompt, token_mapping
+from textloc.pipeline_calls import images_of
 from textloc.seeding import generator
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
@@ -28,7 +29,7 @@ def p2p(pipe, new_prompt, cross, self, seed=0):
 
 
 def direct(pipe, prompt, seed=0):
-    return torch.as_tensor(pipe(prompt=prompt, generator=generator(seed), **tiny_call_kwargs(pipe)).images[0])
+    return torch.as_tensor(images_of(pipe(prompt=prompt, generator=generator(seed), **tiny_call_kwargs(pipe)))[0])
 
 
 def probability_layers(pipe):

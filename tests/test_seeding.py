@@ -8,6 +8,7 @@ import torch
 
 import textloc as tl
 from conftest import _pipeline
+from textloc.pipeline_calls import images_of
 from textloc.seeding import generator, generators
 from textloc.testing import tiny_call_kwargs
 
@@ -32,8 +33,8 @@ def test_one_generator_per_row_seeded_in_order():
 def test_a_rows_image_depends_on_its_seed_not_on_the_batch():
     pipe = _pipeline("sd15")
     settings = tiny_call_kwargs(pipe)
-    batch = pipe(prompt=["a sign", "a red sign"], generator=generators([3, 4]), **settings).images
-    alone = pipe(prompt="a red sign", generator=generator(4), **settings).images
+    batch = images_of(pipe(prompt=["a sign", "a red sign"], generator=generators([3, 4]), **settings))
+    alone = images_of(pipe(prompt="a red sign", generator=generator(4), **settings))
     np.testing.assert_allclose(batch[1], alone[0], atol=1e-5)
 
 

@@ -1,8 +1,9 @@
-"""How textloc loads and calls a stock diffusers pipeline, the same way on every diffusers version.
+"""How textloc loads and calls a stock diffusers pipeline and reads its images, the same way on every
+diffusers version and family.
 
-The bottom layer: it imports nothing from textloc, so the tiny random pipelines
-(:mod:`textloc.testing`), the registry of named models (:mod:`textloc.models`) and the loader
-(:mod:`textloc.pipelines`) all build on it without importing one another.
+The bottom layer: it imports only the family specs (:mod:`textloc.architectures`), so the tiny
+random pipelines (:mod:`textloc.testing`), the registry of named models (:mod:`textloc.models`) and
+the loader (:mod:`textloc.pipelines`) all build on it without importing one another.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from diffusers import DiffusionPipeline
 from packaging.version import Version
 
+from textloc.architectures import FAMILIES, UnsupportedArchitectureError, family_of
+
 # diffusers 0.40 renamed from_pretrained's `torch_dtype` to `dtype` and warns on the old name.
 _DTYPE_KEYWORD = "dtype" if Version(diffusers.__version__) >= Version("0.40.0") else "torch_dtype"
 
@@ -30,20 +33,33 @@ def from_pretrained(source: str | Path, dtype: torch.dtype | None = None, **kwar
     return DiffusionPipeline.from_pretrained(source, **kwargs)
 
 
-def call_kwargs(pipe: DiffusionPipeline, **kwargs: Any) -> dict[str, Any]:
-    """Add the keyword arguments a pipeline needs to run offline and reproducibly.
-
-    IF and PixArt clean captions with optional packages (bs4, ftfy) unless told not to,
-    PixArt/Sana snap the size to a resolution bin, and LongCat-Image rewrites the prompt with its
-    text encoder (so the text it encodes would not be the prompt given, nor two prompts differ as
-    given); each is switched off where the pipeline accepts the argument, unless the caller set it.
+def call_kwargs(pipe: DiffusionPipeline | type[DiffusionPipeline], **kwargs: Any) -> dict[str, Any]:
+    """Add the keyword arguments a pipeline (or pipeline class) needs to run offline and reproducibly:
+    its family's :attr:`~textloc.architectures.spec.Family.call_defaults`, each where the caller did
+    not set it. A pipeline of no family textloc knows gets none: it runs as the caller asks.
     """
+    try:
+        defaults = family_of(pipe).call_defaults
+    except UnsupportedArchitectureError:
+        return kwargs
+    # Only what this pipeline takes: an argument it does not take fails its call, and a family's
+    # pipelines differ (LongCatImageEditPipeline, LongCat's by its transformer, has no prompt rewrite).
     accepted = inspect.signature(pipe.__call__).parameters
-    defaults = {"clean_caption": False, "use_resolution_binning": False, "enable_prompt_rewrite": False}
     for key, value in defaults.items():
         if key in accepted:
             kwargs.setdefault(key, value)
     return kwargs
+
+
+def images_of(output: Any) -> Any:
+    """The images of a pipeline's output: its ``images``, or the field a family's spec names for an
+    output class that holds them under another name (Kandinsky 5's ``image``); a ``return_dict=False``
+    tuple's first item."""
+    if isinstance(output, tuple):
+        return output[0]
+    name = type(output).__name__
+    field = next((family.image_outputs[name] for family in FAMILIES if name in family.image_outputs), "images")
+    return getattr(output, field)
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
-    chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hidream, hunyuan_dit, hunyuan_image, longcat_image, lumina2,
-    ovis_image, pixart, qwenimage, sana, sd, sd3, sdxl, z_image,
+    chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hidream, hunyuan_dit, hunyuan_image, kandinsky5, longcat_image,
+    lumina2, ovis_image, pixart, qwenimage, sana, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures.spec import Family, TinyPipeline
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 FAMILIES: list[Family] = [
     sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, flux2.FAMILY, chroma.FAMILY, deepfloyd_if.FAMILY, pixart.FAMILY,
     sana.FAMILY, lumina2.FAMILY, cosmos2.FAMILY, qwenimage.FAMILY, cogview4.FAMILY, hunyuan_image.FAMILY, hidream.FAMILY,
-    z_image.FAMILY, ovis_image.FAMILY, longcat_image.FAMILY, hunyuan_dit.FAMILY,
+    z_image.FAMILY, ovis_image.FAMILY, longcat_image.FAMILY, hunyuan_dit.FAMILY, kandinsky5.FAMILY,
 ]
 
 
@@ -78,11 +78,12 @@ def _uncompiled(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _class_names(obj: object) -> set[str]:
-    return {cls.__name__ for cls in type(obj).__mro__}
+    return {cls.__name__ for cls in (obj if isinstance(obj, type) else type(obj)).__mro__}
 
 
 def family_of(pipe_or_model: object) -> Family:
-    """The family of a pipeline (by its class, else its denoiser's) or of a bare denoiser."""
+    """The family of a pipeline (by its class, else its denoiser's), of a pipeline class (by its
+    name alone), or of a bare denoiser."""
     import torch
 
     if not isinstance(pipe_or_model, torch.nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import CAPTION_AS_GIVEN, UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
 def _deepfloyd_if(seed: int) -> dict[str, Any]:
@@ -83,6 +83,7 @@ FAMILY = Family(
     pipelines=("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"),
     attention=UNET_ATTENTION,
     signature=UNET_SIGNATURE,
+    call_defaults=CAPTION_AS_GIVEN,
     # addition_embed_type="text": an attention pool of the T5 tokens joins the timestep embedding.
     pooled="add_embedding",
     denoiser_config={"addition_embed_type": "text"},

@@ -19,9 +19,10 @@ calls the transformer with the latents and timestep by position and the text as 
 (``encoder_hidden_states``, ``text_embedding_mask``, ``encoder_hidden_states_t5``,
 ``text_embedding_mask_t5``); it pads the text to 77 and 256 tokens whatever the call's settings,
 and the transformer's ``text_len``/``text_len_t5`` must match. ``HunyuanDiTPAGPipeline`` belongs
-here by its transformer; with perturbed-attention guidance on it adds rows CFG's order cannot name,
-and is refused, as is a transformer after ``fuse_qkv_projections()`` (its processors run ``to_kv``,
-not the ``to_k``/``to_v`` the hooks sit on).
+here by its transformer; set up for perturbed-attention guidance it is refused, as every family's
+PAG pipeline is (:func:`textloc.engine.run_state.refuse_perturbed_attention_guidance`), and so is a
+transformer after ``fuse_qkv_projections()`` (its processors run ``to_kv``, not the ``to_k``/``to_v``
+the hooks sit on).
 
 The tiny pipeline: a stock ``HunyuanDiTPipeline`` of 4 blocks of 2 heads (the last takes the first's
 output as its long skip), a 2-layer BERT behind a character-level WordPiece tokenizer, the
@@ -35,23 +36,11 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, POOLED_LORA, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import CROSS, POOLED_LORA, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 # What HunyuanDiTPipeline.__call__ pads each prompt to, and the transformer's pooler and padding
 # rows are sized for.
 _BERT_LENGTH, _T5_LENGTH = 77, 256
-
-
-def _check_run(pipe: Any) -> None:
-    """Refuse a run whose rows or projections the spec does not describe."""
-    # With perturbed-attention guidance on, HunyuanDiTPAGPipeline runs [uncond, cond, perturbed cond]
-    # (pag_utils.py): rows CFG's order cannot name.
-    if getattr(pipe, "do_perturbed_attention_guidance", False):
-        raise ValueError(
-            f"{type(pipe).__name__} runs perturbed-attention guidance: textloc cannot tell its perturbed rows from "
-            "the CFG branches. Use HunyuanDiTPipeline, or pag_scale=0 on a freshly loaded pipeline (the stopped run "
-            "leaves its perturbed-attention processors in place)."
-        )
 
 
 def _bert_tokenizer() -> Any:
@@ -142,9 +131,9 @@ FAMILY = Family(
     denoisers=("HunyuanDiT2DModel",),
     pipelines=("HunyuanDiTPipeline",),
     attention=(AttentionRule("Attention", CROSS, when="is_cross_attention"),),
+    call_defaults=SIZE_AS_ASKED,
     # The attention pool of the T5 states: its output, one vector per row, is the pooled text.
     pooled="time_extra_emb.pooler",
-    check_run=_check_run,
     refuses={
         POOLED_LORA: "its attention pool hands its projections' weights to F.multi_head_attention_forward and never "
         "calls them, so a LoRA on them would never run; train its attention layers ('attention')",

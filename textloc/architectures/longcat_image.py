@@ -14,7 +14,7 @@ CFG: a conditional then, when ``guidance_scale`` > 1, an unconditional pass, ins
 its own text (the empty prompt by default). The denoiser gets ``t / 1000``.
 
 The pipeline rewrites the prompt with its text encoder (``enable_prompt_rewrite``, on by default)
-before encoding it; textloc calls it with the rewrite off (:func:`textloc.pipeline_calls.call_kwargs`),
+before encoding it; textloc calls it with the rewrite off (its spec's ``call_defaults``),
 so the text it records and patches is the prompt as given.
 
 The tiny pipeline: a stock ``LongCatImagePipeline`` of 2 double- and 2 single-stream blocks of 2
@@ -77,6 +77,9 @@ FAMILY = Family(
     denoisers=("LongCatImageTransformer2DModel",),
     pipelines=("LongCatImagePipeline",),
     attention=flux_style_attention("LongCatImageAttention"),
+    # Its pipeline rewrites the prompt with its text encoder, an LLM, by default: the text it encodes
+    # would not be the prompt given, nor would two prompts differ only where they do as given.
+    call_defaults={"enable_prompt_rewrite": False},
     # CFG passes in cache_context("cond") and cache_context("uncond"): the default Guidance's contexts.
     tiny={"longcat-image": TinyPipeline("LongCatImagePipeline", _longcat_image, {}, _short_text)},
     published=(LONGCAT_IMAGE,),

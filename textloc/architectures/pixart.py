@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import (
+    CAPTION_AS_GIVEN, CROSS, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline,
+)
 
 
 def _pixart_transformer(seed: int) -> Any:
@@ -57,6 +59,7 @@ FAMILY = Family(
     denoisers=("PixArtTransformer2DModel",),
     pipelines=("PixArtAlphaPipeline", "PixArtSigmaPipeline"),
     attention=(AttentionRule("Attention", CROSS, when="is_cross_attention"),),
+    call_defaults={**CAPTION_AS_GIVEN, **SIZE_AS_ASKED},
     tiny={
         "pixart-alpha": TinyPipeline("PixArtAlphaPipeline", _pixart),
         "pixart-sigma": TinyPipeline("PixArtSigmaPipeline", _pixart),

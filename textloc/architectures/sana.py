@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import CROSS, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import CROSS, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 
 def _sana(seed: int) -> dict[str, Any]:
@@ -49,6 +49,8 @@ FAMILY = Family(
     denoisers=("SanaTransformer2DModel",),
     pipelines=("SanaPipeline",),
     attention=(AttentionRule("Attention", CROSS, when="is_cross_attention"),),
+    # Its captions are cleaned only when asked (clean_caption=False by default).
+    call_defaults=SIZE_AS_ASKED,
     # Sana prepends a ~700-character "complex human instruction" to every prompt by default;
     # with character-level tokens that is 15x the prompt's cost, for random weights.
     tiny={"sana": TinyPipeline("SanaPipeline", _sana, {"complex_human_instruction": []})},

@@ -149,13 +149,16 @@ class Guidance:
     - ``distilled``: guidance-distilled, no unconditional pass at all: every row is conditional.
 
     Whether CFG is on comes from the pipeline: its ``do_classifier_free_guidance`` property, or the
-    flag it passes to its own ``encode_prompt``.
+    flag it passes to its own ``encode_prompt``; for a pipeline with neither (Kandinsky 5),
+    ``enabled(pipe)``: the test its own loop makes, on its state (stated here, read from the
+    pipeline's code).
     """
 
     batch_order: tuple[Branch, Branch] = ("uncond", "cond")
     contexts: Mapping[str, Branch] = field(default_factory=lambda: MappingProxyType({"cond": "cond", "uncond": "uncond"}))
     call_order: tuple[Branch, ...] | None = None
     distilled: bool = False
+    enabled: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,17 @@ class PublishedDenoiser:
             return getattr(diffusers, self.denoiser)(**self.config)
 
 
+# Call defaults several families share (Family.call_defaults).
+#: The prompt as given: ``clean_caption`` lowercases it and strips URLs and punctuation where bs4 and
+#: ftfy are installed, and is skipped with a warning where not, so the text encoded would be neither
+#: the prompt given nor the same from one machine to the next.
+CAPTION_AS_GIVEN: Mapping[str, Any] = MappingProxyType({"clean_caption": False})
+#: The size asked for: ``use_resolution_binning`` generates at the nearest of the pipeline's trained
+#: sizes and resizes the image back, so a run (and its latents, its text tokens' image) would not be
+#: at the size textloc asked for.
+SIZE_AS_ASKED: Mapping[str, Any] = MappingProxyType({"use_resolution_binning": False})
+
+
 @dataclass(frozen=True)
 class Family:
     """One text-to-image family: what the engine and the uses need to know about it.
@@ -220,14 +234,16 @@ class Family:
     or failing that by its denoiser's); ``attention`` the rules that give each attention its text
     route; ``text_length(args, kwargs)`` how many text tokens a denoiser call's shared sequences
     hold (default: the text argument's second dimension); ``check_run(pipe)``, where given, refuses
-    a run whose settings the engine cannot follow; ``refuses`` the uses it does not support yet,
-    each with the reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by
-    architecture name; ``pooled``, where the family has a pooled text vector, the module (path in
-    the denoiser) that reads it, whose output is the pooled unit (a checkpoint without that module,
-    SD 1.5's U-Net for one, has none); ``pooled_columns(args, kwargs)``, where that module reads the
-    pooled text beside something else (SDXL: ``text_embeds``, then the size conditioning), how
-    many of the first columns of its input are the text in a denoiser call: the unit is then
-    those columns, not the module's output; ``published`` its published denoisers, shapes only.
+    a run whose settings the engine cannot follow; ``check_text(encoded)``, where given, refuses a
+    text encoding it cannot follow, from what the pipeline's ``encode_prompt`` returned (Kandinsky
+    5: prompts padded with no mask); ``refuses`` the uses it does not support yet, each with the
+    reason (``{"train_lora": "..."}``); ``tiny`` its tiny random pipelines by architecture name;
+    ``pooled``, where the family has a pooled text vector, the module (path in the denoiser) that
+    reads it, whose output is the pooled unit (a checkpoint without that module, SD 1.5's U-Net for
+    one, has none); ``pooled_columns(args, kwargs)``, where that module reads the pooled text
+    beside something else (SDXL: ``text_embeds``, then the size conditioning), how many of the
+    first columns of its input are the text in a denoiser call: the unit is then those columns,
+    not the module's output; ``published`` its published denoisers, shapes only.
     """
 
     name: str
@@ -239,6 +255,7 @@ class Family:
     tiny: Mapping[str, TinyPipeline] = field(default_factory=dict)
     text_length: Callable[[tuple, Mapping[str, Any]], int] | None = None
     check_run: Callable[[Any], None] | None = None
+    check_text: Callable[[Any], None] | None = None
     refuses: Mapping[str, str] = field(default_factory=dict)
     pooled: str | None = None
     pooled_columns: Callable[[tuple, Mapping[str, Any]], int] | None = None
@@ -246,6 +263,14 @@ class Family:
     #: denoiser of this one from the others'; a pipeline is told by its class first.
     denoiser_config: Mapping[str, Any] = field(default_factory=dict)
     published: tuple[PublishedDenoiser, ...] = ()
+    #: Pipeline-call arguments textloc sets unless the caller does, where the pipeline's own default
+    #: would change the text it encodes or the size it runs at behind textloc's back (each spec
+    #: says why); passed only to a pipeline whose ``__call__`` takes them
+    #: (:func:`textloc.pipeline_calls.call_kwargs`).
+    call_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: The family's pipeline outputs that hold their images under another field than ``images``:
+    #: output class name -> field (:func:`textloc.pipeline_calls.images_of`).
+    image_outputs: Mapping[str, str] = field(default_factory=dict)
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

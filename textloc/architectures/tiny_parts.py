@@ -67,9 +67,11 @@ def clip_tokenizer() -> CLIPTokenizer:
 
 
 def clip_text_encoder(
-    seed: int, tokenizer: CLIPTokenizer, hidden_size: int, model_class: type[CLIPTextModel] | None = None
+    seed: int, tokenizer: CLIPTokenizer, hidden_size: int, model_class: type[CLIPTextModel] | None = None,
+    length: int = TEXT_LENGTH,
 ) -> CLIPTextModel:
-    """A two-layer CLIP text encoder (``model_class``: CLIPTextModel, or one with a projection)."""
+    """A two-layer CLIP text encoder (``model_class``: CLIPTextModel, or one with a projection) with
+    positions for ``length`` tokens."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     config = CLIPTextConfig(
@@ -79,7 +81,7 @@ def clip_text_encoder(
         projection_dim=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=TEXT_LENGTH,
+        max_position_embeddings=length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -67,13 +67,14 @@ def _generate(pipe: Any, prompt: str, kwargs: dict[str, Any], seeds: range, batc
     refused after the first call if the grid would be larger than an image PIL reads back."""
     from tqdm.auto import tqdm
 
+    from textloc.pipeline_calls import images_of
     from textloc.seeding import generators
 
     pipe.set_progress_bar_config(disable=len(seeds) > batch_size, leave=False)  # one bar: the batches' below
     images: list[Image.Image] = []
     for start in tqdm(range(0, len(seeds), batch_size), desc="batches", disable=len(seeds) <= batch_size, leave=False):
         chunk = seeds[start : start + batch_size]
-        images += pipe(prompt, **{**kwargs, "num_images_per_prompt": len(chunk), "generator": generators(chunk)}).images
+        images += images_of(pipe(prompt, **{**kwargs, "num_images_per_prompt": len(chunk), "generator": generators(chunk)}))
         if start == 0:
             _check_grid(len(seeds), images[0].size)
     return images

@@ -70,6 +70,7 @@ def run_guard(args: argparse.Namespace) -> int:
 
     from textloc.guard import ToxicTextGuard
     from textloc.images import captioned_grid
+    from textloc.pipeline_calls import images_of
 
     check_out_folder(args.out)  # before the model loads and the finding is printed
     pipe = load_model(args)
@@ -79,7 +80,7 @@ def run_guard(args: argparse.Namespace) -> int:
         pipe, layer_source(args.layers), detector=args.detector, replace=args.replace, start_step=args.start_step, method=args.method, check_images=check,
     )
     # Each call gets a fresh generator of --seed: both images start from the same noise.
-    unguarded = pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=None)).images[0]
+    unguarded = images_of(pipe(args.prompt, **generate_kwargs(pipe, args.model, args, num=None)))[0]
     result = guard(args.prompt, **generate_kwargs(pipe, args.model, args, num=None))
     guarded, report = result.images[0], result.reports[0]
     print(report.summary())  # what was found, where and how it was written, and what replaced it

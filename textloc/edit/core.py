@@ -36,6 +36,7 @@ from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
+from textloc.pipeline_calls import images_of
 from textloc.pipelines import model_image_side
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.scoring.ocr import OCR, Reading, get_ocr, readings, to_pil_list
@@ -317,7 +318,7 @@ def _generate_rows(pipe, prompts, generators, plan, generate_kwargs, edits: int)
     """One batch, every row from its generator's noise: ``edits`` source rows, then ``edits``
     edited rows (a third block, if any, only feeds the patches)."""
     rows = [seeding.copies(g, 1)[0] for g in generators]  # the caller's generators do not advance
-    images = np.asarray(run_with_patches(pipe, prompts, plan, generator=rows, output_type="np", **generate_kwargs).images)
+    images = np.asarray(images_of(run_with_patches(pipe, prompts, plan, generator=rows, output_type="np", **generate_kwargs)))
     return list(images[:edits]), list(images[edits : 2 * edits])
 
 

@@ -23,7 +23,7 @@ samples with the matching scheduler::
 
     latents = invert(pipe, image, prompt, num_inference_steps=25)
     with starting_from(pipe, latents):
-        again = pipe(prompt, num_inference_steps=25, guidance_scale=1.0).images[0]
+        again = images_of(pipe(prompt, num_inference_steps=25, guidance_scale=1.0))[0]
 
 :func:`reconstruct` does exactly that and scores the result against the image.
 """
@@ -45,7 +45,7 @@ from PIL import Image
 
 from textloc.edit.inversion_families import Family, family_of
 from textloc.engine import denoiser
-from textloc.pipeline_calls import call_kwargs, instance_attribute
+from textloc.pipeline_calls import call_kwargs, images_of, instance_attribute
 from textloc.scoring.metrics import psnr, ssim, to_float_array
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
@@ -386,7 +386,7 @@ def reconstruct(
             **call_kwargs(pipe, **{**generate_kwargs, "output_type": "np"}),
         )
     # "np" is the one output every pipeline gives in [0, 1] (IF's "pt" stays in [-1, 1]).
-    images = _to_pil(torch.from_numpy(output.images).permute(0, 3, 1, 2) * 2 - 1)
+    images = _to_pil(torch.from_numpy(images_of(output)).permute(0, 3, 1, 2) * 2 - 1)
     return Reconstruction(
         latents=inversion.latents,
         images=images,

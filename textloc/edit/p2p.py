@@ -33,7 +33,7 @@ from textloc.engine import (
     has_attention_probabilities,
     window_steps,
 )
-from textloc.pipeline_calls import call_kwargs
+from textloc.pipeline_calls import call_kwargs, images_of
 
 # Prompt-to-Prompt's setting: self-attention maps are copied only at 16 x 16 tokens or fewer; a
 # map costs memory quadratic in the image tokens, and the coarse maps are the ones that hold layout.
@@ -74,7 +74,7 @@ def prompt_to_prompt(
     swap = WordSwap(source_ids, target_ids, cross_replace_steps, self_replace_steps)
     generators = seeding.copies(generator if generator is not None else seeding.generator(0), 2)
     with edit_attention_probabilities(pipe, layers, swap.edit, when=swap.applies):
-        images = pipe(prompt=[prompt, new_prompt], generator=generators, **kwargs).images
+        images = images_of(pipe(prompt=[prompt, new_prompt], generator=generators, **kwargs))
     return images[0], images[1]
 
 

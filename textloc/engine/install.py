@@ -3,7 +3,8 @@
 Every engine call (record, patch, replays, capture, explicit probabilities) runs inside
 :func:`hooked`: ``diffusers.hooks`` on the denoiser (step and branch) and on each chosen layer and
 its text K/V projections, and method shadows on the scheduler's ``step`` and, where needed, the
-pipeline's ``encode_prompt``. Leaving it, normally or through an exception, removes them all.
+pipeline's ``encode_prompt`` (its arguments read, or its result checked by the family's spec).
+Leaving it, normally or through an exception, removes them all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from textloc.engine.layer_hooks import AttentionHook, LayerHooks, PooledInputHoo
 from textloc.engine.plan import RowPatch, window_steps
 from textloc.engine.recorder import Recorder
 from textloc.engine.replays import GradientHook
-from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, shadowed
+from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, checked, shadowed
 from textloc.engine.units import AttentionLayer
 from textloc.fingerprint import module_fingerprint
 from textloc.pipeline_calls import call_kwargs
@@ -85,6 +86,8 @@ def hooked(
         stack.enter_context(shadowed(pipe.scheduler, "step", state.count_scheduler_step, arguments=False))
         if not state.cfg_property:
             stack.enter_context(shadowed(pipe, "encode_prompt", state.note_encode_prompt))
+        if state.family.check_text is not None:
+            stack.enter_context(checked(pipe, "encode_prompt", state.family.check_text))
         try:
             if grad_steps or on_output is not None:
                 register(model, GradientHook(state, grad_steps, on_output), f"{tag}_gradient")

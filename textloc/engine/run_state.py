@@ -3,7 +3,8 @@
 One :class:`RunState` serves every hook of one engine context. It never guesses from batch
 contents: the step comes from counting the scheduler's ``step()`` calls, the branch from what the
 pipeline says (a ``cache_context``, a ``skip_layers`` argument, ``do_classifier_free_guidance``, or
-the flag it passes to its own ``encode_prompt``); what none of these tells is refused.
+the flag it passes to its own ``encode_prompt``); what none of these tells is refused, as is a
+pipeline set up for perturbed-attention guidance, whose third, perturbed branch no spec names.
 """
 
 from __future__ import annotations
@@ -83,13 +84,15 @@ class RunState:
       pipeline opens around a call, under a name its family's spec maps to a branch (FLUX true CFG
       runs the branches as two calls); a guidance-distilled family's calls are conditional. Else
       whether CFG is on comes from the pipeline's ``do_classifier_free_guidance`` property (SD,
-      SDXL, SD3, Sana; it knows that LCM-distilled U-Nets run no CFG batch) or the flag it passed to
-      its own ``encode_prompt`` (IF, PixArt), and the spec says how the branches run: one batch in
-      its order (``cat([uncond, cond])`` for most), or separate passes in its call order. A
-      pipeline that states none of these is refused, never guessed.
+      SDXL, SD3, Sana; it knows that LCM-distilled U-Nets run no CFG batch), the rule its family's
+      spec reads from its state (Kandinsky 5), or the flag it passed to its own ``encode_prompt``
+      (IF, PixArt), and the spec says how the branches run: one batch in its order
+      (``cat([uncond, cond])`` for most), or separate passes in its call order. A pipeline that
+      states none of these is refused, never guessed.
     """
 
     def __init__(self, pipe: Any, stop_at_step: int | None = None):
+        refuse_perturbed_attention_guidance(pipe)
         self.pipe = pipe
         self.stop_at_step = stop_at_step
         self.context = StateManager(_NoState)  # diffusers' cache_context() sets its context
@@ -171,6 +174,8 @@ class RunState:
     def _classifier_free_guidance(self) -> bool:
         if self.cfg_property:
             return bool(self.pipe.do_classifier_free_guidance)
+        if self.guidance.enabled is not None:
+            return self.guidance.enabled(self.pipe)
         if self.encoded_cfg is not None:
             return self.encoded_cfg
         raise ValueError(
@@ -186,6 +191,27 @@ class RunState:
     def note_encode_prompt(self, arguments: dict[str, Any]) -> None:
         if "do_classifier_free_guidance" in arguments:
             self.encoded_cfg = bool(arguments["do_classifier_free_guidance"])
+
+
+def refuse_perturbed_attention_guidance(pipe: Any) -> None:
+    """Refuse, before it runs, a pipeline set up for perturbed-attention guidance (diffusers' PAG
+    pipelines of SD, SDXL, Kolors, SD3, PixArt-Σ, Sana and HunyuanDiT, which any family takes by
+    their denoiser).
+
+    With PAG on, each denoiser call batches ``[uncond, cond, perturbed cond]`` (``[cond, perturbed
+    cond]`` without CFG; ``pag_utils.py``), the perturbed rows' self-attention swapped for an identity
+    by processors the pipeline installs for the run: no family's guidance names a third branch, so a
+    two-branch split would label rows wrongly and patch the perturbed rows as whichever branch they
+    fell in. Whether PAG runs is known only inside the call (``pag_scale``), after those processors
+    are in, so a pipeline with PAG layers is refused here, at the engine's entry, while nothing has
+    changed; with none (``set_pag_applied_layers([])``) its calls are its family's plain ones.
+    """
+    if getattr(pipe, "pag_applied_layers", None):
+        raise ValueError(
+            f"{type(pipe).__name__} is set up for perturbed-attention guidance ({pipe.pag_applied_layers}), whose "
+            "perturbed rows textloc cannot tell from the CFG branches: call pipe.set_pag_applied_layers([]) to run "
+            "it without PAG, or use the family's plain pipeline."
+        )
 
 
 class _NoState(BaseState):
@@ -257,3 +283,21 @@ def shadowed(owner: Any, method: str, before: Callable[..., None], arguments: bo
     with instance_attribute(owner, method, wrapper):
         yield
 
+
+@contextlib.contextmanager
+def checked(owner: Any, method: str, check: Callable[[Any], None]) -> Iterator[None]:
+    """Call ``check(result)`` on what each call of ``owner.method`` returns, before its caller sees
+    it; shadowed, and restored on exit, as :func:`shadowed` does."""
+    original = getattr(owner, method, None)
+    if original is None:
+        yield
+        return
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        check(result)
+        return result
+
+    with instance_attribute(owner, method, wrapper):
+        yield

@@ -7,16 +7,19 @@ which projections: :mod:`textloc.architectures`):
 - ``added_kv``: the text gets its own K/V projections (``add_k_proj``/``add_v_proj``) whose output is
   concatenated with the image K/V inside one attention (DeepFloyd IF).
 - ``joint``: text and image are two streams with their own projections attending jointly
-  (SD3, FLUX double-stream blocks); the text stream is rewritten by every block.
+  (SD3, FLUX double-stream blocks); the text stream is rewritten by every block. Kandinsky 5's
+  text blocks and the cross-attention that reads them count as joint: their text K/V come from
+  a text stream that the timestep modulates, so they change at every step.
 - ``single``: text and image tokens share one sequence and one set of projections (FLUX
   single-stream blocks: text first); the family's spec says where the text sits.
 - ``pooled``: not an attention: the pooled (global) text vector that joins the timestep
   embedding of every block (SD3 and FLUX ``pooled_projections``, SDXL ``text_embeds``, IF's and
-  HunyuanDiT's attention pools of their T5 tokens, HiDream ``pooled_embeds``). The unit is the
-  module that reads it, named by its full path and selectable as ``"pooled"``; its output, one
-  vector per row (SDXL's: the text columns of its input, beside the size conditioning), is
-  recorded and patched like a layer's text K/V, all of it at once (no heads, no keys vs values).
-  It is listed after the attention layers, so they keep their indices whether or not a model has one.
+  HunyuanDiT's attention pools of their T5 tokens, HiDream ``pooled_embeds``, Kandinsky 5's CLIP
+  vector). The unit is the module that reads it, named by its full path and selectable as
+  ``"pooled"``; its output, one vector per row (SDXL's: the text columns of its input, beside the
+  size conditioning), is recorded and patched like a layer's text K/V, all of it at once (no
+  heads, no keys vs values). It is listed after the attention layers, so they keep their indices
+  whether or not a model has one.
 - ``self``: no text at all. Listed for completeness; never patched.
 """
 

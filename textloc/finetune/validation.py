@@ -9,6 +9,7 @@ from typing import Any
 
 from textloc import seeding
 from textloc.images import captioned_grid
+from textloc.pipeline_calls import images_of
 from textloc.scoring.metrics import text_scores
 from textloc.scoring.ocr import OCR, get_ocr
 from textloc.scoring.quoted import quoted_spans
@@ -63,7 +64,7 @@ class Validation:
     def __call__(self, step: int, loss: float | None) -> dict[str, float]:
         """Validate at ``step``; ``loss`` is the step's training loss (``None`` before training)."""
         generators = seeding.generators(range(self.seed, self.seed + len(self.prompts)))
-        images = self.pipe(prompt=self.prompts, generator=generators, **self.generate_kwargs).images
+        images = images_of(self.pipe(prompt=self.prompts, generator=generators, **self.generate_kwargs))
         reads = self.ocr.read(images)
         scores = [text_scores(read, target) for read, target in zip(reads, self.targets)]
         row = {

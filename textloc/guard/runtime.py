@@ -53,6 +53,7 @@ from textloc.guard.methods import GUARD_METHODS, GuardMethod
 from textloc.engine import STEP_INDEPENDENT_KINDS, patch_rows, plan_text_swap
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
+from textloc.pipeline_calls import images_of
 from textloc.scoring.ocr import OCR, get_ocr
 
 
@@ -229,7 +230,7 @@ class GuardOutput:
 
     @property
     def images(self) -> Any:
-        return self.output[0] if isinstance(self.output, tuple) else self.output.images
+        return images_of(self.output)
 
     @property
     def guarded_rows(self) -> list[int]:

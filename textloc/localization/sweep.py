@@ -10,6 +10,7 @@ import numpy as np
 
 from textloc.scoring.prompts import PromptPair
 from textloc.engine import KV, BranchChoice, RowPatch, StepWindow, run_with_patches
+from textloc.pipeline_calls import images_of
 from textloc.seeding import generator
 
 SOURCE_ROW, TARGET_ROW = 0, 1
@@ -103,7 +104,8 @@ def generate_patched(
         sets = layer_sets[start : start + chunk]
         prompts = [pair.source, pair.target] + [pair.source] * len(sets)
         plan = [patch for i, units in enumerate(sets) for patch in unit_patches(units, 2 + i, settings)]
-        images = np.asarray(run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs).images)
+        output = run_with_patches(pipe, prompts, plan, generator=generator(seed), output_type="np", **generate_kwargs)
+        images = np.asarray(images_of(output))
         if source is None:
             source, target = images[SOURCE_ROW], images[TARGET_ROW]
         patched.extend(images[2:])

@@ -31,7 +31,7 @@ from PIL import Image
 from textloc.images import image_grid
 from textloc.scoring.metrics import contains, normalized_edit_distance
 from textloc.scoring.ocr import get_ocr
-from textloc.pipeline_calls import call_kwargs
+from textloc.pipeline_calls import call_kwargs, images_of
 from textloc.seeding import generator, generators
 from textloc.tiny.architectures import (
     ARCHITECTURES,
@@ -100,7 +100,7 @@ def generate(pipe: DiffusionPipeline, captions: list[str], seed: int = 0, **over
     """
     settings = {**architecture_of(pipe).sampler_settings, **overrides}
     kwargs = call_kwargs(pipe, generator=generators(range(seed, seed + len(captions))), **settings)
-    return pipe(captions, **kwargs).images
+    return images_of(pipe(captions, **kwargs))
 
 
 def evaluate(pipe: DiffusionPipeline, count: int = 32, seed: int = EVAL_SEED) -> tuple[dict[str, float], list[Image.Image]]:
