@@ -13,11 +13,10 @@ for path in (str(ROOT / "docs"), str(ROOT)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from mkdocs.structure.files import File, Files  # noqa: E402
-from mkdocs.structure.pages import Page  # noqa: E402
-
-from sitegen import generated_pages  # noqa: E402
-from sitegen.links import home_page, site_links  # noqa: E402
+from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
+from sitegen import generated_pages
+from sitegen.links import home_page, site_links
 
 # Under "mkdocs": `mkdocs build --strict` fails on this logger's warnings as on its own.
 log = logging.getLogger("mkdocs.hooks.textloc")

@@ -45,7 +45,7 @@ def exports(root: Path, package: str) -> dict[str, str]:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "_EXPORTS":
             # A literal dict with ``**dict.fromkeys(names, module)`` entries: evaluated with only ``dict`` in scope.
-            return eval(compile(ast.Expression(node.value), str(path), "eval"), {"__builtins__": {}, "dict": dict})  # noqa: S307
+            return eval(compile(ast.Expression(node.value), str(path), "eval"), {"__builtins__": {}, "dict": dict})
     return {}
 
 
@@ -65,8 +65,8 @@ def _index(top: dict[str, str], homes: dict[str, str]) -> str:
     directives = [f"::: {homes[name]}.{name}" for name in sorted(top) if top[name] in TOP_LEVEL_HOMES]
     return "\n\n".join([
         "# API reference",
-        "*Generated when the site is built, from the docstrings in the source.* `import textloc as tl` gives these "
-        "names; importing textloc is cheap, each name's module is imported when it is first used.",
+        ("*Generated when the site is built, from the docstrings in the source.* `import textloc as tl` gives these "
+        "names; importing textloc is cheap, each name's module is imported when it is first used."),
         table(("name", "documented in"), rows),
         "## Loading and seeding",
         *directives,

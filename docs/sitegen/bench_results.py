@@ -61,9 +61,9 @@ def _engine_page(sources: Sources) -> str:
              _binary(r["all_layers_bytes_per_prompt"])) for r in results.get("real_sizes", [])]
     return "\n\n".join([
         "# Engine results", source_note(engine_path, sizes_path),
-        f"Tiny random pipelines at {settings['size']}×{settings['size']}, {settings['steps']} steps, CFG; torch "
+        (f"Tiny random pipelines at {settings['size']}×{settings['size']}, {settings['steps']} steps, CFG; torch "
         f"{environment['torch']}, diffusers {environment['diffusers']}, {environment['torch_threads']} torch thread(s) on "
-        f"{environment['cpu_count']} CPU cores. The guide: [Benchmarks](../benchmarks.md).",
+        f"{environment['cpu_count']} CPU cores. The guide: [Benchmarks](../benchmarks.md)."),
         "## Hook overhead\n\nGeneration inside `tl.patch(pipe, \"all\", cache)` against plain generation; the hooks' "
         "own cost per layer call and the cost of entering the context, timed apart, and the ratio they predict.\n\n"
         + table(("arch", "text layers", "denoiser calls", "repeats", "plain ms", "patched ms", "patched / plain [95% interval]",
@@ -85,7 +85,8 @@ def _size(num_bytes: int) -> str:
     return DASH if not num_bytes else f"{num_bytes / 2**20:.0f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.0f} KiB"
 
 
-def _real_sizes(sizes: dict[str, Any]) -> str:
+def real_size_rows(sizes: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """The rows of ``bench/bench_real_sizes.py``'s table, as it prints them (families.md quotes it)."""
     rows = []
     for row in sizes["models"]:
         kinds = ", ".join(f"{n} {kind}" for kind, n in row["text_layers"].items())
@@ -93,6 +94,11 @@ def _real_sizes(sizes: dict[str, Any]) -> str:
         rows.append((row["model"], f"{row['denoiser_params'] / 1e9:.2f}B", kinds,
                      f"{row['text_kv_params'] / 1e6:.1f}M ({row['text_kv_share']:.2%})", pooled, row["text_tokens"],
                      _size(row["cache_bytes_per_step_and_branch"]), _size(row["cache_bytes_once_per_branch"])))
+    return rows
+
+
+def _real_sizes(sizes: dict[str, Any]) -> str:
+    rows = real_size_rows(sizes)
     return (f"## Every family's published denoisers\n\nBuilt on the meta device (shapes only); caches in {sizes['dtype']} "
             "at the text length each pipeline feeds. The guide: [Families](../families.md).\n\n"
             + table(("model", "denoiser", "text layers", "text K/V parameters (share)", "pooled vector", "text tokens",

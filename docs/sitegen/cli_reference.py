@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 
-from textloc.cli import PROG, build_parser
-
 from sitegen.markdown import code, escape, table
 from sitegen.sources import Sources
+from textloc.cli import PROG, build_parser
 
 
 def pages(sources: Sources) -> dict[str, str]:
     """``reference/cli.md``."""
     parser = build_parser()
-    parts = ["# Command-line reference", "*Generated when the site is built, from the parser of `textloc.cli`; "
-             "`textloc COMMAND --help` prints the same.* The overview: [Command line](../cli.md).",
+    parts = ["# Command-line reference", ("*Generated when the site is built, from the parser of `textloc.cli`; "
+             "`textloc COMMAND --help` prints the same.* The overview: [Command line](../cli.md)."),
              _command(parser, PROG, level=2)]
     for name, subparser in _subcommands(parser).items():
         parts.append(_command(subparser, f"{PROG} {name}", level=2))

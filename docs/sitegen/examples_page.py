@@ -18,10 +18,10 @@ def pages(sources: Sources) -> dict[str, str]:
     scripts.sort(key=lambda path: (rank.get(path.rsplit("/", 1)[-1][:-3], len(ORDER)), path))
     parts = [
         "# Examples",
-        "*Generated when the site is built, from the scripts in `examples/`.* One short script per use, each on "
+        ("*Generated when the site is built, from the scripts in `examples/`.* One short script per use, each on "
         "the embedded model `textloc-tiny` with settings small enough to finish in seconds on one CPU thread (the "
         "test suite runs them all: `tests/test_examples.py`). Each runs from any folder and writes into the folder "
-        "given on its command line, by default `runs/examples/<name>`.",
+        "given on its command line, by default `runs/examples/<name>`."),
     ]
     for path in scripts:
         text = (sources.root / path).read_text()

@@ -144,10 +144,10 @@ def _heads(report: dict[str, Any]) -> str:
     if not heads:
         return ""
     held = heads.get("held_out") or {}
-    lines = [f"## Heads\n\nEach head of the selected layers patched alone, then cumulatively in rank order: "
+    lines = [(f"## Heads\n\nEach head of the selected layers patched alone, then cumulatively in rank order: "
              f"**{len(heads['selected'])} of {len(heads['units'])}** units (heads, and the pooled vector where it was "
              "selected) reach the threshold"
-             f"{'' if heads['reached'] else ' (not reached: the best set)'}."]
+             f"{'' if heads['reached'] else ' (not reached: the best set)'}.")]
     if held:
         share = held["share_of_direct"]
         lines.append(f"On the held-out pairs they write the target word on {rate(*_hit(held['patched']))}, against "

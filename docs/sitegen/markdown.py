@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-DASH = "–"  # what a table shows where a value is missing
+DASH = "—"  # what a table shows where a value is missing
 
 
 def pct(value: float | None) -> str:
@@ -60,6 +60,25 @@ def exact_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, 
     lower = 0.0 if successes == 0 else solve(successes, alpha)
     upper = 1.0 if successes == n else solve(successes + 1, 1 - alpha)
     return lower, upper
+
+
+def counted(value: float, n: int) -> str:
+    """A rate over ``n`` prompts with its count and exact interval: ``83% (40/48) [70, 93]``."""
+    k = count(value, n)
+    low, high = exact_interval(k, n)
+    return f"{pct(value)} ({k}/{n}) [{bound(low)}, {bound(high)}]"
+
+
+def accuracy(value: float, n: int) -> str:
+    """A rate over ``n`` items to one decimal, with its exact interval: ``79.7% [68, 89]``."""
+    low, high = exact_interval(count(value, n), n)
+    return f"{value:.1%} [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def bound(value: float) -> str:
+    """An interval's bound in percent: whole, with one decimal where it is under 10 (``7.4``)."""
+    percent = 100 * value
+    return f"{percent:.1f}" if 0 < percent < 10 else f"{percent:.0f}"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

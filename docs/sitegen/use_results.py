@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sitegen.markdown import DASH, code, count, exact_interval, num, pct, rate, source_note, table
+from sitegen.markdown import DASH, accuracy, code, counted, num, pct, source_note, table
 from sitegen.sources import Sources
 
 #: The model a results file without ``settings.model`` was measured on (runs before --model existed).
@@ -59,9 +59,9 @@ def _edit_cells(scores: dict[str, Any]) -> tuple[str, ...]:
 def _edit_page(sources: Sources) -> str:
     paths = sorted(sources.glob("bench/results/edit*.json"), key=_model_first)
     parts = ["# Editing results", source_note(*paths),
-             "Every method runs through `tl.edit_text` on the same held-out prompts and noise and is scored the same "
+             ("Every method runs through `tl.edit_text` on the same held-out prompts and noise and is scored the same "
              "way; the background is compared to the source image with both images' OCR text boxes blanked out. "
-             "The guide: [Editing text](../editing.md)."]
+             "The guide: [Editing text](../editing.md).")]
     for path in paths:
         parts.append(_edit_section(path, sources.json(path)))
     return "\n\n".join(parts) + "\n"
@@ -100,25 +100,12 @@ def _edit_section(path: str, results: dict[str, Any]) -> str:
 
 # Guard --------------------------------------------------------------------------------------------
 
-def _counted(value: float, n: int) -> str:
-    """A rate over ``n`` prompts with its count and exact interval: ``83% (40/48) [70, 93]``."""
-    k = count(value, n)
-    low, high = exact_interval(k, n)
-    return f"{pct(value)} ({k}/{n}) [{_bound(low)}, {_bound(high)}]"
-
-
-def _bound(value: float) -> str:
-    """An interval's bound in percent: whole, with one decimal where it is under 10 (``7.4``)."""
-    percent = 100 * value
-    return f"{percent:.1f}" if 0 < percent < 10 else f"{percent:.0f}"
-
-
 def _guard_page(sources: Sources) -> str:
     paths = sorted(sources.glob("bench/results/guard*.json"), key=_model_first)
     parts = ["# Guard results", source_note(*paths),
-             "Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
+             ("Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
              "their count and exact 95% interval; MSE and SSIM are taken outside both images' OCR text boxes, against the "
-             "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md)."]
+             "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md).")]
     for path in paths:
         parts.append(_guard_section(path, sources.json(path)))
     return "\n\n".join(parts) + "\n"
@@ -130,7 +117,7 @@ def _guard_section(path: str, results: dict[str, Any]) -> str:
     rows = []
     for method, scores in results["methods"].items():
         n = scores["images"]
-        rows.append((method, _counted(scores["toxic_word_read"], n), pct(scores["read_text_flagged"]), _counted(scores["replacement_read"], n),
+        rows.append((method, counted(scores["toxic_word_read"], n), pct(scores["read_text_flagged"]), counted(scores["replacement_read"], n),
                      pct(scores["scene_kept"]), num(scores["mse_outside_text"], 4), num(scores["ssim_outside_text"], 3),
                      num(scores["seconds_per_image"], 2)))
     header = ("method", "toxic word read", "read text flagged", "replacement read", "scene kept", "MSE outside text",
@@ -144,19 +131,14 @@ def _guard_section(path: str, results: dict[str, Any]) -> str:
         f"{settings['prompts']} toxic prompts, start step {settings['start_step']}, detector {code(settings['detector'])} "
         f"(it flags {pct(results['detector_on_raw_words'])} of the raw toxic words). " + _settings_line(settings),
         table(header, rows),
-        f"Clean prompts ({clean['prompts']}): flagged {pct(clean['flagged'])}; guarded images bit-identical to the plain "
-        f"pipeline's: {pct(clean['bit_identical'])}.",
+        (f"Clean prompts ({clean['prompts']}): flagged {pct(clean['flagged'])}; guarded images bit-identical to the plain "
+        f"pipeline's: {pct(clean['bit_identical'])}."),
         f"### Cost\n\nOne image, × a plain generation: the median ratio of {settings['repeats']} back-to-back pairs.\n\n"
         + table(("method", "× plain"), cost_rows),
     ])
 
 
 # Fine-tuning --------------------------------------------------------------------------------------
-
-def _with_interval(value: float, n: int) -> str:
-    low, high = exact_interval(count(value, n), n)
-    return f"{value:.1%} [{100 * low:.0f}, {100 * high:.0f}]"
-
 
 def _trainable(scores: dict[str, Any]) -> str:
     if "trainable_parameters" not in scores:
@@ -169,17 +151,17 @@ def _finetune_page(sources: Sources) -> str:
     path = "bench/results/finetune.json"
     results = sources.json(path)
     budget = results["budget"]
-    a_rows = [(variant, _trainable(s), _with_interval(s["word_acc"], s["n"]), num(s["edit_distance"], 3),
+    a_rows = [(variant, _trainable(s), accuracy(s["word_acc"], s["n"]), num(s["edit_distance"], 3),
                f"{pct(s['sign_acc'])}, {pct(s['background_acc'])}", num(s["diversity"], 3), num(s.get("seconds_per_step"), 1))
               for variant, s in results.get("A", {}).items()]
-    b_rows = [(variant, _trainable(s), _with_interval(s["new_word_acc"], s["new_n"]), num(s["new_edit_distance"], 3),
-               _with_interval(s["retained_word_acc"], s["retained_n"]), num(s["drift_mse"], 4), num(s.get("seconds_per_step"), 1))
+    b_rows = [(variant, _trainable(s), accuracy(s["new_word_acc"], s["new_n"]), num(s["new_edit_distance"], 3),
+               accuracy(s["retained_word_acc"], s["retained_n"]), num(s["drift_mse"], 4), num(s.get("seconds_per_step"), 1))
               for variant, s in results.get("B", {}).items()]
     return "\n\n".join([
         "# Fine-tuning results", source_note(path),
-        f"LoRA rank 4 (alpha 4, lr {budget['lr']}; full fine-tuning lr {budget['full_lr']}), batch {budget['batch_size']}, "
+        (f"LoRA rank 4 (alpha 4, lr {budget['lr']}; full fine-tuning lr {budget['full_lr']}), batch {budget['batch_size']}, "
         "the same samples and draws for every variant; rates with exact 95% intervals. The guide: "
-        "[Fine-tuning the text layers](../finetune.md).",
+        "[Fine-tuning the text layers](../finetune.md)."),
         f"## Task A: write the known words better ({budget['steps']['A']} steps)\n\n"
         + table(("variant", "trainable parameters", "word accuracy", "edit distance", "colours (sign, background)",
                  "diversity", "s per step"), a_rows),
