@@ -28,6 +28,14 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
     return {}
 
 
+def _summaries(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each subcommand's one-line help, as ``textloc --help`` lists it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {choice.dest: choice.help or "" for choice in action._choices_actions}
+    return {}
+
+
 def _command(parser: argparse.ArgumentParser, name: str, level: int) -> str:
     """A command's section: its description, usage, options by group and examples."""
     formatter = parser._get_formatter()
@@ -41,11 +49,10 @@ def _command(parser: argparse.ArgumentParser, name: str, level: int) -> str:
                 if action.help is not argparse.SUPPRESS and not isinstance(action, argparse._SubParsersAction)]
         if rows:
             parts.append(f"**{group.title}**\n\n" + table(("argument", "default", "what it does"), rows))
-    commands = _subcommands(parser)
-    if commands:
-        parts.append("**commands**\n\n" + table(("command", "what it does"), [
-            (f"[{code(command)}](#{_anchor(f'{name} {command}')})", escape(" ".join((sub.description or "").split()).split(". ")[0]))
-            for command, sub in commands.items()]))
+    summaries = _summaries(parser)
+    if summaries:
+        rows = [(f"[{code(command)}](#{_anchor(f'{name} {command}')})", escape(summary)) for command, summary in summaries.items()]
+        parts.append("**commands**\n\n" + table(("command", "what it does"), rows))
     if parser.epilog:
         examples = parser.epilog.removeprefix("examples:").strip("\n")
         parts.append("**examples**\n\n```bash\n" + "\n".join(line.strip() for line in examples.splitlines()) + "\n```")
