@@ -20,11 +20,12 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     # Material's notice about MkDocs 2.0 says nothing about these docs.
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(out)],
+    # Not --quiet: it hides the warnings from --strict, which then passes them.
+    run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     if run.returncode and "No module named mkdocs" in run.stderr:
         pytest.fail("the docs tools are missing: pip install -e '.[docs]'")
-    assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stderr[-4000:]}"
+    assert run.returncode == 0 and "WARNING" not in run.stderr, f"mkdocs build --strict failed:\n{run.stderr[-4000:]}"
     return out
 
 
