@@ -1,8 +1,11 @@
 """The docs site's generated pages: the CLI and API references, the results pages and the examples.
 
-Each module here holds one kind of page and a ``pages(root)`` function that returns them as
+Each page module here (``cli_reference``, ``api_reference``, ``localization_results``,
+``use_results``, ``bench_results``, ``examples_page``) has a ``pages(sources)`` function that returns
 ``{path in the site: Markdown}``; :func:`generated_pages` gathers them for the MkDocs hook
-(``docs/hooks.py``). Nothing here is committed as Markdown: the pages are made at build time from
+(``docs/hooks.py``). Beside them: ``markdown`` (tables and number formats), ``sources`` (the results
+files), ``links`` (the hand-written pages' links, as the site needs them) and ``rst_roles`` (a griffe
+extension that reads the docstrings' Sphinx roles as Markdown). Nothing here is committed as Markdown: the pages are made at build time from
 their sources (the parser, the docstrings, ``bench/results/*.json``, ``samples/*/localize*/report.json``,
 ``examples/*.py``), so a page cannot drift from what it shows.
 """
