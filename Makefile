@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(BIN)/textloc: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ endif
 test: $(BIN)/textloc
 	# Two workers, one per core: every test runs torch on one thread (tests/conftest.py).
 	$(BIN)/python -m pytest -n 2 tests
+
+# The docs site into site/ (mkdocs.yml; the generated pages are made by docs/hooks.py), warnings as errors.
+docs: $(BIN)/textloc
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: $(BIN)/textloc
 	$(BIN)/python bench/bench_engine.py

@@ -1,0 +1,170 @@
+"""The edit, guard and fine-tuning results pages, from what ``bench/bench_edit.py``,
+``bench/bench_guard.py`` and ``bench/bench_finetune.py`` write to ``bench/results/``.
+
+``edit*.json``: ``settings``, ``sweep`` (start step -> scores on the sweep pairs), ``methods``
+(method -> scores on the held-out pairs), ``not_applicable``, ``cost`` (seconds and ratios to a
+plain generation) and ``real`` (renderer signs, inverted and edited). ``guard*.json``:
+``settings``, ``methods`` (method -> rates on the toxic prompts), ``clean`` and ``cost``.
+``finetune.json``: ``budget`` and one table per task (``A``, ``B``), variant -> scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sitegen.markdown import DASH, accuracy, code, counted, num, pct, source_note, table
+from sitegen.sources import Sources
+
+#: The model a results file without ``settings.model`` was measured on (runs before --model existed).
+DEFAULT_MODEL = "textloc-tiny"
+
+
+def pages(sources: Sources) -> dict[str, str]:
+    """``results/edit.md``, ``results/guard.md`` and ``results/finetune.md``."""
+    return {
+        "results/edit.md": _edit_page(sources),
+        "results/guard.md": _guard_page(sources),
+        "results/finetune.md": _finetune_page(sources),
+    }
+
+
+def _model_first(path: str) -> tuple[int, str]:
+    """textloc-tiny's results first, then textloc-tiny-sd3's, then textloc-tiny-flux's; each model's by name."""
+    rank = 2 if "-tiny-flux" in path else 1 if "-tiny-sd3" in path else 0
+    return rank, path
+
+
+def _layers(settings: dict[str, Any]) -> str:
+    layers = settings.get("layers")
+    return code(layers) if isinstance(layers, str) else ", ".join(code(name) for name in layers)
+
+
+def _settings_line(settings: dict[str, Any]) -> str:
+    model_settings = ", ".join(f"{key}={value!r}" for key, value in settings["model_settings"].items())
+    notes = "".join(f" Note: {settings[key]}." for key in ("layers_note", "sweep_runs") if key in settings)
+    return (f"Layers {_layers(settings)}; pipeline {model_settings}; torch {settings.get('torch', DASH)}, "
+            f"{settings.get('threads', DASH)} thread(s).{notes}")
+
+
+# Edit ---------------------------------------------------------------------------------------------
+
+EDIT_COLUMNS = ("new word read", "old word read", "scene kept", "MSE outside text", "SSIM outside text", "s per edit")
+
+
+def _edit_cells(scores: dict[str, Any]) -> tuple[str, ...]:
+    return (pct(scores["new_word_read"]), pct(scores["old_word_read"]), pct(scores["scene_kept"]),
+            num(scores["mse_outside_text"], 4), num(scores["ssim_outside_text"], 3), num(scores["seconds_per_edit"], 1))
+
+
+def _edit_page(sources: Sources) -> str:
+    paths = sorted(sources.glob("bench/results/edit*.json"), key=_model_first)
+    parts = ["# Editing results", source_note(*paths),
+             ("Every method runs through `tl.edit_text` on the same held-out prompts and noise and is scored the same "
+             "way; the background is compared to the source image with both images' OCR text boxes blanked out. "
+             "The guide: [Editing text](../editing.md).")]
+    for path in paths:
+        parts.append(_edit_section(path, sources.json(path)))
+    return "\n\n".join(parts) + "\n"
+
+
+def _edit_section(path: str, results: dict[str, Any]) -> str:
+    settings = results["settings"]
+    model = settings.get("model", DEFAULT_MODEL)
+    best = settings["best_start"]
+    sweep = [(f"**{start}** (chosen)" if float(start) == best else start, *_edit_cells(scores)) for start, scores in results["sweep"].items()]
+    methods = [(method, *_edit_cells(scores)) for method, scores in results["methods"].items()]
+    methods += [(method, f"not applicable: {reason}", "", "", "", "", "") for method, reason in results.get("not_applicable", {}).items()]
+    cost = results["cost"]
+    cost_rows = [("plain generation", f"{cost['plain_s']:.2f} s", "1")]
+    cost_rows += [(key.removesuffix("_ratio"), f"{cost[key.removesuffix('_ratio') + '_s']:.2f} s", f"{cost[key]:.2f}")
+                  for key in cost if key.endswith("_ratio")]
+    real = results.get("real")
+    parts = [
+        f"## {model}: {code(path)}", _settings_line(settings),
+        f"### Start step\n\nOn {settings['sweep_pairs']} pairs of their own; the held-out edits start where the most new words are read "
+        "with the scene kept on 95%, the background closest on a tie.\n\n" + table(("start step", *EDIT_COLUMNS), sweep),
+        f"### {settings['pairs']} held-out pairs, from step {best}\n\n" + table(("method", *EDIT_COLUMNS), methods),
+        f"### Cost\n\nOne edit against one plain generation in the same run (median of {settings['repeats']}).\n\n"
+        + table(("", "seconds", "× a plain generation"), cost_rows),
+    ]
+    if real:
+        parts.append(
+            f"### Real images\n\n{real['edits']} signs drawn by the renderer (never generated), inverted and edited at "
+            f"guidance {real['guidance_scale']} from step {real['start_step']}: the new word is read on "
+            f"**{pct(real['new_word_read'])}** (old word {pct(real['old_word_read'])}, scene kept {pct(real['scene_kept'])}); "
+            f"the unedited regeneration reads the old word on {pct(real['regeneration_reads_old_word'])}, at "
+            f"{real['reconstruction_psnr']:.1f} dB PSNR (SSIM {real['reconstruction_ssim']:.3f}) against the real image."
+        )
+    return "\n\n".join(parts)
+
+
+# Guard --------------------------------------------------------------------------------------------
+
+def _guard_page(sources: Sources) -> str:
+    paths = sorted(sources.glob("bench/results/guard*.json"), key=_model_first)
+    parts = ["# Guard results", source_note(*paths),
+             ("Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
+             "their count and exact 95% interval; MSE and SSIM are taken outside both images' OCR text boxes, against the "
+             "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md).")]
+    for path in paths:
+        parts.append(_guard_section(path, sources.json(path)))
+    return "\n\n".join(parts) + "\n"
+
+
+def _guard_section(path: str, results: dict[str, Any]) -> str:
+    settings, cost, clean = results["settings"], results["cost"], results["clean"]
+    model = settings.get("model", DEFAULT_MODEL)
+    rows = []
+    for method, scores in results["methods"].items():
+        n = scores["images"]
+        rows.append((method, counted(scores["toxic_word_read"], n), pct(scores["read_text_flagged"]), counted(scores["replacement_read"], n),
+                     pct(scores["scene_kept"]), num(scores["mse_outside_text"], 4), num(scores["ssim_outside_text"], 3),
+                     num(scores["seconds_per_image"], 2)))
+    header = ("method", "toxic word read", "read text flagged", "replacement read", "scene kept", "MSE outside text",
+              "SSIM outside text", "s per image")
+    cost_rows = [(f"plain generation ({cost['plain_s']:.2f} s)", "1.00")]
+    cost_rows += [(key.removesuffix("_ratio"), f"{value:.2f}") for key, value in cost.items() if key.endswith("_ratio") and not key.startswith("joint")]
+    if "joint_patch_ratio" in cost:
+        cost_rows.append((f"patch on tiny-random-sd3, a live row (plain {cost['joint_plain_s']:.2f} s)", f"{cost['joint_patch_ratio']:.2f}"))
+    return "\n\n".join([
+        f"## {model}: {code(path)}",
+        f"{settings['prompts']} toxic prompts, start step {settings['start_step']}, detector {code(settings['detector'])} "
+        f"(it flags {pct(results['detector_on_raw_words'])} of the raw toxic words). " + _settings_line(settings),
+        table(header, rows),
+        (f"Clean prompts ({clean['prompts']}): flagged {pct(clean['flagged'])}; guarded images bit-identical to the plain "
+        f"pipeline's: {pct(clean['bit_identical'])}."),
+        f"### Cost\n\nOne image, × a plain generation: the median ratio of {settings['repeats']} back-to-back pairs.\n\n"
+        + table(("method", "× plain"), cost_rows),
+    ])
+
+
+# Fine-tuning --------------------------------------------------------------------------------------
+
+def _trainable(scores: dict[str, Any]) -> str:
+    if "trainable_parameters" not in scores:
+        return "0"
+    share = scores.get("trainable_share", 1.0)
+    return f"{scores['trainable_parameters']:,} ({share:.2%})"
+
+
+def _finetune_page(sources: Sources) -> str:
+    path = "bench/results/finetune.json"
+    results = sources.json(path)
+    budget = results["budget"]
+    a_rows = [(variant, _trainable(s), accuracy(s["word_acc"], s["n"]), num(s["edit_distance"], 3),
+               f"{pct(s['sign_acc'])}, {pct(s['background_acc'])}", num(s["diversity"], 3), num(s.get("seconds_per_step"), 1))
+              for variant, s in results.get("A", {}).items()]
+    b_rows = [(variant, _trainable(s), accuracy(s["new_word_acc"], s["new_n"]), num(s["new_edit_distance"], 3),
+               accuracy(s["retained_word_acc"], s["retained_n"]), num(s["drift_mse"], 4), num(s.get("seconds_per_step"), 1))
+              for variant, s in results.get("B", {}).items()]
+    return "\n\n".join([
+        "# Fine-tuning results", source_note(path),
+        (f"LoRA rank 4 (alpha 4, lr {budget['lr']}; full fine-tuning lr {budget['full_lr']}), batch {budget['batch_size']}, "
+        "the same samples and draws for every variant; rates with exact 95% intervals. The guide: "
+        "[Fine-tuning the text layers](../finetune.md)."),
+        f"## Task A: write the known words better ({budget['steps']['A']} steps)\n\n"
+        + table(("variant", "trainable parameters", "word accuracy", "edit distance", "colours (sign, background)",
+                 "diversity", "s per step"), a_rows),
+        f"## Task B: learn new words ({budget['steps']['B']} steps)\n\n"
+        + table(("variant", "trainable parameters", "new words read", "their edit distance", "retention", "drift", "s per step"), b_rows),
+    ]) + "\n"
