@@ -23,7 +23,7 @@ def main(out: str | Path = "runs/examples/localize") -> tl.Localization:
     pairs = tl.make_pairs(["LAMP", "FISH", "STOP"], n=2, templates=['A red sign on a blue background that says "{}".'])
     result = tl.localize(
         pipe, pairs, "up_blocks.1",  # the 16x16 up block's three cross-attention layers, not all 11: seconds, not minutes
-        held_out=0.5, out=str(out), model_name="textloc-tiny", progress=False, num_inference_steps=5, guidance_scale=5.0,
+        held_out=0.5, out=str(out), progress=False, num_inference_steps=5, guidance_scale=5.0,
     )
     print(result.summary())
     return result

@@ -46,6 +46,7 @@ def test_localize(out):
     result = example("localize").main(out)
     report = json.loads((out / "report.json").read_text())
     assert report["selected"] == result.selected and set(result.selected) <= set(PRESET)
+    assert report["model"] == "textloc-tiny"  # an embedded model by its name, not its folder (a Path failed to write)
     assert {"layers.csv", "layers.png", "examples.png"} <= {path.name for path in out.iterdir()}
 
 
