@@ -63,11 +63,11 @@ def pipelines(browser_api):
 @pytest.fixture(scope="module")
 def page(browser_api, pipelines):
     """The app on textloc-tiny, open in headless Chromium, with the steps and seed set."""
-    from textloc.app import build_app
+    from textloc.app import build_app, serve
 
     app = build_app(pipelines, "textloc-tiny")
     port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False, show_error=True)
+    serve(app, port=port, block=False)
     with browser_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         page = browser.new_page()

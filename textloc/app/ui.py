@@ -21,7 +21,9 @@ from textloc.models import DEFAULT_MODEL, EMBEDDED_MODELS
 
 # Every event patches or loads pipelines the others may be using: one at a time, in one queue.
 _ONE_AT_A_TIME = {"concurrency_id": "pipelines", "concurrency_limit": 1}
-_IMAGE = {"type": "pil", "format": "png", "interactive": False, "height": 256}  # PNG: the pixels as generated
+# PNG: the pixels as generated. The embedded models draw 64 pixels: shown at the box's size, sharp.
+_IMAGE = {"type": "pil", "format": "png", "interactive": False, "height": 256, "elem_classes": ["pixels"]}
+_CSS = ".pixels img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
 
 
 def _shown(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -108,11 +110,13 @@ def build_app(pipelines: Pipelines | None = None, model: str = DEFAULT_MODEL) ->
                 method = gr.Dropdown(list(METHODS), value="activation", label="method", elem_id="localize-method")
             localize_button = gr.Button("localize", variant="primary", elem_id="localize-run")
             with gr.Row():
-                plot = gr.Image(label="layers", **{**_IMAGE, "height": 480}, elem_id="localize-plot")
+                plot = gr.Image(label="layers", **{**_IMAGE, "height": 480, "elem_classes": []}, elem_id="localize-plot")
                 grid = gr.Image(label="held-out examples: source | patched | target", **{**_IMAGE, "height": 480}, elem_id="localize-examples")
             selected = gr.Textbox(label="selected layers", lines=3, interactive=False, elem_id="localize-selected")
             summary = gr.Code(label="summary", language=None, interactive=False, elem_id="localize-summary")
-        localize_button.click(run_localize, [*shared, pairs, candidates, method], [summary, plot, grid, selected], **_ONE_AT_A_TIME)
+        localize_button.click(
+            run_localize, [*shared, pairs, candidates, method], [summary, plot, grid, selected], show_progress_on=[plot], **_ONE_AT_A_TIME,
+        )
 
         with gr.Tab("edit"):
             gr.Markdown("Generate the prompt, then again from the same noise while only the text layers read the new word.")
@@ -165,3 +169,9 @@ def build_app(pipelines: Pipelines | None = None, model: str = DEFAULT_MODEL) ->
             [unguarded_image, guarded_image, unguarded_read, guarded_read, guard_report], **_ONE_AT_A_TIME,
         )
     return app
+
+
+def serve(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> None:
+    """Serve ``app`` on ``host``:``port`` with its style and every error shown on the page; with
+    ``block=False``, return once it serves (close it with ``app.close()``)."""
+    app.launch(server_name=host, server_port=port, ssr_mode=False, show_error=True, css=_CSS, prevent_thread_lock=not block, quiet=not block)

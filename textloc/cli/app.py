@@ -44,10 +44,10 @@ def run_app(args: argparse.Namespace) -> int:
     pipelines = Pipelines(load)
     pipelines(args.model)  # a model that cannot load fails here, in one line, before gradio is imported
     try:
-        from textloc.app.ui import build_app
+        from textloc.app.ui import build_app, serve
     except ModuleNotFoundError as error:
         if error.name != "gradio":
             raise
         raise ImportError("textloc app needs gradio: pip install 'textloc[app]'") from error
-    build_app(pipelines, args.model).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True)
+    serve(build_app(pipelines, args.model), args.host, args.port)
     return 0
