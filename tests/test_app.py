@@ -5,7 +5,7 @@ the calls are recorded (the real functions run), and the page's images and OCR r
 with their results, pixel for pixel.
 
 Without Chromium at /usr/bin/chromium (``apt-get install chromium``; ``.ci/run`` installs it), or
-without gradio or playwright (``pip install -e '.[test]'``), the browser tests are skipped and say why.
+without gradio or playwright (``pip install -e '.[test]'``), the browser test is skipped and says why.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def browser_api():
     """Playwright's API, once gradio, playwright and Chromium are all here; else the test is skipped, saying which is missing."""
     pytest.importorskip("gradio", reason="gradio is not installed: pip install -e '.[test]'")
@@ -53,18 +53,12 @@ def browser_api():
     return sync_api
 
 
-@pytest.fixture(scope="module")
-def pipelines(browser_api):
-    from textloc.app import Pipelines
+@pytest.fixture
+def served(browser_api):
+    """The app on textloc-tiny, open in headless Chromium with the steps and seed set: the page and the app's pipelines."""
+    from textloc.app import Pipelines, build_app, serve
 
-    return Pipelines()
-
-
-@pytest.fixture(scope="module")
-def page(browser_api, pipelines):
-    """The app on textloc-tiny, open in headless Chromium, with the steps and seed set."""
-    from textloc.app import build_app, serve
-
+    pipelines = Pipelines()
     app = build_app(pipelines, "textloc-tiny")
     port = _free_port()
     serve(app, port=port, block=False)
@@ -74,9 +68,17 @@ def page(browser_api, pipelines):
         page.goto(f"http://127.0.0.1:{port}/")
         page.fill("#steps input", str(STEPS))
         page.fill("#seed input", str(SEED))
-        yield page
+        yield page, pipelines
         browser.close()
     app.close()
+
+
+def test_the_app_in_a_browser_shows_what_the_library_returned(served, monkeypatch):
+    # One test for every tab: under `pytest -n 2` a second test could start a second server and browser.
+    page, pipelines = served
+    _check_the_layers_tab(page, pipelines)
+    _check_the_edit_tab(page, monkeypatch)
+    _check_the_guard_tab(page, monkeypatch)
 
 
 def _wait_for(page, selector: str) -> None:
@@ -94,7 +96,10 @@ def _wait_for(page, selector: str) -> None:
 def _shown_image(page, element: str) -> Image.Image:
     """The image the browser shows in ``element``: loaded there, and as the server sent it."""
     image = page.locator(f"#{element} img").first
-    assert image.evaluate("img => img.complete && img.naturalWidth > 0"), f"#{element}: the browser could not load the image"
+    try:  # the outputs arrive together, each image then loads on its own
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=10_000)
+    except Exception:  # noqa: BLE001 - playwright's timeout, said plainly
+        pytest.fail(f"#{element}: the browser did not load the image within 10 s")
     response = page.request.get(image.get_attribute("src"))
     assert response.ok, response.status
     return Image.open(io.BytesIO(response.body())).convert("RGB")
@@ -104,17 +109,19 @@ def _text(page, element: str) -> str:
     return page.input_value(f"#{element} textarea")
 
 
-def test_the_layers_tab_lists_the_models_text_units_and_its_preset(page, pipelines):
+def _check_the_layers_tab(page, pipelines) -> None:
+    """It lists the model's text units and its preset's layers when the page opens."""
     names_column = '#layers-table [role=gridcell][data-col="1"]'
     _wait_for(page, names_column)
-    units = textloc.attention_layers(pipelines("textloc-tiny"), kind=list(TEXT_KINDS))
+    units = textloc.attention_layers(pipelines("textloc-tiny"), kind=list(TEXT_KINDS))  # the page's own pipeline
     names = page.locator(names_column).all_inner_texts()
     assert [name.strip() for name in names] == [unit.name for unit in units]
     preset = page.locator("#layers-preset").inner_text()
     assert all(name in preset for name in TEXTLOC_TINY.text_layers)
 
 
-def test_the_edit_tab_shows_what_edit_text_returned(page, monkeypatch):
+def _check_the_edit_tab(page, monkeypatch) -> None:
+    """It shows the images, reads and summary that its call of ``textloc.edit_text`` returned."""
     calls = []
     edit_text = textloc.edit_text
 
@@ -141,7 +148,8 @@ def test_the_edit_tab_shows_what_edit_text_returned(page, monkeypatch):
     assert _text(page, "edit-summary") == result.summary()
 
 
-def test_the_guard_tab_shows_the_unguarded_and_guarded_images_and_the_report(page, monkeypatch):
+def _check_the_guard_tab(page, monkeypatch) -> None:
+    """It shows the unguarded and guarded images its two guard calls returned, their reads and the report."""
     outputs = []
 
     class Recorded(textloc.ToxicTextGuard):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,15 +20,20 @@ class Pipelines:
     def __init__(self, load: Callable[[str], Any] = load_pipeline) -> None:
         self._load = load
         self._loaded: dict[str, Any] = {}
+        # Loading is not thread-safe (diffusers builds empty modules first through accelerate, which
+        # patches torch.nn.Module for every thread): one load at a time; a second caller of the same
+        # model waits for the first.
+        self._lock = threading.Lock()
 
     def __call__(self, model: str) -> Any:
         """The pipeline of ``model``, loading it the first time it is asked for."""
         model = model.strip()
         if not model:
             raise ValueError("Name a model: textloc-tiny, textloc-tiny-sd3, textloc-tiny-flux, a hub id or a folder.")
-        if model not in self._loaded:
-            self._loaded[model] = self._load(model)
-        return self._loaded[model]
+        with self._lock:
+            if model not in self._loaded:
+                self._loaded[model] = self._load(model)
+            return self._loaded[model]
 
 
 def call_settings(pipe: Any, model: str, steps: int | None = None, size: int | None = None) -> dict[str, Any]:
