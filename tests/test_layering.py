@@ -10,7 +10,7 @@ file or inside a function alike (a function-level import is for load time, never
    pipelines, the embedded models' definitions and renderer. Every use asks it (a guard for a
    model's vocabulary, ``"preset"`` for an embedded model's layers), so it sits below the uses;
 3. uses: the layer resolver, localization, edit and guard, finetune;
-4. apps: the CLI, the public ``textloc`` namespace, the embedded models' trainer and evaluator.
+4. apps: the CLI, the web app, the public ``textloc`` namespace, the embedded models' trainer and evaluator.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "textloc.scoring": 1,
     "textloc.models": 2, "textloc.pipelines": 2, "textloc.testing": 2, "textloc.tiny": 2,
     "textloc.layers": 3, "textloc.localization": 3, "textloc.edit": 3, "textloc.guard": 3, "textloc.finetune": 3,
-    "textloc": 4, "textloc.cli": 4, "textloc.__main__": 4,
+    "textloc": 4, "textloc.cli": 4, "textloc.__main__": 4, "textloc.app": 4,
     "textloc.tiny.train": 4, "textloc.tiny.evaluate": 4, "textloc.tiny.autoencoder": 4,
     "textloc.tiny.architectures": 4, "textloc.tiny.runs": 4, "textloc.tiny.recipe": 4,
 }

@@ -22,6 +22,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from textloc.cli.app import add_app
 from textloc.cli.edit import add_edit
 from textloc.cli.finetune import add_finetune
 from textloc.cli.generate import add_generate
@@ -62,6 +63,7 @@ AddCommand = Callable[[argparse._SubParsersAction, list[argparse.ArgumentParser]
 # Each entry declares one subcommand; the second item says whether it loads a model (--model).
 COMMANDS: tuple[tuple[AddCommand, bool], ...] = (
     (add_layers, True), (add_generate, True), (add_localize, True), (add_edit, True), (add_guard, True), (add_finetune, True),
+    (add_app, True),
 )
 
 
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             "textloc localize --model textloc-tiny --pairs 40 --out runs/localize-tiny",
             "textloc edit --model textloc-tiny --prompt 'A sign that says \"LAMP\".' --new-text FISH --layers samples/tiny/localize --out runs/edit",
             "textloc finetune --model textloc-tiny --layers samples/tiny/localize --data textloc-tiny --max-train-steps 500 --out runs/lora",
+            "textloc app --model textloc-tiny   (a web app: layers, localize, edit, guard)",
             "textloc COMMAND --help   (options and examples of one command)",
         ),
         formatter_class=HelpFormatter,
