@@ -41,6 +41,17 @@ def _shown(handler: Callable[..., Any]) -> Callable[..., Any]:
     return shown
 
 
+def _side_by_side(tab: str, left: str, right: str) -> list[tuple[gr.Image, gr.Textbox]]:
+    """Two images in a row, each with the OCR's read under it; elements named ``<tab>-<label>``."""
+    shown = []
+    with gr.Row():
+        for label in (left, right):
+            with gr.Column():
+                shown.append((gr.Image(label=label, **_IMAGE, elem_id=f"{tab}-{label}"),
+                              gr.Textbox(label="OCR read", interactive=False, elem_id=f"{tab}-{label}-read")))
+    return shown
+
+
 def build_app(pipelines: Pipelines | None = None, model: str = DEFAULT_MODEL) -> gr.Blocks:
     """The app on ``pipelines`` (default: :func:`textloc.load_pipeline` of each model named),
     opening on ``model``. Launch it with ``.launch()``, as any gradio app."""
@@ -128,13 +139,7 @@ def build_app(pipelines: Pipelines | None = None, model: str = DEFAULT_MODEL) ->
                 edit_start = gr.Textbox("", label="start step", info="blank: the layers' own; an index, or a fraction with a point", elem_id="edit-start")
                 edit_method = gr.Dropdown(list(EDIT_METHODS), value="patch", label="method", elem_id="edit-method")
             edit_button = gr.Button("edit", variant="primary", elem_id="edit-run")
-            with gr.Row():
-                with gr.Column():
-                    source_image = gr.Image(label="source", **_IMAGE, elem_id="edit-source")
-                    source_read = gr.Textbox(label="OCR read", interactive=False, elem_id="edit-source-read")
-                with gr.Column():
-                    edited_image = gr.Image(label="edited", **_IMAGE, elem_id="edit-edited")
-                    edited_read = gr.Textbox(label="OCR read", interactive=False, elem_id="edit-edited-read")
+            (source_image, source_read), (edited_image, edited_read) = _side_by_side("edit", "source", "edited")
             edit_summary = gr.Textbox(label="summary", interactive=False, elem_id="edit-summary")
             edit_scores = gr.JSON(label="scores", elem_id="edit-scores")
         edit_button.click(
@@ -156,13 +161,7 @@ def build_app(pipelines: Pipelines | None = None, model: str = DEFAULT_MODEL) ->
                 guard_method = gr.Dropdown([m for m in GUARD_METHODS if m != "unguarded"], value="patch", label="method", elem_id="guard-method")
                 check = gr.Checkbox(True, label="check the image (OCR), regenerate if a toxic word shows", elem_id="guard-check")
             guard_button = gr.Button("guard", variant="primary", elem_id="guard-run")
-            with gr.Row():
-                with gr.Column():
-                    unguarded_image = gr.Image(label="unguarded", **_IMAGE, elem_id="guard-unguarded")
-                    unguarded_read = gr.Textbox(label="OCR read", interactive=False, elem_id="guard-unguarded-read")
-                with gr.Column():
-                    guarded_image = gr.Image(label="guarded", **_IMAGE, elem_id="guard-guarded")
-                    guarded_read = gr.Textbox(label="OCR read", interactive=False, elem_id="guard-guarded-read")
+            (unguarded_image, unguarded_read), (guarded_image, guarded_read) = _side_by_side("guard", "unguarded", "guarded")
             guard_report = gr.Textbox(label="report", lines=3, interactive=False, elem_id="guard-report")
         guard_button.click(
             run_guard, [*shared, guard_prompt, guard_layers, guard_start, replace, guard_method, check],
