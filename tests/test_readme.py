@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,27 @@ def test_every_link_between_the_readme_and_the_docs_lands_on_a_page_and_heading(
             if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, broken
+
+
+COMMANDS = [
+    (page, line)
+    for page in PAGES
+    for block in re.findall(r"^```bash\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    for line in (line.strip() for line in block.replace("\\\n", " ").splitlines())
+    if line.startswith("textloc ")
+]
+
+
+def test_every_textloc_command_of_the_readme_and_the_docs_parses():
+    """Each `textloc ...` line shown in a bash block is one the command line takes (its options and
+    their values), so a renamed option cannot leave a page behind."""
+    from textloc.cli import build_parser
+
+    assert len(COMMANDS) >= 10
+    refused = []
+    for page, line in COMMANDS:
+        try:
+            build_parser().parse_args(shlex.split(line, comments=True)[1:])
+        except SystemExit:
+            refused.append(f"{page.relative_to(ROOT)}: {line}")
+    assert not refused, "\n".join(refused)
