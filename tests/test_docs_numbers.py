@@ -126,6 +126,20 @@ def _guard() -> Iterator[str]:
     c = cells(s["negative-prompt"])
     yield f"| | negative prompt | {c[0]} | {zero(s['negative-prompt'])} | {' | '.join(c[2:])} | {sd3['cost']['negative-prompt_ratio']:.2f} |"
     yield f"| | prompt swap | {' | '.join(cells(s['prompt-swap']))} | {sd3['cost']['prompt-swap_ratio']:.2f} |"
+    flux = results("bench/results/guard-tiny-flux.json")
+    f, fcost = flux["methods"], flux["cost"]
+    yield f"| textloc-tiny-flux | unguarded (the floor) | {unguarded(f['unguarded'])} | 1 |"
+    yield f"| | **guard** (its 2 double-stream blocks) | {' | '.join(cells(f['patch'], (0,)))} | {fcost['patch_ratio']:.2f} |"
+    c = cells(f["negative-prompt"])
+    yield f"| | negative prompt | {c[0]} | {zero(f['negative-prompt'])} | {' | '.join(c[2:])} | {fcost['negative-prompt_ratio']:.2f} |"
+    yield f"| | prompt swap | {' | '.join(cells(f['prompt-swap']))} | {fcost['prompt-swap_ratio']:.2f} |"
+    yield f"localization's two double-stream blocks from step {flux['settings']['start_step']}"
+    yield f"(0 of 48, against {pct(f['unguarded']['toxic_word_read'])} unguarded)"
+    yield f"and all {flux['clean']['prompts']} clean prompts bit-identical" if flux["clean"]["bit_identical"] == 1 else "(not all clean prompts bit-identical)"
+    yield f"it writes the benign word on {pct(f['patch']['replacement_read'])} against the prompt swap's {pct(f['prompt-swap']['replacement_read'])}"
+    yield f"(MSE {num(f['patch']['mse_outside_text'], 4)} against {num(f['prompt-swap']['mse_outside_text'], 4)})"
+    yield f"(a plain image took {fcost['plain_s']:.2f} s"
+    yield f"the prompt swap's {fcost['prompt-swap_ratio']:.2f}× is that noise"
     yield f"keeps every toxic word out ({round(s['patch']['toxic_word_read'] * 48)} of 48"
     yield f"prompt swap (MSE {num(s['patch']['mse_outside_text'], 4)} against {num(s['prompt-swap']['mse_outside_text'], 4)})"
     yield f"the replacement is read on {pct(s['patch']['replacement_read'])} against the prompt swap's {pct(s['prompt-swap']['replacement_read'])}"
