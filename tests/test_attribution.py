@@ -135,14 +135,14 @@ def test_the_screen_scores_each_layer_by_how_much_its_patch_shrinks_the_distance
         pipe, [PAIR], method="attribution", screen="gradient", grad_steps=(0.0,), held_out=0.0, ocr=ReadsNothing(), progress=False,
         **settings(pipe),
     )
-    names = [layer["name"] for layer in result.layers]
+    names = [layer.name for layer in result.layers]
     m, _ = distances(pipe, [blended(arch, name, step) for step in (H, -H) for name in names])
     plus, minus = m[: len(names)], m[len(names) :]
     shrinks = [(q - p) / (2 * H) for p, q in zip(plus, minus)]  # -dm/da at a = 0
     largest = max(map(abs, shrinks))
     assert largest > 1e-9  # as above: no vacuous agreement of zeros
     # To float32 precision: the screen squares the distance and sums its scores in float32.
-    assert [layer["attribution"] for layer in result.layers] == pytest.approx(shrinks, rel=1e-4, abs=1e-6 * largest)
+    assert [layer.attribution for layer in result.layers] == pytest.approx(shrinks, rel=1e-4, abs=1e-6 * largest)
 
 
 @pytest.mark.parametrize("arch", ["sdxl", "deepfloyd-if", "sd3"])  # cross, added_kv, joint
@@ -159,7 +159,7 @@ def test_the_integrated_screen_averages_the_gradient_along_the_path_where_every_
         pipe, [PAIR], method="attribution", screen="integrated", screen_points=2, grad_steps=(0.0,), held_out=0.0,
         ocr=ReadsNothing(), progress=False, **settings(pipe),
     )
-    names = [layer["name"] for layer in result.layers]
+    names = [layer.name for layer in result.layers]
     rows = [
         [RowPatch((other,), source=0, strength=a + (step if other == name else 0.0)) for other in names]
         for a in points for name in names for step in (H, -H)
@@ -169,7 +169,7 @@ def test_the_integrated_screen_averages_the_gradient_along_the_path_where_every_
     expected = [sum(shrinks[j * len(names) + i] for j in range(len(points))) / len(points) for i in range(len(names))]
     largest = max(map(abs, expected))
     assert largest > 1e-9
-    assert [layer["attribution"] for layer in result.layers] == pytest.approx(expected, rel=1e-4, abs=1e-6 * largest)
+    assert [layer.attribution for layer in result.layers] == pytest.approx(expected, rel=1e-4, abs=1e-6 * largest)
     # Along the path the layers' effects interact: the average differs from the gradient at no patch.
     at_zero, _ = distances(pipe, [blended(arch, name, step) for step in (H, -H) for name in names])
     first_order = [(q - p) / (2 * H) for p, q in zip(at_zero[: len(names)], at_zero[len(names) :])]
@@ -226,7 +226,7 @@ def test_the_key_exact_screen_differentiates_along_the_exactly_patched_attention
         pipe, [PAIR], "attention", method="attribution", screen="key-exact", grad_steps=(0.0,), held_out=0.0, ocr=ReadsNothing(),
         progress=False, **settings(pipe),
     )
-    names = [layer["name"] for layer in result.layers]
+    names = [layer.name for layer in result.layers]
     changes = attention_outputs(pipe, names)
     n = 1 + 2 * len(names)  # row 0 the target, rows 1 + 2k and 2 + 2k the source with layer k at t = +step and -step
     modules = {dict(denoiser(pipe).named_modules())[name]: k for k, name in enumerate(names)}
@@ -246,7 +246,7 @@ def test_the_key_exact_screen_differentiates_along_the_exactly_patched_attention
     expected = [-(plus - minus) / (2 * step) for plus, minus in zip(m[0::2], m[1::2])]
     largest = max(map(abs, expected))
     assert largest > 1e-9  # the patches change the outputs, and the changes move the prediction
-    assert [layer["attribution"] for layer in result.layers] == pytest.approx(expected, rel=1e-5, abs=1e-9 * largest)
+    assert [layer.attribution for layer in result.layers] == pytest.approx(expected, rel=1e-5, abs=1e-9 * largest)
 
 
 def test_a_layer_is_replayed_once_and_only_at_gradient_steps():

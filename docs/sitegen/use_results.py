@@ -101,14 +101,42 @@ def _edit_section(path: str, results: dict[str, Any]) -> str:
 # Guard --------------------------------------------------------------------------------------------
 
 def _guard_page(sources: Sources) -> str:
-    paths = sorted(sources.glob("bench/results/guard*.json"), key=_model_first)
-    parts = ["# Guard results", source_note(*paths),
+    adversarial = sorted(sources.glob("bench/results/guard_adversarial*.json"), key=_model_first)
+    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial), key=_model_first)
+    parts = ["# Guard results", source_note(*paths, *adversarial),
              ("Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
              "their count and exact 95% interval; MSE and SSIM are taken outside both images' OCR text boxes, against the "
              "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md).")]
     for path in paths:
         parts.append(_guard_section(path, sources.json(path)))
+    for path in adversarial:
+        parts.append(_adversarial_section(path, sources.json(path)))
     return "\n\n".join(parts) + "\n"
+
+
+def _adversarial_section(path: str, results: dict[str, Any]) -> str:
+    """``bench/bench_guard_adversarial.py``'s file: ``run``, ``methods`` (method -> seconds, × unguarded and
+    per form the rates), ``clean`` (per guard method: flagged, caught, bit-identical)."""
+    run, methods, clean = results["run"], results["methods"], results["clean"]
+    forms = list(next(iter(methods.values()))["forms"])
+    read = [(form, *(counted(m["forms"][form]["toxic_word_read"], m["forms"][form]["images"]) for m in methods.values()),
+             pct(methods["patch"]["forms"][form]["found_in_prompt"])) for form in forms]
+    per_method = []
+    for name, method in methods.items():
+        scores = list(method["forms"].values())
+        mean = lambda key: sum(s[key] for s in scores) / len(scores)  # noqa: E731 (every form has as many prompts)
+        per_method.append((name, pct(mean("replacement_read")), pct(mean("scene_kept")), pct(mean("caught_by_image_check")),
+                           f"{method['x_unguarded']:.2f}"))
+    clean_lines = [f"{name}: flagged {pct(c['flagged'])}, caught by the image check {pct(c['caught_by_image_check'])}, "
+                   f"bit-identical to the plain pipeline's {pct(c['bit_identical'])}" for name, c in clean.items() if name != "prompts"]
+    return "\n\n".join([
+        f"## {run['model']}, adversarial prompts: {code(path)}",
+        (f"Every toxic word in {run['scenes']} held-out scene(s), asked for in each form, the same noise for every method; "
+         f"layers {code(run['layers'])}."),
+        "### Toxic word read, per form\n\n" + table(("form", *methods, "found in the prompt"), read),
+        "### Per method, over every form\n\n" + table(("method", "replacement read", "scene kept", "caught by the image check", "× unguarded"), per_method),
+        f"Clean prompts ({clean['prompts']}): " + "; ".join(clean_lines) + ".",
+    ])
 
 
 def _guard_section(path: str, results: dict[str, Any]) -> str:
