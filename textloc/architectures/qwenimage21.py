@@ -4,9 +4,10 @@ attending only to the text before it, the image to all the text and itself. With
 ``causal_condition`` (its published config) the text is modulated as at t = 0, so at every layer
 its K/V depend on the prompt alone, never on the step or the image: a ``prefix`` layer,
 step-independent (recorded once, a prompt injected directly). A call's text is Qwen3-VL's, padded to
-its longest prompt, with a ``(batch, text)`` keep-mask, ``None`` when no token is padding, that
-reaches each attention as ``key_valid`` over the whole sequence: a patched row takes its source's
-text columns of it. The image's positions follow the call's padded text length.
+its longest prompt (the padding masked as keys); the image's rotary positions start after the
+padded text, so a shorter prompt's image changes with the prompts it is batched with: textloc runs
+it on prompts of one token length (the mask then ``None``), from sources of that length, and refuses
+anything else in one line.
 
 The pipeline caches that text K/V at step 0 (``use_kv_cache=True``, its default): its later calls
 hold the image tokens alone and read the step-0 K/V from the cache, so a patch or a record could
@@ -20,8 +21,8 @@ sampled without guidance): a conditional then an unconditional pass, inside
 pipeline encodes a negative prompt once, not per prompt: with CFG, a batch of prompts needs a list
 of negative prompts as long. The denoiser gets ``t / 1000`` and predicts every token of the
 sequence, text included; the pipeline keeps the image's. Image-conditioned calls (condition-image
-tokens inside the text) are refused; Qwen-Image-2.1-Turbo has the same denoiser, served by this
-pipeline (its modular pipeline is no plain pipeline call).
+tokens inside the text) are refused. Qwen-Image-2.1-Turbo's denoiser is the same class (served where
+it runs in this pipeline); diffusers ships Turbo as modular blocks, which are no plain pipeline call.
 
 The tiny pipeline: a stock ``QwenImage21Pipeline`` with 2 blocks of 2 heads, a 2-layer Qwen3-VL
 behind Qwen-Image's tiny byte-level tokenizer (the system prompt's words whole, so the dropped
@@ -31,7 +32,6 @@ torchvision), and a 16x RGBA autoencoder of 5 blocks.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -59,6 +59,13 @@ def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
             "textloc records and patches them at every step; call the pipeline with use_kv_cache=False."
         )
     text = kwargs["encoder_hidden_states"]
+    if kwargs.get("encoder_hidden_states_mask") is not None:
+        lengths = kwargs["encoder_hidden_states_mask"].sum(1).tolist()
+        raise ValueError(
+            f"Qwen-Image 2.1 pads a call's prompts ({lengths} text tokens) to the longest and places the image after the "
+            "padding, so a shorter row is not its own image: textloc runs it only on prompts of one token length (run "
+            "others one at a time; a source prompt must have the token length of the prompt it patches)."
+        )
     if bool(kwargs["img_mask"][:, : text.shape[1]].any()):
         raise ValueError(
             "This Qwen-Image 2.1 call interleaves condition-image tokens with its text: textloc patches its "
@@ -68,17 +75,10 @@ def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
 
 
 def _check_run(pipe: Any) -> None:
-    transformer = pipe.transformer
-    if not transformer.config.causal_condition:
+    if not pipe.transformer.config.causal_condition:
         raise ValueError(
-            "This Qwen-Image 2.1 transformer has causal_condition=False: its text is modulated by the step, "
-            "which its spec (prefix layers, step-independent) does not follow; textloc serves causal_condition=True."
-        )
-    flex = [block.attn.processor for block in transformer.transformer_blocks if type(block.attn.processor).__name__ == "QwenImage21FlexAttnProcessor"]
-    if flex:
-        raise ValueError(
-            "QwenImage21FlexAttnProcessor masks padded text through a BlockMask built before the layers run, "
-            "where textloc cannot give a patched row its source's text mask: set QwenImage21AttnProcessor."
+            "This Qwen-Image 2.1 transformer has causal_condition=False: its text is modulated by the step, which its "
+            "spec (prefix layers, step-independent) does not follow; textloc serves causal_condition=True, as published."
         )
 
 
@@ -183,9 +183,6 @@ def _qwen_image21(seed: int) -> dict[str, Any]:
     )
 
 
-# key_valid: the keep-mask over [text, image] each attention takes, None when nothing is padded.
-_PREFIX = dataclasses.replace(PREFIX, text_mask="key_valid")
-
 QWEN_IMAGE_21 = PublishedDenoiser(
     "Qwen-Image-2.1", "QwenImage21Transformer2DModel", {}, 512,
     "diffusers' class defaults (32 blocks of 32 heads of 128, context 4096, causal_condition), the values of the "
@@ -197,7 +194,7 @@ FAMILY = Family(
     name="qwenimage21",
     denoisers=("QwenImage21Transformer2DModel",),
     pipelines=("QwenImage21Pipeline",),
-    attention=(AttentionRule("QwenImage21Attention", _PREFIX),),
+    attention=(AttentionRule("QwenImage21Attention", PREFIX),),
     text_length=_text_length,
     check_run=_check_run,
     refuses={

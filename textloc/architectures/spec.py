@@ -78,9 +78,7 @@ class TextRoute:
     (module paths inside the attention; a joint layer's image stream, the paper's choice), and
     ``text_mask``: the attention keyword that carries a ``(batch, text tokens)`` keep-mask which the
     pipeline leaves ``None`` when no token is padding (Qwen-Image); without one, the engine reads
-    the layer's ``attention_mask``, as the pipeline built it. Where the text shares one sequence with
-    the image, ``text_mask`` may be a ``(batch, sequence)`` keep-mask: its text columns, where
-    ``text_at`` says, are the layer's (Qwen-Image 2.1's ``key_valid``)."""
+    the layer's ``attention_mask``, as the pipeline built it."""
 
     kind: Kind
     key: Projection

@@ -210,39 +210,29 @@ class LayerHooks:
 
     def on_attention(self, kwargs: dict) -> dict:
         keyword = self.layer.route.text_mask or "attention_mask"
-        keep_mask = self.layer.route.text_mask is not None
-        mask = kwargs.get(keyword)
-        # A keep-mask over a sequence the text shares with the image (Qwen-Image 2.1's key_valid):
-        # the layer's text mask is its text columns, where the spec puts the text.
-        self.mask = self.text_slice(mask) if keep_mask and mask is not None else mask
-        if mask is None and not keep_mask:
+        mask = self.mask = kwargs.get(keyword)
+        if mask is None and self.layer.route.text_mask is None:
             return kwargs
         writes = self.writes()
         if not writes.patches:
             return kwargs
         # A keep-mask left None has every token valid; a source with padding, or of another length,
         # needs one, which is made here (and only then: a masked attention takes another code path).
-        # It covers the tokens the keys come from: the text alone, or the sequence it shares.
-        if mask is None:
-            covered = kwargs["encoder_hidden_states" if self.layer.route.text_at == "all" else "hidden_states"]
-            swapped = torch.ones(covered.shape[:2], dtype=torch.bool, device=covered.device)
-        else:
-            swapped = mask.clone()
-        text = self.text_slice(swapped) if keep_mask else swapped
+        swapped = mask.clone() if mask is not None else torch.ones(kwargs["encoder_hidden_states"].shape[:2], dtype=torch.bool, device=kwargs["encoder_hidden_states"].device)
         for patch, targets, source in writes.patches:
-            source_mask = source.mask(text)
+            source_mask = source.mask(swapped)
             if source_mask is None:
                 continue
             # One mask serves every head, key and value of a row: a patch that keeps part of the
             # row's own K/V can only take the source's mask when the two are the same.
             part = patch.partial()
-            if part is not None and not torch.equal(source_mask.expand_as(text[targets]), text[targets]):
+            if part is not None and not torch.equal(source_mask.expand_as(swapped[targets]), swapped[targets]):
                 raise ValueError(
                     f"{self.layer.name} masks padded text tokens, and the source's text length differs "
                     f"from the prompt's: patching {part} would mix two masks. Patch all heads with "
                     "kv='both', or give source and prompt the same token length."
                 )
-            text[targets] = source_mask
+            swapped[targets] = source_mask
         if mask is None and bool(_attends(swapped).all()):
             return kwargs
         return {**kwargs, keyword: swapped}
