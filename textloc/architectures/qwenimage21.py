@@ -32,6 +32,7 @@ torchvision), and a 16x RGBA autoencoder of 5 blocks.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -82,6 +83,7 @@ def _check_run(pipe: Any) -> None:
         )
 
 
+@functools.cache
 def _text_only_processor_class() -> type:
     from transformers import Qwen3VLProcessor
     from transformers.processing_utils import ProcessorMixin
@@ -169,7 +171,7 @@ def _qwen_image21(seed: int) -> dict[str, Any]:
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
     )
-    # Qwen-Image 2.1's scheduler config (dynamic exponential shift from `mu`, terminal sigma 0.02).
+    # Qwen-Image 2.1's scheduler config as copies of it give (dynamic exponential shift from `mu`, terminal sigma 0.02).
     scheduler = FlowMatchEulerDiscreteScheduler(
         use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256, max_image_seq_len=8192,
         shift_terminal=0.02, time_shift_type="exponential",
