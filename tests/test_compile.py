@@ -15,7 +15,7 @@ from textloc.testing import tiny_pipeline
 STEPS = 4  # enough steps for a step-dependent trace to recompile, and then to go dynamic
 
 
-@pytest.mark.parametrize("arch", ["sd3", "hunyuandit"])
+@pytest.mark.parametrize("arch", ["sd3", "hunyuandit", "qwenimage21"])
 @pytest.mark.parametrize("how", ["wrapped", "in-place"])
 def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_recompiling(how, arch):
     pipe = tiny_pipeline(arch)  # its own: compiling changes the pipeline

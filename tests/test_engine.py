@@ -44,6 +44,7 @@ EXPECTED_KINDS = {
     "longcat-image": {"joint", "single"},
     "hunyuandit": {"cross", "pooled"},
     "kandinsky5": {"joint", "pooled"},
+    "qwenimage21": {"prefix"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -112,9 +113,10 @@ def test_patching_one_layer_changes_the_image_and_only_that_layer(arch, pipe):
         # Text reaches these layers straight from the encoder: the others' inputs are untouched.
         assert {name for name, _ in changed} == {target.name}
     else:
-        # Joint layers pass the text stream on: in the first step the layers before the patched
-        # one see exactly what they saw unpatched (later steps see a different image).
-        first_step = {name for name, step in changed if step == 0}
+        # Joint layers pass the text stream on: in the first step (or the one entry of a
+        # step-independent layer, such as a text prefix) the layers before the patched one see
+        # exactly what they saw unpatched (later steps see a different image).
+        first_step = {name for name, step in changed if step in (0, None)}
         earlier = {layer.name for layer in layers if layer.index < target.index}
         assert target.name in first_step and not first_step & earlier
 
@@ -311,6 +313,8 @@ def test_half_patch_from_a_differently_masked_source_is_refused(masked_arch):
 def test_branch_choice_patches_that_half_only(arch, pipe):
     if type(pipe).__name__ == "Flux2Pipeline":
         pytest.skip("FLUX.2 dev is guidance-distilled: it runs no unconditional branch")
+    if arch == "qwenimage21":
+        pytest.skip("Qwen-Image 2.1 runs no unconditional branch at its default guidance (its true CFG: a test below)")
     if arch in ONE_TEXT_LENGTH:
         # Its negative prompt's text length is its own ("blurry text": 12 tokens on Lumina 2, 8 on
         # Kandinsky 5; "" one): another one is refused.
@@ -334,6 +338,8 @@ def test_a_record_of_prompt_only_layers_holds_every_branch_of_the_run(arch, pipe
     static = [layer.name for layer in text_layers(pipe) if layer.kind in STEP_INDEPENDENT_KINDS]
     if not static:
         pytest.skip(f"{arch} has no layer whose text K/V depend on the prompt alone")
+    if arch == "qwenimage21":
+        pytest.skip("Qwen-Image 2.1 runs no unconditional branch at its default guidance (its true CFG: a test below)")
     # record() stops once nothing more can be added: not after a first, conditional, pass of two.
     cache = cache_of(pipe, PROMPT, static)
     assert {(name, branch) for name, _, branch in cache.entries} == {(name, branch) for name in static for branch in ("cond", "uncond")}
@@ -354,6 +360,47 @@ def test_a_row_that_reads_every_text_unit_of_another_row_is_that_row(arch, pipe)
     names = tuple(layer.name for layer in select_layers(pipe, "all"))
     images = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, OTHER], [RowPatch(names, source=1, row=0, branch="both")], **tiny_kwargs(pipe))))
     torch.testing.assert_close(images[0], images[1], atol=BATCH_TOLERANCE, rtol=0)
+
+
+def test_qwenimage21_true_cfg_patches_each_branch_and_reads_the_text_once_per_branch():
+    # Qwen-Image 2.1 is sampled without guidance by default; with true CFG it runs a conditional then
+    # an unconditional pass in cache_contexts, each with its own text, whose prefix K/V are the
+    # prompt's alone: recorded once per branch, a prompt injected straight into either.
+    pipe = _pipeline("qwenimage21")
+    cfg = {"true_cfg_scale": 4.0, "negative_prompt": " "}
+    names = [layer.name for layer in text_layers(pipe)]
+    plain = generate(pipe, **cfg)
+    own = cache_of(pipe, PROMPT, **cfg)
+    assert set(own.entries) == {(name, None, branch) for name in names for branch in ("cond", "uncond")}
+    with tl.patch(pipe, "all", own, branch="both"):
+        assert torch.equal(generate(pipe, **cfg), plain)
+    with tl.patch(pipe, "all", PROMPT, branch="both", **tiny_kwargs(pipe), **cfg):
+        assert torch.equal(generate(pipe, **cfg), plain)
+    # Another prompt, and another negative prompt of the same token length: each branch patched alone.
+    other = cache_of(pipe, OTHER, true_cfg_scale=4.0, negative_prompt="x")
+    images = {"none": plain}
+    for branch in ("cond", "uncond", "both"):
+        with tl.patch(pipe, "all", other, branch=branch):
+            images[branch] = generate(pipe, **cfg)
+    distinct = list(images.values())
+    assert all(not torch.equal(a, b) for i, a in enumerate(distinct) for b in distinct[i + 1 :])
+    # Its pipeline encodes one negative prompt for the whole batch: a batch of prompts takes one each.
+    batch = {**tiny_kwargs(pipe), "true_cfg_scale": 4.0, "negative_prompt": [" ", " "]}
+    rows = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, OTHER], [RowPatch(tuple(names), source=1, row=0, branch="both")], **batch)))
+    torch.testing.assert_close(rows[0], rows[1], atol=BATCH_TOLERANCE, rtol=0)
+
+
+def test_qwenimage21_refuses_the_pipelines_step_0_kv_cache():
+    # With use_kv_cache=True (the pipeline's default; textloc passes False) the text K/V are computed
+    # at step 0 only: later calls hold no text, so a record or patch there would read image tokens.
+    pipe = _pipeline("qwenimage21")
+    with pytest.raises(ValueError, match="use_kv_cache=False"):
+        with tl.patch(pipe, "all", cache_of(pipe, OTHER)):
+            generate(pipe, use_kv_cache=True)
+    with pytest.raises(ValueError, match="use_kv_cache=False"):
+        tl.run_with_cache(pipe, "all", PROMPT, **seeded(pipe, use_kv_cache=True))
+    # Without a cache, every step computes the same text K/V again: the cached run's image, to rounding.
+    torch.testing.assert_close(generate(pipe), generate(pipe, use_kv_cache=True), atol=1e-5, rtol=0)
 
 
 POOLED_ARCHS = [arch for arch, kinds in EXPECTED_KINDS.items() if "pooled" in kinds]
@@ -598,7 +645,8 @@ def without_guidance(pipe) -> dict:
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
-    if arch in ("lumina2", "cosmos2", "z-image"):  # their specs refuse: no scale of the scheduler's timestep, or list inputs
+    # Their specs refuse: no scale of the scheduler's timestep, list inputs, or a prediction of the text tokens too.
+    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21"):
         with pytest.raises(ValueError, match=f"denoiser_inputs does not support the {arch} family yet"):
             denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
         return
@@ -619,7 +667,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch in ("lumina2", "cosmos2", "z-image"):
+    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
     if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):

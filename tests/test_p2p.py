@@ -128,12 +128,12 @@ def test_token_mapping_aligns_unchanged_tokens_and_spreads_the_swapped_word():
         token_mapping(source, [0, 10, 11, 20, 21, 22, 30, 1], 10)  # only adds a token
 
 
-@pytest.mark.parametrize("joint_arch", ["sd3", "flux"])
+@pytest.mark.parametrize("joint_arch", ["sd3", "flux", "qwenimage21"])
 def test_joint_attention_models_are_refused(joint_arch):
     pipe = _pipeline(joint_arch)
     with pytest.raises(ValueError, match="Prompt-to-Prompt does not apply.*patching"):
         prompt_to_prompt(pipe, PROMPT, OTHER, **tiny_call_kwargs(pipe))
-    joint = attention_layers(pipe, ("joint", "single"))
+    joint = attention_layers(pipe, ("joint", "single", "prefix"))
     processors = [layer.module.processor for layer in joint]
     with pytest.raises(ValueError, match="Prompt-to-Prompt does not apply.*patching"), edit_attention_probabilities(pipe, joint, lambda call, p: p):
         pass

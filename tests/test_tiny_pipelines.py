@@ -65,6 +65,7 @@ ATTENTION_LAYOUT["kandinsky5"] = [
     (r"text_transformer_blocks\.\d+\.self_attention", "Kandinsky5AttnProcessor", 2),
     (r"visual_transformer_blocks\.\d+\.cross_attention", "Kandinsky5AttnProcessor", 2),
 ]
+ATTENTION_LAYOUT["qwenimage21"] = [(r"transformer_blocks\.\d+\.attn", "QwenImage21AttnProcessor", 2)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
@@ -110,7 +111,8 @@ def test_unknown_architecture_is_an_error_that_lists_the_known_ones() -> None:
 
 def test_generates_a_finite_image_of_the_small_size(pipe: DiffusionPipeline) -> None:
     image = generate(pipe)
-    assert image.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
+    channels = 4 if type(pipe).__name__ == "QwenImage21Pipeline" else 3  # Qwen-Image 2.1 decodes RGBA
+    assert image.shape == (1, IMAGE_SIZE, IMAGE_SIZE, channels)
     assert np.isfinite(image).all()
     assert image.min() >= 0 and image.max() <= 1
 
@@ -134,8 +136,9 @@ def test_every_step_runs_a_conditional_and_an_unconditional_branch(pipe: Diffusi
     finally:
         handle.remove()
     # Each step (2, 3 for Cosmos) x (cond + uncond): batched for most pipelines, two passes for FLUX's true CFG and
-    # Chroma; FLUX.2 dev is guidance-distilled, with no unconditional pass.
-    branches = 1 if type(pipe).__name__ == "Flux2Pipeline" else 2
+    # Chroma; FLUX.2 dev is guidance-distilled, with no unconditional pass, and Qwen-Image 2.1 is sampled without
+    # guidance by default (its true CFG: tests/test_engine.py).
+    branches = 1 if type(pipe).__name__ in ("Flux2Pipeline", "QwenImage21Pipeline") else 2
     assert sum(samples_seen) == tiny_call_kwargs(pipe)["num_inference_steps"] * branches
 
 

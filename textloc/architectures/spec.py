@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # only for annotations: the specs are data, importing them imports no torch
     import torch
 
-Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "pooled", "self"]
+Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "prefix", "pooled", "self"]
 #: The kinds of attention layer that read the text.
-ATTENTION_TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner")
+ATTENTION_TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner", "prefix")
 #: Every kind of unit that carries text: the attention layers, and the pooled text vector (the
 #: global text vector a family adds to the timestep embedding, which no attention carries).
 TEXT_KINDS: tuple[Kind, ...] = (*ATTENTION_TEXT_KINDS, "pooled")
 KINDS: tuple[Kind, ...] = (*TEXT_KINDS, "self")
 # Kinds whose text K/V depend on the prompt only, not on the step or the image: a cache holds them
 # once, and a prompt can be injected into them directly.
-STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "refiner", "pooled")
+STEP_INDEPENDENT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "refiner", "prefix", "pooled")
 
 # The CFG branch a denoiser call's rows belong to. "skip_layer" is the extra pass of SD3's
 # skip-layer guidance: the conditional rows again, with some blocks skipped.
@@ -107,6 +107,9 @@ TEXT_LAST = TextRoute("single", Projection("to_k"), Projection("to_v"), "last", 
 # A text refiner's self-attention (Lumina 2, Z-Image): text only, from the prompt alone, before the
 # text joins the image.
 REFINER = TextRoute("refiner", Projection("to_k"), Projection("to_v"))
+# A text prefix (Qwen-Image 2.1): text first in one sequence with the image, attending only to
+# earlier text and modulated as at t = 0, so its K/V depend on the prompt alone, at every layer.
+PREFIX = TextRoute("prefix", Projection("to_k"), Projection("to_v"), "first")
 # The pooled text vector: the unit is the module that reads it (``Family.pooled``), and its output,
 # one vector per row, is what is recorded and patched; it is kept as the unit's "value" (it has no
 # key). A LoRA on it trains every linear layer of that module (:mod:`textloc.finetune.targets`).

@@ -182,9 +182,9 @@ def _covers(window: StepWindow, call: AttentionCall) -> bool:
 
 
 def _edited_layers(pipe: Any, replace_cross: bool, replace_self: bool) -> list[AttentionLayer]:
-    """The layers whose probabilities the swap needs; a model with joint/single layers is refused."""
+    """The layers whose probabilities the swap needs; a model with joint/single/prefix layers is refused."""
     wanted = attention_layers(pipe, ATTENTION_TEXT_KINDS)
-    joint = sorted({layer.kind for layer in wanted if layer.kind in ("joint", "single")})
+    joint = sorted({layer.kind for layer in wanted if layer.kind in ("joint", "single", "prefix")})
     if joint:
         raise ValueError(
             f"Prompt-to-Prompt does not apply to {type(pipe).__name__}: its {'/'.join(joint)} layers attend to text and "

@@ -84,7 +84,8 @@ def record_text(pipe: Any, layers: LayerSelector, prompt: str | list[str], **gen
             "generation settings, or generate the source in the same batch with `tl.run_with_patches`."
         )
     pipeline_kwargs(pipe, generate_kwargs)  # a misspelt argument is an error, not silently dropped
-    shaping = set(inspect.signature(pipe.encode_prompt).parameters) | {"guidance_scale", "true_cfg_scale"}
+    # A pipeline that runs true CFG (FLUX, Qwen-Image) encodes its negative prompt with a second encode_prompt call.
+    shaping = set(inspect.signature(pipe.encode_prompt).parameters) | {"guidance_scale", "true_cfg_scale", "negative_prompt"}
     size = smallest_image_side(pipe)
     settings = {"num_inference_steps": 1, "height": size, "width": size, "generator": seeding.generator(0)}
     return record(pipe, selected, prompt, **settings, **{k: v for k, v in generate_kwargs.items() if k in shaping})

@@ -12,6 +12,8 @@ which projections: :mod:`textloc.architectures`):
   a text stream that the timestep modulates, so they change at every step.
 - ``single``: text and image tokens share one sequence and one set of projections (FLUX
   single-stream blocks: text first); the family's spec says where the text sits.
+- ``prefix``: as ``single``, text first, but block-causal: the text attends only to earlier text
+  and is modulated as at t = 0, so its K/V depend on the prompt alone (Qwen-Image 2.1).
 - ``pooled``: not an attention: the pooled (global) text vector that joins the timestep
   embedding of every block (SD3 and FLUX ``pooled_projections``, SDXL ``text_embeds``, IF's and
   HunyuanDiT's attention pools of their T5 tokens, HiDream ``pooled_embeds``, Kandinsky 5's CLIP
