@@ -43,6 +43,7 @@ NAMES = (
     "tiny-random-longcat-image",
     "tiny-random-hunyuandit",
     "tiny-random-kandinsky5",
+    "tiny-random-glm-image",
 )
 
 
