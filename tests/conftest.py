@@ -36,15 +36,15 @@ def arch(request) -> str:
 #: lengths, or a source of another length, is refused in one line.
 ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "glm-image")
 
-#: The families that pad each call's text to its longest prompt (Qwen-Image): a source longer than
+#: The families that pad each call's text to its longest prompt (Qwen-Image, ERNIE-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
-PADS_TO_LONGEST = ("qwenimage",)
+PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "flux2", "flux2-klein", "chroma", "lumina2", "cosmos2", "qwenimage", "cogview4", "hunyuan-image", "hidream", "z-image",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
-    "glm-image",
+    "glm-image", "ernie-image",
 )
 
 

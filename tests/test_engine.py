@@ -46,6 +46,7 @@ EXPECTED_KINDS = {
     "hunyuandit": {"cross", "pooled"},
     "kandinsky5": {"joint", "pooled"},
     "glm-image": {"single"},
+    "ernie-image": {"single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
