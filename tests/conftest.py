@@ -11,7 +11,7 @@ import torch
 
 from textloc.pipeline_calls import images_of
 from textloc.scoring.ocr import Reading
-from textloc.testing import ARCHITECTURES, tiny_call_kwargs, tiny_pipeline
+from textloc.testing import ARCHITECTURES, IMAGE_SIZE, tiny_call_kwargs, tiny_pipeline
 
 # One thread: tiny models gain nothing from two, and two threads crawl when the cores are shared.
 torch.set_num_threads(1)
@@ -32,20 +32,20 @@ def arch(request) -> str:
 
 
 #: The families that pack each row's own text length into a shared sequence (Lumina 2), or pad a
-#: call's prompts to the longest with no mask (Kandinsky 5) or with the image placed after the
-#: padding (Qwen-Image 2.1): a batch of prompts of different token lengths, or a source of another
-#: length, is refused in one line.
-ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21")
+#: call's prompts to the longest with no mask (Kandinsky 5, GLM-Image's glyph text) or with the image
+#: placed after the padding (Qwen-Image 2.1): a batch of prompts of different token lengths, or a
+#: source of another length, is refused in one line.
+ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21", "glm-image")
 
-#: The families that pad each call's text to its longest prompt (Qwen-Image): a source longer than
+#: The families that pad each call's text to its longest prompt (Qwen-Image, ERNIE-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
-PADS_TO_LONGEST = ("qwenimage",)
+PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "flux2", "flux2-klein", "chroma", "lumina2", "cosmos2", "qwenimage", "cogview4", "hunyuan-image", "hidream", "z-image",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
-    "qwenimage21",
+    "qwenimage21", "glm-image", "ernie-image",
 )
 
 
@@ -94,6 +94,17 @@ class FakeOCR:
 
     def read(self, images):
         return [reading.text for reading in self.readings(images)]
+
+
+def held_prior_tokens(pipe) -> dict:
+    """GLM-Image's autoregressive stage, out of textloc's scope, reads the whole prompt: the call
+    arguments that hold its prior tokens fixed (PROMPT's, one row, which its denoiser adds to every
+    row), so that what the prompt changes reaches the image through the text units alone; none for
+    other families."""
+    if type(pipe).__name__ != "GlmImagePipeline":
+        return {}
+    tokens = pipe.generate_prior_tokens(PROMPT, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator("cpu").manual_seed(0))[0]
+    return {"prior_token_ids": tokens}
 
 
 def edit_settings(pipe) -> dict:

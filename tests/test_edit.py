@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import textloc as tl
-from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings
+from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings, held_prior_tokens
 from textloc.architectures.spec import ATTENTION_TEXT_KINDS
 from textloc.edit import edit_text, quoted_spans, replace_quoted, score_edit
 from textloc.layers import PRESETS, find_preset, resolve_layers
@@ -46,10 +46,11 @@ def test_edit_is_the_source_with_the_text_layers_patched(arch, pipe):
 
 def test_an_edit_of_every_text_unit_from_the_first_step_is_the_new_prompt_generated(arch, pipe):
     # Every way the prompt reaches the image is patched, the pooled vector included where the
-    # family has one: the edited image is the new prompt's own, from the same noise.
+    # family has one (GLM-Image's autoregressive stage held fixed): the edited image is the new
+    # prompt's own, from the same noise.
     kwargs = settings(pipe)
-    result = edit_text(pipe, PROMPT, "WORLD", "all", start_step=0, ocr=FakeOCR(["HELLO", "WORLD"]), **kwargs)
-    direct = images_of(pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs))[0]
+    result = edit_text(pipe, PROMPT, "WORLD", "all", start_step=0, ocr=FakeOCR(["HELLO", "WORLD"]), **kwargs, **held_prior_tokens(pipe))
+    direct = images_of(pipe(prompt='A sign that says "WORLD".', generator=generator(0), output_type="np", **kwargs, **held_prior_tokens(pipe)))[0]
     np.testing.assert_allclose(as_array(result.edited_image), direct, atol=PIXEL)
 
 

@@ -6,9 +6,10 @@ import inspect
 
 import pytest
 import torch
+from PIL import Image
 
 import textloc as tl
-from conftest import ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, seeded
+from conftest import ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, held_prior_tokens, seeded
 from textloc.architectures import FAMILIES, family_of
 from textloc.architectures.spec import ATTENTION_TEXT_KINDS, STEP_INDEPENDENT_KINDS, TEXT_KINDS
 from textloc.engine.run_state import prediction_of
@@ -45,6 +46,8 @@ EXPECTED_KINDS = {
     "hunyuandit": {"cross", "pooled"},
     "kandinsky5": {"joint", "pooled"},
     "qwenimage21": {"prefix"},
+    "glm-image": {"single"},
+    "ernie-image": {"single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -315,16 +318,16 @@ def test_branch_choice_patches_that_half_only(arch, pipe):
         pytest.skip("FLUX.2 dev is guidance-distilled: it runs no unconditional branch")
     if arch == "qwenimage21":
         pytest.skip("Qwen-Image 2.1 runs no unconditional branch at its default guidance (its true CFG: a test below)")
-    if arch in ONE_TEXT_LENGTH:
+    # A different negative prompt makes the source's uncond half differ from the run's; where the
+    # pipeline fixes its negative prompt (FLUX.2 Klein, GLM-Image), other noise does, through the image.
+    takes_negative = "negative_prompt" in inspect.signature(pipe.__call__).parameters and arch not in PADS_TO_LONGEST
+    if arch in ONE_TEXT_LENGTH and takes_negative:
         # Its negative prompt's text length is its own ("blurry text": 12 tokens on Lumina 2, 8 on
         # Kandinsky 5; "" one): another one is refused.
         with pytest.raises(ValueError, match=r"The source has (12|8) text tokens and this run 1"):
             with tl.patch(pipe, "all", cache_of(pipe, OTHER, negative_prompt="blurry text"), branch="uncond"):
                 generate(pipe)
         return
-    # A different negative prompt makes the source's uncond half differ from the run's; where the
-    # pipeline fixes its negative prompt (FLUX.2 Klein), other noise does, through the image.
-    takes_negative = "negative_prompt" in inspect.signature(pipe.__call__).parameters and arch not in PADS_TO_LONGEST
     other = cache_of(pipe, OTHER, **({"negative_prompt": "blurry text"} if takes_negative else {"generator": tl.generator(5)}))
     images = {"none": generate(pipe)}
     for branch in ("cond", "uncond", "both"):
@@ -356,9 +359,10 @@ def test_cache_stores_step_independent_layers_once(arch, pipe):
 def test_a_row_that_reads_every_text_unit_of_another_row_is_that_row(arch, pipe):
     # Every way the prompt reaches the image is a unit: the text K/V of every attention layer, and
     # the pooled vector where the family has one (without it, SD3, FLUX, SDXL, IF and HiDream rows
-    # keep their own pooled text and stay apart).
+    # keep their own pooled text and stay apart); GLM-Image's autoregressive stage is held fixed.
     names = tuple(layer.name for layer in select_layers(pipe, "all"))
-    images = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, OTHER], [RowPatch(names, source=1, row=0, branch="both")], **tiny_kwargs(pipe))))
+    plan = [RowPatch(names, source=1, row=0, branch="both")]
+    images = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, OTHER], plan, **tiny_kwargs(pipe), **held_prior_tokens(pipe))))
     torch.testing.assert_close(images[0], images[1], atol=BATCH_TOLERANCE, rtol=0)
 
 
@@ -646,7 +650,7 @@ def without_guidance(pipe) -> dict:
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
     # Their specs refuse: no scale of the scheduler's timestep, list inputs, or a prediction of the text tokens too.
-    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21"):
+    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image"):
         with pytest.raises(ValueError, match=f"denoiser_inputs does not support the {arch} family yet"):
             denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
         return
@@ -667,7 +671,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21"):
+    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
     if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):
@@ -686,3 +690,27 @@ def test_the_callers_prompt_list_is_left_as_it_was():
     prompts = [PROMPT, OTHER]
     cache = record(pipe, "all", prompts, **tiny_kwargs(pipe))
     assert prompts == [PROMPT, OTHER] and cache.prompts == [PROMPT, OTHER]
+
+
+def test_glm_image_draws_each_prompts_prior_tokens_alone_and_refuses_image_conditioning():
+    # Its autoregressive stage samples a whole batch's prior tokens in one call, so a row's depend on
+    # the other rows: inside textloc each prompt's are drawn alone, as a call with that prompt alone draws them.
+    pipe = _pipeline("glm-image")
+    seen = []
+    handle = denoiser(pipe).register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["prior_token_id"]), with_kwargs=True)
+    try:
+        alone = []
+        for prompt in (PROMPT, OTHER, PROMPT):
+            generate(pipe, prompt)
+            alone.append(seen[-1])
+        generate(pipe, [PROMPT, OTHER, PROMPT])
+        plain = seen[-1]
+        run_with_patches(pipe, [PROMPT, OTHER, PROMPT], [], **tiny_kwargs(pipe))
+    finally:
+        handle.remove()
+    assert torch.equal(seen[-1], torch.cat(alone))
+    assert not torch.equal(plain, torch.cat(alone)), "the pipeline itself draws a batch's tokens together"
+    image = Image.new("RGB", (32, 32))
+    with pytest.raises(ValueError, match="image-conditioned generation"):
+        record(pipe, "all", PROMPT, image=[image], **tiny_kwargs(pipe))
+    assert "generate_prior_tokens" not in vars(pipe), "the pipeline is as it was"

@@ -44,13 +44,16 @@ class ReadsNearestKnownImage:
     the prompt whose direct generation from localize's noise (seed 0) lies nearest to it. A prompt's
     own image, generated in another batch, differs from it by float rounding only (MSE ~1e-13 on the
     tiny pipelines, against ~1e-6 between prompts), so the floors read exactly; a patched image
-    reads as whichever text it was moved closest to."""
+    reads as whichever text it was moved closest to. Each prompt is generated alone: in a plain
+    batch, GLM-Image pads the shorter prompts' glyph texts and samples its prior tokens for the
+    batch as a whole, so a row there is not its prompt's own image."""
 
     def __init__(self, pipe, pairs: list[PromptPair]):
         texts = {prompt: text for pair in pairs for prompt, text in ((pair.source, pair.source_text), (pair.target, pair.target_text))}
-        generators = [torch.Generator("cpu").manual_seed(0) for _ in texts]
-        images = images_of(pipe(prompt=list(texts), generator=generators, **tiny_call_kwargs(pipe)))
-        self.known = list(zip(images, texts.values()))
+        self.known = [
+            (images_of(pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(0), **tiny_call_kwargs(pipe)))[0], text)
+            for prompt, text in texts.items()
+        ]
 
     def read(self, images):
         return [min(self.known, key=lambda known: mse(image, known[0]))[1] for image in images]

@@ -44,6 +44,8 @@ NAMES = (
     "tiny-random-hunyuandit",
     "tiny-random-kandinsky5",
     "tiny-random-qwenimage21",
+    "tiny-random-glm-image",
+    "tiny-random-ernie-image",
 )
 
 

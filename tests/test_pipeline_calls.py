@@ -19,7 +19,7 @@ from textloc.seeding import generator
 from textloc.testing import ARCHITECTURES, IMAGE_SIZE, tiny_call_kwargs
 
 #: Pipeline arguments whose stock default changes the text a pipeline encodes or the size it runs at.
-SWITCHES = ("clean_caption", "use_resolution_binning", "enable_prompt_rewrite")
+SWITCHES = ("clean_caption", "use_resolution_binning", "enable_prompt_rewrite", "use_pe")
 
 
 def _takes(arch: str) -> set[str]:

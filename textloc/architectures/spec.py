@@ -271,6 +271,11 @@ class Family:
     #: says why); passed only to a pipeline whose ``__call__`` takes them
     #: (:func:`textloc.pipeline_calls.call_kwargs`).
     call_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: Pipeline methods the engine stands in for while it runs the pipeline: name -> ``wrap(pipe,
+    #: method)``, which returns what to call instead. Where a pipeline draws, for a whole batch at
+    #: once, something each row's image depends on (GLM-Image's autoregressive prior tokens), the
+    #: family's wrapper draws it one prompt at a time, so that a row is what its prompt alone gives.
+    wraps: Mapping[str, Callable[[Any, Callable[..., Any]], Callable[..., Any]]] = field(default_factory=dict)
     #: The family's pipeline outputs that hold their images under another field than ``images``:
     #: output class name -> field (:func:`textloc.pipeline_calls.images_of`).
     image_outputs: Mapping[str, str] = field(default_factory=dict)

@@ -3,7 +3,8 @@
 Every engine call (record, patch, replays, capture, explicit probabilities) runs inside
 :func:`hooked`: ``diffusers.hooks`` on the denoiser (step and branch) and on each chosen layer and
 its text K/V projections, and method shadows on the scheduler's ``step`` and, where needed, the
-pipeline's ``encode_prompt`` (its arguments read, or its result checked by the family's spec).
+pipeline's ``encode_prompt`` (its arguments read, or its result checked by the family's spec) and
+on any method the family's spec draws per prompt (``Family.wraps``).
 Leaving it, normally or through an exception, removes them all.
 """
 
@@ -28,7 +29,7 @@ from textloc.engine.replays import GradientHook
 from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, checked, shadowed
 from textloc.engine.units import AttentionLayer
 from textloc.fingerprint import module_fingerprint
-from textloc.pipeline_calls import call_kwargs
+from textloc.pipeline_calls import call_kwargs, instance_attribute
 
 _HOOK_PREFIX = "textloc"
 
@@ -88,6 +89,8 @@ def hooked(
             stack.enter_context(shadowed(pipe, "encode_prompt", state.note_encode_prompt))
         if state.family.check_text is not None:
             stack.enter_context(checked(pipe, "encode_prompt", state.family.check_text))
+        for method, wrap in state.family.wraps.items():
+            stack.enter_context(instance_attribute(pipe, method, wrap(pipe, getattr(pipe, method))))
         try:
             if grad_steps or on_output is not None:
                 register(model, GradientHook(state, grad_steps, on_output), f"{tag}_gradient")

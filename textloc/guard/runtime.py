@@ -29,6 +29,7 @@ Safe Latent Diffusion is left out: diffusers ships it for SD 1.x only, deprecate
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -422,4 +423,6 @@ def _first_rows(output: Any, keep: int) -> Any:
 
     if isinstance(output, tuple):
         return tuple(cut(value) for value in output)
-    return type(output)(**{key: cut(value) for key, value in output.items()})
+    # diffusers' outputs list only their fields that are not None (ERNIE-Image's revised_prompts,
+    # with no prompt enhancer): the others are kept as they are.
+    return dataclasses.replace(output, **{key: cut(value) for key, value in output.items()})
