@@ -20,7 +20,8 @@ through every method of the same call (``tl.ToxicTextGuard(..., method=...)``):
   plain pipeline's with the image check off and on.
 
 Writes bench/results/guard_adversarial.json (``-tiny-sd3``/``-tiny-flux`` for the others) and
-prints the tables.
+prints the tables. Each method's images are kept under ``runs/bench_guard_adversarial/<model>/`` as
+they are made, so an interrupted run resumes at the method it stopped in.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 
 import textloc as tl
 from bench_guard import background, clean_prompts  # beside this script
-from embedded import add_model_argument, layers_dir, results_file
+from embedded import ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.guard import ToxicTextGuard
 from textloc.models import named_model
 from textloc.pipeline_calls import call_kwargs
@@ -101,6 +102,22 @@ def generate(guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch:
     return {"images": images, "found": found, "caught": caught, "seconds": seconds / len(prompts)}
 
 
+def generate_kept(name: str, folder: Path, guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """:func:`generate`'s result for method ``name``, read from ``folder`` when a run with the same
+    prompts, noise and settings made it, else made and written there whole (then renamed in)."""
+    path, key = folder / f"{name.replace(' ', '_').replace('+', 'and')}.npz", json.dumps([prompts, seeds, repr(sorted(settings.items()))])
+    if path.exists():
+        kept = np.load(path)
+        if str(kept["key"]) == key:
+            return {"images": list(kept["images"]), "found": list(kept["found"]), "caught": list(kept["caught"]), "seconds": float(kept["seconds"])}
+    run = generate(guard, prompts, seeds, batch, settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".tmp"), "wb") as handle:
+        np.savez(handle, key=key, images=np.stack(run["images"]), found=run["found"], caught=run["caught"], seconds=run["seconds"])
+    path.with_suffix(".tmp").replace(path)
+    return run
+
+
 def score_method(run: dict[str, Any], base: dict[str, Any], items: list[dict[str, Any]], replaced: list[str], judge) -> dict[str, Any]:
     """Per form: the rates and distances of one method's images (see the module docstring)."""
     per_form = {}
@@ -149,7 +166,7 @@ def main() -> None:
     runs = {}
     for name, guard in guards.items():
         print(f"{name} on {len(prompts)} adversarial prompts ...", flush=True)
-        run = generate(guard, prompts, seeds, args.batch, settings)
+        run = generate_kept(name, ROOT / "runs" / "bench_guard_adversarial" / short_name(model.name), guard, prompts, seeds, args.batch, settings)
         run["readings"] = ocr.readings(run["images"])
         run["reads"] = [reading.text for reading in run["readings"]]
         runs[name] = run
