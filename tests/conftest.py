@@ -40,12 +40,14 @@ ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21")
 #: The families that pad each call's text to its longest prompt (Qwen-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
 PADS_TO_LONGEST = ("qwenimage",)
+PADS_TO_LONGEST += ("nucleusmoe-image",)  # to its longest prompt, a multiple of 8
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "flux2", "flux2-klein", "chroma", "lumina2", "cosmos2", "qwenimage", "cogview4", "hunyuan-image", "hidream", "z-image",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
     "qwenimage21",
+    "nucleusmoe-image",
 )
 
 

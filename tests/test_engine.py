@@ -45,6 +45,7 @@ EXPECTED_KINDS = {
     "hunyuandit": {"cross", "pooled"},
     "kandinsky5": {"joint", "pooled"},
     "qwenimage21": {"prefix"},
+    "nucleusmoe-image": {"added_kv"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},

@@ -54,6 +54,7 @@ def lora_names(pipe) -> set[str]:
 # preconditioning, Qwen-Image's video VAE, HiDream's negated prediction, Z-Image's list inputs):
 # refused in one line.
 NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "qwenimage", "hidream", "z-image", "kandinsky5", "qwenimage21")
+NOT_TRAINED += ("nucleusmoe-image",)
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)

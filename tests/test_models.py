@@ -44,6 +44,7 @@ NAMES = (
     "tiny-random-hunyuandit",
     "tiny-random-kandinsky5",
     "tiny-random-qwenimage21",
+    "tiny-random-nucleusmoe-image",
 )
 
 

@@ -66,6 +66,7 @@ ATTENTION_LAYOUT["kandinsky5"] = [
     (r"visual_transformer_blocks\.\d+\.cross_attention", "Kandinsky5AttnProcessor", 2),
 ]
 ATTENTION_LAYOUT["qwenimage21"] = [(r"transformer_blocks\.\d+\.attn", "QwenImage21AttnProcessor", 2)]
+ATTENTION_LAYOUT["nucleusmoe-image"] = [(r"transformer_blocks\.\d+\.attn", "NucleusMoEAttnProcessor2_0", 2)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

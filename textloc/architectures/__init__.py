@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
     chroma, cogview4, cosmos2, deepfloyd_if, flux, flux2, hidream, hunyuan_dit, hunyuan_image, kandinsky5, longcat_image,
-    lumina2, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
+    lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures.spec import Family, TinyPipeline
 
@@ -26,6 +26,7 @@ FAMILIES: list[Family] = [
     sana.FAMILY, lumina2.FAMILY, cosmos2.FAMILY, qwenimage.FAMILY, cogview4.FAMILY, hunyuan_image.FAMILY, hidream.FAMILY,
     z_image.FAMILY, ovis_image.FAMILY, longcat_image.FAMILY, hunyuan_dit.FAMILY, kandinsky5.FAMILY,
     qwenimage21.FAMILY,
+    nucleusmoe_image.FAMILY,
 ]
 
 
