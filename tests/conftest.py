@@ -40,7 +40,6 @@ ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21")
 #: The families that pad each call's text to its longest prompt (Qwen-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
 PADS_TO_LONGEST = ("qwenimage",)
-PADS_TO_LONGEST += ("nucleusmoe-image",)  # to its longest prompt, a multiple of 8
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (

@@ -20,7 +20,7 @@ conditional one first, with no ``cache_context``, no ``do_classifier_free_guidan
 the call's place in the step, and CFG on is the test its loop makes. Each pass pads its own text.
 The denoiser gets ``t / 1000``, and the pipeline steps with the negated prediction.
 
-The tiny pipeline: a stock ``NucleusMoEImagePipeline`` with 2 blocks of 2 heads (the second MoE, of
+The tiny pipeline: a stock ``NucleusMoEImagePipeline`` with 2 blocks of 4 query heads over 2 K/V heads (the second MoE, of
 4 experts), an 8-layer Qwen3-VL (the pipeline reads its hidden state 8 from the last) behind
 Qwen-Image's byte-level tokenizer with the pipeline's system prompt's words whole, and Qwen-Image's
 tiny autoencoder.
@@ -72,11 +72,11 @@ def _nucleusmoe_image(seed: int) -> dict[str, Any]:
         in_channels=4 * z_dim,  # the pipeline packs 2x2 latent patches
         out_channels=z_dim,
         num_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        num_key_value_heads=1,  # grouped-query attention, as published
+        attention_head_dim=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention: 2 text K/V heads, each read by 2 query heads
         joint_attention_dim=parts.TEXT_WIDTH,
-        axes_dims_rope=(4, 6, 6),  # sums to the head size
+        axes_dims_rope=(2, 2, 4),  # sums to the head size
         mlp_ratio=6.0,  # the dense MLP's width is rounded down to a multiple of 128: 128, not 0
         dense_moe_strategy="leave_first_block_dense",
         num_experts=4,
