@@ -45,7 +45,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 NOT_INVERTED = (
     "flux2", "flux2-klein", "chroma", "lumina2", "cosmos2", "qwenimage", "cogview4", "hunyuan-image", "hidream", "z-image",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
-    "qwenimage21", "glm-image", "ernie-image",
+    "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image",
 )
 
 

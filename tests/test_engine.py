@@ -48,6 +48,7 @@ EXPECTED_KINDS = {
     "qwenimage21": {"prefix"},
     "glm-image": {"single"},
     "ernie-image": {"single"},
+    "nucleusmoe-image": {"added_kv"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -328,7 +329,8 @@ def test_branch_choice_patches_that_half_only(arch, pipe):
             with tl.patch(pipe, "all", cache_of(pipe, OTHER, negative_prompt="blurry text"), branch="uncond"):
                 generate(pipe)
         return
-    other = cache_of(pipe, OTHER, **({"negative_prompt": "blurry text"} if takes_negative else {"generator": tl.generator(5)}))
+    negative = "x" if arch == "nucleusmoe-image" else "blurry text"  # its "" and "x" pad to 72 tokens, "blurry text" to 80
+    other = cache_of(pipe, OTHER, **({"negative_prompt": negative} if takes_negative else {"generator": tl.generator(5)}))
     images = {"none": generate(pipe)}
     for branch in ("cond", "uncond", "both"):
         with tl.patch(pipe, "all", other, branch=branch):
@@ -405,6 +407,27 @@ def test_qwenimage21_refuses_the_pipelines_step_0_kv_cache():
         tl.run_with_cache(pipe, "all", PROMPT, **seeded(pipe, use_kv_cache=True))
     # Without a cache, every step computes the same text K/V again: the cached run's image, to rounding.
     torch.testing.assert_close(generate(pipe), generate(pipe, use_kv_cache=True), atol=1e-5, rtol=0)
+
+
+def test_nucleusmoe_image_patches_the_text_part_of_its_image_and_text_mask():
+    # Its text reaches the image only through its added-K/V layers, its keys [image, text] under one
+    # attention_mask (None where no token is padding; each call pads to its longest prompt, a multiple
+    # of 8). A row patched at every layer from another prompt, with that prompt's text mask, is that
+    # prompt's image, whatever the two are padded to.
+    pipe = _pipeline("nucleusmoe-image")
+    names = tuple(layer.name for layer in text_layers(pipe))
+    long, even = 'A sign that says "HELLO" on a long wooden board.', 'A sign that says "HIS".'  # 111 tokens (padded to 112), 88
+    odd = 'A sign that says "HI".'  # 87 tokens: padded to 88 alone (masked), where "HIS" has no mask at all
+    rows = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, long], [RowPatch(names, source=1, row=0)], **tiny_kwargs(pipe))))
+    torch.testing.assert_close(rows[0], rows[1], atol=BATCH_TOLERANCE, rtol=0)
+    # From a cache of a shorter prompt (other padding, and a shorter call): its text, and its mask.
+    for source in (odd, even):
+        with tl.patch(pipe, "all", cache_of(pipe, source), branch="both"):
+            torch.testing.assert_close(generate(pipe, long), generate(pipe, source), atol=BATCH_TOLERANCE, rtol=0)
+    # A source longer than the run's text does not fit: refused, never cut.
+    with pytest.raises(ValueError, match="batch the prompt with one as long as the source"):
+        with tl.patch(pipe, "all", cache_of(pipe, long)):
+            generate(pipe)
 
 
 POOLED_ARCHS = [arch for arch, kinds in EXPECTED_KINDS.items() if "pooled" in kinds]
@@ -649,8 +672,8 @@ def without_guidance(pipe) -> dict:
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
-    # Their specs refuse: no scale of the scheduler's timestep, list inputs, or a prediction of the text tokens too.
-    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image"):
+    # Their specs refuse: no scale of the scheduler's timestep, list inputs, a prediction of the text tokens too, or a negated one.
+    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image", "nucleusmoe-image"):
         with pytest.raises(ValueError, match=f"denoiser_inputs does not support the {arch} family yet"):
             denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
         return
@@ -671,7 +694,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image"):
+    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image", "nucleusmoe-image"):
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
     if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):

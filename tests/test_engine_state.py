@@ -115,6 +115,16 @@ def test_kandinsky5_runs_its_uncond_pass_second_while_its_guidance_scale_is_abov
     assert seen == [(step, branch) for step in (0, 1) for branch in branches]
 
 
+@pytest.mark.parametrize("guidance_scale", [4.0, 1.0])
+def test_nucleusmoe_image_runs_its_uncond_pass_second_while_its_guidance_scale_is_above_1(guidance_scale):
+    # As Kandinsky 5: two plain calls a step (no context, no property, no flag to encode_prompt),
+    # CFG on where its loop's own test, guidance_scale > 1, is.
+    pipe = _pipeline("nucleusmoe-image")
+    seen = steps_seen(pipe, [PROMPT, OTHER], **kwargs_of(pipe, guidance_scale=guidance_scale))
+    branches = [("cond",), ("uncond",)] if guidance_scale > 1 else [("cond",)]
+    assert seen == [(step, branch) for step in (0, 1) for branch in branches]
+
+
 def test_a_pipeline_that_states_no_cfg_layout_is_refused():
     pipe = _pipeline("deepfloyd-if")
     unet = tl.engine.denoiser(pipe)

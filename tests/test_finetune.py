@@ -55,6 +55,7 @@ def lora_names(pipe) -> set[str]:
 # ERNIE-Image's VAE):
 # refused in one line.
 NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "qwenimage", "hidream", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
+NOT_TRAINED += ("nucleusmoe-image",)
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)

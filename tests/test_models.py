@@ -46,6 +46,7 @@ NAMES = (
     "tiny-random-qwenimage21",
     "tiny-random-glm-image",
     "tiny-random-ernie-image",
+    "tiny-random-nucleusmoe-image",
 )
 
 

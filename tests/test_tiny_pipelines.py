@@ -68,6 +68,7 @@ ATTENTION_LAYOUT["kandinsky5"] = [
 ATTENTION_LAYOUT["qwenimage21"] = [(r"transformer_blocks\.\d+\.attn", "QwenImage21AttnProcessor", 2)]
 ATTENTION_LAYOUT["glm-image"] = [(r"transformer_blocks\.\d+\.attn1", "GlmImageAttnProcessor", 2)]
 ATTENTION_LAYOUT["ernie-image"] = [(r"layers\.\d+\.self_attention", "ErnieImageSingleStreamAttnProcessor", 2)]
+ATTENTION_LAYOUT["nucleusmoe-image"] = [(r"transformer_blocks\.\d+\.attn", "NucleusMoEAttnProcessor2_0", 2)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

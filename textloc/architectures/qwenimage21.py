@@ -103,8 +103,8 @@ def _text_only_processor_class() -> type:
     return TextOnlyQwen3VLProcessor
 
 
-def _qwen3_vl_encoder(seed: int, tokenizer: Any) -> Any:
-    """A tiny Qwen3-VL (its vision tower built, never run) of 2 text layers."""
+def _qwen3_vl_encoder(seed: int, tokenizer: Any, layers: int = 2) -> Any:
+    """A tiny Qwen3-VL (its vision tower built, never run) of ``layers`` text layers."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     ids = tokenizer.convert_tokens_to_ids
@@ -113,7 +113,7 @@ def _qwen3_vl_encoder(seed: int, tokenizer: Any) -> Any:
             vocab_size=len(tokenizer),
             hidden_size=parts.TEXT_WIDTH,
             intermediate_size=2 * parts.TEXT_WIDTH,
-            num_hidden_layers=2,
+            num_hidden_layers=layers,
             num_attention_heads=2,
             num_key_value_heads=1,
             head_dim=parts.TEXT_WIDTH // 2,

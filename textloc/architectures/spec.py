@@ -78,7 +78,9 @@ class TextRoute:
     (module paths inside the attention; a joint layer's image stream, the paper's choice), and
     ``text_mask``: the attention keyword that carries a ``(batch, text tokens)`` keep-mask which the
     pipeline leaves ``None`` when no token is padding (Qwen-Image); without one, the engine reads
-    the layer's ``attention_mask``, as the pipeline built it."""
+    the layer's ``attention_mask``, as the pipeline built it. ``mask_text_at``: where the text sits on
+    that mask's last axis: the mask is the text's alone (``"all"``), or covers a key sequence of
+    image and text with the text last (NucleusMoE: ``[image, text]``, the image's always kept)."""
 
     kind: Kind
     key: Projection
@@ -86,6 +88,7 @@ class TextRoute:
     text_at: TextPosition = "all"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     text_mask: str | None = None
+    mask_text_at: Literal["all", "last"] = "all"
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -209,16 +209,24 @@ class LayerHooks:
         return whole
 
     def on_attention(self, kwargs: dict) -> dict:
-        keyword = self.layer.route.text_mask or "attention_mask"
-        mask = self.mask = kwargs.get(keyword)
-        if mask is None and self.layer.route.text_mask is None:
+        route = self.layer.route
+        keyword = route.text_mask or "attention_mask"
+        full = kwargs.get(keyword)
+        # A mask over [image, text] keys: its text part is recorded and swapped, the image's kept.
+        text_len = self.state.call.text_len if route.mask_text_at == "last" else None
+        mask = self.mask = full if full is None or text_len is None else full[..., full.shape[-1] - text_len :]
+        if mask is None and route.text_mask is None:
             return kwargs
         writes = self.writes()
         if not writes.patches:
             return kwargs
         # A keep-mask left None has every token valid; a source with padding, or of another length,
         # needs one, which is made here (and only then: a masked attention takes another code path).
-        swapped = mask.clone() if mask is not None else torch.ones(kwargs["encoder_hidden_states"].shape[:2], dtype=torch.bool, device=kwargs["encoder_hidden_states"].device)
+        if mask is not None:
+            swapped = mask.clone()
+        else:  # only an attention that takes its text apart comes here unmasked
+            text = kwargs["encoder_hidden_states"]
+            swapped = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
         for patch, targets, source in writes.patches:
             source_mask = source.mask(swapped)
             if source_mask is None:
@@ -235,6 +243,11 @@ class LayerHooks:
             swapped[targets] = source_mask
         if mask is None and bool(_attends(swapped).all()):
             return kwargs
+        if text_len is not None:
+            image = kwargs["hidden_states"]
+            joint = full.clone() if full is not None else swapped.new_ones((swapped.shape[0], image.shape[1] + text_len))
+            joint[..., joint.shape[-1] - text_len :] = swapped
+            swapped = joint
         return {**kwargs, keyword: swapped}
 
     def keep_inputs(self, args: tuple, kwargs: dict) -> None:
