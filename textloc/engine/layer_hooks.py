@@ -177,22 +177,27 @@ class LayerHooks:
     def on_projection(self, role: str, output: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
         """Record and patch ``role``'s text in a projection's output (in ``columns`` of it, for a
         fused projection); returns the output the layer goes on with."""
+        writes = self.writes()
+        if self.recorder is None and not writes.patches:  # a call no patch writes: no op at all
+            return output
         rows = self.state.call.num_rows
         if output.shape[0] == 1 < rows:
             # One row for the whole call, broadcast by the model (FLUX's pooled vector of a single
             # negative prompt): each row gets its own copy, so that each can be recorded and patched.
             output = output.expand(rows, *output.shape[1:]).clone()
         kv = output if columns is None else output[..., columns]
+        source_text = self.text_slice(kv)
         if self.recorder is not None:
-            self.recorder.add(self.layer, self.state.call, role, self.text_slice(kv), self.mask)
-        writes = self.writes()
+            self.recorder.add(self.layer, self.state.call, role, source_text, self.mask)
         if not writes.patches:
             return output
-        # The projection's output is a fresh tensor that only this layer's processor reads.
-        whole = output.clone() if writes.copy else output
-        patched = whole if columns is None else whole[..., columns]
-        source_text, text = self.text_slice(kv), self.text_slice(patched)
-        head_dim = kv.shape[-1] // self.layer.num_heads
+        # The projection's output is a fresh tensor that only this layer's processor reads: written
+        # in place, through the views already taken (every view is an aten op on every patched call),
+        # unless a row read as a source is also written.
+        whole, text = output, source_text
+        if writes.copy:
+            whole = output.clone()
+            text = self.text_slice(whole if columns is None else whole[..., columns])
         for patch, targets, source in writes.patches:
             if role not in patch.roles():
                 continue
@@ -203,6 +208,7 @@ class LayerHooks:
             if patch.heads is None:
                 text[targets] = values
             else:
+                head_dim = kv.shape[-1] // self.layer.num_heads
                 for head in patch.heads:
                     head_columns = slice(head * head_dim, (head + 1) * head_dim)
                     text[targets, :, head_columns] = values[..., head_columns]
