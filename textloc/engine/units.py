@@ -87,6 +87,18 @@ class AttentionLayer:
             )
         return key, value
 
+    @property
+    def text_kv_width(self) -> int:
+        """The values one text token's keys and values take together here (a fused projection's
+        columns that are this layer's keys and values): what a cache keeps per token and row."""
+        if self.route is None or self.kind == "pooled":
+            raise ValueError(f"{self.name} has no text keys or values.")
+        width = 0
+        for projection in (self.route.key, self.route.value):
+            columns = projection.columns(self.module)
+            width += columns.stop - columns.start if columns is not None else projection.module(self.module).out_features
+        return width
+
 
 def _runs_fused_projections(module: torch.nn.Module) -> bool:
     """Whether ``fuse_qkv_projections()`` has the attention run ``to_qkv``/``to_kv``, keeping ``to_k``
