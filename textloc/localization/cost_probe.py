@@ -57,7 +57,7 @@ def probe(
     generate_kwargs: dict[str, Any], ocr: OCR, judge: SceneJudge | None,
 ) -> Probe:
     """Time a full patched generation of three rows (source, target, one patched: a held-out
-    generation) and two steps of one at ``max_rows`` rows (the largest batch of the run)."""
+    generation) and three steps of one at ``max_rows`` rows (the largest batch of the run)."""
     model = denoiser(pipe)
     prompts = [pair.source, pair.target, *[pair.source] * (max_rows - 2)]
     plan = [patch for row in range(2, max_rows) for patch in unit_patches([layers[(row - 2) % len(layers)].name], row, settings)]
@@ -100,12 +100,13 @@ def probe(
     branch_calls = [sum(1 for step, holds, _ in calls if step == s and holds) for s in range(steps)]
     denoising = sum(seconds for _, _, seconds in calls)
     at_small = float(np.median([seconds for _, _, seconds in calls[1:]] or [calls[0][2]]))
-    large_calls, _, large_inputs, _, _ = run(max_rows, stop_at_step=min(2, steps))
-    last_step = [seconds for step, _, seconds in large_calls if step == max(s for s, _, _ in large_calls)]
+    # Three steps at the largest batch, the first of them a warm-up at that size.
+    large_calls, _, large_inputs, _, _ = run(max_rows, stop_at_step=min(3, steps))
+    warm = [seconds for step, _, seconds in large_calls if step > 0] or [seconds for _, _, seconds in large_calls]
     return Probe(
         calls_per_step=calls_per_step,
         branch_calls_per_step=branch_calls,
-        call_seconds=((3, at_small), (max_rows, float(np.median(last_step)))),
+        call_seconds=((3, at_small), (max_rows, float(np.median(warm)))),
         fixed_seconds_per_row=max(0.0, total - denoising) / 3,
         read_seconds=_read_seconds(np.asarray(output.images), [pair.source, pair.target, pair.source], ocr, judge),
         text_tokens=text_tokens,

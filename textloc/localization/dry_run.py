@@ -48,6 +48,7 @@ class Ledger:
     the same image)."""
 
     generations: list[Generation] = field(default_factory=list)
+    pairs_scored: dict[str, int] = field(default_factory=dict)
     images_scored: dict[str, int] = field(default_factory=dict)
     images_read: dict[str, int] = field(default_factory=dict)
     stage: str = ""
@@ -57,6 +58,7 @@ class Ledger:
         """Note the images of one pair's scoring, each by what makes it the image it is."""
         fresh = {image for image in images if image not in self._read}
         self._read.update(fresh)
+        self.pairs_scored[self.stage] = self.pairs_scored.get(self.stage, 0) + 1
         self.images_scored[self.stage] = self.images_scored.get(self.stage, 0) + len(images)
         self.images_read[self.stage] = self.images_read.get(self.stage, 0) + len(fresh)
 

@@ -35,13 +35,15 @@ BACKWARD_CALLS = 2.0
 @dataclass
 class StageCost:
     """One stage of a localization: its generations, their prompt rows, denoiser calls, backward
-    passes, images scored and, of them, read by the OCR (not read before), and estimated seconds."""
+    passes, the pairs whose images it scores, the images scored and, of them, read by the OCR (not
+    read before), and estimated seconds."""
 
     stage: str
     generations: int
     rows: int
     denoiser_calls: int
     backward_passes: int
+    pairs_scored: int
     images_scored: int
     images_read: int
     seconds: float
@@ -96,7 +98,7 @@ class Estimate:
 
     def _total(self) -> StageCost:
         return StageCost(
-            "total", *(sum(getattr(stage, name) for stage in self.stages) for name in ("generations", "rows", "denoiser_calls", "backward_passes", "images_scored", "images_read")),
+            "total", *(sum(getattr(stage, name) for stage in self.stages) for name in ("generations", "rows", "denoiser_calls", "backward_passes", "pairs_scored", "images_scored", "images_read")),
             self.seconds,
         )
 
@@ -142,7 +144,8 @@ def _stage_costs(ledger: Ledger, measured: Probe) -> list[StageCost]:
     return [
         StageCost(
             stage, len(generations), sum(g.rows for g in generations), sum(_calls(g, measured) for g in generations),
-            sum(_backward_passes(g, measured) for g in generations), ledger.images_scored.get(stage, 0), ledger.images_read.get(stage, 0),
+            sum(_backward_passes(g, measured) for g in generations), ledger.pairs_scored.get(stage, 0),
+            ledger.images_scored.get(stage, 0), ledger.images_read.get(stage, 0),
             sum(_seconds(g, measured) for g in generations) + ledger.images_read.get(stage, 0) * measured.read_seconds,
         )
         for stage, generations in by_stage.items()
