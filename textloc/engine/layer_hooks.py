@@ -215,9 +215,12 @@ class LayerHooks:
         """``rows`` of a projection's output (``[rows, tokens, width]``, or ``[rows, width]`` for the
         pooled vector), at its text tokens and in ``columns`` of it, as one view.
 
-        One ``as_strided``, not a slice per axis: each is an aten op on every patched call, and a
-        single-stream layer patched on one CFG branch would take three views where one does.
+        One ``as_strided`` where more than the rows are cut, not a slice per axis: each is an aten
+        op on every patched call, and a single-stream layer patched on one CFG branch would take
+        three views where one does.
         """
+        if columns is None and self.layer.route.text_at == "all":  # rows only (most layers): one slice, or none
+            return output if rows.start == 0 and rows.stop == output.shape[0] else output[rows]
         shape, stride = list(output.shape), output.stride()
         offset = output.storage_offset() + rows.start * stride[0]
         shape[0] = rows.stop - rows.start
