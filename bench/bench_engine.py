@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python bench/bench_engine.py [--repeats 7] [--overhead-repeats 21] [--steps 10] [--size 64]
-        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead work sweep cache]
+        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead work sweep cache] [--work-repeats 5]
 
 It prints markdown tables and writes ``bench/results/engine.json``. Every ratio compares runs made
 side by side in this one process on the tiny random pipelines of :mod:`textloc.testing`: within a
@@ -20,7 +20,10 @@ work on shared cores disturbs less than a ratio of medians. One torch thread thr
    that carries to other model sizes), and entering the context; with the plain time they give
    the estimated ratio.
 2. Work: the aten operations and Python function calls of one plain and one patched generation,
-   counted, not timed: the part of the overhead that these shared cores cannot blur.
+   counted, not timed: the part of the overhead that these shared cores cannot blur. And call by
+   call (:mod:`engine_work`), against the bars of :data:`BARS`: the extra aten ops of each patched
+   projection call, its extra microseconds (each call timed beside an unhooked twin's), entering
+   ``tl.patch`` (median), and the hooks a patched run leaves on the layers it does not patch.
 3. Sweep: patching each of the L text layers in turn from a second prompt, as one
    ``tl.run_with_patches`` batch of L+1 rows, against recording that prompt once and running L
    separate ``with tl.patch(...)`` generations. The largest difference between a batched row and
