@@ -4,7 +4,7 @@ hold on any machine (the times are bench/bench_engine.py --parts work's)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
