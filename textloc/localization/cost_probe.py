@@ -59,6 +59,7 @@ def probe(
     """Time a full patched generation of three rows (source, target, one patched: a held-out
     generation) and three steps of one at ``max_rows`` rows (the largest batch of the run)."""
     model = denoiser(pipe)
+    max_rows = max(max_rows, 3)  # a run of screens alone has batches of two
     prompts = [pair.source, pair.target, *[pair.source] * (max_rows - 2)]
     plan = [patch for row in range(2, max_rows) for patch in unit_patches([layers[(row - 2) % len(layers)].name], row, settings)]
     branch = "uncond" if settings.branch == "uncond" else "cond"
