@@ -3,7 +3,7 @@
 Run from the repository root:
 
     python bench/bench_engine.py [--repeats 7] [--overhead-repeats 21] [--steps 10] [--size 64]
-        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead work sweep cache]
+        [--archs sdxl sd3 flux deepfloyd-if] [--parts overhead work sweep cache] [--work-repeats 5]
 
 It prints markdown tables and writes ``bench/results/engine.json``. Every ratio compares runs made
 side by side in this one process on the tiny random pipelines of :mod:`textloc.testing`: within a
@@ -20,7 +20,10 @@ work on shared cores disturbs less than a ratio of medians. One torch thread thr
    that carries to other model sizes), and entering the context; with the plain time they give
    the estimated ratio.
 2. Work: the aten operations and Python function calls of one plain and one patched generation,
-   counted, not timed: the part of the overhead that these shared cores cannot blur.
+   counted, not timed: the part of the overhead that these shared cores cannot blur. And call by
+   call (:mod:`engine_work`), against the bars of :data:`BARS`: the extra aten ops of each patched
+   projection call, its extra microseconds (each call timed beside an unhooked twin's), entering
+   ``tl.patch`` (median), and the hooks a patched run leaves on the layers it does not patch.
 3. Sweep: patching each of the L text layers in turn from a second prompt, as one
    ``tl.run_with_patches`` batch of L+1 rows, against recording that prompt once and running L
    separate ``with tl.patch(...)`` generations. The largest difference between a batched row and
@@ -57,10 +60,14 @@ from textloc.layers import SD3_MEDIUM, SDXL_BASE
 from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
 
+import engine_work  # beside this script
+
 PROMPT = 'A sign that says "HELLO".'
 OTHER = 'A sign that says "WORLD".'
 RESULTS = Path(__file__).parent / "results" / "engine.json"
 OVERHEAD_GOAL = 1.05
+# The counted bars (issue 37): per patched projection call, per role written; entering on tiny SDXL.
+BARS = {"extra_ops_per_call": 2, "extra_us_per_call": 20.0, "enter_ms": 1.0, "enter_ms_arch": "sdxl", "hooks_on_unpatched_layers": 0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,8 +252,10 @@ def counted_work(run: Callable[[], Any]) -> dict[str, int]:
     return {"aten_ops": ops.count, "python_calls": calls}
 
 
-def measure_work(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """What a patched generation does beyond a plain one, in counts (the same setup as the overhead)."""
+def measure_work(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, Any]:
+    """What a patched generation does beyond a plain one, in counts (the same setup as the overhead),
+    and call by call (:mod:`engine_work`): per patched projection call and layer call, entering the
+    context, the hooks on a patched run's modules."""
     cache = tl.record(pipe, "all", PROMPT, **seeded(kwargs))
 
     def plain() -> None:
@@ -260,7 +269,14 @@ def measure_work(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         with tl.patch(pipe, "all", cache):
             pass
 
-    return {"plain": counted_work(plain), "patched": counted_work(patched), "entering": counted_work(entering)}
+    layers = tl.select_layers(pipe, "all")
+    return {
+        "plain": counted_work(plain), "patched": counted_work(patched), "entering": counted_work(entering),
+        "per_projection_call": engine_work.per_call(pipe, plain, cache, engine_work.projections(layers), repeats),
+        "per_layer_call": engine_work.per_call(pipe, plain, cache, {layer.name: layer.module for layer in layers}, repeats),
+        "context": engine_work.enter_and_leave(pipe, cache),
+        "hooks": engine_work.hook_census(pipe, cache),
+    }
 
 
 def measure_sweep(pipe: Any, kwargs: dict[str, Any], repeats: int) -> dict[str, Any]:
@@ -431,6 +447,8 @@ def print_tables(results: dict[str, Any]) -> None:
             f"| {entering['python_calls']:,} |"
         )
 
+    print_work_bars(results)
+
     table_head(
         "Sweep over every text layer: one batch vs separate patched runs",
         "arch | L | batched ms (L+1 rows) | separate ms (record + L runs) | separate/batched | max abs diff",
@@ -454,6 +472,40 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"| {r['model']} | {r['denoiser_params']:,} | {r['text_layers']} ({'/'.join(r['kinds'])}) | {r['text_tokens']} | {'/'.join(map(str, r['kv_widths']))} | {entries} | {r['steps']} x {r['branches']} | {mib(r['all_layers_bytes_per_prompt'])} |")
 
 
+def work_bars(arch: str, work: dict[str, Any]) -> dict[str, bool]:
+    """Whether ``arch``'s counted work meets each bar of :data:`BARS` (entering only on its arch)."""
+    projection = work["per_projection_call"]
+    held = {
+        "extra_ops_per_call": max(projection["extra_ops_per_role_writing"]) <= BARS["extra_ops_per_call"],
+        "extra_us_per_call": projection["extra_us_writing"] <= BARS["extra_us_per_call"],
+        "hooks_on_unpatched_layers": work["hooks"]["hooks_on_unpatched_layers"] == 0 and work["hooks"]["hooks_after"] == 0,
+    }
+    if arch == BARS["enter_ms_arch"]:
+        held["enter_ms"] = work["context"]["enter_ms"] <= BARS["enter_ms"]
+    return held
+
+
+def print_work_bars(results: dict[str, Any]) -> None:
+    table_head(
+        f"Counted overhead per call (bars: <= {BARS['extra_ops_per_call']} aten ops and <= {BARS['extra_us_per_call']:.0f} us per patched "
+        f"projection call, entering <= {BARS['enter_ms']:.0f} ms on {BARS['enter_ms_arch']}, no hook on unpatched layers)",
+        "arch | projection calls (writing) | extra aten ops per writing call | extra us per writing call | extra us, hooked but not writing "
+        "| plain call us | layer call: extra ops, us | entering ms (first) | leaving ms | hooks on unpatched layers | bars held",
+    )
+    for arch, work in measured(results, "work"):
+        if "per_projection_call" not in work:
+            continue
+        p, layer, context, hooks = work["per_projection_call"], work["per_layer_call"], work["context"], work["hooks"]
+        not_writing = f"{p['extra_us_not_writing']:.1f}" if "extra_us_not_writing" in p else "-"
+        held = work_bars(arch, work)
+        print(
+            f"| {arch} | {p['calls_per_generation']} ({p['writing_calls_per_generation']}) | {'/'.join(map(str, p['extra_ops_per_role_writing']))} "
+            f"| {p['extra_us_writing']:.1f} | {not_writing} | {p['plain_us']:.1f} | {'/'.join(map(str, layer['extra_ops_writing']))}, {layer['extra_us_writing']:.0f} "
+            f"| {context['enter_ms']:.2f} ({context['first_enter_ms']:.2f}) | {context['leave_ms']:.2f} | {hooks['hooks_on_unpatched_layers']} "
+            f"| {', '.join(name for name, ok in held.items() if ok)}{'; not: ' + ', '.join(name for name, ok in held.items() if not ok) if not all(held.values()) else ''} |"
+        )
+
+
 def environment() -> dict[str, Any]:
     return {
         "machine": platform.machine(),
@@ -464,6 +516,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        "load_average": os.getloadavg(),  # other jobs on the shared cores while it ran
     }
 
 
@@ -477,6 +530,7 @@ def main() -> None:
         "--overhead-repeats", type=int, default=21,
         help="timed runs per variant of the overhead (default 21: a few percent needs many repeats on shared cores)",
     )
+    parser.add_argument("--work-repeats", type=int, default=5, help="plain and patched generations whose calls are timed beside their twins' (default 5 each)")
     parser.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
     parser.add_argument("--size", type=int, default=64, help="image size in pixels (default 64; tiny SD3 allows at most 64)")
     parser.add_argument("--archs", nargs="+", default=["sdxl", "sd3", "flux", "deepfloyd-if"])
@@ -513,7 +567,8 @@ def main() -> None:
             print(f"{arch}: overhead...", flush=True)
             measured["overhead"] = measure_overhead(pipe, kwargs, args.overhead_repeats)
         if "work" in args.parts:
-            measured["work"] = measure_work(pipe, kwargs)
+            print(f"{arch}: work...", flush=True)
+            measured["work"] = measure_work(pipe, kwargs, args.work_repeats)
         if "sweep" in args.parts:
             print(f"{arch}: sweep...", flush=True)
             measured["sweep"] = measure_sweep(pipe, kwargs, args.repeats)

@@ -35,11 +35,7 @@ def output_width(layer: AttentionLayer) -> int:
     """The width of one text token's keys plus values in ``layer`` (of the pooled vector, its width)."""
     if layer.kind == "pooled":
         return next(module for module in reversed(list(layer.module.modules())) if isinstance(module, torch.nn.Linear)).out_features
-    width = 0
-    for projection in (layer.route.key, layer.route.value):
-        columns = projection.columns(layer.module)
-        width += columns.stop - columns.start if columns is not None else projection.module(layer.module).out_features
-    return width
+    return layer.text_kv_width
 
 
 def measure(family: str, published: PublishedDenoiser) -> dict[str, Any]:

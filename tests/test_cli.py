@@ -241,6 +241,17 @@ def test_localize_passes_the_models_settings_pairs_and_judge(capsys, tmp_path, l
     assert "generator" not in call and "output_type" not in call  # localize sets both itself
 
 
+def test_localize_estimate_needs_no_out_and_hands_localize_the_assumed_selection(capsys, tmp_path, localize_calls):
+    status, _, _ = run(capsys, "localize", "--model", "tiny-random-sd15", "--pairs", "2", "--device", "cpu", "--estimate", "--assume-selected", "0")
+    assert status == 0
+    call = localize_calls[-1]
+    assert call["estimate"] is True and call["assume_selected"] == [0] and "out" not in call
+    status, _, err = run(capsys, "localize", "--model", "tiny-random-sd15", "--pairs", "2")
+    assert status == 2 and "--out" in err
+    status, _, err = run(capsys, "localize", "--model", "tiny-random-sd15", "--out", str(tmp_path), "--assume-selected", "0")
+    assert status == 2 and "--estimate" in err
+
+
 @pytest.mark.parametrize(
     "text, window",
     [("0:0.5", (0, 0.5)), ("4:", (4, None)), (":2", (None, 2)), ("0.25:0.75", (0.25, 0.75)), ("-2:", (-2, None)), ("1:0.5", (1, 0.5))],

@@ -28,7 +28,7 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     in-place write in a tensor's ``_version``), so that checking a cache against the model on
     every patched generation costs a walk over the parameters, not a read of their values.
     """
-    state = tuple((id(parameter), parameter._version) for parameter in module.parameters())
+    state = _parameter_state(module)
     remembered = _remembered.get(module)
     if remembered is not None and remembered[0] == state:
         return remembered[1]
@@ -41,6 +41,25 @@ def module_fingerprint(module: torch.nn.Module) -> str:
 
 
 _remembered: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def _parameter_state(module: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """``(id, _version)`` of every parameter: whether any was replaced or written since."""
+    return tuple([(id(parameter), parameter._version) for part in modules_of(module) for parameter in part._parameters.values() if parameter is not None])
+
+
+def modules_of(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """``module`` and everything under it, level by level.
+
+    Read from the modules' own dicts: ``module.modules()`` resumes nested generators for every
+    module and level, several times the cost on a U-Net of hundreds of modules, and entering
+    ``tl.patch`` walks the denoiser on every call.
+    """
+    found, level = [], [module]
+    while level:
+        found += level
+        level = [child for parent in level for child in parent._modules.values() if child is not None]
+    return found
 
 
 def weights_fingerprint(pipe: Any) -> str:

@@ -69,7 +69,14 @@ def add_localize(subcommands: argparse._SubParsersAction, parents: list[argparse
     run.add_argument("--seeds", metavar="S,S,...", help="several noise seeds: the first serves as --seed, and the exact sweep is repeated at the others to report how stable the ranking is from seed to seed")
     add_sampler_options(run)
     add_config_option(run, LocalizeConfig, "max_batch", "B")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (resumes a run already there)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (resumes a run already there); required but with --estimate")
+    cost = parser.add_argument_group("cost")
+    cost.add_argument(
+        "--estimate", action="store_true",
+        help="run nothing: print the generations, denoiser calls and images of each stage, the memory and the wall time "
+        "(from a denoiser call timed now) that this run would take",
+    )
+    cost.add_argument("--assume-selected", action="append", metavar="SEL", help="with --estimate: the layers the selection is assumed to choose, as --layers takes them (default: the first quarter of the candidates)")
     parser.set_defaults(run=run_localize)
 
 
@@ -138,7 +145,12 @@ def run_localize(args: argparse.Namespace) -> int:
     from textloc.localization import LocalizeConfig, localize
 
     # Options are checked before the model loads, which can take minutes.
-    check_out_folder(args.out)
+    if args.out is None and not args.estimate:
+        raise CommandError("localize needs --out DIR (the run's folder), unless it only --estimate's the cost.")
+    if args.assume_selected and not args.estimate:
+        raise CommandError("--assume-selected only applies to --estimate.")
+    if args.out is not None:
+        check_out_folder(args.out)
     window, heads = _window(args.patch_steps), None if args.heads is None else _heads(args.heads)
     args.seed, *stability_seeds = _seeds(args)
     candidates = layer_source(args.layers, default="all")
@@ -158,6 +170,10 @@ def run_localize(args: argparse.Namespace) -> int:
     settings.pop("generator")
     settings.pop("output_type")
     pairs, judge = localization_pairs(args.model, args)
+    if args.estimate:  # it prints the estimate itself
+        assumed = None if args.assume_selected is None else layer_source(args.assume_selected, default="all")
+        localize(pipe, pairs, candidates, config, ocr=args.ocr, scene_judge=judge, model_name=args.model, estimate=True, assume_selected=assumed, **settings)
+        return 0
     result = localize(
         pipe, pairs, candidates, config,
         ocr=args.ocr, scene_judge=judge, out=str(args.out), model_name=args.model, **settings,

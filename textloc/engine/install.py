@@ -96,10 +96,14 @@ def hooked(
                 register(model, GradientHook(state, grad_steps, on_output), f"{tag}_gradient")
             # Registered last, so outermost: it must know the step before the gradient hook runs.
             register(model, DenoiserHook(state, on_call), f"{tag}_denoiser")
+            patched: list[LayerHooks] = []
+            state.on_new_call.append(lambda: _plan_writes(patched))
             for layer in layers:
                 layer_patches = [p for p in patches if layer.name in p.layers]
                 replay = next((p for p in replays if layer.name in p.layers), None)
                 hooks = LayerHooks(layer, state, recorder, layer_patches, replay, grad_steps)
+                if layer_patches or replay is not None:
+                    patched.append(hooks)
                 if layer.kind == "pooled":
                     # The module's output is the unit (or, where it reads more than the text, the
                     # text columns of its input): that hook goes on first, so that the outer
@@ -122,6 +126,21 @@ def hooked(
             for module, name in reversed(registered):
                 module._diffusers_hook.remove_hook(name, recurse=False)
 
+
+
+def _plan_writes(patched: Sequence[LayerHooks]) -> None:
+    """Work out every patched layer's writes for the denoiser call now beginning, in one loop.
+
+    Each layer would work out its own at its first hook, between the model's own computations,
+    with the interpreter's caches cold: about ten times the cost (bench/engine_work.py). A layer
+    whose writes cannot be worked out (a row outside the batch, a cache entry missing) is left to
+    its own hook, which raises only if the layer runs in this call (SD3's skip-layer pass skips some).
+    """
+    for hooks in patched:
+        try:
+            hooks.writes()
+        except ValueError:
+            pass
 
 
 def run_pipeline(pipe: Any, **kwargs: Any) -> Any:

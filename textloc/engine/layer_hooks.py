@@ -41,23 +41,22 @@ class _Source:
     rows: slice = field(default_factory=lambda: _ALL_ROWS)
     keep_mask: bool = False
 
-    def values(self, role: str, text: torch.Tensor) -> torch.Tensor:
-        if self.entry is None:
-            return text[self.batch_index : self.batch_index + 1]
+    def values(self, role: str, like: torch.Tensor) -> torch.Tensor:
+        """The cache entry's keys or values for the rows written, shaped, placed and typed as ``like``."""
         cached = self.entry.key if role == "key" else self.entry.value
         # Each tensor op costs microseconds on every patched layer call: skip the ones that do nothing.
         if self.rows != _ALL_ROWS:
             cached = cached[self.rows]
-        if cached.shape[1] != text.shape[1]:
+        if cached.shape[1] != like.shape[1]:
             if self.entry.mask is None and not self.keep_mask:
                 raise ValueError(
-                    f"The source has {cached.shape[1]} text tokens and this run {text.shape[1]}; record "
+                    f"The source has {cached.shape[1]} text tokens and this run {like.shape[1]}; record "
                     "the source with the same text length (max_sequence_length)."
                 )
-            cached = _fit_tokens(cached, text.shape[1], dim=1, fill=0.0)
-        if cached.device == text.device and cached.dtype == text.dtype:
+            cached = _fit_tokens(cached, like.shape[1], dim=1, fill=0.0)
+        if cached.device == like.device and cached.dtype == like.dtype:
             return cached
-        return cached.to(text.device, text.dtype)
+        return cached.to(like.device, like.dtype)
 
     def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
         if self.entry is None:
@@ -177,36 +176,65 @@ class LayerHooks:
     def on_projection(self, role: str, output: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
         """Record and patch ``role``'s text in a projection's output (in ``columns`` of it, for a
         fused projection); returns the output the layer goes on with."""
+        writes = self.writes()
+        if self.recorder is None and not writes.patches:  # a call no patch writes: no op at all
+            return output
         rows = self.state.call.num_rows
         if output.shape[0] == 1 < rows:
             # One row for the whole call, broadcast by the model (FLUX's pooled vector of a single
             # negative prompt): each row gets its own copy, so that each can be recorded and patched.
             output = output.expand(rows, *output.shape[1:]).clone()
-        kv = output if columns is None else output[..., columns]
         if self.recorder is not None:
-            self.recorder.add(self.layer, self.state.call, role, self.text_slice(kv), self.mask)
-        writes = self.writes()
+            self.recorder.add(self.layer, self.state.call, role, self.text_slice(output if columns is None else output[..., columns]), self.mask)
         if not writes.patches:
             return output
-        # The projection's output is a fresh tensor that only this layer's processor reads.
+        # The projection's output is a fresh tensor that only this layer's processor reads: written
+        # in place, unless a row that is read as a source is also written.
         whole = output.clone() if writes.copy else output
-        patched = whole if columns is None else whole[..., columns]
-        source_text, text = self.text_slice(kv), self.text_slice(patched)
-        head_dim = kv.shape[-1] // self.layer.num_heads
         for patch, targets, source in writes.patches:
             if role not in patch.roles():
                 continue
-            values = source.values(role, source_text)
+            target = self.text_view(whole, targets, columns)
+            if source.entry is None:  # a live row of this batch, as the projection made it
+                values = self.text_view(output, slice(source.batch_index, source.batch_index + 1), columns)
+            else:
+                values = source.values(role, target)
             if not (isinstance(patch.strength, float) and patch.strength == 1.0):
-                own = source_text[targets]
+                own = self.text_view(output, targets, columns)
                 values = own + patch.strength * (values - own)
             if patch.heads is None:
-                text[targets] = values
+                target.copy_(values)
             else:
+                head_dim = target.shape[-1] // self.layer.num_heads
                 for head in patch.heads:
                     head_columns = slice(head * head_dim, (head + 1) * head_dim)
-                    text[targets, :, head_columns] = values[..., head_columns]
+                    target[..., head_columns].copy_(values[..., head_columns])
         return whole
+
+    def text_view(self, output: torch.Tensor, rows: slice, columns: slice | None) -> torch.Tensor:
+        """``rows`` of a projection's output (``[rows, tokens, width]``, or ``[rows, width]`` for the
+        pooled vector), at its text tokens and in ``columns`` of it, as one view.
+
+        One ``as_strided`` where more than the rows are cut, not a slice per axis: each is an aten
+        op on every patched call, and a single-stream layer patched on one CFG branch would take
+        three views where one does.
+        """
+        if columns is None and self.layer.route.text_at == "all":  # rows only (most layers): one slice, or none
+            return output if rows.start == 0 and rows.stop == output.shape[0] else output[rows]
+        shape, stride = list(output.shape), output.stride()
+        offset = output.storage_offset() + rows.start * stride[0]
+        shape[0] = rows.stop - rows.start
+        if columns is not None:
+            offset += columns.start * stride[-1]
+            shape[-1] = columns.stop - columns.start
+        text_at = self.layer.route.text_at
+        if output.dim() == 3 and text_at != "all":
+            text_len = self.state.call.text_len
+            offset += (0 if text_at == "first" else shape[1] - text_len) * stride[1]
+            shape[1] = text_len
+        if shape == list(output.shape):  # the whole output: no view at all
+            return output
+        return output.as_strided(shape, stride, offset)
 
     def on_attention(self, kwargs: dict) -> dict:
         route = self.layer.route

@@ -106,6 +106,7 @@ class RunState:
         self.guidance, self.signature = self.family.guidance, self.family.signature
         self.windows: dict[int, range] = {}  # id(patch) -> the steps it covers in this run
         self.on_new_run: list[Callable[[RunState], None]] = []
+        self.on_new_call: list[Callable[[], None]] = []  # once the call's step and branches are known
         # Asked once: inspecting the class on every denoiser call would cost more than the answer.
         self.cfg_property = isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property)
 
@@ -140,6 +141,8 @@ class RunState:
         branch_rows = self._branch_rows(len(sample) if isinstance(sample, (list, tuple)) else sample.shape[0], kwargs)
         self.call = DenoiserCall(step, position, branch_rows, text_tokens, pooled_columns, self._step_branches(branch_rows, kwargs))
         self.calls_this_step += 1
+        for callback in self.on_new_call:
+            callback()
 
     def _branch_rows(self, batch: int, kwargs: dict[str, Any]) -> dict[Branch, list[int]]:
         rows = list(range(batch))

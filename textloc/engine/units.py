@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Union
@@ -36,7 +37,8 @@ from typing import Union
 import torch
 
 from textloc.architectures import denoiser, family_of
-from textloc.architectures.spec import KINDS, POOLED, Kind, TextRoute
+from textloc.architectures.spec import KINDS, POOLED, Family, Kind, TextRoute
+from textloc.fingerprint import modules_of
 
 # named_modules() follows registration order; a U-Net registers up_blocks before mid_block but runs
 # the mid block first. These ranks put top-level children in the order the forward pass visits them.
@@ -90,6 +92,18 @@ class AttentionLayer:
             )
         return key, value
 
+    @property
+    def text_kv_width(self) -> int:
+        """The values one text token's keys and values take together here (a fused projection's
+        columns that are this layer's keys and values): what a cache keeps per token and row."""
+        if self.route is None or self.kind == "pooled":
+            raise ValueError(f"{self.name} has no text keys or values.")
+        width = 0
+        for projection in (self.route.key, self.route.value):
+            columns = projection.columns(self.module)
+            width += columns.stop - columns.start if columns is not None else projection.module(self.module).out_features
+        return width
+
 
 def _runs_fused_projections(module: torch.nn.Module) -> bool:
     """Whether ``fuse_qkv_projections()`` has the attention run ``to_qkv``/``to_kv``, keeping ``to_k``
@@ -130,14 +144,28 @@ def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None =
     ``kind`` filters by one kind or several; ``None`` lists them all, ``self`` layers included.
     """
     model = denoiser(pipe_or_model)
-    found = [(position, name, module) for position, (name, module) in enumerate(model.named_modules()) if _is_attention(module)]
-    found.sort(key=lambda item: _forward_sort_key(item[:2]))
     wanted = None if kind is None else ({kind} if isinstance(kind, str) else set(kind))
     for requested in wanted or ():
         if requested not in KINDS:
             raise ValueError(f"Unknown layer kind {requested!r}; kinds are {', '.join(KINDS)}.")
-
     family = family_of(pipe_or_model)
+    modules = tuple(map(id, modules_of(model)))
+    listed = _listed.get(model)
+    if listed is None or listed[0] is not family or listed[1] != modules:
+        listed = _listed[model] = (family, modules, _list_layers(model, family))
+    return [layer for layer in listed[2] if wanted is None or layer.kind in wanted]
+
+
+# Listing the layers walks the denoiser by name and asks the family's spec about every attention;
+# entering tl.patch lists them each time. Kept per denoiser for as long as its modules are the
+# same objects (a module replaced, wrapped or added, as a LoRA does, lists them again).
+_listed: weakref.WeakKeyDictionary[torch.nn.Module, tuple[Family, tuple[int, ...], list[AttentionLayer]]] = weakref.WeakKeyDictionary()
+
+
+def _list_layers(model: torch.nn.Module, family: Family) -> list[AttentionLayer]:
+    """Every attention module of ``model`` and its pooled text unit, in forward order, with kinds."""
+    found = [(position, name, module) for position, (name, module) in enumerate(model.named_modules()) if _is_attention(module)]
+    found.sort(key=lambda item: _forward_sort_key(item[:2]))
     layers, index = [], 0
     for _, name, module in found:
         route = family.route(name, module)
@@ -146,13 +174,9 @@ def attention_layers(pipe_or_model: object, kind: Kind | Iterable[Kind] | None =
         else:
             layer_kind, layer_index, index = route.kind, index, index + 1
             params = sum(projection.num_params(module) for projection in (route.key, route.value))
-        layer = AttentionLayer(name, layer_kind, layer_index, _num_heads(module, route), params, module, route)
-        if wanted is None or layer_kind in wanted:
-            layers.append(layer)
+        layers.append(AttentionLayer(name, layer_kind, layer_index, _num_heads(module, route), params, module, route))
     pooled = _pooled_unit(model, family.pooled, index)
-    if pooled is not None and (wanted is None or "pooled" in wanted):
-        layers.append(pooled)
-    return layers
+    return layers if pooled is None else [*layers, pooled]
 
 
 def _pooled_unit(model: torch.nn.Module, path: str | None, index: int) -> AttentionLayer | None:

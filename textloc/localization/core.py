@@ -11,9 +11,11 @@ import numpy as np
 from textloc.distributed import Shards
 from textloc.engine import LayerSelector, RowPatch, denoiser_parameter_count, select_layers, validate_patch
 from textloc.fingerprint import weights_fingerprint
+from textloc.layers import LayerSource, resolve_layers
 from textloc.localization import stats
 from textloc.localization.config import SCREENS, LocalizeConfig
 from textloc.localization.directions import NECESSITY, SUFFICIENCY
+from textloc.localization.estimate import Estimate, estimate_localization
 from textloc.localization.report import Localization, ProgressLog
 from textloc.localization.results import Agreement, Means, PairScores, ScreenAgreement, UnitScores
 from textloc.localization.selection import rank_layers
@@ -39,8 +41,10 @@ def localize(
     out: str | None = None,
     model_name: str | None = None,
     progress: bool = True,
+    estimate: bool = False,
+    assume_selected: LayerSource | None = None,
     **kwargs: Any,
-) -> Localization:
+) -> Localization | Estimate:
     """Find the smallest set of attention layers whose patch makes the model render the target text.
 
     How is a :class:`LocalizeConfig`, whose fields may also be given as keywords (they override
@@ -86,6 +90,12 @@ def localize(
     Under ``accelerate launch`` (or ``torchrun``) the pairs are shared out among the processes,
     each with the pipeline on its own device; every process returns the same result and the main
     one writes the files.
+
+    ``estimate=True`` runs nothing: it prints and returns what the run would cost (an
+    :class:`~textloc.localization.estimate.Estimate`: generations, denoiser calls and images per
+    stage, memory, wall time from a denoiser call timed now), assuming the selection chooses
+    ``assume_selected`` (layers as edits take them: a selector, a localization or its folder;
+    default: the first quarter of the candidates).
     """
     if config is not None and not isinstance(config, LocalizeConfig):
         raise TypeError(f"config is a LocalizeConfig, not {type(config).__name__}: give the method as method={config!r}.")
@@ -100,6 +110,11 @@ def localize(
     whole = RowPatch(tuple(layer.name for layer in candidates), source=0, patch_steps=config.patch_steps, heads=config.heads, branch=config.branch, kv=config.kv)
     validate_patch(whole, {layer.name: layer for layer in candidates})
     reader = get_ocr(ocr)
+    if estimate:
+        assumed = None if assume_selected is None else resolve_layers(pipe, assume_selected)
+        cost = estimate_localization(pipe, pairs, candidates, config, generate_kwargs, localize, ocr=reader, scene_judge=scene_judge, selected=assumed)
+        print(cost.summary())
+        return cost
     method, direction, screen, unit, seed = config.method, config.direction, config.screen, config.unit, config.seed
     selection, threshold, rule = config.selection, config.threshold, config.rule
     settings = PatchSettings(config.patch_steps, config.heads, config.branch, config.kv)
