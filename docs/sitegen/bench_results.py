@@ -120,9 +120,9 @@ def _localize_page(sources: Sources) -> str:
             ("loop / batched", f"{sweep['sweep_speedup']:.2f}"),
             ("largest pixel difference", f"{sweep['max_abs_image_difference']:.1e}"),
             ("exact sweep with OCR, s", f"{sweep['exact_s']:.1f}"),
-            ("attribution screen, s", f"{sweep['attribution_s']:.1f}"),
-            ("exact / screen", f"{sweep['attribution_speedup']:.1f}"),
-            ("Spearman, screen against sweep", f"{sweep['spearman']:.2f}"),
+            *((f"{name} screen: s, exact / screen, Spearman against the sweep",
+               f"{screen['s']:.1f}, {screen['speedup']:.1f}, {DASH if screen['spearman'] is None else format(screen['spearman'], '.2f')}")
+              for name, screen in sweep["screens"].items()),
         ]))
     setup = selection["setup"]
     rows = []
@@ -144,7 +144,21 @@ def _localize_page(sources: Sources) -> str:
                 [(k, ", ".join(f"{p:.3g}" for p in entry["points"]), f"{entry['seconds'] / 60:.1f}") for k, entry in points.items()]))
     for path in pooled_paths:
         parts.append(_pooled(path, sources.json(path)))
+    parts.append(_estimate("bench/results/estimate.json", sources.json("bench/results/estimate.json")))
     return "\n\n".join(parts) + "\n"
+
+
+def _estimate(path: str, results: dict[str, Any]) -> str:
+    """``bench/bench_estimate.py``'s file: per shipped run, each stage's estimated work and time beside what its log holds."""
+    parts = [f"## The cost estimate against the shipped runs (`bench/bench_estimate.py`, {code(path)})",
+             "`textloc localize --estimate` on each embedded model's shipped settings, beside what its run logged."]
+    for run in results["results"]:
+        rows = [(stage["stage"], f"{stage['estimated']['pairs']} / {stage['logged']['pairs']}",
+                 f"{stage['estimated']['patched_images']} / {stage['logged']['patched_images']}",
+                 f"{stage['estimated']['seconds'] / 60:.1f} / {stage['logged']['seconds'] / 60:.1f}") for stage in run["stages"]]
+        rows.append(("**total**", "", "", f"{run['estimated_seconds'] / 60:.0f} / {run['reported_seconds'] / 60:.0f}"))
+        parts.append(f"### {run['model']}\n\n" + table(("stage", "pairs: estimated / logged", "patched images", "minutes"), rows))
+    return "\n\n".join(parts)
 
 
 def _pooled(path: str, results: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from unittest import mock
 import numpy as np
 
 from textloc.localization import attribution, stages, sweep
+from textloc.localization.results import ImageScores
 from textloc.localization.sweep import Unit
 
 _BLANK_SIDE = 16  # blank images: only their count matters, and the pixel scores need a few pixels
@@ -77,7 +78,7 @@ def dry_run(selected: Sequence[str], heads: dict[str, int]) -> Iterator[Ledger]:
         with original_timed(self, name):
             yield
 
-    def generate_and_score(self: stages.Stages, pair: Any, layer_sets: Sequence[Sequence[str]], seed: int) -> tuple[dict, dict, list[dict], Any]:
+    def generate_and_score(self: stages.Stages, pair: Any, layer_sets: Sequence[Sequence[str]], seed: int) -> tuple[ImageScores, ImageScores, list[ImageScores], Any]:
         images = sweep.generate_patched(self.pipe, pair, layer_sets, self.settings, seed, self.max_batch, self.generate_kwargs)
         ledger.score([(pair.source, seed), (pair.target, seed), *((pair.source, pair.target, seed, frozenset(units)) for units in layer_sets)])
         patched = [_scores(_outcome(units, writers, set(selected), heads)) for units in layer_sets]
@@ -109,13 +110,13 @@ def _outcome(units: Sequence[str], writers: set[str], selected: set[str], heads:
     return 0.5 if chosen & writers else 0.0
 
 
-def _scores(toward: float) -> dict[str, Any]:
+def _scores(toward: float) -> ImageScores:
     """The scores of an image ``toward`` of the way from the source prompt's to the target's: at 1
     the OCR reads the target word, below it the source's."""
     target = float(toward == 1.0)
-    return {
-        "read": "", "target_hit": target, "target_exact": target, "target_f1": target, "target_ned": 1.0 - target,
-        "source_hit": 1.0 - target, "source_exact": 1.0 - target, "source_f1": 1.0 - target, "source_ned": target,
-        "mse": toward, "ssim": 1.0 - toward, "scene": None, "mse_to_target": 1.0 - toward,
-    }
+    return ImageScores(
+        read="", target_hit=target, target_exact=target, target_f1=target, target_ned=1.0 - target,
+        source_hit=1.0 - target, source_exact=1.0 - target, source_f1=1.0 - target, source_ned=target,
+        mse=toward, ssim=1.0 - toward, scene=None, mse_to_target=1.0 - toward,
+    )
 
