@@ -6,6 +6,7 @@ saw."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,10 +21,10 @@ from textloc.localization import Localization
 from textloc.localization import LocalizeConfig
 from textloc.scoring.prompts import quoted_text
 from textloc.localization.report import PROGRESS_FILE
-from textloc.localization.results import SetScores
+from textloc.localization.results import ImageScores, SetScores
 from textloc.localization.scoring import mean_metrics, score_images
 from textloc.localization.stats import share_interval
-from textloc.localization.sweep import PatchSettings, generate_patched
+from textloc.localization.sweep import SOURCE_ROW, PatchSettings, unit_patches
 from textloc.scoring.metrics import contains, text_scores
 from textloc.scoring.ocr import get_ocr
 from textloc.fingerprint import weights_fingerprint
@@ -319,13 +320,21 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
     sufficiency = finding.reached
     necessity = finding.held_out.necessity is not None and finding.held_out.necessity.patched.target_hit <= 0.1
     assert sufficiency or necessity, "the committed localization claims nothing this test can check"
-    directions = [("sufficiency", pair) for pair in pairs if sufficiency] + [("necessity", pair.swapped()) for pair in pairs if necessity]
-    rows: dict[tuple[str, str], list[dict]] = {}
-    for direction, pair in directions:
-        images = generate_patched(pipe, pair, [finding.selected], PatchSettings(), 1, 3, settings)
-        scored = score_images([images.source, images.target, images.patched[0]], pair, images.source, images.target, ocr, scene_judge)
-        for name, row in zip(("unpatched", "direct", "patched"), scored):
-            rows.setdefault((direction, name), []).append(row)
+    # Both directions from one batch and one noise (every row starts from it, as in a localization's
+    # own batches): the source and the target unpatched, the source reading the target's text at
+    # the selected layers (sufficiency) and the target reading the source's (necessity).
+    writes = unit_patches(finding.selected, 2, PatchSettings())
+    erases = [dataclasses.replace(patch, source=SOURCE_ROW, row=3) for patch in unit_patches(finding.selected, 3, PatchSettings())]
+    rows: dict[tuple[str, str], list[ImageScores]] = {}
+    for pair in pairs:
+        output = tl.run_with_patches(pipe, [pair.source, pair.target] * 2, writes + erases, generator=tl.generator(1), output_type="np", **settings)
+        source, target, written, erased = np.asarray(output.images)
+        directions = [("sufficiency", pair, (source, target, written))] if sufficiency else []
+        directions += [("necessity", pair.swapped(), (target, source, erased))] if necessity else []
+        for direction, scored_pair, images in directions:
+            scored = score_images(list(images), scored_pair, images[0], images[1], ocr, scene_judge)
+            for name, row in zip(("unpatched", "direct", "patched"), scored):
+                rows.setdefault((direction, name), []).append(row)
     means = {key: mean_metrics(value) for key, value in rows.items()}
     if sufficiency:
         unpatched, direct, patched = (means["sufficiency", name] for name in ("unpatched", "direct", "patched"))
