@@ -19,7 +19,7 @@ from textloc.localization.results import ImageScores, Means, PairScores, Share
 from textloc.localization.scoring import mean_metrics
 from textloc.localization.report import PROGRESS_FILE, REPORT_FILE
 from textloc.pipeline_calls import images_of
-from textloc.testing import tiny_call_kwargs
+from textloc.testing import ARCHITECTURES, tiny_call_kwargs
 
 WORDS = ["HELLO", "WORLD", "LAMP", "STOP"]
 # Short prompts: the tiny text encoders keep 48 tokens, which cuts some templates' quoted word off.
@@ -85,7 +85,9 @@ def means_of(**values: float) -> Means:
     return Means(**{**dict.fromkeys(Means.__dataclass_fields__, 0.0), "scene": None, "ci": {}, "mse_to_source": None, **values})
 
 
-@pytest.mark.parametrize("method", ["activation", "both"])
+# "both" (screens, the sweep in both directions) on every family; the sweep alone, a part of it,
+# on one U-Net with cross, one with added K/V and one joint transformer.
+@pytest.mark.parametrize(("arch", "method"), [(arch, "both") for arch in ARCHITECTURES] + [(arch, "activation") for arch in ("sdxl", "deepfloyd-if", "flux")])
 def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
     pipe = _pipeline(arch)
     direction = "both" if method == "both" else "sufficiency"
