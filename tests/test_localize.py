@@ -196,6 +196,9 @@ def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
     assert "heads of the selected layers" in result.summary()
 
 
+# The seed sweeps are localize's own bookkeeping over the sweep every family runs (end to end,
+# above): a U-Net with cross, one with added K/V, a joint and a FLUX-style transformer.
+@pytest.mark.parametrize("arch", ["sdxl", "deepfloyd-if", "sd3", "flux"])
 def test_stability_seeds_repeat_the_sweep_at_each_seed_and_compare_the_rankings(arch, tmp_path):
     pipe = _pipeline(arch)
     ocr = ReadsNearestKnownImage(pipe, SIGNS)
