@@ -114,25 +114,21 @@ def _guard() -> Iterator[str]:
     yield (f"generation takes **{cost['patch_ratio']:.2f}×** a plain one ({cost['plain_s']:.2f} s; negative prompt "
            f"{cost['negative-prompt_ratio']:.2f}×, prompt swap {cost['prompt-swap_ratio']:.2f}×")
     yield f"the cost does not depend on the weights) {cost['joint_patch_ratio']:.2f}×"
-    # The table of both models.
-    yield f"| textloc-tiny | unguarded (the floor) | {unguarded(t['unguarded'])} | 1 |"
-    yield f"| | **guard** | {' | '.join(cells(t['patch'], (0, 3, 4)))} | {cost['patch_ratio']:.2f} |"
-    c = cells(t["negative-prompt"])
-    yield f"| | negative prompt | {c[0]} | {zero(t['negative-prompt'])} | {' | '.join(c[2:])} | {cost['negative-prompt_ratio']:.2f} |"
-    yield f"| | prompt swap | {' | '.join(cells(t['prompt-swap']))} | {cost['prompt-swap_ratio']:.2f} |"
-    yield f"| textloc-tiny-sd3 | unguarded (the floor) | {unguarded(s['unguarded'])} | 1 |"
-    yield f"| | **guard** (the 3 blocks) | {' | '.join(cells(s['patch'], (0, 3, 4)))} | {sd3['cost']['patch_ratio']:.2f} |"
+    def model_rows(model: str, m: dict[str, Any], cost: dict[str, Any], guard: str, bold: tuple[int, ...]) -> Iterator[str]:
+        """A model's rows of the table of every model: the floor, the guard and the two baselines."""
+        yield f"| {model} | unguarded (the floor) | {unguarded(m['unguarded'])} | 1 |"
+        yield f"| | {guard} | {' | '.join(cells(m['patch'], bold))} | {cost['patch_ratio']:.2f} |"
+        c = cells(m["negative-prompt"])
+        yield f"| | negative prompt | {c[0]} | {zero(m['negative-prompt'])} | {' | '.join(c[2:])} | {cost['negative-prompt_ratio']:.2f} |"
+        yield f"| | prompt swap | {' | '.join(cells(m['prompt-swap']))} | {cost['prompt-swap_ratio']:.2f} |"
+
+    # The table of every model.
+    yield from model_rows("textloc-tiny", t, cost, "**guard**", (0, 3, 4))
+    yield from model_rows("textloc-tiny-sd3", s, sd3["cost"], "**guard** (the 3 blocks)", (0, 3, 4))
     yield f"| | **guard** (the 3 blocks and the pooled vector) | {' | '.join(cells(p['patch'], (0, 1)))} | {pooled['cost']['patch_ratio']:.2f} |"
-    c = cells(s["negative-prompt"])
-    yield f"| | negative prompt | {c[0]} | {zero(s['negative-prompt'])} | {' | '.join(c[2:])} | {sd3['cost']['negative-prompt_ratio']:.2f} |"
-    yield f"| | prompt swap | {' | '.join(cells(s['prompt-swap']))} | {sd3['cost']['prompt-swap_ratio']:.2f} |"
     flux = results("bench/results/guard-tiny-flux.json")
     f, fcost = flux["methods"], flux["cost"]
-    yield f"| textloc-tiny-flux | unguarded (the floor) | {unguarded(f['unguarded'])} | 1 |"
-    yield f"| | **guard** (its 2 double-stream blocks) | {' | '.join(cells(f['patch'], (0,)))} | {fcost['patch_ratio']:.2f} |"
-    c = cells(f["negative-prompt"])
-    yield f"| | negative prompt | {c[0]} | {zero(f['negative-prompt'])} | {' | '.join(c[2:])} | {fcost['negative-prompt_ratio']:.2f} |"
-    yield f"| | prompt swap | {' | '.join(cells(f['prompt-swap']))} | {fcost['prompt-swap_ratio']:.2f} |"
+    yield from model_rows("textloc-tiny-flux", f, fcost, "**guard** (its 2 double-stream blocks)", (0,))
     yield f"localization's two double-stream blocks from step {flux['settings']['start_step']}"
     yield f"(0 of 48, against {pct(f['unguarded']['toxic_word_read'])} unguarded)"
     yield f"and all {flux['clean']['prompts']} clean prompts bit-identical" if flux["clean"]["bit_identical"] == 1 else "(not all clean prompts bit-identical)"
