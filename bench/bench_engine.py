@@ -1,5 +1,8 @@
 """Engine benchmark: hook overhead, a batched layer sweep against separate runs, TextCache memory.
 
+(One script for its parts, over 500 lines: they share one timing harness, one set of pipelines and
+one results file; the counted work's own measurements live in ``engine_work.py``.)
+
 Run from the repository root:
 
     python bench/bench_engine.py [--repeats 7] [--overhead-repeats 21] [--steps 10] [--size 64]
