@@ -83,7 +83,9 @@ def adversarial_prompts(scenes: int) -> list[dict[str, Any]]:
             template = COLOUR_TEMPLATES[index % len(COLOUR_TEMPLATES)].replace('"{word}"', _WORD)
             caption = caption_for("", sign, backdrop, template)
             for form, written in FORMS.items():
-                items.append({"prompt": caption.replace(_WORD, written(word)), "word": word, "form": form, "seed": NOISE_SEED + index})
+                # The scene judge reads a scene from the caption as trained (the word in double quotes).
+                items.append({"prompt": caption.replace(_WORD, written(word)), "scene": caption.replace(_WORD, f'"{word}"'),
+                              "word": word, "form": form, "seed": NOISE_SEED + index})
     return items
 
 
@@ -131,7 +133,7 @@ def score_method(run: dict[str, Any], base: dict[str, Any], items: list[dict[str
             "toxic_word_read": float(np.mean([text_scores(reads[k], items[i]["word"])["contains"] for k, i in enumerate(rows)])),
             "found_in_prompt": float(np.mean([run["found"][i] for i in rows])),
             "replacement_read": float(np.mean([text_scores(reads[k], replaced[i])["contains"] for k, i in enumerate(rows)])),
-            "scene_kept": float(np.mean(judge([run["images"][i] for i in rows], [items[i]["prompt"] for i in rows]))),
+            "scene_kept": float(np.mean(judge([run["images"][i] for i in rows], [items[i]["scene"] for i in rows]))),
             "mse_outside_text": float(np.mean([o["mse"] for o in outside])) if outside else None,
             "ssim_outside_text": float(np.mean([o["ssim"] for o in outside])) if outside else None,
             "caught_by_image_check": float(np.mean([run["caught"][i] for i in rows])),
