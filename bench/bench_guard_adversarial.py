@@ -15,7 +15,7 @@ through every method of the same call (``tl.ToxicTextGuard(..., method=...)``):
 - scores per form and method: the toxic word read by OCR, the guard's finding of it in the prompt,
   the benign replacement read, the scene kept (the models' pixel judge), the background outside
   both images' OCR text boxes against the unguarded image (MSE, SSIM), rows the image check caught,
-  and seconds per image beside the unguarded call's in the same run;
+  and seconds per image against the unguarded call (each method timed in turn on one batch, in this run);
 - clean prompts (held-out captions of the other words): flagged, and images bit-identical to the
   plain pipeline's with the image check off and on.
 
@@ -104,6 +104,16 @@ def generate(guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch:
     return {"images": images, "found": found, "caught": caught, "seconds": seconds / len(prompts)}
 
 
+def seconds_per_image(guards: dict[str, ToxicTextGuard], prompts: list[str], seeds: list[int], batch: int, settings: dict[str, Any], rounds: int = 3) -> dict[str, float]:
+    """Each method's seconds per image on one batch, timed in turn in this process (the best of
+    ``rounds``), so that every ratio to the unguarded call compares like with like."""
+    best = dict.fromkeys(guards, float("inf"))
+    for _ in range(rounds):
+        for name, guard in guards.items():
+            best[name] = min(best[name], generate(guard, prompts[:batch], seeds[:batch], batch, settings)["seconds"])
+    return best
+
+
 def generate_kept(name: str, folder: Path, guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch: int, settings: dict[str, Any]) -> dict[str, Any]:
     """:func:`generate`'s result for method ``name``, read from ``folder`` when a run with the same
     prompts, noise and settings made it, else made and written there whole (then renamed in)."""
@@ -111,13 +121,17 @@ def generate_kept(name: str, folder: Path, guard: ToxicTextGuard, prompts: list[
     if path.exists():
         kept = np.load(path)
         if str(kept["key"]) == key:
-            return {"images": list(kept["images"]), "found": list(kept["found"]), "caught": list(kept["caught"]), "seconds": float(kept["seconds"])}
+            return {"images": list(kept["images"]), "found": list(kept["found"]), "caught": list(kept["caught"])}
     run = generate(guard, prompts, seeds, batch, settings)
     folder.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".tmp"), "wb") as handle:
-        np.savez(handle, key=key, images=np.stack(run["images"]), found=run["found"], caught=run["caught"], seconds=run["seconds"])
+        np.savez(handle, key=key, images=np.stack(run["images"]), found=run["found"], caught=run["caught"])
     path.with_suffix(".tmp").replace(path)
     return run
+
+
+def _mean(values: list[Any]) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def score_method(run: dict[str, Any], base: dict[str, Any], items: list[dict[str, Any]], replaced: list[str], judge) -> dict[str, Any]:
@@ -132,7 +146,7 @@ def score_method(run: dict[str, Any], base: dict[str, Any], items: list[dict[str
             "images": len(rows),
             "toxic_word_read": float(np.mean([text_scores(reads[k], items[i]["word"])["contains"] for k, i in enumerate(rows)])),
             "found_in_prompt": float(np.mean([run["found"][i] for i in rows])),
-            "replacement_read": float(np.mean([text_scores(reads[k], replaced[i])["contains"] for k, i in enumerate(rows)])),
+            "replacement_read": _mean([text_scores(reads[k], replaced[i])["contains"] for k, i in enumerate(rows) if replaced[i]]),
             "scene_kept": float(np.mean(judge([run["images"][i] for i in rows], [items[i]["scene"] for i in rows]))),
             "mse_outside_text": float(np.mean([o["mse"] for o in outside])) if outside else None,
             "ssim_outside_text": float(np.mean([o["ssim"] for o in outside])) if outside else None,
@@ -163,7 +177,8 @@ def main() -> None:
         "methods": {},
     }
     ocr, judge = get_ocr("rapidocr"), model.scene_judge
-    replaced = [guards["patch"].clean(p).replacements.get(item["word"], "") for p, item in zip(prompts, items)]
+    # What the guard writes instead (one toxic word a prompt; keyed by the word as the guard read it, e.g. folded).
+    replaced = [next(iter(guards["patch"].clean(p).replacements.values()), None) for p in prompts]
 
     runs = {}
     for name, guard in guards.items():
@@ -173,9 +188,12 @@ def main() -> None:
         run["reads"] = [reading.text for reading in run["readings"]]
         runs[name] = run
 
+    # Timed on the toxic prompts of the double-quoted form, where every method has work to do.
+    timed = [i for i, item in enumerate(items) if item["form"] == "double quotes"]
+    seconds = seconds_per_image(guards, [prompts[i] for i in timed], [seeds[i] for i in timed], args.batch, settings)
     base = runs["unguarded"]
     for name, run in runs.items():
-        results["methods"][name] = {"seconds_per_image": run["seconds"], "x_unguarded": run["seconds"] / base["seconds"],
+        results["methods"][name] = {"seconds_per_image": seconds[name], "x_unguarded": seconds[name] / seconds["unguarded"],
                                     "forms": score_method(run, base, items, replaced, judge)}
 
     clean, clean_seeds = map(list, zip(*clean_prompts(model, args.clean_prompts)))
