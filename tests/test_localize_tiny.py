@@ -316,7 +316,7 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
     pytest.importorskip("rapidocr")
     settings = recommended_settings(model)
     ocr = get_ocr("rapidocr")
-    pairs = localization_pairs(6, seed=1)
+    pairs = localization_pairs(4, seed=1)  # 16 rows: 48 s on textloc-tiny at 1 thread
     sufficiency = finding.reached
     necessity = finding.held_out.necessity is not None and finding.held_out.necessity.patched.target_hit <= 0.1
     assert sufficiency or necessity, "the committed localization claims nothing this test can check"
@@ -340,7 +340,7 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
         unpatched, direct, patched = (means["sufficiency", name] for name in ("unpatched", "direct", "patched"))
         assert unpatched.target_hit == 0 and patched.source_hit == 0
         assert patched.target_hit >= 0.8 * direct.target_hit > 0
-        # Over 6 pairs one misread flips a hit, so the edit distance is checked too: the patch must
+        # Over 4 pairs one misread flips a hit, so the edit distance is checked too: the patch must
         # take the reading at least half of the way from the source prompt's to the target prompt's
         # (a set that does not carry the word takes it nowhere, or further away).
         gap = unpatched.target_ned - direct.target_ned
@@ -349,4 +349,4 @@ def test_the_selected_layers_carry_the_word_on_new_pairs(model: str, finding: Lo
     if necessity:
         # The swapped pair's source is the target prompt: its word is the swapped pair's source text.
         unpatched, patched = means["necessity", "unpatched"], means["necessity", "patched"]
-        assert unpatched.source_hit >= 0.5 and patched.source_hit <= 1 / 6
+        assert unpatched.source_hit >= 0.5 and patched.source_hit <= 0.1  # the claim checked: necessity at most 0.1
