@@ -62,7 +62,7 @@ def flux_style_attention(attention_class: str) -> tuple[AttentionRule, ...]:
 
 FLUX_ATTENTION = flux_style_attention("FluxAttention")
 
-class _FluxInversion(Inversion):
+class FluxInversion(Inversion):
     """Flow inversion of FLUX.1: 2x2-packed latent tokens, distilled guidance as a model input."""
 
     flow = True
@@ -127,5 +127,5 @@ FAMILY = Family(
     pooled="time_text_embed.text_embedder",
     tiny={"flux": TinyPipeline("FluxPipeline", _flux, {"true_cfg_scale": 4.0, "negative_prompt": ""})},
     published=(FLUX_1_DEV,),
-    inversion=_FluxInversion(),
+    inversion=FluxInversion(),
 )

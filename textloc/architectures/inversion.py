@@ -142,3 +142,14 @@ def resolution_shift(scheduler: Any, image_seq_len: int, max_shift: float) -> fl
         config.get("base_shift", 0.5),
         config.get("max_shift", max_shift),
     )
+
+
+def set_shifted_linspace_timesteps(scheduler: Any, num_inference_steps: int, sample: torch.Tensor) -> None:
+    """``scheduler.set_timesteps`` as the pipelines of packed-token models call it (Qwen-Image,
+    Chroma): sigmas evenly spaced from 1 to ``1 / num_inference_steps``, shifted by the ``mu`` of
+    the sample's token count."""
+    import numpy as np
+
+    sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+    mu = resolution_shift(scheduler, sample.shape[1], max_shift=1.15)
+    scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=mu)

@@ -21,7 +21,9 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.inversion import Inversion, encode_prompt, resolution_shift, vae_decoding, vae_encoding
+from textloc.architectures.inversion import (
+    Inversion, encode_prompt, set_shifted_linspace_timesteps, vae_decoding, vae_encoding,
+)
 from textloc.architectures.spec import JOINT, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 # QwenImagePipeline.prompt_template_encode (set in its __init__): 34 tokens up to the prompt are dropped.
@@ -239,11 +241,7 @@ class _QwenImageInversion(Inversion):
         return pipe.transformer(hidden_states=sample, timestep=timestep, **conditioning, return_dict=False)[0]
 
     def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
-        import numpy as np
-
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        mu = resolution_shift(scheduler, sample.shape[1], max_shift=1.15)
-        scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=mu)
+        set_shifted_linspace_timesteps(scheduler, num_inference_steps, sample)
 
 
 # Its text keep-mask reaches the attention as encoder_hidden_states_mask, None when nothing is padded.

@@ -9,9 +9,9 @@ samplers, each reversed through diffusers' own schedulers:
 - epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
   ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
   config, steps it back down.
-- flow-matching models (SD3, FLUX, Sana, Qwen-Image): the flow ODE, integrated backwards with
-  Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (FLUX's and
-  Qwen-Image's resolution-dependent shift included), and forwards by that scheduler itself.
+- flow-matching models (SD3, FLUX, Chroma, Sana, Qwen-Image): the flow ODE, integrated backwards with
+  Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (FLUX's,
+  Chroma's and Qwen-Image's resolution-dependent shift included), and forwards by that scheduler itself.
 
 Each family's image encoding and denoiser conditioning live in its spec (``Family.inversion``,
 :mod:`textloc.architectures.inversion`); a family without one is refused.
@@ -266,7 +266,7 @@ def invert(
     is not: inversion uses the conditional prediction alone (guidance 1), whatever
     ``guidance_scale`` the regeneration uses.
 
-    Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX, Qwen-Image: packed tokens B x hw/4 x 4C;
+    Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX, Chroma, Qwen-Image: packed tokens B x hw/4 x 4C;
     DeepFloyd IF, which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
     the pipeline draws its noise in, on its execution device. Regenerate inside
     :func:`starting_from`.
@@ -282,7 +282,7 @@ def encode_image(
     """The clean sample the pipeline's sampler ends at for ``image``: what :func:`invert` runs back to noise.
 
     Latent models: the VAE's encoding (the posterior's mode), scaled and shifted as the pipeline
-    decodes it (FLUX, Qwen-Image: packed into tokens); pixel-space models: the image in [-1, 1]. Float32, in
+    decodes it (FLUX, Chroma, Qwen-Image: packed into tokens); pixel-space models: the image in [-1, 1]. Float32, in
     the layout of the pipeline's ``latents`` argument, so that it compares with a generation's
     ``output_type="latent"`` (IF: ``"pt"``). ``image``, ``height`` and ``width`` as in :func:`invert`.
     """
