@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.flux import FLUX_ATTENTION, TINY_TRANSFORMER, tiny_vae
+from textloc.architectures.flux import FLUX_ATTENTION, TINY_TRANSFORMER, FluxInversion, tiny_vae
+from textloc.architectures.inversion import encode_prompt, set_shifted_linspace_timesteps
 from textloc.architectures.spec import Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
@@ -37,6 +38,25 @@ def _chroma(seed: int) -> dict[str, Any]:
     )
 
 
+class _ChromaInversion(FluxInversion):
+    """FLUX.1's latents, as ``ChromaPipeline.__call__`` conditions the transformer: T5 alone, its
+    padding mask extended over the image tokens, no pooled vector and no guidance input."""
+
+    def latents_dtype(self, pipe):
+        return pipe.text_encoder.dtype  # the pipeline draws its noise in the prompt embeddings' dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, text_ids, mask, *_ = encode_prompt(pipe, prompts, arguments)
+        tokens_high, tokens_wide = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
+        options = {"device": prompt_embeds.device, "dtype": prompt_embeds.dtype}
+        image_ids = pipe._prepare_latent_image_ids(len(prompts), tokens_high, tokens_wide, **options)
+        mask = pipe._prepare_attention_mask(len(prompts), tokens_high * tokens_wide, prompt_embeds.dtype, mask)
+        return {"encoder_hidden_states": prompt_embeds, "txt_ids": text_ids, "img_ids": image_ids, "attention_mask": mask}
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        set_shifted_linspace_timesteps(scheduler, num_inference_steps, sample)
+
+
 CHROMA_1_HD = PublishedDenoiser(
     "Chroma1-HD", "ChromaTransformer2DModel", {}, 512, "diffusers' class defaults, which are Chroma's",
 )
@@ -49,4 +69,5 @@ FAMILY = Family(
     guidance=Guidance(call_order=("cond", "uncond")),
     tiny={"chroma": TinyPipeline("ChromaPipeline", _chroma)},
     published=(CHROMA_1_HD,),
+    inversion=_ChromaInversion(),
 )

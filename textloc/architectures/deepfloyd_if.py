@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt
 from textloc.architectures.spec import CAPTION_AS_GIVEN, UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
@@ -59,6 +60,28 @@ def _deepfloyd_if(seed: int) -> dict[str, Any]:
     )
 
 
+class _IFInversion(Inversion):
+    """DDIM inversion in pixel space: the sample is the image itself."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        # The U-Net's skip connections need every downsampling to halve the size exactly.
+        return 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+    def encode_image(self, pipe, pixels):
+        return pixels.float()
+
+    def decode_sample(self, pipe, sample, height, width):
+        return sample
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        return {"encoder_hidden_states": encode_prompt(pipe, prompts, arguments)[0]}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        output = pipe.unet(sample, timestep, **conditioning, return_dict=False)[0]
+        # Learned variance: the first channels are the prediction, the rest the variance.
+        return output[:, : sample.shape[1]]
+
+
 # The original IF-I-XL hyper-parameters (model_channels 704, channel_mult 1,2,3,4, 3 res blocks,
 # attention at 32/16/8, 64-channel heads, T5 4096 -> 2816) mapped as diffusers' convert_if.py maps
 # them: 4,304,695,110 parameters, 22 added-K/V attention layers.
@@ -89,4 +112,5 @@ FAMILY = Family(
     denoiser_config={"addition_embed_type": "text"},
     tiny={"deepfloyd-if": TinyPipeline("IFPipeline", _deepfloyd_if)},
     published=(IF_I_XL,),
+    inversion=_IFInversion(),
 )

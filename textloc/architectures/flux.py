@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt, resolution_shift
 from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
@@ -61,6 +62,55 @@ def flux_style_attention(attention_class: str) -> tuple[AttentionRule, ...]:
 
 FLUX_ATTENTION = flux_style_attention("FluxAttention")
 
+class FluxInversion(Inversion):
+    """Flow inversion of FLUX.1: 2x2-packed latent tokens, distilled guidance as a model input."""
+
+    flow = True
+
+    def size_multiple(self, pipe: Any) -> int:
+        # Latents are packed 2x2 into tokens.
+        return pipe.vae_scale_factor * 2
+
+    def encode_image(self, pipe, pixels):
+        latents = super().encode_image(pipe, pixels)
+        batch, channels, height, width = latents.shape
+        return pipe._pack_latents(latents, batch, channels, height, width)
+
+    def decode_sample(self, pipe, sample, height, width):
+        return super().decode_sample(pipe, pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor), height, width)
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        import torch
+
+        prompt_embeds, pooled, text_ids = encode_prompt(pipe, prompts, arguments)
+        latent_height = 2 * (height // (pipe.vae_scale_factor * 2))
+        latent_width = 2 * (width // (pipe.vae_scale_factor * 2))
+        image_ids = pipe._prepare_latent_image_ids(len(prompts), latent_height // 2, latent_width // 2, prompt_embeds.device, prompt_embeds.dtype)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            # Distilled guidance is an input of the model, not CFG: the regeneration's value.
+            guidance = torch.full([len(prompts)], arguments["guidance_scale"], device=prompt_embeds.device, dtype=torch.float32)
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "pooled_projections": pooled,
+            "txt_ids": text_ids,
+            "img_ids": image_ids,
+            "guidance": guidance,
+        }
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        timestep = timestep.expand(sample.shape[0]).to(sample.dtype) / 1000
+        return pipe.transformer(hidden_states=sample, timestep=timestep, **conditioning, return_dict=False)[0]
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import numpy as np
+
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        if scheduler.config.get("use_flow_sigmas", False):
+            sigmas = None
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=resolution_shift(scheduler, sample.shape[1], max_shift=1.15))
+
+
 FLUX_1_DEV = PublishedDenoiser(
     "FLUX.1-dev", "FluxTransformer2DModel", {"guidance_embeds": True}, 512,
     "FLUX.1-dev transformer/config.json (the rest: diffusers' class defaults, which are FLUX.1's)",
@@ -77,4 +127,5 @@ FAMILY = Family(
     pooled="time_text_embed.text_embedder",
     tiny={"flux": TinyPipeline("FluxPipeline", _flux, {"true_cfg_scale": 4.0, "negative_prompt": ""})},
     published=(FLUX_1_DEV,),
+    inversion=FluxInversion(),
 )

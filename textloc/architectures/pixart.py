@@ -6,9 +6,11 @@ CFG: one batch ``[uncond, cond]``; the engine reads the flag the pipeline passes
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt, learned_sigma_mean
 from textloc.architectures.spec import (
     CAPTION_AS_GIVEN, CROSS, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline,
 )
@@ -48,6 +50,34 @@ def _pixart(seed: int) -> dict[str, Any]:
     )
 
 
+class _PixArtInversion(Inversion):
+    """DDIM inversion of a latent DiT that cross-attends to T5, with its padding masked."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return math.lcm(8, pipe.vae_scale_factor * pipe.transformer.config.patch_size)
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        import torch
+
+        prompt_embeds, mask, _, _ = encode_prompt(pipe, prompts, arguments)
+        resolution = aspect_ratio = None
+        # PixArt-Alpha 1024 takes the size as micro-conditions; the pipeline passes them when the
+        # model uses them.
+        if pipe.transformer.use_additional_conditions:
+            options = {"dtype": prompt_embeds.dtype, "device": prompt_embeds.device}
+            resolution = torch.tensor([[height, width]], **options).repeat(len(prompts), 1)
+            aspect_ratio = torch.tensor([[height / width]], **options).repeat(len(prompts), 1)
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "encoder_attention_mask": mask,
+            "added_cond_kwargs": {"resolution": resolution, "aspect_ratio": aspect_ratio},
+        }
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        output = pipe.transformer(sample, timestep=timestep.expand(sample.shape[0]), **conditioning, return_dict=False)[0]
+        return learned_sigma_mean(pipe.transformer, output)
+
+
 PIXART_SIGMA = PublishedDenoiser(
     "PixArt-Σ XL-2 1024", "PixArtTransformer2DModel",
     {"caption_channels": 4096, "interpolation_scale": 2, "use_additional_conditions": False}, 300,
@@ -65,4 +95,5 @@ FAMILY = Family(
         "pixart-sigma": TinyPipeline("PixArtSigmaPipeline", _pixart),
     },
     published=(PIXART_SIGMA,),
+    inversion=_PixArtInversion(),
 )

@@ -21,6 +21,9 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import (
+    Inversion, encode_prompt, set_shifted_linspace_timesteps, vae_decoding, vae_encoding,
+)
 from textloc.architectures.spec import JOINT, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 # QwenImagePipeline.prompt_template_encode (set in its __init__): 34 tokens up to the prompt are dropped.
@@ -183,6 +186,64 @@ def _qwen_image(seed: int) -> dict[str, Any]:
     )
 
 
+class _QwenImageInversion(Inversion):
+    """Flow inversion of Qwen-Image, as ``QwenImagePipeline.__call__`` samples: a video autoencoder
+    (one frame) whose latents are normalised by its per-channel mean and std, packed 2x2 into tokens."""
+
+    flow = True
+
+    def size_multiple(self, pipe: Any) -> int:
+        # Latents are packed 2x2 into tokens (the pipeline resizes other sizes behind the caller's back).
+        return pipe.vae_scale_factor * 2
+
+    def _mean_std(self, pipe: Any, like: Any) -> tuple[Any, Any]:
+        import torch
+
+        config = pipe.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
+        return mean, torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
+
+    def encode_image(self, pipe, pixels):
+        latents = vae_encoding(pipe.vae, pixels[:, :, None])  # one frame: B x C x 1 x h x w
+        mean, std = self._mean_std(pipe, latents)
+        # The pipeline decodes latents * std + mean.
+        latents = ((latents - mean) / std)[:, :, 0]
+        batch, channels, height, width = latents.shape
+        return pipe._pack_latents(latents, batch, channels, height, width)
+
+    def decode_sample(self, pipe, sample, height, width):
+        latents = pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor)  # B x C x 1 x h x w
+        mean, std = self._mean_std(pipe, latents)
+        return vae_decoding(pipe.vae, latents * std + mean)[:, :, 0]
+
+    def latents_dtype(self, pipe):
+        return pipe.text_encoder.dtype  # the pipeline draws its noise in the prompt embeddings' dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        import torch
+
+        prompt_embeds, mask = encode_prompt(pipe, prompts, arguments)
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            # A guidance-distilled checkpoint takes the scale as an input, not as CFG: the regeneration's.
+            guidance = torch.full([len(prompts)], arguments["guidance_scale"], device=prompt_embeds.device, dtype=torch.float32)
+        image_shape = (1, height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2)
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "encoder_hidden_states_mask": mask,
+            "guidance": guidance,
+            "img_shapes": [[image_shape]] * len(prompts),
+        }
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        timestep = timestep.expand(sample.shape[0]).to(sample.dtype) / 1000
+        return pipe.transformer(hidden_states=sample, timestep=timestep, **conditioning, return_dict=False)[0]
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        set_shifted_linspace_timesteps(scheduler, num_inference_steps, sample)
+
+
 # Its text keep-mask reaches the attention as encoder_hidden_states_mask, None when nothing is padded.
 _QWEN_JOINT = dataclasses.replace(JOINT, text_mask="encoder_hidden_states_mask")
 
@@ -205,4 +266,5 @@ FAMILY = Family(
         ),
     },
     published=(QWEN_IMAGE,),
+    inversion=_QwenImageInversion(),
 )

@@ -6,9 +6,11 @@ CFG: one batch ``[uncond, cond]``, from the pipeline's ``do_classifier_free_guid
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt, learned_sigma_mean, vae_decoding, vae_encoding
 from textloc.architectures.spec import CROSS, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 
@@ -40,6 +42,38 @@ def _sana(seed: int) -> dict[str, Any]:
     )
 
 
+class _SanaInversion(Inversion):
+    """Flow inversion of Sana: a deep-compression autoencoder, float32 latents."""
+
+    flow = True
+
+    def size_multiple(self, pipe: Any) -> int:
+        return math.lcm(32, pipe.vae_scale_factor * pipe.transformer.config.patch_size)
+
+    def encode_image(self, pipe, pixels):
+        # Sana decodes latents / scaling_factor, with no shift.
+        return vae_encoding(pipe.vae, pixels) * pipe.vae.config.scaling_factor
+
+    def decode_sample(self, pipe, sample, height, width):
+        return vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor)
+
+    def latents_dtype(self, pipe):
+        import torch
+
+        return torch.float32  # SanaPipeline draws its latents in float32 whatever the model's dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, mask, _, _ = encode_prompt(pipe, prompts, arguments)
+        return {"encoder_hidden_states": prompt_embeds, "encoder_attention_mask": mask}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        transformer = pipe.transformer
+        timestep = timestep.expand(sample.shape[0]) * transformer.config.timestep_scale
+        hidden = {**conditioning, "encoder_hidden_states": conditioning["encoder_hidden_states"].to(transformer.dtype)}
+        output = transformer(sample.to(transformer.dtype), timestep=timestep, **hidden, return_dict=False)[0]
+        return learned_sigma_mean(transformer, output.float())
+
+
 SANA_1600M = PublishedDenoiser(
     "Sana 1.6B 1024px", "SanaTransformer2DModel", {}, 300, "diffusers' class defaults, which are Sana 1.6B's",
 )
@@ -55,4 +89,5 @@ FAMILY = Family(
     # with character-level tokens that is 15x the prompt's cost, for random weights.
     tiny={"sana": TinyPipeline("SanaPipeline", _sana, {"complex_human_instruction": []})},
     published=(SANA_1600M,),
+    inversion=_SanaInversion(),
 )

@@ -5,9 +5,11 @@ CFG: one batch ``[uncond, cond]``, on when the pipeline's ``do_classifier_free_g
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt
 from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
@@ -51,6 +53,20 @@ def _sd15(seed: int) -> dict[str, Any]:
     )
 
 
+class StableDiffusionInversion(Inversion):
+    """DDIM inversion of a latent U-Net that cross-attends to the prompt's hidden states."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        # The pipeline's own check asks for multiples of 8; the U-Net pads any latent size itself.
+        return math.lcm(8, pipe.vae_scale_factor)
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        return {"encoder_hidden_states": encode_prompt(pipe, prompts, arguments)[0]}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        return pipe.unet(sample, timestep, **conditioning, return_dict=False)[0]
+
+
 SD_1_5 = PublishedDenoiser(
     "Stable Diffusion 1.5", "UNet2DConditionModel", {"sample_size": 64, "cross_attention_dim": 768}, 77,
     "stable-diffusion-v1-5 unet/config.json (the rest: diffusers' class defaults, which are SD 1.x's)",
@@ -65,4 +81,5 @@ FAMILY = Family(
     denoiser_config={"addition_embed_type": None},
     tiny={"sd15": TinyPipeline("StableDiffusionPipeline", _sd15)},
     published=(SD_1_5,),
+    inversion=StableDiffusionInversion(),
 )

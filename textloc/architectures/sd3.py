@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt, resolution_shift
 from textloc.architectures.spec import JOINT, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 
@@ -53,6 +54,29 @@ def _sd3(seed: int) -> dict[str, Any]:
     )
 
 
+class _SD3Inversion(Inversion):
+    """Flow inversion of an MMDiT conditioned on the prompt's tokens and pooled CLIP vectors."""
+
+    flow = True
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor * pipe.transformer.config.patch_size
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, _, pooled, _ = encode_prompt(pipe, prompts, arguments)
+        return {"encoder_hidden_states": prompt_embeds, "pooled_projections": pooled}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        return pipe.transformer(hidden_states=sample, timestep=timestep.expand(sample.shape[0]), **conditioning, return_dict=False)[0]
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        options = {}
+        if scheduler.config.get("use_dynamic_shifting", None):
+            patch = pipe.transformer.config.patch_size
+            options["mu"] = resolution_shift(scheduler, (sample.shape[2] // patch) * (sample.shape[3] // patch), max_shift=1.16)
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, **options)
+
+
 SD3_MEDIUM = PublishedDenoiser(
     "SD3-medium", "SD3Transformer2DModel",
     {"num_layers": 24, "num_attention_heads": 24, "caption_projection_dim": 1536, "pos_embed_max_size": 192},
@@ -73,4 +97,5 @@ FAMILY = Family(
     pooled="time_text_embed.text_embedder",
     tiny={"sd3": TinyPipeline("StableDiffusion3Pipeline", _sd3)},
     published=(SD3_MEDIUM, SD3_5_LARGE),
+    inversion=_SD3Inversion(),
 )

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import encode_prompt
+from textloc.architectures.sd import StableDiffusionInversion
 from textloc.architectures.spec import UNET_ATTENTION, UNET_SIGNATURE, Family, PublishedDenoiser, TinyPipeline
 
 
@@ -69,6 +71,26 @@ SDXL_BASE = PublishedDenoiser(
     77, "stable-diffusion-xl-base-1.0 unet/config.json",
 )
 
+class _SDXLInversion(StableDiffusionInversion):
+    """Stable Diffusion's, plus the pooled text vector and the size conditions in the time embedding."""
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, _, pooled, _ = encode_prompt(pipe, prompts, arguments)
+        if pipe.text_encoder_2 is None:
+            projection_dim = int(pooled.shape[-1])
+        else:
+            projection_dim = pipe.text_encoder_2.config.projection_dim
+        time_ids = pipe._get_add_time_ids(
+            arguments["original_size"] or (height, width),
+            arguments["crops_coords_top_left"],
+            arguments["target_size"] or (height, width),
+            dtype=prompt_embeds.dtype,
+            text_encoder_projection_dim=projection_dim,
+        )
+        time_ids = time_ids.to(prompt_embeds.device).repeat(len(prompts), 1)
+        return {"encoder_hidden_states": prompt_embeds, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
+
+
 def _text_embeds_width(args: tuple, kwargs: Mapping[str, Any]) -> int:
     """How many of ``add_embedding``'s input columns are the pooled text: ``text_embeds``' width."""
     return kwargs["added_cond_kwargs"]["text_embeds"].shape[-1]
@@ -90,4 +112,5 @@ FAMILY = Family(
     denoiser_config={"addition_embed_type": "text_time"},
     tiny={"sdxl": TinyPipeline("StableDiffusionXLPipeline", _sdxl)},
     published=(SDXL_BASE,),
+    inversion=_SDXLInversion(),
 )

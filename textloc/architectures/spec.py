@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # only for annotations: the specs are data, importing them imports no torch
     import torch
 
+    from textloc.architectures.inversion import Inversion
+
 Kind = Literal["cross", "added_kv", "joint", "single", "refiner", "prefix", "pooled", "self"]
 #: The kinds of attention layer that read the text.
 ATTENTION_TEXT_KINDS: tuple[Kind, ...] = ("cross", "added_kv", "joint", "single", "refiner", "prefix")
@@ -282,6 +284,10 @@ class Family:
     #: The family's pipeline outputs that hold their images under another field than ``images``:
     #: output class name -> field (:func:`textloc.pipeline_calls.images_of`).
     image_outputs: Mapping[str, str] = field(default_factory=dict)
+    #: How image inversion encodes an image and conditions the denoiser for this family
+    #: (:mod:`textloc.architectures.inversion`); ``None`` where inversion does not cover it yet, and
+    #: ``invert``/``edit_image`` refuse it.
+    inversion: Inversion | None = None
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

@@ -9,12 +9,12 @@ samplers, each reversed through diffusers' own schedulers:
 - epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
   ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
   config, steps it back down.
-- flow-matching models (SD3, FLUX, Sana): the flow ODE, integrated backwards with Euler steps over
-  the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (FLUX's resolution-dependent
-  shift included), and forwards by that scheduler itself.
+- flow-matching models (SD3, FLUX, Chroma, Sana, Qwen-Image): the flow ODE, integrated backwards with
+  Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (FLUX's,
+  Chroma's and Qwen-Image's resolution-dependent shift included), and forwards by that scheduler itself.
 
-Each family's image encoding and denoiser conditioning live in
-:mod:`textloc.edit.inversion_families`.
+Each family's image encoding and denoiser conditioning live in its spec (``Family.inversion``,
+:mod:`textloc.architectures.inversion`); a family without one is refused.
 
 Each step is reversed with the prediction at the point it starts from, as DDIM inversion does, so
 the round trip is approximate; its error shrinks with more steps and a better-trained model.
@@ -43,8 +43,8 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from textloc.edit.inversion_families import Family, family_of
-from textloc.engine import denoiser
+from textloc.architectures import FAMILIES, denoiser, family_of
+from textloc.architectures.inversion import Inversion
 from textloc.pipeline_calls import call_kwargs, images_of, instance_attribute
 from textloc.scoring.metrics import psnr, ssim, to_float_array
 
@@ -52,7 +52,16 @@ ImageInput = Image.Image | np.ndarray | torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
-# The samplers inversion reverses
+# The family's inversion, and the samplers it reverses
+
+
+def _inversion_of(pipe: Any) -> Inversion:
+    """``pipe``'s family's :class:`Inversion`; a one-line ``ValueError`` for a family without one."""
+    family = family_of(pipe)
+    if family.inversion is None:
+        inverted = ", ".join(other.name for other in FAMILIES if other.inversion is not None)
+        raise ValueError(f"invert does not know {type(pipe).__name__} (the {family.name} family); it inverts {inverted} pipelines.")
+    return family.inversion
 
 
 def _ddim_config(pipe: Any) -> dict[str, Any]:
@@ -76,7 +85,7 @@ def _sampling_scheduler(pipe: Any) -> Any:
     config otherwise). Others: a ``DDIMScheduler`` (eta 0) with the pipeline scheduler's noise
     schedule and prediction type, without clipping or thresholding of the predicted image.
     """
-    if family_of(pipe).flow:
+    if _inversion_of(pipe).flow:
         if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
             return pipe.scheduler
         config = dict(pipe.scheduler.config)
@@ -210,8 +219,8 @@ def _pixels(image: ImageInput | Sequence[ImageInput], height: int | None, width:
     return pixels
 
 
-def _check_size(pipe: Any, family: Family, height: int, width: int) -> None:
-    multiple = family.size_multiple(pipe)
+def _check_size(pipe: Any, inversion: Inversion, height: int, width: int) -> None:
+    multiple = inversion.size_multiple(pipe)
     if height % multiple == 0 and width % multiple == 0:
         return
 
@@ -257,13 +266,13 @@ def invert(
     is not: inversion uses the conditional prediction alone (guidance 1), whatever
     ``guidance_scale`` the regeneration uses.
 
-    Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX: packed tokens B x hw/4 x 4C;
+    Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX, Chroma, Qwen-Image: packed tokens B x hw/4 x 4C;
     DeepFloyd IF, which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
     the pipeline draws its noise in, on its execution device. Regenerate inside
     :func:`starting_from`.
     """
     pixels = _pixels(image, height, width)
-    return _Inversion.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs).latents
+    return _Inverted.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs).latents
 
 
 @torch.no_grad()
@@ -273,43 +282,43 @@ def encode_image(
     """The clean sample the pipeline's sampler ends at for ``image``: what :func:`invert` runs back to noise.
 
     Latent models: the VAE's encoding (the posterior's mode), scaled and shifted as the pipeline
-    decodes it (FLUX: packed into tokens); pixel-space models: the image in [-1, 1]. Float32, in
+    decodes it (FLUX, Chroma, Qwen-Image: packed into tokens); pixel-space models: the image in [-1, 1]. Float32, in
     the layout of the pipeline's ``latents`` argument, so that it compares with a generation's
     ``output_type="latent"`` (IF: ``"pt"``). ``image``, ``height`` and ``width`` as in :func:`invert`.
     """
-    return _encode_pixels(pipe, family_of(pipe), _pixels(image, height, width))
+    return _encode_pixels(pipe, _inversion_of(pipe), _pixels(image, height, width))
 
 
-def _encode_pixels(pipe: Any, family: Family, pixels: torch.Tensor) -> torch.Tensor:
-    _check_size(pipe, family, *pixels.shape[2:])
-    return family.encode_image(pipe, pixels.to(pipe._execution_device)).float()
+def _encode_pixels(pipe: Any, inversion: Inversion, pixels: torch.Tensor) -> torch.Tensor:
+    _check_size(pipe, inversion, *pixels.shape[2:])
+    return inversion.encode_image(pipe, pixels.to(pipe._execution_device)).float()
 
 
 @dataclass(frozen=True)
-class _Inversion:
-    family: Family
+class _Inverted:
+    inversion: Inversion
     #: What the sampler should end at: the image encoded (latent models) or the image itself.
     clean: torch.Tensor
     latents: torch.Tensor
 
     @classmethod
-    def of(cls, pipe: Any, pixels: torch.Tensor, prompt: str | Sequence[str], num_inference_steps: int, generate_kwargs: dict[str, Any]) -> _Inversion:
-        family = family_of(pipe)
+    def of(cls, pipe: Any, pixels: torch.Tensor, prompt: str | Sequence[str], num_inference_steps: int, generate_kwargs: dict[str, Any]) -> _Inverted:
+        inversion = _inversion_of(pipe)
         arguments = _call_arguments(pipe, generate_kwargs)
         prompts = _prompts(prompt, pixels.shape[0])
-        clean = _encode_pixels(pipe, family, pixels)
+        clean = _encode_pixels(pipe, inversion, pixels)
         height, width = pixels.shape[2:]
         device = pipe._execution_device
-        conditioning = family.conditioning(pipe, prompts, arguments, height, width)
+        conditioning = inversion.conditioning(pipe, prompts, arguments, height, width)
         model_dtype = denoiser(pipe).dtype
 
         def predict(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return family.predict(pipe, x.to(model_dtype), timestep, conditioning).float()
+            return inversion.predict(pipe, x.to(model_dtype), timestep, conditioning).float()
 
         sample = clean
-        if family.flow:
+        if inversion.flow:
             scheduler = _from_config(FlowMatchEulerDiscreteScheduler, _sampling_scheduler(pipe).config)
-            family.set_flow_timesteps(pipe, scheduler, num_inference_steps, sample)
+            inversion.set_flow_timesteps(pipe, scheduler, num_inference_steps, sample)
             sigmas = scheduler.sigmas.to(device)
             # The sampler steps sigma_i -> sigma_i+1 with the velocity at sigma_i: run it backwards,
             # with the velocity at the point each backward step starts from.
@@ -321,7 +330,7 @@ class _Inversion:
             for timestep in scheduler.timesteps:
                 prediction = predict(scheduler.scale_model_input(sample, timestep), timestep)
                 sample = scheduler.step(prediction, timestep, sample).prev_sample
-        return cls(family, clean, sample.to(family.latents_dtype(pipe)))
+        return cls(inversion, clean, sample.to(inversion.latents_dtype(pipe)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,10 +383,10 @@ def reconstruct(
     # Quantized first, so the originals scored against are exactly the pixels inverted.
     originals = _to_pil(_pixels(image, height, width))
     pixels = _pixels(originals, None, None)
-    inversion = _Inversion.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs)
+    inverted = _Inverted.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs)
     height, width = pixels.shape[2:]
-    autoencoded = _to_pil(inversion.family.decode_sample(pipe, inversion.clean, height, width).cpu())
-    with starting_from(pipe, inversion.latents):
+    autoencoded = _to_pil(inverted.inversion.decode_sample(pipe, inverted.clean, height, width).cpu())
+    with starting_from(pipe, inverted.latents):
         output = pipe(
             _prompts(prompt, len(originals)),
             num_inference_steps=num_inference_steps,
@@ -388,7 +397,7 @@ def reconstruct(
     # "np" is the one output every pipeline gives in [0, 1] (IF's "pt" stays in [-1, 1]).
     images = _to_pil(torch.from_numpy(images_of(output)).permute(0, 3, 1, 2) * 2 - 1)
     return Reconstruction(
-        latents=inversion.latents,
+        latents=inverted.latents,
         images=images,
         originals=originals,
         autoencoded=autoencoded,

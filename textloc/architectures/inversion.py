@@ -1,0 +1,155 @@
+"""What image inversion needs from a family (``Family.inversion``), and the parts families share.
+
+A family's :class:`Inversion` says, as its pipeline ``__call__`` does it: how an image becomes the
+clean sample the sampler ends at (and back), the conditioning of the conditional branch, and one
+conditional prediction of the denoiser in the parameterization the scheduler steps with.
+:mod:`textloc.edit.inversion` runs the sampler backwards with it.
+
+Like the rest of a spec, importing this imports no torch: each part imports what it uses when called.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+
+# encode_prompt's arguments that inversion sets itself: one conditional prediction per image.
+_OWN_ENCODE_ARGUMENTS = frozenset({"prompt", "device", "num_images_per_prompt", "do_classifier_free_guidance"})
+
+
+class Inversion(abc.ABC):
+    """How one family's pipelines encode an image and make one conditional prediction."""
+
+    #: Flow-matching (velocity) model, inverted along the flow ODE; else DDIM.
+    flow: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def size_multiple(self, pipe: Any) -> int:
+        """Heights and widths the pipeline takes are multiples of this (pixels)."""
+
+    def encode_image(self, pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
+        """The clean sample the pipeline's sampler ends at, for ``pixels`` (B x 3 x H x W in [-1, 1])."""
+        return (vae_encoding(pipe.vae, pixels) - shift_factor(pipe)) * pipe.vae.config.scaling_factor
+
+    def decode_sample(self, pipe: Any, sample: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``pixels`` back from :meth:`encode_image`'s sample, as the pipeline decodes it."""
+        return vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor + shift_factor(pipe))
+
+    def latents_dtype(self, pipe: Any) -> torch.dtype:
+        """The dtype the pipeline draws its starting noise in."""
+        from textloc.architectures import denoiser
+
+        return denoiser(pipe).dtype
+
+    @abc.abstractmethod
+    def conditioning(self, pipe: Any, prompts: list[str], arguments: dict[str, Any], height: int, width: int) -> dict[str, Any]:
+        """Everything the denoiser takes besides the sample and the timestep, conditional branch only.
+
+        ``arguments``: every argument of the pipeline's ``__call__``, as the regeneration passes them.
+        """
+
+    @abc.abstractmethod
+    def predict(self, pipe: Any, sample: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, Any]) -> torch.Tensor:
+        """The denoiser's prediction, in the parameterization the scheduler steps with."""
+
+    def set_flow_timesteps(self, pipe: Any, scheduler: Any, num_inference_steps: int, sample: torch.Tensor) -> None:
+        """``scheduler.set_timesteps`` as the pipeline calls it (flow families only; ``scheduler`` is
+        a ``FlowMatchEulerDiscreteScheduler``)."""
+        scheduler.set_timesteps(num_inference_steps, device=sample.device)
+
+
+def shift_factor(pipe: Any) -> float:
+    """The VAE's latent shift: SD3 and FLUX have one, the others none."""
+    return pipe.vae.config.get("shift_factor") or 0.0
+
+
+def _vae_dtype(vae: Any) -> torch.dtype:
+    import torch
+
+    # SDXL's VAE overflows in float16: it runs in float32, as its pipelines do.
+    upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+    return torch.float32 if upcast else vae.dtype
+
+
+def vae_encoding(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """The VAE's deterministic encoding (the posterior's mode), in float32."""
+    dtype = _vae_dtype(vae)
+    with cast(vae, dtype):
+        # On the pipeline's execution device already: an offloaded VAE moves there when called.
+        encoded = vae.encode(pixels.to(dtype=dtype))
+    if hasattr(encoded, "latent_dist"):
+        return encoded.latent_dist.mode().float()
+    return encoded.latent.float()  # AutoencoderDC (Sana) is deterministic
+
+
+def vae_decoding(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The VAE's decoding of ``latents``, in float32."""
+    dtype = _vae_dtype(vae)
+    with cast(vae, dtype):
+        return vae.decode(latents.to(dtype=dtype), return_dict=False)[0].float()
+
+
+@contextlib.contextmanager
+def cast(module: torch.nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """``module`` in ``dtype`` inside the context, in its own dtype again after it."""
+    original = next(module.parameters()).dtype
+    if original != dtype:
+        module.to(dtype=dtype)
+    try:
+        yield
+    finally:
+        if original != dtype:
+            module.to(dtype=original)
+
+
+def encode_prompt(pipe: Any, prompts: list[str], arguments: dict[str, Any]) -> Any:
+    """``pipe.encode_prompt`` for the conditional branch, with the call's arguments it shares
+    (``prompt_2``, ``max_sequence_length``, ``clean_caption``, ...)."""
+    parameters = inspect.signature(pipe.encode_prompt).parameters
+    shared = {
+        name: value
+        for name, value in arguments.items()
+        if name in parameters and name not in _OWN_ENCODE_ARGUMENTS and not name.startswith("negative_")
+    }
+    own = {"device": pipe._execution_device, "num_images_per_prompt": 1, "do_classifier_free_guidance": False}
+    shared.update({name: value for name, value in own.items() if name in parameters})
+    return pipe.encode_prompt(prompts, **shared)
+
+
+def learned_sigma_mean(transformer: Any, output: torch.Tensor) -> torch.Tensor:
+    """The prediction of a DiT that also predicts its variance (twice the channels): the first half."""
+    if transformer.config.out_channels // 2 == transformer.config.in_channels:
+        return output.chunk(2, dim=1)[0]
+    return output
+
+
+def resolution_shift(scheduler: Any, image_seq_len: int, max_shift: float) -> float:
+    """The resolution-dependent shift ``mu`` of a flow schedule, with the defaults the pipeline
+    uses where the scheduler's config has none (``max_shift``: SD3 1.16, FLUX 1.15)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    config = scheduler.config
+    return calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", max_shift),
+    )
+
+
+def set_shifted_linspace_timesteps(scheduler: Any, num_inference_steps: int, sample: torch.Tensor) -> None:
+    """``scheduler.set_timesteps`` as the pipelines of packed-token models call it (Qwen-Image,
+    Chroma): sigmas evenly spaced from 1 to ``1 / num_inference_steps``, shifted by the ``mu`` of
+    the sample's token count."""
+    import numpy as np
+
+    sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+    mu = resolution_shift(scheduler, sample.shape[1], max_shift=1.15)
+    scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=mu)
