@@ -70,3 +70,38 @@ def test_the_estimate_counts_what_the_run_does(arch, monkeypatch):
     assert {cost.stage: cost.backward_passes for cost in estimate.stages if cost.backward_passes} == dict(backward)
     assert {cost.stage: cost.images_scored for cost in estimate.stages if cost.images_scored} == dict(images)
     assert estimate.seconds > 0
+
+
+def test_a_large_new_run_states_its_cost_and_is_refused_over_max_hours_before_it_starts(tmp_path, monkeypatch, capsys):
+    from textloc.cli import localize as command
+    from textloc.cli import main
+
+    monkeypatch.setattr(command, "LARGE_RUN_PAIRS", 3)  # the rule, at a size a test can run
+    runs = []
+    real = tl.localize
+
+    def localize(*args, estimate=False, **kwargs):
+        runs.append("estimate" if estimate else "run")
+        if not estimate:
+            raise KeyboardInterrupt  # the run itself started, which is all this test asks: the CLI exits 130
+        return real(*args, estimate=True, **kwargs)
+
+    monkeypatch.setattr("textloc.localization.localize", localize)
+    def command_line(pairs: int = 4, out: str = "big") -> list[str]:
+        return ["--threads", "1", "localize", "--model", "tiny-random-sd15", "--pairs", str(pairs), "--num-inference-steps", "2", "--out", str(tmp_path / out)]
+
+    assert main([*command_line(), "--max-hours", "1e-6"]) == 2
+    assert runs == ["estimate"] and not (tmp_path / "big").exists()
+    output = capsys.readouterr()
+    assert "| total |" in output.out  # the estimate the refusal points to
+    assert "4 pairs would take about" in output.err and "over --max-hours 1e-06" in output.err and "--max-hours 1 " in output.err
+    runs.clear()
+    assert main(command_line()) == 130  # within the budget it starts
+    assert runs == ["estimate", "run"]
+    # At the threshold, or on resuming a run that began, no estimate: the run starts at once.
+    (tmp_path / "big").mkdir(exist_ok=True)
+    (tmp_path / "big" / "progress.jsonl").write_text("")
+    for pairs, out in ((4, "big"), (3, "small")):
+        runs.clear()
+        assert main([*command_line(pairs, out), "--max-hours", "1e-6"]) == 130
+        assert runs == ["run"]
