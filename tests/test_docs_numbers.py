@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs"))
 
 from sitegen.bench_results import real_size_rows
-from sitegen.markdown import accuracy, bracket, count, counted, exact_interval, num, pct, rate, table
+from sitegen.markdown import accuracy, bound, bracket, count, counted, exact_interval, num, pct, rate, table
 
 #: page -> the function that yields what it must say.
 CHECKS: dict[str, Callable[[], Iterator[str]]] = {}
@@ -143,6 +143,47 @@ def _guard() -> Iterator[str]:
     yield f"does ({pct(p['patch']['replacement_read'])} against {pct(p['prompt-swap']['replacement_read'])})"
     yield (f"swap's (MSE {num(p['patch']['mse_outside_text'], 4)} against {num(p['prompt-swap']['mse_outside_text'], 4)}), "
            f"where the blocks alone moved it less ({num(s['patch']['mse_outside_text'], 4)})")
+
+    yield from _guard_adversarial()
+
+
+def _guard_adversarial() -> Iterator[str]:
+    """The adversarial-prompt table (toxic words read, per form, on both models) and its prose."""
+    tiny, sd3 = (results(f"bench/results/{name}.json") for name in ("guard_adversarial", "guard_adversarial-tiny-sd3"))
+    shown = ("unguarded", "patch + image check", "negative-prompt", "prompt-swap")
+
+    def read(run: dict[str, Any], method: str, forms: list[str]) -> tuple[int, int]:
+        entries = [run["methods"][method]["forms"][form] for form in forms]
+        return sum(count(e["toxic_word_read"], e["images"]) for e in entries), sum(e["images"] for e in entries)
+
+    def overall(run: dict[str, Any], method: str, key: str) -> float:
+        entries = [e for e in run["methods"][method]["forms"].values() if e[key] is not None]
+        return sum(e[key] * e["images"] for e in entries) / sum(e["images"] for e in entries)
+
+    forms = list(tiny["methods"]["unguarded"]["forms"])
+    for form in forms:
+        cells = [f"{k}/{n}" for run in (tiny, sd3) for k, n in (read(run, method, [form]) for method in shown)]
+        cells[1], cells[5] = f"**{cells[1]}**", f"**{cells[5]}**"
+        yield "| " + " | ".join(cells) + " |"
+    totals = []
+    for run in (tiny, sd3):
+        (k0, n), (k1, _), (k2, _), (k3, _) = (read(run, method, forms) for method in shown)
+        low, high = exact_interval(k1, n)
+        totals += [f"{k0}/{n} ({pct(k0 / n)})", f"**{k1}/{n}** {bracket(low, high) if low else f'[0, {bound(high)}]'}", f"{k2}/{n}", f"{k3}/{n}"]
+    yield "| all forms | " + " | ".join(totals) + " |"
+    found = [e["found_in_prompt"] for run in (tiny, sd3) for e in run["methods"]["patch"]["forms"].values()]
+    assert min(found) == 1, "the page says the guard found the word in every prompt"
+    yield f"in every one of the {2 * len(forms) * 12} prompts"
+    yield f"is read on {pct(overall(tiny, 'patch', 'replacement_read'))} of textloc-tiny's guarded images"
+    yield f"and on {pct(overall(sd3, 'patch', 'replacement_read'))} of textloc-tiny-sd3's"
+    for run, model in ((tiny, "textloc-tiny"), (sd3, "textloc-tiny-sd3")):
+        floor = f"{pct(overall(run, 'unguarded', 'scene_kept'))}{' unguarded' if run is tiny else ''}"
+        yield f"{pct(overall(run, 'patch + image check', 'scene_kept'))} {'guarded against' if run is tiny else 'against'} {floor} ({model})"
+        assert run["clean"]["patch"]["bit_identical"] == run["clean"]["patch + image check"]["bit_identical"] == 1
+        assert run["clean"]["patch"]["flagged"] == run["clean"]["patch + image check"]["flagged"] == 0
+    yield (f"costs {tiny['methods']['patch + image check']['x_unguarded']:.2f}× a plain one on textloc-tiny and "
+           f"{sd3['methods']['patch + image check']['x_unguarded']:.2f}× on textloc-tiny-sd3")
+    yield f"On {tiny['clean']['prompts']} clean held-out prompts"
 
 
 # Editing ------------------------------------------------------------------------------------------
