@@ -51,6 +51,23 @@ def call_kwargs(pipe: DiffusionPipeline | type[DiffusionPipeline], **kwargs: Any
     return kwargs
 
 
+def is_modular(pipe: Any) -> bool:
+    """Whether ``pipe`` is one of diffusers' modular pipelines (``diffusers.modular_pipelines``): its
+    inputs are its blocks', its CFG runs through a guider, and it returns what ``output=`` names."""
+    modular = getattr(diffusers, "ModularPipeline", None)  # diffusers 0.35 on
+    return modular is not None and isinstance(pipe, modular)
+
+
+def refuse_modular(pipe: Any, use: str) -> None:
+    """A one-line ``ValueError`` when ``use`` (which calls the pipeline the plain way: ``output_type``,
+    ``.images``, ``encode_prompt``) is given a modular pipeline; the engine's own calls take one."""
+    if is_modular(pipe):
+        raise ValueError(
+            f"{use} runs a plain diffusers pipeline, and {type(pipe).__name__} is a modular one: load the model with "
+            "DiffusionPipeline.from_pretrained (tl.load_pipeline); tl.record, tl.patch and tl.run_with_patches take either."
+        )
+
+
 def images_of(output: Any) -> Any:
     """The images of a pipeline's output: its ``images``, or the field a family's spec names for an
     output class that holds them under another name (Kandinsky 5's ``image``); a ``return_dict=False``

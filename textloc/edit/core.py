@@ -36,7 +36,7 @@ from textloc.engine import AttentionLayer, plan_text_swap, run_with_patches
 from textloc.images import captioned_grid
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
-from textloc.pipeline_calls import images_of
+from textloc.pipeline_calls import images_of, refuse_modular
 from textloc.pipelines import model_image_side
 from textloc.scoring.metrics import background_mask, image_scores, text_scores
 from textloc.scoring.ocr import OCR, Reading, get_ocr, readings, to_pil_list
@@ -145,6 +145,7 @@ def edit_text(
     ``generate_kwargs`` go to the pipeline (``num_inference_steps``, ``guidance_scale``,
     ``height``, ...).
     """
+    refuse_modular(pipe, "edit_text")
     single = isinstance(prompt, str)
     prompts, new_texts = _as_batch(prompt, new_text)
     if method not in EDIT_METHODS:
@@ -212,6 +213,7 @@ def edit_image(
     is resized to the model's size (an embedded model's, else the pipeline's default), its aspect
     kept. The result's ``reconstruction`` scores the unedited regeneration against the image.
     """
+    refuse_modular(pipe, "edit_image")
     replace_quoted(prompt, new_text)  # bad text is refused before the inversion runs
     if isinstance(image, (str, os.PathLike)):
         image = _open_image(image)

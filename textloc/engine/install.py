@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -28,6 +30,9 @@ from textloc.engine.recorder import Recorder
 from textloc.engine.replays import GradientHook
 from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, checked, shadowed
 from textloc.engine.units import AttentionLayer
+
+# Where diffusers' modular pipelines log the exceptions that leave their blocks.
+_MODULAR_LOGGER = "diffusers.modular_pipelines.modular_pipeline"
 from textloc.fingerprint import module_fingerprint
 from textloc.pipeline_calls import call_kwargs, instance_attribute
 
@@ -151,7 +156,8 @@ def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
     """
     kwargs = {key: list(value) if isinstance(value, list) else value for key, value in kwargs.items()}
     try:
-        return pipe(**kwargs)
+        with _quiet_stops():
+            return pipe(**kwargs)
     except StopRun:
         # The pipeline's own cleanup never ran: hand models back to their offload device.
         if hasattr(pipe, "maybe_free_model_hooks"):
@@ -159,10 +165,30 @@ def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
         return None
 
 
+class _NotAStop(logging.Filter):
+    """Drops a log record made while a :class:`StopRun` is being handled: a modular pipeline logs
+    every exception that leaves a block, with its traceback, the engine's planned early stop too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not isinstance(sys.exc_info()[1], StopRun)
+
+
+@contextlib.contextmanager
+def _quiet_stops() -> Iterator[None]:
+    logger, stops = logging.getLogger(_MODULAR_LOGGER), _NotAStop()
+    logger.addFilter(stops)
+    try:
+        yield
+    finally:
+        logger.removeFilter(stops)
+
+
 def pipeline_kwargs(pipe: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The pipeline-call arguments, with an error naming any that the pipeline does not take."""
     # Named parameters only: SD/SDXL's **kwargs swallow a misspelt argument without a word.
     parameters = [name for name, p in inspect.signature(pipe.__call__).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    # A modular pipeline takes its blocks' inputs through **kwargs, and names them.
+    parameters += getattr(getattr(pipe, "blocks", None), "input_names", None) or []
     for name in kwargs:
         if name not in parameters:
             close = difflib.get_close_matches(name, parameters, n=3)

@@ -15,6 +15,7 @@ from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.recorder import Recorder
 from textloc.engine.units import LayerSelector, select_layers
 from textloc.fingerprint import module_fingerprint
+from textloc.pipeline_calls import is_modular
 
 
 def run_with_cache(
@@ -49,7 +50,8 @@ def record(
     """
     selected = select_layers(pipe, layers)
     static = all(layer.kind in STEP_INDEPENDENT_KINDS for layer in selected)
-    generate_kwargs.setdefault("output_type", "latent" if hasattr(pipe, "vae") else "pt")
+    if not is_modular(pipe):  # whose decoders take only the image types (Qwen-Image's refuses "latent")
+        generate_kwargs.setdefault("output_type", "latent" if hasattr(pipe, "vae") else "pt")
     return _record(pipe, selected, prompt, cache_device, stop_when_complete=static, **generate_kwargs)[1]
 
 

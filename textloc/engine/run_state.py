@@ -2,9 +2,10 @@
 
 One :class:`RunState` serves every hook of one engine context. It never guesses from batch
 contents: the step comes from counting the scheduler's ``step()`` calls, the branch from what the
-pipeline says (a ``cache_context``, a ``skip_layers`` argument, ``do_classifier_free_guidance``, or
-the flag it passes to its own ``encode_prompt``); what none of these tells is refused, as is a
-pipeline set up for perturbed-attention guidance, whose third, perturbed branch no spec names.
+pipeline says (a ``cache_context``, a ``skip_layers`` argument, a modular pipeline's guider,
+``do_classifier_free_guidance``, or the flag it passes to its own ``encode_prompt``); what none of
+these tells is refused, as is a pipeline set up for perturbed-attention guidance, whose third,
+perturbed branch no spec names.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from textloc.architectures import family_of
 from textloc.architectures.spec import DenoiserSignature
 from textloc.engine.choices import Branch
 from textloc.pipeline_calls import instance_attribute
+
+
+#: The predictions a modular pipeline's guider names, as branches.
+GUIDER_BRANCHES: dict[str, Branch] = {"pred_cond": "cond", "pred_uncond": "uncond"}
 
 
 @dataclass
@@ -109,6 +114,10 @@ class RunState:
         self.on_new_call: list[Callable[[], None]] = []  # once the call's step and branches are known
         # Asked once: inspecting the class on every denoiser call would cost more than the answer.
         self.cfg_property = isinstance(inspect.getattr_static(type(pipe), "do_classifier_free_guidance", None), property)
+        # A modular pipeline (diffusers.modular_pipelines) runs each CFG branch as a denoiser call of
+        # its own, which its guider (diffusers.guiders) prepares and counts.
+        guider = getattr(pipe, "guider", None)
+        self.guider = guider if hasattr(guider, "_input_predictions") else None
 
     def begin_call(self, sample: torch.Tensor | list[torch.Tensor], args: tuple, kwargs: dict[str, Any]) -> None:
         scheduler = self.pipe.scheduler
@@ -152,6 +161,8 @@ class RunState:
         guidance = self.guidance
         if context is not None and context.name in guidance.contexts:
             return {guidance.contexts[context.name]: rows}
+        if self.guider is not None:
+            return {self._guided_branch(): rows}
         if guidance.distilled or not self._classifier_free_guidance():
             return {"cond": rows}
         if guidance.call_order is not None:
@@ -170,9 +181,33 @@ class RunState:
         context = self.context._context
         if kwargs.get("skip_layers") is None and context is not None and context.name in self.guidance.contexts:
             return None
+        if self.guider is not None:
+            return frozenset(GUIDER_BRANCHES[name] for name in self._guider_passes())
         if self.guidance.call_order is not None and not self.guidance.distilled and self._classifier_free_guidance():
             return frozenset(self.guidance.call_order)
         return frozenset(branch_rows)
+
+    def _guider_passes(self) -> list[str]:
+        """The predictions the modular pipeline's guider asks for in this step, one denoiser call each."""
+        passes = list(self.guider._input_predictions[: self.guider.num_conditions])
+        other = [name for name in passes if name not in GUIDER_BRANCHES]
+        if other:
+            raise ValueError(
+                f"{type(self.pipe).__name__}'s guider {type(self.guider).__name__} runs a {other[0]!r} pass, which is "
+                "no classifier-free guidance branch textloc can patch; give it a guider that predicts only pred_cond "
+                "and pred_uncond (ClassifierFreeGuidance or a variant) with pipe.update_components(guider=...)."
+            )
+        return passes
+
+    def _guided_branch(self) -> Branch:
+        """The branch of the denoiser call now running: the guider counts the passes it has prepared."""
+        passes, prepared = self._guider_passes(), self.guider._count_prepared
+        if not 1 <= prepared <= len(passes):
+            raise ValueError(
+                f"{type(self.pipe).__name__} called its denoiser outside its guider's passes ({prepared} prepared of "
+                f"{len(passes)}); textloc reads a modular pipeline's branch from its guider."
+            )
+        return GUIDER_BRANCHES[passes[prepared - 1]]
 
     def _classifier_free_guidance(self) -> bool:
         if self.cfg_property:

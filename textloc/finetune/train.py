@@ -47,7 +47,7 @@ from textloc.finetune.objective import Objective
 from textloc.finetune.targets import Targets, check_rank, lora_targets
 from textloc.finetune.validation import Validation
 from textloc.layers import LayerSource, resolve_layers
-from textloc.pipeline_calls import call_kwargs
+from textloc.pipeline_calls import call_kwargs, refuse_modular
 from textloc.pipelines import model_image_side
 from textloc.files import write_json_atomic
 from textloc.fingerprint import weights_fingerprint
@@ -137,6 +137,7 @@ def train_lora(
         raise TypeError(f"train_lora got unexpected arguments {sorted(unknown)}; its settings are TrainConfig's fields.")
     config = dataclasses.replace(config or TrainConfig(), **fields_given)  # checked as it is made
     family_of(pipe).check_supports("train_lora")
+    refuse_modular(pipe, "train_lora")
     generate_kwargs = dict(generate_kwargs or {})
     if lora_parameters(pipe):
         raise ValueError("This pipeline's denoiser already carries a LoRA: train on a freshly loaded pipeline (a LoRA is saved to its output_dir).")

@@ -54,7 +54,7 @@ from textloc.guard.methods import GUARD_METHODS, GuardMethod
 from textloc.engine import STEP_INDEPENDENT_KINDS, patch_rows, plan_text_swap
 from textloc.layers import LayerSource, resolve_layers, start_step_for
 from textloc.models import embedded_model_of
-from textloc.pipeline_calls import images_of
+from textloc.pipeline_calls import images_of, refuse_modular
 from textloc.scoring.ocr import OCR, get_ocr
 
 
@@ -273,6 +273,7 @@ class ToxicTextGuard:
         check_images: bool = False,
         ocr: str | OCR = "rapidocr",
     ):
+        refuse_modular(pipe, "ToxicTextGuard")
         if method not in GUARD_METHODS:
             raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(GUARD_METHODS)}.")
         if check_images and method not in ("patch", "unguarded"):

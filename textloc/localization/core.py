@@ -22,6 +22,7 @@ from textloc.localization.selection import rank_layers
 from textloc.localization.stages import Stages, exact_effects, screen_scorer
 from textloc.models import embedded_model_of
 from textloc.localization.sweep import PatchSettings
+from textloc.pipeline_calls import refuse_modular
 from textloc.scoring.ocr import OCR, get_ocr
 from textloc.scoring.prompts import PromptPair, SceneJudge
 from textloc.settings import split_settings
@@ -97,6 +98,7 @@ def localize(
     ``assume_selected`` (layers as edits take them: a selector, a localization or its folder;
     default: the first quarter of the candidates).
     """
+    refuse_modular(pipe, "localize")
     if config is not None and not isinstance(config, LocalizeConfig):
         raise TypeError(f"config is a LocalizeConfig, not {type(config).__name__}: give the method as method={config!r}.")
     overrides, generate_kwargs = split_settings(LocalizeConfig, kwargs)
