@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import textloc as tl
-from textloc.architectures.spec import UNET_SIGNATURE
+from textloc.architectures.spec import UNET_SIGNATURE, Family
 from textloc.engine import denoiser, select_layers
 from textloc.fingerprint import weights_fingerprint
 from textloc.finetune import ImageFolder, RenderedSigns, RowsDataset, load_lora, lora_targets, train_lora
@@ -50,11 +50,9 @@ def lora_names(pipe) -> set[str]:
     return {name for name, _ in denoiser(pipe).named_parameters() if "lora_" in name}
 
 
-# The families whose spec refuses train_lora (FLUX.2's VAE, Lumina 2's reversed time, Cosmos's EDM
-# preconditioning, Qwen-Image's video VAE, HiDream's negated prediction, Z-Image's list inputs, GLM-Image's prior tokens,
-# ERNIE-Image's VAE):
-# refused in one line.
-NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "qwenimage", "hidream", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
+# The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
+# in one line, before anything is written.
+NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "hidream", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
 NOT_TRAINED += ("nucleusmoe-image",)
 
 
@@ -360,9 +358,9 @@ def test_the_objective_is_zero_for_the_textbook_target_and_not_for_a_flipped_one
     else:
         scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
         alphas = scheduler.alphas_cumprod
-    objective = Objective(SimpleNamespace(scheduler=scheduler), resolution=8)
+    objective = Objective(SimpleNamespace(scheduler=scheduler), resolution=8, family=Family("textbook", (), ()))
     clean = torch.rand(4, 3, 8, 8) * 2 - 1
-    inputs = DenoiserInputs((), {"sample": None, "timestep": None}, clean.shape, 1.0, UNET_SIGNATURE)
+    inputs = DenoiserInputs((), {"sample": None, "timestep": None}, clean.shape, lambda t: t, UNET_SIGNATURE)
     model = TextbookDenoiser(clean, prediction_type, alphas, scheduler.config.num_train_timesteps)
     assert objective.loss(model, inputs, clean, seeds=[0, 1, 2, 3]).item() < 1e-6
     flipped = TextbookDenoiser(-clean, prediction_type, alphas, scheduler.config.num_train_timesteps)
@@ -394,3 +392,56 @@ def test_the_validation_plot_draws_a_loss_axis_only_when_there_is_a_loss_curve()
     curve = history_figure([row(0, None), row(5, 0.3), row(10, 0.2)])
     assert (len(before_after.axes), len(curve.axes)) == (1, 2)
     plt.close("all")
+
+
+# Each flow family's denoiser convention, stated here as its pipeline's __call__ has it (not read from
+# its spec): the noise level sigma of the time the pipeline hands the denoiser, the sign the pipeline
+# steps its scheduler with, and whether the denoiser takes a list of rows with a frame axis (Z-Image).
+FLOW_CONVENTIONS = {
+    "flux": (lambda time: time, 1.0, False),  # t / 1000
+    "qwenimage": (lambda time: time, 1.0, False),  # t / 1000
+}
+
+
+class ExactVelocity(torch.nn.Module):
+    """A denoiser that returns, in its family's convention, the exact flow velocity ``noise - clean``
+    of the noisy sample it is given: the model whose loss is 0."""
+
+    def __init__(self, signature, clean, sigma_of, sign, rows):
+        super().__init__()
+        self.signature, self.clean, self.sigma_of, self.sign, self.rows = signature, clean, sigma_of, sign, rows
+
+    def forward(self, *args, **kwargs):
+        from textloc.engine.run_state import sample_and_timestep
+
+        sample, time = sample_and_timestep(self.signature, args, kwargs)
+        if self.rows:
+            sample = torch.stack(sample).squeeze(2)
+        sigma = self.sigma_of(time.double()).view(-1, *[1] * (sample.dim() - 1))
+        noise = (sample.double() - (1 - sigma) * self.clean) / sigma
+        velocity = (self.sign * (noise - self.clean)).float()
+        return (list(velocity.unsqueeze(2).unbind(0)) if self.rows else velocity,)
+
+
+@pytest.mark.parametrize("arch", FLOW_CONVENTIONS)
+def test_the_objective_is_zero_for_the_exact_velocity_in_the_familys_convention(arch):
+    from textloc.engine import denoiser_inputs
+    from textloc.finetune.objective import Objective
+    from textloc.finetune.train import capture_settings
+    from textloc.architectures import family_of
+
+    pipe = tiny_pipeline(arch)
+    signs = RenderedSigns()
+    examples = [signs.example(index) for index in range(2)]
+    seeds = [3, 4]
+    objective = Objective(pipe, resolution=32)
+    clean = objective.clean_samples([image for image, _ in examples], seeds)
+    inputs = denoiser_inputs(pipe, [caption for _, caption in examples], **capture_settings(pipe, text_kwargs(arch), 32))
+    assert clean.shape == inputs.sample_shape
+    sigma_of, sign, rows = FLOW_CONVENTIONS[arch]
+    signature = family_of(pipe).signature
+    exact = ExactVelocity(signature, clean.double(), sigma_of, sign, rows)
+    assert objective.loss(exact, inputs, clean, seeds).item() < 1e-6
+    flipped = ExactVelocity(signature, clean.double(), sigma_of, -sign, rows)
+    assert objective.loss(flipped, inputs, clean, seeds).item() > 1e-2
+

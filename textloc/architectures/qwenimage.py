@@ -257,7 +257,6 @@ FAMILY = Family(
     denoisers=("QwenImageTransformer2DModel",),
     pipelines=("QwenImagePipeline", "QwenImageImg2ImgPipeline"),
     attention=(AttentionRule("Attention", _QWEN_JOINT, when="add_q_proj"),),
-    refuses={"train_lora": "its video autoencoder takes 5-D latents the objective does not make"},
     tiny={
         "qwenimage": TinyPipeline(
             "QwenImagePipeline", _qwen_image,
