@@ -52,7 +52,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "hidream", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
+NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
 NOT_TRAINED += ("nucleusmoe-image",)
 
 
@@ -400,6 +400,7 @@ def test_the_validation_plot_draws_a_loss_axis_only_when_there_is_a_loss_curve()
 FLOW_CONVENTIONS = {
     "flux": (lambda time: time, 1.0, False),  # t / 1000
     "qwenimage": (lambda time: time, 1.0, False),  # t / 1000
+    "hidream": (lambda time: time / 1000, -1.0, False),  # t, prediction negated
 }
 
 
@@ -445,3 +446,21 @@ def test_the_objective_is_zero_for_the_exact_velocity_in_the_familys_convention(
     flipped = ExactVelocity(signature, clean.double(), sigma_of, -sign, rows)
     assert objective.loss(flipped, inputs, clean, seeds).item() > 1e-2
 
+
+
+@pytest.mark.parametrize("arch", FLOW_CONVENTIONS)
+def test_the_denoiser_in_training_mode_predicts_what_it_predicts_in_eval_mode(arch):
+    # HiDream's transformer returns its patches in training mode (its spec puts them back in the sample's layout).
+    from textloc.engine import denoiser_inputs
+    from textloc.finetune.train import capture_settings
+
+    pipe = tiny_pipeline(arch)
+    inputs = denoiser_inputs(pipe, [PROMPT, PROMPT], **capture_settings(pipe, text_kwargs(arch), 32))
+    sample, timesteps = torch.randn(inputs.sample_shape, generator=torch.Generator().manual_seed(0)), torch.tensor([700.0, 300.0])
+    model = denoiser(pipe)
+    with torch.no_grad():
+        evaluated = inputs(model.eval(), sample, timesteps)
+        trained = inputs(model.train(), sample, timesteps)
+    model.eval()
+    assert trained.shape == sample.shape
+    torch.testing.assert_close(trained, evaluated, rtol=1e-4, atol=1e-5)
