@@ -671,8 +671,8 @@ def without_guidance(pipe) -> dict:
     return kwargs
 
 
-# Their specs refuse: no scale of the scheduler's timestep, list inputs, a prediction of the text tokens too, or a negated one.
-DENOISER_INPUTS_REFUSED = ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image", "nucleusmoe-image")
+# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, prior tokens, or a negated prediction.
+DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image", "nucleusmoe-image")
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):

@@ -52,7 +52,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
+NOT_TRAINED = ("flux2", "flux2-klein", "cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
 NOT_TRAINED += ("nucleusmoe-image",)
 
 
@@ -401,6 +401,8 @@ FLOW_CONVENTIONS = {
     "flux": (lambda time: time, 1.0, False),  # t / 1000
     "qwenimage": (lambda time: time, 1.0, False),  # t / 1000
     "hidream": (lambda time: time / 1000, -1.0, False),  # t, prediction negated
+    "lumina2": (lambda time: 1 - time, -1.0, False),  # 1 - t / 1000 (0 is noise), prediction negated
+    "z-image": (lambda time: 1 - time, -1.0, True),  # (1000 - t) / 1000, per-row list, prediction negated
 }
 
 
@@ -445,7 +447,6 @@ def test_the_objective_is_zero_for_the_exact_velocity_in_the_familys_convention(
     assert objective.loss(exact, inputs, clean, seeds).item() < 1e-6
     flipped = ExactVelocity(signature, clean.double(), sigma_of, -sign, rows)
     assert objective.loss(flipped, inputs, clean, seeds).item() > 1e-2
-
 
 
 @pytest.mark.parametrize("arch", FLOW_CONVENTIONS)
