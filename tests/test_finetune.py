@@ -35,9 +35,12 @@ def images(pipe, seed: int = 0) -> np.ndarray:
     return np.asarray(images_of(pipe(prompt=PROMPT, **kwargs)))
 
 
+TEXT_SETTINGS = ("max_sequence_length", "clean_caption", "complex_human_instruction", "text_encoder_out_layers")
+
+
 def text_kwargs(arch: str) -> dict:
     """The tiny pipeline's call settings that shape its text (what a named model's settings hold)."""
-    return {key: value for key, value in tiny_call_kwargs(arch).items() if key in ("max_sequence_length", "clean_caption", "complex_human_instruction")}
+    return {key: value for key, value in tiny_call_kwargs(arch).items() if key in TEXT_SETTINGS}
 
 
 def parameters(pipe) -> dict[str, torch.Tensor]:
@@ -52,7 +55,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("flux2", "flux2-klein", "cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
+NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
 NOT_TRAINED += ("nucleusmoe-image",)
 
 
@@ -400,6 +403,8 @@ def test_the_validation_plot_draws_a_loss_axis_only_when_there_is_a_loss_curve()
 FLOW_CONVENTIONS = {
     "flux": (lambda time: time, 1.0, False),  # t / 1000
     "qwenimage": (lambda time: time, 1.0, False),  # t / 1000
+    "flux2": (lambda time: time, 1.0, False),  # t / 1000
+    "flux2-klein": (lambda time: time, 1.0, False),  # t / 1000
     "hidream": (lambda time: time / 1000, -1.0, False),  # t, prediction negated
     "lumina2": (lambda time: 1 - time, -1.0, False),  # 1 - t / 1000 (0 is noise), prediction negated
     "z-image": (lambda time: 1 - time, -1.0, True),  # (1000 - t) / 1000, per-row list, prediction negated
@@ -465,3 +470,37 @@ def test_the_denoiser_in_training_mode_predicts_what_it_predicts_in_eval_mode(ar
     model.eval()
     assert trained.shape == sample.shape
     torch.testing.assert_close(trained, evaluated, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", FLOW_CONVENTIONS)
+def test_the_pipeline_decodes_the_objectives_clean_sample_to_the_images_own_vae_latents(arch):
+    # The sampler's last step made to return the objective's encoding (the posterior's mode) of an
+    # image: the pipeline, unnormalising, unpacking and decoding its own way, must give what the VAE
+    # decodes from that image's latents, so the encoding is the inverse of the pipeline's decoding.
+    from diffusers import AutoencoderKLQwenImage
+
+    from textloc.architectures.inversion import vae_decoding, vae_encoding
+    from textloc.finetune.objective import Objective
+    from textloc.finetune.train import capture_settings
+
+    pipe = tiny_pipeline(arch)
+    # The tiny VAEs normalise by identity statistics: other ones, so a missed normalisation shows.
+    if hasattr(pipe.vae, "bn"):  # FLUX.2's batch-norm statistics
+        pipe.vae.bn.running_mean.copy_(torch.linspace(-0.5, 0.5, pipe.vae.bn.num_features))
+        pipe.vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, pipe.vae.bn.num_features))
+    if pipe.vae.config.get("latents_mean") is not None:  # Qwen-Image's per-channel mean and std
+        channels = len(pipe.vae.config.latents_mean)
+        pipe.vae.register_to_config(latents_mean=[0.1 * c for c in range(channels)], latents_std=[0.5 + 0.25 * c for c in range(channels)])
+    objective = Objective(pipe, resolution=32)
+    image, _ = RenderedSigns().example(0)
+    pixels = objective.image_processor.preprocess([image], height=32, width=32, resize_mode="crop")
+    with torch.no_grad():
+        clean = objective.encode(pipe, pixels, None)
+        frames = isinstance(pipe.vae, AutoencoderKLQwenImage)  # a video VAE: one frame
+        latents = vae_encoding(pipe.vae, pixels[:, :, None] if frames else pixels)
+        expected = vae_decoding(pipe.vae, latents)
+        expected = (expected[:, :, 0] if frames else expected) / 2 + 0.5
+    pipe.scheduler.step = lambda output, timestep, sample, *args, **kwargs: (clean.to(sample.dtype),)
+    settings = dict(capture_settings(pipe, text_kwargs(arch), 32), output_type="pt")
+    decoded = images_of(pipe(prompt=PROMPT, **settings))
+    torch.testing.assert_close(torch.as_tensor(decoded).float(), expected.clamp(0, 1), rtol=1e-4, atol=1e-4)
