@@ -663,7 +663,7 @@ def test_half_precision_patching(half_arch, dtype):
 
 
 def without_guidance(pipe) -> dict:
-    kwargs = seeded(pipe, guidance_scale=1.0)
+    kwargs = seeded(pipe, guidance_scale=family_of(pipe).training.unguided_scale)  # Z-Image guides at any scale > 0
     if "guidance_scale" not in inspect.signature(pipe.__call__).parameters:
         del kwargs["guidance_scale"]  # HunyuanImage: its guiders' passes, the conditional one first
     kwargs.pop("true_cfg_scale", None)
@@ -671,17 +671,22 @@ def without_guidance(pipe) -> dict:
     return kwargs
 
 
+# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, prior tokens, or a negated prediction.
+DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image", "nucleusmoe-image")
+
+
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
-    # Their specs refuse: no scale of the scheduler's timestep, list inputs, a prediction of the text tokens too, or a negated one.
-    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image", "nucleusmoe-image"):
+    if arch in DENOISER_INPUTS_REFUSED:
         with pytest.raises(ValueError, match=f"denoiser_inputs does not support the {arch} family yet"):
             denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
         return
     inputs = denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
     model = denoiser(pipe)
+    batch = inputs.training.batch or (lambda rows: rows)  # Z-Image takes and returns lists of rows
     with torch.no_grad():
-        own = model(*inputs.args, **inputs.kwargs)[0]
+        own = batch(model(*inputs.args, **inputs.kwargs)[0])
         sample = inputs.kwargs.get("hidden_states", inputs.kwargs.get("sample", inputs.args[0] if inputs.args else None))
+        sample = batch(sample)
         first = pipe.scheduler.timesteps[0].expand(2)
         replayed = inputs(model, sample, first)
         moved = inputs(model, torch.randn_like(sample), first)
@@ -689,12 +694,14 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     torch.testing.assert_close(replayed, own[:, : sample.shape[1]])
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
-    # FLUX-style pipelines pass the denoiser t / 1000.
-    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image") else 1.0)
+    # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2 and Z-Image 1 - t / 1000 (0 is noise).
+    name = family_of(pipe).name
+    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image") else 0.75 if name in ("lumina2", "z-image") else 250.0
+    assert inputs.time(torch.tensor([250.0])).item() == pytest.approx(expected)
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
-    if arch in ("lumina2", "cosmos2", "z-image", "qwenimage21", "glm-image", "nucleusmoe-image"):
+    if arch in DENOISER_INPUTS_REFUSED:
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
     if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):

@@ -67,7 +67,7 @@ class _IFInversion(Inversion):
         # The U-Net's skip connections need every downsampling to halve the size exactly.
         return 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
-    def encode_image(self, pipe, pixels):
+    def encode_image(self, pipe, pixels, generators=None):
         return pixels.float()
 
     def decode_sample(self, pipe, sample, height, width):

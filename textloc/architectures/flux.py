@@ -71,8 +71,8 @@ class FluxInversion(Inversion):
         # Latents are packed 2x2 into tokens.
         return pipe.vae_scale_factor * 2
 
-    def encode_image(self, pipe, pixels):
-        latents = super().encode_image(pipe, pixels)
+    def encode_image(self, pipe, pixels, generators=None):
+        latents = super().encode_image(pipe, pixels, generators)
         batch, channels, height, width = latents.shape
         return pipe._pack_latents(latents, batch, channels, height, width)
 

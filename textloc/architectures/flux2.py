@@ -5,7 +5,8 @@ Every block modulates the text by the timestep, so its K/V depend on the step.
 
 CFG: FLUX.2 dev is guidance-distilled (one call a step, the guidance scale in an embedding);
 Klein base runs a conditional then an unconditional call, inside ``cache_context("cond")`` and
-``cache_context("uncond")``. The timestep is ``timestep`` (t / 1000); no pooled text vector.
+``cache_context("uncond")``. The timestep is ``timestep`` (t / 1000); no pooled text vector. The
+sampler's latents are the VAE's, patchified 2x2, normalised by its batch-norm statistics, as tokens.
 
 The tiny pipelines: stock ``Flux2Pipeline`` and ``Flux2KleinPipeline`` with 2 double and 2 single
 blocks of 2 heads, and 3-layer Mistral-3 / Qwen3 text encoders read at layers (1, 2, 3) (the real
@@ -20,7 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import JOINT, AttentionRule, Family, Guidance, Projection, PublishedDenoiser, TextRoute, TinyPipeline
+from textloc.architectures.inversion import vae_encoding
+from textloc.architectures.spec import (
+    JOINT, AttentionRule, Family, Guidance, Projection, PublishedDenoiser, TextRoute, TinyPipeline, Training,
+)
 
 # Text-encoder hidden states the pipeline stacks into the prompt embedding (index 0 = embeddings).
 TEXT_ENCODER_OUT_LAYERS = (1, 2, 3)
@@ -191,6 +195,18 @@ _FUSED_SINGLE = TextRoute(
     lora_targets=("to_qkv_mlp_proj",),
 )
 
+def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
+    """The latents the pipeline samples, for ``pixels``: the VAE's, patchified 2x2 into channels,
+    normalised by the VAE's batch-norm statistics, packed into tokens (its ``_encode_vae_image`` for
+    image conditioning, and the inverse of what it decodes)."""
+    import torch
+
+    latents = pipe._patchify_latents(vae_encoding(pipe.vae, pixels, generators))
+    mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(latents)
+    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(latents)
+    return pipe._pack_latents((latents - mean) / std)
+
+
 FLUX_2_DEV = PublishedDenoiser(
     "FLUX.2-dev", "Flux2Transformer2DModel", {}, 512, "diffusers' class defaults, which are FLUX.2-dev's",
 )
@@ -205,7 +221,7 @@ FAMILY = Family(
     ),
     # Klein's passes run in contexts; dev's one pass a step, in none, is conditional.
     guidance=Guidance(distilled=True),
-    refuses={"train_lora": "its VAE's packed latents are normalised by batch-norm statistics the objective does not apply"},
+    training=Training(encode=_encode),
     tiny={
         "flux2": TinyPipeline("Flux2Pipeline", flux2_components, _CALL),
         "flux2-klein": TinyPipeline("Flux2KleinPipeline", flux2_klein_components, _CALL),

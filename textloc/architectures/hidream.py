@@ -16,11 +16,12 @@ at 128): the tiny one's is set to 32 px, whose 32x32 latents make 16 image token
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, Projection, PublishedDenoiser, TextRoute, TinyPipeline
+from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, Projection, PublishedDenoiser, TextRoute, TinyPipeline, Training
 
 PATCH_SIZE = 8
 _LATENT_SIDE = 128  # the largest latent side the tiny transformer's positions cover
@@ -124,6 +125,17 @@ def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     return kwargs["encoder_hidden_states_t5"].shape[1] + 2 * kwargs["encoder_hidden_states_llama3"].shape[2]
 
 
+def _unpatchified(output: Any, sample: Any) -> Any:
+    """The transformer's prediction in its sample's layout: in training mode (its trainer's layout;
+    eval mode's experts run under no_grad) it returns its p x p patches as B x C x tokens x p²."""
+    if output.shape == sample.shape:
+        return output
+    batch, channels, height, width = sample.shape
+    patch = math.isqrt(output.shape[-1])
+    patches = output.reshape(batch, channels, height // patch, width // patch, patch, patch)
+    return patches.permute(0, 1, 2, 4, 3, 5).reshape(batch, channels, height, width)
+
+
 def _small(pipe: Any) -> None:
     pipe.default_sample_size = parts.IMAGE_SIZE // pipe.vae_scale_factor
 
@@ -152,7 +164,8 @@ FAMILY = Family(
     text_length=_text_length,
     # The pooled CLIP-L and CLIP-G vectors (pooled_embeds) join the timestep embedding.
     pooled="p_embedder",
-    refuses={"train_lora": "its pipeline negates the denoiser's prediction, which the objective does not"},
+    # HiDreamImagePipeline steps its scheduler with the negated prediction.
+    training=Training(prediction_sign=-1.0, prediction=_unpatchified),
     tiny={"hidream": TinyPipeline("HiDreamImagePipeline", _hidream, {"guidance_scale": 5.0}, _small)},
     published=(HIDREAM_I1,),
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -33,9 +33,11 @@ class Inversion(abc.ABC):
     def size_multiple(self, pipe: Any) -> int:
         """Heights and widths the pipeline takes are multiples of this (pixels)."""
 
-    def encode_image(self, pipe: Any, pixels: torch.Tensor) -> torch.Tensor:
-        """The clean sample the pipeline's sampler ends at, for ``pixels`` (B x 3 x H x W in [-1, 1])."""
-        return (vae_encoding(pipe.vae, pixels) - shift_factor(pipe)) * pipe.vae.config.scaling_factor
+    def encode_image(self, pipe: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """The clean sample the pipeline's sampler ends at, for ``pixels`` (B x 3 x H x W in [-1, 1]):
+        from the VAE posterior's mode, or with ``generators`` (one per image, as training draws) from
+        one posterior sample per image (:func:`vae_encoding`)."""
+        return vae_latents(pipe, pixels, generators)
 
     def decode_sample(self, pipe: Any, sample: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """``pixels`` back from :meth:`encode_image`'s sample, as the pipeline decodes it."""
@@ -77,15 +79,28 @@ def _vae_dtype(vae: Any) -> torch.dtype:
     return torch.float32 if upcast else vae.dtype
 
 
-def vae_encoding(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """The VAE's deterministic encoding (the posterior's mode), in float32."""
+def vae_encoding(vae: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """The VAE's encoding, in float32: the posterior's mode (inversion: the image itself), or with
+    ``generators``, one per image, one posterior sample per image, its standard-normal draw (on the
+    CPU, of one image's latent shape) from its generator (training: the sample's own seed)."""
+    import torch
+
     dtype = _vae_dtype(vae)
     with cast(vae, dtype):
         # On the pipeline's execution device already: an offloaded VAE moves there when called.
         encoded = vae.encode(pixels.to(dtype=dtype))
-    if hasattr(encoded, "latent_dist"):
-        return encoded.latent_dist.mode().float()
-    return encoded.latent.float()  # AutoencoderDC (Sana) is deterministic
+    if not hasattr(encoded, "latent_dist"):
+        return encoded.latent.float()  # AutoencoderDC (Sana) is deterministic
+    posterior = encoded.latent_dist
+    if generators is None:
+        return posterior.mode().float()
+    draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=generator) for generator in generators])
+    return (posterior.mean + posterior.std * draws.to(posterior.mean)).float()
+
+
+def vae_latents(pipe: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """The latents most latent pipelines decode as ``latents / scaling_factor + shift_factor``."""
+    return (vae_encoding(pipe.vae, pixels, generators) - shift_factor(pipe)) * pipe.vae.config.scaling_factor
 
 
 def vae_decoding(vae: Any, latents: torch.Tensor) -> torch.Tensor:

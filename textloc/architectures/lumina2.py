@@ -6,7 +6,8 @@ All three are the same ``Attention`` class: only their module paths tell them ap
 grouped (24 query heads share 8 in the real model).
 
 CFG: two plain denoiser calls a step, the conditional one first (``pipeline_lumina2.py``), with no
-``cache_context``; past ``cfg_trunc_ratio`` of the schedule, the conditional one alone.
+``cache_context``; past ``cfg_trunc_ratio`` of the schedule, the conditional one alone. The denoiser
+takes ``1 - t/1000`` (0 is noise) and predicts the negated velocity (the pipeline steps with ``-pred``).
 
 A batch whose prompts differ in length packs rows whose image starts at different places: textloc
 patches Lumina 2's main layers one prompt length at a time and refuses such a batch in one line.
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline, Training
 
 # The tiny pipeline's system prompt (the stock one is ~170 characters): the text is
 # "<bos> Draw. <Prompt Start> {prompt}", 9 tokens ahead of the prompt's 48.
@@ -34,6 +35,12 @@ def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
             "main layers only in batches whose prompts have one token length; run the prompts one at a time."
         )
     return int(lengths[0])
+
+
+def _reversed_time(scheduler: Any, timestep: Any) -> Any:
+    # Lumina2Pipeline hands its denoiser 1 - t / num_train_timesteps (0 is noise, 1 the image), and
+    # steps its scheduler with the negated prediction.
+    return 1 - timestep / scheduler.config.num_train_timesteps
 
 
 def _lumina2(seed: int) -> dict[str, Any]:
@@ -88,7 +95,7 @@ FAMILY = Family(
     ),
     guidance=Guidance(call_order=("cond", "uncond")),
     text_length=_text_length,
-    refuses=dict.fromkeys(("train_lora", "denoiser_inputs"), "its denoiser takes 1 - t/1000 (0 is noise) and predicts the negated velocity"),
+    training=Training(timestep=_reversed_time, prediction_sign=-1.0),
     tiny={"lumina2": TinyPipeline("Lumina2Pipeline", _lumina2, {"system_prompt": _SYSTEM_PROMPT, "max_sequence_length": _TEXT_LENGTH})},
     published=(LUMINA_IMAGE_2,),
 )

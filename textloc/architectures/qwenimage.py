@@ -204,8 +204,8 @@ class _QwenImageInversion(Inversion):
         mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
         return mean, torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
 
-    def encode_image(self, pipe, pixels):
-        latents = vae_encoding(pipe.vae, pixels[:, :, None])  # one frame: B x C x 1 x h x w
+    def encode_image(self, pipe, pixels, generators=None):
+        latents = vae_encoding(pipe.vae, pixels[:, :, None], generators)  # one frame: B x C x 1 x h x w
         mean, std = self._mean_std(pipe, latents)
         # The pipeline decodes latents * std + mean.
         latents = ((latents - mean) / std)[:, :, 0]
@@ -257,7 +257,6 @@ FAMILY = Family(
     denoisers=("QwenImageTransformer2DModel",),
     pipelines=("QwenImagePipeline", "QwenImageImg2ImgPipeline"),
     attention=(AttentionRule("Attention", _QWEN_JOINT, when="add_q_proj"),),
-    refuses={"train_lora": "its video autoencoder takes 5-D latents the objective does not make"},
     tiny={
         "qwenimage": TinyPipeline(
             "QwenImagePipeline", _qwen_image,

@@ -50,9 +50,9 @@ class _SanaInversion(Inversion):
     def size_multiple(self, pipe: Any) -> int:
         return math.lcm(32, pipe.vae_scale_factor * pipe.transformer.config.patch_size)
 
-    def encode_image(self, pipe, pixels):
+    def encode_image(self, pipe, pixels, generators=None):
         # Sana decodes latents / scaling_factor, with no shift.
-        return vae_encoding(pipe.vae, pixels) * pipe.vae.config.scaling_factor
+        return vae_encoding(pipe.vae, pixels, generators) * pipe.vae.config.scaling_factor
 
     def decode_sample(self, pipe, sample, height, width):
         return vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor)

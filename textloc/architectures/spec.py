@@ -8,7 +8,7 @@ is one new file that builds one of these (see :mod:`textloc.architectures`).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -182,6 +182,44 @@ UNET_SIGNATURE = DenoiserSignature(sample="sample")
 
 
 @dataclass(frozen=True)
+class Training:
+    """How ``train_lora``'s objective meets the family's denoiser, where the defaults do not fit.
+    Each part is read from the family's pipeline ``__call__``, which fixes the conventions the
+    denoiser was trained in.
+
+    - ``encode(pipe, pixels, generators)``: the clean sample the pipeline's sampler ends at for
+      ``pixels`` (B x 3 x H x W in [-1, 1]), in the layout of the pipeline's ``latents``, one VAE
+      posterior sample per image drawn from its generator. Default: the family's
+      ``inversion.encode_image`` where it has one, else the latents the pipeline decodes as
+      ``latents / scaling_factor + shift_factor`` (packed 2x2 into tokens where the pipeline
+      packs them, FLUX-style), or the pixels themselves for a pixel-space model.
+    - ``timestep(scheduler, t)``: the time the pipeline hands its denoiser at scheduler timestep
+      ``t`` (1000 is noise). Default: ``t`` times the ratio read from the pipeline's own call (1, or
+      FLUX's 1/1000); a family whose time is not a multiple (Lumina 2, Z-Image: ``1 - t/1000``, 0
+      is noise) states it, and the capture checks it against the pipeline's call.
+    - ``prediction_sign``: the pipeline steps its scheduler with this sign times the denoiser's
+      output, so the denoiser was trained to predict this sign times the scheduler's target
+      (HiDream, Lumina 2, Z-Image: -1, the negated velocity).
+    - ``rows`` and ``batch``: where the denoiser takes its samples as a list of per-row tensors
+      (Z-Image), the batch as that list, and the denoiser's output (that list, or it stacked)
+      back as one batch in the layout of ``latents``.
+    - ``prediction(output, sample)``: where the denoiser, in training mode, returns its prediction
+      in another layout than its sample's, that output in the sample's layout (HiDream: its
+      patches, B x C x tokens x p²).
+    - ``unguided_scale``: the ``guidance_scale`` at which the pipeline runs no classifier-free
+      guidance, as training conditions the denoiser (most: 1; Z-Image guides at any scale above 0).
+    """
+
+    encode: Callable[[Any, torch.Tensor, Sequence[torch.Generator]], torch.Tensor] | None = None
+    timestep: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    prediction_sign: float = 1.0
+    rows: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+    batch: Callable[[Any], torch.Tensor] | None = None
+    prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    unguided_scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class TinyPipeline:
     """A random-init pipeline of the family, built in code (no file read, nothing downloaded).
 
@@ -288,6 +326,9 @@ class Family:
     #: (:mod:`textloc.architectures.inversion`); ``None`` where inversion does not cover it yet, and
     #: ``invert``/``edit_image`` refuse it.
     inversion: Inversion | None = None
+    #: How ``train_lora``'s objective encodes an image for the denoiser, and the time and sign of
+    #: its prediction, where the family's pipeline differs from the defaults (:class:`Training`).
+    training: Training = field(default_factory=Training)
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

@@ -4,7 +4,8 @@ main layer then reads one sequence per row, ``[image, text, padding]``, through 
 the text **after** the image, each row's caption padded to a multiple of 32 tokens with a learned
 token, the rows to the longest with masked zeros. The text region of a call is every token after
 the image (its longest caption), and a patched row takes its source's mask with its text K/V.
-The denoiser takes lists of per-row samples and captions, by position (``x``, ``t``, ``cap_feats``).
+The denoiser takes lists of per-row samples and captions, by position (``x``, ``t``, ``cap_feats``),
+the time as ``1 - t/1000`` (0 is noise), and predicts the negated velocity.
 
 CFG: one batch ``[cond, uncond]`` (the reverse of most), on whenever ``guidance_scale`` > 0.
 ``cfg_truncation`` < 1 drops the unconditional rows at late steps while the pipeline still reports
@@ -21,7 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import REFINER, TEXT_LAST, AttentionRule, DenoiserSignature, Family, Guidance, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import (
+    REFINER, TEXT_LAST, AttentionRule, DenoiserSignature, Family, Guidance, PublishedDenoiser, TinyPipeline, Training,
+)
 
 # Qwen3's template for one user turn plus the generation prompt.
 CHAT_TEMPLATE = (
@@ -38,6 +41,23 @@ _CAPTION_MULTIPLE = 32  # the transformer pads each caption to this multiple (SE
 def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     captions = kwargs["cap_feats"] if "cap_feats" in kwargs else args[2]
     return max(-(-len(caption) // _CAPTION_MULTIPLE) * _CAPTION_MULTIPLE for caption in captions)
+
+
+# ZImagePipeline.__call__: the denoiser takes (1000 - t) / 1000 (0 is noise), each row's latents as one
+# tensor of a list with a frame axis (C x 1 x H x W), and returns a list the pipeline stacks, squeezes
+# and negates before it steps the scheduler; CFG runs at any guidance_scale above 0.
+def _reversed_time(scheduler: Any, timestep: Any) -> Any:
+    return (1000 - timestep) / 1000
+
+
+def _rows(batch: Any) -> list[Any]:
+    return list(batch.unsqueeze(2).unbind(0))
+
+
+def _batch(rows: Any) -> Any:
+    import torch
+
+    return torch.stack(list(rows)).squeeze(2)
 
 
 def _check_run(pipe: Any) -> None:
@@ -127,7 +147,7 @@ FAMILY = Family(
     signature=DenoiserSignature(sample="x", timestep="t", text="cap_feats"),
     text_length=_text_length,
     check_run=_check_run,
-    refuses=dict.fromkeys(("train_lora", "denoiser_inputs"), "its denoiser takes lists of per-row samples and captions"),
+    training=Training(timestep=_reversed_time, prediction_sign=-1.0, rows=_rows, batch=_batch, unguided_scale=0.0),
     tiny={"z-image": TinyPipeline("ZImagePipeline", _z_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
     published=(Z_IMAGE_TURBO,),
 )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from textloc.architectures import family_of
-from textloc.architectures.spec import DenoiserSignature
+from textloc.architectures.spec import DenoiserSignature, Training
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.run_state import DenoiserCall, StopRun, prediction_of, sample_and_timestep
 
@@ -20,16 +22,18 @@ class DenoiserInputs:
     Captured from the pipeline's own first denoiser call (:func:`denoiser_inputs`), so the text
     embeddings, pooled projections, micro-conditioning (SDXL's time ids), position ids (FLUX), text
     masks (PixArt, Sana) and guidance embedding are what the pipeline itself passes; nothing about
-    an architecture is restated here. ``sample_shape`` is the shape the denoiser takes its sample
-    in (FLUX: packed latents); ``timestep_scale`` turns a scheduler timestep into the value the
-    pipeline hands the denoiser (FLUX: 1/1000, others: 1).
+    an architecture is restated here. ``sample_shape`` is the shape of the pipeline's ``latents``
+    as the denoiser takes them (FLUX: packed into tokens; Z-Image, which takes a list of rows: the
+    batch they make); ``time`` turns scheduler timesteps into the values the pipeline hands the
+    denoiser (FLUX: ``t / 1000``, Lumina 2: ``1 - t / 1000``, most: ``t``).
     """
 
     args: tuple
     kwargs: dict[str, Any]
     sample_shape: torch.Size
-    timestep_scale: float
+    time: Callable[[torch.Tensor], torch.Tensor]
     signature: DenoiserSignature  # the family's names for the sample and timestep arguments
+    training: Training = field(default_factory=Training)  # the family's layouts, where they differ
 
     def __call__(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The prediction of ``model`` (this pipeline's denoiser, or a wrapper of it) for ``sample`` at ``timesteps``.
@@ -41,13 +45,19 @@ class DenoiserInputs:
         if sample.shape != self.sample_shape:
             raise ValueError(f"The denoiser was called with samples of shape {tuple(self.sample_shape)}, not {tuple(sample.shape)}.")
         args, kwargs = list(self.args), dict(self.kwargs)
-        timestep = (timesteps * self.timestep_scale).to(sample.device)
-        for key, position, value in ((self.signature.sample, 0, sample), (self.signature.timestep, 1, timestep)):
+        timestep = self.time(timesteps.to(sample.device))
+        rows, batch = self.training.rows, self.training.batch
+        given = sample if rows is None else rows(sample)
+        for key, position, value in ((self.signature.sample, 0, given), (self.signature.timestep, 1, timestep)):
             if key in kwargs:
                 kwargs[key] = value
             elif len(args) > position:  # a U-Net is called with both by position
                 args[position] = value
         prediction = prediction_of(model(*args, **kwargs))
+        if batch is not None:
+            prediction = batch(prediction)
+        if self.training.prediction is not None:
+            prediction = self.training.prediction(prediction, sample)
         if prediction.shape[1] == 2 * sample.shape[1] and prediction.shape[2:] == sample.shape[2:]:
             prediction = prediction[:, : sample.shape[1]]
         return prediction
@@ -62,7 +72,7 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
     family = family_of(pipe)
     family.check_supports("denoiser_inputs")
     captured: list[DenoiserInputs] = []
-    signature = family.signature
+    signature, training = family.signature, family.training
 
     def capture(call: DenoiserCall, args: tuple, kwargs: dict[str, Any]) -> None:
         if set(call.branch_rows) != {"cond"}:
@@ -71,11 +81,23 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
                 f"({', '.join(call.branch_rows)} rows); capture its inputs with guidance off (guidance_scale=1)."
             )
         sample, timestep = sample_and_timestep(signature, args, kwargs)
-        scheduled = float(pipe.scheduler.timesteps[call.position])
+        if training.batch is not None:
+            sample = training.batch(sample)
+        scheduled = pipe.scheduler.timesteps[call.position]
         given = float(torch.as_tensor(timestep).flatten()[0])
-        if scheduled == 0:
+        if float(scheduled) == 0:
             raise ValueError("The first scheduled timestep is 0: run the capture with num_inference_steps >= 2.")
-        captured.append(DenoiserInputs(args, kwargs, sample.shape, given / scheduled, signature))
+        if training.timestep is None:
+            time = functools.partial(torch.mul, other=given / float(scheduled))
+        else:
+            time = functools.partial(training.timestep, pipe.scheduler)
+            stated = float(time(torch.as_tensor(scheduled, dtype=torch.float64)))
+            if abs(stated - given) > 1e-4 * max(1.0, abs(given)):
+                raise ValueError(
+                    f"{type(pipe).__name__} handed its denoiser the time {given} at timestep {float(scheduled)}, where "
+                    f"the {family.name} spec's Training.timestep says {stated}: the spec does not match this pipeline."
+                )
+        captured.append(DenoiserInputs(args, kwargs, sample.shape, time, signature, training))
         raise StopRun
 
     kwargs = pipeline_kwargs(pipe, generate_kwargs)

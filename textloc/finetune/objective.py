@@ -8,10 +8,16 @@
   shift), timesteps from a logit-normal density as SD3 trains, ``x_t = (1 - s) x + s noise``,
   target ``noise - x``.
 
-Images go through the pipeline's image processor (resize, crop, scale to [-1, 1]) and its VAE
-(``(z - shift_factor) * scaling_factor``); pixel-space models (IF) take them as they are. Every
-random draw of a training sample (its VAE posterior sample, timestep and noise) comes from that
-sample's own seed, so that the loss of a batch is the same however it is split across processes.
+Images go through the pipeline's image processor (resize, crop, scale to [-1, 1]) and become the
+clean sample the pipeline's sampler ends at, as the family's spec says (``Family.training``,
+:class:`~textloc.architectures.spec.Training`): its inversion's encoding where it has one (Qwen-Image:
+its video VAE's one-frame latents, normalised, packed into tokens), else the VAE's latents
+(``(z - shift_factor) * scaling_factor``, packed where the pipeline packs them), or the pixels of a
+pixel-space model (IF). Where a family's pipeline negates its denoiser's output (HiDream, Lumina 2,
+Z-Image) the target is negated too; the time the denoiser is handed comes from the captured call
+(:class:`~textloc.engine.DenoiserInputs`). Every random draw of a training sample (its VAE posterior
+sample, timestep and noise) comes from that sample's own seed, so that the loss of a batch is the
+same however it is split across processes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from diffusers.training_utils import compute_density_for_timestep_sampling
 from PIL import Image
 
 from textloc import seeding
+from textloc.architectures import family_of
+from textloc.architectures.inversion import vae_latents
+from textloc.architectures.spec import Family
 from textloc.engine import DenoiserInputs
 
 # SD3's training defaults (diffusers' train_dreambooth_lora_sd3.py): timesteps from a logit-normal density.
@@ -43,10 +52,14 @@ def is_flow_matching(scheduler: Any) -> bool:
 
 
 class Objective:
-    """The denoising loss of ``pipe``'s model at ``resolution`` (pixels, square)."""
+    """The denoising loss of ``pipe``'s model at ``resolution`` (pixels, square); ``family``: the
+    pipeline's own unless given."""
 
-    def __init__(self, pipe: Any, resolution: int):
+    def __init__(self, pipe: Any, resolution: int, family: Family | None = None):
         self.pipe, self.resolution = pipe, resolution
+        family = family or family_of(pipe)
+        self.training = family.training
+        self.encode = self.training.encode or (family.inversion.encode_image if family.inversion is not None else _encode)
         config = pipe.scheduler.config
         self.flow = is_flow_matching(pipe.scheduler)
         if self.flow:
@@ -65,21 +78,11 @@ class Objective:
         return next(self.pipe.vae.parameters()).device if self.vae is not None else self.pipe.device
 
     def clean_samples(self, images: Sequence[Image.Image], seeds: Sequence[int]) -> torch.Tensor:
-        """The model-space samples of ``images``: VAE latents (one posterior sample each), or pixels in [-1, 1]."""
+        """The model-space samples of ``images`` (one VAE posterior sample each, from its seed), float32."""
         pixels = self.image_processor.preprocess(list(images), height=self.resolution, width=self.resolution, resize_mode="crop")
-        if self.vae is None:
-            return pixels.to(self.device)
+        generators = [seeding.generator(seeding.derived_seed(seed, 0)) for seed in seeds]
         with torch.no_grad():
-            pixels = pixels.to(self.device, self.vae.dtype)
-            encoded = self.vae.encode(pixels)
-            if hasattr(encoded, "latent_dist"):
-                posterior = encoded.latent_dist
-                draws = torch.stack([torch.randn(posterior.mean.shape[1:], generator=seeding.generator(seeding.derived_seed(s, 0))) for s in seeds])
-                latents = posterior.mean + posterior.std * draws.to(posterior.mean)
-            else:  # a deterministic encoder (Sana's DC-AE)
-                latents = encoded.latent
-        shift = self.vae.config.get("shift_factor") or 0.0
-        return ((latents - shift) * self.vae.config.scaling_factor).float()
+            return self.encode(self.pipe, pixels.to(self.device), generators).float()
 
     def loss(self, model: torch.nn.Module, inputs: DenoiserInputs, clean: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
         """The MSE of ``model``'s prediction for noised ``clean`` samples, conditioned by ``inputs``."""
@@ -93,6 +96,7 @@ class Objective:
             target = {"epsilon": noise, "sample": clean}.get(self.prediction_type)
             if target is None:
                 target = self.scheduler.get_velocity(clean, noise, timesteps)
+        target = self.training.prediction_sign * target
         prediction = inputs(model, noisy, timesteps)
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
@@ -128,3 +132,11 @@ class Objective:
             f"The pipeline calls its denoiser with samples of shape {tuple(inputs.sample_shape)}, but the "
             f"training images give {tuple(clean.shape)}: train at the resolution the pipeline was called with."
         )
+
+
+def _encode(pipe: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """A family's clean sample by default (``Training.encode``): the VAE's latents as most pipelines
+    decode them, or the pixels of a pixel-space model."""
+    if getattr(pipe, "vae", None) is None:
+        return pixels
+    return vae_latents(pipe, pixels, generators)

@@ -266,7 +266,7 @@ def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int
     settings = {key: value for key, value in generate_kwargs.items() if not key.startswith("negative_")}
     # (HunyuanImage takes none: its guiders run CFG as passes, the first one conditional.)
     if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in inspect.signature(pipe.__call__).parameters:
-        settings["guidance_scale"] = 1.0
+        settings["guidance_scale"] = family_of(pipe).training.unguided_scale
     settings.pop("true_cfg_scale", None)
     latent = "latent" if getattr(pipe, "vae", None) is not None else "pt"
     settings.update(num_inference_steps=2, height=resolution, width=resolution, output_type=latent, generator=seeding.generator(0))
