@@ -55,8 +55,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
-NOT_TRAINED += ("nucleusmoe-image",)
+NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)
@@ -408,6 +407,8 @@ FLOW_CONVENTIONS = {
     "hidream": (lambda time: time / 1000, -1.0, False),  # t, prediction negated
     "lumina2": (lambda time: 1 - time, -1.0, False),  # 1 - t / 1000 (0 is noise), prediction negated
     "z-image": (lambda time: 1 - time, -1.0, True),  # (1000 - t) / 1000, per-row list, prediction negated
+    "ernie-image": (lambda time: time / 1000, 1.0, False),  # t
+    "nucleusmoe-image": (lambda time: time, -1.0, False),  # t / 1000, prediction negated
 }
 
 
@@ -478,6 +479,7 @@ def test_the_pipeline_decodes_the_objectives_clean_sample_to_the_images_own_vae_
     # image: the pipeline, unnormalising, unpacking and decoding its own way, must give what the VAE
     # decodes from that image's latents, so the encoding is the inverse of the pipeline's decoding.
     from diffusers import AutoencoderKLQwenImage
+    from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput as SchedulerOutput
 
     from textloc.architectures.inversion import vae_decoding, vae_encoding
     from textloc.finetune.objective import Objective
@@ -485,10 +487,10 @@ def test_the_pipeline_decodes_the_objectives_clean_sample_to_the_images_own_vae_
 
     pipe = tiny_pipeline(arch)
     # The tiny VAEs normalise by identity statistics: other ones, so a missed normalisation shows.
-    if hasattr(pipe.vae, "bn"):  # FLUX.2's batch-norm statistics
+    if hasattr(pipe.vae, "bn"):  # FLUX.2's and ERNIE-Image's batch-norm statistics
         pipe.vae.bn.running_mean.copy_(torch.linspace(-0.5, 0.5, pipe.vae.bn.num_features))
         pipe.vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, pipe.vae.bn.num_features))
-    if pipe.vae.config.get("latents_mean") is not None:  # Qwen-Image's per-channel mean and std
+    if pipe.vae.config.get("latents_mean") is not None:  # Qwen-Image's and NucleusMoE-Image's per-channel mean and std
         channels = len(pipe.vae.config.latents_mean)
         pipe.vae.register_to_config(latents_mean=[0.1 * c for c in range(channels)], latents_std=[0.5 + 0.25 * c for c in range(channels)])
     objective = Objective(pipe, resolution=32)
@@ -500,7 +502,8 @@ def test_the_pipeline_decodes_the_objectives_clean_sample_to_the_images_own_vae_
         latents = vae_encoding(pipe.vae, pixels[:, :, None] if frames else pixels)
         expected = vae_decoding(pipe.vae, latents)
         expected = (expected[:, :, 0] if frames else expected) / 2 + 0.5
-    pipe.scheduler.step = lambda output, timestep, sample, *args, **kwargs: (clean.to(sample.dtype),)
+    # An output both ways pipelines read it: indexed (return_dict=False) and by name (ERNIE-Image).
+    pipe.scheduler.step = lambda output, timestep, sample, *args, **kwargs: SchedulerOutput(prev_sample=clean.to(sample.dtype))
     settings = dict(capture_settings(pipe, text_kwargs(arch), 32), output_type="pt")
     decoded = images_of(pipe(prompt=PROMPT, **settings))
     torch.testing.assert_close(torch.as_tensor(decoded).float(), expected.clamp(0, 1), rtol=1e-4, atol=1e-4)

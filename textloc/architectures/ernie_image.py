@@ -31,7 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.flux2 import batch_norm_latents
+from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, PublishedDenoiser, TinyPipeline, Training
 
 _LATENT_CHANNELS = 4  # patchified 2x2 into the transformer's 16 input channels
 _REWRITE_TOKENS = 8  # what the tiny prompt enhancer writes (its tokenizer's model_max_length)
@@ -124,6 +125,16 @@ def _ernie_image(seed: int) -> dict[str, Any]:
     )
 
 
+# ErnieImagePipeline.__call__ decodes latents * sqrt(running_var + 1e-5) + running_mean, then unpatchifies:
+# its own epsilon, not the VAE config's batch_norm_eps (the pipeline's TODO says the Hub config differs).
+_BATCH_NORM_EPS = 1e-5
+
+
+def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
+    """The latents the pipeline samples (B x 4C x h x w, not packed into tokens), for ``pixels``."""
+    return batch_norm_latents(pipe, pixels, generators, _BATCH_NORM_EPS)
+
+
 ERNIE_IMAGE = PublishedDenoiser(
     "ERNIE-Image", "ErnieImageTransformer2DModel",
     {"hidden_size": 4096, "num_attention_heads": 32, "num_layers": 36, "ffn_hidden_size": 12288, "text_in_dim": 3072}, 256,
@@ -137,7 +148,8 @@ FAMILY = Family(
     pipelines=("ErnieImagePipeline",),
     attention=(AttentionRule("ErnieImageAttention", TEXT_LAST),),
     signature=DenoiserSignature(text="text_bth"),
-    refuses={"train_lora": "its VAE's patchified latents are normalised by batch-norm statistics the objective does not apply"},
+    # The denoiser takes the scheduler's timestep (0..1000) and predicts the velocity, as the objective's defaults.
+    training=Training(encode=_encode),
     call_defaults={"use_pe": False},
     tiny={"ernie-image": TinyPipeline("ErnieImagePipeline", _ernie_image)},
     published=(ERNIE_IMAGE,),

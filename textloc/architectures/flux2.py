@@ -33,13 +33,6 @@ JOINT_ATTENTION_DIM = len(TEXT_ENCODER_OUT_LAYERS) * parts.TEXT_WIDTH
 # The FLUX.2 VAE's latents are patchified 2x2 before packing: transformer in_channels = 4 * latent.
 LATENT_CHANNELS = 4
 
-# Text-encoder hidden states the pipeline stacks into the prompt embedding (index 0 = embeddings).
-TEXT_ENCODER_OUT_LAYERS = (1, 2, 3)
-_TEXT_LAYERS = max(TEXT_ENCODER_OUT_LAYERS)
-JOINT_ATTENTION_DIM = len(TEXT_ENCODER_OUT_LAYERS) * parts.TEXT_WIDTH
-# The FLUX.2 VAE's latents are patchified 2x2 before packing: transformer in_channels = 4 * latent.
-LATENT_CHANNELS = 4
-
 _MISTRAL_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST]"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -195,16 +188,22 @@ _FUSED_SINGLE = TextRoute(
     lora_targets=("to_qkv_mlp_proj",),
 )
 
-def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
-    """The latents the pipeline samples, for ``pixels``: the VAE's, patchified 2x2 into channels,
-    normalised by the VAE's batch-norm statistics, packed into tokens (its ``_encode_vae_image`` for
-    image conditioning, and the inverse of what it decodes)."""
+def batch_norm_latents(pipe: Any, pixels: Any, generators: Any, eps: float) -> Any:
+    """The VAE's latents of ``pixels``, patchified 2x2 into channels and normalised by the VAE's
+    batch-norm statistics (``eps``: the one the pipeline adds to their variance): what a pipeline of
+    this VAE (FLUX.2, ERNIE-Image) decodes as ``latents * std + mean``, unpatchified."""
     import torch
 
     latents = pipe._patchify_latents(vae_encoding(pipe.vae, pixels, generators))
     mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(latents)
-    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(latents)
-    return pipe._pack_latents((latents - mean) / std)
+    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + eps).to(latents)
+    return (latents - mean) / std
+
+
+def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
+    """The latents the pipeline samples, for ``pixels``: batch-norm normalised, packed into tokens
+    (its ``_encode_vae_image`` for image conditioning, and the inverse of what it decodes)."""
+    return pipe._pack_latents(batch_norm_latents(pipe, pixels, generators, pipe.vae.config.batch_norm_eps))
 
 
 FLUX_2_DEV = PublishedDenoiser(

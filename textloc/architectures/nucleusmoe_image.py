@@ -33,9 +33,9 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.qwenimage import _qwen_image_vae, qwen_tokenizer
+from textloc.architectures.qwenimage import _qwen_image_vae, normalised_frame, qwen_tokenizer
 from textloc.architectures.qwenimage21 import CHAT_TEMPLATE, _qwen3_vl_encoder, _text_only_processor_class
-from textloc.architectures.spec import ADDED_KV, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
+from textloc.architectures.spec import ADDED_KV, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline, Training
 
 # pipeline_nucleusmoe_image.DEFAULT_SYSTEM_PROMPT: its words are whole tokens of the tiny tokenizer.
 SYSTEM_PROMPT = (
@@ -55,6 +55,13 @@ _NUCLEUS_ADDED_KV = dataclasses.replace(ADDED_KV, text_mask="attention_mask", ma
 def _guidance_on(pipe: Any) -> bool:
     # NucleusMoEImagePipeline.__call__: do_cfg = guidance_scale > 1, with nothing else to read.
     return pipe.guidance_scale > 1
+
+
+def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
+    """The latents the pipeline samples, for ``pixels``: Qwen-Image's normalised one-frame latents,
+    packed into tokens of ``patch_size`` x ``patch_size`` (the inverse of what it decodes)."""
+    latents = normalised_frame(pipe, pixels, generators)
+    return pipe._pack_latents(latents, *latents.shape, pipe.transformer.config.patch_size)
 
 
 def _nucleusmoe_image(seed: int) -> dict[str, Any]:
@@ -116,10 +123,8 @@ FAMILY = Family(
     pipelines=("NucleusMoEImagePipeline",),
     attention=(AttentionRule("Attention", _NUCLEUS_ADDED_KV, when="add_k_proj"),),
     guidance=Guidance(call_order=("cond", "uncond"), enabled=_guidance_on),
-    refuses={
-        "train_lora": "its pipeline steps with the negated prediction, and its video autoencoder takes 5-D latents",
-        "denoiser_inputs": "its pipeline steps with the negated prediction of its denoiser",
-    },
+    # NucleusMoEImagePipeline.__call__ hands its denoiser t / 1000 and steps with the negated prediction.
+    training=Training(encode=_encode, prediction_sign=-1.0),
     tiny={"nucleusmoe-image": TinyPipeline("NucleusMoEImagePipeline", _nucleusmoe_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
     published=(NUCLEUSMOE_IMAGE,),
 )

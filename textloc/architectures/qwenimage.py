@@ -186,6 +186,24 @@ def _qwen_image(seed: int) -> dict[str, Any]:
     )
 
 
+def _mean_std(pipe: Any, like: Any) -> tuple[Any, Any]:
+    import torch
+
+    config = pipe.vae.config
+    shape = (1, config.z_dim, 1, 1, 1)
+    mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
+    return mean, torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
+
+
+def normalised_frame(pipe: Any, pixels: Any, generators: Any = None) -> Any:
+    """The video autoencoder's latents of ``pixels`` as one frame, normalised by its per-channel mean
+    and std (a pipeline of it, Qwen-Image or NucleusMoE-Image, decodes ``latents * std + mean``):
+    B x C x h x w, before packing."""
+    latents = vae_encoding(pipe.vae, pixels[:, :, None], generators)  # one frame: B x C x 1 x h x w
+    mean, std = _mean_std(pipe, latents)
+    return ((latents - mean) / std)[:, :, 0]
+
+
 class _QwenImageInversion(Inversion):
     """Flow inversion of Qwen-Image, as ``QwenImagePipeline.__call__`` samples: a video autoencoder
     (one frame) whose latents are normalised by its per-channel mean and std, packed 2x2 into tokens."""
@@ -196,25 +214,13 @@ class _QwenImageInversion(Inversion):
         # Latents are packed 2x2 into tokens (the pipeline resizes other sizes behind the caller's back).
         return pipe.vae_scale_factor * 2
 
-    def _mean_std(self, pipe: Any, like: Any) -> tuple[Any, Any]:
-        import torch
-
-        config = pipe.vae.config
-        shape = (1, config.z_dim, 1, 1, 1)
-        mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
-        return mean, torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
-
     def encode_image(self, pipe, pixels, generators=None):
-        latents = vae_encoding(pipe.vae, pixels[:, :, None], generators)  # one frame: B x C x 1 x h x w
-        mean, std = self._mean_std(pipe, latents)
-        # The pipeline decodes latents * std + mean.
-        latents = ((latents - mean) / std)[:, :, 0]
-        batch, channels, height, width = latents.shape
-        return pipe._pack_latents(latents, batch, channels, height, width)
+        latents = normalised_frame(pipe, pixels, generators)
+        return pipe._pack_latents(latents, *latents.shape)
 
     def decode_sample(self, pipe, sample, height, width):
         latents = pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor)  # B x C x 1 x h x w
-        mean, std = self._mean_std(pipe, latents)
+        mean, std = _mean_std(pipe, latents)
         return vae_decoding(pipe.vae, latents * std + mean)[:, :, 0]
 
     def latents_dtype(self, pipe):
