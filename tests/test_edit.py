@@ -10,6 +10,7 @@ import pytest
 
 import textloc as tl
 from conftest import PROMPT, FakeOCR, _pipeline, edit_settings as settings, held_prior_tokens
+from textloc.architectures import family_of
 from textloc.architectures.spec import ATTENTION_TEXT_KINDS
 from textloc.edit import edit_text, quoted_spans, replace_quoted, score_edit
 from textloc.layers import PRESETS, find_preset, resolve_layers
@@ -176,10 +177,11 @@ def test_edit_image_edits_the_regeneration_of_the_inverted_image(inverted_arch):
     from textloc.edit.inversion import invert, starting_from
 
     kwargs = {key: value for key, value in settings(pipe).items() if key != "guidance_scale"}
-    image = images_of(pipe(prompt=PROMPT, generator=generator(1), guidance_scale=1.0, output_type="pil", **kwargs))[0]
+    unguided = family_of(pipe).training.unguided_scale  # edit_image's default: CFG off (Z-Image: 0)
+    image = images_of(pipe(prompt=PROMPT, generator=generator(1), guidance_scale=unguided, output_type="pil", **kwargs))[0]
     result = edit_image(pipe, image, PROMPT, "WORLD", "all", ocr=FakeOCR(["", ""]), start_step=0, **kwargs)
     with starting_from(pipe, invert(pipe, image, PROMPT, **kwargs)):
-        regenerated = images_of(pipe(prompt=PROMPT, guidance_scale=1.0, output_type="np", **kwargs))[0]
+        regenerated = images_of(pipe(prompt=PROMPT, guidance_scale=unguided, output_type="np", **kwargs))[0]
     np.testing.assert_allclose(as_array(result.source_image), regenerated, atol=PIXEL)
     assert set(result.reconstruction) == {"psnr", "ssim"} and result.reconstruction["psnr"] > 5
 

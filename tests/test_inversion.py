@@ -23,9 +23,10 @@ from textloc.tiny.data import make_example
 STEPS = 3
 
 
-def guidance_one(pipe) -> dict:
-    """The tiny call kwargs at guidance 1 (FLUX: no true CFG; its distilled guidance is an input)."""
-    kwargs = {**tiny_call_kwargs(pipe), "guidance_scale": 1.0, "num_inference_steps": STEPS}
+def unguided(pipe) -> dict:
+    """The tiny call kwargs at the family's scale that turns CFG off (most: 1; Z-Image: 0), the
+    conditional prediction alone, as inversion (FLUX: no true CFG; its distilled guidance is an input)."""
+    kwargs = {**tiny_call_kwargs(pipe), "guidance_scale": family_of(pipe).training.unguided_scale, "num_inference_steps": STEPS}
     if "true_cfg_scale" in kwargs:
         kwargs["true_cfg_scale"] = 1.0
     return kwargs
@@ -37,13 +38,13 @@ def sample_output(pipe) -> str:
 
 
 def generate(pipe, seed: int, **overrides):
-    kwargs = {**guidance_one(pipe), **overrides}
+    kwargs = {**unguided(pipe), **overrides}
     return images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs))
 
 
 def inversion_kwargs(pipe) -> dict:
     """The regeneration's call arguments that invert takes (the size comes from the image)."""
-    return {k: v for k, v in guidance_one(pipe).items() if k not in ("height", "width", "output_type", "num_inference_steps")}
+    return {k: v for k, v in unguided(pipe).items() if k not in ("height", "width", "output_type", "num_inference_steps")}
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe) -> None
     image = generate(pipe, seed=0)[0]
     inverted = invert(pipe, image, PROMPT, num_inference_steps=STEPS, **inversion_kwargs(pipe))
     with starting_from(pipe, inverted):
-        regenerated = images_of(pipe(prompt=PROMPT, **{**guidance_one(pipe), "output_type": sample_output(pipe)}))
+        regenerated = images_of(pipe(prompt=PROMPT, **{**unguided(pipe), "output_type": sample_output(pipe)}))
     other_seed = generate(pipe, seed=1, output_type=sample_output(pipe))
     target = encode_image(pipe, image)
 
@@ -71,7 +72,7 @@ def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe) -> None
         return (sample.float() - target).norm().item()
 
     # Measured ratios: sd15 0.26, sdxl 0.24, sd3 0.12, flux 0.32, IF 0.41, PixArt 0.06, Sana 0.15, Qwen-Image 0.30,
-    # Chroma 0.20.
+    # Chroma 0.20, Z-Image 0.25.
     assert distance(regenerated) < 0.5 * distance(other_seed)
 
 
@@ -105,7 +106,7 @@ def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch) -> No
     # bfloat16, so that a wrong dtype shows: SanaPipeline draws float32 noise whatever the model's.
     pipe = tiny_pipeline(arch).to(dtype=torch.bfloat16)
     # Two steps: PixArt-Alpha's pipeline cannot take one with its own DPM-Solver.
-    two_steps = {**guidance_one(pipe), "num_inference_steps": 2, "output_type": sample_output(pipe)}
+    two_steps = {**unguided(pipe), "num_inference_steps": 2, "output_type": sample_output(pipe)}
     own = images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps))
     image = np.random.default_rng(0).random((32, 32, 3))
     inverted = invert(pipe, image, PROMPT, num_inference_steps=2, **inversion_kwargs(pipe))

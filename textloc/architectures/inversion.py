@@ -2,7 +2,8 @@
 
 A family's :class:`Inversion` says, as its pipeline ``__call__`` does it: how an image becomes the
 clean sample the sampler ends at (and back), the conditioning of the conditional branch, and one
-conditional prediction of the denoiser in the parameterization the scheduler steps with.
+conditional prediction of the denoiser. What the family's ``Training`` states (the time handed to
+the denoiser, the sign the pipeline steps with, list layouts) is read from there, not restated.
 :mod:`textloc.edit.inversion` runs the sampler backwards with it.
 
 Like the rest of a spec, importing this imports no torch: each part imports what it uses when called.
@@ -58,7 +59,9 @@ class Inversion(abc.ABC):
 
     @abc.abstractmethod
     def predict(self, pipe: Any, sample: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, Any]) -> torch.Tensor:
-        """The denoiser's prediction, in the parameterization the scheduler steps with."""
+        """The denoiser's prediction at scheduler timestep ``timestep``, as the pipeline receives it
+        (the time handed to the denoiser as the family's ``Training.timestep`` states, where it
+        does); the inversion steps with it times ``Training.prediction_sign``, as the pipeline does."""
 
     def set_flow_timesteps(self, pipe: Any, scheduler: Any, num_inference_steps: int, sample: torch.Tensor) -> None:
         """``scheduler.set_timesteps`` as the pipeline calls it (flow families only; ``scheduler`` is

@@ -207,7 +207,11 @@ class Training:
       in another layout than its sample's, that output in the sample's layout (HiDream: its
       patches, B x C x tokens x p²).
     - ``unguided_scale``: the ``guidance_scale`` at which the pipeline runs no classifier-free
-      guidance, as training conditions the denoiser (most: 1; Z-Image guides at any scale above 0).
+      guidance, as training conditions the denoiser and inversion regenerates (most: 1; Z-Image
+      guides at any scale above 0).
+
+    Image inversion (``Family.inversion``) reads ``timestep``, ``prediction_sign``, ``rows`` and
+    ``batch`` from here too: one place for each of the family's conventions.
     """
 
     encode: Callable[[Any, torch.Tensor, Sequence[torch.Generator]], torch.Tensor] | None = None

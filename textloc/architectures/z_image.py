@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import Inversion, encode_prompt, resolution_shift
 from textloc.architectures.spec import (
     REFINER, TEXT_LAST, AttentionRule, DenoiserSignature, Family, Guidance, PublishedDenoiser, TinyPipeline, Training,
 )
@@ -131,6 +132,43 @@ def _z_image(seed: int) -> dict[str, Any]:
     )
 
 
+TRAINING = Training(timestep=_reversed_time, prediction_sign=-1.0, rows=_rows, batch=_batch, unguided_scale=0.0)
+
+
+class _ZImageInversion(Inversion):
+    """Flow inversion of Z-Image, as ``ZImagePipeline.__call__`` samples: the VAE's latents (scaled
+    and shifted, not packed), float32 noise, the prompt's unpadded embeddings as the text, and the
+    denoiser called with a list of rows at the reversed time (its :data:`TRAINING`)."""
+
+    flow = True
+
+    def size_multiple(self, pipe: Any) -> int:
+        # prepare_latents rounds the latent sides down to even (the transformer's 2x2 patches).
+        return pipe.vae_scale_factor * 2
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        import torch
+
+        return torch.float32  # the pipeline draws its noise in float32 whatever the model's dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        prompt_embeds, _ = encode_prompt(pipe, prompts, arguments)  # one tensor a prompt, its own length
+        return {"cap_feats": prompt_embeds}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        time = TRAINING.timestep(pipe.scheduler, timestep.expand(sample.shape[0]))
+        output = pipe.transformer(TRAINING.rows(sample), time, conditioning["cap_feats"], return_dict=False)[0]
+        return TRAINING.batch([row.float() for row in output])
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
+
+        # The pipeline's sigmas, shifted by the mu of the image's 2x2-patch count.
+        sigmas = get_default_z_image_sigmas(num_inference_steps)
+        mu = resolution_shift(scheduler, (sample.shape[2] // 2) * (sample.shape[3] // 2), max_shift=1.15)
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=mu)
+
+
 Z_IMAGE_TURBO = PublishedDenoiser(
     "Z-Image-Turbo", "ZImageTransformer2DModel", {}, 512, "diffusers' class defaults, which are Z-Image's",
 )
@@ -147,7 +185,8 @@ FAMILY = Family(
     signature=DenoiserSignature(sample="x", timestep="t", text="cap_feats"),
     text_length=_text_length,
     check_run=_check_run,
-    training=Training(timestep=_reversed_time, prediction_sign=-1.0, rows=_rows, batch=_batch, unguided_scale=0.0),
+    training=TRAINING,
+    inversion=_ZImageInversion(),
     tiny={"z-image": TinyPipeline("ZImagePipeline", _z_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
     published=(Z_IMAGE_TURBO,),
 )

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from textloc import seeding
-from textloc.architectures import image_size_multiple
+from textloc.architectures import family_of, image_size_multiple
 from textloc.edit.inversion import invert, starting_from
 from textloc.edit.methods import EDIT_METHODS, EditMethod
 from textloc.edit.p2p import prompt_to_prompt
@@ -206,8 +206,9 @@ def edit_image(
 
     The image is inverted to the model's starting noise with the model itself (deterministic DDIM,
     or the flow ODE backwards; :mod:`textloc.edit.inversion`), then edited as :func:`edit_text`
-    edits a generation, from that noise. Guidance defaults to 1: inverted noise regenerates the
-    image only without classifier-free guidance (textloc-tiny: 17-34 dB at guidance 1, about 10 dB
+    edits a generation, from that noise. Guidance defaults to the family's scale that turns
+    classifier-free guidance off (``Training.unguided_scale``: 1 for most, 0 for Z-Image): inverted
+    noise regenerates the image only without it (textloc-tiny: 17-34 dB at guidance 1, about 10 dB
     at its usual 5); an embedded model's guidance and start step default to those its real-image
     figure was measured at (``EmbeddedModel.image_edit``). Without ``height``/``width`` the image
     is resized to the model's size (an embedded model's, else the pipeline's default), its aspect
@@ -235,7 +236,7 @@ def edit_image(
 def _image_edit_defaults(pipe: Any, image: Any) -> dict[str, Any]:
     """Guidance, start step and size an edit of ``image`` runs with where the caller does not say."""
     embedded = embedded_model_of(pipe)
-    defaults = {"guidance_scale": 1.0, **(embedded.image_edit if embedded is not None else {})}
+    defaults = {"guidance_scale": family_of(pipe).training.unguided_scale, **(embedded.image_edit if embedded is not None else {})}
     side = model_image_side(pipe)
     width, height = to_pil_list(image)[0].size
     # The longer side becomes the model's; the other keeps the aspect, rounded to a size it takes.

@@ -2,16 +2,18 @@
 
 Deterministic inversion with the model itself: the image (pixel-space models: the image in
 [-1, 1]; latent models: its VAE encoding, scaled and shifted as the pipeline decodes it) is run
-backwards through the sampler's steps with the prompt's *conditional* prediction only (guidance 1,
-the usual choice: classifier-free guidance during inversion amplifies the inversion error). Two
+backwards through the sampler's steps with the prompt's *conditional* prediction only (no
+classifier-free guidance, the usual choice: guidance during inversion amplifies the inversion error). Two
 samplers, each reversed through diffusers' own schedulers:
 
 - epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
   ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
   config, steps it back down.
-- flow-matching models (SD3, FLUX, Chroma, Sana, Qwen-Image): the flow ODE, integrated backwards with
-  Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (FLUX's,
-  Chroma's and Qwen-Image's resolution-dependent shift included), and forwards by that scheduler itself.
+- flow-matching models (SD3, FLUX, Chroma, Sana, Qwen-Image, Z-Image): the flow ODE, integrated
+  backwards with Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline
+  (the resolution-dependent shift included where the pipeline applies one), and forwards by that
+  scheduler itself. The velocity is the denoiser's output times the family's
+  ``Training.prediction_sign``, as its pipeline steps with it (and as training's target has it).
 
 Each family's image encoding and denoiser conditioning live in its spec (``Family.inversion``,
 :mod:`textloc.architectures.inversion`); a family without one is refused.
@@ -23,7 +25,7 @@ samples with the matching scheduler::
 
     latents = invert(pipe, image, prompt, num_inference_steps=25)
     with starting_from(pipe, latents):
-        again = images_of(pipe(prompt, num_inference_steps=25, guidance_scale=1.0))[0]
+        again = images_of(pipe(prompt, num_inference_steps=25, guidance_scale=1.0))[0]  # Z-Image: 0.0
 
 :func:`reconstruct` does exactly that and scores the result against the image.
 """
@@ -263,8 +265,8 @@ def invert(
     that shape the conditional prediction are used as the pipeline would use them
     (``max_sequence_length``, ``clean_caption``, Sana's ``complex_human_instruction``, SDXL's size
     conditions, FLUX's distilled ``guidance_scale``), defaults included. Classifier-free guidance
-    is not: inversion uses the conditional prediction alone (guidance 1), whatever
-    ``guidance_scale`` the regeneration uses.
+    is not: inversion uses the conditional prediction alone, whatever ``guidance_scale`` the
+    regeneration uses.
 
     Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX, Chroma, Qwen-Image: packed tokens B x hw/4 x 4C;
     DeepFloyd IF, which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
@@ -311,9 +313,12 @@ class _Inverted:
         device = pipe._execution_device
         conditioning = inversion.conditioning(pipe, prompts, arguments, height, width)
         model_dtype = denoiser(pipe).dtype
+        # The pipeline steps its scheduler with this sign times the denoiser's output (HiDream, Lumina 2,
+        # Z-Image: -1), as training's target has it.
+        sign = family_of(pipe).training.prediction_sign
 
         def predict(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-            return inversion.predict(pipe, x.to(model_dtype), timestep, conditioning).float()
+            return sign * inversion.predict(pipe, x.to(model_dtype), timestep, conditioning).float()
 
         sample = clean
         if inversion.flow:
@@ -364,22 +369,24 @@ def reconstruct(
     prompt: str | Sequence[str],
     *,
     num_inference_steps: int,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
     **generate_kwargs: Any,
 ) -> Reconstruction:
     """Invert ``image`` (see :func:`invert`) and regenerate it from the inverted noise.
 
-    The regeneration runs at ``guidance_scale`` (1: the conditional prediction alone, as the
-    inversion; a higher CFG scale drifts away from the image: textloc-tiny's CFG 5 falls from about
-    30 dB to 10) with ``generate_kwargs``. FLUX's distilled guidance is a model input, not CFG:
+    The regeneration runs at ``guidance_scale``, by default the family's scale that turns
+    classifier-free guidance off (``Training.unguided_scale``: 1 for most, 0 for Z-Image, which
+    guides at any scale above 0): the conditional prediction alone, as the inversion; a higher CFG
+    scale drifts away from the image (textloc-tiny's CFG 5 falls from about 30 dB to 10). It runs
+    with ``generate_kwargs``. FLUX's distilled guidance is a model input, not CFG:
     give the value it generates with (3.5 for FLUX.1-dev); inversion uses the same. What the
     regeneration loses against the original is what inversion alone costs an edit; for latent
     models ``autoencoder_psnr`` says how much of it the VAE alone loses.
     """
     if "guidance_scale" in inspect.signature(pipe.__call__).parameters:
-        generate_kwargs["guidance_scale"] = guidance_scale
+        generate_kwargs["guidance_scale"] = family_of(pipe).training.unguided_scale if guidance_scale is None else guidance_scale
     # Quantized first, so the originals scored against are exactly the pixels inverted.
     originals = _to_pil(_pixels(image, height, width))
     pixels = _pixels(originals, None, None)
