@@ -671,8 +671,8 @@ def without_guidance(pipe) -> dict:
     return kwargs
 
 
-# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, prior tokens, or a negated prediction.
-DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image", "nucleusmoe-image")
+# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, or prior tokens.
+DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image")
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
@@ -696,7 +696,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
     # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2 and Z-Image 1 - t / 1000 (0 is noise).
     name = family_of(pipe).name
-    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image") else 0.75 if name in ("lumina2", "z-image") else 250.0
+    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image") else 0.75 if name in ("lumina2", "z-image") else 250.0
     assert inputs.time(torch.tensor([250.0])).item() == pytest.approx(expected)
 
 
