@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.inversion import vae_encoding
+from textloc.architectures.inversion import Inversion, encode_prompt, vae_decoding, vae_encoding
 from textloc.architectures.spec import (
-    JOINT, AttentionRule, Family, Guidance, Projection, PublishedDenoiser, TextRoute, TinyPipeline, Training,
+    JOINT, AttentionRule, Family, Guidance, Projection, PublishedDenoiser, TextRoute, TinyPipeline,
 )
 
 # Text-encoder hidden states the pipeline stacks into the prompt embedding (index 0 = embeddings).
@@ -206,6 +206,70 @@ def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
     return pipe._pack_latents(batch_norm_latents(pipe, pixels, generators, pipe.vae.config.batch_norm_eps))
 
 
+def _patches(pipe: Any, sample: Any, height: int, width: int) -> Any:
+    """Tokens B x hw x C (``_pack_latents``) back to the 2x2 patches B x C x h x w of an image of
+    ``height`` x ``width`` pixels."""
+    side = pipe.vae_scale_factor * 2
+    return sample.permute(0, 2, 1).reshape(*sample.shape[::2], height // side, width // side)
+
+
+class _Flux2Inversion(Inversion):
+    """Flow inversion of FLUX.2, as ``Flux2Pipeline.__call__`` and ``Flux2KleinPipeline.__call__``
+    sample (text to image, no reference images): the batch-norm normalised 2x2 patches as tokens,
+    the time ``t / 1000``, dev's distilled guidance as an input (Klein passes none)."""
+
+    flow = True
+
+    def size_multiple(self, pipe: Any) -> int:
+        # prepare_latents rounds the latent sides down to even: the VAE's latents are patchified 2x2.
+        return pipe.vae_scale_factor * 2
+
+    def encode_image(self, pipe, pixels, generators=None):
+        return _encode(pipe, pixels, generators)
+
+    def decode_sample(self, pipe, sample, height, width):
+        import torch
+
+        patches = _patches(pipe, sample, height, width)
+        mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(patches)
+        std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(patches)
+        return vae_decoding(pipe.vae, pipe._unpatchify_latents(patches * std + mean))
+
+    def latents_argument(self, pipe, sample, height, width):
+        return _patches(pipe, sample, height, width)
+
+    def latents_dtype(self, pipe):
+        return pipe.text_encoder.dtype  # the pipeline draws its noise in the prompt embeddings' dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        import torch
+
+        side = pipe.vae_scale_factor * 2
+        prompt_embeds, text_ids = encode_prompt(pipe, prompts, arguments)
+        patches = torch.empty(len(prompts), 1, height // side, width // side)  # _prepare_latent_ids reads the shape alone
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:  # dev: the distilled scale is an input, not CFG
+            guidance = torch.full([len(prompts)], arguments["guidance_scale"], device=prompt_embeds.device, dtype=torch.float32)
+        return {
+            "encoder_hidden_states": prompt_embeds,
+            "txt_ids": text_ids,
+            "img_ids": pipe._prepare_latent_ids(patches).to(prompt_embeds.device),
+            "guidance": guidance,
+        }
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        timestep = timestep.expand(sample.shape[0]).to(sample.dtype) / 1000
+        return pipe.transformer(hidden_states=sample, timestep=timestep, **conditioning, return_dict=False)[0]
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import numpy as np
+        from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+        sigmas = None if scheduler.config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        mu = compute_empirical_mu(image_seq_len=sample.shape[1], num_steps=num_inference_steps)
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=mu)
+
+
 FLUX_2_DEV = PublishedDenoiser(
     "FLUX.2-dev", "Flux2Transformer2DModel", {}, 512, "diffusers' class defaults, which are FLUX.2-dev's",
 )
@@ -220,7 +284,8 @@ FAMILY = Family(
     ),
     # Klein's passes run in contexts; dev's one pass a step, in none, is conditional.
     guidance=Guidance(distilled=True),
-    training=Training(encode=_encode),
+    # Training encodes as inversion does (its default): no Training to state.
+    inversion=_Flux2Inversion(),
     tiny={
         "flux2": TinyPipeline("Flux2Pipeline", flux2_components, _CALL),
         "flux2-klein": TinyPipeline("Flux2KleinPipeline", flux2_klein_components, _CALL),

@@ -44,6 +44,12 @@ class Inversion(abc.ABC):
         """``pixels`` back from :meth:`encode_image`'s sample, as the pipeline decodes it."""
         return vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor + shift_factor(pipe))
 
+    def latents_argument(self, pipe: Any, sample: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The sampler's ``sample`` (its starting noise, inverted, for ``height`` x ``width`` pixels) in the layout the pipeline's
+        ``latents`` argument takes: most take the layout they sample in; FLUX.2 takes its patches
+        unpacked and packs them into tokens itself."""
+        return sample
+
     def latents_dtype(self, pipe: Any) -> torch.dtype:
         """The dtype the pipeline draws its starting noise in."""
         from textloc.architectures import denoiser

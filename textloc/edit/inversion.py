@@ -269,7 +269,8 @@ def invert(
     regeneration uses.
 
     Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX, Chroma, Qwen-Image: packed tokens B x hw/4 x 4C;
-    DeepFloyd IF, which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
+    FLUX.2: its 2x2 patches unpacked, B x 4C x h/2 x w/2, which it packs itself; DeepFloyd IF,
+    which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
     the pipeline draws its noise in, on its execution device. Regenerate inside
     :func:`starting_from`.
     """
@@ -335,7 +336,7 @@ class _Inverted:
             for timestep in scheduler.timesteps:
                 prediction = predict(scheduler.scale_model_input(sample, timestep), timestep)
                 sample = scheduler.step(prediction, timestep, sample).prev_sample
-        return cls(inversion, clean, sample.to(inversion.latents_dtype(pipe)))
+        return cls(inversion, clean, inversion.latents_argument(pipe, sample, height, width).to(inversion.latents_dtype(pipe)))
 
 
 # ----------------------------------------------------------------------------------------------
