@@ -35,19 +35,21 @@ class Inversion(abc.ABC):
         """Heights and widths the pipeline takes are multiples of this (pixels)."""
 
     def encode_image(self, pipe: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
-        """The clean sample the pipeline's sampler ends at, for ``pixels`` (B x 3 x H x W in [-1, 1]):
+        """The clean sample the pipeline's sampler ends at, in the layout it samples in (:meth:`latents_argument`
+        turns it into the one its ``latents`` argument takes), for ``pixels`` (B x 3 x H x W in [-1, 1]):
         from the VAE posterior's mode, or with ``generators`` (one per image, as training draws) from
         one posterior sample per image (:func:`vae_encoding`)."""
         return vae_latents(pipe, pixels, generators)
 
     def decode_sample(self, pipe: Any, sample: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """``pixels`` back from :meth:`encode_image`'s sample, as the pipeline decodes it."""
+        """``pixels`` back from :meth:`encode_image`'s sample (the sampler's layout), as the pipeline decodes it."""
         return vae_decoding(pipe.vae, sample / pipe.vae.config.scaling_factor + shift_factor(pipe))
 
     def latents_argument(self, pipe: Any, sample: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The sampler's ``sample`` (its starting noise, inverted, for ``height`` x ``width`` pixels) in the layout the pipeline's
-        ``latents`` argument takes: most take the layout they sample in; FLUX.2 takes its patches
-        unpacked and packs them into tokens itself."""
+        """A ``sample`` in the sampler's layout (the inverted noise, or the encoded image, of ``height`` x
+        ``width`` pixels) in the layout the pipeline's ``latents`` argument takes, which is what
+        ``invert`` and ``encode_image`` return: most take the layout they sample in; FLUX.2 takes
+        its patches unpacked and packs them into tokens itself."""
         return sample
 
     def latents_dtype(self, pipe: Any) -> torch.dtype:

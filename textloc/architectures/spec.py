@@ -188,7 +188,7 @@ class Training:
     denoiser was trained in.
 
     - ``encode(pipe, pixels, generators)``: the clean sample the pipeline's sampler ends at for
-      ``pixels`` (B x 3 x H x W in [-1, 1]), in the layout of the pipeline's ``latents``, one VAE
+      ``pixels`` (B x 3 x H x W in [-1, 1]), in the layout the pipeline samples in, one VAE
       posterior sample per image drawn from its generator. Default: the family's
       ``inversion.encode_image`` where it has one, else the latents the pipeline decodes as
       ``latents / scaling_factor + shift_factor`` (packed 2x2 into tokens where the pipeline

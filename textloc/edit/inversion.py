@@ -268,11 +268,14 @@ def invert(
     is not: inversion uses the conditional prediction alone, whatever ``guidance_scale`` the
     regeneration uses.
 
-    Returns the pipeline's ``latents`` argument (B x C x h x w; FLUX, Chroma, Qwen-Image: packed tokens B x hw/4 x 4C;
-    FLUX.2: its 2x2 patches unpacked, B x 4C x h/2 x w/2, which it packs itself; DeepFloyd IF,
-    which takes no ``latents``: its starting images B x 3 x H x W), in the dtype
-    the pipeline draws its noise in, on its execution device. Regenerate inside
-    :func:`starting_from`.
+    Returns exactly what the pipeline's ``latents`` argument takes, on every family, so that
+    ``pipe(prompt, latents=inverted, ...)`` regenerates the image: its layout (B x C x h x w; FLUX,
+    Chroma, Qwen-Image: packed tokens B x hw/4 x 4C; FLUX.2: its 2x2 patches unpacked,
+    B x 4C x h/2 x w/2, which it packs into tokens itself; DeepFloyd IF, which takes no ``latents``:
+    its starting images B x 3 x H x W), the dtype the pipeline draws its noise in, its execution
+    device. That is not always the layout the pipeline samples in, nor its ``output_type="latent"``
+    (FLUX.2 samples packed tokens; Klein's ``"latent"`` is the VAE's own latents). Regenerate
+    inside :func:`starting_from`, which also sets the sampler the inversion reverses.
     """
     pixels = _pixels(image, height, width)
     return _Inverted.of(pipe, pixels, prompt, num_inference_steps, generate_kwargs).latents
@@ -284,12 +287,17 @@ def encode_image(
 ) -> torch.Tensor:
     """The clean sample the pipeline's sampler ends at for ``image``: what :func:`invert` runs back to noise.
 
-    Latent models: the VAE's encoding (the posterior's mode), scaled and shifted as the pipeline
-    decodes it (FLUX, Chroma, Qwen-Image: packed into tokens); pixel-space models: the image in [-1, 1]. Float32, in
-    the layout of the pipeline's ``latents`` argument, so that it compares with a generation's
-    ``output_type="latent"`` (IF: ``"pt"``). ``image``, ``height`` and ``width`` as in :func:`invert`.
+    Latent models: the VAE's encoding (the posterior's mode), scaled, shifted and normalised as the
+    pipeline decodes it; pixel-space models: the image in [-1, 1]. Float32, in the layout of
+    :func:`invert`'s result, which is the pipeline's ``latents`` argument on every family (FLUX,
+    Chroma, Qwen-Image: packed tokens; FLUX.2: its 2x2 patches unpacked; IF: its images): the
+    pipeline packs it as it packs its ``latents``. That is not always a generation's
+    ``output_type="latent"`` (FLUX.2-Klein's is the VAE's own latents). ``image``, ``height`` and
+    ``width`` as in :func:`invert`.
     """
-    return _encode_pixels(pipe, _inversion_of(pipe), _pixels(image, height, width))
+    inversion = _inversion_of(pipe)
+    pixels = _pixels(image, height, width)
+    return inversion.latents_argument(pipe, _encode_pixels(pipe, inversion, pixels), *pixels.shape[2:])
 
 
 def _encode_pixels(pipe: Any, inversion: Inversion, pixels: torch.Tensor) -> torch.Tensor:
@@ -300,7 +308,7 @@ def _encode_pixels(pipe: Any, inversion: Inversion, pixels: torch.Tensor) -> tor
 @dataclass(frozen=True)
 class _Inverted:
     inversion: Inversion
-    #: What the sampler should end at: the image encoded (latent models) or the image itself.
+    #: What the sampler should end at, in the layout it samples in: the image encoded (latent models) or the image itself.
     clean: torch.Tensor
     latents: torch.Tensor
 
