@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -33,13 +34,94 @@ def unguided(pipe) -> dict:
 
 
 def sample_output(pipe) -> str:
-    """The output type that gives the sampler's final sample: latents, or IF's images in [-1, 1]."""
+    """An output type with no decoding (latent models: their "latent", whichever layout that is)."""
     return "latent" if hasattr(pipe, "vae") else "pt"
 
 
 def generate(pipe, seed: int, **overrides):
     kwargs = {**unguided(pipe), **overrides}
     return images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs))
+
+
+def every_step(pipe, change) -> dict:
+    """The call argument that hands ``change`` the sampler's sample after every step, in the layout
+    the pipeline samples in (which is not always its ``output_type="latent"``: FLUX.2-Klein's is the
+    VAE's own latents)."""
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        return {"callback_on_step_end": lambda pipe, step, timestep, tensors: change(tensors["latents"]) or {}}
+    return {"callback": lambda step, timestep, latents: change(latents)}  # PixArt, IF: the old per-step callback
+
+
+def final_sample(pipe, **call) -> torch.Tensor:
+    """The sample the pipeline's sampler ends at for this call, in the layout it samples in."""
+    samples = []
+    pipe(prompt=PROMPT, **{**unguided(pipe), **call, "output_type": sample_output(pipe)}, **every_step(pipe, samples.append))
+    return samples[-1].float()
+
+
+class _Prepared(Exception):
+    """Stops a call once the pipeline has prepared its starting sample."""
+
+
+def _preparing(pipe, monkeypatch: pytest.MonkeyPatch, **call) -> dict:
+    """A call of the pipeline as far as its ``prepare_latents`` (IF: ``prepare_intermediate_images``):
+    the noise that drew (``drawn``), the sample it starts its sampler from (``sample``), the method
+    and its bound arguments."""
+    name = "prepare_latents" if hasattr(pipe, "prepare_latents") else "prepare_intermediate_images"
+    prepare = getattr(pipe, name)
+    seen = {"prepare": prepare, "bound": None, "drawn": None}
+    module = sys.modules[type(pipe).__dict__.get(name, prepare).__module__]
+    draw = module.randn_tensor
+
+    def recording_draw(*args, **kwargs):
+        seen["drawn"] = draw(*args, **kwargs)
+        return seen["drawn"]
+
+    def recording_prepare(*args, **kwargs):
+        seen["bound"] = inspect.signature(prepare).bind(*args, **kwargs)
+        seen["bound"].apply_defaults()
+        seen["sample"] = first(prepare(*args, **kwargs))
+        raise _Prepared
+
+    monkeypatch.setattr(module, "randn_tensor", recording_draw)
+    monkeypatch.setattr(pipe, name, recording_prepare)
+    try:
+        with pytest.raises(_Prepared):
+            pipe(prompt=PROMPT, **{**unguided(pipe), **call})
+    finally:
+        monkeypatch.undo()
+    return seen
+
+
+def first(prepared):
+    """The sample of what ``prepare_latents`` returns (FLUX, FLUX.2: with the image's position ids)."""
+    return prepared[0] if isinstance(prepared, tuple) else prepared
+
+
+def latents_argument(pipe, monkeypatch: pytest.MonkeyPatch, **call) -> torch.Tensor:
+    """The ``latents`` argument that starts the pipeline where its own seeded draw does: the noise
+    it draws where it prepares the latents it is given as it prepares that (SD, FLUX.2: packed as its
+    draw), else what it makes of that noise (FLUX, Qwen-Image pack their draw but take packed tokens).
+    IF, which takes no ``latents``: its starting images."""
+    seen = _preparing(pipe, monkeypatch, generator=torch.Generator("cpu").manual_seed(0), **call)
+    if "latents" not in seen["bound"].arguments:
+        return seen["sample"]
+    for candidate in (seen["drawn"], seen["sample"]):
+        seen["bound"].arguments["latents"] = candidate
+        prepared = first(seen["prepare"](*seen["bound"].args, **seen["bound"].kwargs))
+        if prepared.shape == seen["sample"].shape and torch.equal(prepared, seen["sample"]):
+            return candidate
+    raise AssertionError(f"{type(pipe).__name__} starts from neither its draw nor its prepared sample when given them")
+
+
+def sampled_from(pipe, latents: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
+    """``latents`` (the pipeline's ``latents`` argument) as the pipeline prepares them for its
+    sampler, before the scheduler's initial sigma scales them as noise (SDXL's Euler): the layout it
+    samples in. IF takes its starting images as they are."""
+    if not hasattr(pipe, "prepare_latents"):
+        return latents
+    sample = _preparing(pipe, monkeypatch, latents=latents)["sample"]
+    return sample.float() / getattr(pipe.scheduler, "init_noise_sigma", 1.0)
 
 
 def inversion_kwargs(pipe) -> dict:
@@ -60,36 +142,37 @@ def test_a_family_inversion_does_not_cover_is_refused_in_one_line(family_arch) -
         invert(pipe, [np.zeros((32, 32, 3), dtype=np.uint8)], PROMPT, num_inference_steps=2)
 
 
-def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe) -> None:
+def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe, monkeypatch) -> None:
     image = generate(pipe, seed=0)[0]
     inverted = invert(pipe, image, PROMPT, num_inference_steps=STEPS, **inversion_kwargs(pipe))
     with starting_from(pipe, inverted):
-        regenerated = images_of(pipe(prompt=PROMPT, **{**unguided(pipe), "output_type": sample_output(pipe)}))
-    other_seed = generate(pipe, seed=1, output_type=sample_output(pipe))
-    target = encode_image(pipe, image)
+        regenerated = final_sample(pipe)
+    other_seed = final_sample(pipe, generator=torch.Generator("cpu").manual_seed(1))
+    # Judged where the sampler works: the encoded image as the pipeline prepares it from its latents argument.
+    target = sampled_from(pipe, encode_image(pipe, image), monkeypatch)
 
     def distance(sample: torch.Tensor) -> float:
         return (sample.float() - target).norm().item()
 
-    # Measured ratios: sd15 0.26, sdxl 0.24, sd3 0.12, flux 0.32, IF 0.41, PixArt 0.06, Sana 0.15, Qwen-Image 0.30,
-    # Chroma 0.20, Z-Image 0.25.
+    # Measured ratios: sd15 0.26, sdxl 0.24, sd3 0.12, flux 0.32, FLUX.2-dev 0.37, FLUX.2-Klein 0.29, IF 0.41,
+    # PixArt 0.06, Sana 0.14, Qwen-Image 0.32, Chroma 0.20, Z-Image 0.25.
     assert distance(regenerated) < 0.5 * distance(other_seed)
 
 
-def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe) -> None:
+def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe, monkeypatch) -> None:
     if not hasattr(pipe, "vae"):
         pytest.skip("pixel space: the sample is the image itself")
     image = generate(pipe, seed=0)[0]
-    clean = encode_image(pipe, image)
+    # encode_image gives the latents argument's layout: the pipeline's own preparation packs it.
+    clean = sampled_from(pipe, encode_image(pipe, image), monkeypatch)
 
     def end_at_clean(latents: torch.Tensor) -> None:
         latents.copy_(clean)  # every step: the last one leaves the pipeline to decode it
 
-    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
-        hook = {"callback_on_step_end": lambda pipe, step, timestep, tensors: end_at_clean(tensors["latents"]) or {}}
-    else:  # PixArt: the old per-step callback
-        hook = {"callback": lambda step, timestep, latents: end_at_clean(latents)}
-    decoded_by_pipeline = generate(pipe, seed=0, **hook)[0]
+    decoded_by_pipeline = generate(pipe, seed=0, **every_step(pipe, end_at_clean))[0]
+    height, width = image.shape[:2]
+    with torch.no_grad():
+        decoded_by_family = family_of(pipe).inversion.decode_sample(pipe, clean, height, width)
     # The same VAE round trip, without any scaling or shift: equal only if the encoding's scaling
     # and shift are the ones the pipeline undoes.
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() * 2 - 1
@@ -100,24 +183,28 @@ def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe) 
     decoded = decoded[:, :, 0] if video else decoded
     round_trip = (decoded[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1)
     np.testing.assert_allclose(decoded_by_pipeline, round_trip.detach().numpy(), atol=1e-4)
+    # reconstruct's autoencoded images: the family decodes its sample as the pipeline does.
+    np.testing.assert_allclose((decoded_by_family[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1), round_trip.detach().numpy(), atol=1e-4)
 
 
-def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch) -> None:
+def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch, monkeypatch) -> None:
     # bfloat16, so that a wrong dtype shows: SanaPipeline draws float32 noise whatever the model's.
     pipe = tiny_pipeline(arch).to(dtype=torch.bfloat16)
     # Two steps: PixArt-Alpha's pipeline cannot take one with its own DPM-Solver.
     two_steps = {**unguided(pipe), "num_inference_steps": 2, "output_type": sample_output(pipe)}
     own = images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps))
+    takes = latents_argument(pipe, monkeypatch, **two_steps)
     image = np.random.default_rng(0).random((32, 32, 3))
     inverted = invert(pipe, image, PROMPT, num_inference_steps=2, **inversion_kwargs(pipe))
-    assert (inverted.shape, inverted.dtype) == (own.shape, own.dtype)
+    assert (inverted.shape, inverted.dtype) == (takes.shape, takes.dtype)
+    assert encode_image(pipe, image).shape == takes.shape
     if arch != "deepfloyd-if":  # IFPipeline takes no latents: starting_from is its only way in
         assert images_of(pipe(prompt=PROMPT, latents=inverted, **two_steps)).shape == own.shape
     with starting_from(pipe, inverted):
         assert images_of(pipe(prompt=PROMPT, **two_steps)).shape == own.shape
 
 
-def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_it_can(pipe) -> None:
+def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_it_can(pipe, monkeypatch) -> None:
     image = np.random.default_rng(0).random((33, 30, 3))
     with pytest.raises(ValueError) as error:
         invert(pipe, image, PROMPT, num_inference_steps=1, **inversion_kwargs(pipe))
@@ -126,8 +213,7 @@ def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_i
     suggested = re.search(r"height=(\d+), width=(\d+)", message)
     height, width = int(suggested[1]), int(suggested[2])
     inverted = invert(pipe, image, PROMPT, num_inference_steps=1, height=height, width=width, **inversion_kwargs(pipe))
-    own = generate(pipe, seed=0, height=height, width=width, output_type=sample_output(pipe))
-    assert inverted.shape == own.shape
+    assert inverted.shape == latents_argument(pipe, monkeypatch, height=height, width=width).shape
 
 
 def test_a_batch_inverts_as_its_images_one_by_one() -> None:
