@@ -9,7 +9,7 @@ samplers, each reversed through diffusers' own schedulers:
 - epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
   ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
   config, steps it back down.
-- flow-matching models (SD3, FLUX, Chroma, Sana, Qwen-Image, Z-Image): the flow ODE, integrated
+- flow-matching models (SD3, FLUX, FLUX.2, Chroma, Sana, Qwen-Image, Z-Image): the flow ODE, integrated
   backwards with Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline
   (the resolution-dependent shift included where the pipeline applies one), and forwards by that
   scheduler itself. The velocity is the denoiser's output times the family's
