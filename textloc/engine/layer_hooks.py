@@ -138,8 +138,10 @@ class LayerHooks:
         text_at = self.layer.route.text_at
         if text_at == "all":
             return output
-        text_len = self.state.call.text_len
-        return output[:, :text_len] if text_at == "first" else output[:, output.shape[1] - text_len :]
+        call = self.state.call
+        if text_at == "first":
+            return output[:, call.text_start : call.text_start + call.text_len]
+        return output[:, output.shape[1] - call.text_len :]
 
     def writes(self) -> _Writes:
         """The active patches of the call now running, worked out once per layer and call."""
@@ -230,7 +232,7 @@ class LayerHooks:
         text_at = self.layer.route.text_at
         if output.dim() == 3 and text_at != "all":
             text_len = self.state.call.text_len
-            offset += (0 if text_at == "first" else shape[1] - text_len) * stride[1]
+            offset += (self.state.call.text_start if text_at == "first" else shape[1] - text_len) * stride[1]
             shape[1] = text_len
         if shape == list(output.shape):  # the whole output: no view at all
             return output
@@ -238,6 +240,9 @@ class LayerHooks:
 
     def on_attention(self, kwargs: dict) -> dict:
         route = self.layer.route
+        if route.mask_text_at is None:  # the family's own layout, the same for any source it lets in
+            self.mask = None
+            return kwargs
         keyword = route.text_mask or "attention_mask"
         full = kwargs.get(keyword)
         # A mask over [image, text] keys: its text part is recorded and swapped, the image's kept.
