@@ -47,6 +47,7 @@ NAMES = (
     "tiny-random-glm-image",
     "tiny-random-ernie-image",
     "tiny-random-nucleusmoe-image",
+    "tiny-random-ideogram4",
 )
 
 
