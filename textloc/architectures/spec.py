@@ -82,7 +82,8 @@ class TextRoute:
     pipeline leaves ``None`` when no token is padding (Qwen-Image); without one, the engine reads
     the layer's ``attention_mask``, as the pipeline built it. ``mask_text_at``: where the text sits on
     that mask's last axis: the mask is the text's alone (``"all"``), or covers a key sequence of
-    image and text with the text last (NucleusMoE: ``[image, text]``, the image's always kept), or
+    image and text with the text last (NucleusMoE: ``[image, text]``, the image's always kept) or first
+    (Krea 2: ``[text, image]``), or
     ``None``: the layer's mask is the family's own layout, not the text's, and is neither recorded nor
     swapped (Ideogram 4's square segment mask over ``[padding, text, image]``: a family that states
     this runs only prompts, and sources, of one token length, whose masks are the same)."""
@@ -93,7 +94,7 @@ class TextRoute:
     text_at: TextPosition = "all"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     text_mask: str | None = None
-    mask_text_at: Literal["all", "last"] | None = "all"
+    mask_text_at: Literal["all", "first", "last"] | None = "all"
 
     @property
     def roles(self) -> tuple[str, ...]:

@@ -245,9 +245,10 @@ class LayerHooks:
             return kwargs
         keyword = route.text_mask or "attention_mask"
         full = kwargs.get(keyword)
-        # A mask over [image, text] keys: its text part is recorded and swapped, the image's kept.
-        text_len = self.state.call.text_len if route.mask_text_at == "last" else None
-        mask = self.mask = full if full is None or text_len is None else full[..., full.shape[-1] - text_len :]
+        # A mask over [image, text] (or [text, image]) keys: its text part is recorded and swapped, the image's kept.
+        text_len = self.state.call.text_len if route.mask_text_at in ("first", "last") else None
+        text_keys = None if text_len is None else slice(0, text_len) if route.mask_text_at == "first" else slice(-text_len, None)
+        mask = self.mask = full if full is None or text_keys is None else full[..., text_keys]
         if mask is None and route.text_mask is None:
             return kwargs
         writes = self.writes()
@@ -276,10 +277,12 @@ class LayerHooks:
             swapped[targets] = source_mask
         if mask is None and bool(_attends(swapped).all()):
             return kwargs
-        if text_len is not None:
-            image = kwargs["hidden_states"]
-            joint = full.clone() if full is not None else swapped.new_ones((swapped.shape[0], image.shape[1] + text_len))
-            joint[..., joint.shape[-1] - text_len :] = swapped
+        if text_keys is not None:
+            if full is not None:
+                joint = full.clone()
+            else:  # only a layer whose sequence holds the image alone comes here (a keep-mask keyword)
+                joint = swapped.new_ones((swapped.shape[0], kwargs["hidden_states"].shape[1] + text_len))
+            joint[..., text_keys] = swapped
             swapped = joint
         return {**kwargs, keyword: swapped}
 
