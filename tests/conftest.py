@@ -46,7 +46,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 NOT_INVERTED = (
     "flux2", "flux2-klein", "lumina2", "cosmos2", "cogview4", "hunyuan-image", "hidream", "z-image",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
-    "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4",
+    "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4", "krea2",
 )
 
 

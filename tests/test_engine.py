@@ -50,6 +50,7 @@ EXPECTED_KINDS = {
     "ernie-image": {"single"},
     "nucleusmoe-image": {"added_kv"},
     "ideogram4": {"single"},
+    "krea2": {"refiner", "single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -698,7 +699,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
     # FLUX-style pipelines pass the denoiser t / 1000.
-    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image") else 1.0)
+    assert inputs.timestep_scale == (0.001 if family_of(pipe).name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "krea2") else 1.0)
 
 
 def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):

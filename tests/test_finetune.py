@@ -52,10 +52,10 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora (FLUX.2's VAE, Lumina 2's reversed time, Cosmos's EDM
 # preconditioning, Qwen-Image's video VAE, HiDream's negated prediction, Z-Image's list inputs, GLM-Image's prior tokens,
-# ERNIE-Image's VAE, Ideogram 4's reversed time):
+# ERNIE-Image's VAE, Ideogram 4's reversed time, Krea 2's video VAE):
 # refused in one line.
 NOT_TRAINED = ("flux2", "flux2-klein", "lumina2", "cosmos2", "qwenimage", "hidream", "z-image", "kandinsky5", "qwenimage21", "glm-image", "ernie-image")
-NOT_TRAINED += ("nucleusmoe-image", "ideogram4")
+NOT_TRAINED += ("nucleusmoe-image", "ideogram4", "krea2")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)

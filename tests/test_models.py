@@ -48,6 +48,7 @@ NAMES = (
     "tiny-random-ernie-image",
     "tiny-random-nucleusmoe-image",
     "tiny-random-ideogram4",
+    "tiny-random-krea2",
 )
 
 

@@ -70,6 +70,11 @@ ATTENTION_LAYOUT["glm-image"] = [(r"transformer_blocks\.\d+\.attn1", "GlmImageAt
 ATTENTION_LAYOUT["ernie-image"] = [(r"layers\.\d+\.self_attention", "ErnieImageSingleStreamAttnProcessor", 2)]
 ATTENTION_LAYOUT["nucleusmoe-image"] = [(r"transformer_blocks\.\d+\.attn", "NucleusMoEAttnProcessor2_0", 2)]
 ATTENTION_LAYOUT["ideogram4"] = [(r"layers\.\d+\.attention", "Ideogram4AttnProcessor", 2)]
+ATTENTION_LAYOUT["krea2"] = [
+    (r"text_fusion\.layerwise_blocks\.\d+\.attn", "Krea2AttnProcessor", 1),
+    (r"text_fusion\.refiner_blocks\.\d+\.attn", "Krea2AttnProcessor", 1),
+    (r"transformer_blocks\.\d+\.attn", "Krea2AttnProcessor", 2),
+]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

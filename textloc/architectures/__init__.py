@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
     chroma, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
-    kandinsky5, longcat_image, lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
+    kandinsky5, krea2, longcat_image, lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures.spec import Family, TinyPipeline
 
@@ -30,6 +30,7 @@ FAMILIES: list[Family] = [
     ernie_image.FAMILY,
     nucleusmoe_image.FAMILY,
     ideogram4.FAMILY,
+    krea2.FAMILY,
 ]
 
 

@@ -85,11 +85,12 @@ def _qwen_tokenizer() -> Any:
     )
 
 
-def _qwen3_vl_encoder(seed: int, tokenizer: Any) -> Any:
+def qwen3_vl_encoder(seed: int, tokenizer: Any, layers: int, length: int) -> Any:
+    """A tiny Qwen3-VL (its vision tower built, never run) of ``layers`` text layers, for ``length`` tokens."""
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
     text_config = parts.decoder_config(
-        dict, tokenizer, _TAPPED_LAYERS, MAX_SEQUENCE_LENGTH,
+        dict, tokenizer, layers, length,
         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 3, 3], "mrope_interleaved": True},
     )
     # The vision tower is built but never run (text-to-image passes no pixels).
@@ -126,7 +127,7 @@ def _ideogram4(seed: int) -> dict[str, Any]:
         # Two blocks: latents are half the image size, then 2x2-patchified. The BatchNorm statistics the
         # pipeline denormalises with stay at their init (mean 0, var 1).
         vae=parts.autoencoder_kl(seed, _LATENT_CHANNELS, AutoencoderKLFlux2, mid_block_add_attention=False),
-        text_encoder=_qwen3_vl_encoder(seed, tokenizer),
+        text_encoder=qwen3_vl_encoder(seed, tokenizer, _TAPPED_LAYERS, MAX_SEQUENCE_LENGTH),
         tokenizer=tokenizer,
         transformer=_transformer(seed),
         unconditional_transformer=_transformer(seed + 1),
