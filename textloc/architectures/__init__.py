@@ -61,10 +61,11 @@ def denoiser(pipe_or_model: object) -> torch.nn.Module:
 
 def image_size_multiple(pipe: Any) -> int:
     """What every image side the pipeline takes is a multiple of: the VAE's scale factor times the
-    U-Net's downsampling or the transformer's patch size."""
+    U-Net's downsampling or the transformer's patch size (the pipeline's, where it patchifies the
+    latents itself: Ideogram 4, Krea 2)."""
     config = denoiser(pipe).config
     blocks = getattr(config, "block_out_channels", None)
-    patch = getattr(config, "patch_size", None) or 1
+    patch = getattr(config, "patch_size", None) or getattr(pipe, "patch_size", None) or 1
     factor = 2 ** (len(blocks) - 1) if blocks else max(patch) if isinstance(patch, (tuple, list)) else patch
     return (getattr(pipe, "vae_scale_factor", None) or 1) * factor
 
