@@ -33,9 +33,10 @@ def arch(request) -> str:
 
 #: The families that pack each row's own text length into a shared sequence (Lumina 2), or pad a
 #: call's prompts to the longest with no mask (Kandinsky 5, GLM-Image's glyph text) or with the image
-#: placed after the padding (Qwen-Image 2.1): a batch of prompts of different token lengths, or a
+#: placed after the padding (Qwen-Image 2.1), or left-pad each row's text with positions and mask that follow it
+#: (Ideogram 4): a batch of prompts of different token lengths, or a
 #: source of another length, is refused in one line.
-ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21", "glm-image")
+ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4")
 
 #: The families that pad each call's text to its longest prompt (Qwen-Image, ERNIE-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
@@ -45,7 +46,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 NOT_INVERTED = (
     "lumina2", "cosmos2", "cogview4", "hunyuan-image", "hidream",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
-    "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image",
+    "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4", "krea2",
 )
 
 

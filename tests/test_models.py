@@ -47,6 +47,8 @@ NAMES = (
     "tiny-random-glm-image",
     "tiny-random-ernie-image",
     "tiny-random-nucleusmoe-image",
+    "tiny-random-ideogram4",
+    "tiny-random-krea2",
 )
 
 

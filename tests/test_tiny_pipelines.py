@@ -69,6 +69,12 @@ ATTENTION_LAYOUT["qwenimage21"] = [(r"transformer_blocks\.\d+\.attn", "QwenImage
 ATTENTION_LAYOUT["glm-image"] = [(r"transformer_blocks\.\d+\.attn1", "GlmImageAttnProcessor", 2)]
 ATTENTION_LAYOUT["ernie-image"] = [(r"layers\.\d+\.self_attention", "ErnieImageSingleStreamAttnProcessor", 2)]
 ATTENTION_LAYOUT["nucleusmoe-image"] = [(r"transformer_blocks\.\d+\.attn", "NucleusMoEAttnProcessor2_0", 2)]
+ATTENTION_LAYOUT["ideogram4"] = [(r"layers\.\d+\.attention", "Ideogram4AttnProcessor", 2)]
+ATTENTION_LAYOUT["krea2"] = [
+    (r"text_fusion\.layerwise_blocks\.\d+\.attn", "Krea2AttnProcessor", 1),
+    (r"text_fusion\.refiner_blocks\.\d+\.attn", "Krea2AttnProcessor", 1),
+    (r"transformer_blocks\.\d+\.attn", "Krea2AttnProcessor", 2),
+]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
@@ -133,13 +139,16 @@ def test_every_step_runs_a_conditional_and_an_unconditional_branch(pipe: Diffusi
         latents = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         samples_seen.append(len(latents) if isinstance(latents, list) else latents.shape[0])  # Z-Image: a list of rows
 
-    handle = denoiser(pipe).register_forward_pre_hook(count, with_kwargs=True)
+    # Ideogram 4 runs its unconditional branch on a second model, which reads no text.
+    models = [denoiser(pipe), *filter(None, [getattr(pipe, "unconditional_transformer", None)])]
+    handles = [model.register_forward_pre_hook(count, with_kwargs=True) for model in models]
     try:
         generate(pipe)
     finally:
-        handle.remove()
-    # Each step (2, 3 for Cosmos) x (cond + uncond): batched for most pipelines, two passes for FLUX's true CFG and
-    # Chroma; FLUX.2 dev is guidance-distilled, with no unconditional pass, and Qwen-Image 2.1 is sampled without
+        for handle in handles:
+            handle.remove()
+    # Each step (2, 3 for Cosmos) x (cond + uncond): batched for most pipelines, two passes for FLUX's true CFG,
+    # Chroma and Ideogram 4; FLUX.2 dev is guidance-distilled, with no unconditional pass, and Qwen-Image 2.1 is sampled without
     # guidance by default (its true CFG: tests/test_engine.py).
     branches = 1 if type(pipe).__name__ in ("Flux2Pipeline", "QwenImage21Pipeline") else 2
     assert sum(samples_seen) == tiny_call_kwargs(pipe)["num_inference_steps"] * branches

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
-    chroma, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, kandinsky5,
-    longcat_image, lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
+    chroma, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
+    kandinsky5, krea2, longcat_image, lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures.spec import Family, TinyPipeline
 
@@ -29,6 +29,8 @@ FAMILIES: list[Family] = [
     glm_image.FAMILY,
     ernie_image.FAMILY,
     nucleusmoe_image.FAMILY,
+    ideogram4.FAMILY,
+    krea2.FAMILY,
 ]
 
 
@@ -59,10 +61,11 @@ def denoiser(pipe_or_model: object) -> torch.nn.Module:
 
 def image_size_multiple(pipe: Any) -> int:
     """What every image side the pipeline takes is a multiple of: the VAE's scale factor times the
-    U-Net's downsampling or the transformer's patch size."""
+    U-Net's downsampling or the transformer's patch size (the pipeline's, where it patchifies the
+    latents itself: Ideogram 4, Krea 2)."""
     config = denoiser(pipe).config
     blocks = getattr(config, "block_out_channels", None)
-    patch = getattr(config, "patch_size", None) or 1
+    patch = getattr(config, "patch_size", None) or getattr(pipe, "patch_size", None) or 1
     factor = 2 ** (len(blocks) - 1) if blocks else max(patch) if isinstance(patch, (tuple, list)) else patch
     return (getattr(pipe, "vae_scale_factor", None) or 1) * factor
 

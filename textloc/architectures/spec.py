@@ -82,7 +82,11 @@ class TextRoute:
     pipeline leaves ``None`` when no token is padding (Qwen-Image); without one, the engine reads
     the layer's ``attention_mask``, as the pipeline built it. ``mask_text_at``: where the text sits on
     that mask's last axis: the mask is the text's alone (``"all"``), or covers a key sequence of
-    image and text with the text last (NucleusMoE: ``[image, text]``, the image's always kept)."""
+    image and text with the text last (NucleusMoE: ``[image, text]``, the image's always kept) or first
+    (Krea 2: ``[text, image]``), or
+    ``None``: the layer's mask is the family's own layout, not the text's, and is neither recorded nor
+    swapped (Ideogram 4's square segment mask over ``[padding, text, image]``: a family that states
+    this runs only prompts, and sources, of one token length, whose masks are the same)."""
 
     kind: Kind
     key: Projection
@@ -90,7 +94,7 @@ class TextRoute:
     text_at: TextPosition = "all"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     text_mask: str | None = None
-    mask_text_at: Literal["all", "last"] = "all"
+    mask_text_at: Literal["all", "first", "last"] | None = "all"
 
     @property
     def roles(self) -> tuple[str, ...]:
@@ -283,7 +287,8 @@ class Family:
     ``denoisers`` and ``pipelines`` are class names (the family of a pipeline is found by its class,
     or failing that by its denoiser's); ``attention`` the rules that give each attention its text
     route; ``text_length(args, kwargs)`` how many text tokens a denoiser call's shared sequences
-    hold (default: the text argument's second dimension); ``check_run(pipe)``, where given, refuses
+    hold (default: the text argument's second dimension), and ``text_start`` where they start when
+    not first; ``check_run(pipe)``, where given, refuses
     a run whose settings the engine cannot follow; ``check_text(encoded)``, where given, refuses a
     text encoding it cannot follow, from what the pipeline's ``encode_prompt`` returned (Kandinsky
     5: prompts padded with no mask); ``refuses`` the uses it does not support yet, each with the
@@ -304,6 +309,9 @@ class Family:
     signature: DenoiserSignature = field(default_factory=DenoiserSignature)
     tiny: Mapping[str, TinyPipeline] = field(default_factory=dict)
     text_length: Callable[[tuple, Mapping[str, Any]], int] | None = None
+    #: Where a shared sequence's text starts, for layers with the text first, when each row is
+    #: left-padded ahead of it (Ideogram 4: ``[padding, text, image]``); default: at its first token.
+    text_start: Callable[[tuple, Mapping[str, Any]], int] | None = None
     check_run: Callable[[Any], None] | None = None
     check_text: Callable[[Any], None] | None = None
     refuses: Mapping[str, str] = field(default_factory=dict)
@@ -349,6 +357,10 @@ class Family:
             return self.text_length(args, kwargs)
         text = kwargs.get(self.signature.text)
         return None if text is None else text.shape[1]
+
+    def text_offset(self, args: tuple, kwargs: Mapping[str, Any]) -> int:
+        """Where the text of a shared sequence that has it first starts in a denoiser call (0 unless padded ahead)."""
+        return 0 if self.text_start is None else self.text_start(args, kwargs)
 
 
 #: U-Nets (SD, SDXL, Kolors, IF): added-K/V attention where the layer has text projections of its

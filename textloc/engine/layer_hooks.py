@@ -138,8 +138,10 @@ class LayerHooks:
         text_at = self.layer.route.text_at
         if text_at == "all":
             return output
-        text_len = self.state.call.text_len
-        return output[:, :text_len] if text_at == "first" else output[:, output.shape[1] - text_len :]
+        call = self.state.call
+        if text_at == "first":
+            return output[:, call.text_start : call.text_start + call.text_len]
+        return output[:, output.shape[1] - call.text_len :]
 
     def writes(self) -> _Writes:
         """The active patches of the call now running, worked out once per layer and call."""
@@ -230,7 +232,7 @@ class LayerHooks:
         text_at = self.layer.route.text_at
         if output.dim() == 3 and text_at != "all":
             text_len = self.state.call.text_len
-            offset += (0 if text_at == "first" else shape[1] - text_len) * stride[1]
+            offset += (self.state.call.text_start if text_at == "first" else shape[1] - text_len) * stride[1]
             shape[1] = text_len
         if shape == list(output.shape):  # the whole output: no view at all
             return output
@@ -238,11 +240,15 @@ class LayerHooks:
 
     def on_attention(self, kwargs: dict) -> dict:
         route = self.layer.route
+        if route.mask_text_at is None:  # the family's own layout, the same for any source it lets in
+            self.mask = None
+            return kwargs
         keyword = route.text_mask or "attention_mask"
         full = kwargs.get(keyword)
-        # A mask over [image, text] keys: its text part is recorded and swapped, the image's kept.
-        text_len = self.state.call.text_len if route.mask_text_at == "last" else None
-        mask = self.mask = full if full is None or text_len is None else full[..., full.shape[-1] - text_len :]
+        # A mask over [image, text] (or [text, image]) keys: its text part is recorded and swapped, the image's kept.
+        text_len = self.state.call.text_len if route.mask_text_at in ("first", "last") else None
+        text_keys = None if text_len is None else slice(0, text_len) if route.mask_text_at == "first" else slice(-text_len, None)
+        mask = self.mask = full if full is None or text_keys is None else full[..., text_keys]
         if mask is None and route.text_mask is None:
             return kwargs
         writes = self.writes()
@@ -271,10 +277,12 @@ class LayerHooks:
             swapped[targets] = source_mask
         if mask is None and bool(_attends(swapped).all()):
             return kwargs
-        if text_len is not None:
-            image = kwargs["hidden_states"]
-            joint = full.clone() if full is not None else swapped.new_ones((swapped.shape[0], image.shape[1] + text_len))
-            joint[..., joint.shape[-1] - text_len :] = swapped
+        if text_keys is not None:
+            if full is not None:
+                joint = full.clone()
+            else:  # only a layer whose sequence holds the image alone comes here (a keep-mask keyword)
+                joint = swapped.new_ones((swapped.shape[0], kwargs["hidden_states"].shape[1] + text_len))
+            joint[..., text_keys] = swapped
             swapped = joint
         return {**kwargs, keyword: swapped}
 

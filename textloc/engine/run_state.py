@@ -60,6 +60,8 @@ class DenoiserCall:
     # stated call order); None where it does not (passes in contexts: whether an unconditional one follows).
     step_branches: frozenset[Branch] | None = None
     replays: dict[str, LayerReplay] = field(default_factory=dict)  # layer name -> its replay in this call
+    # Where a shared sequence's text starts, for text-first layers (Family.text_start), asked when needed.
+    text_offset: Callable[[], int] | None = field(default=None, repr=False)
 
     @functools.cached_property
     def num_rows(self) -> int:
@@ -71,6 +73,11 @@ class DenoiserCall:
         """How many text tokens the call's shared sequences hold (asked only by layers that share one:
         a family may refuse a batch whose rows hold different counts)."""
         return self.text_tokens()
+
+    @functools.cached_property
+    def text_start(self) -> int:
+        """Where the text of a shared sequence with the text first starts (after left padding)."""
+        return 0 if self.text_offset is None else self.text_offset()
 
 
 class StopRun(Exception):
@@ -148,7 +155,10 @@ class RunState:
         pooled_columns = None if columns is None else functools.partial(columns, args, kwargs)
         # Z-Image passes its batch as a list of per-row samples.
         branch_rows = self._branch_rows(len(sample) if isinstance(sample, (list, tuple)) else sample.shape[0], kwargs)
-        self.call = DenoiserCall(step, position, branch_rows, text_tokens, pooled_columns, self._step_branches(branch_rows, kwargs))
+        text_offset = None if self.family.text_start is None else functools.partial(self.family.text_offset, args, kwargs)
+        self.call = DenoiserCall(
+            step, position, branch_rows, text_tokens, pooled_columns, self._step_branches(branch_rows, kwargs), text_offset=text_offset,
+        )
         self.calls_this_step += 1
         for callback in self.on_new_call:
             callback()

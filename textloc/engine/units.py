@@ -123,14 +123,16 @@ def _is_attention(module: torch.nn.Module) -> bool:
 
 def _num_heads(module: torch.nn.Module, route: TextRoute | None) -> int:
     """The heads of a layer's text K/V: its query heads, or fewer where heads share K/V (grouped-query
-    attention, as in Lumina 2): the units a head patch addresses."""
+    attention, as in Lumina 2 and Krea 2): the units a head patch addresses."""
     heads = int(getattr(module, "heads", None) or getattr(module, "num_heads", 1))
     inner_dim = getattr(module, "inner_dim", None)
-    if route is None or not inner_dim:
+    # diffusers' Attention states its query width; the attentions of their own (Krea 2's) their head size.
+    head_dim = inner_dim // heads if inner_dim else getattr(module, "head_dim", None)
+    if route is None or not isinstance(head_dim, int) or not head_dim:
         return heads
     columns = route.key.columns(module)
     width = columns.stop - columns.start if columns is not None else route.key.module(module).out_features
-    return width // (inner_dim // heads)
+    return width // head_dim
 
 
 def _forward_sort_key(item: tuple[int, str]) -> tuple[int, int]:
