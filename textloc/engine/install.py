@@ -30,11 +30,11 @@ from textloc.engine.recorder import Recorder
 from textloc.engine.replays import GradientHook
 from textloc.engine.run_state import DenoiserCall, DenoiserHook, RunState, StopRun, checked, shadowed
 from textloc.engine.units import AttentionLayer
+from textloc.fingerprint import module_fingerprint
+from textloc.pipeline_calls import call_kwargs, instance_attribute
 
 # Where diffusers' modular pipelines log the exceptions that leave their blocks.
 _MODULAR_LOGGER = "diffusers.modular_pipelines.modular_pipeline"
-from textloc.fingerprint import module_fingerprint
-from textloc.pipeline_calls import call_kwargs, instance_attribute
 
 _HOOK_PREFIX = "textloc"
 
