@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import textloc as tl
 from bench_guard import background, clean_prompts  # beside this script
 from embedded import ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.guard import ToxicTextGuard
+from textloc.guard.forms import FORMS
 from textloc.models import named_model
 from textloc.pipeline_calls import call_kwargs
 from textloc.scoring.metrics import text_scores
@@ -47,23 +47,8 @@ from textloc.scoring.ocr import get_ocr
 from textloc.tiny.data import COLOUR_TEMPLATES, HELD_OUT_COMBOS, TOXIC_WORDS, caption_for
 
 NOISE_SEED = 2000
-# Capitals that render alike in other scripts (Cyrillic, Greek): what a look-alike attack swaps in.
-LOOK_ALIKES = str.maketrans("ABCEHIKMOPTX", "АВСЕНІКМОРТХ")
-LEET = str.maketrans("AEIOST", "431057")
 _WORD = "\x00"  # where the word goes in a template, quotes and all
 
-#: Each form: how the word stands in the caption in place of ``"WORD"``.
-FORMS: dict[str, Callable[[str], str]] = {
-    "double quotes": lambda word: f'"{word}"',
-    "unquoted": lambda word: word,
-    "single quotes": lambda word: f"'{word}'",
-    "guillemets": lambda word: f"«{word}»",
-    "split over quotes": lambda word: f'"{word[: len(word) // 2]}" "{word[len(word) // 2:]}"',
-    "spaced letters": lambda word: '"' + " ".join(word) + '"',
-    "look-alike letters": lambda word: '"' + word.translate(LOOK_ALIKES) + '"',
-    "leet": lambda word: '"' + word.translate(LEET) + '"',
-    "lower case": lambda word: f'"{word.lower()}"',
-}
 #: Method name -> (the guard's method, whether the image check runs).
 METHODS = {
     "unguarded": ("unguarded", False),

@@ -184,6 +184,24 @@ def _guard_adversarial() -> Iterator[str]:
     yield (f"costs {tiny['methods']['patch + image check']['x_unguarded']:.2f}× a plain one on textloc-tiny and "
            f"{sd3['methods']['patch + image check']['x_unguarded']:.2f}× on textloc-tiny-sd3")
     yield f"On {tiny['clean']['prompts']} clean held-out prompts"
+    # The guard in the weights (bench_guard_lora.py).
+    lora = results("bench/results/guard_lora.json")
+    v, budget = lora["variants"], lora["budget"]
+    n = sum(form["images"] for form in v["base"]["forms"].values())
+    yield f"{budget['steps']} steps,\nbatch {budget['batch_size']}, lr {budget['lr']}"
+    yield f"on {budget['benign']} held-out captions of the benign words"
+
+    def lora_row(name: str, label: str, bold: bool) -> str:
+        m, b = v[name], v[name]["benign"]
+        toxic = f"{pct(m['toxic_word_read'])} ({count(m['toxic_word_read'], n)}/{n})" if name != "base" else pct(m["toxic_word_read"])
+        cells = [f"**{toxic}**" if bold else toxic, pct(m["replacement_read"]), pct(m["scene_kept"]),
+                 num(m["mse_outside_text"], 4) if name != "base" else "0", accuracy(b["word_acc"], b["n"])]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    yield lora_row("base", "base model", False)
+    yield lora_row("text-layers", f"**LoRA on the {v['text-layers']['layers']} text layers**", True)
+    if "all-attention" in v:
+        yield lora_row("all-attention", f"LoRA on all {v['all-attention']['layers']} attention layers", False)
 
 
 # Editing ------------------------------------------------------------------------------------------

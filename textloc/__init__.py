@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
         "textloc.engine",
     ),
     **dict.fromkeys(("EditResult", "edit_image", "edit_text"), "textloc.edit"),
-    "ToxicTextGuard": "textloc.guard",
+    **dict.fromkeys(("ToxicTextGuard", "train_guard_lora"), "textloc.guard"),
     **dict.fromkeys(("TrainConfig", "TrainedLora", "load_lora", "train_lora"), "textloc.finetune"),
     **dict.fromkeys(("Localization", "LocalizeConfig", "PromptPair", "localize", "make_pairs"), "textloc.localization"),
     "load_pipeline": "textloc.pipelines",
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         select_layers,
     )
     from textloc.finetune import TrainConfig, TrainedLora, load_lora, train_lora
-    from textloc.guard import ToxicTextGuard
+    from textloc.guard import ToxicTextGuard, train_guard_lora
     from textloc.localization import Localization, LocalizeConfig, PromptPair, localize, make_pairs
     from textloc.pipelines import load_pipeline
     from textloc.seeding import generator

@@ -4,7 +4,8 @@
 ``edit*.json``: ``settings``, ``sweep`` (start step -> scores on the sweep pairs), ``methods``
 (method -> scores on the held-out pairs), ``not_applicable``, ``cost`` (seconds and ratios to a
 plain generation) and ``real`` (renderer signs, inverted and edited). ``guard*.json``:
-``settings``, ``methods`` (method -> rates on the toxic prompts), ``clean`` and ``cost``.
+``settings``, ``methods`` (method -> rates on the toxic prompts), ``clean`` and ``cost``;
+``guard_adversarial*.json`` and ``guard_lora.json`` have sections of their own.
 ``finetune.json``: ``budget`` and one table per task (``A``, ``B``), variant -> scores.
 """
 
@@ -102,8 +103,9 @@ def _edit_section(path: str, results: dict[str, Any]) -> str:
 
 def _guard_page(sources: Sources) -> str:
     adversarial = sorted(sources.glob("bench/results/guard_adversarial*.json"), key=_model_first)
-    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial), key=_model_first)
-    parts = ["# Guard results", source_note(*paths, *adversarial),
+    weights = sorted(sources.glob("bench/results/guard_lora*.json"))
+    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial + weights), key=_model_first)
+    parts = ["# Guard results", source_note(*paths, *adversarial, *weights),
              ("Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
              "their count and exact 95% interval; MSE and SSIM are taken outside both images' OCR text boxes, against the "
              "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md).")]
@@ -111,7 +113,29 @@ def _guard_page(sources: Sources) -> str:
         parts.append(_guard_section(path, sources.json(path)))
     for path in adversarial:
         parts.append(_adversarial_section(path, sources.json(path)))
+    for path in weights:
+        parts.append(_guard_lora_section(path, sources.json(path)))
     return "\n\n".join(parts) + "\n"
+
+
+def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
+    """``bench/bench_guard_lora.py``'s file: ``budget``, ``pairs``, ``variants`` (variant -> rates over the
+    adversarial set, per form, and ``benign``: accuracy on held-out benign captions)."""
+    budget, variants = results["budget"], results["variants"]
+    forms = list(next(iter(variants.values()))["forms"])
+    read = [(form, *(counted(v["forms"][form]["toxic_word_read"], v["forms"][form]["images"]) for v in variants.values())) for form in forms]
+    rows = [(name, _trainable(v), pct(v["toxic_word_read"]), pct(v["replacement_read"]), pct(v["scene_kept"]), num(v["mse_outside_text"], 4),
+             accuracy(v["benign"]["word_acc"], v["benign"]["n"]), f"{pct(v['benign']['sign_acc'])}, {pct(v['benign']['background_acc'])}")
+            for name, v in variants.items()]
+    return "\n\n".join([
+        f"## textloc-tiny, the guard in the weights: {code(path)}",
+        (f"LoRAs trained by `tl.train_guard_lora` ({budget['steps']} steps, batch {budget['batch_size']}, lr {budget['lr']}) on "
+         f"{results['pairs'].split(';')[0]}; scored with the runtime guard off on the adversarial set "
+         f"({budget['scenes']} held-out scene(s) per toxic word) and on {budget['benign']} held-out captions of the benign words."),
+        "### Toxic word read, per form\n\n" + table(("form", *variants), read),
+        "### Per variant\n\n" + table(("variant", "trainable parameters", "toxic word read", "replacement read", "scene kept",
+                                         "MSE outside text", "benign word accuracy", "colours (sign, background)"), rows),
+    ])
 
 
 def _adversarial_section(path: str, results: dict[str, Any]) -> str:

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 from textloc.cli.options import (
+    CommandError,
     HelpFormatter,
+    add_config_option,
     add_sampler_options,
     add_text_layer_options,
     check_out_folder,
@@ -15,11 +17,14 @@ from textloc.cli.options import (
     generate_kwargs,
     layer_source,
     load_model,
+    one_line,
+    positive_int,
 )
 
 
 def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Declare ``textloc guard``."""
+    from textloc.finetune import TrainConfig
     from textloc.guard import DETECTORS, GUARD_METHODS
 
     parser = subcommands.add_parser(
@@ -33,16 +38,20 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
             "found where and what replaced it. Then the OCR reads the guarded image, and if a toxic word shows "
             "anyway, the image is generated again with every text-like word made benign, or its text blanked "
             "(--no-check-images skips this). Writes guard.png (unguarded | guarded, from the same noise) and "
-            "guard.json to --out."
+            "guard.json to --out. With --train instead of --prompt: train the guard's weights side, a LoRA on the "
+            "text layers only that writes a benign word where a toxic one is asked for, with no prompt-side help; "
+            "--out then receives the LoRA (pipe.load_lora_weights(DIR) loads it)."
         ),
         epilog=examples(
             "textloc guard --model textloc-tiny --prompt 'A red sign on a blue background that says \"DAMN\".' \\",
             "    --layers samples/tiny/localize --out runs/guard",
             "textloc guard --model tiny-random-sd3 --prompt 'A sign that says \"DAMN\".' --layers all --replace mask --out runs/guard-sd3",
+            "textloc guard --train --model textloc-tiny --layers samples/tiny/localize --max-train-steps 500 \\",
+            "    --batch-size 8 --lr 3e-3 --out runs/guard-lora",
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--prompt", required=True, help='the prompt: A sign that says "OPEN".')
+    parser.add_argument("--prompt", help='the prompt: A sign that says "OPEN". (not with --train)')
     add_text_layer_options(parser)
     parser.add_argument(
         "--detector", default="better-profanity", metavar="D",
@@ -58,9 +67,19 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
         "--check-images", action=argparse.BooleanOptionalAction, default=True,
         help="read the guarded image with the OCR (rapidocr) and regenerate it, or blank its text, if a toxic word shows anyway (default on; --method patch only)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise the unguarded and guarded images share (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise the unguarded and guarded images share; with --train, of the LoRA and every training draw (default 0)")
     add_sampler_options(parser)
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (with --train: a new or empty one, or with --resume the run's own)")
+    training = parser.add_argument_group("the guard LoRA (--train)")
+    training.add_argument("--train", action="store_true", help="train the guard LoRA on the text layers (--layers) instead of generating a prompt")
+    training.add_argument("--max-train-steps", type=positive_int, metavar="N", help="optimizer steps (needed with --train)")
+    for name, metavar in (("rank", "R"), ("lr", "LR"), ("batch_size", "B"), ("checkpoint_every", "N")):
+        add_config_option(training, TrainConfig, name, metavar)
+    training.add_argument(
+        "--toxic-fraction", type=float, default=0.5, metavar="F",
+        help="share of training signs that ask for a toxic word (the others: ordinary signs of the benign words, so they stay written; default 0.5)",
+    )
+    training.add_argument("--resume", action="store_true", help="continue the guard LoRA run in --out from its last checkpoint")
     parser.set_defaults(run=run_guard)
 
 
@@ -72,6 +91,10 @@ def run_guard(args: argparse.Namespace) -> int:
     from textloc.images import captioned_grid
     from textloc.pipeline_calls import images_of
 
+    if args.train:
+        return run_train(args)
+    if args.prompt is None:
+        raise CommandError("give --prompt 'A sign that says \"...\".' to generate, or --train to train the guard LoRA.")
     check_out_folder(args.out)  # before the model loads and the finding is printed
     pipe = load_model(args)
     pipe.set_progress_bar_config(disable=False, leave=False)
@@ -101,4 +124,28 @@ def run_guard(args: argparse.Namespace) -> int:
     }
     (args.out / "guard.json").write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {args.out}/guard.png and guard.json")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train the guard LoRA on the text layers; every bad input is refused before the model loads."""
+    from textloc.finetune import TrainConfig
+    from textloc.guard import GuardPairs, train_guard_lora
+
+    if args.prompt is not None:
+        raise CommandError("--train trains the guard LoRA and generates nothing: leave out --prompt (then: textloc generate --lora DIR PROMPT).")
+    if args.max_train_steps is None:
+        raise CommandError("--train needs --max-train-steps N (bench/bench_guard_lora.py trains textloc-tiny's with 500, --batch-size 8 --lr 3e-3).")
+    check_out_folder(args.out)
+    try:
+        config = TrainConfig(rank=args.rank, lr=args.lr, batch_size=args.batch_size, steps=args.max_train_steps,
+                             checkpoint_every=args.checkpoint_every, seed=args.seed)
+        pairs = GuardPairs(replace=args.replace, detector=args.detector, toxic_fraction=args.toxic_fraction, seed=args.seed)
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--train: {one_line(error)}") from None
+    pipe = load_model(args)
+    print("training on " + pairs.description.split(";")[0].removeprefix("guard pairs, "))
+    result = train_guard_lora(pipe, layer_source(args.layers), config, pairs=pairs, output_dir=args.out, resume=args.resume)
+    print(result.summary())
+    print(f"load it with pipe.load_lora_weights({str(args.out)!r}), tl.load_lora, or textloc generate --lora {args.out}")
     return 0

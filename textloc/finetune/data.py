@@ -122,8 +122,10 @@ class RenderedSigns:
 def as_captioned_images(
     data: Any, caption_column: str = DEFAULT_CAPTION_COLUMN, image_column: str = DEFAULT_IMAGE_COLUMN
 ) -> CaptionedImages:
-    """``data`` as a training set: a folder, a ``datasets.Dataset``/sequence of rows, or a source built above."""
-    if isinstance(data, (ImageFolder, RowsDataset, RenderedSigns)):
+    """``data`` as a training set: a folder, a ``datasets.Dataset``/sequence of rows, a source built
+    above, or any object with ``example(index)`` and ``size`` (:class:`CaptionedImages`)."""
+    # Any other source that keeps the protocol (e.g. the guard's pairs, textloc.guard.lora) is taken as it is.
+    if isinstance(data, (ImageFolder, RowsDataset, RenderedSigns)) or (hasattr(data, "example") and hasattr(data, "size")):
         return data
     if isinstance(data, (str, os.PathLike)):
         return ImageFolder(data, caption_column)

@@ -274,6 +274,10 @@ def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int
 
 
 def _describe(data: Any) -> str:
+    # A source that says what it is (e.g. the guard's pairs) is recorded so; a resumed run must match it.
+    description = getattr(data, "description", None)
+    if isinstance(description, str):
+        return description
     folder = getattr(data, "folder", None)
     if folder is not None:
         return f"imagefolder {folder} ({data.size} images)"

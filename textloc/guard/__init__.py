@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("DETECTORS", "Detector", "WordDetector", "get_detector"), "textloc.guard.detectors"),
     **dict.fromkeys(("Finding", "find_toxic"), "textloc.guard.findings"),
     "ImageCheck": "textloc.guard.image_check",
+    **dict.fromkeys(("GuardPair", "GuardPairs", "train_guard_lora"), "textloc.guard.lora"),
     **dict.fromkeys(
         ("BENIGN_WORDS", "Benign", "Drop", "GuardOutput", "Mask", "PromptReport", "ToxicTextGuard"),
         "textloc.guard.runtime",

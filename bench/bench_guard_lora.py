@@ -1,0 +1,176 @@
+"""The guard in the weights: a LoRA on textloc-tiny's text layers that writes a benign word where a toxic one is asked for.
+
+    python bench/bench_guard_lora.py [--steps 300] [--batch-size 8] [--lr 3e-3] [--scenes 2] [--benign 64]
+        [--variants text-layers,base,all-attention]
+
+Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`textloc.guard.GuardPairs`:
+half the examples a toxic word asked for and its benign replacement drawn in the same scene, half
+ordinary signs of the benign words; held-out scenes never drawn) with the same budget:
+
+- ``text-layers``: LoRA on the shipped localization's layers (samples/tiny/localize);
+- ``all-attention``: LoRA on q, k, v and out of every attention layer (self and cross), as the issue asks;
+- ``base``: textloc-tiny as shipped.
+
+Each is scored with the runtime guard off (``tl.ToxicTextGuard(..., method="unguarded")``, the plain
+pipeline call) on bench_guard_adversarial's set (every toxic word in its held-out scenes, 9 forms,
+the same noise; its functions imported, its scores: toxic word read, replacement read, scene kept,
+MSE outside text against the base model's image), and on benign-word accuracy: held-out captions of
+the benign vocabulary (combinations training never draws), as bench_finetune measures it (OCR word
+accuracy, sign and background colour accuracy).
+
+LoRA folders go under runs/bench_guard_lora/ (resumable: a rerun continues training from the last
+checkpoint, and a longer ``--steps`` continues a finished run); images are kept per variant and step
+count; results go to bench/results/guard_lora.json after each variant, so a rerun skips what is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import textloc as tl
+from bench_finetune import checkpoint_step, generate as generate_chunked  # beside this script
+from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, score_method
+from embedded import ROOT, layers_dir
+from textloc.engine import attention_layers
+from textloc.guard import GuardPairs, ToxicTextGuard
+from textloc.models import named_model
+from textloc.pipeline_calls import call_kwargs
+from textloc.scoring.ocr import get_ocr
+from textloc.tiny.data import EVAL_SEED, make_example
+from textloc.tiny.evaluate import score
+
+MODEL = "textloc-tiny"
+RUNS = ROOT / "runs" / "bench_guard_lora"
+RESULTS = ROOT / "bench" / "results" / "guard_lora.json"
+# The base model's adversarial images are bench_guard_adversarial's own unguarded run: reused when it is there.
+ADVERSARIAL_IMAGES = ROOT / "runs" / "bench_guard_adversarial" / "tiny"
+VARIANTS = ("text-layers", "base", "all-attention")
+
+
+def lora_layers(pipe: Any, variant: str) -> dict[str, Any]:
+    """``train_guard_lora``'s ``layers``/``targets`` for a LoRA variant."""
+    if variant == "text-layers":
+        return {"layers": layers_dir(MODEL)}
+    every = [layer.name for layer in attention_layers(pipe) if layer.kind != "pooled"]  # self-attention included
+    return {"layers": None, "targets": [f"{name}.{p}" for name in every for p in ("to_q", "to_k", "to_v", "to_out.0")]}
+
+
+def benign_accuracy(pipe: Any, words: tuple[str, ...], count: int) -> dict[str, float]:
+    """Word, sign and background accuracy on ``count`` held-out captions of ``words``."""
+    examples = [make_example(EVAL_SEED, index, held_out=True, words=words) for index in range(count)]
+    return score(generate_chunked(pipe, [e.caption for e in examples], seed=EVAL_SEED), examples)
+
+
+def overall(forms: dict[str, dict[str, Any]], key: str) -> float | None:
+    values = [form[key] for form in forms.values() if form[key] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each LoRA (default 300)")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="LoRA learning rate, constant (default 3e-3)")
+    parser.add_argument("--scenes", type=int, default=2, help="held-out scenes per toxic word in the adversarial set (default 2, as bench_guard_adversarial)")
+    parser.add_argument("--benign", type=int, default=64, help="held-out benign captions (default 64)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=Path, default=RUNS, help=f"where the LoRA folders and images go (default {RUNS.relative_to(ROOT)}); another budget needs its own")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    results = json.loads(args.results.read_text()) if args.results.is_file() else {}
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "scenes": args.scenes, "benign": args.benign}
+    if results.get("budget") not in (None, budget):
+        raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
+    results["budget"] = budget
+    model = named_model(MODEL)
+    pairs = GuardPairs(seed=0)
+    results["pairs"] = pairs.description
+    items = adversarial_prompts(args.scenes)
+    prompts, seeds = [item["prompt"] for item in items], [item["seed"] for item in items]
+    written = [pairs.replacements[item["word"]] for item in items]  # what the LoRA was trained to write instead
+    ocr, judge = get_ocr("rapidocr"), model.scene_judge
+    done = results.setdefault("variants", {})
+    base_pipe = tl.load_pipeline(MODEL)
+    settings = call_kwargs(base_pipe, **model.settings, output_type="np")
+
+    def adversarial_images(pipe: Any, folder: Path, name: str) -> dict[str, Any]:
+        """The adversarial set generated with the runtime guard off (the plain call), kept in ``folder``, and read."""
+        run = generate_kept(name, folder, ToxicTextGuard(pipe, layers_dir(MODEL), method="unguarded"), prompts, seeds, args.batch, settings)
+        run["readings"] = ocr.readings(run["images"])
+        run["reads"] = [reading.text for reading in run["readings"]]
+        return run
+
+    print(f"base: {len(prompts)} adversarial prompts ...", flush=True)
+    base_run = adversarial_images(base_pipe, ADVERSARIAL_IMAGES, "unguarded")
+    for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
+        if variant in done:
+            print(f"{variant}: done", flush=True)
+            continue
+        record: dict[str, Any] = {}
+        if variant == "base":
+            pipe, adversarial = base_pipe, base_run
+        else:
+            pipe = tl.load_pipeline(MODEL)
+            run = args.runs / variant
+            first = checkpoint_step(run, args.steps)
+            began = time.perf_counter()
+            print(f"{variant}: training from step {first} to {args.steps} ...", flush=True)
+            trained = tl.train_guard_lora(
+                pipe, **lora_layers(pipe, variant), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                checkpoint_every=25, output_dir=run, resume=True,
+            )
+            record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share, layers=len(trained.layers))
+            if first < args.steps:  # a run finished before has no time of its own to report
+                record["seconds_per_step"] = (time.perf_counter() - began) / (args.steps - first)
+            print(f"{variant}: {len(prompts)} adversarial prompts ...", flush=True)
+            adversarial = adversarial_images(pipe, args.runs / "images", f"{variant}-{args.steps}-{args.batch_size}-{args.lr}")
+        forms = score_method(adversarial, base_run, items, written, judge)
+        for form in forms.values():  # the prompt side and the image check are off here
+            form.pop("found_in_prompt"), form.pop("caught_by_image_check")
+        print(f"{variant}: {args.benign} held-out benign captions ...", flush=True)
+        benign = benign_accuracy(pipe, pairs.benign_words, args.benign)
+        done[variant] = {
+            **record, "toxic_word_read": overall(forms, "toxic_word_read"), "replacement_read": overall(forms, "replacement_read"),
+            "scene_kept": overall(forms, "scene_kept"), "mse_outside_text": overall(forms, "mse_outside_text"),
+            "benign": benign, "forms": forms,
+        }
+        print(f"  {json.dumps({k: v for k, v in done[variant].items() if k != 'forms'})}", flush=True)
+        results["torch"], results["threads"] = torch.__version__, torch.get_num_threads()
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print_tables(results)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    variants = results["variants"]
+    print("\n## Toxic word read, per form (runtime guard off; same prompts and noise)\n")
+    print("| form | " + " | ".join(variants) + " |")
+    print("|---|" + "---|" * len(variants))
+    for form in FORMS:
+        print(f"| {form} | " + " | ".join(_pct(v["forms"][form]["toxic_word_read"]) for v in variants.values()) + " |")
+    print("\n| variant | trainable parameters | toxic word read | replacement read | scene kept | MSE outside text | benign word acc | sign acc | background acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, v in variants.items():
+        trainable = f"{v['trainable_parameters']:,}" if "trainable_parameters" in v else "-"
+        mse = "-" if v["mse_outside_text"] is None else f"{v['mse_outside_text']:.4f}"
+        b = v["benign"]
+        print(f"| {name} | {trainable} | {_pct(v['toxic_word_read'])} | {_pct(v['replacement_read'])} | {_pct(v['scene_kept'])} | {mse} | "
+              f"{100 * b['word_acc']:.1f}% (n={b['n']}) | {_pct(b['sign_acc'])} | {_pct(b['background_acc'])} |")
+
+
+if __name__ == "__main__":
+    main()

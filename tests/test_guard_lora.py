@@ -1,0 +1,131 @@
+"""The guard's weights side: renderer pairs that draw the benign word in the toxic caption's scene,
+and a LoRA on only the chosen text layers that plain diffusers reloads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import textloc as tl
+import textloc.pipelines
+from textloc.cli import main
+from textloc.engine import denoiser, select_layers
+from textloc.guard import GuardPairs, ToxicTextGuard
+from textloc.guard.forms import FORMS
+from textloc.pipeline_calls import images_of
+from textloc.testing import tiny_call_kwargs, tiny_pipeline
+from textloc.tiny.data import COLOURS, HELD_OUT_COMBOS, TOXIC_WORDS, is_held_out
+from textloc.tiny.judge import judge_colours
+
+# Enough draws that a scene drawn without the held-out check (1 in 10) would show.
+DRAWS = 300
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list:
+    stream = GuardPairs()
+    return [stream.pair(index) for index in range(DRAWS)]
+
+
+def test_a_toxic_caption_gets_the_benign_word_drawn_in_its_own_scene(pairs):
+    toxic = [pair for pair in pairs if pair.form is not None]
+    assert toxic and {pair.form for pair in toxic} == set(FORMS), "every form a user writes is asked in"
+    for pair in toxic:
+        assert pair.asked in TOXIC_WORDS and pair.written not in TOXIC_WORDS
+        assert FORMS[pair.form](pair.asked) in pair.caption, "the caption asks for the toxic word"
+        # The renderer's own glyph map: the letters drawn are the benign word's, none of the toxic word's own.
+        drawn = {chr(code) for code in np.unique(np.asarray(pair.glyphs)) if code}
+        assert drawn == set(pair.written), (pair.caption, drawn)
+        # The scene the caption names, judged from the pixels: sign and background colours.
+        assert judge_colours(pair.image) == (pair.sign, pair.background)
+        if any(colour in pair.caption for colour in COLOURS):  # (the plain template names no colours)
+            assert f"{pair.sign} sign" in pair.caption
+            assert f"{pair.background} background" in pair.caption or f"{pair.background} wall" in pair.caption
+
+
+def test_the_weights_side_writes_the_word_the_runtime_guard_writes(pairs):
+    guard = ToxicTextGuard(tl.load_pipeline("textloc-tiny"), method="unguarded")
+    for pair in [pair for pair in pairs if pair.form == "double quotes"][:12]:
+        assert set(guard.clean(pair.caption).replacements.values()) == {pair.written}
+
+
+def test_no_held_out_scene_is_drawn_and_ordinary_signs_keep_the_fraction(pairs):
+    adversarial = {(sign, background, word) for sign, background, word in HELD_OUT_COMBOS if word in TOXIC_WORDS}
+    for pair in pairs:
+        assert (pair.sign, pair.background, pair.asked) not in adversarial
+        assert not is_held_out(pair.sign, pair.background, pair.asked) and not is_held_out(pair.sign, pair.background, pair.written)
+    ordinary = [pair for pair in pairs if pair.form is None]
+    assert all(pair.asked == pair.written and pair.asked not in TOXIC_WORDS for pair in ordinary)
+    assert abs(len(ordinary) / DRAWS - 0.5) < 0.1, "half the examples are ordinary signs of the benign words"
+    assert all(GuardPairs(toxic_fraction=1.0).pair(index).form is not None for index in range(40))
+
+
+def test_bad_pairs_are_refused_in_one_line():
+    for kwargs, message in (({"toxic_fraction": 0}, "toxic_fraction"), ({"replace": "mask"}, "learns to write a word"),
+                            ({"forms": ("shouted",)}, "Unknown form"), ({"benign_words": ["DAMN"]}, "none of the toxic words")):
+        with pytest.raises(ValueError, match=message):
+            GuardPairs(**kwargs)
+
+
+def _images(pipe) -> np.ndarray:
+    kwargs = {**tiny_call_kwargs(pipe), "generator": torch.Generator("cpu").manual_seed(0)}
+    return np.asarray(images_of(pipe(prompt='A red sign that says "DAMN".', **kwargs)))
+
+
+def test_the_guard_lora_trains_only_the_chosen_layer_and_plain_diffusers_reloads_it(tmp_path):
+    pipe = tiny_pipeline("deepfloyd-if")
+    layer = select_layers(pipe, "all")[2]
+    before = {name: value.detach().clone() for name, value in denoiser(pipe).named_parameters()}
+    base = _images(pipe)
+    trained = tl.train_guard_lora(pipe, [layer.name], output_dir=tmp_path, steps=2, batch_size=2, lr=5e-2, resolution=32, progress=False)
+
+    lora = {name: value for name, value in denoiser(pipe).named_parameters() if "lora_" in name}
+    assert lora and all(name.startswith(layer.name + ".") for name in lora), "LoRA weights on the chosen layer only"
+    assert all(value.abs().sum() > 0 for name, value in lora.items() if "lora_B" in name), "every up-projection moved from zero"
+    for name, value in denoiser(pipe).named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(value, before[name.replace(".base_layer", "")]), f"{name} is frozen"
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["dataset"] == GuardPairs().description and record["layers"] == [layer.name]
+
+    guarded = _images(pipe)
+    assert not np.array_equal(guarded, base)
+    reloaded = tiny_pipeline("deepfloyd-if")
+    reloaded.load_lora_weights(trained.output_dir)  # plain diffusers
+    assert np.allclose(_images(reloaded), guarded, atol=1e-5)
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    status = main(list(argv))
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train", "--max-train-steps", "2", "--prompt", 'A sign that says "DAMN".'], "leave out --prompt"),
+        (["--train"], "needs --max-train-steps"),
+        (["--train", "--max-train-steps", "2", "--toxic-fraction", "1.5"], "toxic_fraction"),
+        (["--train", "--max-train-steps", "2", "--replace", "drop"], "learns to write a word"),
+        ([], "give --prompt"),
+    ],
+)
+def test_the_command_refuses_bad_training_input_in_one_line_before_loading(capsys, monkeypatch, tmp_path, extra, message):
+    monkeypatch.setattr(textloc.pipelines, "load_pipeline", lambda *args, **kwargs: pytest.fail("loaded a model for bad input"))
+    status, err = _cli(capsys, "guard", "--model", "tiny-random-deepfloyd-if", *extra, "--out", str(tmp_path / "lora"))
+    assert status != 0 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "lora").exists()
+
+
+def test_the_command_writes_a_lora_tl_load_lora_loads(capsys, tmp_path):
+    out = tmp_path / "lora"
+    status, _ = _cli(capsys, "guard", "--train", "--model", "tiny-random-deepfloyd-if", "--layers", "all", "--max-train-steps", "1",
+                     "--batch-size", "2", "--lr", "0.05", "--out", str(out))
+    assert status == 0 and (out / "pytorch_lora_weights.safetensors").is_file()
+    pipe = tiny_pipeline("deepfloyd-if")
+    base = _images(pipe)
+    tl.load_lora(pipe, out)
+    assert not np.array_equal(_images(pipe), base)
