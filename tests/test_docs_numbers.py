@@ -202,6 +202,9 @@ def _guard_adversarial() -> Iterator[str]:
     yield lora_row("text-layers", f"**LoRA on the {v['text-layers']['layers']} text layers**", True)
     if "all-attention" in v:
         yield lora_row("all-attention", f"LoRA on all {v['all-attention']['layers']} attention layers", False)
+    slower = results("bench/results/guard_lora-lr1e-3.json")
+    yield f"A lower learning\nrate ({slower['budget']['lr']}, the same steps)"
+    yield f"({slower['variants']['text-layers']['benign']['word_acc']:.1%}, `bench/results/guard_lora-lr1e-3.json`)"
 
 
 # Editing ------------------------------------------------------------------------------------------
