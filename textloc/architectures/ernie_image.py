@@ -126,7 +126,7 @@ def _ernie_image(seed: int) -> dict[str, Any]:
 
 
 # ErnieImagePipeline.__call__ decodes latents * sqrt(running_var + 1e-5) + running_mean, then unpatchifies:
-# its own epsilon, not the VAE config's batch_norm_eps (the pipeline's TODO says the Hub config differs).
+# the pipeline hard-codes this epsilon rather than reading the VAE config's batch_norm_eps, which differs on the Hub.
 _BATCH_NORM_EPS = 1e-5
 
 
