@@ -51,6 +51,7 @@ EXPECTED_KINDS = {
     "nucleusmoe-image": {"added_kv"},
     "ideogram4": {"single"},
     "krea2": {"refiner", "single"},
+    "auraflow": {"joint", "single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -439,6 +440,17 @@ def test_nucleusmoe_image_patches_the_text_part_of_its_image_and_text_mask():
             generate(pipe)
 
 
+def test_auraflow_text_is_its_register_tokens_and_the_prompt_in_both_kinds_of_block():
+    # The transformer prepends 8 learned register tokens to the prompt, which attend to it from the
+    # first block on: the single blocks' text is the joint blocks' text stream, registers included.
+    pipe = _pipeline("auraflow")
+    cache = cache_of(pipe, PROMPT)
+    kinds = {layer.name: layer.kind for layer in text_layers(pipe)}
+    lengths = {(kinds[name], entry.key.shape[1]) for (name, _, _), entry in cache.entries.items()}
+    text = 8 + tiny_kwargs(pipe)["max_sequence_length"]  # every prompt is padded to it
+    assert lengths == {("joint", text), ("single", text)}
+
+
 POOLED_ARCHS = [arch for arch, kinds in EXPECTED_KINDS.items() if "pooled" in kinds]
 
 
@@ -706,7 +718,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
     # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2 and Z-Image 1 - t / 1000 (0 is noise).
     name = family_of(pipe).name
-    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2") else 0.75 if name in ("lumina2", "z-image") else 250.0
+    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2", "auraflow") else 0.75 if name in ("lumina2", "z-image") else 250.0
     assert inputs.time(torch.tensor([250.0])).item() == pytest.approx(expected)
 
 

@@ -75,6 +75,10 @@ ATTENTION_LAYOUT["krea2"] = [
     (r"text_fusion\.refiner_blocks\.\d+\.attn", "Krea2AttnProcessor", 1),
     (r"transformer_blocks\.\d+\.attn", "Krea2AttnProcessor", 2),
 ]
+ATTENTION_LAYOUT["auraflow"] = [
+    (r"joint_transformer_blocks\.\d+\.attn", "AuraFlowAttnProcessor2_0", 2),
+    (r"single_transformer_blocks\.\d+\.attn", "AuraFlowAttnProcessor2_0", 2),
+]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
