@@ -47,6 +47,7 @@ NOT_INVERTED = (
     "lumina2", "cosmos2", "cogview4", "hunyuan-image", "hidream",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
     "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4", "krea2",
+    "cogview3plus",
 )
 
 

@@ -52,6 +52,7 @@ EXPECTED_KINDS = {
     "ideogram4": {"single"},
     "krea2": {"refiner", "single"},
     "auraflow": {"joint", "single"},
+    "cogview3plus": {"single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
-    auraflow, chroma, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
+    auraflow, chroma, cogview3plus, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
     kandinsky5, krea2, longcat_image, lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures.spec import Family, TinyPipeline
@@ -32,6 +32,7 @@ FAMILIES: list[Family] = [
     ideogram4.FAMILY,
     krea2.FAMILY,
     auraflow.FAMILY,
+    cogview3plus.FAMILY,
 ]
 
 
