@@ -53,6 +53,7 @@ EXPECTED_KINDS = {
     "krea2": {"refiner", "single"},
     "auraflow": {"joint", "single"},
     "cogview3plus": {"single"},
+    "lumina-next": {"cross", "pooled"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -441,6 +442,24 @@ def test_nucleusmoe_image_patches_the_text_part_of_its_image_and_text_mask():
             generate(pipe)
 
 
+def test_lumina_next_patches_its_cross_attention_with_the_sources_text_mask():
+    # Its prompt reaches the image through its cross-attention (keys masked by encoder_mask, a call
+    # padding its prompts to the longest, rounded up to a multiple of 8) and its pooled caption
+    # vector. A row that reads every unit of a longer prompt of its batch is that prompt's image; so
+    # is a run of a long prompt patched from a cache of a shorter one (its text, and its mask).
+    pipe = _pipeline("lumina-next")
+    names = tuple(layer.name for layer in select_layers(pipe, "all"))
+    long = 'A sign that says "HELLO" on a long board.'  # 42 tokens with <bos>: padded to 48; PROMPT to 32
+    rows = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, long], [RowPatch(names, source=1, row=0, branch="both")], **tiny_kwargs(pipe))))
+    torch.testing.assert_close(rows[0], rows[1], atol=BATCH_TOLERANCE, rtol=0)
+    with tl.patch(pipe, "all", cache_of(pipe, PROMPT), branch="both"):
+        torch.testing.assert_close(generate(pipe, long), generate(pipe, PROMPT), atol=BATCH_TOLERANCE, rtol=0)
+    # A source longer than the run's text does not fit: refused, never cut.
+    with pytest.raises(ValueError, match="batch the prompt with one as long as the source"):
+        with tl.patch(pipe, "all", cache_of(pipe, long)):
+            generate(pipe)
+
+
 def test_auraflow_text_is_its_register_tokens_and_the_prompt_in_both_kinds_of_block():
     # The transformer prepends 8 learned register tokens to the prompt, which attend to it from the
     # first block on: the single blocks' text is the joint blocks' text stream, registers included.
@@ -719,7 +738,7 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
     # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2 and Z-Image 1 - t / 1000 (0 is noise).
     name = family_of(pipe).name
-    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2", "auraflow") else 0.75 if name in ("lumina2", "z-image") else 250.0
+    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2", "auraflow") else 0.75 if name in ("lumina2", "z-image", "lumina-next") else 250.0
     assert inputs.time(torch.tensor([250.0])).item() == pytest.approx(expected)
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import NOT_INVERTED, PROMPT, _pipeline
-from textloc.architectures import family_of
-from textloc.edit.inversion import encode_image, invert, reconstruct, starting_from
+from textloc.architectures import denoiser, family_of
+from textloc.edit.inversion import _call_arguments, encode_image, invert, reconstruct, starting_from
 from textloc.models import named_model
 from textloc.pipeline_calls import images_of
 from textloc.pipelines import load_pipeline
@@ -157,6 +157,26 @@ def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe, monkeyp
     # Measured ratios: sd15 0.26, sdxl 0.24, sd3 0.12, flux 0.32, FLUX.2-dev 0.37, FLUX.2-Klein 0.29, IF 0.41,
     # PixArt 0.06, Sana 0.14, Qwen-Image 0.32, Chroma 0.20, Z-Image 0.25.
     assert distance(regenerated) < 0.5 * distance(other_seed)
+
+
+@pytest.mark.parametrize("family_arch", ["auraflow", "lumina-next"])
+def test_the_inversions_prediction_is_the_pipelines_own_denoiser_call(family_arch) -> None:
+    # The round trip above is too loose to catch a wrong time or RoPE table on a random model: on the
+    # pipeline's own first sample and timestep, the family's conditional prediction is the pipeline's.
+    pipe = _pipeline(family_arch)
+    calls = []
+    hook = denoiser(pipe).register_forward_hook(lambda module, args, kwargs, output: calls.append((args, kwargs, output)), with_kwargs=True)
+    try:
+        image = generate(pipe, seed=0)[0]
+    finally:
+        hook.remove()
+    args, kwargs, output = calls[0]
+    sample = kwargs.get("hidden_states", args[0] if args else None)
+    inversion = family_of(pipe).inversion
+    conditioning = inversion.conditioning(pipe, [PROMPT], _call_arguments(pipe, inversion_kwargs(pipe)), *image.shape[:2])
+    with torch.no_grad():
+        predicted = inversion.predict(pipe, sample, pipe.scheduler.timesteps[0], conditioning)
+    torch.testing.assert_close(predicted, output[0][:, : sample.shape[1]])
 
 
 def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe, monkeypatch) -> None:

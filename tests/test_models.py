@@ -51,6 +51,7 @@ NAMES = (
     "tiny-random-krea2",
     "tiny-random-auraflow",
     "tiny-random-cogview3plus",
+    "tiny-random-lumina-next",
 )
 
 

@@ -80,6 +80,10 @@ ATTENTION_LAYOUT["auraflow"] = [
     (r"single_transformer_blocks\.\d+\.attn", "AuraFlowAttnProcessor2_0", 2),
 ]
 ATTENTION_LAYOUT["cogview3plus"] = [(r"transformer_blocks\.\d+\.attn1", "CogVideoXAttnProcessor2_0", 2)]
+ATTENTION_LAYOUT["lumina-next"] = [
+    (r"layers\.\d+\.attn1", "LuminaAttnProcessor2_0", 2),
+    (r"layers\.\d+\.attn2", "LuminaAttnProcessor2_0", 2),
+]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

@@ -37,9 +37,10 @@ def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     return int(lengths[0])
 
 
-def _reversed_time(scheduler: Any, timestep: Any) -> Any:
-    # Lumina2Pipeline hands its denoiser 1 - t / num_train_timesteps (0 is noise, 1 the image), and
-    # steps its scheduler with the negated prediction.
+def reversed_time(scheduler: Any, timestep: Any) -> Any:
+    """The time Lumina2Pipeline (and Lumina-Next's LuminaPipeline) hands its denoiser at scheduler
+    timestep ``timestep``: ``1 - t / num_train_timesteps`` (0 is noise, 1 the image); both step
+    their scheduler with the negated prediction."""
     return 1 - timestep / scheduler.config.num_train_timesteps
 
 
@@ -95,7 +96,7 @@ FAMILY = Family(
     ),
     guidance=Guidance(call_order=("cond", "uncond")),
     text_length=_text_length,
-    training=Training(timestep=_reversed_time, prediction_sign=-1.0),
+    training=Training(timestep=reversed_time, prediction_sign=-1.0),
     tiny={"lumina2": TinyPipeline("Lumina2Pipeline", _lumina2, {"system_prompt": _SYSTEM_PROMPT, "max_sequence_length": _TEXT_LENGTH})},
     published=(LUMINA_IMAGE_2,),
 )

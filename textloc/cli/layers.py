@@ -25,10 +25,10 @@ def add_layers(subcommands: argparse._SubParsersAction, parents: list[argparse.A
             "the module that reads its pooled text vector where it has one: index (what a layer "
             "selector's integer means), full module name, kind, heads, the parameters of its text K/V "
             "projections (of the pooled vector's reader) and their share of the denoiser's parameters. "
-            "Kinds: cross (U-Net/PixArt/Sana attn2), added_kv (DeepFloyd IF, NucleusMoE-Image), joint (SD3, FLUX/FLUX.2/Chroma/AuraFlow "
+            "Kinds: cross (U-Net/PixArt/Sana/Lumina-Next attn2), added_kv (DeepFloyd IF, NucleusMoE-Image), joint (SD3, FLUX/FLUX.2/Chroma/AuraFlow "
             "double-stream), single (their single-stream blocks, Lumina 2's, Ideogram 4's and Krea 2's main layers), refiner (a text "
             "refiner's text-only attention, Lumina 2, Krea 2), prefix (block-causal single-stream layers whose text "
-            "depends on the prompt alone, Qwen-Image 2.1), pooled (the pooled text vector: SD3, FLUX, SDXL, IF, "
+            "depends on the prompt alone, Qwen-Image 2.1), pooled (the pooled text vector: SD3, FLUX, SDXL, IF, Lumina-Next, "
             "HiDream; select it as 'pooled'), self (no text; only with --all or --kind self)."
         ),
         epilog=examples(
