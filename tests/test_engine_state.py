@@ -21,6 +21,7 @@ from diffusers import (
 
 import textloc as tl
 from conftest import OTHER, PROMPT, THIRD, _pipeline, generate, seeded
+from textloc.edit.inversion import invert
 from textloc.engine import RowPatch, check_step_window, denoiser, record, run_with_patches, window_steps
 from textloc.pipeline_calls import images_of
 from textloc.seeding import generator
@@ -77,6 +78,68 @@ def test_lcm_unet_rows_are_all_conditional():
     assert abs(batched[0] - plain[0]).max() > 1e-3  # row 0 was patched
     assert abs(batched[1] - plain[1]).max() < BATCH_TOLERANCE  # row 1 was not
     assert abs(batched[0] - alone[0]).max() < BATCH_TOLERANCE
+
+
+def latent_consistency_pipeline() -> diffusers.LatentConsistencyModelPipeline:
+    """tiny sd15's parts with an LCM-distilled U-Net (a guidance embedding) and LCMScheduler."""
+    sd15 = _pipeline("sd15")
+    parts = {name: sd15.components[name] for name in ("vae", "text_encoder", "tokenizer", "safety_checker", "feature_extractor")}
+    pipe = diffusers.LatentConsistencyModelPipeline(
+        **parts, unet=lcm_pipeline().unet, scheduler=diffusers.LCMScheduler.from_config(sd15.scheduler.config), requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sana_sprint_pipeline() -> diffusers.SanaSprintPipeline:
+    """tiny sana's parts with a guidance-embedded transformer and the sCM scheduler."""
+    sana = _pipeline("sana")
+    config = {key: value for key, value in sana.transformer.config.items() if not key.startswith("_")}
+    torch.manual_seed(0)
+    transformer = diffusers.SanaTransformer2DModel.from_config({**config, "guidance_embeds": True}).eval()
+    parts = {name: sana.components[name] for name in ("vae", "text_encoder", "tokenizer")}
+    pipe = diffusers.SanaSprintPipeline(**parts, transformer=transformer, scheduler=diffusers.SCMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+DISTILLED = {
+    # family name, its pipeline, the call arguments beyond size and steps
+    "lcm": (latent_consistency_pipeline, {"guidance_scale": 4.0}),
+    "sana-sprint": (sana_sprint_pipeline, {"guidance_scale": 4.0, "complex_human_instruction": [], "max_sequence_length": 48, "use_resolution_binning": False}),
+}
+
+
+@pytest.mark.parametrize("family", DISTILLED)
+def test_a_guidance_distilled_pipeline_of_a_familys_denoiser_runs_conditional_rows_only(family, tmp_path):
+    # LatentConsistencyModelPipeline (SD's U-Net) and SanaSprintPipeline (Sana's transformer) take the
+    # guidance scale as a model input and make one conditional call a step: their spec says so; none
+    # is guessed from the batch. Sana Sprint's scheduler has n + 1 timesteps for its n calls.
+    build, extra = DISTILLED[family]
+    pipe = build()
+    kwargs = {"height": 32, "width": 32, "num_inference_steps": 2, "output_type": "np", **extra}
+    assert tl.architectures.family_of(pipe).name == family
+    assert steps_seen(pipe, [PROMPT, OTHER], **kwargs) == [(0, ("cond",)), (1, ("cond",))]
+    # A row that reads every text unit of another row (same seed) is that row.
+    names = tuple(text_layer_names(pipe))
+    plain = images_of(run_with_patches(pipe, [PROMPT, OTHER], [], **kwargs))
+    copied = images_of(run_with_patches(pipe, [PROMPT, OTHER], [RowPatch(names, source=1, row=0)], **kwargs))
+    assert abs(plain[0] - plain[1]).max() > 1e-3
+    assert abs(copied[0] - copied[1]).max() < BATCH_TOLERANCE
+    # A record holds the conditional branch alone; a patch of the unconditional one patches nothing.
+    source = record(pipe, "all", OTHER, generator=generator(0), **kwargs)
+    assert {branch for _, _, branch in source.entries} == {"cond"}
+    alone = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))
+    with tl.patch(pipe, "all", source, branch="uncond"):
+        assert np.array_equal(images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs)), alone)
+    with tl.patch(pipe, "all", source, branch="cond"):
+        patched = images_of(pipe(prompt=PROMPT, generator=generator(0), **kwargs))
+    assert abs(patched[0] - images_of(pipe(prompt=OTHER, generator=generator(0), **kwargs))[0]).max() < BATCH_TOLERANCE
+    # Their samplers are neither the denoising objective nor DDIM/flow inversion: refused in one line.
+    with pytest.raises(ValueError, match=f"train_lora does not support the {family} family yet: "):
+        tl.train_lora(pipe, names[-1:], [], output_dir=tmp_path)
+    with pytest.raises(ValueError, match=f"invert does not know {type(pipe).__name__} \\(the {family} family\\)"):
+        invert(pipe, np.zeros((32, 32, 3), dtype=np.uint8), PROMPT, num_inference_steps=2)
 
 
 # ---- 2. No CFG guessed from equal batch halves (two same-seed prompts at guidance 1)

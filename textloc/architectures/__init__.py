@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
     auraflow, chroma, cogview3plus, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
-    kandinsky5, krea2, longcat_image, lumina2, lumina_next, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
+    kandinsky5, krea2, lcm, longcat_image, lumina2, lumina_next, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sana_sprint, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures.spec import Family, TinyPipeline
 
@@ -34,6 +34,8 @@ FAMILIES: list[Family] = [
     auraflow.FAMILY,
     cogview3plus.FAMILY,
     lumina_next.FAMILY,
+    sana_sprint.FAMILY,
+    lcm.FAMILY,
 ]
 
 

@@ -341,6 +341,10 @@ class Family:
     #: How ``train_lora``'s objective encodes an image for the denoiser, and the time and sign of
     #: its prediction, where the family's pipeline differs from the defaults (:class:`Training`).
     training: Training = field(default_factory=Training)
+    #: The scheduler's timesteps end with the clean sample's time, which the pipeline steps to but
+    #: never calls its denoiser at (Sana Sprint's SCM scheduler: ``n + 1`` timesteps for ``n``
+    #: steps, the loop over ``timesteps[:-1]``): the denoiser's positions are one fewer.
+    schedule_ends_clean: bool = False
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

@@ -91,7 +91,8 @@ class RunState:
       at scheduler position ``begin_index + n``, and position p of ``len(timesteps)`` is step
       ``p * num_inference_steps // len(timesteps)``: the step itself for first-order schedulers,
       both passes of a second-order step (Heun, KDPM2: 2n - 1 timesteps) and PLMS's warm-up pass
-      (n + 1 timesteps) in their step.
+      (n + 1 timesteps) in their step; where the family's spec says the schedule ends at the clean
+      sample's time (Sana Sprint: n + 1 timesteps, n calls), that last one is no position.
     - The branch: a ``skip_layers`` argument (SD3 skip-layer guidance); a ``cache_context`` the
       pipeline opens around a call, under a name its family's spec maps to a branch (FLUX true CFG
       runs the branches as two calls); a guidance-distilled family's calls are conditional. Else
@@ -132,7 +133,8 @@ class RunState:
         if schedule is not self.schedule:  # set_timesteps made a new schedule: a new generation
             self.schedule, self.scheduler_steps = schedule, 0
             self.begin = getattr(scheduler, "begin_index", None) or 0  # img2img starts part-way
-            self.num_positions = len(schedule)
+            # A schedule that ends at the clean sample's time (Sana Sprint) has no denoiser call there.
+            self.num_positions = len(schedule) - self.family.schedule_ends_clean
             self.num_steps = getattr(scheduler, "num_inference_steps", None) or self.num_positions
             self.call = None
             if self.family.check_run is not None:
