@@ -127,9 +127,9 @@ LUMINA_NEXT_SFT = PublishedDenoiser(
     "Lumina-Next-SFT", "LuminaNextDiT2DModel",
     {"num_kv_heads": 8, "hidden_size": 2304, "num_layers": 24, "num_attention_heads": 32, "cross_attention_dim": 2048},
     256,
-    "Lumina-Next-SFT-diffusers transformer/config.json (inferred: not read from the published file; 2B: 24 layers of 32 x 72 "
-    "with 8 K/V heads, Gemma-2B's 2048-wide text, as the pipeline's docstring and model card give it); text: at most the "
-    "pipeline's max_sequence_length, 256 (each call pads to its longest prompt)",
+    "Lumina-Next-SFT-diffusers transformer/config.json as recalled from its model card (inferred: not read from the "
+    "published file; the 2B Next-DiT: 24 layers of 32 x 72 with 8 K/V heads, Gemma-2B's 2048-wide text; the rest: "
+    "diffusers' class defaults); text: at most the pipeline's max_sequence_length, 256 (each call pads to its longest prompt)",
 )
 
 FAMILY = Family(
