@@ -82,6 +82,15 @@ def test_textloc_tiny_samples_with_its_own_settings():
     }
 
 
+def test_a_plain_call_of_textloc_tiny_reads_its_caption_raw_and_says_nothing_about_cleaning(caplog):
+    pipe = load_pipeline("textloc-tiny")
+    # Cleaning rewrites a caption (with Beautiful Soup and ftfy); the model learnt them only lowercased.
+    assert pipe._text_preprocessing('A sign that says "LAMP".', clean_caption=True) == ['a sign that says "lamp".']
+    with caplog.at_level("WARNING"):
+        pipe('A sign that says "LAMP".', num_inference_steps=1, output_type="np")
+    assert not [record for record in caplog.records if "clean_caption" in record.getMessage()]
+
+
 @pytest.mark.parametrize("name", ["textloc-tiny", "textloc-tiny-sd3"])
 def test_embedded_models_have_their_own_pairs_judge_and_training_data(name):
     model = named_model(name)

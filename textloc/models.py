@@ -113,7 +113,9 @@ class EmbeddedModel(NamedModel):
             )
         from textloc.pipeline_calls import from_pretrained
 
-        return from_pretrained(self.folder, dtype, **{**self.load_options, **from_pretrained_kwargs})
+        pipe = from_pretrained(self.folder, dtype, **{**self.load_options, **from_pretrained_kwargs})
+        _keep_captions_raw(pipe)
+        return pipe
 
     @property
     def prompt_pairs(self) -> PairMaker:
@@ -175,6 +177,20 @@ def _random_model(arch: str) -> RandomModel:
 
 
 #: The embedded model: a 64x64 IFPipeline trained on rendered signs, no download.
+def _keep_captions_raw(pipe: DiffusionPipeline) -> None:
+    """Make a direct ``pipe(prompt)`` read the caption as the embedded model learnt it: lowercased only.
+
+    IFPipeline cleans captions by default (``clean_caption=True``): with Beautiful Soup and ftfy
+    installed it rewrites them (quotes, punctuation, URLs...), without them it logs two notices a
+    call saying it cannot. textloc's own calls pass ``clean_caption=False`` (the family's
+    ``call_defaults``); this makes a user's plain call do the same, on this pipeline object only.
+    """
+    if not hasattr(pipe, "_text_preprocessing"):
+        return
+    preprocess = type(pipe)._text_preprocessing
+    pipe._text_preprocessing = lambda text, clean_caption=False: preprocess(pipe, text, clean_caption=False)
+
+
 TEXTLOC_TINY = EmbeddedModel(
     name="textloc-tiny",
     # IFPipeline's own default is 100 steps; textloc-tiny samples as well in 25.
