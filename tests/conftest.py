@@ -37,6 +37,7 @@ def arch(request) -> str:
 #: (Ideogram 4): a batch of prompts of different token lengths, or a
 #: source of another length, is refused in one line.
 ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4")
+ONE_TEXT_LENGTH += ("kandinsky3",)  # its attention pool averages a call's padding
 
 #: The families that pad each call's text to its longest prompt (Qwen-Image, ERNIE-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.

@@ -51,6 +51,7 @@ EXPECTED_KINDS = {
     "nucleusmoe-image": {"added_kv"},
     "ideogram4": {"single"},
     "krea2": {"refiner", "single"},
+    "kandinsky3": {"cross", "pooled"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -234,6 +235,18 @@ def test_a_row_patched_from_a_longer_prompt_of_its_batch_takes_that_prompts_text
     torch.testing.assert_close(images[0], images[1], atol=BATCH_TOLERANCE, rtol=0)
 
 
+def test_a_kandinsky3_prompt_patched_at_every_unit_from_a_shorter_one_is_that_prompts_image():
+    # Its blocks hand every attention the text mask by position: read by name, the mask travels with
+    # a source of another length (the pooled vector whole); a longer source does not fit the prompt's cut text.
+    pipe = _pipeline("kandinsky3")
+    shorter = 'A sign that says "HI".'
+    with tl.patch(pipe, "all", cache_of(pipe, shorter)):
+        patched = generate(pipe)
+    torch.testing.assert_close(patched, generate(pipe, shorter), atol=BATCH_TOLERANCE, rtol=0)
+    with pytest.raises(ValueError, match="needs 29 text tokens but this run keeps 27"), tl.patch(pipe, "all", cache_of(pipe, THIRD)):
+        generate(pipe)
+
+
 def test_source_row_picks_that_prompt_of_a_cache(arch, pipe):
     names = tuple(layer.name for layer in text_layers(pipe))
     if arch in ONE_TEXT_LENGTH:
@@ -331,7 +344,7 @@ def test_branch_choice_patches_that_half_only(arch, pipe):
     # A different negative prompt makes the source's uncond half differ from the run's; where the
     # pipeline fixes its negative prompt (FLUX.2 Klein, GLM-Image), other noise does, through the image.
     takes_negative = "negative_prompt" in inspect.signature(pipe.__call__).parameters and arch not in PADS_TO_LONGEST
-    if arch in ONE_TEXT_LENGTH and takes_negative:
+    if arch in ONE_TEXT_LENGTH and takes_negative and arch != "kandinsky3":  # which cuts it to the prompt's length
         # Its negative prompt's text length is its own ("blurry text": 12 tokens on Lumina 2, 8 on
         # Kandinsky 5; "" one): another one is refused.
         with pytest.raises(ValueError, match=r"The source has (12|8) text tokens and this run 1"):

@@ -49,6 +49,7 @@ NAMES = (
     "tiny-random-nucleusmoe-image",
     "tiny-random-ideogram4",
     "tiny-random-krea2",
+    "tiny-random-kandinsky3",
 )
 
 
