@@ -52,6 +52,7 @@ EXPECTED_KINDS = {
     "ideogram4": {"single"},
     "krea2": {"refiner", "single"},
     "kandinsky3": {"cross", "pooled"},
+    "bria": {"joint", "single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},

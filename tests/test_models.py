@@ -50,6 +50,7 @@ NAMES = (
     "tiny-random-ideogram4",
     "tiny-random-krea2",
     "tiny-random-kandinsky3",
+    "tiny-random-bria",
 )
 
 

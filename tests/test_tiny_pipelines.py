@@ -76,6 +76,7 @@ ATTENTION_LAYOUT["krea2"] = [
     (r"transformer_blocks\.\d+\.attn", "Krea2AttnProcessor", 2),
 ]
 ATTENTION_LAYOUT["kandinsky3"] = [(r"(down|up)_blocks\.\d+\.attentions\.[12]\.attention", "AttnProcessor", 6)]
+ATTENTION_LAYOUT["bria"] = double_and_single("BriaAttnProcessor")
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
