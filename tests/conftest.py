@@ -41,13 +41,14 @@ ONE_TEXT_LENGTH += ("kandinsky3",)  # its attention pool averages a call's paddi
 
 #: The families that pad each call's text to its longest prompt (Qwen-Image, ERNIE-Image): a source longer than
 #: the run's text does not fit, and is refused in one line.
-PADS_TO_LONGEST = ("qwenimage", "ernie-image")
+PADS_TO_LONGEST = ("qwenimage", "ernie-image", "bria-fibo")
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "lumina2", "cosmos2", "cogview4", "hunyuan-image", "hidream",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
     "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4", "krea2",
+    "bria-fibo",
 )
 
 

@@ -53,6 +53,7 @@ EXPECTED_KINDS = {
     "krea2": {"refiner", "single"},
     "kandinsky3": {"cross", "pooled"},
     "bria": {"joint", "single"},
+    "bria-fibo": {"joint", "single"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -246,6 +247,17 @@ def test_a_kandinsky3_prompt_patched_at_every_unit_from_a_shorter_one_is_that_pr
     torch.testing.assert_close(patched, generate(pipe, shorter), atol=BATCH_TOLERANCE, rtol=0)
     with pytest.raises(ValueError, match="needs 29 text tokens but this run keeps 27"), tl.patch(pipe, "all", cache_of(pipe, THIRD)):
         generate(pipe)
+
+
+def test_a_bria_fibo_prompt_patched_at_every_unit_from_a_shorter_one_is_that_prompts_image():
+    # Its blocks take a key mask over [text, image] only where some text is padded: one prompt, unguided,
+    # runs with none, and the engine makes one, in SDPA's (batch, 1, 1, keys) layout, for a shorter source.
+    pipe = _pipeline("bria-fibo")
+    shorter = 'A sign that says "HI".'
+    for guidance in (1.0, 4.0):
+        with tl.patch(pipe, "all", cache_of(pipe, shorter, guidance_scale=guidance)):
+            patched = generate(pipe, guidance_scale=guidance)
+        torch.testing.assert_close(patched, generate(pipe, shorter, guidance_scale=guidance), atol=BATCH_TOLERANCE, rtol=0)
 
 
 def test_source_row_picks_that_prompt_of_a_cache(arch, pipe):

@@ -51,6 +51,7 @@ NAMES = (
     "tiny-random-krea2",
     "tiny-random-kandinsky3",
     "tiny-random-bria",
+    "tiny-random-bria-fibo",
 )
 
 

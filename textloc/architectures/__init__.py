@@ -15,7 +15,7 @@ from textloc.architectures import (
     chroma, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
     kandinsky5, krea2, longcat_image, lumina2, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sd, sd3, sdxl, z_image,
 )
-from textloc.architectures import bria, kandinsky3
+from textloc.architectures import bria, bria_fibo, kandinsky3
 from textloc.architectures.spec import Family, TinyPipeline
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ FAMILIES: list[Family] = [
     nucleusmoe_image.FAMILY,
     ideogram4.FAMILY,
     krea2.FAMILY,
-    kandinsky3.FAMILY, bria.FAMILY,
+    kandinsky3.FAMILY, bria.FAMILY, bria_fibo.FAMILY,
 ]
 
 

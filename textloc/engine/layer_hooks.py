@@ -263,12 +263,14 @@ class LayerHooks:
         if mask is not None:
             swapped = mask.clone()
         else:  # only an attention that takes its text apart comes here unmasked
-            text = kwargs["encoder_hidden_states"]
-            swapped = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            axes = (1,) * (route.key_mask_dims - 2)  # where the family's key mask has SDPA's (batch, 1, 1, keys)
+            hidden = kwargs["hidden_states"]
+            swapped = torch.ones((self.state.call.num_rows, *axes, text_len or self.state.call.text_len), dtype=torch.bool, device=hidden.device)
         for patch, targets, source in writes.patches:
             source_mask = source.mask(swapped)
             if source_mask is None:
                 continue
+            source_mask = source_mask.reshape(source_mask.shape[0], *swapped.shape[1:])  # a cache's (rows, text) as this mask lays it out
             # One mask serves every head, key and value of a row: a patch that keeps part of the
             # row's own K/V can only take the source's mask when the two are the same.
             part = patch.partial()
@@ -284,8 +286,9 @@ class LayerHooks:
         if text_keys is not None:
             if full is not None:
                 joint = full.clone()
-            else:  # only a layer whose sequence holds the image alone comes here (a keep-mask keyword)
-                joint = swapped.new_ones((swapped.shape[0], kwargs["hidden_states"].shape[1] + text_len))
+            else:  # a keep-mask keyword left None: the keys are the image's and the text's
+                keys = kwargs["hidden_states"].shape[1] + (text_len if route.text_at == "all" else 0)  # a single stream holds both
+                joint = swapped.new_ones((*swapped.shape[:-1], keys))
             joint[..., text_keys] = swapped
             swapped = joint
         return {**kwargs, keyword: swapped}
