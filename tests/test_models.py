@@ -52,6 +52,7 @@ NAMES = (
     "tiny-random-kandinsky3",
     "tiny-random-bria",
     "tiny-random-bria-fibo",
+    "tiny-random-prx",
 )
 
 
