@@ -55,7 +55,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4", "krea2", "cogview3plus")
+NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4", "krea2", "cogview3plus", "bria-fibo")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)
@@ -79,13 +79,19 @@ def test_a_pooled_unit_no_lora_can_train_is_refused_before_training(arch, tmp_pa
     assert not any(tmp_path.iterdir()), "nothing is written before the refusal"
 
 
+# The families that run a call's prompts only at one token length (Kandinsky 3): captions of different
+# lengths are refused in one batch, so they train one caption a micro-step.
+ONE_CAPTION_A_BATCH = ("kandinsky3",)
+
+
 @pytest.mark.parametrize("arch", [arch for arch in ARCHITECTURES if arch not in NOT_TRAINED])
 def test_only_the_lora_trains_and_plain_diffusers_reloads_it(arch, tmp_path):
     pipe = tiny_pipeline(arch)
     base = images(pipe)
     before = parameters(pipe)
     layers = select_layers(pipe, "attention" if arch in POOLED_NOT_TRAINED else "all")[-2:]
-    result = train_lora(pipe, layers, RenderedSigns(), output_dir=tmp_path, generate_kwargs=text_kwargs(arch), **QUICK)
+    quick = {**QUICK, "batch_size": 1, "grad_accum": 2} if arch in ONE_CAPTION_A_BATCH else QUICK
+    result = train_lora(pipe, layers, RenderedSigns(), output_dir=tmp_path, generate_kwargs=text_kwargs(arch), **quick)
 
     after, lora = parameters(pipe), lora_names(pipe)
     assert lora and sum(denoiser(pipe).get_parameter(name).numel() for name in lora) == result.trainable_parameters
@@ -101,7 +107,8 @@ def test_only_the_lora_trains_and_plain_diffusers_reloads_it(arch, tmp_path):
     fresh = tiny_pipeline(arch)
     load_lora(fresh, tmp_path)
     np.testing.assert_allclose(images(fresh), trained, atol=1e-5)
-    if hasattr(fresh, "load_lora_weights"):
+    # diffusers alone loads it where the pipeline has a loader its denoiser serves (not Kandinsky 3's U-Net)
+    if hasattr(fresh, "load_lora_weights") and hasattr(denoiser(fresh), "load_lora_adapter"):
         plain = tiny_pipeline(arch)
         plain.load_lora_weights(tmp_path)  # diffusers alone, no textloc
         np.testing.assert_allclose(images(plain), trained, atol=1e-5)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_TEXT_LENGTH, PROMPT, _pipeline, generate, seeded
+from conftest import ONE_IMAGE_UNDER_CFG, ONE_TEXT_LENGTH, PROMPT, _pipeline, generate, seeded
 
 import textloc as tl
 from textloc.guard import BENIGN_WORDS, Benign, Drop, Mask, ToxicTextGuard, get_detector
@@ -84,6 +84,10 @@ def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
         with pytest.raises(ValueError, match="one token length"):
             guard(prompts, generator=generators(1, 2, 3), **kwargs)
         return
+    if arch in ONE_IMAGE_UNDER_CFG:  # a guided batch, refused
+        with pytest.raises(ValueError, match="one image a call"):
+            guard(prompts, generator=generators(1, 2, 3), **kwargs)
+        kwargs["guidance_scale"] = 1.0
     # A copy: Z-Image's pipeline wraps the prompts of a list it is given in its chat template, in place.
     plain = np.asarray(images_of(pipe(prompt=list(prompts), generator=generators(1, 2, 3), **kwargs)))
     output = guard(prompts, generator=generators(1, 2, 3), **kwargs)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import _pipeline
+from conftest import ONE_IMAGE_UNDER_CFG, _pipeline
+from textloc.architectures import family_of
 from textloc.engine import AttentionLayer, select_layers
 from textloc.localization import Localization, PromptPair, core, localize, make_pairs, selection, spearman, stats
 from textloc.localization import stages as running
@@ -32,6 +33,8 @@ TEXT_ONLY_IN_ATTENTION = ("sd15", "pixart-alpha", "pixart-sigma", "sana")
 def kwargs(pipe):
     settings = tiny_call_kwargs(pipe)
     del settings["output_type"]
+    if family_of(pipe).name in ONE_IMAGE_UNDER_CFG:  # its sweeps are batches: unguided
+        settings["guidance_scale"] = 1.0
     return settings
 
 
@@ -51,7 +54,7 @@ class ReadsNearestKnownImage:
     def __init__(self, pipe, pairs: list[PromptPair]):
         texts = {prompt: text for pair in pairs for prompt, text in ((pair.source, pair.source_text), (pair.target, pair.target_text))}
         self.known = [
-            (images_of(pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(0), **tiny_call_kwargs(pipe)))[0], text)
+            (images_of(pipe(prompt=prompt, generator=torch.Generator("cpu").manual_seed(0), **{**tiny_call_kwargs(pipe), **kwargs(pipe)}))[0], text)
             for prompt, text in texts.items()
         ]
 

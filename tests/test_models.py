@@ -52,6 +52,10 @@ NAMES = (
     "tiny-random-auraflow",
     "tiny-random-cogview3plus",
     "tiny-random-lumina-next",
+    "tiny-random-kandinsky3",
+    "tiny-random-bria",
+    "tiny-random-bria-fibo",
+    "tiny-random-prx",
 )
 
 

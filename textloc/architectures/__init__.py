@@ -15,6 +15,7 @@ from textloc.architectures import (
     auraflow, chroma, cogview3plus, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
     kandinsky5, krea2, lcm, longcat_image, lumina2, lumina_next, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sana_sprint, sd, sd3, sdxl, z_image,
 )
+from textloc.architectures import bria, bria_fibo, kandinsky3, prx
 from textloc.architectures.spec import Family, TinyPipeline
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ FAMILIES: list[Family] = [
     lumina_next.FAMILY,
     sana_sprint.FAMILY,
     lcm.FAMILY,
+    kandinsky3.FAMILY, bria.FAMILY, bria_fibo.FAMILY, prx.FAMILY,
 ]
 
 
@@ -76,8 +78,12 @@ def image_size_multiple(pipe: Any) -> int:
 
 
 def default_image_side(pipe: Any) -> int:
-    """The image side the pipeline generates at when not given one: its ``default_sample_size``
-    (SD3, FLUX, ...), else its denoiser's ``sample_size``, times the VAE's scale factor."""
+    """The image side the pipeline generates at when not given one: the pixels it states (PRX's
+    ``get_default_resolution``, whose ``default_sample_size`` is in pixels), else its
+    ``default_sample_size`` (SD3, FLUX, ...) or its denoiser's ``sample_size``, times the VAE's scale factor."""
+    stated = getattr(pipe, "get_default_resolution", None)
+    if callable(stated):
+        return int(stated())
     size = getattr(pipe, "default_sample_size", None) or denoiser(pipe).config.get("sample_size") or 64
     size = size[0] if isinstance(size, (list, tuple)) else size
     return int(size * (getattr(pipe, "vae_scale_factor", None) or 1))

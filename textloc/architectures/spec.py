@@ -86,7 +86,9 @@ class TextRoute:
     (Krea 2: ``[text, image]``), or
     ``None``: the layer's mask is the family's own layout, not the text's, and is neither recorded nor
     swapped (Ideogram 4's square segment mask over ``[padding, text, image]``: a family that states
-    this runs only prompts, and sources, of one token length, whose masks are the same)."""
+    this runs only prompts, and sources, of one token length, whose masks are the same).
+    ``key_mask_dims``: the axes of the mask the engine makes where the pipeline left ``text_mask``
+    ``None`` and a patch needs one: ``(batch, keys)``, or SDPA's ``(batch, 1, 1, keys)`` (4: Bria FIBO)."""
 
     kind: Kind
     key: Projection
@@ -95,6 +97,7 @@ class TextRoute:
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     text_mask: str | None = None
     mask_text_at: Literal["all", "first", "last"] | None = "all"
+    key_mask_dims: int = 2
 
     @property
     def roles(self) -> tuple[str, ...]:

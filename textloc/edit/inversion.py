@@ -150,7 +150,8 @@ def _replace_latents_argument(pipe: Any, latents: torch.Tensor):
             bound.apply_defaults()
             if bound.arguments["latents"] is not None:
                 raise ValueError("inside starting_from the pipeline starts from the inverted latents: do not pass latents= as well.")
-            bound.arguments["latents"] = _rows(latents, bound.arguments["batch_size"])
+            arguments = bound.arguments  # Kandinsky 3's takes the latents' shape, not a batch size
+            bound.arguments["latents"] = _rows(latents, arguments["batch_size"] if "batch_size" in arguments else arguments["shape"][0])
             return original(*bound.args, **bound.kwargs)
 
         return prepare_latents

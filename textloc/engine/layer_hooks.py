@@ -7,6 +7,8 @@ processor (SDPA, FLUX, joint, added-KV, LoRA-wrapped, a user's own) keeps workin
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -240,7 +242,9 @@ class LayerHooks:
 
     def on_attention(self, kwargs: dict) -> dict:
         route = self.layer.route
-        if route.mask_text_at is None:  # the family's own layout, the same for any source it lets in
+        # A mask the family lays out itself (the same for any source it lets in), or one inside the
+        # module that reads the pooled vector, whose whole output is the unit (Kandinsky 3's attention pool).
+        if route.mask_text_at is None or route.kind == "pooled":
             self.mask = None
             return kwargs
         keyword = route.text_mask or "attention_mask"
@@ -259,12 +263,14 @@ class LayerHooks:
         if mask is not None:
             swapped = mask.clone()
         else:  # only an attention that takes its text apart comes here unmasked
-            text = kwargs["encoder_hidden_states"]
-            swapped = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            axes = (1,) * (route.key_mask_dims - 2)  # where the family's key mask has SDPA's (batch, 1, 1, keys)
+            hidden = kwargs["hidden_states"]
+            swapped = torch.ones((self.state.call.num_rows, *axes, text_len or self.state.call.text_len), dtype=torch.bool, device=hidden.device)
         for patch, targets, source in writes.patches:
             source_mask = source.mask(swapped)
             if source_mask is None:
                 continue
+            source_mask = source_mask.reshape(source_mask.shape[0], *swapped.shape[1:])  # a cache's (rows, text) as this mask lays it out
             # One mask serves every head, key and value of a row: a patch that keeps part of the
             # row's own K/V can only take the source's mask when the two are the same.
             part = patch.partial()
@@ -280,8 +286,9 @@ class LayerHooks:
         if text_keys is not None:
             if full is not None:
                 joint = full.clone()
-            else:  # only a layer whose sequence holds the image alone comes here (a keep-mask keyword)
-                joint = swapped.new_ones((swapped.shape[0], kwargs["hidden_states"].shape[1] + text_len))
+            else:  # a keep-mask keyword left None: the keys are the image's and the text's
+                keys = kwargs["hidden_states"].shape[1] + (text_len if route.text_at == "all" else 0)  # a single stream holds both
+                joint = swapped.new_ones((*swapped.shape[:-1], keys))
             joint[..., text_keys] = swapped
             swapped = joint
         return {**kwargs, keyword: swapped}
@@ -349,6 +356,22 @@ class PooledInputHook(ModelHook):
         return (self.hooks.on_projection("value", first, text), *rest), kwargs
 
 
+@functools.cache
+def _parameter_names(attention_class: type) -> tuple[str, ...]:
+    """The names of the arguments ``attention_class.forward`` takes by position, after ``self``."""
+    parameters = list(inspect.signature(attention_class.forward).parameters.values())[1:]
+    return tuple(p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
+def _by_name(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """An attention's call with every input after the first by name: Kandinsky 3's blocks pass the
+    text and its mask by position (``self.attention(out, context, context_mask)``), and the mask is
+    found, recorded and swapped by its name."""
+    if len(args) <= 1:
+        return args, kwargs
+    return args[:1], {**dict(zip(_parameter_names(type(module))[1:], args[1:])), **kwargs}
+
+
 class AttentionHook(ModelHook):
     def __init__(self, hooks: LayerHooks):
         super().__init__()
@@ -356,6 +379,7 @@ class AttentionHook(ModelHook):
 
     @torch.compiler.disable
     def pre_forward(self, module, *args, **kwargs):
+        args, kwargs = _by_name(module, args, kwargs)
         self.hooks.keep_inputs(args, kwargs)
         return args, self.hooks.on_attention(kwargs)
 

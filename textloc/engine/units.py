@@ -170,6 +170,8 @@ def _list_layers(model: torch.nn.Module, family: Family) -> list[AttentionLayer]
     found.sort(key=lambda item: _forward_sort_key(item[:2]))
     layers, index = [], 0
     for _, name, module in found:
+        if name == family.pooled:  # an attention pool (Kandinsky 3's) is the pooled unit, listed once, below
+            continue
         route = family.route(name, module)
         if route is None:
             layer_kind, params, layer_index = "self", 0, None

@@ -2,9 +2,9 @@
 
 Saved with the pipeline class's own ``save_lora_weights`` (``pytorch_lora_weights.safetensors``
 with the adapter's config as metadata), so ``pipe.load_lora_weights(folder)`` loads it in any
-pipeline that has a LoRA loader: SD, SDXL, SD3, FLUX, IF, Sana. PixArt's pipelines have none;
-for them the folder also holds peft's ``adapter_config.json`` and :func:`load_lora` injects the
-adapter with peft directly.
+pipeline that has a LoRA loader: SD, SDXL, SD3, FLUX, IF, Sana. PixArt's pipelines have none, and
+Kandinsky 3's has one its U-Net cannot serve (no ``load_lora_adapter``); for them the folder also
+holds peft's ``adapter_config.json`` and :func:`load_lora` injects the adapter with peft directly.
 """
 
 from __future__ import annotations
@@ -80,13 +80,12 @@ def save_lora(pipe: Any, directory: str | os.PathLike, config: LoraConfig) -> Pa
     state = lora_state_dict(pipe)
     metadata = config.to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])
-    saver = getattr(type(pipe), "save_lora_weights", None)
-    if saver is not None:
-        component = "unet" if hasattr(pipe, "unet") else "transformer"
-        saver(directory, **{f"{component}_lora_layers": state, f"{component}_lora_adapter_metadata": metadata})
+    component = _component(pipe)
+    if _diffusers_loads(pipe):
+        type(pipe).save_lora_weights(directory, **{f"{component}_lora_layers": state, f"{component}_lora_adapter_metadata": metadata})
     else:
         # Keys under the component's name, as diffusers' own LoRA files have them.
-        save_file({f"transformer.{key}": value.contiguous() for key, value in state.items()}, directory / LORA_WEIGHTS_FILE)
+        save_file({f"{component}.{key}": value.contiguous() for key, value in state.items()}, directory / LORA_WEIGHTS_FILE)
         (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(metadata, indent=2, default=list))
     # diffusers writes the file through a private temporary one (mode 0600): give it the mode
     # every other output gets, so whoever may read the folder may read the weights.
@@ -133,13 +132,25 @@ def _check_trained_on(pipe: Any, directory: Path, other_weights: bool) -> None:
         )
 
 
+def _component(pipe: Any) -> str:
+    return "unet" if hasattr(pipe, "unet") else "transformer"
+
+
+def _diffusers_loads(pipe: Any) -> bool:
+    """Whether diffusers' own loader reads a LoRA into ``pipe``: the pipeline has one (PixArt's has
+    none), and its denoiser takes adapters (Kandinsky 3's pipeline has one, but its U-Net has no
+    ``load_lora_adapter``, so ``load_lora_weights`` fails there)."""
+    return hasattr(pipe, "load_lora_weights") and hasattr(denoiser(pipe), "load_lora_adapter")
+
+
 def _load(pipe: Any, directory: Path) -> None:
-    if hasattr(pipe, "load_lora_weights"):
+    if _diffusers_loads(pipe):
         pipe.load_lora_weights(directory)
         return
-    logger.info("%s has no load_lora_weights: loading the LoRA into its %s with peft.", type(pipe).__name__, "transformer")
+    component = _component(pipe)
+    logger.info("diffusers loads no LoRA into %s: loading it into its %s with peft.", type(pipe).__name__, component)
     config = LoraConfig(**json.loads((directory / ADAPTER_CONFIG_FILE).read_text()))
     model = denoiser(pipe)
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     state = load_file(directory / LORA_WEIGHTS_FILE)
-    set_peft_model_state_dict(model, {key.removeprefix("transformer."): value for key, value in state.items()}, adapter_name=ADAPTER_NAME)
+    set_peft_model_state_dict(model, {key.removeprefix(f"{component}."): value for key, value in state.items()}, adapter_name=ADAPTER_NAME)
