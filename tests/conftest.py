@@ -5,21 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import types
 
 import pytest
 import torch
-from diffusers.pipelines.prx import pipeline_prx
 
 from textloc.architectures import family_of
 from textloc.pipeline_calls import images_of
 from textloc.scoring.ocr import Reading
 from textloc.testing import ARCHITECTURES, IMAGE_SIZE, tiny_call_kwargs, tiny_pipeline
-
-# PRXPipeline cleans every prompt with ftfy, which diffusers imports only where it is installed (not
-# here): on the tests' ASCII prompts ftfy's fix is the identity, which stands in for it.
-if not hasattr(pipeline_prx, "ftfy"):
-    pipeline_prx.ftfy = types.SimpleNamespace(fix_text=lambda text: text)
 
 # One thread: tiny models gain nothing from two, and two threads crawl when the cores are shared.
 torch.set_num_threads(1)
