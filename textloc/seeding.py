@@ -75,4 +75,5 @@ def derived_seed(seed: int, *keys: int) -> int:
     """A seed for item ``keys`` of the stream ``seed`` (e.g. training sample ``k``): the same
     numbers whatever else is drawn, by whichever process, in whatever batch, so a resumed or
     data-parallel run draws exactly what a single uninterrupted one does."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> 1)
+    # int() first: NumPy 1.x will not shift a uint64 by a Python int.
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0]) >> 1
