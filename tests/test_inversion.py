@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from conftest import NOT_INVERTED, PROMPT, _pipeline
 from textloc.architectures import family_of
@@ -43,19 +46,36 @@ def generate(pipe, seed: int, **overrides):
     return images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(seed), **kwargs))
 
 
-def every_step(pipe, change) -> dict:
-    """The call argument that hands ``change`` the sampler's sample after every step, in the layout
-    the pipeline samples in (which is not always its ``output_type="latent"``: FLUX.2-Klein's is the
-    VAE's own latents)."""
-    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
-        return {"callback_on_step_end": lambda pipe, step, timestep, tensors: change(tensors["latents"]) or {}}
-    return {"callback": lambda step, timestep, latents: change(latents)}  # PixArt, IF: the old per-step callback
+@contextlib.contextmanager
+def every_step(pipe, change) -> Iterator[dict]:
+    """Hands ``change`` the sampler's sample after every step, in the layout the pipeline samples in
+    (which is not always its ``output_type="latent"``: FLUX.2-Klein's is the VAE's own latents), and
+    yields the call arguments that do it."""
+    parameters = inspect.signature(pipe.__call__).parameters
+    if "callback_on_step_end" in parameters:
+        yield {"callback_on_step_end": lambda pipe, step, timestep, tensors: change(tensors["latents"]) or {}}
+    elif "callback" in parameters:
+        yield {"callback": lambda step, timestep, latents: change(latents)}  # PixArt, IF: the old per-step callback
+    else:  # LongCat-Image takes no callback: what its scheduler's steps return
+        step = pipe.scheduler.step
+
+        def stepped(*args, **kwargs):
+            output = step(*args, **kwargs)
+            change(output[0])
+            return output
+
+        pipe.scheduler.step = stepped
+        try:
+            yield {}
+        finally:
+            del pipe.scheduler.step
 
 
 def final_sample(pipe, **call) -> torch.Tensor:
     """The sample the pipeline's sampler ends at for this call, in the layout it samples in."""
     samples = []
-    pipe(prompt=PROMPT, **{**unguided(pipe), **call, "output_type": sample_output(pipe)}, **every_step(pipe, samples.append))
+    with every_step(pipe, samples.append) as stepping:
+        pipe(prompt=PROMPT, **{**unguided(pipe), **call, "output_type": sample_output(pipe)}, **stepping)
     return samples[-1].float()
 
 
@@ -159,6 +179,21 @@ def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe, monkeyp
     assert distance(regenerated) < 0.5 * distance(other_seed)
 
 
+def test_flow_inversion_runs_back_through_the_schedule_the_pipeline_samples_with(pipe) -> None:
+    inversion = family_of(pipe).inversion
+    if not inversion.flow:
+        pytest.skip("DDIM: inverted and sampled by schedulers built from one config, both of num_inference_steps")
+    image = generate(pipe, seed=0)[0]
+    with starting_from(pipe, encode_image(pipe, image)):
+        final_sample(pipe)
+        sampled = pipe.scheduler  # as the pipeline set its timesteps for this call
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() * 2 - 1
+    inverse = FlowMatchEulerDiscreteScheduler.from_config(sampled.config)
+    inversion.set_flow_timesteps(pipe, inverse, STEPS, inversion.encode_image(pipe, pixels))
+    torch.testing.assert_close(inverse.sigmas, sampled.sigmas.cpu())
+    torch.testing.assert_close(inverse.timesteps, sampled.timesteps.cpu())
+
+
 def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe, monkeypatch) -> None:
     if not hasattr(pipe, "vae"):
         pytest.skip("pixel space: the sample is the image itself")
@@ -169,7 +204,8 @@ def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe, 
     def end_at_clean(latents: torch.Tensor) -> None:
         latents.copy_(clean)  # every step: the last one leaves the pipeline to decode it
 
-    decoded_by_pipeline = generate(pipe, seed=0, **every_step(pipe, end_at_clean))[0]
+    with every_step(pipe, end_at_clean) as stepping:
+        decoded_by_pipeline = generate(pipe, seed=0, **stepping)[0]
     height, width = image.shape[:2]
     with torch.no_grad():
         decoded_by_family = family_of(pipe).inversion.decode_sample(pipe, clean, height, width)

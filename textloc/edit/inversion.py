@@ -223,15 +223,23 @@ def _pixels(image: ImageInput | Sequence[ImageInput], height: int | None, width:
 
 def _check_size(pipe: Any, inversion: Inversion, height: int, width: int) -> None:
     multiple = inversion.size_multiple(pipe)
-    if height % multiple == 0 and width % multiple == 0:
-        return
 
     def near(size: int) -> int:
         return max(multiple, round(size / multiple) * multiple)
 
+    if height % multiple or width % multiple:
+        problem = f"takes heights and widths that are multiples of {multiple}, not {height}x{width} (height x width)"
+    elif inversion.generated_size(pipe, height, width) != (height, width):
+        generated = "x".join(map(str, inversion.generated_size(pipe, height, width)))
+        problem = f"generates {generated} images when asked for {height}x{width} (height x width)"
+    else:
+        return
+    # A size the pipeline keeps: HiDream's rescaling rounds down, so its sizes only grow towards one (a few steps).
+    suggested = (near(height), near(width))
+    while inversion.generated_size(pipe, *suggested) != suggested:
+        suggested = inversion.generated_size(pipe, *suggested)
     raise ValueError(
-        f"{type(pipe).__name__} takes heights and widths that are multiples of {multiple}, not {height}x{width} "
-        f"(height x width): crop or resize the image, or pass height={near(height)}, width={near(width)}."
+        f"{type(pipe).__name__} {problem}: crop or resize the image, or pass height={suggested[0]}, width={suggested[1]}."
     )
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from textloc.architectures import family_of
+from textloc.architectures import denoiser, family_of
 from textloc.architectures.spec import DenoiserSignature, Training
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.run_state import DenoiserCall, StopRun, prediction_of, sample_and_timestep
@@ -61,6 +62,18 @@ class DenoiserInputs:
         if prediction.shape[1] == 2 * sample.shape[1] and prediction.shape[2:] == sample.shape[2:]:
             prediction = prediction[:, : sample.shape[1]]
         return prediction
+
+
+def conditional_settings(pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (pipeline-call arguments) as a call that conditions the denoiser on the prompt
+    alone: no negative prompt, no classifier-free guidance (``guidance_scale`` at the family's
+    ``Training.unguided_scale``, no ``true_cfg_scale``); a distilled guidance embedding (FLUX-dev's)
+    is conditioning, and keeps its scale. HunyuanImage takes no ``guidance_scale``: its guiders run
+    CFG as passes, the conditional one first, which is the one :func:`denoiser_inputs` captures."""
+    unguided = {key: value for key, value in settings.items() if not key.startswith("negative_") and key != "true_cfg_scale"}
+    if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in inspect.signature(pipe.__call__).parameters:
+        unguided["guidance_scale"] = family_of(pipe).training.unguided_scale
+    return unguided
 
 
 def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) -> DenoiserInputs:
