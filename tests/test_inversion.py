@@ -252,6 +252,14 @@ def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_i
     assert inverted.shape == latents_argument(pipe, monkeypatch, height=height, width=width).shape
 
 
+def test_a_size_the_pipeline_rescales_is_a_one_line_error_naming_the_size_it_generates() -> None:
+    pipe = _pipeline("hidream")  # HiDream scales every size to its default area (the tiny one's: 32x32)
+    image = generate(pipe, seed=0, height=40, width=40, output_type="np")[0]
+    assert image.shape[:2] == (32, 32)
+    with pytest.raises(ValueError, match=r"^HiDreamImagePipeline generates 32x32 images when asked for 40x40 .*height=32, width=32\.$"):
+        invert(pipe, np.zeros((40, 40, 3)), PROMPT, num_inference_steps=1, **inversion_kwargs(pipe))
+
+
 def test_a_batch_inverts_as_its_images_one_by_one() -> None:
     pipe = _pipeline("sd15")
     images = generate(pipe, seed=0, num_images_per_prompt=2)
