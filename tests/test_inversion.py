@@ -84,17 +84,20 @@ class _Prepared(Exception):
 
 
 def _preparing(pipe, monkeypatch: pytest.MonkeyPatch, **call) -> dict:
-    """A call of the pipeline as far as its ``prepare_latents`` (IF: ``prepare_intermediate_images``):
-    the noise that drew (``drawn``), the sample it starts its sampler from (``sample``), the method
-    and its bound arguments."""
-    name = "prepare_latents" if hasattr(pipe, "prepare_latents") else "prepare_intermediate_images"
-    prepare = getattr(pipe, name)
+    """A call of the pipeline as far as its ``prepare_latents`` (IF: ``prepare_intermediate_images``;
+    ERNIE-Image, which draws its noise in ``__call__`` and prepares none: that draw): the noise that
+    drew (``drawn``), the sample it starts its sampler from (``sample``), the method and its bound
+    arguments (``None`` where it has none)."""
+    name = next((name for name in ("prepare_latents", "prepare_intermediate_images") if hasattr(pipe, name)), None)
+    prepare = getattr(pipe, name) if name else None
     seen = {"prepare": prepare, "bound": None, "drawn": None}
-    module = sys.modules[type(pipe).__dict__.get(name, prepare).__module__]
+    module = sys.modules[type(pipe).__dict__.get(name, prepare).__module__ if name else type(pipe).__call__.__module__]
     draw = module.randn_tensor
 
     def recording_draw(*args, **kwargs):
-        seen["drawn"] = draw(*args, **kwargs)
+        seen["drawn"] = seen["sample"] = draw(*args, **kwargs)
+        if prepare is None:
+            raise _Prepared
         return seen["drawn"]
 
     def recording_prepare(*args, **kwargs):
@@ -104,7 +107,8 @@ def _preparing(pipe, monkeypatch: pytest.MonkeyPatch, **call) -> dict:
         raise _Prepared
 
     monkeypatch.setattr(module, "randn_tensor", recording_draw)
-    monkeypatch.setattr(pipe, name, recording_prepare)
+    if name:
+        monkeypatch.setattr(pipe, name, recording_prepare)
     try:
         with pytest.raises(_Prepared):
             pipe(prompt=PROMPT, **{**unguided(pipe), **call})
@@ -122,8 +126,10 @@ def latents_argument(pipe, monkeypatch: pytest.MonkeyPatch, **call) -> torch.Ten
     """The ``latents`` argument that starts the pipeline where its own seeded draw does: the noise
     it draws where it prepares the latents it is given as it prepares that (SD, FLUX.2: packed as its
     draw), else what it makes of that noise (FLUX, Qwen-Image pack their draw but take packed tokens).
-    IF, which takes no ``latents``: its starting images."""
+    IF, which takes no ``latents``: its starting images. ERNIE-Image, which prepares none: its draw."""
     seen = _preparing(pipe, monkeypatch, generator=torch.Generator("cpu").manual_seed(0), **call)
+    if seen["prepare"] is None:
+        return seen["drawn"]
     if "latents" not in seen["bound"].arguments:
         return seen["sample"]
     for candidate in (seen["drawn"], seen["sample"]):
@@ -137,7 +143,7 @@ def latents_argument(pipe, monkeypatch: pytest.MonkeyPatch, **call) -> torch.Ten
 def sampled_from(pipe, latents: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> torch.Tensor:
     """``latents`` (the pipeline's ``latents`` argument) as the pipeline prepares them for its
     sampler, before the scheduler's initial sigma scales them as noise (SDXL's Euler): the layout it
-    samples in. IF takes its starting images as they are."""
+    samples in. IF takes its starting images as they are, ERNIE-Image its latents."""
     if not hasattr(pipe, "prepare_latents"):
         return latents
     sample = _preparing(pipe, monkeypatch, latents=latents)["sample"]

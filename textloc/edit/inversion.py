@@ -36,6 +36,7 @@ import contextlib
 import difflib
 import functools
 import inspect
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,20 +115,23 @@ def starting_from(pipe: Any, latents: torch.Tensor) -> Iterator[None]:
     before.
 
     ``latents`` is one row per image, or one row for every row of the batch (copied). It reaches
-    the pipeline as its ``latents`` argument (DeepFloyd IF, which has none: as its starting images),
-    so a caller must not pass ``latents=`` too. Enter this context before any ``tl.patch``: the
+    the pipeline as its ``latents`` argument (DeepFloyd IF, which has none: as its starting images;
+    ERNIE-Image, which prepares none: as the noise it draws), so a caller must not pass ``latents=`` too. Enter this context before any ``tl.patch``: the
     engine counts the steps of the scheduler it finds on entry.
     """
     scheduler = _sampling_scheduler(pipe)
     original_scheduler = pipe.scheduler
     if hasattr(pipe, "prepare_latents"):
-        method, replace = "prepare_latents", _replace_latents_argument(pipe, latents)
+        owner, method, replace = pipe, "prepare_latents", _replace_latents_argument(pipe, latents)
+    elif hasattr(pipe, "prepare_intermediate_images"):
+        owner, method, replace = pipe, "prepare_intermediate_images", _replace_intermediate_images(pipe, latents)
     else:
-        method, replace = "prepare_intermediate_images", _replace_intermediate_images(pipe, latents)
-    original_method = getattr(pipe, method)
+        # ERNIE-Image draws its noise in __call__ itself, with its module's randn_tensor: that draw is replaced.
+        owner, method, replace = sys.modules[type(pipe).__call__.__module__], "randn_tensor", _replace_draw(latents)
+    original_method = getattr(owner, method)
     pipe.scheduler = scheduler
     try:
-        with instance_attribute(pipe, method, functools.wraps(original_method)(replace(original_method))):
+        with instance_attribute(owner, method, functools.wraps(original_method)(replace(original_method))):
             yield
     finally:
         pipe.scheduler = original_scheduler
@@ -154,6 +158,25 @@ def _replace_latents_argument(pipe: Any, latents: torch.Tensor):
             return original(*bound.args, **bound.kwargs)
 
         return prepare_latents
+
+    return replace
+
+
+def _replace_draw(latents: torch.Tensor):
+    def replace(original):
+        signature = inspect.signature(original)
+
+        def randn_tensor(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            shape = tuple(arguments["shape"])
+            rows = _rows(latents, shape[0])
+            if tuple(rows.shape) != shape:
+                raise ValueError(
+                    f"inverted latents of shape {tuple(rows.shape)} where the pipeline draws {shape}: generate at the size inverted."
+                )
+            return rows.to(arguments.get("device"), arguments.get("dtype"))
+
+        return randn_tensor
 
     return replace
 
