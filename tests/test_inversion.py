@@ -30,7 +30,9 @@ STEPS = 3
 def unguided(pipe) -> dict:
     """The tiny call kwargs at the family's scale that turns CFG off (most: 1; Z-Image: 0), the
     conditional prediction alone, as inversion (FLUX: no true CFG; its distilled guidance is an input)."""
-    kwargs = {**tiny_call_kwargs(pipe), "guidance_scale": family_of(pipe).training.unguided_scale, "num_inference_steps": STEPS}
+    kwargs = {**tiny_call_kwargs(pipe), "num_inference_steps": STEPS}
+    if "guidance_scale" in kwargs:  # HunyuanImage takes none: its guiders hold their scales
+        kwargs["guidance_scale"] = family_of(pipe).training.unguided_scale
     if "true_cfg_scale" in kwargs:
         kwargs["true_cfg_scale"] = 1.0
     return kwargs

@@ -35,6 +35,8 @@ class DenoiserInputs:
     time: Callable[[torch.Tensor], torch.Tensor]
     signature: DenoiserSignature  # the family's names for the sample and timestep arguments
     training: Training = field(default_factory=Training)  # the family's layouts, where they differ
+    #: The dtype the pipeline hands its denoiser the time in (HunyuanImage: the latents'; most: float32).
+    time_dtype: torch.dtype = torch.float32
 
     def __call__(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The prediction of ``model`` (this pipeline's denoiser, or a wrapper of it) for ``sample`` at ``timesteps``.
@@ -46,7 +48,7 @@ class DenoiserInputs:
         if sample.shape != self.sample_shape:
             raise ValueError(f"The denoiser was called with samples of shape {tuple(self.sample_shape)}, not {tuple(sample.shape)}.")
         args, kwargs = list(self.args), dict(self.kwargs)
-        timestep = self.time(timesteps.to(sample.device))
+        timestep = self.time(timesteps.to(sample.device)).to(self.time_dtype)
         rows, batch = self.training.rows, self.training.batch
         given = sample if rows is None else rows(sample)
         for key, position, value in ((self.signature.sample, 0, given), (self.signature.timestep, 1, timestep)):
@@ -110,7 +112,8 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
                     f"{type(pipe).__name__} handed its denoiser the time {given} at timestep {float(scheduled)}, where "
                     f"the {family.name} spec's Training.timestep says {stated}: the spec does not match this pipeline."
                 )
-        captured.append(DenoiserInputs(args, kwargs, sample.shape, time, signature, training))
+        time_dtype = torch.as_tensor(timestep).dtype
+        captured.append(DenoiserInputs(args, kwargs, sample.shape, time, signature, training, time_dtype))
         raise StopRun
 
     kwargs = pipeline_kwargs(pipe, generate_kwargs)
