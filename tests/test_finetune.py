@@ -55,7 +55,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4", "krea2")
+NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)
@@ -409,6 +409,7 @@ FLOW_CONVENTIONS = {
     "z-image": (lambda time: 1 - time, -1.0, True),  # (1000 - t) / 1000, per-row list, prediction negated
     "ernie-image": (lambda time: time / 1000, 1.0, False),  # t
     "nucleusmoe-image": (lambda time: time, -1.0, False),  # t / 1000, prediction negated
+    "krea2": (lambda time: time, 1.0, False),  # t / 1000
 }
 
 
