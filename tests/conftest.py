@@ -46,7 +46,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 NOT_INVERTED = (
     "cosmos2",
     "hunyuandit", "kandinsky5",
-    "qwenimage21", "glm-image", "ideogram4",
+    "qwenimage21", "glm-image",
 )
 
 

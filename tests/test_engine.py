@@ -680,9 +680,8 @@ def without_guidance(pipe) -> dict:
     return kwargs
 
 
-# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, prior tokens, or (Ideogram 4) a
-# reversed time and negated velocity its spec does not state yet.
-DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image", "ideogram4")
+# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, or prior tokens.
+DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image")
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
@@ -693,10 +692,12 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     inputs = denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
     model = denoiser(pipe)
     batch = inputs.training.batch or (lambda rows: rows)  # Z-Image takes and returns lists of rows
+    # Ideogram 4: its sample argument holds the text's zeros ahead of the latents it samples.
+    start = inputs.training.sample_start(inputs.kwargs) if inputs.training.sample_start else 0
     with torch.no_grad():
-        own = batch(model(*inputs.args, **inputs.kwargs)[0])
+        own = batch(model(*inputs.args, **inputs.kwargs)[0])[:, start:]
         sample = inputs.kwargs.get("hidden_states", inputs.kwargs.get("sample", inputs.args[0] if inputs.args else None))
-        sample = batch(sample)
+        sample = batch(sample)[:, start:]
         first = pipe.scheduler.timesteps[0].expand(2)
         replayed = inputs(model, sample, first)
         moved = inputs(model, torch.randn_like(sample), first)
@@ -704,9 +705,9 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     torch.testing.assert_close(replayed, own[:, : sample.shape[1]])
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
-    # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2 and Z-Image 1 - t / 1000 (0 is noise).
+    # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2, Z-Image and Ideogram 4 1 - t / 1000 (0 is noise).
     name = family_of(pipe).name
-    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2") else 0.75 if name in ("lumina2", "z-image") else 250.0
+    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2") else 0.75 if name in ("lumina2", "z-image", "ideogram4") else 250.0
     assert inputs.time(torch.tensor([250.0])).item() == pytest.approx(expected)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.configuration_utils import FrozenDict
 
 from conftest import NOT_INVERTED, PROMPT, _pipeline
 from textloc.architectures import family_of
@@ -266,6 +267,18 @@ def test_a_size_the_pipeline_rescales_is_a_one_line_error_naming_the_size_it_gen
     assert image.shape[:2] == (32, 32)
     with pytest.raises(ValueError, match=r"^HiDreamImagePipeline generates 32x32 images when asked for 40x40 .*height=32, width=32\.$"):
         invert(pipe, np.zeros((40, 40, 3)), PROMPT, num_inference_steps=1, **inversion_kwargs(pipe))
+
+
+def test_a_schedule_or_time_one_captured_call_cannot_follow_is_refused_in_one_line(monkeypatch) -> None:
+    # Ideogram 4's schedule is stated at its default mu and std; a MeanFlow HunyuanImage hands its
+    # denoiser the next step's time as well, which one captured call cannot replay.
+    ideogram = _pipeline("ideogram4")
+    with pytest.raises(ValueError, match="^invert follows Ideogram 4's default schedule: call it without mu= and std=.$"):
+        invert(ideogram, np.zeros((32, 32, 3)), PROMPT, num_inference_steps=1, **inversion_kwargs(ideogram), mu=0.5)
+    hunyuan = _pipeline("hunyuan-image")
+    monkeypatch.setattr(hunyuan.transformer, "_internal_dict", FrozenDict({**hunyuan.transformer.config, "use_meanflow": True}))
+    with pytest.raises(ValueError, match="^invert does not follow a MeanFlow HunyuanImage"):
+        invert(hunyuan, np.zeros((32, 32, 3)), PROMPT, num_inference_steps=1, **inversion_kwargs(hunyuan))
 
 
 def test_a_batch_inverts_as_its_images_one_by_one() -> None:

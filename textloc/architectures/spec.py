@@ -212,7 +212,11 @@ class Training:
       patches, B x C x tokens x p²).
     - ``unguided_scale``: the ``guidance_scale`` at which the pipeline runs no classifier-free
       guidance, as training conditions the denoiser and inversion regenerates (most: 1; Z-Image
-      guides at any scale above 0).
+      and Krea 2 guide at any scale above 0).
+    - ``sample_start(kwargs)``: where the denoiser's sample argument holds, ahead of the latents the
+      pipeline samples, tokens the pipeline fills itself (Ideogram 4: zeros where each row's text
+      sits), how many, from a denoiser call's keyword arguments: the denoiser is handed them as the
+      pipeline handed them, then the latents, and its prediction is read after them.
 
     Image inversion (``Family.inversion``) reads ``timestep``, ``prediction_sign``, ``rows`` and
     ``batch`` from here too: one place for each of the family's conventions.
@@ -225,6 +229,7 @@ class Training:
     batch: Callable[[Any], torch.Tensor] | None = None
     prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     unguided_scale: float = 1.0
+    sample_start: Callable[[Mapping[str, Any]], int] | None = None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,10 @@ class DenoiserInputs:
         timestep = self.time(timesteps.to(sample.device)).to(self.time_dtype)
         rows, batch = self.training.rows, self.training.batch
         given = sample if rows is None else rows(sample)
+        start = 0 if self.training.sample_start is None else self.training.sample_start(self.kwargs)
+        if start:  # the tokens the pipeline puts ahead of its latents, as it put them (Ideogram 4)
+            ahead = sample_and_timestep(self.signature, self.args, self.kwargs)[0][:, :start]
+            given = torch.cat([ahead.to(given), given], dim=1)
         for key, position, value in ((self.signature.sample, 0, given), (self.signature.timestep, 1, timestep)):
             if key in kwargs:
                 kwargs[key] = value
@@ -59,6 +63,7 @@ class DenoiserInputs:
         prediction = prediction_of(model(*args, **kwargs))
         if batch is not None:
             prediction = batch(prediction)
+        prediction = prediction[:, start:]
         if self.training.prediction is not None:
             prediction = self.training.prediction(prediction, sample)
         if prediction.shape[1] == 2 * sample.shape[1] and prediction.shape[2:] == sample.shape[2:]:
@@ -73,8 +78,11 @@ def conditional_settings(pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
     is conditioning, and keeps its scale. HunyuanImage takes no ``guidance_scale``: its guiders run
     CFG as passes, the conditional one first, which is the one :func:`denoiser_inputs` captures."""
     unguided = {key: value for key, value in settings.items() if not key.startswith("negative_") and key != "true_cfg_scale"}
-    if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in inspect.signature(pipe.__call__).parameters:
+    parameters = inspect.signature(pipe.__call__).parameters
+    if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in parameters:
         unguided["guidance_scale"] = family_of(pipe).training.unguided_scale
+        if "guidance_schedule" in parameters:  # Ideogram 4: a per-step schedule, which a scale excludes
+            unguided["guidance_schedule"] = None
     return unguided
 
 
@@ -98,6 +106,8 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
         sample, timestep = sample_and_timestep(signature, args, kwargs)
         if training.batch is not None:
             sample = training.batch(sample)
+        if training.sample_start is not None:
+            sample = sample[:, training.sample_start(kwargs):]
         scheduled = pipe.scheduler.timesteps[call.position]
         given = float(torch.as_tensor(timestep).flatten()[0])
         if float(scheduled) == 0:
