@@ -15,7 +15,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import FrozenDict
 
 from conftest import NOT_INVERTED, PROMPT, _pipeline
-from textloc.architectures import family_of
+from textloc.architectures import denoiser, family_of
 from textloc.edit.inversion import encode_image, invert, reconstruct, starting_from
 from textloc.models import named_model
 from textloc.pipeline_calls import images_of
@@ -233,8 +233,14 @@ def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(pipe, 
 
 
 def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch, monkeypatch) -> None:
-    # bfloat16, so that a wrong dtype shows: SanaPipeline draws float32 noise whatever the model's.
+    # bfloat16, so that a wrong dtype shows: SanaPipeline draws float32 noise whatever the model's. As
+    # from_pretrained(torch_dtype=...) loads a model, the modules it keeps in float32 stay so (Kandinsky 5's
+    # time embedding, which its pipeline cannot run in bfloat16 on the CPU).
     pipe = tiny_pipeline(arch).to(dtype=torch.bfloat16)
+    model = denoiser(pipe)
+    for name, module in model.named_modules():
+        if set(name.split(".")) & set(model._keep_in_fp32_modules or ()):
+            module.to(torch.float32)
     # Two steps: PixArt-Alpha's pipeline cannot take one with its own DPM-Solver.
     two_steps = {**unguided(pipe), "num_inference_steps": 2, "output_type": sample_output(pipe)}
     own = images_of(pipe(prompt=PROMPT, generator=torch.Generator("cpu").manual_seed(0), **two_steps))
@@ -261,12 +267,15 @@ def test_an_image_size_the_pipeline_cannot_take_is_a_one_line_error_naming_one_i
     assert inverted.shape == latents_argument(pipe, monkeypatch, height=height, width=width).shape
 
 
-def test_a_size_the_pipeline_rescales_is_a_one_line_error_naming_the_size_it_generates() -> None:
-    pipe = _pipeline("hidream")  # HiDream scales every size to its default area (the tiny one's: 32x32)
-    image = generate(pipe, seed=0, height=40, width=40, output_type="np")[0]
+# HiDream scales every size to its default area, Kandinsky 5 snaps it to its list of resolutions (the tiny ones: 32x32).
+@pytest.mark.parametrize("family_arch, side", [("hidream", 40), ("kandinsky5", 48)])
+def test_a_size_the_pipeline_changes_is_a_one_line_error_naming_the_size_it_generates(family_arch, side) -> None:
+    pipe = _pipeline(family_arch)
+    image = generate(pipe, seed=0, height=side, width=side, output_type="np")[0]
     assert image.shape[:2] == (32, 32)
-    with pytest.raises(ValueError, match=r"^HiDreamImagePipeline generates 32x32 images when asked for 40x40 .*height=32, width=32\.$"):
-        invert(pipe, np.zeros((40, 40, 3)), PROMPT, num_inference_steps=1, **inversion_kwargs(pipe))
+    message = rf"^{type(pipe).__name__} generates 32x32 images when asked for {side}x{side} .*height=32, width=32\.$"
+    with pytest.raises(ValueError, match=message):
+        invert(pipe, np.zeros((side, side, 3)), PROMPT, num_inference_steps=1, **inversion_kwargs(pipe))
 
 
 def test_a_schedule_or_time_one_captured_call_cannot_follow_is_refused_in_one_line(monkeypatch) -> None:
