@@ -44,7 +44,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
-    "cosmos2",
+
 
     "qwenimage21", "glm-image",
 )
