@@ -46,7 +46,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 NOT_INVERTED = (
 
 
-    "qwenimage21", "glm-image",
+    "glm-image",
 )
 
 

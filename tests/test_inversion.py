@@ -171,20 +171,30 @@ def test_a_family_inversion_does_not_cover_is_refused_in_one_line(family_arch) -
         invert(pipe, [np.zeros((32, 32, 3), dtype=np.uint8)], PROMPT, num_inference_steps=2)
 
 
-def test_regeneration_from_the_inverted_noise_returns_to_the_image(pipe, monkeypatch) -> None:
-    image = generate(pipe, seed=0)[0]
-    inverted = invert(pipe, image, PROMPT, num_inference_steps=STEPS, **inversion_kwargs(pipe))
+# Qwen-Image 2.1's terminal-shifted schedule on its 4 tiny tokens takes bigger steps: 3 regenerate at 0.53,
+# 6 at 0.25, 12 at 0.13 (the error halves with the step, as an Euler inversion's does; 1.33 with the sign flipped).
+REGENERATION_STEPS = {"qwenimage21": 6}
+
+
+def test_regeneration_from_the_inverted_noise_returns_to_the_image(arch, pipe, monkeypatch) -> None:
+    steps = REGENERATION_STEPS.get(arch, STEPS)
+    image = generate(pipe, seed=0, num_inference_steps=steps)[0]
+    inverted = invert(pipe, image, PROMPT, num_inference_steps=steps, **inversion_kwargs(pipe))
     with starting_from(pipe, inverted):
-        regenerated = final_sample(pipe)
-    other_seed = final_sample(pipe, generator=torch.Generator("cpu").manual_seed(1))
+        regenerated = final_sample(pipe, num_inference_steps=steps)
+    other_seed = final_sample(pipe, num_inference_steps=steps, generator=torch.Generator("cpu").manual_seed(1))
     # Judged where the sampler works: the encoded image as the pipeline prepares it from its latents argument.
     target = sampled_from(pipe, encode_image(pipe, image), monkeypatch)
 
     def distance(sample: torch.Tensor) -> float:
         return (sample.float() - target).norm().item()
 
-    # Measured ratios: sd15 0.26, sdxl 0.24, sd3 0.12, flux 0.32, FLUX.2-dev 0.37, FLUX.2-Klein 0.29, IF 0.41,
-    # PixArt 0.06, Sana 0.14, Qwen-Image 0.32, Chroma 0.20, Z-Image 0.25.
+    # Measured ratios (with the prediction's sign flipped, in brackets, where measured): sd15 0.26 (0.49), sdxl 0.24,
+    # sd3 0.12, flux 0.32, FLUX.2-dev 0.37 (0.86), FLUX.2-Klein 0.29, IF 0.41, PixArt 0.06, Sana 0.14, Qwen-Image 0.32
+    # (0.92), Chroma 0.20 (0.74), Z-Image 0.25, Lumina 2 0.12 (0.74), CogView4 0.19 (0.75), HiDream 0.40 (0.71),
+    # Ovis-Image 0.18 (0.68), LongCat-Image 0.28 (0.86), ERNIE-Image 0.27 (0.77), NucleusMoE-Image 0.31 (0.69),
+    # HunyuanImage 0.15 (0.81), Krea 2 0.12 (0.76), Ideogram 4 0.11 (0.93), HunyuanDiT 0.44 (1.08), Kandinsky 5
+    # 0.27 (0.77), Cosmos 2 0.39 (0.56), Qwen-Image 2.1 0.25 at 6 steps (1.34).
     assert distance(regenerated) < 0.5 * distance(other_seed)
 
 
@@ -196,7 +206,7 @@ def test_flow_inversion_runs_back_through_the_schedule_the_pipeline_samples_with
     with starting_from(pipe, encode_image(pipe, image)):
         final_sample(pipe)
         sampled = pipe.scheduler  # as the pipeline set its timesteps for this call
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() * 2 - 1
+    pixels = torch.from_numpy(image[..., :3]).permute(2, 0, 1)[None].float() * 2 - 1
     inverse = FlowMatchEulerDiscreteScheduler.from_config(sampled.config)
     inversion.set_flow_timesteps(pipe, inverse, STEPS, inversion.encode_image(pipe, pixels))
     torch.testing.assert_close(inverse.sigmas, sampled.sigmas.cpu())
@@ -233,6 +243,8 @@ def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(arch, 
     if not hasattr(pipe, "vae"):
         pytest.skip("pixel space: the sample is the image itself")
     image = generate(pipe, seed=0)[0]
+    if image.shape[-1] == 4:  # Qwen-Image 2.1 generates RGBA: inversion encodes an image's colours, opaque
+        image = np.concatenate([image[..., :3], np.ones_like(image[..., :1])], axis=-1)
     other_statistics(pipe, statistics)
     # encode_image gives the latents argument's layout: the pipeline's own preparation packs it.
     clean = sampled_from(pipe, encode_image(pipe, image), monkeypatch)
@@ -257,7 +269,8 @@ def test_the_encoded_image_is_what_the_pipeline_decodes_back_to_the_image(arch, 
     # Cosmos 2 hands its images to its safety checker as uint8 and back: whole 255ths, rounded down.
     np.testing.assert_allclose(decoded_by_pipeline, round_trip.detach().numpy(), atol=1 / 255 if arch == "cosmos2" else 1e-4)
     # reconstruct's autoencoded images: the family decodes its sample as the pipeline does.
-    np.testing.assert_allclose((decoded_by_family[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1), round_trip.detach().numpy(), atol=1e-4)
+    colours = round_trip[..., :3].detach().numpy()  # reconstruct scores an image's colours
+    np.testing.assert_allclose((decoded_by_family[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1), colours, atol=1e-4)
 
 
 def test_inverted_noise_is_what_the_pipelines_latents_argument_takes(arch, monkeypatch) -> None:

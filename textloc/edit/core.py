@@ -228,8 +228,9 @@ def edit_image(
     with starting_from(pipe, latents):
         result = edit_text(pipe, prompt, new_text, layers, start_step=start_step, method=method, ocr=ocr, **settings)
     result.given_image = to_pil_list(image)[0]
-    original = np.asarray(result.given_image.resize(result.source_image.size), dtype=np.float32) / 255
-    regenerated = np.asarray(result.source_image, dtype=np.float32) / 255
+    # Colours against colours: Qwen-Image 2.1 generates RGBA, and inversion encodes an image opaque.
+    original = np.asarray(result.given_image.convert("RGB").resize(result.source_image.size), dtype=np.float32) / 255
+    regenerated = np.asarray(result.source_image.convert("RGB"), dtype=np.float32) / 255
     result.reconstruction = {key: value for key, value in image_scores(original, regenerated).items() if key != "mse"}
     result.generation["seed"] = None  # the noise is the image's inversion, not a seed's
     return result
