@@ -4,7 +4,8 @@ A family's :class:`Inversion` says, as its pipeline ``__call__`` does it: how an
 clean sample the sampler ends at (and back), the conditioning of the conditional branch, and one
 conditional prediction of the denoiser. What the family's ``Training`` states (the time handed to
 the denoiser, the sign the pipeline steps with, list layouts) is read from there, not restated.
-:mod:`textloc.edit.inversion` runs the sampler backwards with it.
+:class:`CapturedInversion` takes the conditioning and the prediction from the pipeline's own
+denoiser call. :mod:`textloc.edit.inversion` runs the sampler backwards with it.
 
 Like the rest of a spec, importing this imports no torch: each part imports what it uses when called.
 """

@@ -6,14 +6,15 @@ backwards through the sampler's steps with the prompt's *conditional* prediction
 classifier-free guidance, the usual choice: guidance during inversion amplifies the inversion error). Two
 samplers, each reversed through diffusers' own schedulers:
 
-- epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
+- epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt, HunyuanDiT): DDIM.
   ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
   config, steps it back down.
-- flow-matching models (SD3, FLUX, FLUX.2, Chroma, Sana, Qwen-Image, Z-Image): the flow ODE, integrated
-  backwards with Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline
-  (the resolution-dependent shift included where the pipeline applies one), and forwards by that
-  scheduler itself. The velocity is the denoiser's output times the family's
-  ``Training.prediction_sign``, as its pipeline steps with it (and as training's target has it).
+- flow-matching models (every other family): the flow ODE, integrated backwards with Euler steps
+  over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (the resolution-dependent
+  shift included where the pipeline applies one), and forwards by that scheduler itself. The
+  velocity is the denoiser's output times the family's ``Training.prediction_sign``, as its
+  pipeline steps with it (and as training's target has it); Cosmos 2's is its EDM ODE's derivative,
+  made from its preconditioned denoiser as its pipeline makes it.
 
 Each family's image encoding and denoiser conditioning live in its spec (``Family.inversion``,
 :mod:`textloc.architectures.inversion`); a family without one is refused.
