@@ -199,11 +199,11 @@ class Training:
       packs them, FLUX-style), or the pixels themselves for a pixel-space model.
     - ``timestep(scheduler, t)``: the time the pipeline hands its denoiser at scheduler timestep
       ``t`` (1000 is noise). Default: ``t`` times the ratio read from the pipeline's own call (1, or
-      FLUX's 1/1000); a family whose time is not a multiple (Lumina 2, Z-Image: ``1 - t/1000``, 0
+      FLUX's 1/1000); a family whose time is not a multiple (Lumina 2, Z-Image, Ideogram 4: ``1 - t/1000``, 0
       is noise) states it, and the capture checks it against the pipeline's call.
     - ``prediction_sign``: the pipeline steps its scheduler with this sign times the denoiser's
       output, so the denoiser was trained to predict this sign times the scheduler's target
-      (HiDream, Lumina 2, Z-Image: -1, the negated velocity).
+      (HiDream, Lumina 2, Z-Image, NucleusMoE-Image, Ideogram 4: -1, the negated velocity).
     - ``rows`` and ``batch``: where the denoiser takes its samples as a list of per-row tensors
       (Z-Image), the batch as that list, and the denoiser's output (that list, or it stacked)
       back as one batch in the layout of ``latents``.
