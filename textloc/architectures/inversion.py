@@ -37,7 +37,8 @@ class Inversion(abc.ABC):
 
     def generated_size(self, pipe: Any, height: int, width: int) -> tuple[int, int]:
         """The size the pipeline generates at when asked for ``height`` x ``width`` (most: that size;
-        HiDream rescales every size to its default area): an image inverts only at a size it keeps."""
+        HiDream rescales every size to its default area, Kandinsky 5 snaps it to its list of
+        resolutions): an image inverts only at a size the pipeline keeps."""
         return height, width
 
     def encode_image(self, pipe: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
