@@ -50,11 +50,7 @@ PADS_TO_LONGEST = ("qwenimage", "ernie-image", "bria-fibo")
 
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
-    "lumina2", "cosmos2", "cogview4", "hunyuan-image", "hidream",
-    "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
-    "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4", "krea2",
-    "cogview3plus",
-    "bria-fibo",
+    "glm-image", "cogview3plus", "bria-fibo",
 )
 
 

@@ -758,9 +758,8 @@ def without_guidance(pipe) -> dict:
     return kwargs
 
 
-# Their specs refuse: EDM preconditioning, a prediction of the text tokens too, prior tokens, or (Ideogram 4) a
-# reversed time and negated velocity its spec does not state yet.
-DENOISER_INPUTS_REFUSED = ("cosmos2", "qwenimage21", "glm-image", "ideogram4")
+# Their specs refuse: EDM preconditioning, or prior tokens.
+DENOISER_INPUTS_REFUSED = ("cosmos2", "glm-image")
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):
@@ -771,10 +770,14 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     inputs = denoiser_inputs(pipe, [PROMPT, OTHER], **without_guidance(pipe))
     model = denoiser(pipe)
     batch = inputs.training.batch or (lambda rows: rows)  # Z-Image takes and returns lists of rows
+    # Ideogram 4: its sample argument holds the text's zeros ahead of the latents it samples.
+    start = inputs.training.sample_start(inputs.kwargs) if inputs.training.sample_start else 0
     with torch.no_grad():
-        own = batch(model(*inputs.args, **inputs.kwargs)[0])
+        own = batch(model(*inputs.args, **inputs.kwargs)[0])[:, start:]
         sample = inputs.kwargs.get("hidden_states", inputs.kwargs.get("sample", inputs.args[0] if inputs.args else None))
-        sample = batch(sample)
+        sample = batch(sample)[:, start:]
+        if inputs.training.prediction is not None:  # Qwen-Image 2.1 predicts its text tokens too
+            own = inputs.training.prediction(own, sample)
         first = pipe.scheduler.timesteps[0].expand(2)
         replayed = inputs(model, sample, first)
         moved = inputs(model, torch.randn_like(sample), first)
@@ -782,9 +785,9 @@ def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timeste
     torch.testing.assert_close(replayed, own[:, : sample.shape[1]])
     assert not torch.allclose(moved, replayed), "the sample was not substituted"
     assert not torch.allclose(later, replayed), "the timestep was not substituted"
-    # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2 and Z-Image 1 - t / 1000 (0 is noise).
+    # FLUX-style pipelines pass the denoiser t / 1000; Lumina 2, Z-Image and Ideogram 4 1 - t / 1000 (0 is noise).
     name = family_of(pipe).name
-    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2", "auraflow", "prx") else 0.75 if name in ("lumina2", "z-image", "lumina-next") else 250.0
+    expected = 0.25 if name in ("flux", "flux2", "chroma", "qwenimage", "ovis-image", "longcat-image", "nucleusmoe-image", "krea2", "qwenimage21", "auraflow", "prx") else 0.75 if name in ("lumina2", "z-image", "ideogram4", "lumina-next") else 250.0
     assert inputs.time(torch.tensor([250.0])).item() == pytest.approx(expected)
 
 
@@ -792,9 +795,9 @@ def test_denoiser_inputs_refuse_a_guided_call(arch, pipe):
     if arch in DENOISER_INPUTS_REFUSED:
         pytest.skip("its spec refuses denoiser_inputs whatever the guidance (see the test above)")
     guidance = family_of(pipe).guidance
-    if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):
-        # FLUX, Chroma, Qwen-Image, CogView4, HunyuanImage, Ovis-Image and LongCat-Image run CFG as two calls (FLUX.2 dev
-        # none), the conditional one first: that one is captured.
+    if guidance.distilled or guidance.call_order is not None or arch in ("qwenimage", "qwenimage21", "cogview4", "hunyuan-image", "ovis-image", "longcat-image"):
+        # FLUX, Chroma, Qwen-Image (1 and 2.1), CogView4, HunyuanImage, Ovis-Image and LongCat-Image run CFG as two calls
+        # (FLUX.2 dev none), the conditional one first: that one is captured.
         guided, plain = denoiser_inputs(pipe, PROMPT, **seeded(pipe)), denoiser_inputs(pipe, PROMPT, **without_guidance(pipe))
         torch.testing.assert_close(guided.kwargs["encoder_hidden_states"], plain.kwargs["encoder_hidden_states"])
         return

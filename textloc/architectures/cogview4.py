@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import CapturedInversion
 from textloc.architectures.spec import TEXT_FIRST, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 _PREFIX = 2  # [gMASK] <sop>
@@ -79,6 +80,35 @@ def _cogview4(seed: int) -> dict[str, Any]:
     )
 
 
+class _CogView4Inversion(CapturedInversion):
+    """Flow inversion of CogView4, as ``CogView4Pipeline.__call__`` samples: the VAE's latents divided
+    by nothing but ``scaling_factor`` (the default encoding: the VAE has no shift), not packed, its
+    noise drawn in float32; the denoiser takes ``t`` (read from the capture)."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        import math
+
+        # check_inputs takes multiples of 16; the transformer's patches tile the latents.
+        return math.lcm(16, pipe.vae_scale_factor * pipe.transformer.config.patch_size)
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        import torch
+
+        return torch.float32
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import numpy as np
+        from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift
+
+        # Integer timesteps from num_train_timesteps down to 1, their sigmas t / num_train_timesteps,
+        # shifted by CogView4's own mu of the image's patch count.
+        config = scheduler.config
+        timesteps = np.linspace(config.num_train_timesteps, 1.0, num_inference_steps).astype(np.int64).astype(np.float32)
+        patches = sample.shape[2] * sample.shape[3] // pipe.transformer.config.patch_size**2
+        mu = calculate_shift(patches, config.get("base_image_seq_len", 256), config.get("base_shift", 0.25), config.get("max_shift", 0.75))
+        scheduler.set_timesteps(timesteps=timesteps, sigmas=timesteps / config.num_train_timesteps, device=sample.device, mu=mu)
+
+
 COGVIEW4_6B = PublishedDenoiser(
     "CogView4-6B", "CogView4Transformer2DModel", {"num_layers": 28, "attention_head_dim": 128, "num_attention_heads": 32}, 1024,
     "CogView4-6B transformer/config.json; text: at most 1024 GLM-4 tokens (padded to a multiple of 16)",
@@ -91,4 +121,5 @@ FAMILY = Family(
     attention=(AttentionRule("Attention", TEXT_FIRST, where="transformer_blocks.*"),),
     tiny={"cogview4": TinyPipeline("CogView4Pipeline", _cogview4, {"max_sequence_length": _TEXT_LENGTH})},
     published=(COGVIEW4_6B,),
+    inversion=_CogView4Inversion(),
 )

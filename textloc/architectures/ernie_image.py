@@ -32,6 +32,7 @@ from typing import Any
 
 from textloc.architectures import tiny_parts as parts
 from textloc.architectures.flux2 import batch_norm_latents
+from textloc.architectures.inversion import CapturedInversion, vae_decoding
 from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, PublishedDenoiser, TinyPipeline, Training
 
 _LATENT_CHANNELS = 4  # patchified 2x2 into the transformer's 16 input channels
@@ -135,6 +136,34 @@ def _encode(pipe: Any, pixels: Any, generators: Any) -> Any:
     return batch_norm_latents(pipe, pixels, generators, _BATCH_NORM_EPS)
 
 
+class _ErnieImageInversion(CapturedInversion):
+    """Flow inversion of ERNIE-Image, as ``ErnieImagePipeline.__call__`` samples: the VAE's latents
+    patchified 2x2 into channels and batch-norm normalised (its :data:`Training` encoding), not packed
+    into tokens, its noise drawn in the transformer's dtype; sigmas evenly spaced from 1 (the
+    scheduler's own shift, no ``mu``); the denoiser takes ``t`` and predicts the velocity."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor  # its check_inputs; the VAE's factor times the 2x2 patchify
+
+    def encode_image(self, pipe, pixels, generators=None):
+        return _encode(pipe, pixels, generators)
+
+    def decode_sample(self, pipe, sample, height, width):
+        import torch
+
+        mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1).to(sample)
+        std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + _BATCH_NORM_EPS).to(sample)
+        return vae_decoding(pipe.vae, pipe._unpatchify_latents(sample * std + mean))
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.transformer.dtype
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import torch
+
+        scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, num_inference_steps + 1)[:-1], device=sample.device)
+
+
 ERNIE_IMAGE = PublishedDenoiser(
     "ERNIE-Image", "ErnieImageTransformer2DModel",
     {"hidden_size": 4096, "num_attention_heads": 32, "num_layers": 36, "ffn_hidden_size": 12288, "text_in_dim": 3072}, 256,
@@ -150,6 +179,7 @@ FAMILY = Family(
     signature=DenoiserSignature(text="text_bth"),
     # The denoiser takes the scheduler's timestep (0..1000) and predicts the velocity, as the objective's defaults.
     training=Training(encode=_encode),
+    inversion=_ErnieImageInversion(),
     call_defaults={"use_pe": False},
     tiny={"ernie-image": TinyPipeline("ErnieImagePipeline", _ernie_image)},
     published=(ERNIE_IMAGE,),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.inversion import Inversion, encode_prompt, resolution_shift
+from textloc.architectures.inversion import CapturedInversion, Inversion, encode_prompt, resolution_shift
 from textloc.architectures.spec import JOINT, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
 
@@ -109,6 +109,16 @@ class FluxInversion(Inversion):
         if scheduler.config.get("use_flow_sigmas", False):
             sigmas = None
         scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=resolution_shift(scheduler, sample.shape[1], max_shift=1.15))
+
+
+class CapturedFluxInversion(CapturedInversion, FluxInversion):
+    """FLUX.1's latents (2x2-packed tokens, its VAE's scaling and shift, linspace sigmas shifted by the
+    token count: :class:`FluxInversion`'s) under the pipeline's own conditioning
+    (:class:`CapturedInversion`'s): FLUX.1's derivatives whose pipelines sample as ``FluxPipeline``
+    does, their noise drawn in the prompt embeddings' dtype (Ovis-Image, LongCat-Image)."""
+
+    def latents_dtype(self, pipe):
+        return pipe.text_encoder.dtype
 
 
 FLUX_1_DEV = PublishedDenoiser(

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import CapturedInversion
 from textloc.architectures.spec import TEXT_LAST, AttentionRule, DenoiserSignature, Family, Projection, PublishedDenoiser, TextRoute, TinyPipeline, Training
 
 PATCH_SIZE = 8
@@ -140,6 +141,33 @@ def _small(pipe: Any) -> None:
     pipe.default_sample_size = parts.IMAGE_SIZE // pipe.vae_scale_factor
 
 
+class _HiDreamInversion(CapturedInversion):
+    """Flow inversion of HiDream-I1, as ``HiDreamImagePipeline.__call__`` samples: the VAE's latents,
+    scaled and shifted, not packed (the transformer patchifies them), its noise drawn in the pooled
+    CLIP vectors' dtype, every size rescaled to the default area; the negated velocity is its
+    :class:`Training`'s. A scheduler other than FlowMatchEuler (I1-Full's UniPC, of flow sigmas) is
+    inverted and sampled with FlowMatchEuler of its config, as Sana's DPM-Solver is."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        # __call__ rounds sizes to 2 latents; the transformer's patches must tile them (the real ones are 2x2).
+        return pipe.vae_scale_factor * math.lcm(2, pipe.transformer.config.patch_size)
+
+    def generated_size(self, pipe: Any, height: int, width: int) -> tuple[int, int]:
+        # __call__ scales every requested size to the area of its default_sample_size, rounded down to its division.
+        division = pipe.vae_scale_factor * 2
+        scale = math.sqrt((pipe.default_sample_size * pipe.vae_scale_factor) ** 2 / (width * height))
+        return int(height * scale // division * division), int(width * scale // division * division)
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.text_encoder.dtype
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        from diffusers.pipelines.hidream_image.pipeline_hidream_image import calculate_shift
+
+        # mu from the transformer's largest sequence, with FLUX's defaults, not the scheduler's config.
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, mu=calculate_shift(pipe.transformer.max_seq))
+
+
 # Double-stream blocks: the text stream's own K/V projections; a LoRA trains the image stream.
 _TEXT_STREAM = TextRoute("joint", Projection("to_k_t"), Projection("to_v_t"), lora_targets=("to_q", "to_k", "to_v", "to_out"))
 
@@ -166,6 +194,7 @@ FAMILY = Family(
     pooled="p_embedder",
     # HiDreamImagePipeline steps its scheduler with the negated prediction.
     training=Training(prediction_sign=-1.0, prediction=_unpatchified),
+    inversion=_HiDreamInversion(),
     tiny={"hidream": TinyPipeline("HiDreamImagePipeline", _hidream, {"guidance_scale": 5.0}, _small)},
     published=(HIDREAM_I1,),
 )

@@ -36,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import CapturedInversion
 from textloc.architectures.spec import CROSS, POOLED_LORA, SIZE_AS_ASKED, AttentionRule, Family, PublishedDenoiser, TinyPipeline
 
 # What HunyuanDiTPipeline.__call__ pads each prompt to, and the transformer's pooler and padding
@@ -117,6 +118,22 @@ def _hunyuan_dit(seed: int) -> dict[str, Any]:
     )
 
 
+class _HunyuanDiTInversion(CapturedInversion):
+    """DDIM inversion of HunyuanDiT, as ``HunyuanDiTPipeline.__call__`` samples: the VAE's latents
+    scaled (the default encoding: no shift), noise in the transformer's dtype; the transformer's
+    learned variance is split off its prediction (v-prediction in the real model, as its scheduler
+    config says), its size and style conditioning and rotary embedding taken from the capture."""
+
+    flow = False
+
+    def size_multiple(self, pipe: Any) -> int:
+        import math
+
+        # Its rotary grid counts height // 8 // patch_size tokens, whatever the VAE's factor.
+        patch = pipe.transformer.config.patch_size
+        return math.lcm(8 * patch, pipe.vae_scale_factor * patch)
+
+
 HUNYUAN_DIT_1_2 = PublishedDenoiser(
     "HunyuanDiT v1.2", "HunyuanDiT2DModel",
     {
@@ -138,6 +155,7 @@ FAMILY = Family(
         POOLED_LORA: "its attention pool hands its projections' weights to F.multi_head_attention_forward and never "
         "calls them, so a LoRA on them would never run; train its attention layers ('attention')",
     },
+    inversion=_HunyuanDiTInversion(),
     tiny={"hunyuandit": TinyPipeline("HunyuanDiTPipeline", _hunyuan_dit)},
     published=(HUNYUAN_DIT_1_2,),
 )

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import CapturedInversion
 from textloc.architectures.qwenimage import qwen25_vl_encoder, system_prompt_tokenizer
 from textloc.architectures.spec import JOINT, TEXT_LAST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
 
@@ -82,6 +83,30 @@ def _short_text(pipe: Any) -> None:
     pipe.tokenizer_max_length = pipe.tokenizer_2_max_length = parts.TEXT_LENGTH
 
 
+class _HunyuanImageInversion(CapturedInversion):
+    """Flow inversion of HunyuanImage 2.1, as ``HunyuanImagePipeline.__call__`` samples: the VAE's
+    latents divided by ``scaling_factor`` only (the default encoding: no shift), unpacked, its noise
+    drawn in the transformer's dtype; sigmas evenly spaced from 1 (the scheduler's own shift, no
+    ``mu``); the denoiser takes ``t``, and distilled guidance as an input (from the capture)."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.transformer.dtype
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        if pipe.transformer.config.use_meanflow:
+            # Its timestep_r is the next step's timestep: a captured call holds the first step's only.
+            raise ValueError("invert does not follow a MeanFlow HunyuanImage (use_meanflow): it hands its denoiser the next step's time too.")
+        return super().conditioning(pipe, prompts, arguments, height, width)
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import numpy as np
+
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1], device=sample.device)
+
+
 HUNYUAN_IMAGE_2_1 = PublishedDenoiser(
     "HunyuanImage 2.1", "HunyuanImageTransformer2DModel", {"text_embed_2_dim": 1472}, 1128,
     "diffusers' class defaults, which are HunyuanImage 2.1's, with its ByT5 glyph encoder (inferred: 1472 wide); "
@@ -98,6 +123,7 @@ FAMILY = Family(
     ),
     guidance=Guidance(contexts={"pred_cond": "cond", "pred_uncond": "uncond"}),
     text_length=_text_length,
+    inversion=_HunyuanImageInversion(),
     tiny={"hunyuan-image": TinyPipeline("HunyuanImagePipeline", _hunyuan_image, {}, _short_text)},
     published=(HUNYUAN_IMAGE_2_1,),
 )

@@ -35,7 +35,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.spec import TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
+from textloc.architectures.inversion import CapturedInversion, vae_decoding, vae_encoding
+from textloc.architectures.spec import TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline, Training
 from textloc.architectures.z_image import CHARACTERS
 
 # transformer_ideogram4.py's per-token roles.
@@ -66,10 +67,92 @@ def _text_length(args: tuple, kwargs: Mapping[str, Any]) -> int:
     return int(lengths[0])
 
 
+def _ahead_of_image(kwargs: Mapping[str, Any]) -> int:
+    # Every row's packed sequence holds max_sequence_length tokens (padding and text) before its image.
+    return int((kwargs["indicator"][0] != _IMAGE_TOKEN).sum())
+
+
 def _text_start(args: tuple, kwargs: Mapping[str, Any]) -> int:
     # The image starts at max_sequence_length in every row; the text ends there.
-    ahead_of_image = int((kwargs["indicator"][0] != _IMAGE_TOKEN).sum())
-    return ahead_of_image - int(_text_lengths(kwargs)[0])
+    return _ahead_of_image(kwargs) - int(_text_lengths(kwargs)[0])
+
+
+def _reversed_time(scheduler: Any, timestep: Any) -> Any:
+    # Ideogram4Pipeline hands its denoiser 1 - t / num_train_timesteps (0 is noise, 1 the image).
+    return 1 - timestep / scheduler.config.num_train_timesteps
+
+
+# Ideogram4Pipeline.__call__: the transformer is handed [zeros where the text sits, latents], at the
+# reversed time, its output read after the text, and the scheduler stepped with the negated velocity.
+TRAINING = Training(timestep=_reversed_time, prediction_sign=-1.0, sample_start=_ahead_of_image)
+
+
+def _bn_std(pipe: Any, like: Any) -> tuple[Any, Any]:
+    import torch
+
+    mean = pipe.vae.bn.running_mean.view(1, 1, -1).to(like)
+    return mean, torch.sqrt(pipe.vae.bn.running_var + pipe.vae.config.batch_norm_eps).view(1, 1, -1).to(like)
+
+
+def _encode(pipe: Any, pixels: Any, generators: Any = None) -> Any:
+    """The latents the pipeline samples, for ``pixels``: the VAE's latents in ``patch_size`` x
+    ``patch_size`` tokens, each token's channels in (row, column, channel) order, normalised by the
+    VAE's batch-norm statistics (the inverse of what its ``__call__`` decodes)."""
+    latents = vae_encoding(pipe.vae, pixels, generators)
+    batch, channels, height, width = latents.shape
+    patch = pipe.patch_size
+    patches = latents.view(batch, channels, height // patch, patch, width // patch, patch).permute(0, 2, 4, 3, 5, 1)
+    tokens = patches.reshape(batch, (height // patch) * (width // patch), patch * patch * channels)
+    mean, std = _bn_std(pipe, tokens)
+    return (tokens - mean) / std
+
+
+class _Ideogram4Inversion(CapturedInversion):
+    """Flow inversion of Ideogram 4, as ``Ideogram4Pipeline.__call__`` samples: its batch-norm
+    normalised 2x2 tokens (:func:`_encode`), float32 noise, its resolution-aware logit-normal sigmas;
+    the reversed time, the text's zeros ahead of the latents and the negated velocity are its
+    :data:`TRAINING`'s. Only the conditional transformer is inverted: its CFG's second model reads no
+    text, and a regeneration at ``guidance_scale=1`` weighs it by 0."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor * pipe.patch_size  # its check_inputs
+
+    def encode_image(self, pipe, pixels, generators=None):
+        return _encode(pipe, pixels, generators)
+
+    def decode_sample(self, pipe, sample, height, width):
+        patch, side = pipe.patch_size, pipe.vae_scale_factor * pipe.patch_size
+        mean, std = _bn_std(pipe, sample)
+        patches = (sample * std + mean).view(sample.shape[0], height // side, width // side, patch, patch, -1)
+        latents = patches.permute(0, 5, 1, 3, 2, 4).reshape(sample.shape[0], -1, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        return vae_decoding(pipe.vae, latents)
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        import torch
+
+        return torch.float32
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        import inspect
+
+        # The schedule below is the one of the default mu and std (set_flow_timesteps sees no call arguments).
+        defaults = inspect.signature(pipe.__call__).parameters
+        if (arguments["mu"], arguments["std"]) != (defaults["mu"].default, defaults["std"].default):
+            raise ValueError("invert follows Ideogram 4's default schedule: call it without mu= and std=.")
+        return super().conditioning(pipe, prompts, arguments, height, width)
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import inspect
+
+        from diffusers.pipelines.ideogram4.pipeline_ideogram4 import _logit_normal_sigmas, _resolution_aware_mu
+
+        # Its logit-normal sigmas, their mean shifted by the image's pixel count (its token count
+        # times the pixels of a token), at the pipeline's default mu and std.
+        defaults = inspect.signature(pipe.__call__).parameters
+        pixels = sample.shape[1] * (pipe.vae_scale_factor * pipe.patch_size) ** 2
+        mu = _resolution_aware_mu(height=pixels, width=1, base_mu=defaults["mu"].default)
+        sigmas = _logit_normal_sigmas(num_inference_steps, mu, std=defaults["std"].default, device=sample.device)
+        scheduler.set_timesteps(sigmas=sigmas.tolist(), device=sample.device)
 
 
 def _qwen_tokenizer() -> Any:
@@ -152,9 +235,8 @@ FAMILY = Family(
     guidance=Guidance(distilled=True),
     text_length=_text_length,
     text_start=_text_start,
-    refuses={
-        **dict.fromkeys(("train_lora", "denoiser_inputs"), "its denoiser takes 1 - t/1000 (0 is noise) and predicts the negated velocity"),
-    },
+    training=TRAINING,
+    inversion=_Ideogram4Inversion(),
     tiny={
         "ideogram4": TinyPipeline(
             "Ideogram4Pipeline", _ideogram4,

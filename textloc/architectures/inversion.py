@@ -4,7 +4,8 @@ A family's :class:`Inversion` says, as its pipeline ``__call__`` does it: how an
 clean sample the sampler ends at (and back), the conditioning of the conditional branch, and one
 conditional prediction of the denoiser. What the family's ``Training`` states (the time handed to
 the denoiser, the sign the pipeline steps with, list layouts) is read from there, not restated.
-:mod:`textloc.edit.inversion` runs the sampler backwards with it.
+:class:`CapturedInversion` takes the conditioning and the prediction from the pipeline's own
+denoiser call. :mod:`textloc.edit.inversion` runs the sampler backwards with it.
 
 Like the rest of a spec, importing this imports no torch: each part imports what it uses when called.
 """
@@ -33,6 +34,12 @@ class Inversion(abc.ABC):
     @abc.abstractmethod
     def size_multiple(self, pipe: Any) -> int:
         """Heights and widths the pipeline takes are multiples of this (pixels)."""
+
+    def generated_size(self, pipe: Any, height: int, width: int) -> tuple[int, int]:
+        """The size the pipeline generates at when asked for ``height`` x ``width`` (most: that size;
+        HiDream rescales every size to its default area, Kandinsky 5 snaps it to its list of
+        resolutions): an image inverts only at a size the pipeline keeps."""
+        return height, width
 
     def encode_image(self, pipe: Any, pixels: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         """The clean sample the pipeline's sampler ends at, in the layout it samples in (:meth:`latents_argument`
@@ -75,6 +82,38 @@ class Inversion(abc.ABC):
         """``scheduler.set_timesteps`` as the pipeline calls it (flow families only; ``scheduler`` is
         a ``FlowMatchEulerDiscreteScheduler``)."""
         scheduler.set_timesteps(num_inference_steps, device=sample.device)
+
+
+class CapturedInversion(Inversion):
+    """An inversion whose conditioning and prediction are the pipeline's own: its first denoiser call
+    for the prompts at the image's size, captured with classifier-free guidance off
+    (:func:`textloc.engine.denoiser_inputs`, as ``train_lora`` conditions the denoiser), then made
+    again at each sample and timestep, the time handed to the denoiser and the list layouts as the
+    capture and the family's ``Training`` state them. Text embeddings, masks, position ids, size
+    conditioning and distilled guidance are then what the pipeline itself passes, so the family
+    states only how an image becomes the sampler's sample and back, and the sampler's schedule."""
+
+    flow = True
+
+    def conditioning(self, pipe, prompts, arguments, height, width):
+        from textloc import seeding
+        from textloc.engine import conditional_settings, denoiser_inputs
+
+        # The call's own arguments, but what the capture sets: the prompts, the size, two steps
+        # (the capture checks the time at the first, which must not be 0), no latents of the caller's.
+        settings = {name: value for name, value in arguments.items() if name not in _SET_BY_CAPTURE}
+        settings = conditional_settings(pipe, settings)
+        settings.update(height=height, width=width, num_inference_steps=2, generator=seeding.generator(0))
+        return {"inputs": denoiser_inputs(pipe, prompts, **settings)}
+
+    def predict(self, pipe, sample, timestep, conditioning):
+        from textloc.architectures import denoiser
+
+        return conditioning["inputs"](denoiser(pipe), sample, timestep.expand(sample.shape[0]))
+
+
+# What CapturedInversion's capture sets itself; the rest of a call's arguments reach the pipeline.
+_SET_BY_CAPTURE = frozenset({"prompt", "height", "width", "num_inference_steps", "latents", "generator", "timesteps", "sigmas"})
 
 
 def shift_factor(pipe: Any) -> float:

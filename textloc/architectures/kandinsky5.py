@@ -38,6 +38,7 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import CapturedInversion, vae_decoding, vae_encoding
 from textloc.architectures.qwenimage import qwen25_vl_encoder, qwen_tokenizer
 from textloc.architectures.spec import AttentionRule, Family, Guidance, Projection, PublishedDenoiser, TextRoute, TinyPipeline
 
@@ -128,6 +129,33 @@ def _small_sizes(pipe: Any) -> None:
     pipe.resolutions = [(parts.IMAGE_SIZE, parts.IMAGE_SIZE)]
 
 
+class _Kandinsky5Inversion(CapturedInversion):
+    """Flow inversion of Kandinsky 5 (text to image), as ``Kandinsky5T2IPipeline.__call__`` samples:
+    the VAE's latents times ``scaling_factor``, unshifted (it decodes ``latents / scaling_factor``,
+    whatever shift its VAE's config names), channels last with a frame axis, ``(batch, 1, height,
+    width, channels)``, noise in the transformer's dtype, every size snapped to its list of
+    resolutions; the scheduler's own timesteps (its static shift); the denoiser takes ``t`` and
+    predicts the velocity (from the capture)."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor_spatial * 2  # its rotary positions count 2x2 latent patches
+
+    def generated_size(self, pipe: Any, height: int, width: int) -> tuple[int, int]:
+        import numpy as np
+
+        # __call__ runs a (width, height) not in its resolutions at the one of the nearest aspect ratio.
+        if (width, height) not in pipe.resolutions:
+            width, height = pipe.resolutions[np.argmin([abs(w / h - width / height) for w, h in pipe.resolutions])]
+        return height, width
+
+    def encode_image(self, pipe, pixels, generators=None):
+        latents = vae_encoding(pipe.vae, pixels, generators) * pipe.vae.config.scaling_factor
+        return latents.permute(0, 2, 3, 1)[:, None]
+
+    def decode_sample(self, pipe, sample, height, width):
+        return vae_decoding(pipe.vae, sample[:, 0].permute(0, 3, 1, 2) / pipe.vae.config.scaling_factor)
+
+
 KANDINSKY_5_T2I_LITE = PublishedDenoiser(
     "Kandinsky 5.0 T2I Lite", "Kandinsky5Transformer3DModel",
     {
@@ -148,7 +176,11 @@ FAMILY = Family(
     ),
     guidance=Guidance(call_order=("cond", "uncond"), enabled=_guidance_on),
     check_text=_check_text,
-    refuses={"train_lora": "its denoiser takes channels-last 5-D latents, unshifted, which the objective does not make"},
+    refuses={
+        "train_lora": "its transformer masks no padding, so a training batch of captions of different token lengths "
+        "would condition the shorter ones on padding (the objective could encode its images: as its inversion does)",
+    },
+    inversion=_Kandinsky5Inversion(),
     pooled="pooled_text_embeddings",
     # Its image pipelines return KandinskyImagePipelineOutput(image=...), where every other family's
     # output has images.

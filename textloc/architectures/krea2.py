@@ -34,8 +34,9 @@ from typing import Any
 
 from textloc.architectures import tiny_parts as parts
 from textloc.architectures.ideogram4 import qwen3_vl_encoder
-from textloc.architectures.qwenimage import _qwen_image_vae, system_prompt_tokenizer
-from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline
+from textloc.architectures.inversion import CapturedInversion
+from textloc.architectures.qwenimage import _qwen_image_vae, decoded_frame, normalised_frame, system_prompt_tokenizer
+from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline, Training
 
 # The pipeline appends 5 template tokens after the padding (<|im_end|> \n <|im_start|> assistant \n):
 # max_sequence_length counts them.
@@ -79,6 +80,39 @@ def _krea2(seed: int) -> dict[str, Any]:
     )
 
 
+class _Krea2Inversion(CapturedInversion):
+    """Flow inversion of Krea 2, as ``Krea2Pipeline.__call__`` samples: Qwen-Image's normalised
+    one-frame latents (its video autoencoder's) packed into tokens of its ``patch_size``, taken packed
+    by ``prepare_latents``, its noise drawn in the prompt embeddings' dtype; linspace sigmas shifted by
+    the token count with its own default ``max_image_seq_len`` (6400), or by 1.15 when distilled; the
+    denoiser takes ``t / 1000`` and predicts the velocity (from the capture)."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor * pipe.patch_size  # its __call__ rounds other sizes up
+
+    def encode_image(self, pipe, pixels, generators=None):
+        latents = normalised_frame(pipe, pixels, generators)
+        return pipe._pack_latents(latents, *latents.shape)
+
+    def decode_sample(self, pipe, sample, height, width):
+        return decoded_frame(pipe, pipe._unpack_latents(sample, height, width))
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.text_encoder.dtype
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import numpy as np
+        from diffusers.pipelines.krea2.pipeline_krea2 import calculate_shift
+
+        config = scheduler.config
+        mu = 1.15 if pipe.config.is_distilled else calculate_shift(
+            sample.shape[1], config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 6400),
+            config.get("base_shift", 0.5), config.get("max_shift", 1.15),
+        )
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        scheduler.set_timesteps(num_inference_steps, device=sample.device, sigmas=sigmas, mu=mu)
+
+
 KREA_2 = PublishedDenoiser(
     "Krea 2", "Krea2Transformer2DModel", {}, 512,
     "diffusers' class defaults, its docstring's (inferred: not read from a published config.json; they agree with "
@@ -96,7 +130,9 @@ FAMILY = Family(
         AttentionRule("Krea2Attention", dataclasses.replace(TEXT_FIRST, mask_text_at="first"), where="transformer_blocks.*"),
     ),
     guidance=Guidance(call_order=("cond", "uncond")),
-    refuses={"train_lora": "its video autoencoder takes 5-D latents the objective does not make"},
+    # CFG runs at any guidance_scale above 0; the objective encodes as inversion does (its default).
+    training=Training(unguided_scale=0.0),
+    inversion=_Krea2Inversion(),
     tiny={"krea2": TinyPipeline("Krea2Pipeline", _krea2, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
     published=(KREA_2,),
 )

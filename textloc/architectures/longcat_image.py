@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.flux import TINY_TRANSFORMER, flux_style_attention
+from textloc.architectures.flux import TINY_TRANSFORMER, CapturedFluxInversion, flux_style_attention
 from textloc.architectures.qwenimage import qwen25_vl_encoder, system_prompt_tokenizer
 from textloc.architectures.spec import Family, PublishedDenoiser, TinyPipeline
 
@@ -82,5 +82,7 @@ FAMILY = Family(
     call_defaults={"enable_prompt_rewrite": False},
     # CFG passes in cache_context("cond") and cache_context("uncond"): the default Guidance's contexts.
     tiny={"longcat-image": TinyPipeline("LongCatImagePipeline", _longcat_image, {}, _short_text)},
+    # It samples FLUX.1's packed latents as FluxPipeline does (its prepare_latents, sigmas and mu; t / 1000).
+    inversion=CapturedFluxInversion(),
     published=(LONGCAT_IMAGE,),
 )

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
+from textloc.architectures.inversion import CapturedInversion, set_shifted_linspace_timesteps
 from textloc.architectures.spec import REFINER, TEXT_FIRST, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline, Training
 
 # The tiny pipeline's system prompt (the stock one is ~170 characters): the text is
@@ -81,6 +82,24 @@ def _lumina2(seed: int) -> dict[str, Any]:
     )
 
 
+class _Lumina2Inversion(CapturedInversion):
+    """Flow inversion of Lumina 2, as ``Lumina2Pipeline.__call__`` samples: the VAE's latents, scaled
+    and shifted, not packed, its noise drawn in the prompt embeddings' dtype; the reversed time and
+    negated velocity are its :class:`Training`'s."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        # prepare_latents rounds the latent sides down to even (the transformer's 2x2 patches).
+        return pipe.vae_scale_factor * 2
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.text_encoder.dtype
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        # The pipeline's linspace sigmas and its mu of "image_seq_len = latents.shape[1]": of its
+        # unpacked latents' channels, which this sample's second axis is too.
+        set_shifted_linspace_timesteps(scheduler, num_inference_steps, sample)
+
+
 LUMINA_IMAGE_2 = PublishedDenoiser(
     "Lumina-Image 2.0", "Lumina2Transformer2DModel", {"cap_feat_dim": 2304}, 256,
     "Lumina-Image-2.0 transformer/config.json (cap_feat_dim: Gemma-2-2B's width; the rest: diffusers' class defaults)",
@@ -97,6 +116,7 @@ FAMILY = Family(
     guidance=Guidance(call_order=("cond", "uncond")),
     text_length=_text_length,
     training=Training(timestep=reversed_time, prediction_sign=-1.0),
+    inversion=_Lumina2Inversion(),
     tiny={"lumina2": TinyPipeline("Lumina2Pipeline", _lumina2, {"system_prompt": _SYSTEM_PROMPT, "max_sequence_length": _TEXT_LENGTH})},
     published=(LUMINA_IMAGE_2,),
 )

@@ -33,7 +33,8 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.qwenimage import _qwen_image_vae, normalised_frame, qwen_tokenizer
+from textloc.architectures.inversion import CapturedInversion, set_shifted_linspace_timesteps
+from textloc.architectures.qwenimage import _qwen_image_vae, decoded_frame, normalised_frame, qwen_tokenizer
 from textloc.architectures.qwenimage21 import CHAT_TEMPLATE, _qwen3_vl_encoder, _text_only_processor_class
 from textloc.architectures.spec import ADDED_KV, AttentionRule, Family, Guidance, PublishedDenoiser, TinyPipeline, Training
 
@@ -110,6 +111,30 @@ def _nucleusmoe_image(seed: int) -> dict[str, Any]:
     )
 
 
+class _NucleusMoEImageInversion(CapturedInversion):
+    """Flow inversion of NucleusMoE-Image, as ``NucleusMoEImagePipeline.__call__`` samples: Qwen-Image's
+    normalised one-frame latents packed into tokens of ``patch_size`` x ``patch_size`` (its
+    :data:`Training` encoding), taken packed by ``prepare_latents``, its noise drawn in the prompt
+    embeddings' dtype; linspace sigmas shifted by the token count; ``t / 1000`` and the negated
+    velocity (its ``Training``)."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor * pipe.transformer.config.patch_size
+
+    def encode_image(self, pipe, pixels, generators=None):
+        return _encode(pipe, pixels, generators)
+
+    def decode_sample(self, pipe, sample, height, width):
+        patch = pipe.transformer.config.patch_size
+        return decoded_frame(pipe, pipe._unpack_latents(sample, height, width, patch, pipe.vae_scale_factor))
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.text_encoder.dtype
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        set_shifted_linspace_timesteps(scheduler, num_inference_steps, sample)
+
+
 NUCLEUSMOE_IMAGE = PublishedDenoiser(
     "NucleusMoE-Image", "NucleusMoEImageTransformer2DModel", {"out_channels": 16}, 1024,
     "inferred: diffusers' class defaults (24 blocks of 16 heads of 128, 128 experts, text width 3584) with 16 "
@@ -125,6 +150,7 @@ FAMILY = Family(
     guidance=Guidance(call_order=("cond", "uncond"), enabled=_guidance_on),
     # NucleusMoEImagePipeline.__call__ hands its denoiser t / 1000 and steps with the negated prediction.
     training=Training(encode=_encode, prediction_sign=-1.0),
+    inversion=_NucleusMoEImageInversion(),
     tiny={"nucleusmoe-image": TinyPipeline("NucleusMoEImagePipeline", _nucleusmoe_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
     published=(NUCLEUSMOE_IMAGE,),
 )

@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.flux import TINY_TRANSFORMER, flux_style_attention, tiny_vae
+from textloc.architectures.flux import TINY_TRANSFORMER, CapturedFluxInversion, flux_style_attention, tiny_vae
 from textloc.architectures.qwenimage import qwen_tokenizer
 from textloc.architectures.spec import Family, PublishedDenoiser, TinyPipeline
 
@@ -95,5 +95,7 @@ FAMILY = Family(
     attention=flux_style_attention("OvisImageAttention"),
     # Both passes run in cache_context("cond") / ("uncond"): the default Guidance's contexts.
     tiny={"ovis-image": TinyPipeline("OvisImagePipeline", _ovis_image, {"max_sequence_length": MAX_SEQUENCE_LENGTH})},
+    # It samples FLUX.1's packed latents as FluxPipeline does (its prepare_latents, sigmas and mu; t / 1000).
+    inversion=CapturedFluxInversion(),
     published=(OVIS_IMAGE_7B,),
 )

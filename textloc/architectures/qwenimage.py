@@ -204,6 +204,13 @@ def normalised_frame(pipe: Any, pixels: Any, generators: Any = None) -> Any:
     return ((latents - mean) / std)[:, :, 0]
 
 
+def decoded_frame(pipe: Any, latents: Any) -> Any:
+    """Pixels of one frame's normalised latents (B x C x 1 x h x w), as a pipeline of the video
+    autoencoder decodes them: ``latents * std + mean``, then the frame of its decoding."""
+    mean, std = _mean_std(pipe, latents)
+    return vae_decoding(pipe.vae, latents * std + mean)[:, :, 0]
+
+
 class _QwenImageInversion(Inversion):
     """Flow inversion of Qwen-Image, as ``QwenImagePipeline.__call__`` samples: a video autoencoder
     (one frame) whose latents are normalised by its per-channel mean and std, packed 2x2 into tokens."""
@@ -219,9 +226,7 @@ class _QwenImageInversion(Inversion):
         return pipe._pack_latents(latents, *latents.shape)
 
     def decode_sample(self, pipe, sample, height, width):
-        latents = pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor)  # B x C x 1 x h x w
-        mean, std = _mean_std(pipe, latents)
-        return vae_decoding(pipe.vae, latents * std + mean)[:, :, 0]
+        return decoded_frame(pipe, pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor))
 
     def latents_dtype(self, pipe):
         return pipe.text_encoder.dtype  # the pipeline draws its noise in the prompt embeddings' dtype

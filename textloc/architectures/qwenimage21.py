@@ -38,8 +38,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from textloc.architectures import tiny_parts as parts
-from textloc.architectures.qwenimage import qwen_tokenizer
-from textloc.architectures.spec import PREFIX, AttentionRule, Family, PublishedDenoiser, TinyPipeline
+from textloc.architectures.inversion import CapturedInversion, resolution_shift
+from textloc.architectures.qwenimage import decoded_frame, normalised_frame, qwen_tokenizer
+from textloc.architectures.spec import PREFIX, AttentionRule, Family, PublishedDenoiser, TinyPipeline, Training
 
 # QwenImage21Pipeline.sys_prompt: its system turn is dropped from the text the denoiser reads.
 SYSTEM_PROMPT = "Comprehend and analyze the provided prompt."
@@ -185,6 +186,45 @@ def _qwen_image21(seed: int) -> dict[str, Any]:
     )
 
 
+def _image_tokens(output: Any, sample: Any) -> Any:
+    # The denoiser predicts every token of [text, image]; the pipeline keeps the image's, the last.
+    return output[:, -sample.shape[1]:]
+
+
+class _QwenImage21Inversion(CapturedInversion):
+    """Flow inversion of Qwen-Image 2.1, as ``QwenImage21Pipeline.__call__`` samples (text to image):
+    its RGBA video autoencoder's one-frame latents of the image, opaque, normalised by its per-channel
+    mean and std and flattened into tokens (unpatched), its noise drawn in the prompt embeddings'
+    dtype; its configured ``sample_sigmas`` or linspace sigmas, shifted by the token count; ``t /
+    1000``, the velocity as it is, the image's tokens of the prediction (its :class:`Training`)."""
+
+    def size_multiple(self, pipe: Any) -> int:
+        return pipe.vae_scale_factor * 2  # its check_inputs
+
+    def encode_image(self, pipe, pixels, generators=None):
+        import torch
+
+        if pipe.vae.config.in_channels == 4:  # RGBA: the image opaque, as the pipeline makes its condition images
+            pixels = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1)
+        latents = normalised_frame(pipe, pixels, generators)
+        return pipe._pack_latents(latents, *latents.shape)
+
+    def decode_sample(self, pipe, sample, height, width):
+        return decoded_frame(pipe, pipe._unpack_latents(sample, height, width, pipe.vae_scale_factor))[:, :3]
+
+    def latents_dtype(self, pipe: Any) -> Any:
+        return pipe.text_encoder.dtype
+
+    def set_flow_timesteps(self, pipe, scheduler, num_inference_steps, sample):
+        import numpy as np
+
+        sigmas = pipe.config.sample_sigmas
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        mu = resolution_shift(scheduler, sample.shape[1], max_shift=1.15)
+        scheduler.set_timesteps(len(sigmas), device=sample.device, sigmas=sigmas, mu=mu)
+
+
 QWEN_IMAGE_21 = PublishedDenoiser(
     "Qwen-Image-2.1", "QwenImage21Transformer2DModel", {}, 512,
     "diffusers' class defaults (32 blocks of 32 heads of 128, context 4096, causal_condition), the values of the "
@@ -200,9 +240,12 @@ FAMILY = Family(
     text_length=_text_length,
     check_run=_check_run,
     refuses={
-        "train_lora": "its denoiser predicts the text tokens too, and its video autoencoder takes 5-D latents",
-        "denoiser_inputs": "its denoiser predicts every token of the joint sequence, text included (the pipeline keeps the image's)",
+        "train_lora": "it pads a call's prompts to the longest and places the image after the padding, so a training batch "
+        "of captions of different token lengths would not be their own images (the objective could encode its images: "
+        "as its inversion does)",
     },
+    training=Training(prediction=_image_tokens),
+    inversion=_QwenImage21Inversion(),
     call_defaults={"use_kv_cache": False},
     # At its default guidance (none): the pipeline encodes one negative prompt for a whole batch of prompts.
     tiny={"qwenimage21": TinyPipeline("QwenImage21Pipeline", _qwen_image21)},

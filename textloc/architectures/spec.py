@@ -202,11 +202,11 @@ class Training:
       packs them, FLUX-style), or the pixels themselves for a pixel-space model.
     - ``timestep(scheduler, t)``: the time the pipeline hands its denoiser at scheduler timestep
       ``t`` (1000 is noise). Default: ``t`` times the ratio read from the pipeline's own call (1, or
-      FLUX's 1/1000); a family whose time is not a multiple (Lumina 2, Z-Image: ``1 - t/1000``, 0
+      FLUX's 1/1000); a family whose time is not a multiple (Lumina 2, Z-Image, Ideogram 4: ``1 - t/1000``, 0
       is noise) states it, and the capture checks it against the pipeline's call.
     - ``prediction_sign``: the pipeline steps its scheduler with this sign times the denoiser's
       output, so the denoiser was trained to predict this sign times the scheduler's target
-      (HiDream, Lumina 2, Z-Image: -1, the negated velocity).
+      (HiDream, Lumina 2, Z-Image, NucleusMoE-Image, Ideogram 4: -1, the negated velocity).
     - ``rows`` and ``batch``: where the denoiser takes its samples as a list of per-row tensors
       (Z-Image), the batch as that list, and the denoiser's output (that list, or it stacked)
       back as one batch in the layout of ``latents``.
@@ -215,7 +215,11 @@ class Training:
       patches, B x C x tokens x p²).
     - ``unguided_scale``: the ``guidance_scale`` at which the pipeline runs no classifier-free
       guidance, as training conditions the denoiser and inversion regenerates (most: 1; Z-Image
-      guides at any scale above 0).
+      and Krea 2 guide at any scale above 0).
+    - ``sample_start(kwargs)``: where the denoiser's sample argument holds, ahead of the latents the
+      pipeline samples, tokens the pipeline fills itself (Ideogram 4: zeros where each row's text
+      sits), how many, from a denoiser call's keyword arguments: the denoiser is handed them as the
+      pipeline handed them, then the latents, and its prediction is read after them.
 
     Image inversion (``Family.inversion``) reads ``timestep``, ``prediction_sign``, ``rows`` and
     ``batch`` from here too: one place for each of the family's conventions.
@@ -228,6 +232,7 @@ class Training:
     batch: Callable[[Any], torch.Tensor] | None = None
     prediction: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     unguided_scale: float = 1.0
+    sample_start: Callable[[Mapping[str, Any]], int] | None = None
 
 
 @dataclass(frozen=True)

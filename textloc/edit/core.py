@@ -223,11 +223,14 @@ def edit_image(
     start_step = defaults.get("start_step") if start_step is None else start_step
     settings = {"num_inference_steps": num_inference_steps, **{k: defaults[k] for k in ("height", "width")}, **generate_kwargs}
     latents = invert(pipe, image, prompt, **settings)
+    if "guidance_scale" in inspect.signature(pipe.__call__).parameters:  # HunyuanImage's guiders hold their own
+        settings["guidance_scale"] = guidance_scale
     with starting_from(pipe, latents):
-        result = edit_text(pipe, prompt, new_text, layers, start_step=start_step, method=method, ocr=ocr, guidance_scale=guidance_scale, **settings)
+        result = edit_text(pipe, prompt, new_text, layers, start_step=start_step, method=method, ocr=ocr, **settings)
     result.given_image = to_pil_list(image)[0]
-    original = np.asarray(result.given_image.resize(result.source_image.size), dtype=np.float32) / 255
-    regenerated = np.asarray(result.source_image, dtype=np.float32) / 255
+    # Colours against colours: Qwen-Image 2.1 generates RGBA, and inversion encodes an image opaque.
+    original = np.asarray(result.given_image.convert("RGB").resize(result.source_image.size), dtype=np.float32) / 255
+    regenerated = np.asarray(result.source_image.convert("RGB"), dtype=np.float32) / 255
     result.reconstruction = {key: value for key, value in image_scores(original, regenerated).items() if key != "mse"}
     result.generation["seed"] = None  # the noise is the image's inversion, not a seed's
     return result

@@ -6,14 +6,15 @@ backwards through the sampler's steps with the prompt's *conditional* prediction
 classifier-free guidance, the usual choice: guidance during inversion amplifies the inversion error). Two
 samplers, each reversed through diffusers' own schedulers:
 
-- epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt): DDIM.
+- epsilon/v-prediction models (SD 1.x/2.x, SDXL, DeepFloyd IF, PixArt, HunyuanDiT): DDIM.
   ``DDIMInverseScheduler`` steps the image up to noise; ``DDIMScheduler``, built from the same
   config, steps it back down.
-- flow-matching models (SD3, FLUX, FLUX.2, Chroma, Sana, Qwen-Image, Z-Image): the flow ODE, integrated
-  backwards with Euler steps over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline
-  (the resolution-dependent shift included where the pipeline applies one), and forwards by that
-  scheduler itself. The velocity is the denoiser's output times the family's
-  ``Training.prediction_sign``, as its pipeline steps with it (and as training's target has it).
+- flow-matching models (every other family): the flow ODE, integrated backwards with Euler steps
+  over the sigmas ``FlowMatchEulerDiscreteScheduler`` gives the pipeline (the resolution-dependent
+  shift included where the pipeline applies one), and forwards by that scheduler itself. The
+  velocity is the denoiser's output times the family's ``Training.prediction_sign``, as its
+  pipeline steps with it (and as training's target has it); Cosmos 2's is its EDM ODE's derivative,
+  made from its preconditioned denoiser as its pipeline makes it.
 
 Each family's image encoding and denoiser conditioning live in its spec (``Family.inversion``,
 :mod:`textloc.architectures.inversion`); a family without one is refused.
@@ -36,6 +37,7 @@ import contextlib
 import difflib
 import functools
 import inspect
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,20 +116,23 @@ def starting_from(pipe: Any, latents: torch.Tensor) -> Iterator[None]:
     before.
 
     ``latents`` is one row per image, or one row for every row of the batch (copied). It reaches
-    the pipeline as its ``latents`` argument (DeepFloyd IF, which has none: as its starting images),
-    so a caller must not pass ``latents=`` too. Enter this context before any ``tl.patch``: the
+    the pipeline as its ``latents`` argument (DeepFloyd IF, which has none: as its starting images;
+    ERNIE-Image, which prepares none: as the noise it draws), so a caller must not pass ``latents=`` too. Enter this context before any ``tl.patch``: the
     engine counts the steps of the scheduler it finds on entry.
     """
     scheduler = _sampling_scheduler(pipe)
     original_scheduler = pipe.scheduler
     if hasattr(pipe, "prepare_latents"):
-        method, replace = "prepare_latents", _replace_latents_argument(pipe, latents)
+        owner, method, replace = pipe, "prepare_latents", _replace_latents_argument(pipe, latents)
+    elif hasattr(pipe, "prepare_intermediate_images"):
+        owner, method, replace = pipe, "prepare_intermediate_images", _replace_intermediate_images(pipe, latents)
     else:
-        method, replace = "prepare_intermediate_images", _replace_intermediate_images(pipe, latents)
-    original_method = getattr(pipe, method)
+        # ERNIE-Image draws its noise in __call__ itself, with its module's randn_tensor: that draw is replaced.
+        owner, method, replace = sys.modules[type(pipe).__call__.__module__], "randn_tensor", _replace_draw(latents)
+    original_method = getattr(owner, method)
     pipe.scheduler = scheduler
     try:
-        with instance_attribute(pipe, method, functools.wraps(original_method)(replace(original_method))):
+        with instance_attribute(owner, method, functools.wraps(original_method)(replace(original_method))):
             yield
     finally:
         pipe.scheduler = original_scheduler
@@ -155,6 +160,25 @@ def _replace_latents_argument(pipe: Any, latents: torch.Tensor):
             return original(*bound.args, **bound.kwargs)
 
         return prepare_latents
+
+    return replace
+
+
+def _replace_draw(latents: torch.Tensor):
+    def replace(original):
+        signature = inspect.signature(original)
+
+        def randn_tensor(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs).arguments
+            shape = tuple(arguments["shape"])
+            rows = _rows(latents, shape[0])
+            if tuple(rows.shape) != shape:
+                raise ValueError(
+                    f"inverted latents of shape {tuple(rows.shape)} where the pipeline draws {shape}: generate at the size inverted."
+                )
+            return rows.to(arguments.get("device"), arguments.get("dtype"))
+
+        return randn_tensor
 
     return replace
 
@@ -224,15 +248,23 @@ def _pixels(image: ImageInput | Sequence[ImageInput], height: int | None, width:
 
 def _check_size(pipe: Any, inversion: Inversion, height: int, width: int) -> None:
     multiple = inversion.size_multiple(pipe)
-    if height % multiple == 0 and width % multiple == 0:
-        return
 
     def near(size: int) -> int:
         return max(multiple, round(size / multiple) * multiple)
 
+    if height % multiple or width % multiple:
+        problem = f"takes heights and widths that are multiples of {multiple}, not {height}x{width} (height x width)"
+    elif inversion.generated_size(pipe, height, width) != (height, width):
+        generated = "x".join(map(str, inversion.generated_size(pipe, height, width)))
+        problem = f"generates {generated} images when asked for {height}x{width} (height x width)"
+    else:
+        return
+    # A size the pipeline keeps: HiDream's rescaling rounds down, so its sizes only grow towards one (a few steps).
+    suggested = (near(height), near(width))
+    while inversion.generated_size(pipe, *suggested) != suggested:
+        suggested = inversion.generated_size(pipe, *suggested)
     raise ValueError(
-        f"{type(pipe).__name__} takes heights and widths that are multiples of {multiple}, not {height}x{width} "
-        f"(height x width): crop or resize the image, or pass height={near(height)}, width={near(width)}."
+        f"{type(pipe).__name__} {problem}: crop or resize the image, or pass height={suggested[0]}, width={suggested[1]}."
     )
 
 

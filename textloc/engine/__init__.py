@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ATTENTION_TEXT_KINDS", "KINDS", "STEP_INDEPENDENT_KINDS", "TEXT_KINDS", "Kind"), "textloc.architectures.spec"),
     **dict.fromkeys(("Branch", "BranchChoice", "KV", "KV_CHOICES", "StepWindow", "DEFAULT_START_STEP"), "textloc.engine.choices"),
     **dict.fromkeys(("TextCache", "TextKV"), "textloc.engine.cache"),
-    **dict.fromkeys(("DenoiserInputs", "denoiser_inputs"), "textloc.engine.capture"),
+    **dict.fromkeys(("DenoiserInputs", "conditional_settings", "denoiser_inputs"), "textloc.engine.capture"),
     **dict.fromkeys(("patch", "patch_rows", "run_with_patches"), "textloc.engine.patching"),
     **dict.fromkeys(("RowPatch", "check_step_window", "validate_patch", "window_steps"), "textloc.engine.plan"),
     **dict.fromkeys(

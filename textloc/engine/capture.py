@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from textloc.architectures import family_of
+from textloc.architectures import denoiser, family_of
 from textloc.architectures.spec import DenoiserSignature, Training
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
 from textloc.engine.run_state import DenoiserCall, StopRun, prediction_of, sample_and_timestep
@@ -34,6 +35,8 @@ class DenoiserInputs:
     time: Callable[[torch.Tensor], torch.Tensor]
     signature: DenoiserSignature  # the family's names for the sample and timestep arguments
     training: Training = field(default_factory=Training)  # the family's layouts, where they differ
+    #: The dtype the pipeline hands its denoiser the time in (HunyuanImage: the latents'; most: float32).
+    time_dtype: torch.dtype = torch.float32
 
     def __call__(self, model: torch.nn.Module, sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The prediction of ``model`` (this pipeline's denoiser, or a wrapper of it) for ``sample`` at ``timesteps``.
@@ -45,9 +48,13 @@ class DenoiserInputs:
         if sample.shape != self.sample_shape:
             raise ValueError(f"The denoiser was called with samples of shape {tuple(self.sample_shape)}, not {tuple(sample.shape)}.")
         args, kwargs = list(self.args), dict(self.kwargs)
-        timestep = self.time(timesteps.to(sample.device))
+        timestep = self.time(timesteps.to(sample.device)).to(self.time_dtype)
         rows, batch = self.training.rows, self.training.batch
         given = sample if rows is None else rows(sample)
+        start = 0 if self.training.sample_start is None else self.training.sample_start(self.kwargs)
+        if start:  # the tokens the pipeline puts ahead of its latents, as it put them (Ideogram 4)
+            ahead = sample_and_timestep(self.signature, self.args, self.kwargs)[0][:, :start]
+            given = torch.cat([ahead.to(given), given], dim=1)
         for key, position, value in ((self.signature.sample, 0, given), (self.signature.timestep, 1, timestep)):
             if key in kwargs:
                 kwargs[key] = value
@@ -56,11 +63,27 @@ class DenoiserInputs:
         prediction = prediction_of(model(*args, **kwargs))
         if batch is not None:
             prediction = batch(prediction)
+        prediction = prediction[:, start:]
         if self.training.prediction is not None:
             prediction = self.training.prediction(prediction, sample)
         if prediction.shape[1] == 2 * sample.shape[1] and prediction.shape[2:] == sample.shape[2:]:
             prediction = prediction[:, : sample.shape[1]]
         return prediction
+
+
+def conditional_settings(pipe: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (pipeline-call arguments) as a call that conditions the denoiser on the prompt
+    alone: no negative prompt, no classifier-free guidance (``guidance_scale`` at the family's
+    ``Training.unguided_scale``, no ``true_cfg_scale``); a distilled guidance embedding (FLUX-dev's)
+    is conditioning, and keeps its scale. HunyuanImage takes no ``guidance_scale``: its guiders run
+    CFG as passes, the conditional one first, which is the one :func:`denoiser_inputs` captures."""
+    unguided = {key: value for key, value in settings.items() if not key.startswith("negative_") and key != "true_cfg_scale"}
+    parameters = inspect.signature(pipe.__call__).parameters
+    if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in parameters:
+        unguided["guidance_scale"] = family_of(pipe).training.unguided_scale
+        if "guidance_schedule" in parameters:  # Ideogram 4: a per-step schedule, which a scale excludes
+            unguided["guidance_schedule"] = None
+    return unguided
 
 
 def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) -> DenoiserInputs:
@@ -83,6 +106,8 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
         sample, timestep = sample_and_timestep(signature, args, kwargs)
         if training.batch is not None:
             sample = training.batch(sample)
+        if training.sample_start is not None:
+            sample = sample[:, training.sample_start(kwargs):]
         scheduled = pipe.scheduler.timesteps[call.position]
         given = float(torch.as_tensor(timestep).flatten()[0])
         if float(scheduled) == 0:
@@ -97,7 +122,8 @@ def denoiser_inputs(pipe: Any, prompt: str | list[str], **generate_kwargs: Any) 
                     f"{type(pipe).__name__} handed its denoiser the time {given} at timestep {float(scheduled)}, where "
                     f"the {family.name} spec's Training.timestep says {stated}: the spec does not match this pipeline."
                 )
-        captured.append(DenoiserInputs(args, kwargs, sample.shape, time, signature, training))
+        time_dtype = torch.as_tensor(timestep).dtype
+        captured.append(DenoiserInputs(args, kwargs, sample.shape, time, signature, training, time_dtype))
         raise StopRun
 
     kwargs = pipeline_kwargs(pipe, generate_kwargs)

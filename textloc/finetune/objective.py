@@ -13,7 +13,7 @@ clean sample the pipeline's sampler ends at, as the family's spec says (``Family
 :class:`~textloc.architectures.spec.Training`): its inversion's encoding where it has one (Qwen-Image:
 its video VAE's one-frame latents, normalised, packed into tokens), else the VAE's latents
 (``(z - shift_factor) * scaling_factor``, packed where the pipeline packs them), or the pixels of a
-pixel-space model (IF). Where a family's pipeline negates its denoiser's output (HiDream, Lumina 2, NucleusMoE-Image,
+pixel-space model (IF). Where a family's pipeline negates its denoiser's output (HiDream, Lumina 2, NucleusMoE-Image, Ideogram 4,
 Z-Image) the target is negated too; the time the denoiser is handed comes from the captured call
 (:class:`~textloc.engine.DenoiserInputs`). Every random draw of a training sample (its VAE posterior
 sample, timestep and noise) comes from that sample's own seed, so that the loss of a batch is the

@@ -23,7 +23,6 @@ it), ``training.json`` (settings, targets, parameter counts, validation history)
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 
 from textloc import distributed, seeding
 from textloc.architectures import family_of
-from textloc.engine import denoiser, denoiser_inputs, denoiser_parameter_count
+from textloc.engine import conditional_settings, denoiser, denoiser_inputs, denoiser_parameter_count
 from textloc.finetune.config import TrainConfig
 from textloc.finetune.data import as_captioned_images, example_index
 from textloc.finetune.lora import TRAINING_FILE, add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
@@ -263,11 +262,7 @@ def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int
     """The pipeline-call settings under which the pipeline conditions one training batch: the
     caller's text settings, the training size, and no classifier-free guidance (a distilled
     guidance embedding, FLUX-dev's, is conditioning and stays)."""
-    settings = {key: value for key, value in generate_kwargs.items() if not key.startswith("negative_")}
-    # (HunyuanImage takes none: its guiders run CFG as passes, the first one conditional.)
-    if not denoiser(pipe).config.get("guidance_embeds") and "guidance_scale" in inspect.signature(pipe.__call__).parameters:
-        settings["guidance_scale"] = family_of(pipe).training.unguided_scale
-    settings.pop("true_cfg_scale", None)
+    settings = conditional_settings(pipe, generate_kwargs)
     latent = "latent" if getattr(pipe, "vae", None) is not None else "pt"
     settings.update(num_inference_steps=2, height=resolution, width=resolution, output_type=latent, generator=seeding.generator(0))
     return call_kwargs(pipe, **settings)
