@@ -42,12 +42,23 @@ ONE_TEXT_LENGTH = ("lumina2", "kandinsky5", "qwenimage21", "glm-image", "ideogra
 #: the run's text does not fit, and is refused in one line.
 PADS_TO_LONGEST = ("qwenimage", "ernie-image")
 
+#: The families whose pipeline takes one prompt per call (DreamLite fixes its batch at 1): a batch of several
+#: prompts, or a prompt with a live source row, is refused in one line; the tests that batch skip them.
+ONE_PROMPT = ("dreamlite",)
+
+
+def skip_one_prompt(arch: str) -> None:
+    """Skip a test that batches prompts on a family whose pipeline takes one prompt per call."""
+    if arch in ONE_PROMPT:
+        pytest.skip("its pipeline takes one prompt per call: a batch is refused in one line (tests/test_dreamlite.py)")
+
 #: The families inversion (and so edit_image) does not cover yet: it refuses them in one line.
 NOT_INVERTED = (
     "lumina2", "cosmos2", "cogview4", "hunyuan-image", "hidream",
     "ovis-image", "longcat-image", "hunyuandit", "kandinsky5",
     "qwenimage21", "glm-image", "ernie-image", "nucleusmoe-image", "ideogram4", "krea2",
     "cogview3plus",
+    "dreamlite",
 )
 
 

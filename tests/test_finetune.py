@@ -55,7 +55,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4", "krea2", "cogview3plus")
+NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "ideogram4", "krea2", "cogview3plus", "dreamlite")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)

@@ -52,6 +52,7 @@ NAMES = (
     "tiny-random-auraflow",
     "tiny-random-cogview3plus",
     "tiny-random-lumina-next",
+    "tiny-random-dreamlite",
 )
 
 

@@ -84,6 +84,7 @@ ATTENTION_LAYOUT["lumina-next"] = [
     (r"layers\.\d+\.attn1", "LuminaAttnProcessor2_0", 2),
     (r"layers\.\d+\.attn2", "LuminaAttnProcessor2_0", 2),
 ]
+ATTENTION_LAYOUT["dreamlite"] = [(r".*attn2", "DreamLiteAttnProcessor2_0", 7)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),
