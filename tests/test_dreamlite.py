@@ -80,3 +80,13 @@ def test_the_mobile_pipeline_is_guidance_distilled_every_row_conditional():
         np.testing.assert_array_equal(run(), plain)
     with tl.patch(pipe, "all", source):
         np.testing.assert_allclose(run(), run(OTHER), atol=1e-6)
+
+
+def test_a_guard_of_one_prompt_writes_the_benign_word():
+    # One prompt per call: the guard's cleaned text reaches every text layer through a cache, no extra row.
+    pipe = _pipeline("dreamlite")
+    guard = tl.ToxicTextGuard(pipe, "all", start_step=0)
+    output = guard(prompt='A sign that says "shit".', **seeded(pipe))
+    (report,) = output.reports
+    assert report.found == ["shit"] and report.rows == [0]
+    np.testing.assert_allclose(images_of(output), generate(pipe, report.cleaned_prompt), atol=1e-6)
