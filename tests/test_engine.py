@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import textloc as tl
-from conftest import ONE_IMAGE_UNDER_CFG, ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, held_prior_tokens, seeded
+from conftest import ONE_IMAGE_UNDER_CFG, ONE_TEXT_LENGTH, OTHER, PADS_TO_LONGEST, PROMPT, THIRD, _pipeline, generate, held_prior_tokens, seeded, skip_one_prompt
 from textloc.architectures import FAMILIES, family_of
 from textloc.architectures.spec import ATTENTION_TEXT_KINDS, STEP_INDEPENDENT_KINDS, TEXT_KINDS
 from textloc.engine.run_state import prediction_of
@@ -58,6 +58,7 @@ EXPECTED_KINDS = {
     "bria": {"joint", "single"},
     "bria-fibo": {"joint", "single"},
     "prx": {"added_kv"},
+    "dreamlite": {"cross"},
     "deepfloyd-if": {"added_kv", "pooled"},
     "pixart-alpha": {"cross"},
     "pixart-sigma": {"cross"},
@@ -212,6 +213,7 @@ def test_exit_restores_the_pipeline_even_after_an_exception(pipe):
 def test_batched_plan_equals_separate_patched_runs(arch, pipe):
     if arch in ONE_IMAGE_UNDER_CFG:
         pytest.skip("runs one image a call under CFG: a guided batch is refused (test_prx_runs_one_image_a_call_under_cfg)")
+    skip_one_prompt(arch)
     layers = text_layers(pipe)
     first, last = layers[0].name, layers[-1].name
     prompts = [PROMPT, PROMPT, OTHER, THIRD]
@@ -280,6 +282,7 @@ def test_prx_runs_one_image_a_call_under_cfg_and_batches_unguided():
 def test_source_row_picks_that_prompt_of_a_cache(arch, pipe):
     if arch in ONE_IMAGE_UNDER_CFG:
         pytest.skip("runs one image a call under CFG: a guided batch is refused (test_prx_runs_one_image_a_call_under_cfg)")
+    skip_one_prompt(arch)
     names = tuple(layer.name for layer in text_layers(pipe))
     if arch in ONE_TEXT_LENGTH:
         with pytest.raises(ValueError, match="one token length"):
@@ -413,6 +416,7 @@ def test_cache_stores_step_independent_layers_once(arch, pipe):
 
 
 def test_a_row_that_reads_every_text_unit_of_another_row_is_that_row(arch, pipe):
+    skip_one_prompt(arch)
     # Every way the prompt reaches the image is a unit: the text K/V of every attention layer, and
     # the pooled vector where the family has one (without it, SD3, FLUX, SDXL, IF and HiDream rows
     # keep their own pooled text and stay apart); GLM-Image's autoregressive stage is held fixed.
@@ -707,6 +711,7 @@ def test_arguments_of_the_wrong_type_are_told_their_right_form():
 def test_strength_blends_and_carries_gradients(arch, pipe):
     if arch in ONE_IMAGE_UNDER_CFG:
         pytest.skip("runs one image a call under CFG: a guided batch is refused (test_prx_runs_one_image_a_call_under_cfg)")
+    skip_one_prompt(arch)
     layer = text_layers(pipe)[-1].name
     prompts = [PROMPT, OTHER]
 
@@ -758,8 +763,8 @@ def without_guidance(pipe) -> dict:
     return kwargs
 
 
-# Their specs refuse: EDM preconditioning, or prior tokens.
-DENOISER_INPUTS_REFUSED = ("cosmos2", "glm-image")
+# Their specs refuse: EDM preconditioning, prior tokens, or (DreamLite) a reference image's latents beside the sample.
+DENOISER_INPUTS_REFUSED = ("cosmos2", "glm-image", "dreamlite")
 
 
 def test_denoiser_inputs_replay_the_pipelines_own_call_at_any_sample_and_timestep(arch, pipe):

@@ -58,7 +58,7 @@ def lora_names(pipe) -> set[str]:
 
 # The families whose spec refuses train_lora, each with its reason (docs/families.md lists them): refused
 # in one line, before anything is written.
-NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "cogview3plus", "bria-fibo")
+NOT_TRAINED = ("cosmos2", "kandinsky5", "qwenimage21", "glm-image", "cogview3plus", "bria-fibo", "dreamlite")
 
 
 @pytest.mark.parametrize("arch", NOT_TRAINED)

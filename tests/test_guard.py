@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_IMAGE_UNDER_CFG, ONE_TEXT_LENGTH, PROMPT, _pipeline, generate, seeded
+from conftest import ONE_IMAGE_UNDER_CFG, ONE_TEXT_LENGTH, PROMPT, _pipeline, generate, seeded, skip_one_prompt
 
 import textloc as tl
 from textloc.guard import BENIGN_WORDS, Benign, Drop, Mask, ToxicTextGuard, get_detector
@@ -77,6 +77,7 @@ def test_the_report_says_what_was_found_where_and_a_clean_prompt_is_clean():
 
 
 def test_a_mixed_batch_guards_only_the_toxic_rows(arch, pipe):
+    skip_one_prompt(arch)
     kwargs = tiny_call_kwargs(pipe)
     guard = ToxicTextGuard(pipe, "all", start_step=0)
     prompts = [PROMPT, TOXIC, 'A red sign that says "LAMP".']

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ONE_IMAGE_UNDER_CFG, _pipeline
+from conftest import ONE_IMAGE_UNDER_CFG, _pipeline, skip_one_prompt
 from textloc.architectures import family_of
 from textloc.engine import AttentionLayer, select_layers
 from textloc.localization import Localization, PromptPair, core, localize, make_pairs, selection, spearman, stats
@@ -100,6 +100,7 @@ NECESSITY_ON = ("sd15", "deepfloyd-if", "sdxl", "sd3", "flux", "z-image", "lumin
 # cross, one with added K/V and one joint transformer.
 @pytest.mark.parametrize(("arch", "method"), [(arch, "both") for arch in ARCHITECTURES] + [(arch, "activation") for arch in ("sdxl", "deepfloyd-if", "flux")])
 def test_localize_runs_end_to_end_and_writes_its_files(arch, method, tmp_path):
+    skip_one_prompt(arch)
     pipe = _pipeline(arch)
     direction = "both" if method == "both" and arch in NECESSITY_ON else "sufficiency"
     result = localize(pipe, SIGNS, method=method, direction=direction, ocr=ReadsNearestKnownImage(pipe, SIGNS), out=tmp_path, progress=False, **kwargs(pipe))
@@ -180,6 +181,7 @@ def test_necessity_generates_the_target_with_the_sources_text_and_selects_what_r
 
 
 def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
+    skip_one_prompt(arch)
     pipe = _pipeline(arch)
     ocr = ReadsNearestKnownImage(pipe, SIGNS)
     result = localize(pipe, SIGNS, unit="head", ocr=ocr, progress=False, **kwargs(pipe))

@@ -56,6 +56,7 @@ NAMES = (
     "tiny-random-bria",
     "tiny-random-bria-fibo",
     "tiny-random-prx",
+    "tiny-random-dreamlite",
 )
 
 

@@ -88,6 +88,7 @@ ATTENTION_LAYOUT["kandinsky3"] = [(r"(down|up)_blocks\.\d+\.attentions\.[12]\.at
 ATTENTION_LAYOUT["bria"] = double_and_single("BriaAttnProcessor")
 ATTENTION_LAYOUT["bria-fibo"] = [(r"transformer_blocks\.\d+\.attn", "BriaFiboAttnProcessor", 2), (r"single_transformer_blocks\.\d+\.attn", "BriaAttnProcessor", 2)]
 ATTENTION_LAYOUT["prx"] = [(r"blocks\.\d+\.attention", "PRXAttnProcessor2_0", 2)]
+ATTENTION_LAYOUT["dreamlite"] = [(r".*attn2", "DreamLiteAttnProcessor2_0", 7)]
 ATTENTION_LAYOUT["cosmos2"] = [(r"transformer_blocks\.\d+\.attn2", "CosmosAttnProcessor", 2)]
 ATTENTION_LAYOUT["lumina2"] = [
     (r"context_refiner\.\d+\.attn", "Lumina2AttnProcessor", 1),

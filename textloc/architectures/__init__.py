@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from textloc.architectures import (
-    auraflow, chroma, cogview3plus, cogview4, cosmos2, deepfloyd_if, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
+    auraflow, chroma, cogview3plus, cogview4, cosmos2, deepfloyd_if, dreamlite, ernie_image, flux, flux2, glm_image, hidream, hunyuan_dit, hunyuan_image, ideogram4,
     kandinsky5, krea2, lcm, longcat_image, lumina2, lumina_next, nucleusmoe_image, ovis_image, pixart, qwenimage, qwenimage21, sana, sana_sprint, sd, sd3, sdxl, z_image,
 )
 from textloc.architectures import bria, bria_fibo, kandinsky3, prx
@@ -38,6 +38,7 @@ FAMILIES: list[Family] = [
     sana_sprint.FAMILY,
     lcm.FAMILY,
     kandinsky3.FAMILY, bria.FAMILY, bria_fibo.FAMILY, prx.FAMILY,
+    dreamlite.FAMILY, dreamlite.MOBILE,
 ]
 
 

@@ -353,6 +353,9 @@ class Family:
     #: never calls its denoiser at (Sana Sprint's SCM scheduler: ``n + 1`` timesteps for ``n``
     #: steps, the loop over ``timesteps[:-1]``): the denoiser's positions are one fewer.
     schedule_ends_clean: bool = False
+    #: The pipeline takes one prompt per call, a string (DreamLite fixes its batch at 1 and refuses a
+    #: list): the engine hands it a one-prompt batch as that prompt and refuses a batch of several.
+    one_prompt: bool = False
 
     def check_supports(self, use: str) -> None:
         """A one-line ``ValueError`` if this family does not support ``use`` (e.g. ``"train_lora"``)."""

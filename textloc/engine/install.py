@@ -22,7 +22,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from textloc import seeding
-from textloc.architectures import denoiser
+from textloc.architectures import denoiser, family_of
 from textloc.engine.cache import TextCache
 from textloc.engine.layer_hooks import AttentionHook, LayerHooks, PooledInputHook, ProjectionHook
 from textloc.engine.plan import RowPatch, window_steps
@@ -155,6 +155,8 @@ def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
     (each prompt wrapped in its chat template), which would change the caller's prompts.
     """
     kwargs = {key: list(value) if isinstance(value, list) else value for key, value in kwargs.items()}
+    if isinstance(kwargs.get("prompt"), list) and family_of(pipe).one_prompt:
+        kwargs["prompt"] = _the_one_prompt(pipe, kwargs["prompt"])
     try:
         with _quiet_stops():
             return pipe(**kwargs)
@@ -163,6 +165,16 @@ def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
         if hasattr(pipe, "maybe_free_model_hooks"):
             pipe.maybe_free_model_hooks()
         return None
+
+
+def _the_one_prompt(pipe: Any, prompts: list[str]) -> str:
+    """The prompt of a one-prompt batch, for a pipeline that takes one prompt per call, as a string."""
+    if len(prompts) != 1:
+        raise ValueError(
+            f"{type(pipe).__name__} takes one prompt per call (its batch is fixed at 1), and this run batches "
+            f"{len(prompts)}: textloc cannot put several prompts, or a prompt and a live source row, in one of its calls."
+        )
+    return prompts[0]
 
 
 class _NotAStop(logging.Filter):
