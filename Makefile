@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench docs clean
+.PHONY: demo test floor bench docs clean
 
 $(BIN)/textloc: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,26 @@ test: $(BIN)/textloc
 	# models' held-out checks) cannot leave a core idle at the end as --dist load's fixed chunks do.
 	$(BIN)/python -m pytest -n 2 --dist worksteal tests
 
+# The lowest versions pyproject.toml allows, in .venv-floor: uv's lowest-direct resolution of textloc's own
+# requirements (wheels only; torch the one .venv has), on the tests that failed where a floor was too low:
+# the engine's CFG branches and text units (SD; diffusers' cache_context: FLUX.2 Klein; its guiders:
+# HunyuanImage; the newest text encoders: Ideogram 4, GLM-Image), a LoRA reloaded by diffusers (peft),
+# textloc-tiny's images (its saved CLIP keys) and a resumed training's seeds (NumPy).
+FLOOR := .venv-floor
+FLOOR_ROW_TEST := tests/test_engine.py::test_a_row_that_reads_every_text_unit_of_another_row_is_that_row
+FLOOR_TESTS := $(foreach arch,sd15 flux2-klein hunyuan-image ideogram4 glm-image,"$(FLOOR_ROW_TEST)[$(arch)]") \
+	"tests/test_finetune.py::test_only_the_lora_trains_and_plain_diffusers_reloads_it[sd15]" \
+	tests/test_finetune.py::test_a_resumed_run_ends_where_an_uninterrupted_one_does \
+	tests/test_inversion.py::test_textloc_tiny_reconstructs_a_rendered_sign
+floor: $(BIN)/textloc
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv venv -q --allow-existing --python $(BIN)/python $(FLOOR)
+	$(BIN)/uv pip install -q --python $(FLOOR)/bin/python --resolution lowest-direct --no-build \
+		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')" \
+		-e . "pytest>=8.4"
+	$(BIN)/uv pip list --python $(FLOOR)/bin/python | grep -E "^(torch|diffusers|transformers|peft|accelerate|numpy) "
+	$(FLOOR)/bin/python -m pytest -p no:cacheprovider $(FLOOR_TESTS)
+
 # The docs site into site/ (mkdocs.yml; the generated pages are made by docs/hooks.py), warnings as errors.
 docs: $(BIN)/textloc
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
@@ -53,4 +73,4 @@ bench: $(BIN)/textloc
 	$(BIN)/python bench/bench_finetune.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(FLOOR) build *.egg-info
