@@ -180,6 +180,13 @@ def test_necessity_generates_the_target_with_the_sources_text_and_selects_what_r
         assert layer.necessity.mse_to_source == by_name[layer.name].mse_to_target
 
 
+# Head units on one family of each text layout, and on each way a layer's heads are laid out (fused
+# QKV+MLP columns, grouped K/V, a fused text K/V projection, a pooled unit among the heads); the
+# engine's head patches themselves are checked on every family (test_engine.py).
+HEADS_ON = NECESSITY_ON + ("flux2", "krea2", "prx", "kandinsky3")
+
+
+@pytest.mark.parametrize("arch", HEADS_ON)
 def test_head_units_patch_single_heads_and_all_of_them_patch_the_layers(arch):
     skip_one_prompt(arch)
     pipe = _pipeline(arch)
