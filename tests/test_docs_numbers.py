@@ -620,6 +620,10 @@ def _localization_table() -> Iterator[str]:
            f"but each alone is necessary (the word survives {pct(alone[0]['necessity']['target_hit'])} and "
            f"{pct(alone[1]['necessity']['target_hit'])} of images without it)")
     yield f"its 12 heads spread the word over {len(flux['heads']['selected'])} of them"
+    pooled = unit(flux, "time_text_embed.text_embedder")
+    yield (f"it ranks {pooled['rank']}th of its {len(flux['layers'])} units, alone it writes the target on "
+           f"{pct(pooled['exact']['target_hit'])} of the choice pairs, and the source's word survives its "
+           f"removal on {pct(pooled['necessity']['target_hit'])}")
 
 
 CASES = [(page, index, piece) for page, check in CHECKS.items() for index, piece in enumerate(check(), start=1)]
