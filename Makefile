@@ -54,12 +54,15 @@ FLOOR_TESTS := $(foreach arch,sd15 flux2-klein hunyuan-image ideogram4 glm-image
 	"tests/test_finetune.py::test_only_the_lora_trains_and_plain_diffusers_reloads_it[sd15]" \
 	tests/test_finetune.py::test_a_resumed_run_ends_where_an_uninterrupted_one_does \
 	tests/test_inversion.py::test_textloc_tiny_reconstructs_a_rendered_sign
-floor: $(BIN)/textloc
+$(FLOOR)/installed: pyproject.toml $(BIN)/textloc
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv venv -q --allow-existing --python $(BIN)/python $(FLOOR)
 	$(BIN)/uv pip install -q --python $(FLOOR)/bin/python --resolution lowest-direct --no-build \
 		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')" \
 		-e . "pytest>=8.4"
+	touch $@
+
+floor: $(FLOOR)/installed
 	$(BIN)/uv pip list --python $(FLOOR)/bin/python | grep -E "^(torch|diffusers|transformers|peft|accelerate|numpy) "
 	$(FLOOR)/bin/python -m pytest -p no:cacheprovider $(FLOOR_TESTS)
 
