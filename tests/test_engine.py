@@ -469,6 +469,20 @@ def test_qwenimage21_refuses_the_pipelines_step_0_kv_cache():
     torch.testing.assert_close(generate(pipe), generate(pipe, use_kv_cache=True), atol=1e-5, rtol=0)
 
 
+def assert_every_unit_reads_prompts_of_other_lengths(pipe, names, long: str, shorter: tuple[str, ...], branch: str) -> None:
+    """A row that reads every text unit of a longer prompt of its batch is that prompt's image; a run
+    of the long prompt patched from a cache of each shorter one is that one's image (its text, and its
+    mask); a source longer than the run's text does not fit: refused, never cut."""
+    rows = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, long], [RowPatch(names, source=1, row=0, branch=branch)], **tiny_kwargs(pipe))))
+    torch.testing.assert_close(rows[0], rows[1], atol=BATCH_TOLERANCE, rtol=0)
+    for source in shorter:
+        with tl.patch(pipe, "all", cache_of(pipe, source), branch=branch):
+            torch.testing.assert_close(generate(pipe, long), generate(pipe, source), atol=BATCH_TOLERANCE, rtol=0)
+    with pytest.raises(ValueError, match="batch the prompt with one as long as the source"):
+        with tl.patch(pipe, "all", cache_of(pipe, long)):
+            generate(pipe)
+
+
 def test_nucleusmoe_image_patches_the_text_part_of_its_image_and_text_mask():
     # Its text reaches the image only through its added-K/V layers, its keys [image, text] under one
     # attention_mask (None where no token is padding; each call pads to its longest prompt, a multiple
@@ -478,16 +492,8 @@ def test_nucleusmoe_image_patches_the_text_part_of_its_image_and_text_mask():
     names = tuple(layer.name for layer in text_layers(pipe))
     long, even = 'A sign that says "HELLO" on a long wooden board.', 'A sign that says "HIS".'  # 111 tokens (padded to 112), 88
     odd = 'A sign that says "HI".'  # 87 tokens: padded to 88 alone (masked), where "HIS" has no mask at all
-    rows = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, long], [RowPatch(names, source=1, row=0)], **tiny_kwargs(pipe))))
-    torch.testing.assert_close(rows[0], rows[1], atol=BATCH_TOLERANCE, rtol=0)
     # From a cache of a shorter prompt (other padding, and a shorter call): its text, and its mask.
-    for source in (odd, even):
-        with tl.patch(pipe, "all", cache_of(pipe, source), branch="both"):
-            torch.testing.assert_close(generate(pipe, long), generate(pipe, source), atol=BATCH_TOLERANCE, rtol=0)
-    # A source longer than the run's text does not fit: refused, never cut.
-    with pytest.raises(ValueError, match="batch the prompt with one as long as the source"):
-        with tl.patch(pipe, "all", cache_of(pipe, long)):
-            generate(pipe)
+    assert_every_unit_reads_prompts_of_other_lengths(pipe, names, long, (odd, even), branch="both")
 
 
 def test_lumina_next_patches_its_cross_attention_with_the_sources_text_mask():
@@ -498,14 +504,7 @@ def test_lumina_next_patches_its_cross_attention_with_the_sources_text_mask():
     pipe = _pipeline("lumina-next")
     names = tuple(layer.name for layer in select_layers(pipe, "all"))
     long = 'A sign that says "HELLO" on a long board.'  # 42 tokens with <bos>: padded to 48; PROMPT to 32
-    rows = torch.as_tensor(images_of(run_with_patches(pipe, [PROMPT, long], [RowPatch(names, source=1, row=0, branch="both")], **tiny_kwargs(pipe))))
-    torch.testing.assert_close(rows[0], rows[1], atol=BATCH_TOLERANCE, rtol=0)
-    with tl.patch(pipe, "all", cache_of(pipe, PROMPT), branch="both"):
-        torch.testing.assert_close(generate(pipe, long), generate(pipe, PROMPT), atol=BATCH_TOLERANCE, rtol=0)
-    # A source longer than the run's text does not fit: refused, never cut.
-    with pytest.raises(ValueError, match="batch the prompt with one as long as the source"):
-        with tl.patch(pipe, "all", cache_of(pipe, long)):
-            generate(pipe)
+    assert_every_unit_reads_prompts_of_other_lengths(pipe, names, long, (PROMPT,), branch="both")
 
 
 def test_auraflow_text_is_its_register_tokens_and_the_prompt_in_both_kinds_of_block():
