@@ -360,6 +360,12 @@ def _benchmarks() -> Iterator[str]:
            f"| {sd3_real['entry_bytes'][0] / 2**20:.1f} MiB | {sd3_real['steps']} × {sd3_real['branches']} | {sd3_real['all_layers_bytes_per_prompt'] / 2**30:.1f} GiB |")
     yield (f"| FLUX.1-dev, {flux_real['steps']} steps | 19 joint + 38 single | {flux_real['text_tokens']} | {flux_real['kv_widths'][0]} "
            f"| {flux_real['entry_bytes'][0] / 2**20:.1f} MiB | {flux_real['steps']} × {flux_real['branches']} | {flux_real['all_layers_bytes_per_prompt'] / 2**30:.1f} GiB |")
+    yield from _demo()
+
+
+def _demo() -> Iterator[str]:
+    demo = results("bench/results/demo.json")
+    yield "| " + " | ".join(f"{step['seconds']:.0f} s" for step in demo["steps"]) + f" | **{demo['total_seconds'] / 60:.1f} min** |"
 
 
 # Families: the real-size table is the bench's own rows --------------------------------------------
