@@ -87,8 +87,11 @@ def test_textloc_tiny_samples_with_its_own_settings():
     }
 
 
-def test_a_plain_call_of_textloc_tiny_reads_its_caption_raw_and_says_nothing_about_cleaning(caplog):
-    pipe = load_pipeline("textloc-tiny")
+def test_textloc_tiny_loads_and_runs_a_plain_call_with_no_notices_reading_its_caption_raw(caplog):
+    with caplog.at_level("WARNING"):
+        pipe = load_pipeline("textloc-tiny")
+    # Its CLIP text encoder is textloc-tiny's design, not a mistake to call out where IFPipeline names a T5.
+    assert not [record for record in caplog.records if "Expected types" in record.getMessage()]
     # Cleaning rewrites a caption (with Beautiful Soup and ftfy); the model learnt them only lowercased.
     assert pipe._text_preprocessing('A sign that says "LAMP".', clean_caption=True) == ['a sign that says "lamp".']
     with caplog.at_level("WARNING"):

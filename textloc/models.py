@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import difflib
 import functools
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,7 +114,15 @@ class EmbeddedModel(NamedModel):
             )
         from textloc.pipeline_calls import from_pretrained
 
-        pipe = from_pretrained(self.folder, dtype, **{**self.load_options, **from_pretrained_kwargs})
+        # IFPipeline's signature names a T5 encoder; textloc-tiny's is a small CLIP by design, which
+        # diffusers would call out on every load.
+        loading = logging.getLogger("diffusers.pipelines.pipeline_utils")
+        by_design = _DropMessages("Expected types for text_encoder:")
+        loading.addFilter(by_design)
+        try:
+            pipe = from_pretrained(self.folder, dtype, **{**self.load_options, **from_pretrained_kwargs})
+        finally:
+            loading.removeFilter(by_design)
         _keep_captions_raw(pipe)
         return pipe
 
@@ -177,6 +186,17 @@ def _random_model(arch: str) -> RandomModel:
 
 
 #: The embedded model: a 64x64 IFPipeline trained on rendered signs, no download.
+class _DropMessages(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def _keep_captions_raw(pipe: DiffusionPipeline) -> None:
     """Make a direct ``pipe(prompt)`` read the caption as the embedded model learnt it: lowercased only.
 
