@@ -363,6 +363,12 @@ def _benchmarks() -> Iterator[str]:
     yield from _demo()
 
 
+@quotes("cli.md")
+def _cli() -> Iterator[str]:
+    cli = results("bench/results/cli.json")
+    yield f"took {cli['slowest']:.2f} s, the median of {cli['repeats']} fresh processes"
+
+
 def _demo() -> Iterator[str]:
     demo = results("bench/results/demo.json")
     yield "| " + " | ".join(f"{step['seconds']:.0f} s" for step in demo["steps"]) + f" | **{demo['total_seconds'] / 60:.1f} min** |"
@@ -653,5 +659,5 @@ def test_page_says_what_its_results_file_says(page, index, piece):
 
 
 def test_every_page_that_quotes_results_is_checked():
-    assert set(CHECKS) == {"guard.md", "editing.md", "finetune.md", "benchmarks.md", "families.md", "models.md", "localization.md"}
+    assert set(CHECKS) == {"guard.md", "editing.md", "finetune.md", "benchmarks.md", "families.md", "models.md", "localization.md", "cli.md"}
     assert len(CASES) > 150

@@ -6,7 +6,8 @@ separate runs) and ``cache`` (bytes), and ``real_sizes`` (a cache at real scale)
 ``real_sizes.json`` (``bench/bench_real_sizes.py``): every family's published denoisers, built on
 the meta device. ``localize.json``, ``localize_selection.json``, ``screen_points.json`` and
 ``pooled_text*.json``: the localization benches of the same names under ``bench/``. ``demo.json``
-(``bench/bench_demo.sh``): the seconds each command of ``make demo`` took.
+(``bench/bench_demo.sh``): the seconds each command of ``make demo`` took; ``cli.json``
+(``bench/bench_cli.py``): how long each ``--help`` takes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def _per_arch(results: dict[str, Any], part: str) -> list[tuple[str, dict[str, A
 
 
 def _engine_page(sources: Sources) -> str:
-    engine_path, sizes_path, demo_path = "bench/results/engine.json", "bench/results/real_sizes.json", "bench/results/demo.json"
-    results, sizes, demo = sources.json(engine_path), sources.json(sizes_path), sources.json(demo_path)
+    engine_path, sizes_path, demo_path, cli_path = (f"bench/results/{name}.json" for name in ("engine", "real_sizes", "demo", "cli"))
+    results, sizes, demo, cli = (sources.json(path) for path in (engine_path, sizes_path, demo_path, cli_path))
     settings = results["settings"]
     environment = next(iter(results["environment"].values()))
     overhead = []
@@ -61,7 +62,7 @@ def _engine_page(sources: Sources) -> str:
              "/".join(map(str, r["kv_widths"])), "/".join(_binary(b) for b in r["entry_bytes"]), f"{r['steps']} × {r['branches']}",
              _binary(r["all_layers_bytes_per_prompt"])) for r in results.get("real_sizes", [])]
     return "\n\n".join([
-        "# Engine results", source_note(engine_path, sizes_path, demo_path),
+        "# Engine results", source_note(engine_path, sizes_path, demo_path, cli_path),
         (f"Tiny random pipelines at {settings['size']}×{settings['size']}, {settings['steps']} steps, CFG; torch "
         f"{environment['torch']}, diffusers {environment['diffusers']}, {environment['torch_threads']} torch thread(s) on "
         f"{environment['cpu_count']} CPU cores. The guide: [Benchmarks](../benchmarks.md)."),
@@ -81,6 +82,8 @@ def _engine_page(sources: Sources) -> str:
         _real_sizes(sizes),
         "## `make demo`, after the install\n\n"
         + table(("command", "seconds"), [(step["command"], f"{step['seconds']:.0f}") for step in demo["steps"]] + [("in all", f"{demo['total_seconds']:.0f}")]),
+        f"## `--help`, a fresh process each (median of {cli['repeats']})\n\n"
+        + table(("command", "seconds"), [(f"textloc {name}" if name != "textloc" else name, f"{value:.2f}") for name, value in cli["median_seconds"].items()]),
     ]) + "\n"
 
 
