@@ -1,7 +1,8 @@
 """The guard in the weights: a LoRA on textloc-tiny's text layers that writes a benign word where a toxic one is asked for.
 
     python bench/bench_guard_lora.py [--steps 300] [--batch-size 8] [--lr 3e-3] [--scenes 2] [--benign 64]
-        [--variants text-layers,base,all-attention]
+        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--preserve] [--ema-decay D]
+        [--results FILE --runs DIR]   # any option changed: a results file and runs folder of its own
 
 Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`textloc.guard.GuardPairs`:
 half the examples a toxic word asked for and its benign replacement drawn in the same scene, half

@@ -16,7 +16,7 @@ three things they leave to chance made exact:
 
 Files in ``output_dir``: ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights`` loads
 it), ``training.json`` (settings, targets, parameter counts, validation history),
-``checkpoint-<step>/`` (the last two), and with validation prompts ``validation.csv``,
+``checkpoint-<step>/`` (the last two; with ``ema_decay``, the average too), and with validation prompts ``validation.csv``,
 ``validation.png`` and ``validation/step_<step>.png``.
 """
 
