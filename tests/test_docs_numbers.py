@@ -224,10 +224,11 @@ def _guard_adversarial() -> Iterator[str]:
     yield pairs_row("bench/results/guard_lora-lr1e-3.json", "toxic fraction 0.5, lr 0.001")
     yield pairs_row("bench/results/guard_lora-preserve.json", "toxic fraction 0.5, ordinary signs preserved")
     yield pairs_row("bench/results/guard_lora-1000steps.json", "toxic fraction 0.5, 1000 steps")
-    longer = results("bench/results/guard_lora-1000steps.json")["variants"]["text-layers"]
-    yield f"come back from {v['text-layers']['benign']['word_acc']:.1%} to {longer['benign']['word_acc']:.1%}"
-    yield f"({pct(longer['replacement_read'])} against {pct(v['text-layers']['replacement_read'])})"
-    yield f"(MSE {num(longer['mse_outside_text'], 4)} against {num(v['text-layers']['mse_outside_text'], 4)})"
+    yield pairs_row("bench/results/guard_lora-1500steps.json", "toxic fraction 0.5, 1500 steps")
+    runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
+    yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
+    yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
+    yield f"the benign words swing: {runs[0]['benign']['word_acc']:.1%}, then {runs[1]['benign']['word_acc']:.1%}, then {runs[2]['benign']['word_acc']:.1%}"
 
 
 # Editing ------------------------------------------------------------------------------------------
