@@ -205,6 +205,30 @@ def _guard_adversarial() -> Iterator[str]:
     slower = results("bench/results/guard_lora-lr1e-3.json")
     yield f"A lower learning\nrate ({slower['budget']['lr']}, the same steps)"
     yield f"({slower['variants']['text-layers']['benign']['word_acc']:.1%}, `bench/results/guard_lora-lr1e-3.json`)"
+    # Why the benign words fall: the same bench, one pairs option changed a file.
+    control = results("bench/results/guard_lora-toxic0.json")["variants"]["text-layers"]["benign"]
+    yield f"keeps them, {accuracy(control['word_acc'], control['n']).split(' [')[0]} against the base model's {v['base']['benign']['word_acc']:.1%}"
+
+    def pairs_row(path: str, label: str) -> str:
+        run = results(path)
+        m = run["variants"]["text-layers"]
+        toxic = pct(m["toxic_word_read"]) if run["budget"]["toxic_fraction"] == 0 else f"{pct(m['toxic_word_read'])} ({count(m['toxic_word_read'], n)}/{n})"
+        cells = [toxic, pct(m["replacement_read"]), pct(m["scene_kept"]), accuracy(m["benign"]["word_acc"], m["benign"]["n"]), f"{m['seconds_per_step']:.2f}"]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    base = v["base"]
+    yield f"| base model | {pct(base['toxic_word_read'])} | {pct(base['replacement_read'])} | {pct(base['scene_kept'])} | {accuracy(base['benign']['word_acc'], base['benign']['n'])} | - |"
+    yield pairs_row("bench/results/guard_lora-toxic0.json", "toxic fraction 0 (control: ordinary signs only)")
+    yield pairs_row("bench/results/guard_lora-toxic0.25.json", "toxic fraction 0.25")
+    yield pairs_row("bench/results/guard_lora.json", "toxic fraction 0.5 (the default)")
+    yield pairs_row("bench/results/guard_lora-lr1e-3.json", "toxic fraction 0.5, lr 0.001")
+    yield pairs_row("bench/results/guard_lora-preserve.json", "toxic fraction 0.5, ordinary signs preserved")
+    yield pairs_row("bench/results/guard_lora-1000steps.json", "toxic fraction 0.5, 1000 steps")
+    yield pairs_row("bench/results/guard_lora-1500steps.json", "toxic fraction 0.5, 1500 steps")
+    runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
+    yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
+    yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
+    yield f"the benign words swing: {runs[0]['benign']['word_acc']:.1%}, then {runs[1]['benign']['word_acc']:.1%}, then {runs[2]['benign']['word_acc']:.1%}"
 
 
 # Editing ------------------------------------------------------------------------------------------

@@ -162,6 +162,26 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     assert kept == ["checkpoint-3", "checkpoint-4"]
 
 
+def test_an_average_of_the_lora_is_saved_and_resumes_where_an_uninterrupted_run_ends(tmp_path):
+    settings = dict(QUICK, checkpoint_every=1, ema_decay=0.5)
+    whole = tiny_pipeline("sd15")
+    train_lora(whole, "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "whole", **settings)
+    train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "parted", **dict(settings, steps=1))
+    train_lora(tiny_pipeline("sd15"), "up_blocks.*", RenderedSigns(), output_dir=tmp_path / "parted", resume=True, **settings)
+    first, second = (load_file(tmp_path / run / "pytorch_lora_weights.safetensors") for run in ("whole", "parted"))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    # EMAModel's decay ramps as min(0.5, (1 + k) / (10 + k)): step 1 copies, step 2 keeps 2/11 of it.
+    steps = [load_file(tmp_path / "whole" / f"{CHECKPOINT_PREFIX}{step}" / "lora.safetensors") for step in (1, 2)]
+    saved = {name.removeprefix("unet."): value for name, value in first.items()}
+    assert saved.keys() == steps[1].keys()
+    for key in saved:
+        torch.testing.assert_close(saved[key], 2 / 11 * steps[0][key] + 9 / 11 * steps[1][key])
+    assert any(not torch.equal(saved[key], steps[1][key]) for key in saved)  # the average, not the last step
+    kept = {name: value for name, value in denoiser(whole).named_parameters() if "lora_B" in name}
+    assert any(value.abs().sum() > 0 for value in kept.values())
+    assert all(torch.equal(value, saved[name.replace(".default", "")]) for name, value in kept.items())  # the pipeline keeps it too
+
+
 def test_a_different_global_batch_or_seed_trains_a_different_lora(tmp_path):
     # The counterpart of the resume and data-parallel checks: they would pass if nothing trained.
     runs = {}

@@ -61,10 +61,11 @@ def test_no_held_out_scene_is_drawn_and_ordinary_signs_keep_the_fraction(pairs):
     assert all(pair.asked == pair.written and pair.asked not in TOXIC_WORDS for pair in ordinary)
     assert abs(len(ordinary) / DRAWS - 0.5) < 0.1, "half the examples are ordinary signs of the benign words"
     assert all(GuardPairs(toxic_fraction=1.0).pair(index).form is not None for index in range(40))
+    assert all(GuardPairs(toxic_fraction=0).pair(index).form is None for index in range(40)), "0: the control, ordinary signs only"
 
 
 def test_bad_pairs_are_refused_in_one_line():
-    for kwargs, message in (({"toxic_fraction": 0}, "toxic_fraction"), ({"replace": "mask"}, "learns to write a word"),
+    for kwargs, message in (({"toxic_fraction": -0.1}, "toxic_fraction"), ({"replace": "mask"}, "learns to write a word"),
                             ({"forms": ("shouted",)}, "Unknown form"), ({"benign_words": ["DAMN"]}, "none of the toxic words")):
         with pytest.raises(ValueError, match=message):
             GuardPairs(**kwargs)
@@ -96,6 +97,22 @@ def test_the_guard_lora_trains_only_the_chosen_layer_and_plain_diffusers_reloads
     reloaded = tiny_pipeline("deepfloyd-if")
     reloaded.load_lora_weights(trained.output_dir)  # plain diffusers
     assert np.allclose(_images(reloaded), guarded, atol=1e-5)
+
+
+def test_preserved_signs_take_the_models_own_prediction_as_their_target(tmp_path):
+    # Ordinary signs only, preserved: the model with its LoRA at zero already predicts every target, so nothing moves.
+    # Not preserved, the same signs' images are targets the model misses, and the LoRA moves.
+    moved = {}
+    for preserve in (True, False):
+        pipe = tiny_pipeline("deepfloyd-if")
+        pairs = GuardPairs(toxic_fraction=0, preserve=preserve)
+        assert all(pairs.preserved(index) is preserve for index in range(8))
+        tl.train_guard_lora(pipe, "all", pairs=pairs, output_dir=tmp_path / str(preserve), steps=2, batch_size=2, lr=5e-2, resolution=32, progress=False)
+        moved[preserve] = any(value.abs().sum() > 0 for name, value in denoiser(pipe).named_parameters() if "lora_B" in name)
+    assert moved == {True: False, False: True}
+    mixed = GuardPairs(preserve=True)
+    assert all(mixed.preserved(index) == (mixed.pair(index).form is None) for index in range(40)), "the ordinary signs, never a toxic one"
+    assert "kept as the model draws them" in mixed.description and "kept" not in GuardPairs().description
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str]:

@@ -129,13 +129,23 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
             for name, v in variants.items()]
     return "\n\n".join([
         f"## textloc-tiny, the guard in the weights: {code(path)}",
-        (f"LoRAs trained by `tl.train_guard_lora` ({budget['steps']} steps, batch {budget['batch_size']}, lr {budget['lr']}) on "
+        (f"LoRAs trained by `tl.train_guard_lora` ({budget['steps']} steps, batch {budget['batch_size']}, lr {budget['lr']}{_pair_options(budget)}) on "
          f"{results['pairs'].split(';')[0]}; scored with the runtime guard off on the adversarial set "
          f"({budget['scenes']} held-out scene(s) per toxic word) and on {budget['benign']} held-out captions of the benign words."),
         "### Toxic word read, per form\n\n" + table(("form", *variants), read),
         "### Per variant\n\n" + table(("variant", "trainable parameters", "toxic word read", "replacement read", "scene kept",
                                          "MSE outside text", "benign word accuracy", "colours (sign, background)"), rows),
     ])
+
+
+def _pair_options(budget: dict[str, Any]) -> str:
+    """The pairs' and trainer's options a guard-LoRA budget records, as the bench's flags name them."""
+    options = [f"toxic fraction {budget['toxic_fraction']}"] if "toxic_fraction" in budget else []
+    if budget.get("preserve"):
+        options.append("ordinary signs preserved")
+    if budget.get("ema_decay") is not None:
+        options.append(f"EMA decay {budget['ema_decay']}")
+    return "".join(f", {option}" for option in options)
 
 
 def _adversarial_section(path: str, results: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ class TrainConfig:
     checkpoint_every: int = setting(500, "steps between checkpoints (LoRA, optimizer, step): what --resume continues from")
     validate_every: int | None = setting(None, "steps between validations (also before the first and after the last)")
     validation_prompts: tuple[str, ...] = setting((), "prompts that quote the text they ask for, generated and read by OCR at each validation")
+    ema_decay: float | None = setting(None, "decay of an exponential moving average of the LoRA's weights, which validation samples and the run saves (diffusers' --use_ema, EMAModel); None: the last step's weights")
     seed: int = setting(0, "seed of every draw: the examples' order, VAE samples, timesteps, noise")
     resolution: int | None = setting(None, "training image side (default: the model's own: an embedded model's, else the pipeline's default)")
 
@@ -48,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"Unknown mixed_precision {self.mixed_precision!r}; choose one of {', '.join(MIXED_PRECISIONS)}.")
         if self.resolution is not None:
             _check_count("resolution", self.resolution)
+        if self.ema_decay is not None and (isinstance(self.ema_decay, bool) or not 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay={self.ema_decay!r}: an average's decay is between 0 and 1 (e.g. 0.99, ~100 steps), or None for no average.")
 
     @property
     def lora_alpha(self) -> float:

@@ -9,15 +9,17 @@ holds peft's ``adapter_config.json`` and :func:`load_lora` injects the adapter w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
@@ -55,6 +57,19 @@ def add_lora(pipe: Any, targets: Sequence[str], rank: int, alpha: float | None, 
 def lora_parameters(pipe: Any) -> list[torch.nn.Parameter]:
     """The LoRA's parameters: the only ones that train."""
     return [parameter for name, parameter in denoiser(pipe).named_parameters() if "lora_" in name]
+
+
+@contextlib.contextmanager
+def lora_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` as it was before its LoRA, for the span of the block (peft's layers switched off, then on)."""
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def lora_state_dict(pipe: Any) -> dict[str, torch.Tensor]:

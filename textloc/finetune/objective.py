@@ -36,6 +36,7 @@ from textloc.architectures import family_of
 from textloc.architectures.inversion import vae_latents
 from textloc.architectures.spec import Family
 from textloc.engine import DenoiserInputs
+from textloc.finetune.lora import lora_disabled
 
 # SD3's training defaults (diffusers' train_dreambooth_lora_sd3.py): timesteps from a logit-normal density.
 LOGIT_MEAN, LOGIT_STD = 0.0, 1.0
@@ -84,8 +85,16 @@ class Objective:
         with torch.no_grad():
             return self.encode(self.pipe, pixels.to(self.device), generators).float()
 
-    def loss(self, model: torch.nn.Module, inputs: DenoiserInputs, clean: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        """The MSE of ``model``'s prediction for noised ``clean`` samples, conditioned by ``inputs``."""
+    def loss(
+        self, model: torch.nn.Module, inputs: DenoiserInputs, clean: torch.Tensor, seeds: Sequence[int], preserved: Sequence[bool] = ()
+    ) -> torch.Tensor:
+        """The MSE of ``model``'s prediction for noised ``clean`` samples, conditioned by ``inputs``.
+
+        Rows flagged in ``preserved`` take as their target what ``model`` predicts for the same input
+        with its LoRA off (prior preservation, distilled): exact where the image's own target is one
+        noisy draw, so that a LoRA taught to change some captions is held to the others at every
+        timestep and pixel.
+        """
         clean = self._as_denoiser_input(clean, inputs)
         timesteps, noise, sigmas = self._draw(clean, seeds)
         if self.flow:
@@ -97,6 +106,11 @@ class Objective:
             if target is None:
                 target = self.scheduler.get_velocity(clean, noise, timesteps)
         target = self.training.prediction_sign * target
+        if any(preserved):
+            with torch.no_grad(), lora_disabled(model):
+                own = inputs(model, noisy, timesteps)
+            rows = torch.tensor(list(preserved), device=target.device).view(-1, *[1] * (target.dim() - 1))
+            target = torch.where(rows, own.to(target.dtype), target)
         prediction = inputs(model, noisy, timesteps)
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
 

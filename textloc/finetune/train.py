@@ -16,7 +16,7 @@ three things they leave to chance made exact:
 
 Files in ``output_dir``: ``pytorch_lora_weights.safetensors`` (``pipe.load_lora_weights`` loads
 it), ``training.json`` (settings, targets, parameter counts, validation history),
-``checkpoint-<step>/`` (the last two), and with validation prompts ``validation.csv``,
+``checkpoint-<step>/`` (the last two; with ``ema_decay``, the average too), and with validation prompts ``validation.csv``,
 ``validation.png`` and ``validation/step_<step>.png``.
 """
 
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -54,6 +55,7 @@ from textloc.settings import split_settings
 
 CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINTS_KEPT = 2
+EMA_FILE = "ema.pt"
 # Settings a resumed run may change: how long it runs and how often it saves and validates.
 _RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "validate_every"})
 
@@ -164,6 +166,7 @@ def train_lora(
         "resolution": resolution,
         "seed": seed,
         "dataset": _describe(data),
+        "ema_decay": config.ema_decay,
         "steps": steps,
         "checkpoint_every": checkpoint_every,
         "validate_every": validate_every,
@@ -193,8 +196,13 @@ def train_lora(
     model.train()
     optimizer = torch.optim.AdamW(lora_parameters(pipe), lr=lr)
     trained_model, optimizer = accelerator.prepare(model, optimizer)
+    # The average validation samples and the run saves; a constant learning rate leaves the last
+    # step's weights one noisy draw around where training has got to.
+    ema = None if config.ema_decay is None else EMAModel(lora_parameters(pipe), decay=config.ema_decay)
     if checkpoint is not None:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location=accelerator.device, weights_only=True))
+        if ema is not None:
+            ema.load_state_dict(torch.load(checkpoint / EMA_FILE, map_location=accelerator.device, weights_only=True))
     objective = Objective(pipe, resolution)
     capture = capture_settings(pipe, generate_kwargs, resolution)
     if accelerator.is_main_process:
@@ -205,7 +213,7 @@ def train_lora(
         validation.restart_at(start)
         history = validation.history()
         if not history:
-            history.append(_validate(validation, model, 0, None))
+            history.append(_validate(validation, model, 0, None, pipe, ema))
 
     bar = tqdm(total=steps, initial=start, desc="LoRA", disable=not (progress and accelerator.is_main_process))
     step, loss = start, math.nan
@@ -222,22 +230,26 @@ def train_lora(
                     optimizer.step()
                     optimizer.zero_grad()
                 losses.append(accelerator.reduce(micro_loss.detach(), "mean").item())
+            if ema is not None:
+                ema.step(lora_parameters(pipe))
             step += 1
             loss = sum(losses) / len(losses)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", s_per_step=f"{time.perf_counter() - began:.2f}")
             if step % checkpoint_every == 0 or step == steps:
-                _save_checkpoint(accelerator, pipe, optimizer, output_dir, step, loss)
+                _save_checkpoint(accelerator, pipe, optimizer, ema, output_dir, step, loss)
             if validation is not None and accelerator.is_main_process and (step == steps or validate_every and step % validate_every == 0):
-                history.append(_validate(validation, model, step, loss))
+                history.append(_validate(validation, model, step, loss, pipe, ema))
     except KeyboardInterrupt:
         if step > start and step % checkpoint_every:
-            _save_checkpoint(accelerator, pipe, optimizer, output_dir, step, loss)
+            _save_checkpoint(accelerator, pipe, optimizer, ema, output_dir, step, loss)
         raise
     finally:
         bar.close()
         accelerator.unwrap_model(trained_model, keep_fp32_wrapper=False)  # the user's denoiser, without autocast
     model.eval()
+    if ema is not None:  # the pipeline keeps, and the folder holds, the average
+        ema.copy_to(lora_parameters(pipe))
 
     result = TrainedLora(output_dir, settings["layers"], paths, trainable, total, steps, history)
     if accelerator.is_main_process:
@@ -251,11 +263,15 @@ def train_lora(
 def batch_loss(pipe: Any, model: torch.nn.Module, objective: Objective, data: Any, items: range, seed: int, capture: dict[str, Any]) -> torch.Tensor:
     """The loss of training samples ``items`` (their places in the run's order) for ``model``:
     each sample's example, VAE draw, timestep and noise come from ``seed`` and its place alone."""
-    examples = [data.example(example_index(data, item, seed)) for item in items]
+    indices = [example_index(data, item, seed) for item in items]
+    examples = [data.example(index) for index in indices]
     seeds = [seeding.derived_seed(seed, item) for item in items]
     clean = objective.clean_samples([image for image, _ in examples], seeds)
     inputs = denoiser_inputs(pipe, [caption for _, caption in examples], **capture)
-    return objective.loss(model, inputs, clean, seeds)
+    # A source may flag examples the model already draws as wanted (the guard's ordinary signs):
+    # their target is the model's own prediction (see Objective.loss).
+    preserved = getattr(data, "preserved", None)
+    return objective.loss(model, inputs, clean, seeds, [bool(preserved(index)) for index in indices] if preserved else ())
 
 
 def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int) -> dict[str, Any]:
@@ -315,7 +331,7 @@ def last_checkpoint(output_dir: Path, up_to: int) -> Path | None:
     return usable[-1] if usable else None
 
 
-def _save_checkpoint(accelerator: Any, pipe: Any, optimizer: Any, output_dir: Path, step: int, loss: float) -> None:
+def _save_checkpoint(accelerator: Any, pipe: Any, optimizer: Any, ema: EMAModel | None, output_dir: Path, step: int, loss: float) -> None:
     """Write ``checkpoint-<step>`` (written aside, then renamed: never half there) and keep the last few."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -325,6 +341,8 @@ def _save_checkpoint(accelerator: Any, pipe: Any, optimizer: Any, output_dir: Pa
         partial.mkdir()
         save_file({key: value.contiguous() for key, value in lora_state_dict(pipe).items()}, partial / "lora.safetensors")
         torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        if ema is not None:
+            torch.save(ema.state_dict(), partial / EMA_FILE)
         (partial / "state.json").write_text(json.dumps({"step": step, "loss": loss}))
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
@@ -333,9 +351,15 @@ def _save_checkpoint(accelerator: Any, pipe: Any, optimizer: Any, output_dir: Pa
     accelerator.wait_for_everyone()
 
 
-def _validate(validation: Validation, model: torch.nn.Module, step: int, loss: float | None) -> dict[str, float]:
+def _validate(validation: Validation, model: torch.nn.Module, step: int, loss: float | None, pipe: Any, ema: EMAModel | None) -> dict[str, float]:
+    """Validate what the run would save at ``step``: the average of the LoRA's weights where there is one."""
     model.eval()
+    if ema is not None:
+        ema.store(lora_parameters(pipe))
+        ema.copy_to(lora_parameters(pipe))
     try:
         return validation(step, loss)
     finally:
+        if ema is not None:
+            ema.restore(lora_parameters(pipe))
         model.train()

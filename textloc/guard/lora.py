@@ -88,6 +88,7 @@ class GuardPairs:
         detector: str | Path | Detector | Callable[[str], Sequence[str]] = "better-profanity",
         toxic_fraction: float = TOXIC_FRACTION,
         forms: Sequence[str] = tuple(FORMS),
+        preserve: bool = False,
         seed: int = 0,
     ):
         self.toxic_words = tuple(word.strip().upper() for word in toxic_words)
@@ -98,8 +99,9 @@ class GuardPairs:
         self.benign_words = tuple(word.strip().upper() for word in benign_words)
         if not self.benign_words or set(self.benign_words) & set(self.toxic_words):
             raise ValueError("benign_words must be words the renderer draws and hold none of the toxic words.")
-        if isinstance(toxic_fraction, bool) or not 0 < toxic_fraction <= 1:
-            raise ValueError(f"toxic_fraction={toxic_fraction!r}: the share of toxic examples is above 0 and at most 1.")
+        # 0 is the control: the model's own ordinary signs alone, to tell what fine-tuning costs from what the guard does.
+        if isinstance(toxic_fraction, bool) or not 0 <= toxic_fraction <= 1:
+            raise ValueError(f"toxic_fraction={toxic_fraction!r}: the share of toxic examples is between 0 and 1.")
         unknown = [form for form in forms if form not in FORMS]
         if unknown:
             raise ValueError(f"Unknown form {unknown[0]!r}; the forms are: {', '.join(FORMS)}.")
@@ -111,19 +113,29 @@ class GuardPairs:
         for word, new in self.replacements.items():
             if not new.isalpha() or new in self.toxic_words:
                 raise ValueError(f"{word} would be replaced by {new!r}: the renderer draws a benign word of letters only.")
-        self.toxic_fraction, self.seed = float(toxic_fraction), seed
+        self.toxic_fraction, self.preserve, self.seed = float(toxic_fraction), bool(preserve), seed
         self.other_forms = tuple(form for form in forms if form != "double quotes")
 
     @property
     def description(self) -> str:
         """What training.json records for these pairs (a resumed run must match it)."""
         swaps = ", ".join(f"{word}->{new}" for word, new in self.replacements.items())
-        return (f"guard pairs, seed {self.seed}: {swaps}; {self.toxic_fraction:.0%} toxic, other forms {', '.join(self.other_forms) or 'none'}; "
+        kept = "; ordinary signs kept as the model draws them" if self.preserve else ""
+        return (f"guard pairs, seed {self.seed}: {swaps}; {self.toxic_fraction:.0%} toxic{kept}, other forms {', '.join(self.other_forms) or 'none'}; "
                 f"benign words {', '.join(self.benign_words)}")
+
+    def _rng(self, index: int) -> random.Random:
+        return random.Random(f"textloc-guard/{self.seed}/{index}")
+
+    def preserved(self, index: int) -> bool:
+        """Whether ``train_lora`` takes the model's own prediction (its LoRA off) as the target of
+        example ``index``: with ``preserve``, the ordinary signs, so that the LoRA is held to drawing
+        them as it did with an exact target, not one noisy draw of the image's."""
+        return self.preserve and self._rng(index).random() >= self.toxic_fraction
 
     def pair(self, index: int) -> GuardPair:
         """The ``index``-th example, always the same."""
-        rng = random.Random(f"textloc-guard/{self.seed}/{index}")
+        rng = self._rng(index)
         if rng.random() >= self.toxic_fraction:
             example = make_example(self.seed, index, words=self.benign_words)
             return GuardPair(example.image, example.glyphs, example.caption, example.word, example.word, example.sign, example.background, None)
