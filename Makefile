@@ -49,6 +49,8 @@ test: $(BIN)/textloc
 # HunyuanImage; the newest text encoders: Ideogram 4, GLM-Image), a LoRA reloaded by diffusers (peft),
 # textloc-tiny's images (its saved CLIP keys) and a resumed training's seeds (NumPy).
 FLOOR := .venv-floor
+# Where pip finds the torch wheel .venv took (this machine's CPU wheel on disk), for uv, which reads no pip config.
+FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(BIN)/python -m pip config get global.find-links 2>/dev/null))
 FLOOR_ROW_TEST := tests/test_engine.py::test_a_row_that_reads_every_text_unit_of_another_row_is_that_row
 FLOOR_TESTS := $(foreach arch,sd15 flux2-klein hunyuan-image ideogram4 glm-image,"$(FLOOR_ROW_TEST)[$(arch)]") \
 	"tests/test_finetune.py::test_only_the_lora_trains_and_plain_diffusers_reloads_it[sd15]" \
@@ -58,7 +60,7 @@ $(FLOOR)/installed: pyproject.toml $(BIN)/textloc
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv venv -q --allow-existing --python $(BIN)/python $(FLOOR)
 	$(BIN)/uv pip install -q --python $(FLOOR)/bin/python --resolution lowest-direct --no-build \
-		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')" \
+		$(foreach links,$(FIND_LINKS),--find-links $(links)) "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__)')" \
 		-e . "pytest>=8.4"
 	touch $@
 
