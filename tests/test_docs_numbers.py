@@ -358,6 +358,11 @@ def _benchmarks() -> Iterator[str]:
         yield (f"| {arch} | {o['layers']} | {o['denoiser_calls']} | {o['plain_ms']:.0f} | {o['patched_ms']:.0f} | {o['ratio']:.3f} "
                f"[{low:.3f}, {high:.3f}] | {hooks} | {o['enter_ms']:.1f} | {o['estimated_ratio']:.3f} |")
     for arch, w in ((arch, parts["work"]) for arch, parts in archs.items()):
+        p, context, hooks = w["per_projection_call"], w["context"], w["hooks"]
+        not_writing = f"{p['extra_us_not_writing']:.1f}" if "extra_us_not_writing" in p else "—"
+        yield (f"| {arch} | {p['calls_per_generation']} ({p['writing_calls_per_generation']}) | {' or '.join(str(int(n)) for n in p['extra_ops_per_role_writing'])} "
+               f"| **{p['extra_us_writing']:.1f}** | {not_writing} | {p['plain_us']:.1f} | ")
+        yield f"| {context['enter_ms']:.2f} ({context['first_enter_ms']:.2f}) | {context['leave_ms']:.2f} | **{hooks['hooks_on_unpatched_layers']}** ({hooks['hooks_after']}) |"
         plain, patched = w["plain"], w["patched"]
         extra = {key: patched[key] - plain[key] for key in plain}
         yield (f"| {arch} | {plain['aten_ops']:,} | {patched['aten_ops']:,} | +{extra['aten_ops']:,} ({extra['aten_ops'] / plain['aten_ops']:.1%}) "

@@ -17,6 +17,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from textloc.engine.cache import TextKV
+from textloc.engine.eager import eager
 from textloc.engine.plan import RowPatch
 from textloc.engine.recorder import Recorder
 from textloc.engine.replays import map_tensors, output_tensors
@@ -43,12 +44,13 @@ class _Source:
     rows: slice = field(default_factory=lambda: _ALL_ROWS)
     keep_mask: bool = False
 
-    def values(self, role: str, like: torch.Tensor) -> torch.Tensor:
-        """The cache entry's keys or values for the rows written, shaped, placed and typed as ``like``."""
+    def cached(self, role: str) -> torch.Tensor | None:
+        """The cache entry's keys or values for the rows written (``None``: the unit has none, as the pooled vector has no keys)."""
         cached = self.entry.key if role == "key" else self.entry.value
-        # Each tensor op costs microseconds on every patched layer call: skip the ones that do nothing.
-        if self.rows != _ALL_ROWS:
-            cached = cached[self.rows]
+        return cached if cached is None or self.rows == _ALL_ROWS else cached[self.rows]
+
+    def fit(self, cached: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``cached`` with as many text tokens as ``like``, the text it replaces, and placed and typed as it."""
         if cached.shape[1] != like.shape[1]:
             if self.entry.mask is None and not self.keep_mask:
                 raise ValueError(
@@ -56,8 +58,6 @@ class _Source:
                     "the source with the same text length (max_sequence_length)."
                 )
             cached = _fit_tokens(cached, like.shape[1], dim=1, fill=0.0)
-        if cached.device == like.device and cached.dtype == like.dtype:
-            return cached
         return cached.to(like.device, like.dtype)
 
     def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
@@ -106,13 +106,31 @@ def _fit_tokens(tensor: torch.Tensor, length: int, dim: int, fill: float | bool)
     return torch.cat([tensor, tensor.new_full(pad_shape, fill)], dim=dim)
 
 
-@dataclass
+@dataclass(slots=True)
+class _Write:
+    """One patch's write in the call now running, with what every projection call asks of it worked out."""
+
+    patch: RowPatch
+    targets: slice  # the batch rows written
+    rows: slice | None  # the same, None where they are every row of the call
+    source: _Source
+    roles: tuple[str, ...]
+    strength: float | torch.Tensor | None  # None: the source's K/V replace the row's own
+    values: dict[str, torch.Tensor] | None  # a cache's K/V for those rows, per role; None for a live row
+    whole_text: bool = False  # a cache's K/V replace the rows' own whole (no blend, every head)
+
+    def __post_init__(self) -> None:
+        self.whole_text = self.values is not None and self.strength is None and self.patch.heads is None
+
+
+@dataclass(slots=True)
 class _Writes:
     """The patches one layer applies during one denoiser call."""
 
     call: DenoiserCall
-    patches: list[tuple[RowPatch, slice, _Source]]
+    patches: list[_Write]
     copy: bool
+    num_rows: int
 
 
 class LayerHooks:
@@ -130,6 +148,7 @@ class LayerHooks:
         self.layer, self.state, self.recorder, self.patches = layer, state, recorder, patches
         self.replay, self.replay_steps = replay, replay_steps
         self.mask: torch.Tensor | None = None  # this call's text attention mask, as the layer saw it
+        self._text_is_all = layer.route.text_at == "all"  # asked on every projection call: read once
         self._replaying = False  # inside the replay's second call: its patch joins the others
         self._writes: _Writes | None = None
         self._inputs: tuple[tuple, dict] | None = None  # the call to replay, as the layer received it
@@ -164,17 +183,22 @@ class LayerHooks:
                 # A branch's rows are contiguous, so every target is a slice: no index tensors.
                 first = rows[0] if patch.row is None else rows[patch.row]
                 targets = slice(first, first + (len(rows) if patch.row is None else 1))
+                values = None
                 if isinstance(patch.source, int):
                     sources.add(rows[patch.source])
-                    found.append((patch, targets, _Source(batch_index=rows[patch.source])))
-                    continue
-                entry = patch.source.get(self.layer.name, call.position, branch)
-                row_wise = patch.row is None and entry.value.shape[0] == len(rows)
-                picks = _ALL_ROWS if row_wise else slice(patch.source_row, patch.source_row + 1)
-                found.append((patch, targets, _Source(entry=entry, rows=picks, keep_mask=self.layer.route.text_mask is not None)))
+                    source = _Source(batch_index=rows[patch.source])
+                else:
+                    entry = patch.source.get(self.layer.name, call.position, branch)
+                    row_wise = patch.row is None and entry.value.shape[0] == len(rows)
+                    picks = _ALL_ROWS if row_wise else slice(patch.source_row, patch.source_row + 1)
+                    source = _Source(entry=entry, rows=picks, keep_mask=self.layer.route.text_mask is not None)
+                    values = {role: source.cached(role) for role in patch.roles()}
+                replaces = isinstance(patch.strength, float) and patch.strength == 1.0
+                every_row = targets.start == 0 and targets.stop == call.num_rows
+                found.append(_Write(patch, targets, None if every_row else targets, source, patch.roles(), None if replaces else patch.strength, values))
         # Writing in place is safe unless a row that is read as a source also gets written.
-        overlap = any(target.start <= index < target.stop for _, target, _ in found for index in sources)
-        self._writes = _Writes(call, found, copy=overlap)
+        overlap = any(write.targets.start <= index < write.targets.stop for write in found for index in sources)
+        self._writes = _Writes(call, found, copy=overlap, num_rows=call.num_rows)
         return self._writes
 
     def on_projection(self, role: str, output: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
@@ -183,7 +207,7 @@ class LayerHooks:
         writes = self.writes()
         if self.recorder is None and not writes.patches:  # a call no patch writes: no op at all
             return output
-        rows = self.state.call.num_rows
+        rows = writes.num_rows
         if output.shape[0] == 1 < rows:
             # One row for the whole call, broadcast by the model (FLUX's pooled vector of a single
             # negative prompt): each row gets its own copy, so that each can be recorded and patched.
@@ -195,22 +219,37 @@ class LayerHooks:
         # The projection's output is a fresh tensor that only this layer's processor reads: written
         # in place, unless a row that is read as a source is also written.
         whole = output.clone() if writes.copy else output
-        for patch, targets, source in writes.patches:
-            if role not in patch.roles():
+        # What runs here runs on every projection call of a patched layer, between the model's own
+        # computations, with the interpreter's caches cold: what can be is worked out in writes().
+        rows_only = columns is None and self._text_is_all  # the text is whole rows of the output (most layers)
+        for write in writes.patches:
+            if role not in write.roles:
                 continue
-            target = self.text_view(whole, targets, columns)
-            if source.entry is None:  # a live row of this batch, as the projection made it
-                values = self.text_view(output, slice(source.batch_index, source.batch_index + 1), columns)
-            else:
-                values = source.values(role, target)
-            if not (isinstance(patch.strength, float) and patch.strength == 1.0):
-                own = self.text_view(output, targets, columns)
-                values = own + patch.strength * (values - own)
-            if patch.heads is None:
+            if rows_only and write.whole_text:  # the common write: one slice and one copy, nothing else
+                values = write.values[role]
+                if values.shape[1] != output.shape[1]:
+                    values = write.source.fit(values, output)
+                if write.rows is None:
+                    whole.copy_(values)
+                else:
+                    whole[write.rows] = values
+                continue
+            target = self.text_view(whole, write.targets, columns)
+            if write.values is None:  # a live row of this batch, as the projection made it
+                values = self.text_view(output, slice(write.source.batch_index, write.source.batch_index + 1), columns)
+            else:  # a cache's, placed and typed by copy_ (which does both)
+                values = write.values[role]
+                if values.shape[1] != target.shape[1]:
+                    values = write.source.fit(values, target)
+            if write.strength is not None:
+                own = self.text_view(output, write.targets, columns)
+                values = own + write.strength * (values.to(own.device, own.dtype) - own)
+            heads = write.patch.heads
+            if heads is None:
                 target.copy_(values)
             else:
                 head_dim = target.shape[-1] // self.layer.num_heads
-                for head in patch.heads:
+                for head in heads:
                     head_columns = slice(head * head_dim, (head + 1) * head_dim)
                     target[..., head_columns].copy_(values[..., head_columns])
         return whole
@@ -223,7 +262,7 @@ class LayerHooks:
         op on every patched call, and a single-stream layer patched on one CFG branch would take
         three views where one does.
         """
-        if columns is None and self.layer.route.text_at == "all":  # rows only (most layers): one slice, or none
+        if columns is None and self._text_is_all:  # rows only (most layers): one slice, or none
             return output if rows.start == 0 and rows.stop == output.shape[0] else output[rows]
         shape, stride = list(output.shape), output.stride()
         offset = output.storage_offset() + rows.start * stride[0]
@@ -266,7 +305,8 @@ class LayerHooks:
             axes = (1,) * (route.key_mask_dims - 2)  # where the family's key mask has SDPA's (batch, 1, 1, keys)
             hidden = kwargs["hidden_states"]
             swapped = torch.ones((self.state.call.num_rows, *axes, text_len or self.state.call.text_len), dtype=torch.bool, device=hidden.device)
-        for patch, targets, source in writes.patches:
+        for write in writes.patches:
+            patch, targets, source = write.patch, write.targets, write.source
             source_mask = source.mask(swapped)
             if source_mask is None:
                 continue
@@ -331,9 +371,7 @@ class ProjectionHook(ModelHook):
         super().__init__()
         self.hooks, self.roles = hooks, roles
 
-    # Under torch.compile the hooks run eagerly, outside the graph: they read Python state (the
-    # step, the patches of this call) that tracing would bake in as constants and guard on.
-    @torch.compiler.disable
+    @eager  # under torch.compile, outside the graph (see textloc.engine.eager)
     def post_forward(self, module, output):
         for role, columns in self.roles:
             output = self.hooks.on_projection(role, output, columns)
@@ -349,7 +387,7 @@ class PooledInputHook(ModelHook):
         super().__init__()
         self.hooks = hooks
 
-    @torch.compiler.disable
+    @eager
     def pre_forward(self, module, *args, **kwargs):
         first, *rest = args
         text = slice(0, self.hooks.state.call.pooled_columns())
@@ -377,13 +415,13 @@ class AttentionHook(ModelHook):
         super().__init__()
         self.hooks = hooks
 
-    @torch.compiler.disable
+    @eager
     def pre_forward(self, module, *args, **kwargs):
         args, kwargs = _by_name(module, args, kwargs)
         self.hooks.keep_inputs(args, kwargs)
         return args, self.hooks.on_attention(kwargs)
 
-    @torch.compiler.disable
+    @eager
     def post_forward(self, module, output):
         return self.hooks.replayed(output, self._call_again)
 

@@ -24,6 +24,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from textloc.architectures import family_of
 from textloc.architectures.spec import DenoiserSignature
 from textloc.engine.choices import Branch
+from textloc.engine.eager import eager
 from textloc.pipeline_calls import instance_attribute
 
 
@@ -280,7 +281,7 @@ class DenoiserHook(ModelHook):
         self.context = state.context
         self.on_call = on_call
 
-    @torch.compiler.disable  # the step and branch are Python state: read eagerly, outside a compiled graph
+    @eager  # the step and branch are Python state: read eagerly, outside a compiled graph
     def pre_forward(self, module, *args, **kwargs):
         sample, _ = sample_and_timestep(self.state.signature, args, kwargs)
         self.state.begin_call(sample, args, kwargs)
