@@ -27,7 +27,7 @@ DEMO_OUT ?= runs/demo$(if $(filter textloc-tiny,$(DEMO_MODEL)),,-$(DEMO_MODEL))
 demo: $(BIN)/textloc
 	$(BIN)/textloc --threads 1 layers --model $(DEMO_MODEL)
 	$(BIN)/textloc --threads 1 generate --model $(DEMO_MODEL) '$(DEMO_PROMPT)' --num 8 --out $(DEMO_OUT)/generate.png
-	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 4 --num-inference-steps 15 --out $(DEMO_OUT)/localize
+	$(BIN)/textloc --threads 1 localize --model $(DEMO_MODEL) --pairs 3 --num-inference-steps 15 --out $(DEMO_OUT)/localize
 	$(BIN)/textloc --threads 1 edit --model $(DEMO_MODEL) --prompt '$(DEMO_PROMPT)' --new-text FISH --layers $(DEMO_LAYERS) --out $(DEMO_OUT)/edit
 	$(BIN)/textloc --threads 1 guard --model $(DEMO_MODEL) --prompt '$(GUARD_PROMPT)' --layers $(DEMO_LAYERS) --out $(DEMO_OUT)/guard
 	# A short LoRA run on the text layers (--resume: a second `make demo` continues it, not refuses it).

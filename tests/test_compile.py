@@ -15,7 +15,7 @@ from textloc.testing import tiny_pipeline
 STEPS = 4  # enough steps for a step-dependent trace to recompile, and then to go dynamic
 
 
-@pytest.mark.parametrize("arch", ["sd3", "hunyuandit", "qwenimage21"])
+@pytest.mark.parametrize("arch", ["sdxl", "deepfloyd-if", "sd3", "flux", "hunyuandit", "qwenimage21"])
 @pytest.mark.parametrize("how", ["wrapped", "in-place"])
 def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_recompiling(how, arch):
     pipe = tiny_pipeline(arch)  # its own: compiling changes the pipeline
@@ -27,10 +27,11 @@ def test_a_compiled_denoiser_keeps_its_layer_names_and_patches_as_eager_without_
     source = tl.record(pipe, "all", OTHER, **settings())  # recorded eager: the same weights serve compiled
     with tl.patch(pipe, "all", source, patch_steps=(0.5, None)):
         eager = images_of(pipe(prompt=PROMPT, **settings()))
-    if how == "wrapped":  # the usual `pipe.transformer = torch.compile(pipe.transformer)`
-        pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
+    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"  # U-Nets and transformers alike
+    if how == "wrapped":  # the usual `pipe.unet = torch.compile(pipe.unet)`
+        setattr(pipe, name, torch.compile(getattr(pipe, name), backend="aot_eager"))
     else:
-        pipe.transformer.compile(backend="aot_eager")
+        getattr(pipe, name).compile(backend="aot_eager")
     assert [layer.name for layer in tl.select_layers(pipe, "all")] == names  # no "_orig_mod." prefix
 
     def patched() -> torch.Tensor:

@@ -687,6 +687,11 @@ def test_page_says_what_its_results_file_says(page, index, piece):
         pytest.fail(f"docs/{page} should say, from its results file:\n  {piece}\nits nearest line says:\n  {nearest[0]}")
 
 
+def test_the_readme_says_how_long_make_demo_takes():
+    minutes = results("bench/results/demo.json")["total_seconds"] / 60
+    assert f"in {minutes:.1f} min after the install" in _flat((ROOT / "README.md").read_text())
+
+
 def test_every_page_that_quotes_results_is_checked():
     assert set(CHECKS) == {"guard.md", "editing.md", "finetune.md", "benchmarks.md", "families.md", "models.md", "localization.md", "cli.md"}
     assert len(CASES) > 150
