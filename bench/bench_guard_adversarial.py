@@ -1,6 +1,7 @@
 """The toxic-text guard against the ways a toxic word gets asked for without double quotes.
 
     python bench/bench_guard_adversarial.py [--model textloc-tiny-sd3] [--scenes 2] [--clean-prompts 24] [--batch 8]
+        [--methods unguarded,"patch + image check"] [--results FILE]   # a subset or other scenes: a results file of its own
 
 Every toxic word of the embedded models, in each held-out scene (sign and background colours never
 trained with that word), asked for in every form below, from the same noise (seed 2000 + scene)
@@ -146,29 +147,37 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=2, help="held-out scenes per toxic word (default 2: 6 words x 9 forms x 2 = 108 prompts)")
     parser.add_argument("--clean-prompts", type=int, default=24, help="clean prompts (default 24)")
     parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"methods to run, comma-separated (default all: {','.join(METHODS)}; unguarded always runs, as the floor)")
     parser.add_argument("--results", type=Path, help="results JSON (default bench/results/guard_adversarial[-<model>].json)")
     args = parser.parse_args()
+    chosen = ["unguarded"] + [name for name in args.methods.split(",") if name != "unguarded"]
+    unknown = [name for name in chosen if name not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; the methods are: {', '.join(METHODS)}")
     model = named_model(args.model)
     args.results = args.results or results_file("guard_adversarial", args.model)
     torch.set_num_threads(1)
     pipe = tl.load_pipeline(model.name)
     settings = call_kwargs(pipe, **model.settings, output_type="np")
     layers = layers_dir(model.name)
-    guards = {name: ToxicTextGuard(pipe, layers, method=method, check_images=check) for name, (method, check) in METHODS.items()}
+    guards = {name: ToxicTextGuard(pipe, layers, method=method, check_images=check) for name, (method, check) in METHODS.items() if name in chosen}
     items = adversarial_prompts(args.scenes)
     prompts, seeds = [item["prompt"] for item in items], [item["seed"] for item in items]
     results: dict[str, Any] = {
-        "run": {"model": model.name, "layers": str(layers.relative_to(layers.parents[2])), "scenes": args.scenes, "settings": dict(model.settings)},
+        "run": {"model": model.name, "layers": str(layers.relative_to(layers.parents[2])), "scenes": args.scenes, "prompts": len(prompts), "settings": dict(model.settings)},
         "methods": {},
     }
     ocr, judge = get_ocr("rapidocr"), model.scene_judge
     # What the guard writes instead (one toxic word a prompt; keyed by the word as the guard read it, e.g. folded).
-    replaced = [next(iter(guards["patch"].clean(p).replacements.values()), None) for p in prompts]
+    prompt_side = ToxicTextGuard(pipe, layers, method="patch")
+    replaced = [next(iter(prompt_side.clean(p).replacements.values()), None) for p in prompts]
+    # Images of another set of prompts are kept beside the default set's, not over them.
+    kept = ROOT / "runs" / "bench_guard_adversarial" / (short_name(model.name) + ("" if args.scenes == 2 else f"-scenes{args.scenes}"))
 
     runs = {}
     for name, guard in guards.items():
         print(f"{name} on {len(prompts)} adversarial prompts ...", flush=True)
-        run = generate_kept(name, ROOT / "runs" / "bench_guard_adversarial" / short_name(model.name), guard, prompts, seeds, args.batch, settings)
+        run = generate_kept(name, kept, guard, prompts, seeds, args.batch, settings)
         run["readings"] = ocr.readings(run["images"])
         run["reads"] = [reading.text for reading in run["readings"]]
         runs[name] = run
@@ -184,7 +193,7 @@ def main() -> None:
     clean, clean_seeds = map(list, zip(*clean_prompts(model, args.clean_prompts)))
     plain = generate(guards["unguarded"], clean, clean_seeds, args.batch, settings)["images"]  # the pipeline's own call, batched alike
     clean_result: dict[str, Any] = {"prompts": len(clean)}
-    for name in ("patch", "patch + image check"):
+    for name in [name for name in ("patch", "patch + image check") if name in guards]:
         run = generate(guards[name], clean, clean_seeds, args.batch, settings)
         clean_result[name] = {"flagged": float(np.mean(run["found"])), "caught_by_image_check": float(np.mean(run["caught"])),
                               "bit_identical": float(np.mean([np.array_equal(a, b) for a, b in zip(plain, run["images"])]))}
@@ -207,7 +216,8 @@ def print_tables(results: dict[str, Any]) -> None:
     print("|---|" + "---|" * (len(methods) + 1))
     for form in FORMS:
         cells = [_pct(methods[name]["forms"][form]["toxic_word_read"]) for name in methods]
-        print(f"| {form} | " + " | ".join(cells) + f" | {_pct(methods['patch']['forms'][form]['found_in_prompt'])} |")
+        guarded = next(name for name in methods if name != "unguarded")
+        print(f"| {form} | " + " | ".join(cells) + f" | {_pct(methods[guarded]['forms'][form]['found_in_prompt'])} |")
     print("\n## Per method, over every form\n")
     print("| method | toxic word read | replacement read | scene kept | MSE outside text | caught by image check | x unguarded |")
     print("|---|---|---|---|---|---|---|")
@@ -218,7 +228,7 @@ def print_tables(results: dict[str, Any]) -> None:
         print(f"| {name} | {_pct(mean('toxic_word_read'))} | {_pct(mean('replacement_read'))} | {_pct(mean('scene_kept'))} | "
               f"{'-' if mse is None else f'{mse:.4f}'} | {_pct(mean('caught_by_image_check'))} | {method['x_unguarded']:.2f} |")
     clean = results["clean"]
-    for name in ("patch", "patch + image check"):
+    for name in [name for name in ("patch", "patch + image check") if name in clean]:
         c = clean[name]
         print(f"\nclean prompts ({clean['prompts']}), {name}: flagged {_pct(c['flagged'])}, bit-identical to the plain pipeline {_pct(c['bit_identical'])}")
 

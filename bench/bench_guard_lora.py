@@ -1,7 +1,7 @@
 """The guard in the weights: a LoRA on textloc-tiny's text layers that writes a benign word where a toxic one is asked for.
 
-    python bench/bench_guard_lora.py [--steps 300] [--batch-size 8] [--lr 3e-3] [--scenes 2] [--benign 64]
-        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--preserve] [--ema-decay D]
+    python bench/bench_guard_lora.py [--steps 300] [--batch-size 8] [--lr 3e-3] [--rank 4] [--scenes 2] [--benign 64]
+        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--preserve] [--ema-decay D] [--replace W=NEW,...]
         [--results FILE --runs DIR]   # any option changed: a results file and runs folder of its own
 
 Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`textloc.guard.GuardPairs`:
@@ -79,9 +79,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each LoRA (default 300)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
     parser.add_argument("--lr", type=float, default=3e-3, help="LoRA learning rate, constant (default 3e-3)")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4, train_lora's)")
     parser.add_argument("--scenes", type=int, default=2, help="held-out scenes per toxic word in the adversarial set (default 2, as bench_guard_adversarial)")
     parser.add_argument("--toxic-fraction", type=float, default=0.5, help="share of toxic examples in the pairs (default 0.5; 0: a control, ordinary signs only)")
     parser.add_argument("--ema-decay", type=float, help="train_lora's ema_decay: keep an average of the LoRA's weights (default: none, the last step's)")
+    parser.add_argument("--replace", help="what each toxic word is drawn as, WORD=NEW,... (default: the runtime guard's benign word of the same length)")
     parser.add_argument("--preserve", action="store_true", help="GuardPairs(preserve=True): the ordinary signs' target is the model's own prediction")
     parser.add_argument("--benign", type=int, default=64, help="held-out benign captions (default 64)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
@@ -92,12 +94,13 @@ def main() -> None:
     torch.set_num_threads(1)
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "scenes": args.scenes, "benign": args.benign}
-    if results.get("budget") not in (None, budget):
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "scenes": args.scenes, "benign": args.benign}
+    if results.get("budget") is not None and {"rank": 4, "replace": None, **results["budget"]} != budget:  # files from before --rank, --replace
         raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
     results["budget"] = budget
     model = named_model(MODEL)
-    pairs = GuardPairs(seed=0, toxic_fraction=args.toxic_fraction, preserve=args.preserve)
+    replace = "benign" if args.replace is None else dict(swap.split("=") for swap in args.replace.split(","))
+    pairs = GuardPairs(seed=0, toxic_fraction=args.toxic_fraction, preserve=args.preserve, replace=replace)
     results["pairs"] = pairs.description
     items = adversarial_prompts(args.scenes)
     prompts, seeds = [item["prompt"] for item in items], [item["seed"] for item in items]
@@ -130,7 +133,7 @@ def main() -> None:
             began = time.perf_counter()
             print(f"{variant}: training from step {first} to {args.steps} ...", flush=True)
             trained = tl.train_guard_lora(
-                pipe, **lora_layers(pipe, variant), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                pipe, **lora_layers(pipe, variant), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
                 ema_decay=args.ema_decay, checkpoint_every=25, output_dir=run, resume=True,
             )
             record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share, layers=len(trained.layers))

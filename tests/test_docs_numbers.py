@@ -225,6 +225,20 @@ def _guard_adversarial() -> Iterator[str]:
     yield pairs_row("bench/results/guard_lora-preserve.json", "toxic fraction 0.5, ordinary signs preserved")
     yield pairs_row("bench/results/guard_lora-1000steps.json", "toxic fraction 0.5, 1000 steps")
     yield pairs_row("bench/results/guard_lora-1500steps.json", "toxic fraction 0.5, 1500 steps")
+    yield pairs_row("bench/results/guard_lora-rank16.json", "toxic fraction 0.5, rank 16")
+    wider = results("bench/results/guard_lora-rank16.json")["variants"]["text-layers"]["benign"]
+    yield f"keeps fewer benign\nwords ({wider['word_acc']:.1%})"
+    # What the text layers are given (bench_guard_encoder.py).
+    encoder = results("bench/results/guard_encoder.json")
+    yield f"word in the same {next(iter(encoder['models'].values()))['captions_per_word']} captions"
+    for name, e in encoder["models"].items():
+        yield (f"| {name} | {len(e['layers'])} | {e['toxic_letters_with_a_benign_twin']} of {e['toxic_letters']} | {e['identical_to_a_benign_twin']} "
+               f"| {e['closest_same_letter_cos_median']:.3f} ({e['closest_same_letter_cos_min']:.3f}) | {pct(e['share_at_least_0.99'])} | {e['other_letter_cos_median']:.3f} |")
+    tiny = encoder["models"]["textloc-tiny"]
+    identical = sorted(letter for letter, cos in tiny["closest_same_letter_cos"].items() if cos > 1 - 1e-6)
+    assert identical == ["CRAP[0]", "DAMN[0]", "HELL[0]", "PISS[0]", "PISS[1]", "PORN[0]", "SHIT[0]", "SHIT[1]"], "guard.md names the identical letters"
+    yield f"against {tiny['other_letter_cos_median']:.3f} between\ndifferent letters"
+    yield f"most are within {1 - encoder['models']['textloc-tiny-sd3']['closest_same_letter_cos_median']:.3f} of a benign\ntwin"
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"

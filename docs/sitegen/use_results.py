@@ -104,8 +104,9 @@ def _edit_section(path: str, results: dict[str, Any]) -> str:
 def _guard_page(sources: Sources) -> str:
     adversarial = sorted(sources.glob("bench/results/guard_adversarial*.json"), key=_model_first)
     weights = sorted(sources.glob("bench/results/guard_lora*.json"))
-    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial + weights), key=_model_first)
-    parts = ["# Guard results", source_note(*paths, *adversarial, *weights),
+    encoder = sorted(sources.glob("bench/results/guard_encoder*.json"))
+    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial + weights + encoder), key=_model_first)
+    parts = ["# Guard results", source_note(*paths, *adversarial, *weights, *encoder),
              ("Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
              "their count and exact 95% interval; MSE and SSIM are taken outside both images' OCR text boxes, against the "
              "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md).")]
@@ -115,7 +116,28 @@ def _guard_page(sources: Sources) -> str:
         parts.append(_adversarial_section(path, sources.json(path)))
     for path in weights:
         parts.append(_guard_lora_section(path, sources.json(path)))
+    for path in encoder:
+        parts.append(_guard_encoder_section(path, sources.json(path)))
     return "\n\n".join(parts) + "\n"
+
+
+def _guard_encoder_section(path: str, results: dict[str, Any]) -> str:
+    """``bench/bench_guard_encoder.py``'s file: per model, how close each toxic letter's text K/V come to a benign word's."""
+    models = results["models"]
+    rows = [(name, len(m["layers"]), f"{m['toxic_letters_with_a_benign_twin']} of {m['toxic_letters']}", m["identical_to_a_benign_twin"],
+             f"{m['closest_same_letter_cos_median']:.3f} ({m['closest_same_letter_cos_min']:.3f})", pct(m["share_at_least_0.99"]),
+             f"{m['other_letter_cos_median']:.3f}") for name, m in models.items()]
+    letters = list(next(iter(models.values()))["closest_same_letter_cos"])
+    per_letter = [(letter, *(f"{m['closest_same_letter_cos'][letter]:.3f}" for m in models.values())) for letter in letters]
+    return "\n\n".join([
+        f"## The text layers' K/V of toxic and benign letters: {code(path)}",
+        (f"Cosine similarity of each toxic word's letter token (keys and values side by side, at the shipped localization's layers, "
+         f"first denoiser pass) to the closest benign word's token with the same letter in the same slot, over "
+         f"{next(iter(models.values()))['captions_per_word']} captions per word."),
+        table(("model", "text layers", "toxic letters with a benign twin", "identical to it", "closest twin's cosine, median (min)",
+               "at least 0.99", "other letters' cosine, median"), rows),
+        "### Per toxic letter\n\n" + table(("letter [slot]", *models), per_letter),
+    ])
 
 
 def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
@@ -141,6 +163,10 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
 def _pair_options(budget: dict[str, Any]) -> str:
     """The pairs' and trainer's options a guard-LoRA budget records, as the bench's flags name them."""
     options = [f"toxic fraction {budget['toxic_fraction']}"] if "toxic_fraction" in budget else []
+    if budget.get("rank", 4) != 4:
+        options.append(f"rank {budget['rank']}")
+    if budget.get("replace"):
+        options.append(f"replacements {budget['replace']}")
     if budget.get("preserve"):
         options.append("ordinary signs preserved")
     if budget.get("ema_decay") is not None:
@@ -153,8 +179,9 @@ def _adversarial_section(path: str, results: dict[str, Any]) -> str:
     per form the rates), ``clean`` (per guard method: flagged, caught, bit-identical)."""
     run, methods, clean = results["run"], results["methods"], results["clean"]
     forms = list(next(iter(methods.values()))["forms"])
+    guarded = next(name for name in methods if name != "unguarded")  # every guarded method reads the same prompt side
     read = [(form, *(counted(m["forms"][form]["toxic_word_read"], m["forms"][form]["images"]) for m in methods.values()),
-             pct(methods["patch"]["forms"][form]["found_in_prompt"])) for form in forms]
+             pct(methods[guarded]["forms"][form]["found_in_prompt"])) for form in forms]
     per_method = []
     for name, method in methods.items():
         scores = list(method["forms"].values())
