@@ -1,6 +1,6 @@
-"""The guard in the weights: a LoRA on textloc-tiny's text layers that writes a benign word where a toxic one is asked for.
+"""The guard in the weights: a LoRA on an embedded model's text layers that writes a benign word where a toxic one is asked for.
 
-    python bench/bench_guard_lora.py [--steps 300] [--batch-size 8] [--lr 3e-3] [--rank 4] [--scenes 2] [--benign 64]
+    python bench/bench_guard_lora.py [--model textloc-tiny-sd3] [--steps 300] [--batch-size 8] [--lr 3e-3] [--rank 4] [--scenes 2] [--benign 64]
         [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--preserve] [--ema-decay D] [--replace W=NEW,...]
         [--results FILE --runs DIR]   # any option changed: a results file and runs folder of its own
 
@@ -8,9 +8,9 @@ Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`t
 half the examples a toxic word asked for and its benign replacement drawn in the same scene, half
 ordinary signs of the benign words; held-out scenes never drawn) with the same budget:
 
-- ``text-layers``: LoRA on the shipped localization's layers (samples/tiny/localize);
+- ``text-layers``: LoRA on the shipped localization's layers (samples/tiny/localize, samples/tiny-sd3/localize);
 - ``all-attention``: LoRA on q, k, v and out of every attention layer (self and cross), as the issue asks;
-- ``base``: textloc-tiny as shipped.
+- ``base``: the model as shipped.
 
 Each is scored with the runtime guard off (``tl.ToxicTextGuard(..., method="unguarded")``, the plain
 pipeline call) on bench_guard_adversarial's set (every toxic word in its held-out scenes, 9 forms,
@@ -19,9 +19,10 @@ MSE outside text against the base model's image), and on benign-word accuracy: h
 the benign vocabulary (combinations training never draws), as bench_finetune measures it (OCR word
 accuracy, sign and background colour accuracy).
 
-LoRA folders go under runs/bench_guard_lora/ (resumable: a rerun continues training from the last
-checkpoint, and a longer ``--steps`` continues a finished run); images are kept per variant and step
-count; results go to bench/results/guard_lora.json after each variant, so a rerun skips what is done.
+LoRA folders go under runs/bench_guard_lora/ (``-tiny-sd3`` for the other model; resumable: a rerun
+continues training from the last checkpoint, and a longer ``--steps`` continues a finished run);
+images are kept per variant and step count; results go to bench/results/guard_lora.json
+(``guard_lora-tiny-sd3.json``) after each variant, so a rerun skips what is done.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch
 import textloc as tl
 from bench_finetune import checkpoint_step, generate as generate_chunked  # beside this script
 from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, score_method
-from embedded import ROOT, layers_dir
+from embedded import DEFAULT_MODEL, ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.engine import attention_layers
 from textloc.guard import GuardPairs, ToxicTextGuard
 from textloc.models import named_model
@@ -47,18 +48,18 @@ from textloc.scoring.ocr import get_ocr
 from textloc.tiny.data import EVAL_SEED, make_example
 from textloc.tiny.evaluate import score
 
-MODEL = "textloc-tiny"
-RUNS = ROOT / "runs" / "bench_guard_lora"
-RESULTS = ROOT / "bench" / "results" / "guard_lora.json"
-# The base model's adversarial images are bench_guard_adversarial's own unguarded run: reused when it is there.
-ADVERSARIAL_IMAGES = ROOT / "runs" / "bench_guard_adversarial" / "tiny"
 VARIANTS = ("text-layers", "base", "all-attention")
 
 
-def lora_layers(pipe: Any, variant: str) -> dict[str, Any]:
+def runs_dir(model: str) -> Path:
+    """Where a model's LoRA folders and images go by default."""
+    return ROOT / "runs" / ("bench_guard_lora" + ("" if model == DEFAULT_MODEL else f"-{short_name(model)}"))
+
+
+def lora_layers(pipe: Any, model: str, variant: str) -> dict[str, Any]:
     """``train_guard_lora``'s ``layers``/``targets`` for a LoRA variant."""
     if variant == "text-layers":
-        return {"layers": layers_dir(MODEL)}
+        return {"layers": layers_dir(model)}
     every = [layer.name for layer in attention_layers(pipe) if layer.kind != "pooled"]  # self-attention included
     return {"layers": None, "targets": [f"{name}.{p}" for name in every for p in ("to_q", "to_k", "to_v", "to_out.0")]}
 
@@ -76,6 +77,7 @@ def overall(forms: dict[str, dict[str, Any]], key: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_argument(parser)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each LoRA (default 300)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
     parser.add_argument("--lr", type=float, default=3e-3, help="LoRA learning rate, constant (default 3e-3)")
@@ -88,9 +90,11 @@ def main() -> None:
     parser.add_argument("--benign", type=int, default=64, help="held-out benign captions (default 64)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
     parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--runs", type=Path, default=RUNS, help=f"where the LoRA folders and images go (default {RUNS.relative_to(ROOT)}); another budget needs its own")
+    parser.add_argument("--results", type=Path, help="results JSON (default bench/results/guard_lora[-<model>].json)")
+    parser.add_argument("--runs", type=Path, help="where the LoRA folders and images go (default runs/bench_guard_lora[-<model>]); another budget needs its own")
     args = parser.parse_args()
+    args.results = args.results or results_file("guard_lora", args.model)
+    args.runs = args.runs or runs_dir(args.model)
     torch.set_num_threads(1)
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
@@ -98,7 +102,8 @@ def main() -> None:
     if results.get("budget") is not None and {"rank": 4, "replace": None, **results["budget"]} != budget:  # files from before --rank, --replace
         raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
     results["budget"] = budget
-    model = named_model(MODEL)
+    model = named_model(args.model)
+    results["model"] = model.name
     replace = "benign" if args.replace is None else dict(swap.split("=") for swap in args.replace.split(","))
     pairs = GuardPairs(seed=0, toxic_fraction=args.toxic_fraction, preserve=args.preserve, replace=replace)
     results["pairs"] = pairs.description
@@ -107,18 +112,19 @@ def main() -> None:
     written = [pairs.replacements[item["word"]] for item in items]  # what the LoRA was trained to write instead
     ocr, judge = get_ocr("rapidocr"), model.scene_judge
     done = results.setdefault("variants", {})
-    base_pipe = tl.load_pipeline(MODEL)
+    base_pipe = tl.load_pipeline(model.name)
     settings = call_kwargs(base_pipe, **model.settings, output_type="np")
 
     def adversarial_images(pipe: Any, folder: Path, name: str) -> dict[str, Any]:
         """The adversarial set generated with the runtime guard off (the plain call), kept in ``folder``, and read."""
-        run = generate_kept(name, folder, ToxicTextGuard(pipe, layers_dir(MODEL), method="unguarded"), prompts, seeds, args.batch, settings)
+        run = generate_kept(name, folder, ToxicTextGuard(pipe, layers_dir(model.name), method="unguarded"), prompts, seeds, args.batch, settings)
         run["readings"] = ocr.readings(run["images"])
         run["reads"] = [reading.text for reading in run["readings"]]
         return run
 
     print(f"base: {len(prompts)} adversarial prompts ...", flush=True)
-    base_run = adversarial_images(base_pipe, ADVERSARIAL_IMAGES, "unguarded")
+    # The base model's adversarial images are bench_guard_adversarial's own unguarded run: reused when it is there.
+    base_run = adversarial_images(base_pipe, ROOT / "runs" / "bench_guard_adversarial" / short_name(model.name), "unguarded")
     for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
         if variant in done:
             print(f"{variant}: done", flush=True)
@@ -127,13 +133,13 @@ def main() -> None:
         if variant == "base":
             pipe, adversarial = base_pipe, base_run
         else:
-            pipe = tl.load_pipeline(MODEL)
+            pipe = tl.load_pipeline(model.name)
             run = args.runs / variant
             first = checkpoint_step(run, args.steps)
             began = time.perf_counter()
             print(f"{variant}: training from step {first} to {args.steps} ...", flush=True)
             trained = tl.train_guard_lora(
-                pipe, **lora_layers(pipe, variant), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
+                pipe, **lora_layers(pipe, model.name, variant), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
                 ema_decay=args.ema_decay, checkpoint_every=25, output_dir=run, resume=True,
             )
             record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share, layers=len(trained.layers))

@@ -150,7 +150,7 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
              accuracy(v["benign"]["word_acc"], v["benign"]["n"]), f"{pct(v['benign']['sign_acc'])}, {pct(v['benign']['background_acc'])}")
             for name, v in variants.items()]
     return "\n\n".join([
-        f"## textloc-tiny, the guard in the weights: {code(path)}",
+        f"## {results.get('model', 'textloc-tiny')}, the guard in the weights: {code(path)}",
         (f"LoRAs trained by `tl.train_guard_lora` ({budget['steps']} steps, batch {budget['batch_size']}, lr {budget['lr']}{_pair_options(budget)}) on "
          f"{results['pairs'].split(';')[0]}; scored with the runtime guard off on the adversarial set "
          f"({budget['scenes']} held-out scene(s) per toxic word) and on {budget['benign']} held-out captions of the benign words."),
