@@ -218,6 +218,7 @@ def _guard_adversarial() -> Iterator[str]:
 
     base = v["base"]
     yield f"| base model | {pct(base['toxic_word_read'])} | {pct(base['replacement_read'])} | {pct(base['scene_kept'])} | {accuracy(base['benign']['word_acc'], base['benign']['n'])} | - |"
+    runs_1000 = results("bench/results/guard_lora-1000steps.json")["variants"]["text-layers"]
     yield pairs_row("bench/results/guard_lora-toxic0.json", "toxic fraction 0 (control: ordinary signs only)")
     yield pairs_row("bench/results/guard_lora-toxic0.25.json", "toxic fraction 0.25")
     yield pairs_row("bench/results/guard_lora.json", "toxic fraction 0.5 (the default)")
@@ -226,6 +227,12 @@ def _guard_adversarial() -> Iterator[str]:
     yield pairs_row("bench/results/guard_lora-1000steps.json", "toxic fraction 0.5, 1000 steps")
     yield pairs_row("bench/results/guard_lora-1500steps.json", "toxic fraction 0.5, 1500 steps")
     yield pairs_row("bench/results/guard_lora-rank16.json", "toxic fraction 0.5, rank 16")
+    yield pairs_row("bench/results/guard_lora-ema.json", "toxic fraction 0.5, 1000 steps, EMA 0.99")
+    averaged = results("bench/results/guard_lora-ema.json")
+    assert averaged["budget"]["ema_decay"] == 0.99 and averaged["budget"]["steps"] == 1000
+    ema_benign = averaged["variants"]["text-layers"]["benign"]["word_acc"]
+    yield f"keeps {ema_benign:.1%} of\nthe benign words at 1000 steps, against {runs_1000['benign']['word_acc']:.1%}"
+    yield f"{100 * (v['base']['benign']['word_acc'] - ema_benign):.1f} points short of the base model"
     wider = results("bench/results/guard_lora-rank16.json")["variants"]["text-layers"]["benign"]
     yield f"keeps fewer benign\nwords ({wider['word_acc']:.1%})"
     # What the text layers are given (bench_guard_encoder.py).
