@@ -331,8 +331,9 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
     out = tmp_path / "lora"
     common = ["--threads", "1"]
     train = ["finetune", "--model", "tiny-random-sd15", "--layers", "up_blocks.*", "--data", "textloc-tiny", "--max-train-steps", "2",
-             "--batch-size", "2", "--lr", "0.05", "--out", str(out)]
+             "--batch-size", "2", "--lr", "0.05", "--ema-decay", "0.9", "--out", str(out)]
     assert main([*common, *train]) == 0
+    assert json.loads((out / "training.json").read_text())["ema_decay"] == 0.9
     printed = capsys.readouterr().out
     assert "trainable parameters" in printed and "validation word accuracy" in printed
     assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "validation.png").is_file()

@@ -140,8 +140,9 @@ def test_the_command_refuses_bad_training_input_in_one_line_before_loading(capsy
 def test_the_command_writes_a_lora_tl_load_lora_loads(capsys, tmp_path):
     out = tmp_path / "lora"
     status, _ = _cli(capsys, "guard", "--train", "--model", "tiny-random-deepfloyd-if", "--layers", "all", "--max-train-steps", "1",
-                     "--batch-size", "2", "--lr", "0.05", "--out", str(out))
+                     "--batch-size", "2", "--lr", "0.05", "--ema-decay", "0.9", "--out", str(out))
     assert status == 0 and (out / "pytorch_lora_weights.safetensors").is_file()
+    assert json.loads((out / "training.json").read_text())["ema_decay"] == 0.9  # the command's training options reach the run
     pipe = tiny_pipeline("deepfloyd-if")
     base = _images(pipe)
     tl.load_lora(pipe, out)

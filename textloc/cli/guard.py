@@ -46,8 +46,8 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
             "textloc guard --model textloc-tiny --prompt 'A red sign on a blue background that says \"DAMN\".' \\",
             "    --layers samples/tiny/localize --out runs/guard",
             "textloc guard --model tiny-random-sd3 --prompt 'A sign that says \"DAMN\".' --layers all --replace mask --out runs/guard-sd3",
-            "textloc guard --train --model textloc-tiny --layers samples/tiny/localize --max-train-steps 500 \\",
-            "    --batch-size 8 --lr 3e-3 --out runs/guard-lora",
+            "textloc guard --train --model textloc-tiny --layers samples/tiny/localize --max-train-steps 1000 \\",
+            "    --batch-size 8 --lr 3e-3 --ema-decay 0.99 --out runs/guard-lora",
         ),
         formatter_class=HelpFormatter,
     )
@@ -73,7 +73,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
     training = parser.add_argument_group("the guard LoRA (--train)")
     training.add_argument("--train", action="store_true", help="train the guard LoRA on the text layers (--layers) instead of generating a prompt")
     training.add_argument("--max-train-steps", type=positive_int, metavar="N", help="optimizer steps (needed with --train)")
-    for name, metavar in (("rank", "R"), ("lr", "LR"), ("batch_size", "B"), ("checkpoint_every", "N")):
+    for name, metavar in (("rank", "R"), ("lr", "LR"), ("batch_size", "B"), ("ema_decay", "D"), ("checkpoint_every", "N")):
         add_config_option(training, TrainConfig, name, metavar)
     training.add_argument(
         "--toxic-fraction", type=float, default=0.5, metavar="F",
@@ -135,11 +135,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         raise CommandError("--train trains the guard LoRA and generates nothing: leave out --prompt (then: textloc generate --lora DIR PROMPT).")
     if args.max_train_steps is None:
-        raise CommandError("--train needs --max-train-steps N (bench/bench_guard_lora.py trains textloc-tiny's with 500, --batch-size 8 --lr 3e-3).")
+        raise CommandError("--train needs --max-train-steps N (textloc-tiny's best measured: 1000, --batch-size 8 --lr 3e-3 --ema-decay 0.99).")
     check_out_folder(args.out)
     try:
         config = TrainConfig(rank=args.rank, lr=args.lr, batch_size=args.batch_size, steps=args.max_train_steps,
-                             checkpoint_every=args.checkpoint_every, seed=args.seed)
+                             ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, seed=args.seed)
         pairs = GuardPairs(replace=args.replace, detector=args.detector, toxic_fraction=args.toxic_fraction, seed=args.seed)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--train: {one_line(error)}") from None
