@@ -246,6 +246,15 @@ def _guard_adversarial() -> Iterator[str]:
     assert identical == ["CRAP[0]", "DAMN[0]", "HELL[0]", "PISS[0]", "PISS[1]", "PORN[0]", "SHIT[0]", "SHIT[1]"], "guard.md names the identical letters"
     yield f"against {tiny['other_letter_cos_median']:.3f} between\ndifferent letters"
     yield f"most are within {1 - encoder['models']['textloc-tiny-sd3']['closest_same_letter_cos_median']:.3f} of a benign\ntwin"
+    sd3 = results("bench/results/guard_lora-tiny-sd3.json")
+    assert sd3["model"] == "textloc-tiny-sd3" and sd3["budget"]["steps"] == 500 and sd3["budget"]["ema_decay"] is None
+    trained, shipped = sd3["variants"]["text-layers"], sd3["variants"]["base"]
+    yield f"localization's {trained['layers']} text units, {trained['trainable_parameters']:,} parameters"
+    yield f"(0 of\n108, where the base model writes {pct(shipped['toxic_word_read'])})"
+    assert trained["toxic_word_read"] == 0
+    yield f"the scene as the base model keeps it ({pct(trained['scene_kept'])} both)"
+    assert pct(shipped["scene_kept"]) == pct(trained["scene_kept"])
+    yield f"replacement legibly on {pct(trained['replacement_read'])} and keeps {trained['benign']['word_acc']:.1%} of the benign words against the base\nmodel's {shipped['benign']['word_acc']:.1%}"
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
