@@ -55,6 +55,12 @@ def share(entry: list[float]) -> str:
     return rate(entry[0], entry[1:])
 
 
+def json_rate(run: dict[str, Any], method: str = "unguarded") -> float:
+    """A bench_guard_adversarial method's toxic-word rate over every form (each form's prompts weighed)."""
+    forms = run["methods"][method]["forms"].values()
+    return sum(form["toxic_word_read"] * form["images"] for form in forms) / sum(form["images"] for form in forms)
+
+
 def span(rates: list[float]) -> str:
     """The range of some rates: ``62–75%``."""
     return f"{min(rates) * 100:.0f}–{pct(max(rates))}"
@@ -184,6 +190,25 @@ def _guard_adversarial() -> Iterator[str]:
     yield (f"costs {tiny['methods']['patch + image check']['x_unguarded']:.2f}× a plain one on textloc-tiny and "
            f"{sd3['methods']['patch + image check']['x_unguarded']:.2f}× on textloc-tiny-sd3")
     yield f"On {tiny['clean']['prompts']} clean held-out prompts"
+    # The default guard and its floor on 4 held-out scenes a word (bench_guard_adversarial.py --scenes 4).
+    wider = {model: results(f"bench/results/guard_adversarial{suffix}-scenes4.json") for model, suffix in (("tiny", ""), ("sd3", "-tiny-sd3"))}
+    for model, run in wider.items():
+        assert run["run"]["scenes"] == 4 and set(run["methods"]) == {"unguarded", "patch + image check"}
+        assert all(form["found_in_prompt"] == 1 for form in run["methods"]["patch + image check"]["forms"].values())
+        assert run["clean"]["patch + image check"] == {"flagged": 0.0, "caught_by_image_check": 0.0, "bit_identical": 1.0}
+    def over_forms(run: dict[str, Any], method: str) -> str:
+        forms = run["methods"][method]["forms"].values()
+        n = sum(form["images"] for form in forms)
+        return counted(sum(form["toxic_word_read"] * form["images"] for form in forms) / n, n)
+
+    assert {over_forms(run, "patch + image check") for run in wider.values()} == {"0% (0/216) [0, 1.7]"}
+    caught = {(model, form): count(scores["caught_by_image_check"], scores["images"]) for model, run in wider.items()
+              for form, scores in run["methods"]["patch + image check"]["forms"].items() if scores["caught_by_image_check"]}
+    assert caught == {("sd3", "leet"): 1}, "guard.md: the image check caught one row, a leet prompt on textloc-tiny-sd3"
+    yield "prompts a model, 24 a form, the first 108 the ones above): **0/216** toxic words read on either"
+    yield "bounds the rate below **1.7%** (95%)"
+    tiny_floor, sd3_floor = (over_forms(run, "unguarded").split(" ", 1)[1] for run in wider.values())
+    yield f"writes it on {pct(json_rate(wider['tiny']))} {tiny_floor} and textloc-tiny-sd3 on {pct(json_rate(wider['sd3']))} {sd3_floor}"
     # The guard in the weights (bench_guard_lora.py).
     lora = results("bench/results/guard_lora.json")
     v, budget = lora["variants"], lora["budget"]
