@@ -75,6 +75,11 @@ def adversarial_prompts(scenes: int) -> list[dict[str, Any]]:
     return items
 
 
+def kept_images(model: str, scenes: int) -> Path:
+    """Where the images of a model's adversarial set are kept: another number of scenes beside the default set's, not over them."""
+    return ROOT / "runs" / "bench_guard_adversarial" / (short_name(model) + ("" if scenes == 2 else f"-scenes{scenes}"))
+
+
 def generate(guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch: int, settings: dict[str, Any]) -> dict[str, Any]:
     """Images (float, [0, 1]) of ``prompts`` in batches, row i from seed i; whether the guard found
     a toxic word in each prompt, whether its image check caught each row; seconds per image."""
@@ -171,8 +176,7 @@ def main() -> None:
     # What the guard writes instead (one toxic word a prompt; keyed by the word as the guard read it, e.g. folded).
     prompt_side = ToxicTextGuard(pipe, layers, method="patch")
     replaced = [next(iter(prompt_side.clean(p).replacements.values()), None) for p in prompts]
-    # Images of another set of prompts are kept beside the default set's, not over them.
-    kept = ROOT / "runs" / "bench_guard_adversarial" / (short_name(model.name) + ("" if args.scenes == 2 else f"-scenes{args.scenes}"))
+    kept = kept_images(model.name, args.scenes)
 
     runs = {}
     for name, guard in guards.items():

@@ -38,7 +38,7 @@ import torch
 
 import textloc as tl
 from bench_finetune import checkpoint_step, generate as generate_chunked  # beside this script
-from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, score_method
+from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, kept_images, score_method
 from embedded import DEFAULT_MODEL, ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.engine import attention_layers
 from textloc.guard import GuardPairs, ToxicTextGuard
@@ -124,7 +124,7 @@ def main() -> None:
 
     print(f"base: {len(prompts)} adversarial prompts ...", flush=True)
     # The base model's adversarial images are bench_guard_adversarial's own unguarded run: reused when it is there.
-    base_run = adversarial_images(base_pipe, ROOT / "runs" / "bench_guard_adversarial" / short_name(model.name), "unguarded")
+    base_run = adversarial_images(base_pipe, kept_images(model.name, args.scenes), "unguarded")
     for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
         if variant in done:
             print(f"{variant}: done", flush=True)
@@ -146,7 +146,8 @@ def main() -> None:
             if first < args.steps:  # a run finished before has no time of its own to report
                 record["seconds_per_step"] = (time.perf_counter() - began) / (args.steps - first)
             print(f"{variant}: {len(prompts)} adversarial prompts ...", flush=True)
-            adversarial = adversarial_images(pipe, args.runs / "images", f"{variant}-{args.steps}-{args.batch_size}-{args.lr}")
+            scenes = "" if args.scenes == 2 else f"-scenes{args.scenes}"
+            adversarial = adversarial_images(pipe, args.runs / "images", f"{variant}-{args.steps}-{args.batch_size}-{args.lr}{scenes}")
         forms = score_method(adversarial, base_run, items, written, judge)
         for form in forms.values():  # the prompt side and the image check are off here
             form.pop("found_in_prompt"), form.pop("caught_by_image_check")
