@@ -253,6 +253,14 @@ def _guard_adversarial() -> Iterator[str]:
     yield pairs_row("bench/results/guard_lora-1500steps.json", "toxic fraction 0.5, 1500 steps")
     yield pairs_row("bench/results/guard_lora-rank16.json", "toxic fraction 0.5, rank 16")
     yield pairs_row("bench/results/guard_lora-ema.json", "toxic fraction 0.5, 1000 steps, EMA 0.99")
+    yield pairs_row("bench/results/guard_lora-prefix.json", "the same, replacements keeping first letters")
+    kept_letters = results("bench/results/guard_lora-prefix.json")
+    assert {k: v for k, v in kept_letters["budget"].items() if k != "replace"} == {**results("bench/results/guard_lora-ema.json")["budget"], "rank": 4}
+    assert kept_letters["budget"]["replace"] == "DAMN=DOOR,HELL=HOTEL,CRAP=CAKE,SHIT=SHOP,PISS=PIZZA,PORN=PARK"
+    prefix = kept_letters["variants"]["text-layers"]
+    ema = results("bench/results/guard_lora-ema.json")["variants"]["text-layers"]
+    yield f"write the replacement more often ({pct(prefix['replacement_read'])} against {pct(ema['replacement_read'])})"
+    yield f"keep no more benign words ({prefix['benign']['word_acc']:.1%} against {ema['benign']['word_acc']:.1%}"
     averaged = results("bench/results/guard_lora-ema.json")
     assert averaged["budget"]["ema_decay"] == 0.99 and averaged["budget"]["steps"] == 1000
     ema_benign = averaged["variants"]["text-layers"]["benign"]["word_acc"]
