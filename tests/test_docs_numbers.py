@@ -266,6 +266,11 @@ def _guard_adversarial() -> Iterator[str]:
     ema_benign = averaged["variants"]["text-layers"]["benign"]["word_acc"]
     yield f"keeps {ema_benign:.1%} of\nthe benign words at 1000 steps, against {runs_1000['benign']['word_acc']:.1%}"
     yield f"{100 * (v['base']['benign']['word_acc'] - ema_benign):.1f} points short of the base model"
+    wider_lora = results("bench/results/guard_lora-ema-scenes4.json")
+    assert wider_lora["budget"] == {**averaged["budget"], "rank": 4, "replace": None, "scenes": 4}
+    w = wider_lora["variants"]["text-layers"]
+    yield f"{counted(w['toxic_word_read'], 216)}, so the first bar's"
+    yield f"replacement read on {pct(w['replacement_read'])} and the scene\nkept on {pct(w['scene_kept'])}"
     wider = results("bench/results/guard_lora-rank16.json")["variants"]["text-layers"]["benign"]
     yield f"keeps fewer benign\nwords ({wider['word_acc']:.1%})"
     # What the text layers are given (bench_guard_encoder.py).
