@@ -283,6 +283,9 @@ def _guard_adversarial() -> Iterator[str]:
     identical = sorted(letter for letter, cos in tiny["closest_same_letter_cos"].items() if cos > 1 - 1e-6)
     assert identical == ["CRAP[0]", "DAMN[0]", "HELL[0]", "PISS[0]", "PISS[1]", "PORN[0]", "SHIT[0]", "SHIT[1]"], "guard.md names the identical letters"
     yield f"against {tiny['other_letter_cos_median']:.3f} between\ndifferent letters"
+    least = min(tiny["closest_same_letter_cos"], key=tiny["closest_same_letter_cos"].get)
+    assert least == "PISS[3]", "guard.md names PISS's last S as the least alike"
+    yield f"PISS's last S, by {1 - tiny['closest_same_letter_cos_min']:.3f})"
     yield f"most are within {1 - encoder['models']['textloc-tiny-sd3']['closest_same_letter_cos_median']:.3f} of a benign\ntwin"
     sd3 = results("bench/results/guard_lora-tiny-sd3.json")
     assert sd3["model"] == "textloc-tiny-sd3" and sd3["budget"]["steps"] == 500 and sd3["budget"]["ema_decay"] is None
