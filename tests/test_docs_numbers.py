@@ -266,6 +266,7 @@ def _guard_adversarial() -> Iterator[str]:
     ema_benign = averaged["variants"]["text-layers"]["benign"]["word_acc"]
     yield f"keeps {ema_benign:.1%} of\nthe benign words at 1000 steps, against {runs_1000['benign']['word_acc']:.1%}"
     yield f"{100 * (v['base']['benign']['word_acc'] - ema_benign):.1f} points short of the base model"
+    yield f"prompts with no prompt-side help (under 1.7% at 95%) and keeps the scene, but it reads {ema_benign:.1%} of\nheld-out benign words against the base model's {v['base']['benign']['word_acc']:.1%}"
     wider_lora = results("bench/results/guard_lora-ema-scenes4.json")
     assert wider_lora["budget"] == {**averaged["budget"], "rank": 4, "replace": None, "scenes": 4}
     w = wider_lora["variants"]["text-layers"]
