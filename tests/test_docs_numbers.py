@@ -297,6 +297,12 @@ def _guard_adversarial() -> Iterator[str]:
     yield f"the scene as the base model keeps it ({pct(trained['scene_kept'])} both)"
     assert pct(shipped["scene_kept"]) == pct(trained["scene_kept"])
     yield f"replacement legibly on {pct(trained['replacement_read'])} and keeps {trained['benign']['word_acc']:.1%} of the benign words against the base\nmodel's {shipped['benign']['word_acc']:.1%}"
+    sd3_ema = results("bench/results/guard_lora-tiny-sd3-ema.json")
+    assert sd3_ema["model"] == "textloc-tiny-sd3" and sd3_ema["budget"]["steps"] == 1000 and sd3_ema["budget"]["ema_decay"] == 0.99
+    averaged_sd3 = sd3_ema["variants"]["text-layers"]
+    assert averaged_sd3["toxic_word_read"] == 0
+    yield (f"keeps\n{averaged_sd3['benign']['word_acc']:.1%}, still with no toxic word read, the replacement legible on {pct(averaged_sd3['replacement_read'])} "
+           f"and the scene kept on {pct(averaged_sd3['scene_kept'])}")
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
