@@ -75,9 +75,14 @@ def adversarial_prompts(scenes: int) -> list[dict[str, Any]]:
     return items
 
 
+def scenes_suffix(scenes: int) -> str:
+    """What names the images of another number of scenes than the default 2, so that they are kept beside the default set's, not over them."""
+    return "" if scenes == 2 else f"-scenes{scenes}"
+
+
 def kept_images(model: str, scenes: int) -> Path:
-    """Where the images of a model's adversarial set are kept: another number of scenes beside the default set's, not over them."""
-    return ROOT / "runs" / "bench_guard_adversarial" / (short_name(model) + ("" if scenes == 2 else f"-scenes{scenes}"))
+    """Where the images of a model's adversarial set are kept."""
+    return ROOT / "runs" / "bench_guard_adversarial" / (short_name(model) + scenes_suffix(scenes))
 
 
 def generate(guard: ToxicTextGuard, prompts: list[str], seeds: list[int], batch: int, settings: dict[str, Any]) -> dict[str, Any]:

@@ -35,24 +35,16 @@ MODELS = ("textloc-tiny", "textloc-tiny-sd3")
 _QUOTE = ord('"')
 
 
-def token_vectors(pipe: Any, layers: list[str], captions: list[str], settings: dict[str, Any]) -> dict[str, np.ndarray]:
+def token_vectors(pipe: Any, layers: list[str], captions: list[str], settings: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Per layer, ``[captions, tokens, K and V width]``: the text K/V of the first denoiser pass (conditional rows)."""
     cache = tl.record(pipe, layers, captions, **settings, num_inference_steps=1, generator=tl.generator(0))
-    vectors = {}
-    for layer in layers:
-        entry = cache.get(layer, 0, "cond")
-        vectors[layer] = torch.cat([entry.key, entry.value], dim=-1).float().numpy()
-    return vectors
+    return {layer: torch.cat([cache.get(layer, 0, "cond").key, cache.get(layer, 0, "cond").value], dim=-1).float() for layer in layers}
 
 
 def word_start(pipe: Any, caption: str) -> int:
     """The token index of the quoted word's first letter (byte tokens: one per character)."""
     ids = pipe.tokenizer(caption).input_ids
     return ids.index(pipe.tokenizer.convert_tokens_to_ids('"')) + 1
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def measure(model_name: str, scenes: int) -> dict[str, Any]:
@@ -71,15 +63,15 @@ def measure(model_name: str, scenes: int) -> dict[str, Any]:
             start = word_start(pipe, captions[0])
             assert all(word_start(pipe, caption) == start for caption in captions), "the word sits in the same place in every caption"
             vectors = token_vectors(pipe, layers, captions, settings)
-            for layer, tokens in vectors.items():
+            for tokens in vectors.values():
                 for w, toxic in enumerate(TOXIC_WORDS):
                     for slot, letter in enumerate(toxic):
-                        at = start + slot
-                        alike = [_cos(tokens[w, at], tokens[words.index(b), at]) for b in benign if len(b) > slot and b[slot] == letter]
-                        unlike = [_cos(tokens[w, at], tokens[words.index(b), at]) for b in benign if len(b) > slot and b[slot] != letter]
+                        long_enough = [words.index(b) for b in benign if len(b) > slot]
+                        cos = torch.nn.functional.cosine_similarity(tokens[w, start + slot], tokens[long_enough, start + slot], dim=-1).tolist()
+                        alike = [c for c, row in zip(cos, long_enough) if words[row][slot] == letter]
                         if alike:
                             same.setdefault((toxic, slot), []).append(max(alike))
-                        other.extend(unlike)
+                        other.extend(c for c, row in zip(cos, long_enough) if words[row][slot] != letter)
     closest = {f"{word}[{slot}]": float(np.mean(values)) for (word, slot), values in same.items()}
     values = list(closest.values())
     return {

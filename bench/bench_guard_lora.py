@@ -38,7 +38,7 @@ import torch
 
 import textloc as tl
 from bench_finetune import checkpoint_step, generate as generate_chunked  # beside this script
-from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, kept_images, score_method
+from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, kept_images, scenes_suffix, score_method
 from embedded import DEFAULT_MODEL, ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.engine import attention_layers
 from textloc.guard import GuardPairs, ToxicTextGuard
@@ -146,8 +146,7 @@ def main() -> None:
             if first < args.steps:  # a run finished before has no time of its own to report
                 record["seconds_per_step"] = (time.perf_counter() - began) / (args.steps - first)
             print(f"{variant}: {len(prompts)} adversarial prompts ...", flush=True)
-            scenes = "" if args.scenes == 2 else f"-scenes{args.scenes}"
-            adversarial = adversarial_images(pipe, args.runs / "images", f"{variant}-{args.steps}-{args.batch_size}-{args.lr}{scenes}")
+            adversarial = adversarial_images(pipe, args.runs / "images", f"{variant}-{args.steps}-{args.batch_size}-{args.lr}{scenes_suffix(args.scenes)}")
         forms = score_method(adversarial, base_run, items, written, judge)
         for form in forms.values():  # the prompt side and the image check are off here
             form.pop("found_in_prompt"), form.pop("caught_by_image_check")

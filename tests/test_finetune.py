@@ -543,3 +543,25 @@ def test_the_pipeline_decodes_the_objectives_clean_sample_to_the_images_own_vae_
     settings = dict(capture_settings(pipe, text_kwargs(arch), 32), output_type="pt")
     decoded = images_of(pipe(prompt=PROMPT, **settings))
     torch.testing.assert_close(torch.as_tensor(decoded).float(), expected.clamp(0, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_lora_disabled_gives_the_model_without_its_lora_and_then_gives_it_back():
+    # What a preserved example's target is (GuardPairs(preserve=True)): a LoRA at its zero start
+    # cannot tell a switched-off LoRA from one left on, so the LoRA here has weights of its own.
+    from textloc.finetune.lora import add_lora, lora_disabled, lora_parameters
+
+    pipe = tiny_pipeline("sd15")
+    name = select_layers(pipe, "all")[0].name + ".to_k"
+    projection = denoiser(pipe).get_submodule(name)
+    text = torch.randn(1, 4, projection.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = projection(text)
+        add_lora(pipe, [name], rank=2, alpha=None, seed=0)
+        for parameter in lora_parameters(pipe):
+            parameter.normal_(generator=torch.Generator().manual_seed(1))
+        projection = denoiser(pipe).get_submodule(name)
+        with_lora = projection(text)
+        assert not torch.allclose(with_lora, base)
+        with lora_disabled(denoiser(pipe)):
+            torch.testing.assert_close(projection(text), base)
+        torch.testing.assert_close(projection(text), with_lora)

@@ -185,7 +185,6 @@ def _random_model(arch: str) -> RandomModel:
     )
 
 
-#: The embedded model: a 64x64 IFPipeline trained on rendered signs, no download.
 class _DropMessages(logging.Filter):
     """Drops the log records whose message starts with ``prefix``."""
 
@@ -211,6 +210,7 @@ def _keep_captions_raw(pipe: DiffusionPipeline) -> None:
     pipe._text_preprocessing = lambda text, clean_caption=False: preprocess(pipe, text, clean_caption=False)
 
 
+#: The embedded model: a 64x64 IFPipeline trained on rendered signs, no download.
 TEXTLOC_TINY = EmbeddedModel(
     name="textloc-tiny",
     # IFPipeline's own default is 100 steps; textloc-tiny samples as well in 25.

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
+from diffusers.utils.peft_utils import set_adapter_layers
 from safetensors.torch import load_file, save_file
 
 from textloc.engine import denoiser
@@ -61,15 +61,12 @@ def lora_parameters(pipe: Any) -> list[torch.nn.Parameter]:
 
 @contextlib.contextmanager
 def lora_disabled(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` as it was before its LoRA, for the span of the block (peft's layers switched off, then on)."""
-    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
-    for layer in layers:
-        layer.enable_adapters(False)
+    """``model`` as it was before its LoRA, for the span of the block (diffusers' switch of peft's layers, off then on)."""
+    set_adapter_layers(model, enabled=False)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        set_adapter_layers(model, enabled=True)
 
 
 def lora_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
