@@ -1,7 +1,7 @@
 """The guard in the weights: a LoRA on an embedded model's text layers that writes a benign word where a toxic one is asked for.
 
     python bench/bench_guard_lora.py [--model textloc-tiny-sd3] [--steps 300] [--batch-size 8] [--lr 3e-3] [--rank 4] [--scenes 2] [--benign 64]
-        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--preserve] [--ema-decay D] [--replace W=NEW,...]
+        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--twin-fraction F] [--targets to_k,to_v] [--preserve] [--ema-decay D] [--replace W=NEW,...]
         [--results FILE --runs DIR]   # any option changed: a results file and runs folder of its own
 
 Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`textloc.guard.GuardPairs`:
@@ -42,11 +42,12 @@ from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, k
 from embedded import DEFAULT_MODEL, ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.engine import attention_layers
 from textloc.guard import GuardPairs, ToxicTextGuard
+from textloc.localization.stats import interval
 from textloc.models import named_model
 from textloc.pipeline_calls import call_kwargs
 from textloc.scoring.ocr import get_ocr
 from textloc.tiny.data import EVAL_SEED, make_example
-from textloc.tiny.evaluate import score
+from textloc.tiny.evaluate import judge, summarise
 
 VARIANTS = ("text-layers", "base", "all-attention")
 
@@ -56,18 +57,41 @@ def runs_dir(model: str) -> Path:
     return ROOT / "runs" / ("bench_guard_lora" + ("" if model == DEFAULT_MODEL else f"-{short_name(model)}"))
 
 
-def lora_layers(pipe: Any, model: str, variant: str) -> dict[str, Any]:
-    """``train_guard_lora``'s ``layers``/``targets`` for a LoRA variant."""
+def lora_layers(pipe: Any, model: str, variant: str, projections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``train_guard_lora``'s ``layers``/``targets`` for a LoRA variant (``projections``: of each text layer; default its family's)."""
     if variant == "text-layers":
-        return {"layers": layers_dir(model)}
+        return {"layers": layers_dir(model), "targets": projections}
     every = [layer.name for layer in attention_layers(pipe) if layer.kind != "pooled"]  # self-attention included
     return {"layers": None, "targets": [f"{name}.{p}" for name in every for p in ("to_q", "to_k", "to_v", "to_out.0")]}
 
 
-def benign_accuracy(pipe: Any, words: tuple[str, ...], count: int) -> dict[str, float]:
-    """Word, sign and background accuracy on ``count`` held-out captions of ``words``."""
+def benign_accuracy(pipe: Any, words: tuple[str, ...], count: int) -> dict[str, Any]:
+    """Word, sign and background accuracy on ``count`` held-out captions of ``words``, and whether
+    each caption's word was read (``word_ok``, for a paired comparison on the same captions and noise)."""
     examples = [make_example(EVAL_SEED, index, held_out=True, words=words) for index in range(count)]
-    return score(generate_chunked(pipe, [e.caption for e in examples], seed=EVAL_SEED), examples)
+    verdicts = judge(generate_chunked(pipe, [e.caption for e in examples], seed=EVAL_SEED), examples)
+    return {**summarise(verdicts), "word_ok": [bool(v["word_ok"]) for v in verdicts]}
+
+
+def base_benign(pipe: Any, model: str, words: tuple[str, ...], count: int) -> dict[str, Any]:
+    """:func:`benign_accuracy` of the model as shipped, kept under runs/ for every budget's file to reuse."""
+    path = ROOT / "runs" / "bench_guard_lora-benign" / f"{short_name(model)}-{count}.json"
+    key = [list(words), count, EVAL_SEED]
+    if path.is_file() and (kept := json.loads(path.read_text()))["key"] == key:
+        return kept["benign"]
+    benign = benign_accuracy(pipe, words, count)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "benign": benign}) + "\n")
+    return benign
+
+
+def benign_drop(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any] | None:
+    """How many points of benign word accuracy a variant loses against the base on the same captions
+    and noise, with the paired bootstrap interval over captions; ``None`` when they were not the same captions."""
+    if "word_ok" not in base or len(base.get("word_ok", [])) != len(variant.get("word_ok", [])):
+        return None
+    lost = np.asarray(base["word_ok"], float) - np.asarray(variant["word_ok"], float)
+    return {"points": float(100 * lost.mean()), "ci95": [100 * bound for bound in interval(lost)]}
 
 
 def overall(forms: dict[str, dict[str, Any]], key: str) -> float | None:
@@ -86,6 +110,8 @@ def main() -> None:
     parser.add_argument("--toxic-fraction", type=float, default=0.5, help="share of toxic examples in the pairs (default 0.5; 0: a control, ordinary signs only)")
     parser.add_argument("--ema-decay", type=float, help="train_lora's ema_decay: keep an average of the LoRA's weights (default: none, the last step's)")
     parser.add_argument("--replace", help="what each toxic word is drawn as, WORD=NEW,... (default: the runtime guard's benign word of the same length)")
+    parser.add_argument("--twin-fraction", type=float, default=0.0, help="GuardPairs(twin_fraction=): share of the ordinary signs drawn from the benign words sharing a letter the replacements change (default 0)")
+    parser.add_argument("--targets", help="the text layers' projections the LoRA trains, e.g. to_k,to_v (default: the family's, q, k, v and out)")
     parser.add_argument("--preserve", action="store_true", help="GuardPairs(preserve=True): the ordinary signs' target is the model's own prediction")
     parser.add_argument("--benign", type=int, default=64, help="held-out benign captions (default 64)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
@@ -98,14 +124,14 @@ def main() -> None:
     torch.set_num_threads(1)
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "scenes": args.scenes, "benign": args.benign}
-    if results.get("budget") is not None and {"rank": 4, "replace": None, **results["budget"]} != budget:  # files from before --rank, --replace
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "twin_fraction": args.twin_fraction, "targets": args.targets, "scenes": args.scenes, "benign": args.benign}
+    if results.get("budget") is not None and {"rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, **results["budget"]} != budget:  # files from before --rank, --replace, --twin-fraction, --targets
         raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
     results["budget"] = budget
     model = named_model(args.model)
     results["model"] = model.name
     replace = "benign" if args.replace is None else dict(swap.split("=") for swap in args.replace.split(","))
-    pairs = GuardPairs(seed=0, toxic_fraction=args.toxic_fraction, preserve=args.preserve, replace=replace)
+    pairs = GuardPairs(seed=0, toxic_fraction=args.toxic_fraction, preserve=args.preserve, replace=replace, twin_fraction=args.twin_fraction)
     results["pairs"] = pairs.description
     items = adversarial_prompts(args.scenes)
     prompts, seeds = [item["prompt"] for item in items], [item["seed"] for item in items]
@@ -139,7 +165,7 @@ def main() -> None:
             began = time.perf_counter()
             print(f"{variant}: training from step {first} to {args.steps} ...", flush=True)
             trained = tl.train_guard_lora(
-                pipe, **lora_layers(pipe, model.name, variant), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
+                pipe, **lora_layers(pipe, model.name, variant, args.targets and tuple(args.targets.split(","))), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
                 ema_decay=args.ema_decay, checkpoint_every=25, output_dir=run, resume=True,
             )
             record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share, layers=len(trained.layers))
@@ -151,13 +177,19 @@ def main() -> None:
         for form in forms.values():  # the prompt side and the image check are off here
             form.pop("found_in_prompt"), form.pop("caught_by_image_check")
         print(f"{variant}: {args.benign} held-out benign captions ...", flush=True)
-        benign = benign_accuracy(pipe, pairs.benign_words, args.benign)
+        if variant == "base":
+            benign = base_benign(pipe, model.name, pairs.benign_words, args.benign)
+        else:
+            benign = benign_accuracy(pipe, pairs.benign_words, args.benign)
         done[variant] = {
             **record, "toxic_word_read": overall(forms, "toxic_word_read"), "replacement_read": overall(forms, "replacement_read"),
             "scene_kept": overall(forms, "scene_kept"), "mse_outside_text": overall(forms, "mse_outside_text"),
             "benign": benign, "forms": forms,
         }
-        print(f"  {json.dumps({k: v for k, v in done[variant].items() if k != 'forms'})}", flush=True)
+        for name, other in done.items():  # every variant against the base, whichever ran first
+            if name != "base" and "base" in done:
+                other["benign_drop"] = benign_drop(done["base"]["benign"], other["benign"])
+        print(f"  {json.dumps({k: v for k, v in done[variant].items() if k not in ('forms', 'benign')})} benign {done[variant]['benign']['word_acc']:.3f}", flush=True)
         results["torch"], results["threads"] = torch.__version__, torch.get_num_threads()
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
@@ -175,14 +207,15 @@ def print_tables(results: dict[str, Any]) -> None:
     print("|---|" + "---|" * len(variants))
     for form in FORMS:
         print(f"| {form} | " + " | ".join(_pct(v["forms"][form]["toxic_word_read"]) for v in variants.values()) + " |")
-    print("\n| variant | trainable parameters | toxic word read | replacement read | scene kept | MSE outside text | benign word acc | sign acc | background acc |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| variant | trainable parameters | toxic word read | replacement read | scene kept | MSE outside text | benign word acc | benign drop (95% CI) | sign acc | background acc |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, v in variants.items():
         trainable = f"{v['trainable_parameters']:,}" if "trainable_parameters" in v else "-"
         mse = "-" if v["mse_outside_text"] is None else f"{v['mse_outside_text']:.4f}"
-        b = v["benign"]
+        b, drop = v["benign"], v.get("benign_drop")
+        lost = "-" if drop is None else f"{drop['points']:.1f} ({drop['ci95'][0]:.1f} to {drop['ci95'][1]:.1f})"
         print(f"| {name} | {trainable} | {_pct(v['toxic_word_read'])} | {_pct(v['replacement_read'])} | {_pct(v['scene_kept'])} | {mse} | "
-              f"{100 * b['word_acc']:.1f}% (n={b['n']}) | {_pct(b['sign_acc'])} | {_pct(b['background_acc'])} |")
+              f"{100 * b['word_acc']:.1f}% (n={b['n']}) | {lost} | {_pct(b['sign_acc'])} | {_pct(b['background_acc'])} |")
 
 
 if __name__ == "__main__":

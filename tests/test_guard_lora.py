@@ -64,8 +64,26 @@ def test_no_held_out_scene_is_drawn_and_ordinary_signs_keep_the_fraction(pairs):
     assert all(GuardPairs(toxic_fraction=0).pair(index).form is None for index in range(40)), "0: the control, ordinary signs only"
 
 
+def test_twin_signs_are_the_benign_words_using_a_letter_the_replacement_changes_in_its_slot():
+    # DAMN->DAWN changes the third letter M: LAMP has M third, MOON has M first, DOOR keeps every letter DAWN keeps.
+    pairs = GuardPairs(["DAMN"], ["LAMP", "MOON", "DOOR", "WIND", "CAT"], replace={"DAMN": "DAWN"}, twin_fraction=0.5)
+    assert pairs.twin_words == ("LAMP",)
+    drawn = [pairs.pair(index) for index in range(200)]
+    ordinary = [pair.written for pair in drawn if pair.form is None]
+    assert 0.4 < ordinary.count("LAMP") / len(ordinary) < 0.75, "half the ordinary signs, and LAMP's share of the rest"
+    assert 0.4 < len(ordinary) / len(drawn) < 0.6, "the toxic share is unchanged"
+    # Off (the default), the stream is the one runs before the option trained on, draw for draw.
+    plain, off = GuardPairs(["DAMN"], ["LAMP", "MOON"], replace={"DAMN": "DAWN"}), GuardPairs(["DAMN"], ["LAMP", "MOON"], replace={"DAMN": "DAWN"}, twin_fraction=0)
+    assert [plain.pair(index).caption for index in range(30)] == [off.pair(index).caption for index in range(30)]
+    assert "ordinary signs from LAMP" in pairs.description and "ordinary signs from" not in plain.description
+    # A whole-word swap changes every slot: every benign word sharing a letter in place is a twin.
+    assert GuardPairs(["DAMN"], ["DOOR", "CAT", "SUN"], replace={"DAMN": "BOOK"}).twin_words == ("DOOR", "CAT")
+
+
 def test_bad_pairs_are_refused_in_one_line():
     for kwargs, message in (({"toxic_fraction": -0.1}, "toxic_fraction"), ({"replace": "mask"}, "learns to write a word"),
+                            ({"twin_fraction": 1.5}, "twin_fraction"),
+                            ({"replace": {"DAMN": "DAMP"}, "toxic_words": ["DAMN"], "benign_words": ["CAT"], "twin_fraction": 0.5}, "leave none"),
                             ({"forms": ("shouted",)}, "Unknown form"), ({"benign_words": ["DAMN"]}, "none of the toxic words")):
         with pytest.raises(ValueError, match=message):
             GuardPairs(**kwargs)

@@ -147,7 +147,8 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
     forms = list(next(iter(variants.values()))["forms"])
     read = [(form, *(counted(v["forms"][form]["toxic_word_read"], v["forms"][form]["images"]) for v in variants.values())) for form in forms]
     rows = [(name, _trainable(v), pct(v["toxic_word_read"]), pct(v["replacement_read"]), pct(v["scene_kept"]), num(v["mse_outside_text"], 4),
-             accuracy(v["benign"]["word_acc"], v["benign"]["n"]), f"{pct(v['benign']['sign_acc'])}, {pct(v['benign']['background_acc'])}")
+             accuracy(v["benign"]["word_acc"], v["benign"]["n"]), _drop(v.get("benign_drop")),
+             f"{pct(v['benign']['sign_acc'])}, {pct(v['benign']['background_acc'])}")
             for name, v in variants.items()]
     return "\n\n".join([
         f"## {results.get('model', 'textloc-tiny')}, the guard in the weights: {code(path)}",
@@ -156,8 +157,13 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
          f"({budget['scenes']} held-out scene(s) per toxic word) and on {budget['benign']} held-out captions of the benign words."),
         "### Toxic word read, per form\n\n" + table(("form", *variants), read),
         "### Per variant\n\n" + table(("variant", "trainable parameters", "toxic word read", "replacement read", "scene kept",
-                                         "MSE outside text", "benign word accuracy", "colours (sign, background)"), rows),
+                                         "MSE outside text", "benign word accuracy", "benign points lost [95% CI]", "colours (sign, background)"), rows),
     ])
+
+
+def _drop(drop: dict[str, Any] | None) -> str:
+    """Benign-word points a variant loses against the base on the same captions and noise (files from before it: -)."""
+    return "-" if drop is None else f"{drop['points']:.1f} [{drop['ci95'][0]:.1f}, {drop['ci95'][1]:.1f}]"
 
 
 def _pair_options(budget: dict[str, Any]) -> str:
@@ -167,6 +173,8 @@ def _pair_options(budget: dict[str, Any]) -> str:
         options.append(f"rank {budget['rank']}")
     if budget.get("replace"):
         options.append(f"replacements {budget['replace']}")
+    if budget.get("twin_fraction"):
+        options.append(f"twin fraction {budget['twin_fraction']}")
     if budget.get("preserve"):
         options.append("ordinary signs preserved")
     if budget.get("ema_decay") is not None:

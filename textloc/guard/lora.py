@@ -75,6 +75,8 @@ class GuardPairs:
     guard's default) or a mapping ``{toxic word: replacement}``; the replacement must be letters the
     renderer can draw. ``benign_words`` default to the renderer's vocabulary less ``toxic_words``
     (textloc-tiny's guard vocabulary). ``forms``: the forms toxic captions use besides double quotes.
+    ``twin_fraction``: the share of the ordinary signs drawn from :attr:`twin_words` rather than
+    from every benign word, to hold the letters the replacements change where benign words use them.
     """
 
     size: int | None = None
@@ -89,6 +91,7 @@ class GuardPairs:
         toxic_fraction: float = TOXIC_FRACTION,
         forms: Sequence[str] = tuple(FORMS),
         preserve: bool = False,
+        twin_fraction: float = 0.0,
         seed: int = 0,
     ):
         self.toxic_words = tuple(word.strip().upper() for word in toxic_words)
@@ -114,6 +117,15 @@ class GuardPairs:
             if not new.isalpha() or new in self.toxic_words:
                 raise ValueError(f"{word} would be replaced by {new!r}: the renderer draws a benign word of letters only.")
         self.toxic_fraction, self.preserve, self.seed = float(toxic_fraction), bool(preserve), seed
+        #: The benign words with a letter, in its slot, that a replacement changes in that slot (LAMP's
+        #: M for DAMN->DAWN): a LoRA that swaps letters slot by slot breaks these first.
+        self.twin_words = tuple(word for word in self.benign_words if any(
+            _changed_slots(toxic, new) & set(enumerate(word)) for toxic, new in self.replacements.items()))
+        if isinstance(twin_fraction, bool) or not 0 <= twin_fraction <= 1:
+            raise ValueError(f"twin_fraction={twin_fraction!r}: the share of ordinary signs drawn from the twin words is between 0 and 1.")
+        if twin_fraction and not self.twin_words:
+            raise ValueError("twin_fraction needs benign words that share a changed letter with a toxic word; these replacements leave none.")
+        self.twin_fraction = float(twin_fraction)
         self.other_forms = tuple(form for form in forms if form != "double quotes")
 
     @property
@@ -121,7 +133,8 @@ class GuardPairs:
         """What training.json records for these pairs (a resumed run must match it)."""
         swaps = ", ".join(f"{word}->{new}" for word, new in self.replacements.items())
         kept = "; ordinary signs kept as the model draws them" if self.preserve else ""
-        return (f"guard pairs, seed {self.seed}: {swaps}; {self.toxic_fraction:.0%} toxic{kept}, other forms {', '.join(self.other_forms) or 'none'}; "
+        twins = f"; {self.twin_fraction:.0%} of ordinary signs from {', '.join(self.twin_words)}" if self.twin_fraction else ""
+        return (f"guard pairs, seed {self.seed}: {swaps}; {self.toxic_fraction:.0%} toxic{kept}{twins}, other forms {', '.join(self.other_forms) or 'none'}; "
                 f"benign words {', '.join(self.benign_words)}")
 
     def _rng(self, index: int) -> random.Random:
@@ -137,7 +150,9 @@ class GuardPairs:
         """The ``index``-th example, always the same."""
         rng = self._rng(index)
         if rng.random() >= self.toxic_fraction:
-            example = make_example(self.seed, index, words=self.benign_words)
+            # (drawn only when asked, so that the pairs without twins stay the ones earlier runs trained on)
+            twin = self.twin_fraction > 0 and rng.random() < self.twin_fraction
+            example = make_example(self.seed, index, words=self.twin_words if twin else self.benign_words)
             return GuardPair(example.image, example.glyphs, example.caption, example.word, example.word, example.sign, example.background, None)
         asked = rng.choice(self.toxic_words)
         written = self.replacements[asked]
@@ -156,6 +171,11 @@ class GuardPairs:
     def example(self, index: int) -> tuple[Image.Image, str]:
         pair = self.pair(index)
         return pair.image, pair.caption
+
+
+def _changed_slots(toxic: str, new: str) -> set[tuple[int, str]]:
+    """The (slot, letter) pairs of ``toxic`` that its replacement ``new`` does not keep."""
+    return {(slot, letter) for slot, letter in enumerate(toxic) if slot >= len(new) or new[slot] != letter}
 
 
 def train_guard_lora(
