@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,23 @@ def base_benign(pipe: Any, model: str, words: tuple[str, ...], count: int) -> di
     return benign
 
 
-def benign_drop(base: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any] | None:
+def benign_drop(base: dict[str, Any], variant: dict[str, Any], pairs: GuardPairs) -> dict[str, Any] | None:
     """How many points of benign word accuracy a variant loses against the base on the same captions
-    and noise, with the paired bootstrap interval over captions; ``None`` when they were not the same captions."""
+    and noise, with the paired bootstrap interval over captions, and which words the captions it
+    loses and gains ask for (``twin_share``: the share of the lost captions whose word is one of
+    ``pairs.twin_words``, beside their share of all captions); ``None`` when they were not the same captions."""
     if "word_ok" not in base or len(base.get("word_ok", [])) != len(variant.get("word_ok", [])):
         return None
-    lost = np.asarray(base["word_ok"], float) - np.asarray(variant["word_ok"], float)
-    return {"points": float(100 * lost.mean()), "ci95": [100 * bound for bound in interval(lost)]}
+    before, after = np.asarray(base["word_ok"], float), np.asarray(variant["word_ok"], float)
+    words = [make_example(EVAL_SEED, index, held_out=True, words=pairs.benign_words).word for index in range(len(before))]
+    lost = [word for word, b, a in zip(words, before, after) if b > a]
+    twins = set(pairs.twin_words)
+    return {
+        "points": float(100 * (before - after).mean()), "ci95": [100 * bound for bound in interval(before - after)],
+        "lost": len(lost), "gained": int(((after > before)).sum()), "lost_by_word": dict(Counter(lost).most_common()),
+        "twin_words": list(pairs.twin_words),
+        "twin_share": {"lost": sum(word in twins for word in lost) / max(len(lost), 1), "captions": sum(word in twins for word in words) / len(words)},
+    }
 
 
 def overall(forms: dict[str, dict[str, Any]], key: str) -> float | None:
@@ -186,12 +197,14 @@ def main() -> None:
             "scene_kept": overall(forms, "scene_kept"), "mse_outside_text": overall(forms, "mse_outside_text"),
             "benign": benign, "forms": forms,
         }
-        for name, other in done.items():  # every variant against the base, whichever ran first
-            if name != "base" and "base" in done:
-                other["benign_drop"] = benign_drop(done["base"]["benign"], other["benign"])
         print(f"  {json.dumps({k: v for k, v in done[variant].items() if k not in ('forms', 'benign')})} benign {done[variant]['benign']['word_acc']:.3f}", flush=True)
         results["torch"], results["threads"] = torch.__version__, torch.get_num_threads()
         args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+    if "base" in done:  # every variant against the base, whichever ran first (a rerun of a finished file adds it)
+        for name, other in done.items():
+            if name != "base":
+                other["benign_drop"] = benign_drop(done["base"]["benign"], other["benign"], pairs)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
 
@@ -213,7 +226,7 @@ def print_tables(results: dict[str, Any]) -> None:
         trainable = f"{v['trainable_parameters']:,}" if "trainable_parameters" in v else "-"
         mse = "-" if v["mse_outside_text"] is None else f"{v['mse_outside_text']:.4f}"
         b, drop = v["benign"], v.get("benign_drop")
-        lost = "-" if drop is None else f"{drop['points']:.1f} ({drop['ci95'][0]:.1f} to {drop['ci95'][1]:.1f})"
+        lost = "-" if drop is None else f"{drop['points']:.1f} ({drop['ci95'][0]:.1f} to {drop['ci95'][1]:.1f}; {drop['lost']} lost, {drop['gained']} gained)"
         print(f"| {name} | {trainable} | {_pct(v['toxic_word_read'])} | {_pct(v['replacement_read'])} | {_pct(v['scene_kept'])} | {mse} | "
               f"{100 * b['word_acc']:.1f}% (n={b['n']}) | {lost} | {_pct(b['sign_acc'])} | {_pct(b['background_acc'])} |")
 

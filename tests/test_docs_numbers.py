@@ -266,7 +266,35 @@ def _guard_adversarial() -> Iterator[str]:
     ema_benign = averaged["variants"]["text-layers"]["benign"]["word_acc"]
     yield f"keeps {ema_benign:.1%} of\nthe benign words at 1000 steps, against {runs_1000['benign']['word_acc']:.1%}"
     yield f"{100 * (v['base']['benign']['word_acc'] - ema_benign):.1f} points short of the base model"
-    yield f"prompts with no prompt-side help (under 1.7% at 95%) and keeps the scene, but it reads {ema_benign:.1%} of\nheld-out benign words against the base model's {v['base']['benign']['word_acc']:.1%}"
+    # The same LoRA on 512 benign captions, each variant against the base on the same captions and noise.
+    wide = results("bench/results/guard_lora-ema-benign512.json")
+    defaults = {"rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None}
+    assert wide["budget"] == {**averaged["budget"], **defaults, "benign": 512}
+    wide_base, wide_ema = wide["variants"]["base"]["benign"], wide["variants"]["text-layers"]
+    assert wide_base["n"] == 512 and wide_ema["toxic_word_read"] == 0
+    yield (f"on 512 held-out\nbenign captions it reads {wide_ema['benign']['word_acc']:.1%} of the words against the base model's {wide_base['word_acc']:.1%} "
+           f"on the same captions\nand noise: {_drop(wide_ema).replace(' [', ' points lost [')}, where the bar is 3 (the first 64 captions had shown "
+           f"{100 * (v['base']['benign']['word_acc'] - ema_benign):.1f})")
+
+    def paired_row(path: str, label: str, **budget: Any) -> str:
+        run = results(path)
+        assert run["budget"] == {**wide["budget"], **budget}, f"{path}: the 512-caption table's budget, {budget} apart"
+        m = run["variants"]["text-layers"]
+        assert run["variants"]["base"]["benign"] == wide["variants"]["base"]["benign"], "the same base images"
+        cells = [f"{pct(m['toxic_word_read'])} ({count(m['toxic_word_read'], n)}/{n})", pct(m["replacement_read"]), pct(m["scene_kept"]),
+                 accuracy(m["benign"]["word_acc"], m["benign"]["n"]), _drop(m)]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    yield f"| base model | {pct(wide['variants']['base']['toxic_word_read'])} | 0% | {pct(wide['variants']['base']['scene_kept'])} | {accuracy(wide_base['word_acc'], 512)} | - |"
+    yield paired_row("bench/results/guard_lora-ema-benign512.json", "the runtime guard's replacements (BOOK, CAFE, STOP, ...)")
+    one_letter = "DAMN=DAWN,HELL=HELM,CRAP=CROP,SHIT=SHIP,PISS=PISA,PORN=PORK"
+    yield paired_row("bench/results/guard_lora-oneletter.json", "one letter changed", replace=one_letter)
+    assert f"`--replace {one_letter}`" in (ROOT / "docs" / "guard.md").read_text()
+    single = results("bench/results/guard_lora-oneletter.json")["variants"]["text-layers"]
+    yield f"the toxic word now gets through on {pct(single['toxic_word_read'])} of the\nadversarial prompts"
+    spread = single["benign_drop"]
+    yield (f"{pct(spread['twin_share']['lost'])} of the {spread['lost']} captions it loses ask for one of the\n{len(spread['twin_words'])} "
+           f"words that use a changed letter in its slot, about their share of all captions\n({pct(spread['twin_share']['captions'])}), and it gains {spread['gained']}")
     wider_lora = results("bench/results/guard_lora-ema-scenes4.json")
     assert wider_lora["budget"] == {**averaged["budget"], "rank": 4, "replace": None, "scenes": 4}
     w = wider_lora["variants"]["text-layers"]
@@ -307,6 +335,12 @@ def _guard_adversarial() -> Iterator[str]:
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
     yield f"the benign words swing: {runs[0]['benign']['word_acc']:.1%}, then {runs[1]['benign']['word_acc']:.1%}, then {runs[2]['benign']['word_acc']:.1%}"
+
+
+def _drop(variant: dict[str, Any]) -> str:
+    """A guard-LoRA variant's benign points lost against the base, with its paired interval: ``16.6 [12.3, 20.9]``."""
+    drop = variant["benign_drop"]
+    return f"{drop['points']:.1f} [{drop['ci95'][0]:.1f}, {drop['ci95'][1]:.1f}]"
 
 
 # Editing ------------------------------------------------------------------------------------------
