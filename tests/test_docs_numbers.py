@@ -290,6 +290,17 @@ def _guard_adversarial() -> Iterator[str]:
     one_letter = "DAMN=DAWN,HELL=HELM,CRAP=CROP,SHIT=SHIP,PISS=PISA,PORN=PORK"
     yield paired_row("bench/results/guard_lora-oneletter.json", "one letter changed", replace=one_letter)
     assert f"`--replace {one_letter}`" in (ROOT / "docs" / "guard.md").read_text()
+    yield paired_row("bench/results/guard_lora-kv.json", "K and V only", targets="to_k,to_v")
+    yield paired_row("bench/results/guard_lora-oneletter-kv-twins.json", "one letter changed, K and V only, twins",
+                     replace=one_letter, targets="to_k,to_v", twin_fraction=0.5)
+    kv = results("bench/results/guard_lora-kv.json")["variants"]["text-layers"]
+    yield f": {kv['trainable_parameters']:,}\nparameters"
+    yield f"({kv['benign_drop']['points']:.1f} points against\n{wide_ema['benign_drop']['points']:.1f})"
+    guarded = results("bench/results/guard_lora-oneletter-kv-twins.json")["variants"]["text-layers"]
+    held = guarded["benign_drop"]
+    yield f"from the {len(held['twin_words'])} twin words (`--twin-fraction 0.5`, `GuardPairs(twin_fraction=0.5)`) protects those: {pct(held['twin_share']['lost'])}"
+    yield f"against their {pct(held['twin_share']['captions'])} share"
+    yield f"{held['points']:.1f} points in all, with the toxic word through on {pct(guarded['toxic_word_read'])}"
     single = results("bench/results/guard_lora-oneletter.json")["variants"]["text-layers"]
     yield f"the toxic word now gets through on {pct(single['toxic_word_read'])} of the\nadversarial prompts"
     spread = single["benign_drop"]
