@@ -17,7 +17,10 @@ pipeline call) on bench_guard_adversarial's set (every toxic word in its held-ou
 the same noise; its functions imported, its scores: toxic word read, replacement read, scene kept,
 MSE outside text against the base model's image), and on benign-word accuracy: held-out captions of
 the benign vocabulary (combinations training never draws), as bench_finetune measures it (OCR word
-accuracy, sign and background colour accuracy).
+accuracy, sign and background colour accuracy), and each LoRA against the base model on the same
+captions and noise: the points it loses, with a paired bootstrap interval over captions, and the
+words of the captions it loses (``benign_drop``; the base model's verdicts are kept under
+runs/bench_guard_lora-benign/ for every budget's file, and a rerun of a finished file adds them).
 
 LoRA folders go under runs/bench_guard_lora/ (``-tiny-sd3`` for the other model; resumable: a rerun
 continues training from the last checkpoint, and a longer ``--steps`` continues a finished run);
@@ -99,7 +102,7 @@ def benign_drop(base: dict[str, Any], variant: dict[str, Any], pairs: GuardPairs
     twins = set(pairs.twin_words)
     return {
         "points": float(100 * (before - after).mean()), "ci95": [100 * bound for bound in interval(before - after)],
-        "lost": len(lost), "gained": int(((after > before)).sum()), "lost_by_word": dict(Counter(lost).most_common()),
+        "lost": len(lost), "gained": int((after > before).sum()), "lost_by_word": dict(Counter(lost).most_common()),
         "twin_words": list(pairs.twin_words),
         "twin_share": {"lost": sum(word in twins for word in lost) / max(len(lost), 1), "captions": sum(word in twins for word in words) / len(words)},
     }
