@@ -342,6 +342,11 @@ def _guard_adversarial() -> Iterator[str]:
     assert averaged_sd3["toxic_word_read"] == 0
     yield (f"keeps\n{averaged_sd3['benign']['word_acc']:.1%}, still with no toxic word read, the replacement legible on {pct(averaged_sd3['replacement_read'])} "
            f"and the scene kept on {pct(averaged_sd3['scene_kept'])}")
+    sd3_wide = results("bench/results/guard_lora-tiny-sd3-ema-benign512.json")
+    assert sd3_wide["budget"] == {**sd3_ema["budget"], "rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, "benign": 512}
+    assert sd3_wide["variants"]["text-layers"]["toxic_word_read"] == 0
+    yield (f"it reads {sd3_wide['variants']['text-layers']['benign']['word_acc']:.1%} of the\nwords against the base model's "
+           f"{sd3_wide['variants']['base']['benign']['word_acc']:.1%}: {_drop(sd3_wide['variants']['text-layers']).replace(' [', ' points lost [')}")
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
