@@ -287,6 +287,9 @@ def _guard_adversarial() -> Iterator[str]:
 
     yield f"| base model | {pct(wide['variants']['base']['toxic_word_read'])} | 0% | {pct(wide['variants']['base']['scene_kept'])} | {accuracy(wide_base['word_acc'], 512)} | - |"
     yield paired_row("bench/results/guard_lora-ema-benign512.json", "the runtime guard's replacements (BOOK, CAFE, STOP, ...)")
+    yield paired_row("bench/results/guard_lora-toxic0-benign512.json", "ordinary signs only (control, toxic fraction 0)", toxic_fraction=0.0)
+    control_drop = results("bench/results/guard_lora-toxic0-benign512.json")["variants"]["text-layers"]["benign_drop"]
+    assert -3 < control_drop["ci95"][0] and control_drop["ci95"][1] < 3, "guard.md: the control's interval stays inside 3 points either way"
     one_letter = "DAMN=DAWN,HELL=HELM,CRAP=CROP,SHIT=SHIP,PISS=PISA,PORN=PORK"
     yield paired_row("bench/results/guard_lora-oneletter.json", "one letter changed", replace=one_letter)
     assert f"`--replace {one_letter}`" in (ROOT / "docs" / "guard.md").read_text()
