@@ -85,7 +85,8 @@ def base_benign(pipe: Any, model: str, words: tuple[str, ...], count: int) -> di
         return kept["benign"]
     benign = benign_accuracy(pipe, words, count)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": key, "benign": benign}) + "\n")
+    path.with_suffix(".tmp").write_text(json.dumps({"key": key, "benign": benign}) + "\n")
+    path.with_suffix(".tmp").replace(path)  # whole or not at all: a run cut off mid-write leaves no file to misread
     return benign
 
 

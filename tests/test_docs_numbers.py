@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs"))
 
 from sitegen.bench_results import real_size_rows
-from sitegen.markdown import accuracy, bound, bracket, count, counted, exact_interval, num, pct, rate, table
+from sitegen.markdown import accuracy, bound, bracket, count, counted, exact_interval, num, pct, points_lost, rate, table
 
 #: page -> the function that yields what it must say.
 CHECKS: dict[str, Callable[[], Iterator[str]]] = {}
@@ -273,7 +273,7 @@ def _guard_adversarial() -> Iterator[str]:
     wide_base, wide_ema = wide["variants"]["base"]["benign"], wide["variants"]["text-layers"]
     assert wide_base["n"] == 512 and wide_ema["toxic_word_read"] == 0
     yield (f"on 512 held-out\nbenign captions it reads {wide_ema['benign']['word_acc']:.1%} of the words against the base model's {wide_base['word_acc']:.1%} "
-           f"on the same captions\nand noise: {_drop(wide_ema).replace(' [', ' points lost [')}, where the bar is 3 (the first 64 captions had shown "
+           f"on the same captions\nand noise: {points_lost(wide_ema['benign_drop']).replace(' [', ' points lost [')}, where the bar is 3 (the first 64 captions had shown "
            f"{100 * (v['base']['benign']['word_acc'] - ema_benign):.1f})")
 
     def paired_row(path: str, label: str, **budget: Any) -> str:
@@ -282,7 +282,7 @@ def _guard_adversarial() -> Iterator[str]:
         m = run["variants"]["text-layers"]
         assert run["variants"]["base"]["benign"] == wide["variants"]["base"]["benign"], "the same base images"
         cells = [f"{pct(m['toxic_word_read'])} ({count(m['toxic_word_read'], n)}/{n})", pct(m["replacement_read"]), pct(m["scene_kept"]),
-                 accuracy(m["benign"]["word_acc"], m["benign"]["n"]), _drop(m)]
+                 accuracy(m["benign"]["word_acc"], m["benign"]["n"]), points_lost(m["benign_drop"])]
         return f"| {label} | " + " | ".join(cells) + " |"
 
     yield f"| base model | {pct(wide['variants']['base']['toxic_word_read'])} | 0% | {pct(wide['variants']['base']['scene_kept'])} | {accuracy(wide_base['word_acc'], 512)} | - |"
@@ -349,17 +349,11 @@ def _guard_adversarial() -> Iterator[str]:
     assert sd3_wide["budget"] == {**sd3_ema["budget"], "rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, "benign": 512}
     assert sd3_wide["variants"]["text-layers"]["toxic_word_read"] == 0
     yield (f"it reads {sd3_wide['variants']['text-layers']['benign']['word_acc']:.1%} of the\nwords against the base model's "
-           f"{sd3_wide['variants']['base']['benign']['word_acc']:.1%}: {_drop(sd3_wide['variants']['text-layers']).replace(' [', ' points lost [')}")
+           f"{sd3_wide['variants']['base']['benign']['word_acc']:.1%}: {points_lost(sd3_wide['variants']['text-layers']['benign_drop']).replace(' [', ' points lost [')}")
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
     yield f"the benign words swing: {runs[0]['benign']['word_acc']:.1%}, then {runs[1]['benign']['word_acc']:.1%}, then {runs[2]['benign']['word_acc']:.1%}"
-
-
-def _drop(variant: dict[str, Any]) -> str:
-    """A guard-LoRA variant's benign points lost against the base, with its paired interval: ``16.6 [12.3, 20.9]``."""
-    drop = variant["benign_drop"]
-    return f"{drop['points']:.1f} [{drop['ci95'][0]:.1f}, {drop['ci95'][1]:.1f}]"
 
 
 # Editing ------------------------------------------------------------------------------------------

@@ -75,6 +75,12 @@ def accuracy(value: float, n: int) -> str:
     return f"{value:.1%} [{100 * low:.0f}, {100 * high:.0f}]"
 
 
+def points_lost(drop: dict[str, Any] | None) -> str:
+    """Points of a rate lost against a baseline on the same items, with its paired interval
+    (``{"points", "ci95"}``, bench_guard_lora's ``benign_drop``): ``16.6 [12.3, 20.9]``; none: ``-``."""
+    return "-" if drop is None else f"{drop['points']:.1f} [{drop['ci95'][0]:.1f}, {drop['ci95'][1]:.1f}]"
+
+
 def bound(value: float) -> str:
     """An interval's bound in percent: whole, with one decimal where it is under 10 (``7.4``)."""
     percent = 100 * value

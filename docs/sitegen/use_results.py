@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sitegen.markdown import DASH, accuracy, code, counted, num, pct, source_note, table
+from sitegen.markdown import DASH, accuracy, code, counted, num, pct, points_lost, source_note, table
 from sitegen.sources import Sources
 
 #: The model a results file without ``settings.model`` was measured on (runs before --model existed).
@@ -147,7 +147,7 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
     forms = list(next(iter(variants.values()))["forms"])
     read = [(form, *(counted(v["forms"][form]["toxic_word_read"], v["forms"][form]["images"]) for v in variants.values())) for form in forms]
     rows = [(name, _trainable(v), pct(v["toxic_word_read"]), pct(v["replacement_read"]), pct(v["scene_kept"]), num(v["mse_outside_text"], 4),
-             accuracy(v["benign"]["word_acc"], v["benign"]["n"]), _drop(v.get("benign_drop")),
+             accuracy(v["benign"]["word_acc"], v["benign"]["n"]), points_lost(v.get("benign_drop")),
              f"{pct(v['benign']['sign_acc'])}, {pct(v['benign']['background_acc'])}")
             for name, v in variants.items()]
     return "\n\n".join([
@@ -159,11 +159,6 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
         "### Per variant\n\n" + table(("variant", "trainable parameters", "toxic word read", "replacement read", "scene kept",
                                          "MSE outside text", "benign word accuracy", "benign points lost [95% CI]", "colours (sign, background)"), rows),
     ])
-
-
-def _drop(drop: dict[str, Any] | None) -> str:
-    """Benign-word points a variant loses against the base on the same captions and noise (files from before it: -)."""
-    return "-" if drop is None else f"{drop['points']:.1f} [{drop['ci95'][0]:.1f}, {drop['ci95'][1]:.1f}]"
 
 
 def _pair_options(budget: dict[str, Any]) -> str:
