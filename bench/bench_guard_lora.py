@@ -1,7 +1,7 @@
 """The guard in the weights: a LoRA on an embedded model's text layers that writes a benign word where a toxic one is asked for.
 
     python bench/bench_guard_lora.py [--model textloc-tiny-sd3] [--steps 300] [--batch-size 8] [--lr 3e-3] [--rank 4] [--scenes 2] [--benign 64]
-        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--twin-fraction F] [--targets to_k,to_v] [--preserve] [--ema-decay D] [--replace W=NEW,...]
+        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--twin-fraction F] [--targets to_k,to_v] [--anchor-weight W] [--preserve] [--ema-decay D] [--replace W=NEW,...]
         [--results FILE --runs DIR]   # any option changed: a results file and runs folder of its own
 
 Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`textloc.guard.GuardPairs`:
@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--replace", help="what each toxic word is drawn as, WORD=NEW,... (default: the runtime guard's benign word of the same length)")
     parser.add_argument("--twin-fraction", type=float, default=0.0, help="GuardPairs(twin_fraction=): share of the ordinary signs drawn from the benign words sharing a letter the replacements change (default 0)")
     parser.add_argument("--targets", help="the text layers' projections the LoRA trains, e.g. to_k,to_v (default: the family's, q, k, v and out)")
+    parser.add_argument("--anchor-weight", type=float, help="train_lora's anchor_weight: hold the ordinary signs' text keys and values where the model has them (default: no anchor)")
     parser.add_argument("--preserve", action="store_true", help="GuardPairs(preserve=True): the ordinary signs' target is the model's own prediction")
     parser.add_argument("--benign", type=int, default=64, help="held-out benign captions (default 64)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
@@ -139,8 +140,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "twin_fraction": args.twin_fraction, "targets": args.targets, "scenes": args.scenes, "benign": args.benign}
-    if results.get("budget") is not None and {"rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, **results["budget"]} != budget:  # files from before --rank, --replace, --twin-fraction, --targets
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "twin_fraction": args.twin_fraction, "targets": args.targets, "anchor_weight": args.anchor_weight, "scenes": args.scenes, "benign": args.benign}
+    if results.get("budget") is not None and {"rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, "anchor_weight": None, **results["budget"]} != budget:  # files from before --rank, --replace, --twin-fraction, --targets, --anchor-weight
         raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
     results["budget"] = budget
     model = named_model(args.model)
@@ -181,7 +182,7 @@ def main() -> None:
             print(f"{variant}: training from step {first} to {args.steps} ...", flush=True)
             trained = tl.train_guard_lora(
                 pipe, **lora_layers(pipe, model.name, variant, args.targets and tuple(args.targets.split(","))), pairs=pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
-                ema_decay=args.ema_decay, checkpoint_every=25, output_dir=run, resume=True,
+                ema_decay=args.ema_decay, anchor_weight=args.anchor_weight, checkpoint_every=25, output_dir=run, resume=True,
             )
             record.update(trainable_parameters=trained.trainable_parameters, trainable_share=trained.trainable_share, layers=len(trained.layers))
             if first < args.steps:  # a run finished before has no time of its own to report

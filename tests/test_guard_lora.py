@@ -14,6 +14,7 @@ import textloc.pipelines
 from textloc.cli import main
 from textloc.engine import denoiser, select_layers
 from textloc.guard import GuardPairs, ToxicTextGuard
+from textloc.guard.lora import ANCHOR_PROMPTS
 from textloc.guard.forms import FORMS
 from textloc.pipeline_calls import images_of
 from textloc.testing import tiny_call_kwargs, tiny_pipeline
@@ -62,6 +63,16 @@ def test_no_held_out_scene_is_drawn_and_ordinary_signs_keep_the_fraction(pairs):
     assert abs(len(ordinary) / DRAWS - 0.5) < 0.1, "half the examples are ordinary signs of the benign words"
     assert all(GuardPairs(toxic_fraction=1.0).pair(index).form is not None for index in range(40))
     assert all(GuardPairs(toxic_fraction=0).pair(index).form is None for index in range(40)), "0: the control, ordinary signs only"
+
+
+def test_the_anchor_holds_the_ordinary_signs_captions_in_the_streams_order(pairs):
+    stream = GuardPairs()
+    anchored = stream.anchor_prompts
+    ordinary = [pair.caption for pair in pairs if pair.form is None]
+    assert len(anchored) == ANCHOR_PROMPTS and anchored[: len(ordinary)] == tuple(ordinary[:ANCHOR_PROMPTS])
+    assert not any(word in caption.upper() for caption in anchored for word in TOXIC_WORDS)
+    with pytest.raises(ValueError, match="toxic_fraction=1 draws no ordinary signs"):
+        GuardPairs(toxic_fraction=1.0).anchor_prompts
 
 
 def test_twin_signs_are_the_benign_words_using_a_letter_the_replacement_changes_in_its_slot():
@@ -145,6 +156,7 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
         (["--train"], "needs --max-train-steps"),
         (["--train", "--max-train-steps", "2", "--toxic-fraction", "1.5"], "toxic_fraction"),
         (["--train", "--max-train-steps", "2", "--replace", "drop"], "learns to write a word"),
+        (["--train", "--max-train-steps", "2", "--anchor-weight", "0"], "anchor_weight=0"),
         ([], "give --prompt"),
     ],
 )
@@ -158,9 +170,11 @@ def test_the_command_refuses_bad_training_input_in_one_line_before_loading(capsy
 def test_the_command_writes_a_lora_tl_load_lora_loads(capsys, tmp_path):
     out = tmp_path / "lora"
     status, _ = _cli(capsys, "guard", "--train", "--model", "tiny-random-deepfloyd-if", "--layers", "all", "--max-train-steps", "1",
-                     "--batch-size", "2", "--lr", "0.05", "--ema-decay", "0.9", "--out", str(out))
+                     "--batch-size", "2", "--lr", "0.05", "--ema-decay", "0.9", "--anchor-weight", "2", "--out", str(out))
     assert status == 0 and (out / "pytorch_lora_weights.safetensors").is_file()
-    assert json.loads((out / "training.json").read_text())["ema_decay"] == 0.9  # the command's training options reach the run
+    record = json.loads((out / "training.json").read_text())
+    assert record["ema_decay"] == 0.9 and record["anchor_weight"] == 2  # the command's training options reach the run
+    assert record["anchor_prompts"] == list(GuardPairs().anchor_prompts)  # the pairs' ordinary signs, by default
     pipe = tiny_pipeline("deepfloyd-if")
     base = _images(pipe)
     tl.load_lora(pipe, out)

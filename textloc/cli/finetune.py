@@ -64,8 +64,9 @@ def add_finetune(subcommands: argparse._SubParsersAction, parents: list[argparse
         "or comma-separated names such as to_k,to_v (default: q, k, v and out; IF also its text K/V)",
     )
     for name, metavar in (("lr", "LR"), ("batch_size", "B"), ("grad_accum", "K"), ("mixed_precision", None), ("resolution", "PX"),
-                          ("checkpoint_every", "N"), ("validate_every", "N"), ("ema_decay", "D")):
+                          ("checkpoint_every", "N"), ("validate_every", "N"), ("ema_decay", "D"), ("anchor_weight", "W")):
         add_config_option(parser, TrainConfig, name, metavar)
+    parser.add_argument("--anchor-prompt", action="append", metavar="P", help="a prompt whose text keys and values the anchor holds (repeatable; needs --anchor-weight)")
     parser.add_argument(
         "--validation-prompt", action="append", metavar="P",
         help="a validation prompt quoting its text (repeatable; default with rendered signs: 8 held-out captions of their words)",
@@ -114,7 +115,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             rank=args.rank, alpha=args.alpha, steps=args.max_train_steps, lr=args.lr, batch_size=args.batch_size,
             grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, checkpoint_every=args.checkpoint_every,
             validate_every=args.validate_every, validation_prompts=prompts or (), ema_decay=args.ema_decay, seed=args.seed,
-            resolution=args.resolution,
+            resolution=args.resolution, anchor_weight=args.anchor_weight, anchor_prompts=args.anchor_prompt or (),
         )
     except (TypeError, ValueError) as error:
         raise CommandError(str(error)) from None

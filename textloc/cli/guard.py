@@ -73,7 +73,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
     training = parser.add_argument_group("the guard LoRA (--train)")
     training.add_argument("--train", action="store_true", help="train the guard LoRA on the text layers (--layers) instead of generating a prompt")
     training.add_argument("--max-train-steps", type=positive_int, metavar="N", help="optimizer steps (needed with --train)")
-    for name, metavar in (("rank", "R"), ("lr", "LR"), ("batch_size", "B"), ("ema_decay", "D"), ("checkpoint_every", "N")):
+    for name, metavar in (("rank", "R"), ("lr", "LR"), ("batch_size", "B"), ("ema_decay", "D"), ("checkpoint_every", "N"), ("anchor_weight", "W")):
         add_config_option(training, TrainConfig, name, metavar)
     training.add_argument(
         "--toxic-fraction", type=float, default=0.5, metavar="F",
@@ -139,7 +139,7 @@ def run_train(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     try:
         config = TrainConfig(rank=args.rank, lr=args.lr, batch_size=args.batch_size, steps=args.max_train_steps,
-                             ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, seed=args.seed)
+                             ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every, anchor_weight=args.anchor_weight, seed=args.seed)
         pairs = GuardPairs(replace=args.replace, detector=args.detector, toxic_fraction=args.toxic_fraction, seed=args.seed)
     except (TypeError, ValueError) as error:
         raise CommandError(f"--train: {one_line(error)}") from None

@@ -70,9 +70,9 @@ class _Source:
         else:
             return None
         length = mask.shape[-1]
-        if cached.shape[-1] > length and _attends(cached[..., length:]).any():
+        if cached.shape[-1] > length and attends(cached[..., length:]).any():
             raise ValueError(
-                f"The source prompt needs {int(_attends(cached).sum(-1).max())} text tokens but this run "
+                f"The source prompt needs {int(attends(cached).sum(-1).max())} text tokens but this run "
                 f"keeps {length}; raise max_sequence_length (where the pipeline pads each call to its longest "
                 "prompt, as Qwen-Image does, batch the prompt with one as long as the source)."
             )
@@ -80,7 +80,7 @@ class _Source:
         return fitted.to(mask.device)
 
 
-def _attends(mask: torch.Tensor) -> torch.Tensor:
+def attends(mask: torch.Tensor) -> torch.Tensor:
     """Where a mask lets a token be attended: a keep-mask (bool, or 0/1 integers) or an additive bias."""
     if mask.dtype == torch.bool:
         return mask
@@ -321,7 +321,7 @@ class LayerHooks:
                     "kv='both', or give source and prompt the same token length."
                 )
             swapped[targets] = source_mask
-        if mask is None and bool(_attends(swapped).all()):
+        if mask is None and bool(attends(swapped).all()):
             return kwargs
         if text_keys is not None:
             if full is not None:

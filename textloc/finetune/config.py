@@ -30,6 +30,8 @@ class TrainConfig:
     validate_every: int | None = setting(None, "steps between validations (also before the first and after the last)")
     validation_prompts: tuple[str, ...] = setting((), "prompts that quote the text they ask for, generated and read by OCR at each validation")
     ema_decay: float | None = setting(None, "decay of an exponential moving average of the LoRA's weights, which validation samples and the run saves (diffusers' --use_ema, EMAModel); None: the last step's weights")
+    anchor_weight: float | None = setting(None, "weight of the anchor, a penalty on how far the LoRA moves the anchor prompts' text keys and values, relative to their size (e.g. 1; unset: no anchor)")
+    anchor_prompts: tuple[str, ...] = setting((), "prompts whose text keys and values the anchor holds (default: those the dataset offers, e.g. the guard's ordinary signs)")
     seed: int = setting(0, "seed of every draw: the examples' order, VAE samples, timesteps, noise")
     resolution: int | None = setting(None, "training image side (default: the model's own: an embedded model's, else the pipeline's default)")
 
@@ -37,6 +39,13 @@ class TrainConfig:
         if isinstance(self.validation_prompts, str):
             raise TypeError(f"validation_prompts is a list of prompts, e.g. [{self.validation_prompts!r}].")
         object.__setattr__(self, "validation_prompts", tuple(self.validation_prompts))
+        if isinstance(self.anchor_prompts, str):
+            raise TypeError(f"anchor_prompts is a list of prompts, e.g. [{self.anchor_prompts!r}].")
+        object.__setattr__(self, "anchor_prompts", tuple(self.anchor_prompts))
+        if self.anchor_weight is not None and (isinstance(self.anchor_weight, bool) or not self.anchor_weight > 0):
+            raise ValueError(f"anchor_weight={self.anchor_weight!r}: the anchor's weight is a positive number (e.g. 10), or None for no anchor.")
+        if self.anchor_prompts and self.anchor_weight is None:
+            raise ValueError("anchor_prompts without anchor_weight do nothing: give the anchor a weight, e.g. anchor_weight=10.")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise ValueError(f"rank={self.rank!r}: a LoRA rank is a positive integer (diffusers' scripts default to 4).")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):

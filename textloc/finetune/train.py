@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 
 from textloc import distributed, seeding
 from textloc.architectures import family_of
-from textloc.engine import conditional_settings, denoiser, denoiser_inputs, denoiser_parameter_count
+from textloc.engine import conditional_settings, denoiser, denoiser_inputs, denoiser_parameter_count, text_input_moments
+from textloc.finetune.anchor import TextAnchor, anchored_paths
 from textloc.finetune.config import TrainConfig
 from textloc.finetune.data import as_captioned_images, example_index
 from textloc.finetune.lora import TRAINING_FILE, add_lora, lora_parameters, lora_state_dict, save_lora, set_lora_state_dict
@@ -150,6 +151,8 @@ def train_lora(
     batch_size, grad_accum, mixed_precision = config.batch_size, config.grad_accum, config.mixed_precision
     checkpoint_every, validate_every, validation_prompts = config.checkpoint_every, config.validate_every, config.validation_prompts
     resolution = config.resolution or model_image_side(pipe)
+    anchor_prompts = _anchor_prompts(config, data)
+    anchored = anchored_paths(selected, paths) if anchor_prompts else []
 
     accelerator = distributed.accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
     output_dir = Path(output_dir)
@@ -167,6 +170,7 @@ def train_lora(
         "seed": seed,
         "dataset": _describe(data),
         "ema_decay": config.ema_decay,
+        **({"anchor_weight": config.anchor_weight, "anchor_prompts": list(anchor_prompts)} if anchor_prompts else {}),
         "steps": steps,
         "checkpoint_every": checkpoint_every,
         "validate_every": validate_every,
@@ -181,7 +185,14 @@ def train_lora(
     start = 0
 
     total = denoiser_parameter_count(pipe)  # the model's own, before the LoRA adds any
+    moments = None
+    if anchor_prompts:  # what the anchor prompts' text tokens give the projections, read on the base model
+        conditioning = conditional_settings(pipe, generate_kwargs)
+        # One prompt a call: families that pack each row's own text length (Lumina 2, Ideogram 4, ...) take no mixed batch.
+        held = [layer for layer in selected if any(path.startswith(f"{layer.name}.") for path in anchored)]
+        moments = text_input_moments(pipe, held, anchor_prompts, batch_size=1, progress=progress and accelerator.is_main_process, **conditioning)
     lora_config = add_lora(pipe, paths, rank, alpha, seed)
+    anchor = None if moments is None else TextAnchor(pipe, anchored, moments)
     trainable = sum(parameter.numel() for parameter in lora_parameters(pipe))
     if accelerator.is_main_process:
         print(f"LoRA on {len(settings['layers'])} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
@@ -226,6 +237,8 @@ def train_lora(
                 items = range(first, first + batch_size)
                 with accelerator.accumulate(trained_model):
                     micro_loss = batch_loss(pipe, trained_model, objective, data, items, seed, capture)
+                    if anchor is not None:
+                        micro_loss = micro_loss + config.anchor_weight * anchor()
                     accelerator.backward(micro_loss)
                     optimizer.step()
                     optimizer.zero_grad()
@@ -272,6 +285,16 @@ def batch_loss(pipe: Any, model: torch.nn.Module, objective: Objective, data: An
     # their target is the model's own prediction (see Objective.loss).
     preserved = getattr(data, "preserved", None)
     return objective.loss(model, inputs, clean, seeds, [bool(preserved(index)) for index in indices] if preserved else ())
+
+
+def _anchor_prompts(config: TrainConfig, data: Any) -> tuple[str, ...]:
+    """The prompts the anchor holds: the config's, else those the dataset offers (``data.anchor_prompts``)."""
+    if config.anchor_weight is None:
+        return ()
+    prompts = config.anchor_prompts or tuple(getattr(data, "anchor_prompts", ()))
+    if not prompts:
+        raise ValueError("anchor_weight needs anchor_prompts: prompts whose text keys and values the LoRA should leave as they are.")
+    return prompts
 
 
 def capture_settings(pipe: Any, generate_kwargs: dict[str, Any], resolution: int) -> dict[str, Any]:

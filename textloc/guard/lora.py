@@ -46,6 +46,9 @@ from textloc.tiny.data import (
 #: Share of the examples that ask for a toxic word; the rest are ordinary signs of the benign
 #: words, so that what the LoRA learns for toxic words leaves the others as they were.
 TOXIC_FRACTION = 0.5
+#: How many of the ordinary signs' captions the anchor holds (``TrainConfig.anchor_weight``):
+#: their text tokens are what the LoRA must leave as the model reads them.
+ANCHOR_PROMPTS = 256
 #: Share of the toxic captions with the word in double quotes (how the model was trained to be
 #: asked); the others take the remaining forms in turn, evenly.
 DOUBLE_QUOTED_FRACTION = 0.5
@@ -167,6 +170,21 @@ class GuardPairs:
         image, _, glyphs = render_sign(written, sign, background, shape, offset)
         caption = caption_for(FORMS[form](asked), sign, background, template.replace('"{word}"', "{word}"))
         return GuardPair(image, glyphs, caption, asked, written, sign, background, form)
+
+    @property
+    def anchor_prompts(self) -> tuple[str, ...]:
+        """The captions of the first :data:`ANCHOR_PROMPTS` ordinary signs of the stream: what
+        ``train_lora``'s anchor holds (with ``anchor_weight``) where no other prompts are given."""
+        if self.toxic_fraction == 1:
+            raise ValueError("toxic_fraction=1 draws no ordinary signs to anchor: give TrainConfig(anchor_prompts=...) instead.")
+        captions: list[str] = []
+        index = 0
+        while len(captions) < ANCHOR_PROMPTS:
+            pair = self.pair(index)
+            if pair.form is None:
+                captions.append(pair.caption)
+            index += 1
+        return tuple(captions)
 
     def example(self, index: int) -> tuple[Image.Image, str]:
         pair = self.pair(index)

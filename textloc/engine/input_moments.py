@@ -1,0 +1,64 @@
+"""Second moments of what text K/V projections read, summed as a run goes: the hooks of :func:`textloc.engine.text_input_moments`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers.hooks import ModelHook
+
+from textloc.engine.eager import eager
+from textloc.engine.layer_hooks import attends
+from textloc.engine.units import AttentionLayer
+
+
+class InputMoments:
+    """Sums ``x xᵀ`` over the text tokens each hooked projection reads, where the layer attends to them."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, path: str, text: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Add the text tokens ``text`` (``[rows, tokens, features]``) that projection ``path`` read;
+        ``mask``: the layer's text mask (``None``: every token attended)."""
+        tokens = text.detach().float()
+        if mask is not None:
+            keep = attends(mask).reshape(mask.shape[0], -1).expand(tokens.shape[0], -1)
+            if keep.shape[-1] != tokens.shape[1]:
+                raise ValueError(f"{path} read {tokens.shape[1]} text tokens but its layer's mask covers {keep.shape[-1]}.")
+            tokens = tokens[keep.to(tokens.device)]
+        tokens = tokens.reshape(-1, tokens.shape[-1])
+        moment = tokens.T @ tokens
+        if path in self.sums:
+            self.sums[path] += moment.cpu()
+            self.counts[path] += tokens.shape[0]
+        else:
+            self.sums[path], self.counts[path] = moment.cpu(), tokens.shape[0]
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        """Each projection's ``E[x xᵀ]`` over every token added."""
+        return {path: total / self.counts[path] for path, total in self.sums.items()}
+
+
+class ProjectionInputHook(ModelHook):
+    """On a text K/V projection: its input's text tokens go to an :class:`InputMoments`."""
+
+    def __init__(self, hooks: Any, path: str, moments: InputMoments):
+        super().__init__()
+        self.hooks, self.path, self.moments = hooks, path, moments
+
+    @eager
+    def pre_forward(self, module, *args, **kwargs):
+        inputs = args[0] if args else kwargs["input"]
+        self.moments.add(self.path, self.hooks.text_slice(inputs), self.hooks.mask)
+        return args, kwargs
+
+
+def text_kv_paths(layer: AttentionLayer) -> tuple[str, ...]:
+    """The full module paths of ``layer``'s text K/V projections (one where they are fused)."""
+    route = layer.route
+    if route is None or route.kind == "pooled":
+        raise ValueError(f"{layer.name} has no text keys or values to record the inputs of (a {layer.kind} unit).")
+    names = dict.fromkeys((route.key.name, route.value.name))
+    return tuple(f"{layer.name}.{name}" for name in names)
