@@ -21,6 +21,9 @@ accuracy, sign and background colour accuracy), and each LoRA against the base m
 captions and noise: the points it loses, with a paired bootstrap interval over captions, and the
 words of the captions it loses (``benign_drop``; the base model's verdicts are kept under
 runs/bench_guard_lora-benign/ for every budget's file, and a rerun of a finished file adds them).
+A LoRA on named projections (``--targets``) also gets ``kv_change``: how far it moves its layers'
+text keys and values, relative to their size (what ``--anchor-weight``'s anchor penalises), on 128
+held-out benign captions and on 128 of the pairs' toxic captions.
 
 LoRA folders go under runs/bench_guard_lora/ (``-tiny-sd3`` for the other model; resumable: a rerun
 continues training from the last checkpoint, and a longer ``--steps`` continues a finished run);
@@ -44,8 +47,11 @@ import textloc as tl
 from bench_finetune import checkpoint_step, generate as generate_chunked  # beside this script
 from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, kept_images, scenes_suffix, score_method
 from embedded import DEFAULT_MODEL, ROOT, add_model_argument, layers_dir, results_file, short_name
-from textloc.engine import attention_layers
+from textloc.engine import attention_layers, conditional_settings, denoiser, text_input_moments
+from textloc.finetune.anchor import TextAnchor, anchored_paths
+from textloc.finetune.lora import lora_disabled
 from textloc.guard import GuardPairs, ToxicTextGuard
+from textloc.layers import resolve_layers
 from textloc.localization.stats import interval
 from textloc.models import named_model
 from textloc.pipeline_calls import call_kwargs
@@ -64,7 +70,11 @@ def runs_dir(model: str) -> Path:
 def lora_layers(pipe: Any, model: str, variant: str, projections: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``train_guard_lora``'s ``layers``/``targets`` for a LoRA variant (``projections``: of each text layer; default its family's)."""
     if variant == "text-layers":
-        return {"layers": layers_dir(model), "targets": projections}
+        if projections is None:
+            return {"layers": layers_dir(model), "targets": None}
+        # Named projections are an attention's: a pooled unit of the localization (SD3's) has none, and is left out.
+        layers = [layer.name for layer in resolve_layers(pipe, layers_dir(model)) if layer.kind != "pooled"]
+        return {"layers": layers, "targets": projections}
     every = [layer.name for layer in attention_layers(pipe) if layer.kind != "pooled"]  # self-attention included
     return {"layers": None, "targets": [f"{name}.{p}" for name in every for p in ("to_q", "to_k", "to_v", "to_out.0")]}
 
@@ -107,6 +117,28 @@ def benign_drop(base: dict[str, Any], variant: dict[str, Any], pairs: GuardPairs
         "twin_words": list(pairs.twin_words),
         "twin_share": {"lost": sum(word in twins for word in lost) / max(len(lost), 1), "captions": sum(word in twins for word in words) / len(words)},
     }
+
+
+def kv_change(model: str, folder: Path, pairs: GuardPairs, count: int = 128) -> dict[str, float]:
+    """How far the LoRA in ``folder`` moves the text keys and values of its layers, relative to their
+    size (what ``train_lora``'s anchor measures, :class:`textloc.finetune.anchor.TextAnchor`): on
+    ``count`` held-out benign captions and on ``count`` of the pairs' toxic captions."""
+    pipe = tl.load_pipeline(model)
+    layers = resolve_layers(pipe, json.loads((folder / "training.json").read_text())["layers"])
+    tl.load_lora(pipe, folder)
+    modules = dict(denoiser(pipe).named_modules())
+    trained = [path for path, module in modules.items() if hasattr(module, "lora_A") and len(module.lora_A)]
+    anchored = anchored_paths(layers, trained)
+    adapter = next(iter(modules[next(iter(anchored))].lora_A))  # the name pipe.load_lora_weights gave it
+    toxic = [pair.caption for pair in map(pairs.pair, range(4 * count)) if pair.form is not None][:count]
+    benign = [make_example(EVAL_SEED, index, held_out=True, words=pairs.benign_words).caption for index in range(count)]
+    settings = call_kwargs(pipe, **named_model(model).settings)
+    change = {}
+    for name, prompts in (("benign", benign), ("toxic", toxic)):
+        with lora_disabled(denoiser(pipe)):
+            moments = text_input_moments(pipe, layers, prompts, progress=False, **conditional_settings(pipe, settings))
+        change[name] = float(TextAnchor(pipe, anchored, moments, adapter)().detach())
+    return change
 
 
 def overall(forms: dict[str, dict[str, Any]], key: str) -> float | None:
@@ -210,6 +242,9 @@ def main() -> None:
         for name, other in done.items():
             if name != "base":
                 other["benign_drop"] = benign_drop(done["base"]["benign"], other["benign"], pairs)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+    if "text-layers" in done and args.targets:  # a LoRA on named projections: how far it moves their text K/V
+        done["text-layers"]["kv_change"] = kv_change(model.name, args.runs / "text-layers", pairs)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
 

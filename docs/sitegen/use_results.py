@@ -170,6 +170,10 @@ def _pair_options(budget: dict[str, Any]) -> str:
         options.append(f"replacements {budget['replace']}")
     if budget.get("twin_fraction"):
         options.append(f"twin fraction {budget['twin_fraction']}")
+    if budget.get("targets"):
+        options.append(f"targets {budget['targets']}")
+    if budget.get("anchor_weight") is not None:
+        options.append(f"anchor weight {budget['anchor_weight']}")
     if budget.get("preserve"):
         options.append("ordinary signs preserved")
     if budget.get("ema_decay") is not None:

@@ -48,9 +48,13 @@ def anchored_paths(layers: Sequence[AttentionLayer], paths: Sequence[str]) -> di
 class TextAnchor:
     """The anchor of the LoRA that :func:`~textloc.finetune.lora.add_lora` put on ``pipe``, over its
     projections ``anchored`` (:func:`anchored_paths`), from the anchor prompts' input moments
-    (``moments``: projection path -> ``Σ``, recorded on the base model)."""
+    (``moments``: projection path -> ``Σ``, recorded on the base model); ``adapter``: the LoRA's
+    name in peft's layers (a LoRA loaded by ``pipe.load_lora_weights`` gets diffusers' own)."""
 
-    def __init__(self, pipe: Any, anchored: Mapping[str, list[slice] | None], moments: Mapping[str, torch.Tensor]):
+    def __init__(
+        self, pipe: Any, anchored: Mapping[str, list[slice] | None], moments: Mapping[str, torch.Tensor], adapter: str = ADAPTER_NAME,
+    ):
+        self.adapter = adapter
         modules = dict(denoiser(pipe).named_modules())
         self.terms = []
         for path, blocks in anchored.items():
@@ -67,11 +71,11 @@ class TextAnchor:
         """The mean, over the anchored projections, of ``tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)``; differentiable in the LoRA's weights."""
         total = 0.0
         for module, rows, moment, size in self.terms:
-            down = module.lora_A[ADAPTER_NAME].weight.float()
-            up = module.lora_B[ADAPTER_NAME].weight.float()
+            down = module.lora_A[self.adapter].weight.float()
+            up = module.lora_B[self.adapter].weight.float()
             if rows is not None:  # a fused projection: its K and V rows alone
                 up = up[rows]
-            scale = module.scaling[ADAPTER_NAME]
+            scale = module.scaling[self.adapter]
             moment = moment.to(down.device)
             total = total + scale * scale * (up @ (down @ moment @ down.T) * up).sum() / size
         return total / len(self.terms)
