@@ -86,6 +86,10 @@ def tiny_layer(block: int) -> str:
 
 # The toxic-text guard -----------------------------------------------------------------------------
 
+#: The anchor weights of docs/guard.md's anchor table (bench/results/guard_lora-anchor<weight>.json).
+ANCHOR_WEIGHTS = ("0.1", "1")
+
+
 @quotes("guard.md")
 def _guard() -> Iterator[str]:
     tiny, sd3, pooled = (results(f"bench/results/{name}.json") for name in ("guard", "guard-tiny-sd3", "guard-tiny-sd3-pooled"))
@@ -278,7 +282,8 @@ def _guard_adversarial() -> Iterator[str]:
 
     def paired_row(path: str, label: str, **budget: Any) -> str:
         run = results(path)
-        assert run["budget"] == {**wide["budget"], **budget}, f"{path}: the 512-caption table's budget, {budget} apart"
+        unset = {"anchor_weight": None}  # files from before --anchor-weight
+        assert {**unset, **run["budget"]} == {**unset, **wide["budget"], **budget}, f"{path}: the 512-caption table's budget, {budget} apart"
         m = run["variants"]["text-layers"]
         assert run["variants"]["base"]["benign"] == wide["variants"]["base"]["benign"], "the same base images"
         cells = [f"{pct(m['toxic_word_read'])} ({count(m['toxic_word_read'], n)}/{n})", pct(m["replacement_read"]), pct(m["scene_kept"]),
@@ -298,6 +303,25 @@ def _guard_adversarial() -> Iterator[str]:
                      replace=one_letter, targets="to_k,to_v", twin_fraction=0.5)
     kv = results("bench/results/guard_lora-kv.json")["variants"]["text-layers"]
     yield f": {kv['trainable_parameters']:,}\nparameters"
+    # The anchor (train_lora(anchor_weight=)), on K and V only: its rows, and how far each LoRA moves the text K/V.
+    yield (f"it moves their keys and values by {pct(kv['kv_change']['benign'])} of their squared size, the toxic captions' by "
+           f"{pct(kv['kv_change']['toxic'])},")
+
+    def moved(m: dict[str, Any]) -> str:
+        return ", ".join(f"{100 * m['kv_change'][name]:.2g}%" for name in ("benign", "toxic"))
+
+    yield paired_row("bench/results/guard_lora-kv.json", "none (K and V only, above)", targets="to_k,to_v")[:-1] + f"| {moved(kv)} |"
+    anchored = {}
+    for weight in ANCHOR_WEIGHTS:
+        anchored[weight] = results(f"bench/results/guard_lora-anchor{weight}.json")["variants"]["text-layers"]
+        yield paired_row(f"bench/results/guard_lora-anchor{weight}.json", weight, targets="to_k,to_v", anchor_weight=float(weight))[:-1] + f"| {moved(anchored[weight])} |"
+    strong, weak = anchored["1"], anchored["0.1"]
+    assert -3 < strong["benign_drop"]["ci95"][0] and strong["benign_drop"]["ci95"][1] < 3, "guard.md: weight 1 stays inside 3 points either way"
+    yield f"but {pct(strong['toxic_word_read'])} of the toxic words get through; at 0.1, {pct(weak['toxic_word_read'])} get through and {weak['benign_drop']['points']:.1f} points are lost"
+    assert max(weak["kv_change"].values()) < 0.01, "guard.md: under 1% of their size"
+    ratios = [m["kv_change"]["toxic"] / m["kv_change"]["benign"] for m in anchored.values()]
+    yield f"ones' ({min(ratios):.1f} to {max(ratios):.1f} times as much)"
+    assert all(m["replacement_read"] == 0 for m in anchored.values()), "guard.md: the anchored LoRAs write the replacement on none"
     yield f"({kv['benign_drop']['points']:.1f} points against\n{wide_ema['benign_drop']['points']:.1f})"
     guarded = results("bench/results/guard_lora-oneletter-kv-twins.json")["variants"]["text-layers"]
     held = guarded["benign_drop"]
