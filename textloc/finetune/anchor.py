@@ -6,8 +6,8 @@ over the anchor prompts' text tokens is ``tr(ΔW Σ ΔWᵀ)``, with ``Σ`` their
 term is taken relative to the size of its own outputs there (less any bias), ``tr(W Σ Wᵀ)``, so a weight means the
 same on any model: 0.01 is a change of a tenth of the outputs' root mean square. The anchor is the
 mean over the anchored projections. Where the text K/V depend on the prompt alone (``cross`` and
-``added_kv`` layers), a LoRA on those projections alone changes nothing else, so the anchor bounds
-exactly how far it can move what the anchor prompts condition.
+``added_kv`` layers), a LoRA on those projections alone changes nothing else, so the anchor
+measures all that it changes for the anchor prompts.
 """
 
 from __future__ import annotations
@@ -65,17 +65,20 @@ class TextAnchor:
                 weight = weight[rows]
             moment = moments[path].to(weight.device)
             size = float((weight @ moment * weight).sum())
-            self.terms.append((module, rows, moment, size))
+            self.terms.append([module, rows, moment, size])
 
     def __call__(self) -> torch.Tensor:
         """The mean, over the anchored projections, of ``tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)``; differentiable in the LoRA's weights."""
         total = 0.0
-        for module, rows, moment, size in self.terms:
+        for term in self.terms:
+            module, rows, moment, size = term
             down = module.lora_A[self.adapter].weight.float()
             up = module.lora_B[self.adapter].weight.float()
+            if moment.device != down.device:  # the model moved (train_lora's accelerator): follow it once
+                term[1] = rows = None if rows is None else rows.to(down.device)
+                term[2] = moment = moment.to(down.device)
             if rows is not None:  # a fused projection: its K and V rows alone
                 up = up[rows]
             scale = module.scaling[self.adapter]
-            moment = moment.to(down.device)
             total = total + scale * scale * (up @ (down @ moment @ down.T) * up).sum() / size
         return total / len(self.terms)
