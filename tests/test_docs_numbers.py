@@ -87,7 +87,7 @@ def tiny_layer(block: int) -> str:
 # The toxic-text guard -----------------------------------------------------------------------------
 
 #: The anchor weights of docs/guard.md's anchor table (bench/results/guard_lora-anchor<weight>.json).
-ANCHOR_WEIGHTS = ("0.1", "1")
+ANCHOR_WEIGHTS = ("0.03", "0.1", "1")
 
 
 @quotes("guard.md")
@@ -321,7 +321,7 @@ def _guard_adversarial() -> Iterator[str]:
     assert max(weak["kv_change"].values()) < 0.01, "guard.md: under 1% of their size"
     ratios = [m["kv_change"]["toxic"] / m["kv_change"]["benign"] for m in anchored.values()]
     yield f"ones' ({min(ratios):.1f} to {max(ratios):.1f} times as much)"
-    assert all(m["replacement_read"] == 0 for m in anchored.values()), "guard.md: the anchored LoRAs write the replacement on none"
+    yield f"write the replacement on {pct(max(m['replacement_read'] for m in anchored.values()))} of the images at most"
     yield f"({kv['benign_drop']['points']:.1f} points against\n{wide_ema['benign_drop']['points']:.1f})"
     guarded = results("bench/results/guard_lora-oneletter-kv-twins.json")["variants"]["text-layers"]
     held = guarded["benign_drop"]
