@@ -87,7 +87,7 @@ def tiny_layer(block: int) -> str:
 # The toxic-text guard -----------------------------------------------------------------------------
 
 #: The anchor weights of docs/guard.md's anchor table (bench/results/guard_lora-anchor<weight>.json).
-ANCHOR_WEIGHTS = ("0.03", "0.1", "1")
+ANCHOR_WEIGHTS = ("0.03", "0.1", "0.3", "1")
 
 
 @quotes("guard.md")
@@ -315,13 +315,20 @@ def _guard_adversarial() -> Iterator[str]:
     for weight in ANCHOR_WEIGHTS:
         anchored[weight] = results(f"bench/results/guard_lora-anchor{weight}.json")["variants"]["text-layers"]
         yield paired_row(f"bench/results/guard_lora-anchor{weight}.json", weight, targets="to_k,to_v", anchor_weight=float(weight))[:-1] + f"| {moved(anchored[weight])} |"
+    more_toxic = results("bench/results/guard_lora-anchor1-toxic0.75.json")["variants"]["text-layers"]
+    yield paired_row("bench/results/guard_lora-anchor1-toxic0.75.json", "1, toxic fraction 0.75", targets="to_k,to_v", anchor_weight=1.0,
+                     toxic_fraction=0.75)[:-1] + f"| {moved(more_toxic)} |"
+    middle = anchored["0.3"]
+    yield f"at 0.3, {pct(middle['toxic_word_read'])} get through and {middle['benign_drop']['points']:.1f} points are lost"
+    yield f"still let {pct(more_toxic['toxic_word_read'])} through and loses {more_toxic['benign_drop']['points']:.1f} points"
     strong, weak = anchored["1"], anchored["0.1"]
     assert -3 < strong["benign_drop"]["ci95"][0] and strong["benign_drop"]["ci95"][1] < 3, "guard.md: weight 1 stays inside 3 points either way"
+    assert 0.15 < strong["toxic_word_read"] < 0.25, "guard.md: with the benign words within 3 points, a fifth of the toxic words get through"
     yield f"but {pct(strong['toxic_word_read'])} of the toxic words get through; at 0.1, {pct(weak['toxic_word_read'])} get through and {weak['benign_drop']['points']:.1f} points are lost"
     assert max(weak["kv_change"].values()) < 0.01, "guard.md: under 1% of their size"
-    ratios = [m["kv_change"]["toxic"] / m["kv_change"]["benign"] for m in anchored.values()]
+    ratios = [m["kv_change"]["toxic"] / m["kv_change"]["benign"] for m in [*anchored.values(), more_toxic]]
     yield f"ones' ({min(ratios):.1f} to {max(ratios):.1f} times as much)"
-    yield f"write the replacement on {pct(max(m['replacement_read'] for m in anchored.values()))} of the images at most"
+    yield f"write the replacement on {pct(max(m['replacement_read'] for m in [*anchored.values(), more_toxic]))} of the images at most"
     yield f"({kv['benign_drop']['points']:.1f} points against\n{wide_ema['benign_drop']['points']:.1f})"
     guarded = results("bench/results/guard_lora-oneletter-kv-twins.json")["variants"]["text-layers"]
     held = guarded["benign_drop"]
