@@ -332,8 +332,12 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
     common = ["--threads", "1"]
     train = ["finetune", "--model", "tiny-random-sd15", "--layers", "up_blocks.*", "--data", "textloc-tiny", "--max-train-steps", "2",
              "--batch-size", "2", "--lr", "0.05", "--ema-decay", "0.9", "--out", str(out)]
-    assert main([*common, *train]) == 0
-    assert json.loads((out / "training.json").read_text())["ema_decay"] == 0.9
+    anchor = ["--anchor-weight", "1", "--anchor-prompt", 'A sign that says "DOOR".']
+    assert main([*common, *train, "--anchor-weight", "1"]) == 2  # an anchor with no prompt to hold, before the model loads
+    assert "--anchor-prompt" in capsys.readouterr().err and not out.exists()
+    assert main([*common, *train, *anchor]) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["ema_decay"] == 0.9 and record["anchor_weight"] == 1 and record["anchor_prompts"] == ['A sign that says "DOOR".']
     printed = capsys.readouterr().out
     assert "trainable parameters" in printed and "validation word accuracy" in printed
     assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "validation.png").is_file()
@@ -352,9 +356,9 @@ def test_cli_trains_a_lora_that_generate_then_uses(tmp_path, capsys):
     assert main([*other, "--lora-on-other-weights"]) == 2 and "names no module of this" in capsys.readouterr().err
     assert not (tmp_path / "other.png").exists()
 
-    assert main([*common, *train]) == 2  # the folder holds that run now
+    assert main([*common, *train, *anchor]) == 2  # the folder holds that run now
     assert "already holds a LoRA run" in capsys.readouterr().err
-    assert main([*common, *train[:5], "--data", str(tmp_path / "nowhere"), *train[7:]]) == 2
+    assert main([*common, *train[:5], "--data", str(tmp_path / "nowhere"), *train[7:], *anchor]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -107,6 +107,8 @@ def run_finetune(args: argparse.Namespace) -> int:
     from textloc.pipeline_calls import call_kwargs
 
     data = _training_data(args)  # a bad folder or word file is refused before the model loads
+    if args.anchor_weight is not None and not args.anchor_prompt:
+        raise CommandError("--anchor-weight holds the text keys and values of --anchor-prompt P (repeatable): give at least one.")
     prompts = args.validation_prompt
     if prompts is None and isinstance(data, RenderedSigns):
         prompts = data.held_out_captions(8)

@@ -43,9 +43,9 @@ class TrainConfig:
             raise TypeError(f"anchor_prompts is a list of prompts, e.g. [{self.anchor_prompts!r}].")
         object.__setattr__(self, "anchor_prompts", tuple(self.anchor_prompts))
         if self.anchor_weight is not None and (isinstance(self.anchor_weight, bool) or not self.anchor_weight > 0):
-            raise ValueError(f"anchor_weight={self.anchor_weight!r}: the anchor's weight is a positive number (e.g. 10), or None for no anchor.")
+            raise ValueError(f"anchor_weight={self.anchor_weight!r}: the anchor's weight is a positive number (e.g. 1), or None for no anchor.")
         if self.anchor_prompts and self.anchor_weight is None:
-            raise ValueError("anchor_prompts without anchor_weight do nothing: give the anchor a weight, e.g. anchor_weight=10.")
+            raise ValueError("anchor_prompts without anchor_weight do nothing: give the anchor a weight, e.g. anchor_weight=1.")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise ValueError(f"rank={self.rank!r}: a LoRA rank is a positive integer (diffusers' scripts default to 4).")
         for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
