@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from diffusers.hooks import ModelHook
 
 from textloc.engine.eager import eager
-from textloc.engine.layer_hooks import attends
+from textloc.engine.layer_hooks import LayerHooks, attends
 from textloc.engine.units import AttentionLayer
 
 
@@ -29,22 +27,22 @@ class InputMoments:
                 raise ValueError(f"{path} read {tokens.shape[1]} text tokens but its layer's mask covers {keep.shape[-1]}.")
             tokens = tokens[keep.to(tokens.device)]
         tokens = tokens.reshape(-1, tokens.shape[-1])
-        moment = tokens.T @ tokens
+        moment = tokens.T @ tokens  # summed where it is computed: one copy to the host at the end, not one a call
         if path in self.sums:
-            self.sums[path] += moment.cpu()
+            self.sums[path] += moment
             self.counts[path] += tokens.shape[0]
         else:
-            self.sums[path], self.counts[path] = moment.cpu(), tokens.shape[0]
+            self.sums[path], self.counts[path] = moment, tokens.shape[0]
 
     def moments(self) -> dict[str, torch.Tensor]:
-        """Each projection's ``E[x xᵀ]`` over every token added."""
-        return {path: total / self.counts[path] for path, total in self.sums.items()}
+        """Each projection's ``E[x xᵀ]`` over every token added, on the CPU."""
+        return {path: (total / self.counts[path]).cpu() for path, total in self.sums.items()}
 
 
 class ProjectionInputHook(ModelHook):
     """On a text K/V projection: its input's text tokens go to an :class:`InputMoments`."""
 
-    def __init__(self, hooks: Any, path: str, moments: InputMoments):
+    def __init__(self, hooks: LayerHooks, path: str, moments: InputMoments):
         super().__init__()
         self.hooks, self.path, self.moments = hooks, path, moments
 
@@ -55,10 +53,17 @@ class ProjectionInputHook(ModelHook):
         return args, kwargs
 
 
-def text_kv_paths(layer: AttentionLayer) -> tuple[str, ...]:
-    """The full module paths of ``layer``'s text K/V projections (one where they are fused)."""
+def text_kv_columns(layer: AttentionLayer) -> dict[str, list[slice] | None]:
+    """The full module paths of ``layer``'s text K/V projections (one where they are fused), each with
+    the output columns that are its keys or values (``None``: all of them; a fused projection's K and V blocks)."""
     route = layer.route
     if route is None or route.kind == "pooled":
         raise ValueError(f"{layer.name} has no text keys or values to record the inputs of (a {layer.kind} unit).")
-    names = dict.fromkeys((route.key.name, route.value.name))
-    return tuple(f"{layer.name}.{name}" for name in names)
+    columns: dict[str, list[slice] | None] = {}
+    for projection in (route.key, route.value):
+        path, block = f"{layer.name}.{projection.name}", projection.columns(layer.module)
+        if path not in columns:
+            columns[path] = None if block is None else [block]
+        elif block is not None and columns[path] is not None:
+            columns[path].append(block)
+    return columns

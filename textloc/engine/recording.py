@@ -88,9 +88,14 @@ def record_text(pipe: Any, layers: LayerSelector, prompt: str | list[str], **gen
     pipeline_kwargs(pipe, generate_kwargs)  # a misspelt argument is an error, not silently dropped
     # A pipeline that runs true CFG (FLUX, Qwen-Image) encodes its negative prompt with a second encode_prompt call.
     shaping = set(inspect.signature(pipe.encode_prompt).parameters) | {"guidance_scale", "true_cfg_scale", "negative_prompt"}
-    size = smallest_image_side(pipe)
-    settings = {"num_inference_steps": 1, "height": size, "width": size, "generator": seeding.generator(0)}
+    settings = {**one_text_pass(pipe), "generator": seeding.generator(0)}
     return record(pipe, selected, prompt, **settings, **{k: v for k, v in generate_kwargs.items() if k in shaping})
+
+
+def one_text_pass(pipe: Any) -> dict[str, Any]:
+    """The cheapest call that runs every layer on the prompt once: one step on the smallest image."""
+    size = smallest_image_side(pipe)
+    return {"num_inference_steps": 1, "height": size, "width": size}
 
 
 

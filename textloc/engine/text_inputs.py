@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from textloc import seeding
 from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
-from textloc.engine.input_moments import InputMoments, text_kv_paths
+from textloc.engine.input_moments import InputMoments, text_kv_columns
 from textloc.engine.install import hooked, pipeline_kwargs, run_pipeline
-from textloc.engine.recording import smallest_image_side
+from textloc.engine.recording import one_text_pass
 from textloc.engine.units import LayerSelector, select_layers
 
 
@@ -48,12 +48,11 @@ def text_input_moments(
         raise ValueError(f"batch_size={batch_size!r}: prompts per pipeline call, a positive integer.")
     selected = select_layers(pipe, layers)
     for layer in selected:
-        text_kv_paths(layer)  # a unit with no text tokens is refused before any work
+        text_kv_columns(layer)  # a unit with no text tokens is refused before any work
     static = all(layer.kind in STEP_INDEPENDENT_KINDS for layer in selected)
     kwargs = pipeline_kwargs(pipe, generate_kwargs)
-    if static:  # the prompt alone shapes what they read: the cheapest generation that runs them once
-        side = smallest_image_side(pipe)
-        kwargs.update(num_inference_steps=1, height=side, width=side, output_type="latent" if hasattr(pipe, "vae") else "pt")
+    if static:  # the prompt alone shapes what they read
+        kwargs.update(one_text_pass(pipe), output_type="latent" if hasattr(pipe, "vae") else "pt")
     moments = InputMoments()
     seeded = kwargs.get("generator") is None
     batches = [list(prompts[start : start + batch_size]) for start in range(0, len(prompts), batch_size)]

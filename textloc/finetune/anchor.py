@@ -18,24 +18,16 @@ from typing import Any
 import torch
 
 from textloc.architectures import denoiser
+from textloc.engine.input_moments import text_kv_columns
 from textloc.engine.units import AttentionLayer
 from textloc.finetune.lora import ADAPTER_NAME
 
 
 def anchored_paths(layers: Sequence[AttentionLayer], paths: Sequence[str]) -> dict[str, list[slice] | None]:
     """The LoRA targets ``paths`` the anchor holds, the text K/V projections of ``layers``, each with
-    the output columns that are keys or values (``None``: all; a fused projection's K and V blocks);
+    the output columns that are keys or values (:func:`~textloc.engine.input_moments.text_kv_columns`);
     an error where there are none."""
-    columns: dict[str, list[slice] | None] = {}
-    for layer in layers:
-        if layer.kind == "pooled":
-            continue
-        for projection in (layer.route.key, layer.route.value):
-            path, block = f"{layer.name}.{projection.name}", projection.columns(layer.module)
-            if path not in columns:
-                columns[path] = None if block is None else [block]
-            elif block is not None and columns[path] is not None:
-                columns[path].append(block)
+    columns = {path: blocks for layer in layers if layer.kind != "pooled" for path, blocks in text_kv_columns(layer).items()}
     anchored = {path: columns[path] for path in paths if path in columns}
     if not anchored:
         raise ValueError(
@@ -49,7 +41,8 @@ class TextAnchor:
     """The anchor of the LoRA that :func:`~textloc.finetune.lora.add_lora` put on ``pipe``, over its
     projections ``anchored`` (:func:`anchored_paths`), from the anchor prompts' input moments
     (``moments``: projection path -> ``Σ``, recorded on the base model); ``adapter``: the LoRA's
-    name in peft's layers (a LoRA loaded by ``pipe.load_lora_weights`` gets diffusers' own)."""
+    name in peft's layers (a LoRA loaded by ``pipe.load_lora_weights`` gets diffusers' own). Made
+    where the model is: the matrices are kept on the device its weights are on."""
 
     def __init__(
         self, pipe: Any, anchored: Mapping[str, list[slice] | None], moments: Mapping[str, torch.Tensor], adapter: str = ADAPTER_NAME,
@@ -65,18 +58,14 @@ class TextAnchor:
                 weight = weight[rows]
             moment = moments[path].to(weight.device)
             size = float((weight @ moment * weight).sum())
-            self.terms.append([module, rows, moment, size])
+            self.terms.append((module, rows, moment, size))
 
     def __call__(self) -> torch.Tensor:
         """The mean, over the anchored projections, of ``tr(ΔW Σ ΔWᵀ) / tr(W Σ Wᵀ)``; differentiable in the LoRA's weights."""
         total = 0.0
-        for term in self.terms:
-            module, rows, moment, size = term
+        for module, rows, moment, size in self.terms:
             down = module.lora_A[self.adapter].weight.float()
             up = module.lora_B[self.adapter].weight.float()
-            if moment.device != down.device:  # the model moved (train_lora's accelerator): follow it once
-                term[1] = rows = None if rows is None else rows.to(down.device)
-                term[2] = moment = moment.to(down.device)
             if rows is not None:  # a fused projection: its K and V rows alone
                 up = up[rows]
             scale = module.scaling[self.adapter]

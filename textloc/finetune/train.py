@@ -192,7 +192,6 @@ def train_lora(
         held = [layer for layer in selected if any(path.startswith(f"{layer.name}.") for path in anchored)]
         moments = text_input_moments(pipe, held, anchor_prompts, batch_size=1, progress=progress and accelerator.is_main_process, **conditioning)
     lora_config = add_lora(pipe, paths, rank, alpha, seed)
-    anchor = None if moments is None else TextAnchor(pipe, anchored, moments)
     trainable = sum(parameter.numel() for parameter in lora_parameters(pipe))
     if accelerator.is_main_process:
         print(f"LoRA on {len(settings['layers'])} layers ({len(paths)} projections): {trainable:,} trainable parameters, "
@@ -203,6 +202,7 @@ def train_lora(
         start = json.loads((checkpoint / "state.json").read_text())["step"]
 
     pipe.to(accelerator.device)
+    anchor = None if moments is None else TextAnchor(pipe, anchored, moments)  # its matrices beside the weights
     model = denoiser(pipe)
     model.train()
     optimizer = torch.optim.AdamW(lora_parameters(pipe), lr=lr)
