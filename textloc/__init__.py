@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     ),
     **dict.fromkeys(("EditResult", "edit_image", "edit_text"), "textloc.edit"),
     **dict.fromkeys(("ToxicTextGuard", "train_guard_lora"), "textloc.guard"),
-    **dict.fromkeys(("TrainConfig", "TrainedLora", "load_lora", "train_lora"), "textloc.finetune"),
+    **dict.fromkeys(("ClosedFormEdit", "TrainConfig", "TrainedLora", "closed_form_edit", "load_lora", "train_lora"), "textloc.finetune"),
     **dict.fromkeys(("Localization", "LocalizeConfig", "PromptPair", "localize", "make_pairs"), "textloc.localization"),
     "load_pipeline": "textloc.pipelines",
     "generator": "textloc.seeding",
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
         run_with_patches,
         select_layers,
     )
-    from textloc.finetune import TrainConfig, TrainedLora, load_lora, train_lora
+    from textloc.finetune import ClosedFormEdit, TrainConfig, TrainedLora, closed_form_edit, load_lora, train_lora
     from textloc.guard import ToxicTextGuard, train_guard_lora
     from textloc.localization import Localization, LocalizeConfig, PromptPair, localize, make_pairs
     from textloc.pipelines import load_pipeline

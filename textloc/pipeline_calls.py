@@ -51,6 +51,18 @@ def call_kwargs(pipe: DiffusionPipeline | type[DiffusionPipeline], **kwargs: Any
     return kwargs
 
 
+def prompt_token_ids(pipe: Any, prompt: str, clean_caption: bool = False) -> list[list[int]]:
+    """The token ids of ``prompt`` under each of the pipeline's tokenizers (``tokenizer``,
+    ``tokenizer_2``, ``tokenizer_3``, a ``processor``'s: those it has), special tokens included,
+    unpadded, of the text as the pipeline tokenizes it (IF and PixArt lowercase it first, and clean
+    it with ``clean_caption``); a chat template, where the pipeline wraps the prompt in one, is left out."""
+    preprocess = getattr(pipe, "_text_preprocessing", None)
+    text = preprocess(prompt, clean_caption=clean_caption)[0] if preprocess else prompt
+    processor = getattr(pipe, "processor", None)
+    tokenizers = [getattr(pipe, name, None) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")] + [getattr(processor, "tokenizer", None)]
+    return [tokenizer(text).input_ids for tokenizer in tokenizers if tokenizer is not None]
+
+
 def is_modular(pipe: Any) -> bool:
     """Whether ``pipe`` is one of diffusers' modular pipelines (``diffusers.modular_pipelines``): its
     inputs are its blocks', its CFG runs through a guider, and it returns what ``output=`` names."""

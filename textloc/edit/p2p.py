@@ -33,7 +33,7 @@ from textloc.engine import (
     has_attention_probabilities,
     window_steps,
 )
-from textloc.pipeline_calls import call_kwargs, images_of
+from textloc.pipeline_calls import call_kwargs, images_of, prompt_token_ids
 
 # Prompt-to-Prompt's setting: self-attention maps are copied only at 16 x 16 tokens or fewer; a
 # map costs memory quadratic in the image tokens, and the coarse maps are the ones that hold layout.
@@ -202,19 +202,14 @@ def _edited_layers(pipe: Any, replace_cross: bool, replace_self: bool) -> list[A
 def _token_ids(pipe: Any, prompt: str, kwargs: dict[str, Any]) -> list[int]:
     """The prompt's token ids as the denoiser's text positions hold them (special tokens included).
 
-    The text the pipeline tokenizes may differ from the prompt (IF and PixArt lowercase it). SDXL
-    concatenates two text encoders along the feature axis, so both must give the same positions.
+    SDXL concatenates two text encoders along the feature axis, so both must give the same positions.
     """
     if not isinstance(prompt, str):
         raise TypeError(f"prompt_to_prompt edits one prompt; got {type(prompt).__name__}.")
-    tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is None:
+    if getattr(pipe, "tokenizer", None) is None:
         raise ValueError(f"{type(pipe).__name__} has no tokenizer; Prompt-to-Prompt maps tokens between the two prompts.")
-    preprocess = getattr(pipe, "_text_preprocessing", None)
-    text = preprocess(prompt, clean_caption=kwargs.get("clean_caption", False))[0] if preprocess else prompt
-    ids = tokenizer(text).input_ids
-    second = getattr(pipe, "tokenizer_2", None)
-    if second is not None and len(second(text).input_ids) != len(ids):
+    ids, *others = prompt_token_ids(pipe, prompt, clean_caption=kwargs.get("clean_caption", False))
+    if getattr(pipe, "tokenizer_2", None) is not None and len(others[0]) != len(ids):
         raise ValueError(
             f"{type(pipe).__name__}'s two tokenizers split {prompt!r} into different numbers of tokens, so "
             "a token position means different words to its two text encoders."

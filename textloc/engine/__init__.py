@@ -21,7 +21,7 @@ One concern a module:
 - :mod:`.layer_hooks`, :mod:`.recorder`, :mod:`.replays`: the hooks on a layer, recording, gradients;
 - :mod:`.install`: the one context that installs and removes them;
 - :mod:`.recording`, :mod:`.patching`: the public calls; :mod:`.text_swap`: the plan edit and guard share;
-- :mod:`.input_moments`, :mod:`.text_inputs`: what the text K/V projections read (the LoRA anchor's matrices);
+- :mod:`.input_moments`, :mod:`.text_inputs`: what the text K/V projections read (the LoRA anchor's and the closed-form edit's matrices);
 - :mod:`.capture`: a pipeline's denoiser inputs; :mod:`.probabilities`: explicit attention probabilities.
 
 Each public name is imported from its module when first used (:mod:`textloc.lazy`).
@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
         "textloc.engine.probabilities",
     ),
     **dict.fromkeys(("record", "record_text", "run_with_cache"), "textloc.engine.recording"),
-    "text_input_moments": "textloc.engine.text_inputs",
+    **dict.fromkeys(("PairMoments", "paired_text_input_moments", "text_input_moments"), "textloc.engine.text_inputs"),
     "LayerReplay": "textloc.engine.run_state",
     **dict.fromkeys(("TextSwap", "plan_text_swap"), "textloc.engine.text_swap"),
     **dict.fromkeys(

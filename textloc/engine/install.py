@@ -24,7 +24,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from textloc import seeding
 from textloc.architectures import denoiser, family_of
 from textloc.engine.cache import TextCache
-from textloc.engine.input_moments import InputMoments, ProjectionInputHook, text_kv_columns
+from textloc.engine.input_moments import ProjectionInputHook, ProjectionInputs, text_kv_columns
 from textloc.engine.layer_hooks import AttentionHook, LayerHooks, PooledInputHook, ProjectionHook
 from textloc.engine.plan import RowPatch, window_steps
 from textloc.engine.recorder import Recorder
@@ -51,7 +51,7 @@ def hooked(
     on_output=None,
     on_call: Callable[[DenoiserCall, tuple, dict], None] | None = None,
     replays: Sequence[RowPatch] = (),
-    input_moments: InputMoments | None = None,
+    projection_inputs: ProjectionInputs | None = None,
 ) -> Iterator[RunState]:
     model = denoiser(pipe)
     state = RunState(pipe, stop_at_step)
@@ -128,9 +128,9 @@ def hooked(
                 else:
                     register(key_proj, ProjectionHook(hooks, (key,)), f"{tag}_key")
                     register(value_proj, ProjectionHook(hooks, (value,)), f"{tag}_value")
-                if input_moments is not None:  # registered after the output hooks: it reads the input they leave alone
+                if projection_inputs is not None:  # registered after the output hooks: it reads the input they leave alone
                     for path, module in zip(text_kv_columns(layer), dict.fromkeys((key_proj, value_proj))):
-                        register(module, ProjectionInputHook(hooks, path, input_moments), f"{tag}_input")
+                        register(module, ProjectionInputHook(hooks, path, projection_inputs), f"{tag}_input")
             yield state
         finally:
             for module, name in reversed(registered):

@@ -49,6 +49,8 @@ TOXIC_FRACTION = 0.5
 #: How many of the ordinary signs' captions the anchor holds (``TrainConfig.anchor_weight``):
 #: their text tokens are what the LoRA must leave as the model reads them.
 ANCHOR_PROMPTS = 256
+#: How many toxic captions a closed-form edit maps to their benign twins (:meth:`GuardPairs.edit_pairs`).
+EDIT_PAIRS = 256
 #: Share of the toxic captions with the word in double quotes (how the model was trained to be
 #: asked); the others take the remaining forms in turn, evenly.
 DOUBLE_QUOTED_FRACTION = 0.5
@@ -185,6 +187,28 @@ class GuardPairs:
                 captions.append(pair.caption)
             index += 1
         return tuple(captions)
+
+    def edit_pairs(self, count: int = EDIT_PAIRS) -> tuple[tuple[str, str], ...]:
+        """The first ``count`` toxic captions of the stream, each beside the same caption asking for
+        the word it is drawn as instead, in the same form: ``(source, target)`` pairs for a
+        closed-form edit (:func:`textloc.finetune.closed_form_edit`), which need the two to line up
+        token by token. Leet asks for the benign word in plain letters (its digits are not the
+        word's letters); look-alike letters are left out (another script's letter takes more bytes
+        than the one it imitates, so no target lines up with it on a byte-level tokenizer)."""
+        if self.toxic_fraction == 0:
+            raise ValueError("toxic_fraction=0 draws no toxic captions to edit.")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count={count!r}: how many pairs, a positive integer.")
+        pairs: list[tuple[str, str]] = []
+        index = 0
+        while len(pairs) < count:
+            pair = self.pair(index)
+            index += 1
+            if pair.form is None or pair.form == "look-alike letters":
+                continue
+            written = FORMS["double quotes" if pair.form == "leet" else pair.form](pair.written)
+            pairs.append((pair.caption, pair.caption.replace(FORMS[pair.form](pair.asked), written)))
+        return tuple(pairs)
 
     def example(self, index: int) -> tuple[Image.Image, str]:
         pair = self.pair(index)
