@@ -1,7 +1,8 @@
 """The guard in the weights: a LoRA on an embedded model's text layers that writes a benign word where a toxic one is asked for.
 
     python bench/bench_guard_lora.py [--model textloc-tiny-sd3] [--steps 300] [--batch-size 8] [--lr 3e-3] [--rank 4] [--scenes 2] [--benign 64]
-        [--variants text-layers,base,all-attention] [--toxic-fraction 0.5] [--twin-fraction F] [--targets to_k,to_v] [--anchor-weight W] [--preserve] [--ema-decay D] [--replace W=NEW,...]
+        [--variants text-layers,base,all-attention,closed-form] [--toxic-fraction 0.5] [--twin-fraction F] [--targets to_k,to_v] [--anchor-weight W] [--preserve] [--ema-decay D] [--replace W=NEW,...]
+        [--preserve-weight L]
         [--results FILE --runs DIR]   # any option changed: a results file and runs folder of its own
 
 Variants, each trained with ``tl.train_guard_lora`` on the same pairs (:class:`textloc.guard.GuardPairs`:
@@ -10,7 +11,11 @@ ordinary signs of the benign words; held-out scenes never drawn) with the same b
 
 - ``text-layers``: LoRA on the shipped localization's layers (samples/tiny/localize, samples/tiny-sd3/localize);
 - ``all-attention``: LoRA on q, k, v and out of every attention layer (self and cross), as the issue asks;
-- ``base``: the model as shipped.
+- ``base``: the model as shipped;
+- ``closed-form`` (only when asked for): no training, ``tl.closed_form_edit`` of the same layers' text K/V
+  projections from the pairs' toxic captions to the same captions asking for the replacement
+  (``GuardPairs.edit_pairs``), the ordinary signs' captions preserved (``GuardPairs.anchor_prompts``)
+  with ``--preserve-weight`` (TIME/UCE as a baseline against the trained LoRA).
 
 Each is scored with the runtime guard off (``tl.ToxicTextGuard(..., method="unguarded")``, the plain
 pipeline call) on bench_guard_adversarial's set (every toxic word in its held-out scenes, 9 forms,
@@ -21,7 +26,7 @@ accuracy, sign and background colour accuracy), and each LoRA against the base m
 captions and noise: the points it loses, with a paired bootstrap interval over captions, and the
 words of the captions it loses (``benign_drop``; the base model's verdicts are kept under
 runs/bench_guard_lora-benign/ for every budget's file, and a rerun of a finished file adds them).
-A LoRA on named projections (``--targets``) also gets ``kv_change``: how far it moves its layers'
+A LoRA on named projections (``--targets``) and the closed-form edit also get ``kv_change``: how far they move their layers'
 text keys and values, relative to their size (what ``--anchor-weight``'s anchor penalises), on 128
 held-out benign captions and on 128 of the pairs' toxic captions.
 
@@ -49,7 +54,7 @@ from bench_guard_adversarial import FORMS, adversarial_prompts, generate_kept, k
 from embedded import DEFAULT_MODEL, ROOT, add_model_argument, layers_dir, results_file, short_name
 from textloc.engine import attention_layers, conditional_settings, denoiser, text_input_moments
 from textloc.finetune.anchor import TextAnchor, anchored_paths
-from textloc.finetune.lora import lora_disabled
+from textloc.finetune.lora import TRAINING_FILE, lora_disabled
 from textloc.guard import GuardPairs, ToxicTextGuard
 from textloc.layers import resolve_layers
 from textloc.localization.stats import interval
@@ -59,7 +64,8 @@ from textloc.scoring.ocr import get_ocr
 from textloc.tiny.data import EVAL_SEED, make_example
 from textloc.tiny.evaluate import judge, summarise
 
-VARIANTS = ("text-layers", "base", "all-attention")
+VARIANTS = ("text-layers", "base", "all-attention", "closed-form")
+DEFAULT_VARIANTS = VARIANTS[:3]
 
 
 def runs_dir(model: str) -> Path:
@@ -162,7 +168,8 @@ def main() -> None:
     parser.add_argument("--anchor-weight", type=float, help="train_lora's anchor_weight: hold the ordinary signs' text keys and values where the model has them (default: no anchor)")
     parser.add_argument("--preserve", action="store_true", help="GuardPairs(preserve=True): the ordinary signs' target is the model's own prediction")
     parser.add_argument("--benign", type=int, default=64, help="held-out benign captions (default 64)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants to run (default {','.join(VARIANTS)})")
+    parser.add_argument("--preserve-weight", type=float, help="the closed-form variant's preserve_weight (default 1)")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"variants to run, of {','.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--batch", type=int, default=8, help="prompts per pipeline call (default 8)")
     parser.add_argument("--results", type=Path, help="results JSON (default bench/results/guard_lora[-<model>].json)")
     parser.add_argument("--runs", type=Path, help="where the LoRA folders and images go (default runs/bench_guard_lora[-<model>]); another budget needs its own")
@@ -170,10 +177,13 @@ def main() -> None:
     args.results = args.results or results_file("guard_lora", args.model)
     args.runs = args.runs or runs_dir(args.model)
     torch.set_num_threads(1)
+    if "closed-form" in args.variants.split(",") and args.preserve_weight is None:
+        args.preserve_weight = 1.0
 
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
-    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "twin_fraction": args.twin_fraction, "targets": args.targets, "anchor_weight": args.anchor_weight, "scenes": args.scenes, "benign": args.benign}
-    if results.get("budget") is not None and {"rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, "anchor_weight": None, **results["budget"]} != budget:  # files from before --rank, --replace, --twin-fraction, --targets, --anchor-weight
+    budget = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "toxic_fraction": args.toxic_fraction, "ema_decay": args.ema_decay, "preserve": args.preserve, "replace": args.replace, "twin_fraction": args.twin_fraction, "targets": args.targets, "anchor_weight": args.anchor_weight, "preserve_weight": args.preserve_weight, "scenes": args.scenes, "benign": args.benign}
+    # files from before --rank, --replace, --twin-fraction, --targets, --anchor-weight, --preserve-weight
+    if results.get("budget") is not None and {"rank": 4, "replace": None, "twin_fraction": 0.0, "targets": None, "anchor_weight": None, "preserve_weight": None, **results["budget"]} != budget:
         raise SystemExit(f"{args.results} holds results of another budget {results['budget']}; move it away first.")
     results["budget"] = budget
     model = named_model(args.model)
@@ -206,6 +216,22 @@ def main() -> None:
         record: dict[str, Any] = {}
         if variant == "base":
             pipe, adversarial = base_pipe, base_run
+        elif variant == "closed-form":
+            pipe = tl.load_pipeline(model.name)
+            run = args.runs / variant
+            if (run / TRAINING_FILE).is_file():  # made by an earlier run: the same edit, loaded
+                tl.load_lora(pipe, run)
+                made = json.loads((run / TRAINING_FILE).read_text())
+            else:
+                print(f"{variant}: editing ...", flush=True)
+                began = time.perf_counter()
+                layers = [layer.name for layer in resolve_layers(pipe, layers_dir(model.name)) if layer.kind != "pooled"]
+                tl.closed_form_edit(pipe, layers, pairs.edit_pairs(), pairs.anchor_prompts, preserve_weight=args.preserve_weight, output_dir=run,
+                                    generate_kwargs=call_kwargs(pipe, **model.settings))
+                made = {**json.loads((run / TRAINING_FILE).read_text()), "seconds": time.perf_counter() - began}
+            record.update({key: made[key] for key in ("reached", "preserved_moved", "seconds") if key in made}, layers=len(made["layers"]))
+            print(f"{variant}: {len(prompts)} adversarial prompts ...", flush=True)
+            adversarial = adversarial_images(pipe, args.runs / "images", f"{variant}-{args.preserve_weight}{scenes_suffix(args.scenes)}")
         else:
             pipe = tl.load_pipeline(model.name)
             run = args.runs / variant
@@ -243,8 +269,9 @@ def main() -> None:
             if name != "base":
                 other["benign_drop"] = benign_drop(done["base"]["benign"], other["benign"], pairs)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
-    if "text-layers" in done and args.targets:  # a LoRA on named projections: how far it moves their text K/V
-        done["text-layers"]["kv_change"] = kv_change(model.name, args.runs / "text-layers", pairs)
+    # How far a LoRA on named projections, or the closed-form edit, moves their text K/V
+    for name in [n for n in ("text-layers", "closed-form") if n in done and (n == "closed-form" or args.targets) and "kv_change" not in done[n]]:
+        done[name]["kv_change"] = kv_change(model.name, args.runs / name, pairs)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
 

@@ -162,3 +162,15 @@ def test_guard_edit_pairs_line_up_letter_by_letter():
     assert any(FORMS["leet"](word) in source for source, _ in edits for word in pairs.toxic_words)  # leet asked, plain letters written
     with pytest.raises(ValueError, match="no toxic captions"):
         GuardPairs(seed=0, toxic_fraction=0).edit_pairs(4)
+
+
+def test_an_edit_cut_off_while_saving_leaves_no_folder(tmp_path, monkeypatch):
+    import textloc.finetune.closed_form as closed_form
+
+    def cut_off(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(closed_form, "write_json_atomic", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        closed_form_edit(tiny_pipeline("sd15"), "up_blocks.*", PAIRS, PRESERVE, output_dir=tmp_path / "edit", progress=False)
+    assert not (tmp_path / "edit").exists()

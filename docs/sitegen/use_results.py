@@ -150,10 +150,17 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
              accuracy(v["benign"]["word_acc"], v["benign"]["n"]), points_lost(v.get("benign_drop")),
              f"{pct(v['benign']['sign_acc'])}, {pct(v['benign']['background_acc'])}")
             for name, v in variants.items()]
+    trained = [name for name in variants if name not in ("base", "closed-form")]
+    made = (f"LoRAs trained by `tl.train_guard_lora` ({budget['steps']} steps, batch {budget['batch_size']}, lr {budget['lr']}{_pair_options(budget)})"
+            if trained else "Weights changed")
+    if "closed-form" in variants:
+        edit = variants["closed-form"]
+        made += ((" and" if trained else "") + f" by `tl.closed_form_edit` (closed-form, no training; preserve weight {budget['preserve_weight']}: "
+                 f"reaches {pct(edit['reached'])} of the replacement captions' text keys and values, moves the ordinary signs' by "
+                 f"{edit['preserved_moved']:.2%})")
     return "\n\n".join([
         f"## {results.get('model', 'textloc-tiny')}, the guard in the weights: {code(path)}",
-        (f"LoRAs trained by `tl.train_guard_lora` ({budget['steps']} steps, batch {budget['batch_size']}, lr {budget['lr']}{_pair_options(budget)}) on "
-         f"{results['pairs'].split(';')[0]}; scored with the runtime guard off on the adversarial set "
+        (f"{made} on {results['pairs'].split(';')[0]}; scored with the runtime guard off on the adversarial set "
          f"({budget['scenes']} held-out scene(s) per toxic word) and on {budget['benign']} held-out captions of the benign words."),
         "### Toxic word read, per form\n\n" + table(("form", *variants), read),
         "### Per variant\n\n" + table(("variant", "trainable parameters", "toxic word read", "replacement read", "scene kept",

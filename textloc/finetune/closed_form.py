@@ -22,6 +22,7 @@ up projections, scale 1), so ``pipe.load_lora_weights(folder)`` applies the edit
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ class ClosedFormEdit:
 
     def summary(self) -> str:
         return (
-            f"closed-form edit of {len(self.targets)} text K/V projections on {len(self.layers)} layers from {self.pairs} pairs "
+            f"closed-form edit of {len(self.targets)} text K/V projections on {len(self.layers)} layers from {self.pairs} pair{'s' if self.pairs != 1 else ''} "
             f"(preserve weight {self.preserve_weight:g}): reaches {self.reached:.1%} of the targets' keys and values, "
             f"moves the preserved prompts' by {self.preserved_moved:.3%}\nsaved to {self.weights}"
         )
@@ -138,13 +139,19 @@ def closed_form_edit(
         output_dir, [layer.name for layer in selected], targets, len(pairs), float(preserve_weight),
         sum(reached) / len(reached), sum(moved) / len(moved),
     )
-    save_lora(pipe, output_dir, config)
-    write_json_atomic(output_dir / TRAINING_FILE, {
+    # Written beside the folder and moved in whole: a run cut off leaves no half an edit to load.
+    partial = output_dir.with_name(f"{output_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_lora(pipe, partial, config)
+    write_json_atomic(partial / TRAINING_FILE, {
         "pipeline": type(pipe).__name__, "weights": fingerprint, "method": "closed-form",
         "layers": edit.layers, "targets": targets, "rank": rank, "alpha": rank, "preserve_weight": edit.preserve_weight,
         "pairs": [list(pair) for pair in pairs], "preserve": list(preserve), "reached": edit.reached,
         "preserved_moved": edit.preserved_moved, "denoiser_parameters": total,
     })
+    if output_dir.is_dir():
+        output_dir.rmdir()  # empty, as checked
+    partial.rename(output_dir)
     return edit
 
 
