@@ -158,6 +158,10 @@ def _cli(capsys, *argv: str) -> tuple[int, str]:
         (["--train", "--max-train-steps", "2", "--replace", "drop"], "learns to write a word"),
         (["--train", "--max-train-steps", "2", "--anchor-weight", "0"], "anchor_weight=0"),
         ([], "give --prompt"),
+        (["--closed-form"], "give it with --train"),
+        (["--train", "--closed-form", "--max-train-steps", "2"], "takes no training step"),
+        (["--train", "--closed-form", "--preserve-weight", "0"], "--preserve-weight 0.0"),
+        (["--train", "--closed-form", "--toxic-fraction", "0"], "no toxic captions"),
     ],
 )
 def test_the_command_refuses_bad_training_input_in_one_line_before_loading(capsys, monkeypatch, tmp_path, extra, message):
@@ -175,6 +179,20 @@ def test_the_command_writes_a_lora_tl_load_lora_loads(capsys, tmp_path):
     record = json.loads((out / "training.json").read_text())
     assert record["ema_decay"] == 0.9 and record["anchor_weight"] == 2  # the command's training options reach the run
     assert record["anchor_prompts"] == list(GuardPairs().anchor_prompts)  # the pairs' ordinary signs, by default
+    pipe = tiny_pipeline("deepfloyd-if")
+    base = _images(pipe)
+    tl.load_lora(pipe, out)
+    assert not np.array_equal(_images(pipe), base)
+
+
+def test_the_command_edits_the_guard_weights_in_closed_form(capsys, tmp_path):
+    out = tmp_path / "edit"
+    status = main(["guard", "--train", "--closed-form", "--preserve-weight", "0.5", "--model", "tiny-random-deepfloyd-if", "--layers", "all", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0 and "closed-form edit of" in printed and "preserve weight 0.5" in printed, printed
+    record = json.loads((out / "training.json").read_text())
+    assert record["method"] == "closed-form" and record["preserve_weight"] == 0.5
+    assert record["pairs"] == [list(pair) for pair in GuardPairs().edit_pairs()] and record["preserve"] == list(GuardPairs().anchor_prompts)
     pipe = tiny_pipeline("deepfloyd-if")
     base = _images(pipe)
     tl.load_lora(pipe, out)

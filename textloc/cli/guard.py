@@ -40,7 +40,8 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
             "(--no-check-images skips this). Writes guard.png (unguarded | guarded, from the same noise) and "
             "guard.json to --out. With --train instead of --prompt: train the guard's weights side, a LoRA on the "
             "text layers only that writes a benign word where a toxic one is asked for, with no prompt-side help; "
-            "--out then receives the LoRA (pipe.load_lora_weights(DIR) loads it)."
+            "--out then receives the LoRA (pipe.load_lora_weights(DIR) loads it); with --train --closed-form, the "
+            "same layers' keys and values are edited in closed form instead (TIME/UCE), with no training step."
         ),
         epilog=examples(
             "textloc guard --model textloc-tiny --prompt 'A red sign on a blue background that says \"DAMN\".' \\",
@@ -48,6 +49,7 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
             "textloc guard --model tiny-random-sd3 --prompt 'A sign that says \"DAMN\".' --layers all --replace mask --out runs/guard-sd3",
             "textloc guard --train --model textloc-tiny --layers samples/tiny/localize --max-train-steps 1000 \\",
             "    --batch-size 8 --lr 3e-3 --ema-decay 0.99 --out runs/guard-lora",
+            "textloc guard --train --closed-form --model textloc-tiny --layers samples/tiny/localize --out runs/guard-edit",
         ),
         formatter_class=HelpFormatter,
     )
@@ -80,6 +82,12 @@ def add_guard(subcommands: argparse._SubParsersAction, parents: list[argparse.Ar
         help="share of training signs that ask for a toxic word (the others: ordinary signs of the benign words, so they stay written; default 0.5)",
     )
     training.add_argument("--resume", action="store_true", help="continue the guard LoRA run in --out from its last checkpoint")
+    training.add_argument(
+        "--closed-form", action="store_true",
+        help="edit the text layers' keys and values in closed form instead of training (TIME/UCE: the toxic captions' made the "
+        "replacement's, the ordinary signs' kept; cross and added-K/V layers only; no steps)",
+    )
+    training.add_argument("--preserve-weight", type=float, default=1.0, metavar="L", help="with --closed-form: how much an ordinary sign's token counts against a toxic one's (default 1)")
     parser.set_defaults(run=run_guard)
 
 
@@ -93,6 +101,8 @@ def run_guard(args: argparse.Namespace) -> int:
 
     if args.train:
         return run_train(args)
+    if args.closed_form:
+        raise CommandError("--closed-form edits the guard's weights: give it with --train (and no --prompt).")
     if args.prompt is None:
         raise CommandError("give --prompt 'A sign that says \"...\".' to generate, or --train to train the guard LoRA.")
     check_out_folder(args.out)  # before the model loads and the finding is printed
@@ -134,6 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.prompt is not None:
         raise CommandError("--train trains the guard LoRA and generates nothing: leave out --prompt (then: textloc generate --lora DIR PROMPT).")
+    if args.closed_form:
+        return run_closed_form(args)
     if args.max_train_steps is None:
         raise CommandError("--train needs --max-train-steps N (textloc-tiny's best measured: 1000, --batch-size 8 --lr 3e-3 --ema-decay 0.99).")
     check_out_folder(args.out)
@@ -147,5 +159,31 @@ def run_train(args: argparse.Namespace) -> int:
     print("training on " + pairs.description.split(";")[0].removeprefix("guard pairs, "))
     result = train_guard_lora(pipe, layer_source(args.layers), config, pairs=pairs, output_dir=args.out, resume=args.resume)
     print(result.summary())
+    print(f"load it with pipe.load_lora_weights({str(args.out)!r}), tl.load_lora, or textloc generate --lora {args.out}")
+    return 0
+
+
+def run_closed_form(args: argparse.Namespace) -> int:
+    """Edit the text layers' keys and values in closed form from the guard's pairs; bad input is refused before the model loads."""
+    import textloc as tl
+    from textloc.guard import GuardPairs
+
+    if args.max_train_steps is not None or args.resume:
+        raise CommandError("--closed-form takes no training step: leave out --max-train-steps and --resume.")
+    if not args.preserve_weight > 0:
+        raise CommandError(f"--preserve-weight {args.preserve_weight}: how much an ordinary sign's token counts against a toxic one's, a number > 0 (e.g. 1).")
+    check_out_folder(args.out)
+    try:
+        pairs = GuardPairs(replace=args.replace, detector=args.detector, toxic_fraction=args.toxic_fraction, seed=args.seed)
+        edits, preserve = pairs.edit_pairs(), pairs.anchor_prompts
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"--closed-form: {one_line(error)}") from None
+    pipe = load_model(args)
+    try:
+        edit = tl.closed_form_edit(pipe, layer_source(args.layers), edits, preserve, preserve_weight=args.preserve_weight, output_dir=args.out,
+                                   generate_kwargs={k: v for k, v in generate_kwargs(pipe, args.model, args, num=None).items() if k != "generator"})
+    except ValueError as error:
+        raise CommandError(f"--closed-form: {one_line(error)}") from None
+    print(edit.summary())
     print(f"load it with pipe.load_lora_weights({str(args.out)!r}), tl.load_lora, or textloc generate --lora {args.out}")
     return 0
