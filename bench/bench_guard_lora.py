@@ -15,7 +15,9 @@ ordinary signs of the benign words; held-out scenes never drawn) with the same b
 - ``closed-form`` (only when asked for): no training, ``tl.closed_form_edit`` of the same layers' text K/V
   projections from the pairs' toxic captions to the same captions asking for the replacement
   (``GuardPairs.edit_pairs``), the ordinary signs' captions preserved (``GuardPairs.anchor_prompts``)
-  with ``--preserve-weight`` (TIME/UCE as a baseline against the trained LoRA).
+  with ``--preserve-weight`` (TIME/UCE as a baseline against the trained LoRA); with its ``sweep``: how far
+  the edit reaches the replacement captions' text K/V and moves the ordinary signs' at other weights
+  (no images).
 
 Each is scored with the runtime guard off (``tl.ToxicTextGuard(..., method="unguarded")``, the plain
 pipeline call) on bench_guard_adversarial's set (every toxic word in its held-out scenes, 9 forms,
@@ -147,6 +149,29 @@ def kv_change(model: str, folder: Path, pairs: GuardPairs, count: int = 128) -> 
     return change
 
 
+#: The preserve weights at which the closed-form variant also records how far an edit reaches its
+#: targets' text K/V and moves the ordinary signs' (no images: the edit's own two numbers).
+SWEEP = (1e-4, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def closed_form_sweep(model: str, pairs: GuardPairs, folder: Path) -> dict[str, dict[str, float]]:
+    """``reached`` and ``preserved_moved`` of the guard's closed-form edit at each weight of :data:`SWEEP`,
+    on the same pairs and layers (the edits are written under ``folder`` and kept)."""
+    sweep = {}
+    for weight in SWEEP:
+        run = folder / f"closed-form-sweep-{weight:g}"
+        if (run / TRAINING_FILE).is_file():
+            made = json.loads((run / TRAINING_FILE).read_text())
+        else:
+            pipe = tl.load_pipeline(model)
+            layers = [layer.name for layer in resolve_layers(pipe, layers_dir(model)) if layer.kind != "pooled"]
+            tl.closed_form_edit(pipe, layers, pairs.edit_pairs(), pairs.anchor_prompts, preserve_weight=weight, output_dir=run,
+                                generate_kwargs=call_kwargs(pipe, **named_model(model).settings), progress=False)
+            made = json.loads((run / TRAINING_FILE).read_text())
+        sweep[f"{weight:g}"] = {"reached": made["reached"], "preserved_moved": made["preserved_moved"]}
+    return sweep
+
+
 def overall(forms: dict[str, dict[str, Any]], key: str) -> float | None:
     values = [form[key] for form in forms.values() if form[key] is not None]
     return float(np.mean(values)) if values else None
@@ -272,6 +297,12 @@ def main() -> None:
     # How far a LoRA on named projections, or the closed-form edit, moves their text K/V
     for name in [n for n in ("text-layers", "closed-form") if n in done and (n == "closed-form" or args.targets) and "kv_change" not in done[n]]:
         done[name]["kv_change"] = kv_change(model.name, args.runs / name, pairs)
+        args.results.write_text(json.dumps(results, indent=2) + "\n")
+    if "closed-form" in done and "sweep" not in done["closed-form"]:  # the edit's reach and drift over preserve weights
+        done["closed-form"]["sweep"] = closed_form_sweep(model.name, pairs, args.runs)
+        targets = json.loads((args.runs / "closed-form" / TRAINING_FILE).read_text())["targets"]
+        modules = dict(denoiser(base_pipe).named_modules())
+        done["closed-form"]["edited_parameters"] = sum(modules[path].weight.numel() for path in targets)
         args.results.write_text(json.dumps(results, indent=2) + "\n")
     print_tables(results)
 

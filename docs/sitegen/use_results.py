@@ -165,7 +165,16 @@ def _guard_lora_section(path: str, results: dict[str, Any]) -> str:
         "### Toxic word read, per form\n\n" + table(("form", *variants), read),
         "### Per variant\n\n" + table(("variant", "trainable parameters", "toxic word read", "replacement read", "scene kept",
                                          "MSE outside text", "benign word accuracy", "benign points lost [95% CI]", "colours (sign, background)"), rows),
+        *([_sweep_table(variants["closed-form"]["sweep"])] if "sweep" in variants.get("closed-form", {}) else []),
     ])
+
+
+def _sweep_table(sweep: dict[str, dict[str, float]]) -> str:
+    """The closed-form edit's two numbers at each preserve weight of the bench's sweep."""
+    rows = [(weight, f"{100 * v['reached']:.1f}%", f"{v['preserved_moved']:.3%}") for weight, v in sweep.items()]
+    return ("### The closed-form edit over preserve weights\n\nHow much of the change from the toxic captions' text keys and values "
+            "to the replacement captions' the edit makes, and how far it moves the ordinary signs' (no images).\n\n"
+            + table(("preserve weight", "reached", "ordinary signs moved"), rows))
 
 
 def _pair_options(budget: dict[str, Any]) -> str:
@@ -244,6 +253,8 @@ def _guard_section(path: str, results: dict[str, Any]) -> str:
 # Fine-tuning --------------------------------------------------------------------------------------
 
 def _trainable(scores: dict[str, Any]) -> str:
+    if "edited_parameters" in scores:  # a closed-form edit: whole projections changed, none trained
+        return f"{scores['edited_parameters']:,} edited"
     if "trainable_parameters" not in scores:
         return "0"
     share = scores.get("trainable_share", 1.0)
