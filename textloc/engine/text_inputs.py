@@ -44,11 +44,11 @@ def text_input_moments(
     ``layers`` reads over the text tokens of ``prompts``, keyed by its full module path.
 
     Every token a layer attends to counts (its padding where the model attends to it), in every
-    CFG branch the pipeline runs. Prompts go ``batch_size`` at a time, each batch of one token length. Step-independent layers (``cross``, ``added_kv``, ...) read the
-    prompt alone: one text encoding and part of one denoiser pass per batch, as
-    :func:`~textloc.engine.record_text`. Layers that rewrite the text at every step (``joint``,
-    ``single``) are read at every step of a generation with ``generate_kwargs`` (each batch from
-    seed 0 unless they hold a ``generator``).
+    CFG branch the pipeline runs; prompts go ``batch_size`` at a time, each batch of one token
+    length. Step-independent layers (``cross``, ``added_kv``, ...) read the prompt alone: one text
+    encoding and one denoiser pass per batch, on the smallest image. Layers that rewrite the text
+    at every step (``joint``, ``single``) are read at every step of a generation with
+    ``generate_kwargs`` (each batch from seed 0 unless they hold a ``generator``).
     """
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts is a non-empty list of prompts, e.g. ['A sign that says \"OPEN\".'].")
