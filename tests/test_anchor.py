@@ -126,3 +126,16 @@ def test_an_anchor_that_holds_nothing_is_refused_before_any_step(tmp_path):
         TrainConfig(anchor_weight=1.0, anchor_prompts=PROMPTS[0])
     with pytest.raises(ValueError, match="no text keys or values"):
         text_input_moments(tiny_pipeline("sdxl"), "pooled", PROMPTS)
+
+
+@pytest.mark.parametrize("arch", ["lumina2", "qwenimage21"])
+def test_prompts_of_different_token_lengths_are_read_in_batches_as_one_by_one(arch):
+    """Families that give each row its own text length take no mixed batch: the prompts are batched by length."""
+    pipe = tiny_pipeline(arch)
+    layers = layers_of_each_kind(pipe)
+    settings = {**one_step(pipe), "generator": None}
+    batched = text_input_moments(pipe, layers, PROMPTS * 2, batch_size=4, progress=False, **settings)
+    alone = text_input_moments(pipe, layers, PROMPTS * 2, batch_size=1, progress=False, **settings)
+    assert set(batched) == set(alone)
+    for path in alone:
+        torch.testing.assert_close(batched[path], alone[path], rtol=1e-4, atol=1e-5)

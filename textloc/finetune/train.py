@@ -188,9 +188,9 @@ def train_lora(
     moments = None
     if anchor_prompts:  # what the anchor prompts' text tokens give the projections, read on the base model
         conditioning = conditional_settings(pipe, generate_kwargs)
-        # One prompt a call: families that pack each row's own text length (Lumina 2, Ideogram 4, ...) take no mixed batch.
+        # As many prompts a call as a training batch holds (joint layers are read over a generation).
         held = [layer for layer in selected if any(path.startswith(f"{layer.name}.") for path in anchored)]
-        moments = text_input_moments(pipe, held, anchor_prompts, batch_size=1, progress=progress and accelerator.is_main_process, **conditioning)
+        moments = text_input_moments(pipe, held, anchor_prompts, batch_size=batch_size, progress=progress and accelerator.is_main_process, **conditioning)
     lora_config = add_lora(pipe, paths, rank, alpha, seed)
     trainable = sum(parameter.numel() for parameter in lora_parameters(pipe))
     if accelerator.is_main_process:
