@@ -18,10 +18,10 @@ from textloc.testing import ARCHITECTURES, tiny_call_kwargs, tiny_pipeline
 
 PAIRS = [('A red sign that says "CAT".', 'A red sign that says "DOG".'), ('A sign that says "SUN" on a wall.', 'A sign that says "MAP" on a wall.')]
 PRESERVE = ['A blue sign that says "OPEN".', 'A sign that says "KEY" on a door.', "A green door."]
-# One tiny pipeline per way the text reaches a layer that reads the prompt alone: cross-attention
-# (SD 1.5; PixArt-Σ, with a padding mask), IF's added K/V, Lumina 2's text refiner, Qwen-Image
-# 2.1's prefix layers.
-KINDS = ("sd15", "pixart-sigma", "deepfloyd-if", "lumina2", "qwenimage21")
+# One tiny pipeline per way the text reaches a layer whose K/V projections read the prompt alone:
+# cross-attention (SD 1.5; PixArt-Σ, with a padding mask), IF's added K/V, Lumina 2's text refiner,
+# NucleusMoE-Image's added K/V beside the image's keys, under one mask.
+KINDS = ("sd15", "pixart-sigma", "deepfloyd-if", "lumina2", "nucleusmoe-image")
 
 
 def settings(pipe) -> dict:
@@ -29,8 +29,13 @@ def settings(pipe) -> dict:
     return {**conditional_settings(pipe, tiny_call_kwargs(pipe)), "num_inference_steps": 1}
 
 
+def editable(layer) -> bool:
+    """Whether a closed-form edit takes the layer: its text K/V depend on the prompt alone, from projections of the text alone."""
+    return layer.kind in STEP_INDEPENDENT_KINDS and layer.kind != "pooled" and layer.route.text_at == "all"
+
+
 def first_static_layer(pipe):
-    return next(layer for layer in select_layers(pipe, "all") if layer.kind in STEP_INDEPENDENT_KINDS and layer.kind != "pooled")
+    return next(layer for layer in select_layers(pipe, "all") if editable(layer))
 
 
 def recorded(pipe, layer, prompts: list[str]) -> list:
@@ -119,13 +124,14 @@ def test_the_saved_edit_loads_as_the_lora_it_was(tmp_path):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_every_family_is_edited_or_refused_in_one_line(arch, tmp_path):
     pipe = tiny_pipeline(arch)
-    static = [layer for layer in select_layers(pipe, "all") if layer.kind in STEP_INDEPENDENT_KINDS and layer.kind != "pooled"]
+    static = [layer for layer in select_layers(pipe, "all") if editable(layer)]
     if static:
         edit = closed_form_edit(pipe, static[0].name, PAIRS[:1], PRESERVE[:1], output_dir=tmp_path, generate_kwargs=tiny_call_kwargs(pipe), progress=False)
         assert edit.weights.is_file() and edit.reached > 0
     else:
         layer = next(layer for layer in select_layers(pipe, "all") if layer.kind != "pooled")
-        with pytest.raises(ValueError, match=f"is a {layer.kind} layer: its text tokens change with the image"):
+        reason = "its K/V projections read the image tokens too" if layer.kind in STEP_INDEPENDENT_KINDS else "its text tokens change with the image"
+        with pytest.raises(ValueError, match=f"is a {layer.kind} layer: {reason}"):
             closed_form_edit(pipe, layer.name, PAIRS[:1], PRESERVE[:1], output_dir=tmp_path / "edit", generate_kwargs=tiny_call_kwargs(pipe), progress=False)
         assert not (tmp_path / "edit").exists()
 

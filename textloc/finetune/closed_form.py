@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
 from textloc.engine import conditional_settings, denoiser, denoiser_parameter_count, paired_text_input_moments, text_input_moments
 from textloc.engine.input_moments import text_kv_columns
 from textloc.files import write_json_atomic
@@ -95,9 +96,9 @@ def closed_form_edit(
     - ``generate_kwargs``: the pipeline call's settings that shape the text (``clean_caption``,
       ``max_sequence_length``, ...).
 
-    Only layers whose text K/V depend on the prompt alone (``cross``, ``added_kv``, ...) can be
-    edited so; a joint or single-stream layer is refused (train a LoRA with ``anchor_weight``
-    there). Writes the edit to ``output_dir`` as a LoRA and ``training.json``; ``pipe`` keeps it.
+    Only layers whose K/V projections read the prompt's tokens alone (``cross``, ``added_kv``,
+    ``refiner``) can be edited so; a joint, single-stream or prefix layer is refused (train a LoRA
+    with ``anchor_weight`` there). Writes the edit to ``output_dir`` as a LoRA and ``training.json``; ``pipe`` keeps it.
     """
     refuse_modular(pipe, "closed_form_edit")
     if isinstance(preserve, str) or not preserve or not all(isinstance(prompt, str) for prompt in preserve):
@@ -112,6 +113,13 @@ def closed_form_edit(
     selected = [layer for layer in resolve_layers(pipe, layers) if layer.kind != "pooled"]
     if not selected:
         raise ValueError("The layers hold no attention layer with text keys and values to edit (only a pooled unit).")
+    shared = [layer for layer in selected if layer.kind in STEP_INDEPENDENT_KINDS and layer.route.text_at != "all"]
+    if shared:  # the objective sees the text tokens only: the image's keys and values would move unmeasured
+        raise ValueError(
+            f"{shared[0].name} is a {shared[0].kind} layer: its K/V projections read the image tokens too, in one sequence "
+            "with the text, and a closed-form edit of the text's keys and values would change the image's as well. "
+            "Edit layers whose projections read the text alone (cross, added-K/V, refiner)."
+        )
     settings = conditional_settings(pipe, dict(generate_kwargs or {}))
     paired = paired_text_input_moments(pipe, selected, pairs, batch_size=batch_size, progress=progress, **settings)
     preserved = text_input_moments(pipe, selected, preserve, batch_size=batch_size, progress=progress, **settings)
