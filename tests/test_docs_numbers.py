@@ -381,6 +381,20 @@ def _guard_adversarial() -> Iterator[str]:
     assert sd3_wide["variants"]["text-layers"]["toxic_word_read"] == 0
     yield (f"it reads {sd3_wide['variants']['text-layers']['benign']['word_acc']:.1%} of the\nwords against the base model's "
            f"{sd3_wide['variants']['base']['benign']['word_acc']:.1%}: {points_lost(sd3_wide['variants']['text-layers']['benign_drop']).replace(' [', ' points lost [')}")
+    # textloc-tiny-sd3's text stream's K/V only, unanchored and anchored: the same budget as the 512-caption run's.
+    kv_sd3, anchored_sd3 = (results(f"bench/results/guard_lora-tiny-sd3-{name}.json") for name in ("kv", "anchor0.3"))
+    for run, weight in ((kv_sd3, None), (anchored_sd3, 0.3)):
+        budget = {key: value for key, value in run["budget"].items() if key != "preserve_weight"}  # (files from before --preserve-weight)
+        assert budget == {**sd3_wide["budget"], "targets": "add_k_proj,add_v_proj", "anchor_weight": weight}
+        assert run["variants"]["base"]["benign"] == sd3_wide["variants"]["base"]["benign"], "the same base images"
+    kv3, an3 = kv_sd3["variants"]["text-layers"], anchored_sd3["variants"]["text-layers"]
+    yield f"(`--targets add_k_proj,add_v_proj`, {kv3['trainable_parameters']:,} parameters"
+    yield f"the LoRA lets {pct(kv3['toxic_word_read'])} ({count(kv3['toxic_word_read'], 108)}/108) through and reads\n{kv3['benign']['word_acc']:.1%} of the benign words: {points_lost(kv3['benign_drop']).replace(' [', ' points lost [')}"
+    yield f"keys and values by {pct(kv3['kv_change']['benign'])} of their squared size and the toxic captions' by {pct(kv3['kv_change']['toxic'])}"
+    assert an3["toxic_word_read"] == 0
+    yield f"scene is kept on {pct(an3['scene_kept'])} and {an3['benign']['word_acc']:.1%} of the benign words are read: {points_lost(an3['benign_drop']).replace(' [', ' points lost [')}"
+    yield f"keys and values moved by {100 * an3['kv_change']['benign']:.2g}% (benign) and {100 * an3['kv_change']['toxic']:.2g}% (toxic)"
+    yield f"the benign ones' ({an3['kv_change']['toxic'] / an3['kv_change']['benign']:.1f} times), and the benign words stay {an3['benign_drop']['points']:.0f} points short"
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
