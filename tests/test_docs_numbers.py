@@ -318,6 +318,24 @@ def _guard_adversarial() -> Iterator[str]:
     more_toxic = results("bench/results/guard_lora-anchor1-toxic0.75.json")["variants"]["text-layers"]
     yield paired_row("bench/results/guard_lora-anchor1-toxic0.75.json", "1, toxic fraction 0.75", targets="to_k,to_v", anchor_weight=1.0,
                      toxic_fraction=0.75)[:-1] + f"| {moved(more_toxic)} |"
+    # The closed-form edit (tl.closed_form_edit) of the same K/V projections, at two preserve weights, and its sweep.
+    closed = {}
+    for weight in ("0.1", "1"):
+        run = results(f"bench/results/guard_lora-closed-form{weight}.json")
+        assert run["budget"]["preserve_weight"] == float(weight) and run["budget"]["benign"] == 512
+        assert run["variants"]["base"]["benign"] == wide["variants"]["base"]["benign"], "the same base images"
+        m = closed[weight] = run["variants"]["closed-form"]
+        cells = [f"{pct(m['toxic_word_read'])} ({count(m['toxic_word_read'], n)}/{n})", pct(m["replacement_read"]), pct(m["scene_kept"]),
+                 accuracy(m["benign"]["word_acc"], m["benign"]["n"]), points_lost(m["benign_drop"]), moved(m)]
+        yield f"| {weight} | " + " | ".join(cells) + " |"
+    sweep = closed["0.1"]["sweep"]
+    assert sweep == closed["1"]["sweep"], "the sweep is the same edit whichever file holds it"
+    yield f"0.0001) it makes {100 * sweep['0.0001']['reached']:.1f}% of the change"
+    yield f"and {100 * sweep['1']['reached']:.1f}% at weight 1, {100 * sweep['10']['reached']:.1f}% at 10"
+    loose = closed["1"]
+    yield f"captions' keys and values about as far as the LoRA anchored at 0.03 does ({100 * loose['kv_change']['benign']:.2g}% against {100 * anchored['0.03']['kv_change']['benign']:.2g}%)"
+    yield f"loses {loose['benign_drop']['points']:.1f} points where the LoRA loses {anchored['0.03']['benign_drop']['points']:.1f}"
+    yield f"through ({pct(loose['toxic_word_read'])} against {pct(anchored['0.03']['toxic_word_read'])})"
     middle = anchored["0.3"]
     yield f"at 0.3, {pct(middle['toxic_word_read'])} get through and {middle['benign_drop']['points']:.1f} points are lost"
     yield f"still let {pct(more_toxic['toxic_word_read'])} through and loses {more_toxic['benign_drop']['points']:.1f} points"
