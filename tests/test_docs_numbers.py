@@ -413,6 +413,8 @@ def _guard_adversarial() -> Iterator[str]:
     yield f"scene is kept on {pct(an3['scene_kept'])} and {an3['benign']['word_acc']:.1%} of the benign words are read: {points_lost(an3['benign_drop']).replace(' [', ' points lost [')}"
     yield f"keys and values moved by {100 * an3['kv_change']['benign']:.2g}% (benign) and {100 * an3['kv_change']['toxic']:.2g}% (toxic)"
     yield f"the benign ones' ({an3['kv_change']['toxic'] / an3['kv_change']['benign']:.1f} times), and the benign words stay {an3['benign_drop']['points']:.0f} points short"
+    assert 1.8 < kv3["benign_drop"]["points"] / an3["benign_drop"]["points"] < 2.2, "guard.md: the anchor halves the benign loss on textloc-tiny-sd3"
+    yield f"halves the benign loss, still {an3['benign_drop']['points']:.0f} points short"
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
