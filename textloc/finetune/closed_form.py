@@ -39,9 +39,12 @@ from textloc.finetune.lora import ADAPTER_NAME, TRAINING_FILE, add_lora, lora_pa
 from textloc.layers import LayerSource, resolve_layers
 from textloc.pipeline_calls import refuse_modular
 
-#: Added to the solve's diagonal, relative to its mean eigenvalue: steadies it where the prompts
-#: span few directions, and changes nothing they do span by more than this share.
+#: Added to the solve's diagonal, relative to its mean eigenvalue: keeps the solve well posed where
+#: the prompts span few of the input's directions.
 RIDGE = 1e-6
+#: Singular values of a change below this share of its largest are rounding, not edit: the LoRA's
+#: rank is what the widest change needs above it, not the projections' full width.
+NUMERICAL_RANK = 1e-7
 
 
 @dataclass
@@ -66,8 +69,8 @@ class ClosedFormEdit:
 
     def summary(self) -> str:
         return (
-            f"closed-form edit of {len(self.targets)} text K/V projections on {len(self.layers)} layers from {self.pairs} pair{'s' if self.pairs != 1 else ''} "
-            f"(preserve weight {self.preserve_weight:g}): reaches {self.reached:.1%} of the targets' keys and values, "
+            f"closed-form edit of {len(self.targets)} text K/V projections on {len(self.layers)} layers "
+            f"from {self.pairs} pair{'s' if self.pairs != 1 else ''} (preserve weight {self.preserve_weight:g}): reaches {self.reached:.1%} of the targets' keys and values, "
             f"moves the preserved prompts' by {self.preserved_moved:.3%}\nsaved to {self.weights}"
         )
 
@@ -98,7 +101,8 @@ def closed_form_edit(
 
     Only layers whose K/V projections read the prompt's tokens alone (``cross``, ``added_kv``,
     ``refiner``) can be edited so; a joint, single-stream or prefix layer is refused (train a LoRA
-    with ``anchor_weight`` there). Writes the edit to ``output_dir`` as a LoRA and ``training.json``; ``pipe`` keeps it.
+    with ``anchor_weight`` there). Writes the edit to ``output_dir`` as a LoRA and
+    ``training.json``; ``pipe`` keeps it.
     """
     refuse_modular(pipe, "closed_form_edit")
     if isinstance(preserve, str) or not preserve or not all(isinstance(prompt, str) for prompt in preserve):
@@ -137,12 +141,17 @@ def closed_form_edit(
 
     targets = list(columns)
     fingerprint, total = weights_fingerprint(pipe), denoiser_parameter_count(pipe)  # the model's own, before the LoRA
-    rank = max(min(modules[path].weight.shape) for path in targets)
+    factors = {path: _factors(change) for path, change in changes.items()}
+    rank = max(1, *(down.shape[0] for down, _ in factors.values()))
     config = add_lora(pipe, targets, rank, rank, seed=0)  # scale 1: the factors below are the change itself
     modules = dict(denoiser(pipe).named_modules())  # peft's layers now stand where the projections were
     with torch.no_grad():
-        for path, change in changes.items():
-            _set_factors(modules[path], change)
+        for path, (down, up) in factors.items():
+            lora_down, lora_up = modules[path].lora_A[ADAPTER_NAME].weight, modules[path].lora_B[ADAPTER_NAME].weight
+            lora_down.zero_()
+            lora_up.zero_()
+            lora_down[: len(down)] = down.to(lora_down)  # rows past this change's own rank stay zero
+            lora_up[:, : len(down)] = up.to(lora_up)
     edit = ClosedFormEdit(
         output_dir, [layer.name for layer in selected], targets, len(pairs), float(preserve_weight),
         sum(reached) / len(reached), sum(moved) / len(moved),
@@ -181,12 +190,10 @@ def _solve(weight: torch.Tensor, paired: Any, preserved: torch.Tensor, lam: floa
     }
 
 
-def _set_factors(module: Any, change: torch.Tensor) -> None:
-    """Write ``change`` into ``module``'s LoRA factors exactly: ``B A = U √S · √S Vᵀ``, padded with zeros to the LoRA's rank."""
-    down, up = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
+def _factors(change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``change`` as ``B A`` (``A``: ``[rank, in]``, ``B``: ``[out, rank]``), ``√S`` on each side of its
+    singular value decomposition, to its numerical rank (:data:`NUMERICAL_RANK`)."""
     u, s, vh = torch.linalg.svd(change, full_matrices=False)
-    root = s.sqrt()
-    down.zero_()
-    up.zero_()
-    down[: len(s)] = (root[:, None] * vh).to(down)
-    up[:, : len(s)] = (u * root).to(up)
+    rank = int((s > NUMERICAL_RANK * s[0]).sum()) if len(s) and s[0] > 0 else 0
+    root = s[:rank].sqrt()
+    return root[:, None] * vh[:rank], u[:, :rank] * root
