@@ -320,7 +320,7 @@ def _guard_adversarial() -> Iterator[str]:
                      toxic_fraction=0.75)[:-1] + f"| {moved(more_toxic)} |"
     # The closed-form edit (tl.closed_form_edit) of the same K/V projections, at two preserve weights, and its sweep.
     closed = {}
-    for weight in ("0.1", "1"):
+    for weight in ("0.1", "1", "10"):
         run = results(f"bench/results/guard_lora-closed-form{weight}.json")
         assert run["budget"]["preserve_weight"] == float(weight) and run["budget"]["benign"] == 512
         assert run["variants"]["base"]["benign"] == wide["variants"]["base"]["benign"], "the same base images"
@@ -329,7 +329,9 @@ def _guard_adversarial() -> Iterator[str]:
                  accuracy(m["benign"]["word_acc"], m["benign"]["n"]), points_lost(m["benign_drop"]), moved(m)]
         yield f"| {weight} | " + " | ".join(cells) + " |"
     sweep = closed["0.1"]["sweep"]
-    assert sweep == closed["1"]["sweep"], "the sweep is the same edit whichever file holds it"
+    assert sweep == closed["1"]["sweep"] == closed["10"]["sweep"], "the sweep is the same edit whichever file holds it"
+    weak_edit = closed["10"]
+    yield f"At 10 it moves them by {100 * weak_edit['kv_change']['benign']:.2g}% and lets {pct(weak_edit['toxic_word_read'])} through, as the base model"
     yield f"0.0001) it makes {100 * sweep['0.0001']['reached']:.1f}% of the change"
     yield f"and {100 * sweep['1']['reached']:.1f}% at weight 1, {100 * sweep['10']['reached']:.1f}% at 10"
     loose = closed["1"]
