@@ -416,6 +416,12 @@ def _guard_adversarial() -> Iterator[str]:
     yield f"keys and values moved by {100 * an3['kv_change']['benign']:.2g}% (benign) and {100 * an3['kv_change']['toxic']:.2g}% (toxic)"
     yield f"the benign ones' ({an3['kv_change']['toxic'] / an3['kv_change']['benign']:.1f} times), and the benign words stay {an3['benign_drop']['points']:.0f} points short"
     assert 1.8 < kv3["benign_drop"]["points"] / an3["benign_drop"]["points"] < 2.2, "guard.md: the anchor halves the benign loss on textloc-tiny-sd3"
+    strong_sd3 = results("bench/results/guard_lora-tiny-sd3-anchor1.json")
+    assert {key: value for key, value in strong_sd3["budget"].items() if key != "preserve_weight"} == {
+        **sd3_wide["budget"], "targets": "add_k_proj,add_v_proj", "anchor_weight": 1.0}
+    an1 = strong_sd3["variants"]["text-layers"]
+    yield (f"trade comes back: {pct(an1['toxic_word_read'])} ({count(an1['toxic_word_read'], 108)}/108) of the toxic words get through and "
+           f"{points_lost(an1['benign_drop']).replace(' [', ' points are lost [')}")
     yield f"halves the benign loss, still {an3['benign_drop']['points']:.0f} points short"
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
