@@ -164,8 +164,7 @@ def closed_form_sweep(model: str, pairs: GuardPairs, folder: Path) -> dict[str, 
             made = json.loads((run / TRAINING_FILE).read_text())
         else:
             pipe = tl.load_pipeline(model)
-            layers = [layer.name for layer in resolve_layers(pipe, layers_dir(model)) if layer.kind != "pooled"]
-            tl.closed_form_edit(pipe, layers, pairs.edit_pairs(), pairs.anchor_prompts, preserve_weight=weight, output_dir=run,
+            tl.closed_form_edit(pipe, layers_dir(model), pairs.edit_pairs(), pairs.anchor_prompts, preserve_weight=weight, output_dir=run,
                                 generate_kwargs=call_kwargs(pipe, **named_model(model).settings), progress=False)
             made = json.loads((run / TRAINING_FILE).read_text())
         sweep[f"{weight:g}"] = {"reached": made["reached"], "preserved_moved": made["preserved_moved"]}
@@ -250,8 +249,7 @@ def main() -> None:
             else:
                 print(f"{variant}: editing ...", flush=True)
                 began = time.perf_counter()
-                layers = [layer.name for layer in resolve_layers(pipe, layers_dir(model.name)) if layer.kind != "pooled"]
-                tl.closed_form_edit(pipe, layers, pairs.edit_pairs(), pairs.anchor_prompts, preserve_weight=args.preserve_weight, output_dir=run,
+                tl.closed_form_edit(pipe, layers_dir(model.name), pairs.edit_pairs(), pairs.anchor_prompts, preserve_weight=args.preserve_weight, output_dir=run,
                                     generate_kwargs=call_kwargs(pipe, **model.settings))
                 made = {**json.loads((run / TRAINING_FILE).read_text()), "seconds": time.perf_counter() - began}
             record.update({key: made[key] for key in ("reached", "preserved_moved", "seconds") if key in made}, layers=len(made["layers"]))

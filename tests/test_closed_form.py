@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from textloc.architectures.spec import STEP_INDEPENDENT_KINDS
-from textloc.engine import conditional_settings, denoiser, paired_text_input_moments, record, select_layers
+from textloc.engine import conditional_settings, denoiser, paired_text_input_moments, record, select_layers, text_input_moments
 from textloc.engine.layer_hooks import attends
 from textloc.finetune import closed_form_edit, load_lora
 from textloc.finetune.closed_form import ClosedFormEdit
@@ -88,7 +88,6 @@ def test_the_edit_is_the_least_squares_optimum(tmp_path):
     path = f"{layer.name}.{layer.route.key.name}"
     module = dict(denoiser(pipe).named_modules())[path]
     paired = paired_text_input_moments(pipe, [layer], PAIRS, progress=False, **settings(pipe))[path]
-    from textloc.engine import text_input_moments
     with lora_disabled(denoiser(pipe)):
         preserved = text_input_moments(pipe, [layer], PRESERVE, progress=False, **settings(pipe))[path]
     base = module.base_layer.weight.detach().double()
