@@ -381,6 +381,19 @@ def _guard_adversarial() -> Iterator[str]:
     assert least == "PISS[3]", "guard.md names PISS's last S as the least alike"
     yield f"PISS's last S, by {1 - tiny['closest_same_letter_cos_min']:.3f})"
     yield f"most are within {1 - encoder['models']['textloc-tiny-sd3']['closest_same_letter_cos_median']:.3f} of a benign\ntwin"
+    # What real tokenizers give the text layers (bench_guard_tokens.py).
+    tokens = results("bench/results/guard_tokens.json")
+    forms = list(next(iter(tokens["tokenizers"].values())))
+    for name, per_form in tokens["tokenizers"].items():
+        yield f"| {name} | " + " | ".join(f"{per_form[form]['words_with_an_own_token']} of 6" for form in forms) + " |"
+    assert all(count == 0 for name, per_form in tokens["tokenizers"].items() if name.startswith("textloc-")
+               for count in (entry["words_with_an_own_token"] for entry in per_form.values())), "guard.md: none on the embedded models"
+    clip = tokens["tokenizers"]["CLIP BPE (SD 1.5, SDXL, SD3, FLUX)"]
+    assert all(clip[form]["words_with_an_own_token"] == 6 for form in ("double quotes", "unquoted", "single quotes", "guillemets", "lower case"))
+    assert clip["double quotes"]["tokens"]["DAMN"] == ["damn</w>"] and clip["double quotes"]["tokens"]["SHIT"] == ["sh", "it</w>"]
+    assert clip["spaced letters"]["tokens"]["DAMN"] == ["d</w>", "a</w>", "m</w>", "n</w>"]
+    assert clip["spaced letters"]["words_with_an_own_token"] == 0, "guard.md: spelled out, none has"
+    yield f"and in look-alike letters {clip['look-alike letters']['words_with_an_own_token']} of 6 have"
     sd3 = results("bench/results/guard_lora-tiny-sd3.json")
     assert sd3["model"] == "textloc-tiny-sd3" and sd3["budget"]["steps"] == 500 and sd3["budget"]["ema_decay"] is None
     trained, shipped = sd3["variants"]["text-layers"], sd3["variants"]["base"]

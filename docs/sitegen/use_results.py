@@ -105,8 +105,9 @@ def _guard_page(sources: Sources) -> str:
     adversarial = sorted(sources.glob("bench/results/guard_adversarial*.json"), key=_model_first)
     weights = sorted(sources.glob("bench/results/guard_lora*.json"))
     encoder = sorted(sources.glob("bench/results/guard_encoder*.json"))
-    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial + weights + encoder), key=_model_first)
-    parts = ["# Guard results", source_note(*paths, *adversarial, *weights, *encoder),
+    tokens = sorted(sources.glob("bench/results/guard_tokens*.json"))
+    paths = sorted((path for path in sources.glob("bench/results/guard*.json") if path not in adversarial + weights + encoder + tokens), key=_model_first)
+    parts = ["# Guard results", source_note(*paths, *adversarial, *weights, *encoder, *tokens),
              ("Every method runs through the same `ToxicTextGuard` call on the same toxic prompts and noise. Rates carry "
              "their count and exact 95% interval; MSE and SSIM are taken outside both images' OCR text boxes, against the "
              "unguarded image from the same noise. The guide: [The toxic-text guard](../guard.md).")]
@@ -118,7 +119,23 @@ def _guard_page(sources: Sources) -> str:
         parts.append(_guard_lora_section(path, sources.json(path)))
     for path in encoder:
         parts.append(_guard_encoder_section(path, sources.json(path)))
+    for path in tokens:
+        parts.append(_guard_tokens_section(path, sources.json(path)))
     return "\n\n".join(parts) + "\n"
+
+
+def _guard_tokens_section(path: str, results: dict[str, Any]) -> str:
+    """``bench/bench_guard_tokens.py``'s file: per tokenizer and form, the toxic words with a token no benign word has."""
+    tokenizers = results["tokenizers"]
+    forms = list(next(iter(tokenizers.values())))
+    count = len(results["toxic_words"])
+    rows = [(name, *(f"{per_form[form]['words_with_an_own_token']} of {count}" for form in forms)) for name, per_form in tokenizers.items()]
+    return "\n\n".join([
+        f"## Toxic words' own tokens, per tokenizer and form: {code(path)}",
+        ("Toxic words with at least one token that no benign word of the vocabulary has, written in the same form "
+         "(the frame every word gets, quotes and start and end, left out): what an edit of each text token on its own can tell apart."),
+        table(("tokenizer", *forms), rows),
+    ])
 
 
 def _guard_encoder_section(path: str, results: dict[str, Any]) -> str:
