@@ -435,7 +435,23 @@ def _guard_adversarial() -> Iterator[str]:
     an1 = strong_sd3["variants"]["text-layers"]
     yield (f"trade comes back: {pct(an1['toxic_word_read'])} ({count(an1['toxic_word_read'], 108)}/108) of the toxic words get through and "
            f"{points_lost(an1['benign_drop']).replace(' [', ' points are lost [')}")
-    yield f"halves the benign loss, still {an3['benign_drop']['points']:.0f} points short"
+    halfway = results("bench/results/guard_lora-tiny-sd3-anchor0.5.json")
+    assert {key: value for key, value in halfway["budget"].items() if key != "preserve_weight"} == {
+        **sd3_wide["budget"], "targets": "add_k_proj,add_v_proj", "anchor_weight": 0.5}
+    assert halfway["variants"]["base"]["benign"] == sd3_wide["variants"]["base"]["benign"], "the same base images"
+    an5 = halfway["variants"]["text-layers"]
+    assert an5["toxic_word_read"] == 0
+    yield f"{an5['benign']['word_acc']:.1%} of the benign words are read: " + points_lost(an5["benign_drop"]).replace(" [", " points lost\n[")
+    yield (f"the keys and values moved by {100 * an5['kv_change']['benign']:.2g}% (benign) and {100 * an5['kv_change']['toxic']:.2g}% (toxic), "
+           f"the scene kept on {pct(an5['scene_kept'])}")
+    curve = [kv3, an3, an5, an1]
+    losses = [f"{run['benign_drop']['points']:.1f}" for run in curve]
+    yield f"the benign loss falls from {losses[0]} to {losses[1]},\n{losses[2]} and {losses[3]} points"
+    assert [run["benign_drop"]["points"] for run in curve] == sorted((run["benign_drop"]["points"] for run in curve), reverse=True)
+    assert max(run["toxic_word_read"] for run in curve[1:3]) <= 0.02 < an1["toxic_word_read"], "guard.md: under 2% only up to 0.5"
+    assert min(run["benign_drop"]["points"] for run in curve[1:3]) >= 10, "guard.md: with nothing through, 10 points or more"
+    yield f"cuts the benign loss to {losses[1]} and {losses[2]} points, still over three\ntimes the bar"
+    assert min(an3["benign_drop"]["points"], an5["benign_drop"]["points"]) > 3 * 3
     runs = [v["text-layers"]] + [results(f"bench/results/guard_lora-{steps}steps.json")["variants"]["text-layers"] for steps in (1000, 1500)]
     yield f"replacement more ({', '.join(pct(run['replacement_read']) for run in runs)} at 500, 1000, 1500 steps)"
     yield f"(MSE {', '.join(num(run['mse_outside_text'], 4) for run in runs)})"
