@@ -444,6 +444,11 @@ def _guard_adversarial() -> Iterator[str]:
     yield f"{an5['benign']['word_acc']:.1%} of the benign words are read: " + points_lost(an5["benign_drop"]).replace(" [", " points lost\n[")
     yield (f"the keys and values moved by {100 * an5['kv_change']['benign']:.2g}% (benign) and {100 * an5['kv_change']['toxic']:.2g}% (toxic), "
            f"the scene kept on {pct(an5['scene_kept'])}")
+    longer = results("bench/results/guard_lora-tiny-sd3-anchor0.5-2000steps.json")
+    assert longer["budget"] == {**halfway["budget"], "steps": 2000} and longer["variants"]["base"]["benign"] == halfway["variants"]["base"]["benign"]
+    an5_long = longer["variants"]["text-layers"]
+    yield f"through, {points_lost(an5_long['benign_drop']).replace(' [', ' points lost [')}"
+    assert an5_long["toxic_word_read"] == 0 and abs(an5_long["benign_drop"]["points"] - an5["benign_drop"]["points"]) < 1, "guard.md: it stays where it was"
     curve = [kv3, an3, an5, an1]
     losses = [f"{run['benign_drop']['points']:.1f}" for run in curve]
     yield f"the benign loss falls from {losses[0]} to {losses[1]},\n{losses[2]} and {losses[3]} points"
