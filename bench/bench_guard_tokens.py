@@ -23,6 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoTokenizer, CLIPTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 import textloc as tl
 from embedded import ROOT  # beside this script
 from textloc.guard.forms import FORMS
@@ -39,6 +42,8 @@ def embedded_tokenizers(name: str) -> dict[str, Tokenizer]:
     """Each tokenizer of an embedded model's pipeline, as the pipeline tokenizes a prompt."""
     pipe = tl.load_pipeline(name)
     fields = [field for field in ("tokenizer", "tokenizer_2", "tokenizer_3") if getattr(pipe, field, None) is not None]
+    # prompt_token_ids gives one list per tokenizer, in this order: the names below must line up with it.
+    assert len(prompt_token_ids(pipe, "")) == len(fields), f"{name}: a tokenizer other than {fields}"
     return {
         f"{name} {field}": (lambda text, i=i: prompt_token_ids(pipe, text)[i], getattr(pipe, field).convert_ids_to_tokens)
         for i, field in enumerate(fields)
@@ -48,9 +53,6 @@ def embedded_tokenizers(name: str) -> dict[str, Tokenizer]:
 def clip_from_bpe(path: Path) -> Any:
     """CLIP's tokenizer built from its BPE merges file, as CLIP builds its vocabulary: the 256 byte
     symbols, each again ending a word, then one token per merge, then start and end of text."""
-    from transformers import CLIPTokenizerFast
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     merges = [tuple(line.split()) for line in gzip.open(path, "rt", encoding="utf-8").read().split("\n")[1: 49152 - 256 - 2 + 1]]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [symbol + "</w>" for symbol in symbols] + ["".join(merge) for merge in merges] + ["<|startoftext|>", "<|endoftext|>"]
@@ -90,8 +92,6 @@ def main() -> None:
     tokenizers = {name: tokenizer for model in MODELS for name, tokenizer in embedded_tokenizers(model).items()}
     if args.clip_bpe:
         tokenizers["CLIP BPE (SD 1.5, SDXL, SD3, FLUX)"] = as_tokenizer(clip_from_bpe(args.clip_bpe))
-    from transformers import AutoTokenizer
-
     for spec in args.tokenizer:
         name, folder = spec.split("=", 1)
         tokenizers[name] = as_tokenizer(AutoTokenizer.from_pretrained(folder))
